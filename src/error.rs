@@ -1,0 +1,91 @@
+//! The one error type `main` sees, and how each error becomes an annotation the user reads:
+//! `::error title=<what failed>::<what happened>. <how to fix it>`.
+
+use crate::actions::{Annotation, ProtocolError};
+use crate::context::ContextError;
+use crate::inputs::InputErrors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Inputs(#[from] InputErrors),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Something this build of gpu-runner cannot do.
+    #[error("{what}")]
+    Unsupported { what: String, fix: String },
+}
+
+impl Error {
+    /// One annotation per problem: every input error is shown, so that all are fixed in one round.
+    pub fn annotations(&self) -> Vec<Annotation> {
+        let one = |title: &str, what: String, fix: String| {
+            vec![Annotation::error(format!("{}. {fix}", what.trim_end_matches('.'))).title(title)]
+        };
+        match self {
+            Error::Inputs(errors) => errors
+                .0
+                .iter()
+                .map(|e| Annotation::error(e.to_string()).title(e.title()))
+                .collect(),
+            Error::Context(e) => one("Not in a GitHub Actions job", e.to_string(), e.hint()),
+            Error::Protocol(e) => one("Could not talk to the runner", e.to_string(), e.hint()),
+            Error::Unsupported { what, fix } => one("Not supported", what.clone(), fix.clone()),
+        }
+    }
+}
+
+/// The annotation for a panic: a bug, said plainly, with where to report it. The panic's own
+/// message is redacted by the caller, so that no secret reaches the log through it.
+pub fn bug_report(location: Option<String>, message: &str) -> Annotation {
+    let at = location.map(|l| format!(" at {l}")).unwrap_or_default();
+    Annotation::error(format!(
+        "gpu-runner stopped on an internal error{at}: {message}. This is a bug in gpu-runner, not \
+         in your workflow: please report it at {}/issues with this log (secrets in it are masked). \
+         If a GPU instance was launched, the stop job or the next cleanup run removes it.",
+        env!("CARGO_PKG_REPOSITORY"),
+    ))
+    .title("gpu-runner bug")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::{InputError, Problem, Shown};
+
+    #[test]
+    fn every_input_error_becomes_its_own_annotation() {
+        let err = Error::from(InputErrors(vec![
+            InputError {
+                input: "dry-run",
+                value: Shown::Value("yes".into()),
+                problem: Problem::NotBoolean,
+            },
+            InputError {
+                input: "mode",
+                value: Shown::Unset,
+                problem: Problem::Missing {
+                    fix: "Set mode: start.".into(),
+                },
+            },
+        ]));
+        let commands: Vec<_> = err.annotations().iter().map(|a| a.to_command()).collect();
+        assert_eq!(
+            commands,
+            [
+                "::error title=Invalid input%3A dry-run::dry-run is \"yes\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too).",
+                "::error title=Missing input%3A mode::mode is not set. Set mode: start.",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bug_report_says_where_to_report_it() {
+        let a = bug_report(Some("src/plan.rs:10:5".into()), "index out of bounds");
+        let text = a.to_command();
+        assert!(text.starts_with("::error title=gpu-runner bug::gpu-runner stopped on an internal error at src/plan.rs:10:5: index out of bounds. This is a bug"));
+        assert!(text.contains("https://github.com/gpu-runner/gpu-runner/issues"));
+    }
+}

@@ -1,0 +1,597 @@
+//! `INPUT_*` → typed inputs for one mode, or every error at once.
+
+pub mod error;
+pub mod spec;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+pub use error::{InputError, InputErrors, Problem, Shown};
+use spec::Spec;
+pub use values::ImageRef;
+
+use crate::env::Env;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Start,
+    Stop,
+}
+
+impl Mode {
+    pub const NAMES: &'static [&'static str] = &["start", "stop"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Start => "start",
+            Mode::Stop => "stop",
+        }
+    }
+
+    fn reads(self, scope: spec::Scope) -> bool {
+        matches!(
+            (self, scope),
+            (_, spec::Scope::All)
+                | (Mode::Start, spec::Scope::Start)
+                | (Mode::Stop, spec::Scope::Stop)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GithubAuth {
+    Token(Secret),
+    App { app_id: String, private_key: Secret },
+}
+
+/// Inputs every mode reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    pub github: GithubAuth,
+    /// Without a role, the ambient AWS credential chain is used.
+    pub role_to_assume: Option<String>,
+    pub audience: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartInputs {
+    pub common: Common,
+    pub region: String,
+    /// In order of preference.
+    pub instance_types: Vec<String>,
+    pub image: ImageRef,
+    /// Tried in order; empty means the default VPC's choice.
+    pub subnet_ids: Vec<String>,
+    pub security_group_ids: Vec<String>,
+    pub iam_instance_profile: Option<String>,
+    pub root_volume_size_gib: Option<u32>,
+    /// Extra runner labels, besides the unique one gpu-runner makes.
+    pub labels: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub runner_user: String,
+    pub pre_runner_script: Option<String>,
+    pub startup_timeout_minutes: u32,
+    pub max_lifetime_minutes: u32,
+    pub idle_timeout_minutes: u32,
+    pub keep_on_failure: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopInputs {
+    pub common: Common,
+    /// `region`, else `aws-region`, else `AWS_REGION`; needed only when there is something to stop.
+    pub region: Option<String>,
+    pub label: Option<String>,
+    pub instance_ids: Vec<String>,
+}
+
+impl StopInputs {
+    pub fn has_work(&self) -> bool {
+        self.label.is_some() || !self.instance_ids.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inputs {
+    Start(StartInputs),
+    Stop(StopInputs),
+}
+
+/// Parsed inputs and what deserves a warning but does not stop the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub inputs: Inputs,
+    pub warnings: Vec<String>,
+}
+
+/// The raw values of every secret input, to be masked before anything else is printed, even when
+/// parsing fails.
+pub fn raw_secrets(env: &Env) -> Vec<String> {
+    spec::ALL
+        .iter()
+        .filter(|s| s.secret)
+        .filter_map(|s| env.non_empty(&s.env_var()).map(str::to_owned))
+        .collect()
+}
+
+/// Reads the mode and its inputs. Collects every error instead of stopping at the first.
+pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
+    let mut r = Reader {
+        env,
+        errors: Vec::new(),
+    };
+    let mode = r.mode();
+    let common = r.common();
+    let inputs = match mode {
+        Some(Mode::Start) => r.start(common).map(Inputs::Start),
+        Some(Mode::Stop) => r.stop(common).map(Inputs::Stop),
+        None => None,
+    };
+    match inputs {
+        Some(inputs) if r.errors.is_empty() => {
+            let mut warnings = mode.map(|m| r.unused(m)).unwrap_or_default();
+            warnings.extend(unknown_inputs(env));
+            if let Inputs::Start(s) = &inputs {
+                warnings.extend(start_warnings(s));
+            }
+            Ok(Parsed { inputs, warnings })
+        }
+        _ => Err(InputErrors(r.errors)),
+    }
+}
+
+struct Reader<'a> {
+    env: &'a Env,
+    errors: Vec<InputError>,
+}
+
+impl Reader<'_> {
+    /// The value as given: trimmed, `None` when empty.
+    fn raw(&self, spec: &Spec) -> Option<String> {
+        self.env.non_empty(&spec.env_var()).map(str::to_owned)
+    }
+
+    /// The value as given, else the default.
+    fn value(&self, spec: &Spec) -> Option<String> {
+        self.raw(spec)
+            .or_else(|| (!spec.default.is_empty()).then(|| spec.default.to_owned()))
+    }
+
+    fn fail(&mut self, spec: &Spec, value: Option<&str>, problem: Problem) {
+        let value = match value {
+            _ if spec.secret => Shown::Hidden,
+            Some(v) => Shown::Value(v.to_owned()),
+            None => Shown::Unset,
+        };
+        self.errors.push(InputError {
+            input: spec.name,
+            value,
+            problem,
+        });
+    }
+
+    fn invalid(&mut self, spec: &Spec, value: &str, entry: Option<&str>, e: values::Expect) {
+        let problem = Problem::Invalid {
+            entry: entry.map(str::to_owned),
+            expected: e.expected,
+            fix: e.fix,
+        };
+        self.fail(spec, Some(value), problem);
+    }
+
+    fn missing(&mut self, spec: &Spec, fix: String) {
+        self.fail(spec, None, Problem::Missing { fix });
+    }
+
+    fn one(&mut self, spec: &Spec, check: values::Check) -> Option<String> {
+        let v = self.value(spec)?;
+        match check(&v) {
+            Ok(()) => Some(v),
+            Err(e) => {
+                self.invalid(spec, &v, None, e);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, spec: &Spec) -> bool {
+        let Some(v) = self.value(spec) else {
+            return false;
+        };
+        values::boolean(&v).unwrap_or_else(|| {
+            self.fail(spec, Some(&v), Problem::NotBoolean);
+            false
+        })
+    }
+
+    fn number(&mut self, spec: &Spec, min: u32, max: u32, unit: &'static str) -> Option<u32> {
+        let v = self.value(spec)?;
+        let Ok(n) = v.parse::<u64>() else {
+            self.fail(spec, Some(&v), Problem::NotANumber { min, max, unit });
+            return None;
+        };
+        if n < u64::from(min) || n > u64::from(max) {
+            self.fail(spec, Some(&v), Problem::OutOfRange { min, max, unit });
+            return None;
+        }
+        u32::try_from(n).ok()
+    }
+
+    /// A list whose entries each pass `check`, without duplicates, of at most `max` entries.
+    fn list(&mut self, spec: &Spec, max: usize, check: values::Check) -> Vec<String> {
+        let Some(v) = self.value(spec) else {
+            return Vec::new();
+        };
+        let entries = match values::list(&v) {
+            Ok(entries) => entries,
+            Err(position) => {
+                self.fail(spec, Some(&v), Problem::BlankEntry { position });
+                return Vec::new();
+            }
+        };
+        self.entries(spec, &v, entries, max, check)
+    }
+
+    fn entries(
+        &mut self,
+        spec: &Spec,
+        v: &str,
+        entries: Vec<String>,
+        max: usize,
+        check: values::Check,
+    ) -> Vec<String> {
+        let before = self.errors.len();
+        if entries.len() > max {
+            let count = entries.len();
+            self.fail(spec, Some(v), Problem::TooManyEntries { count, max });
+        }
+        for (i, entry) in entries.iter().enumerate() {
+            if let Err(e) = check(entry) {
+                self.invalid(spec, v, Some(entry), e);
+            } else if entries[..i].contains(entry) {
+                let entry = entry.clone();
+                self.fail(spec, Some(v), Problem::DuplicateEntry { entry });
+            }
+        }
+        if self.errors.len() > before {
+            Vec::new()
+        } else {
+            entries
+        }
+    }
+
+    fn mode(&mut self) -> Option<Mode> {
+        let spec = &spec::MODE;
+        let Some(v) = self.raw(spec) else {
+            self.missing(
+                spec,
+                "Set mode: start in the job that launches the GPU runner, and mode: stop in the \
+                 job that removes it."
+                    .to_owned(),
+            );
+            return None;
+        };
+        match v.as_str() {
+            "start" => Some(Mode::Start),
+            "stop" => Some(Mode::Stop),
+            _ => {
+                let suggestion = values::closest(&v, Mode::NAMES.iter().copied());
+                let valid = Mode::NAMES;
+                self.fail(spec, Some(&v), Problem::UnknownMode { valid, suggestion });
+                None
+            }
+        }
+    }
+
+    fn common(&mut self) -> Option<Common> {
+        let github = self.github_auth();
+        let role_to_assume = self.one(&spec::ROLE_TO_ASSUME, values::role_arn);
+        let audience = self.one(&spec::AUDIENCE, values::audience);
+        Some(Common {
+            github: github?,
+            role_to_assume,
+            audience: audience?,
+        })
+    }
+
+    fn github_auth(&mut self) -> Option<GithubAuth> {
+        let token = self.raw(&spec::GITHUB_TOKEN);
+        let app_id = self.raw(&spec::GITHUB_APP_ID);
+        let key = self.raw(&spec::GITHUB_APP_PRIVATE_KEY);
+        match (token, app_id, key) {
+            (Some(_), Some(app_id), _) => {
+                self.fail(
+                    &spec::GITHUB_APP_ID,
+                    Some(&app_id),
+                    Problem::Conflict {
+                        other: spec::GITHUB_TOKEN.name,
+                        fix: "Use either github-token, or github-app-id with \
+                              github-app-private-key, not both.",
+                    },
+                );
+                None
+            }
+            (Some(token), None, key) => {
+                if key.is_some() {
+                    self.fail(
+                        &spec::GITHUB_APP_PRIVATE_KEY,
+                        None,
+                        Problem::Requires {
+                            other: spec::GITHUB_APP_ID.name,
+                        },
+                    );
+                }
+                match values::token(&token) {
+                    Ok(()) => key.is_none().then(|| GithubAuth::Token(Secret::new(token))),
+                    Err(e) => {
+                        self.invalid(&spec::GITHUB_TOKEN, &token, None, e);
+                        None
+                    }
+                }
+            }
+            (None, Some(app_id), key) => {
+                let id_ok = match values::app_id(&app_id) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.invalid(&spec::GITHUB_APP_ID, &app_id, None, e);
+                        false
+                    }
+                };
+                let Some(key) = key else {
+                    self.missing(
+                        &spec::GITHUB_APP_PRIVATE_KEY,
+                        "With github-app-id, also set github-app-private-key: \
+                         ${{ secrets.YOUR_APP_PRIVATE_KEY }} (the App's .pem file)."
+                            .to_owned(),
+                    );
+                    return None;
+                };
+                match values::private_key(&key) {
+                    Ok(key) if id_ok => Some(GithubAuth::App {
+                        app_id,
+                        private_key: Secret::new(key),
+                    }),
+                    Ok(_) => None,
+                    Err(e) => {
+                        self.invalid(&spec::GITHUB_APP_PRIVATE_KEY, &key, None, e);
+                        None
+                    }
+                }
+            }
+            (None, None, Some(_)) => {
+                self.fail(
+                    &spec::GITHUB_APP_PRIVATE_KEY,
+                    None,
+                    Problem::Requires {
+                        other: spec::GITHUB_APP_ID.name,
+                    },
+                );
+                None
+            }
+            (None, None, None) => {
+                self.missing(
+                    &spec::GITHUB_TOKEN,
+                    "gpu-runner registers and removes self-hosted runners, which takes a token \
+                     with Administration: write on the repository (the workflow's own GITHUB_TOKEN \
+                     cannot do that). Set github-token: ${{ secrets.RUNNER_ADMIN_TOKEN }}, or use a \
+                     GitHub App with github-app-id and github-app-private-key."
+                        .to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    /// `aws-region`, else the `AWS_REGION` / `AWS_DEFAULT_REGION` environment. `Err` when the value
+    /// is invalid (the error is recorded), `Ok(None)` when no region is set anywhere.
+    fn aws_region(&mut self) -> Result<Option<String>, ()> {
+        let spec = &spec::AWS_REGION;
+        let Some(v) = self.raw(spec).or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|var| self.env.non_empty(var).map(str::to_owned))
+        }) else {
+            return Ok(None);
+        };
+        match values::region(&v) {
+            Ok(()) => Ok(Some(v)),
+            Err(e) => {
+                self.invalid(spec, &v, None, e);
+                Err(())
+            }
+        }
+    }
+
+    fn start(&mut self, common: Option<Common>) -> Option<StartInputs> {
+        let region = match self.aws_region() {
+            Ok(Some(region)) => Some(region),
+            Ok(None) => {
+                self.missing(
+                    &spec::AWS_REGION,
+                    "Set aws-region: us-east-1 (the region to launch in), or set AWS_REGION in \
+                     the workflow's env."
+                        .to_owned(),
+                );
+                None
+            }
+            Err(()) => None,
+        };
+        let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
+        let image = self
+            .value(&spec::IMAGE_ID)
+            .and_then(|v| match values::image(&v) {
+                Ok(image) => Some(image),
+                Err(e) => {
+                    self.invalid(&spec::IMAGE_ID, &v, None, e);
+                    None
+                }
+            });
+        let subnet_ids = self.list(&spec::SUBNET_ID, 16, values::subnet);
+        let security_group_ids = self.list(&spec::SECURITY_GROUP_ID, 5, values::security_group);
+        let iam_instance_profile = self.one(&spec::IAM_INSTANCE_PROFILE, values::instance_profile);
+        let root_volume_size_gib = self.number(&spec::ROOT_VOLUME_SIZE, 8, 16384, "GiB");
+        // GitHub allows 100 labels per runner, and gpu-runner adds its unique one.
+        let labels = self.list(&spec::LABELS, 99, values::label);
+        let tags = self.tags();
+        let runner_user = self.one(&spec::RUNNER_USER, values::linux_user);
+        let pre_runner_script = self.value(&spec::PRE_RUNNER_SCRIPT);
+        let startup = self.number(&spec::STARTUP_TIMEOUT_MINUTES, 1, 120, "minutes");
+        let lifetime = self.number(&spec::MAX_LIFETIME_MINUTES, 5, 10080, "minutes");
+        let idle = self.number(&spec::IDLE_TIMEOUT_MINUTES, 1, 1440, "minutes");
+        if let (Some(startup), Some(lifetime)) = (startup, lifetime)
+            && lifetime <= startup
+        {
+            self.fail(
+                &spec::MAX_LIFETIME_MINUTES,
+                Some(&lifetime.to_string()),
+                Problem::NotLonger {
+                    other: spec::STARTUP_TIMEOUT_MINUTES.name,
+                    other_value: startup,
+                },
+            );
+        }
+        let keep_on_failure = self.boolean(&spec::KEEP_ON_FAILURE);
+        let dry_run = self.boolean(&spec::DRY_RUN);
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(StartInputs {
+            common: common?,
+            region: region?,
+            instance_types,
+            image: image?,
+            subnet_ids,
+            security_group_ids,
+            iam_instance_profile,
+            root_volume_size_gib,
+            labels,
+            tags: tags?,
+            runner_user: runner_user?,
+            pre_runner_script,
+            startup_timeout_minutes: startup?,
+            max_lifetime_minutes: lifetime?,
+            idle_timeout_minutes: idle?,
+            keep_on_failure,
+            dry_run,
+        })
+    }
+
+    fn tags(&mut self) -> Option<BTreeMap<String, String>> {
+        let spec = &spec::TAGS;
+        let Some(v) = self.value(spec) else {
+            return Some(BTreeMap::new());
+        };
+        match values::tags(&v) {
+            Ok(tags) => Some(tags),
+            Err(e) => {
+                self.invalid(spec, &v, e.entry.as_deref(), e.expect);
+                None
+            }
+        }
+    }
+
+    fn stop(&mut self, common: Option<Common>) -> Option<StopInputs> {
+        let region = match self.one(&spec::REGION, values::region) {
+            Some(region) => Some(region),
+            None if self.raw(&spec::REGION).is_some() => None,
+            None => self.aws_region().ok().flatten(),
+        };
+        let label = self.one(&spec::LABEL, values::label);
+        let ids_spec = &spec::INSTANCE_IDS;
+        let instance_ids = match self.value(ids_spec) {
+            None => Vec::new(),
+            Some(v) => match values::instance_ids(&v) {
+                Ok(mut ids) => {
+                    // A repeated id is harmless to stop: drop it rather than fail the teardown.
+                    let mut seen = std::collections::HashSet::new();
+                    ids.retain(|id| seen.insert(id.clone()));
+                    self.entries(ids_spec, &v, ids, 100, values::instance_id)
+                }
+                Err(e) => {
+                    self.invalid(ids_spec, &v, None, e);
+                    Vec::new()
+                }
+            },
+        };
+        let has_work = label.is_some() || !instance_ids.is_empty();
+        if has_work && region.is_none() && self.errors.is_empty() {
+            self.missing(
+                &spec::REGION,
+                "Pass the start job's region output (region: ${{ needs.start.outputs.region }}), \
+                 or set aws-region or AWS_REGION."
+                    .to_owned(),
+            );
+        }
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(StopInputs {
+            common: common?,
+            region,
+            label,
+            instance_ids,
+        })
+    }
+
+    /// Inputs set for another mode: harmless, but usually a copy-paste slip worth pointing out.
+    /// Defaults do not count: the runner passes them for every mode.
+    fn unused(&self, mode: Mode) -> Vec<String> {
+        spec::ALL
+            .iter()
+            .filter(|s| !mode.reads(s.scope))
+            .filter(|s| self.raw(s).is_some_and(|v| v != s.default))
+            .map(|s| {
+                let other = match s.scope {
+                    spec::Scope::Stop => "stop",
+                    _ => "start",
+                };
+                format!(
+                    "{} is only used with mode: {other}; it has no effect with mode: {}.",
+                    s.name,
+                    mode.name()
+                )
+            })
+            .collect()
+    }
+}
+
+/// `INPUT_*` variables that are no input of ours: most likely a misspelt one.
+fn unknown_inputs(env: &Env) -> Vec<String> {
+    let known: Vec<String> = spec::ALL.iter().map(Spec::env_var).collect();
+    env.iter()
+        .filter(|(k, v)| k.starts_with("INPUT_") && !v.trim().is_empty())
+        .filter(|(k, _)| !known.iter().any(|known| known == k))
+        .map(|(k, _)| {
+            let name = k["INPUT_".len()..].to_ascii_lowercase();
+            let mut msg = format!("gpu-runner has no input named {name}; it is ignored.");
+            if let Some(s) = values::closest(&name, spec::ALL.iter().map(|s| s.name)) {
+                msg.push_str(&format!(" Did you mean {s}?"));
+            }
+            msg
+        })
+        .collect()
+}
+
+fn start_warnings(s: &StartInputs) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if s.idle_timeout_minutes >= s.max_lifetime_minutes {
+        warnings.push(format!(
+            "idle-timeout-minutes ({}) is not shorter than max-lifetime-minutes ({}), so it never \
+             takes effect: the instance ends at its max lifetime first.",
+            s.idle_timeout_minutes, s.max_lifetime_minutes
+        ));
+    }
+    if s.runner_user == "root" {
+        warnings.push(
+            "runner-user is root: every job step will run as root on the instance. Use an \
+             unprivileged user (the default, runner) unless a job really needs root."
+                .to_owned(),
+        );
+    }
+    warnings
+}

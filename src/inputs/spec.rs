@@ -1,0 +1,137 @@
+//! Every input the action takes: its name as users write it, the modes that read it, its default
+//! (the same as in `action.yml`; a test holds them together) and whether it is a secret.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub name: &'static str,
+    pub scope: Scope,
+    /// Empty when the input has no default.
+    pub default: &'static str,
+    pub secret: bool,
+}
+
+impl Spec {
+    const fn new(name: &'static str, scope: Scope, default: &'static str) -> Self {
+        Self {
+            name,
+            scope,
+            default,
+            secret: false,
+        }
+    }
+
+    const fn secret(name: &'static str, scope: Scope) -> Self {
+        Self {
+            name,
+            scope,
+            default: "",
+            secret: true,
+        }
+    }
+
+    /// The variable the runner sets: `INPUT_` + the name upper-cased, spaces as `_`, hyphens kept.
+    pub fn env_var(&self) -> String {
+        format!("INPUT_{}", self.name.replace(' ', "_").to_uppercase())
+    }
+}
+
+/// The AWS Deep Learning Base OSS NVIDIA Driver GPU AMI (Ubuntu 22.04), through AWS's public SSM
+/// parameter: always the newest image, with the driver and `nvidia-smi` already installed.
+pub const DEFAULT_IMAGE: &str = "ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
+
+use Scope::{All, Start, Stop};
+
+pub const MODE: Spec = Spec::new("mode", All, "");
+pub const GITHUB_TOKEN: Spec = Spec::secret("github-token", All);
+pub const GITHUB_APP_ID: Spec = Spec::new("github-app-id", All, "");
+pub const GITHUB_APP_PRIVATE_KEY: Spec = Spec::secret("github-app-private-key", All);
+pub const AWS_REGION: Spec = Spec::new("aws-region", All, "");
+pub const ROLE_TO_ASSUME: Spec = Spec::new("role-to-assume", All, "");
+pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
+
+pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
+pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
+pub const SUBNET_ID: Spec = Spec::new("subnet-id", Start, "");
+pub const SECURITY_GROUP_ID: Spec = Spec::new("security-group-id", Start, "");
+pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, "");
+pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
+pub const LABELS: Spec = Spec::new("labels", Start, "");
+pub const TAGS: Spec = Spec::new("tags", Start, "");
+pub const RUNNER_USER: Spec = Spec::new("runner-user", Start, "runner");
+pub const PRE_RUNNER_SCRIPT: Spec = Spec::new("pre-runner-script", Start, "");
+pub const STARTUP_TIMEOUT_MINUTES: Spec = Spec::new("startup-timeout-minutes", Start, "10");
+pub const MAX_LIFETIME_MINUTES: Spec = Spec::new("max-lifetime-minutes", Start, "360");
+pub const IDLE_TIMEOUT_MINUTES: Spec = Spec::new("idle-timeout-minutes", Start, "15");
+pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
+pub const DRY_RUN: Spec = Spec::new("dry-run", Start, "false");
+
+pub const LABEL: Spec = Spec::new("label", Stop, "");
+pub const INSTANCE_IDS: Spec = Spec::new("instance-ids", Stop, "");
+pub const REGION: Spec = Spec::new("region", Stop, "");
+
+pub const ALL: &[Spec] = &[
+    MODE,
+    GITHUB_TOKEN,
+    GITHUB_APP_ID,
+    GITHUB_APP_PRIVATE_KEY,
+    AWS_REGION,
+    ROLE_TO_ASSUME,
+    AUDIENCE,
+    INSTANCE_TYPE,
+    IMAGE_ID,
+    SUBNET_ID,
+    SECURITY_GROUP_ID,
+    IAM_INSTANCE_PROFILE,
+    ROOT_VOLUME_SIZE,
+    LABELS,
+    TAGS,
+    RUNNER_USER,
+    PRE_RUNNER_SCRIPT,
+    STARTUP_TIMEOUT_MINUTES,
+    MAX_LIFETIME_MINUTES,
+    IDLE_TIMEOUT_MINUTES,
+    KEEP_ON_FAILURE,
+    DRY_RUN,
+    LABEL,
+    INSTANCE_IDS,
+    REGION,
+];
+
+pub fn by_name(name: &str) -> Option<&'static Spec> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_var_keeps_hyphens() {
+        assert_eq!(INSTANCE_TYPE.env_var(), "INPUT_INSTANCE-TYPE");
+        assert_eq!(MODE.env_var(), "INPUT_MODE");
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = ALL.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn secrets_have_no_default() {
+        assert!(
+            ALL.iter()
+                .filter(|s| s.secret)
+                .all(|s| s.default.is_empty())
+        );
+    }
+}

@@ -1,0 +1,787 @@
+//! Every parsing rule, and the exact words a user reads for each kind of bad input.
+
+use super::*;
+
+const TOKEN: &str = "ghp_unit-test-token";
+
+/// A valid start, changed by `vars` (an empty value unsets a variable as the runner would).
+fn env(vars: &[(&str, &str)]) -> Env {
+    let mut env: Env = [
+        ("INPUT_MODE", "start"),
+        ("INPUT_GITHUB-TOKEN", TOKEN),
+        ("INPUT_AWS-REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .collect();
+    for (k, v) in vars {
+        env.set(*k, *v);
+    }
+    env
+}
+
+fn start(vars: &[(&str, &str)]) -> StartInputs {
+    match parse(&env(vars)) {
+        Ok(Parsed {
+            inputs: Inputs::Start(s),
+            ..
+        }) => s,
+        other => panic!("expected a start, got {other:?}"),
+    }
+}
+
+fn stop(vars: &[(&str, &str)]) -> StopInputs {
+    let mut all = vec![("INPUT_MODE", "stop"), ("INPUT_AWS-REGION", "")];
+    all.extend_from_slice(vars);
+    match parse(&env(&all)) {
+        Ok(Parsed {
+            inputs: Inputs::Stop(s),
+            ..
+        }) => s,
+        other => panic!("expected a stop, got {other:?}"),
+    }
+}
+
+/// Every error as the user reads it: `title: message`.
+fn errors(vars: &[(&str, &str)]) -> Vec<String> {
+    match parse(&env(vars)) {
+        Ok(p) => panic!("expected errors, parsed {p:?}"),
+        Err(InputErrors(errors)) => errors
+            .iter()
+            .map(|e| format!("{}: {e}", e.title()))
+            .collect(),
+    }
+}
+
+#[track_caller]
+fn error(vars: &[(&str, &str)]) -> String {
+    let mut all = errors(vars);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.remove(0)
+}
+
+fn warnings(vars: &[(&str, &str)]) -> Vec<String> {
+    parse(&env(vars)).unwrap().warnings
+}
+
+#[test]
+fn start_defaults() {
+    let s = start(&[]);
+    assert_eq!(s.instance_types, ["g4dn.xlarge"]);
+    assert_eq!(
+        s.image,
+        ImageRef::Ssm(spec::DEFAULT_IMAGE["ssm:".len()..].to_owned())
+    );
+    assert_eq!(s.region, "us-east-1");
+    assert_eq!(s.common.audience, "sts.amazonaws.com");
+    assert_eq!(s.common.role_to_assume, None);
+    assert_eq!(s.common.github, GithubAuth::Token(Secret::new(TOKEN)));
+    assert_eq!(s.runner_user, "runner");
+    assert_eq!(
+        (
+            s.startup_timeout_minutes,
+            s.max_lifetime_minutes,
+            s.idle_timeout_minutes
+        ),
+        (10, 360, 15)
+    );
+    assert!(!s.keep_on_failure && !s.dry_run);
+    assert!(s.labels.is_empty() && s.tags.is_empty() && s.subnet_ids.is_empty());
+    assert_eq!((s.root_volume_size_gib, s.pre_runner_script), (None, None));
+}
+
+#[test]
+fn values_are_trimmed_and_empty_means_unset() {
+    let s = start(&[
+        ("INPUT_INSTANCE-TYPE", "   "),
+        ("INPUT_RUNNER-USER", "  ci  "),
+        ("INPUT_DRY-RUN", "\ttrue\n"),
+        ("INPUT_ROLE-TO-ASSUME", ""),
+    ]);
+    assert_eq!(s.instance_types, ["g4dn.xlarge"]);
+    assert_eq!(s.runner_user, "ci");
+    assert!(s.dry_run);
+    assert_eq!(s.common.role_to_assume, None);
+}
+
+#[test]
+fn mode_is_required_and_checked() {
+    assert_eq!(
+        error(&[("INPUT_MODE", "")]),
+        "Missing input: mode: mode is not set. Set mode: start in the job that launches the GPU \
+         runner, and mode: stop in the job that removes it."
+    );
+    assert_eq!(
+        error(&[("INPUT_MODE", "strat")]),
+        "Invalid input: mode: mode \"strat\" is not a mode of gpu-runner. Use one of: start, stop. \
+         Did you mean \"start\"?"
+    );
+    assert_eq!(
+        error(&[("INPUT_MODE", "launch")]),
+        "Invalid input: mode: mode \"launch\" is not a mode of gpu-runner. Use one of: start, stop."
+    );
+}
+
+#[test]
+fn booleans_follow_the_yaml_core_schema() {
+    for (v, expected) in [
+        ("true", true),
+        ("True", true),
+        ("TRUE", true),
+        ("false", false),
+        ("False", false),
+        ("FALSE", false),
+    ] {
+        assert_eq!(start(&[("INPUT_DRY-RUN", v)]).dry_run, expected, "{v}");
+    }
+    for v in ["yes", "1", "on", "tRUE", "y"] {
+        assert_eq!(
+            error(&[("INPUT_KEEP-ON-FAILURE", v)]),
+            format!(
+                "Invalid input: keep-on-failure: keep-on-failure is \"{v}\", which is not a \
+                 boolean. Use true or false (True, TRUE, False and FALSE work too)."
+            )
+        );
+    }
+}
+
+#[test]
+fn lists_take_commas_and_or_newlines() {
+    for v in [
+        "g5.xlarge,g4dn.xlarge,g6.xlarge",
+        "g5.xlarge, g4dn.xlarge , g6.xlarge",
+        "g5.xlarge\ng4dn.xlarge\ng6.xlarge\n",
+        "g5.xlarge,\ng4dn.xlarge,\r\ng6.xlarge",
+        "g5.xlarge, g4dn.xlarge\n  g6.xlarge",
+    ] {
+        assert_eq!(
+            start(&[("INPUT_INSTANCE-TYPE", v)]).instance_types,
+            ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"],
+            "{v:?}"
+        );
+    }
+}
+
+#[test]
+fn blank_list_entries_are_errors() {
+    let fix = "Remove the extra comma or blank line: entries of instance-type are separated by \
+               commas or newlines, and none may be empty.";
+    assert_eq!(
+        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,,g4dn.xlarge")]),
+        format!(
+            "Invalid input: instance-type: instance-type has an empty entry (entry 2 of \
+             \"g5.xlarge,,g4dn.xlarge\"). {fix}"
+        )
+    );
+    assert!(error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,")]).contains("(entry 2 of"));
+    assert!(
+        error(&[("INPUT_SUBNET-ID", "subnet-aaaaaaaa\n\nsubnet-bbbbbbbb")]).contains("(entry 2 of")
+    );
+    assert!(error(&[("INPUT_LABELS", ",gpu")]).contains("(entry 1 of"));
+}
+
+#[test]
+fn duplicate_and_too_many_entries_are_errors() {
+    assert_eq!(
+        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge, g5.xlarge")]),
+        "Invalid input: instance-type: instance-type lists \"g5.xlarge\" more than once. List each \
+         entry of instance-type once."
+    );
+    let many: Vec<String> = (0..100).map(|i| format!("l{i}")).collect();
+    assert_eq!(
+        error(&[("INPUT_LABELS", &many.join(","))]),
+        "Invalid input: labels: labels has 100 entries; at most 99 are allowed. Keep at most 99 \
+         entries in labels."
+    );
+}
+
+#[test]
+fn instance_types_are_checked() {
+    assert_eq!(
+        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn..xlarge")]),
+        "Invalid input: instance-type: instance-type entry \"g4dn..xlarge\" is not an EC2 instance \
+         type name (FAMILY.SIZE). Write EC2 instance type names such as g5.xlarge, in order of \
+         preference, separated by commas or newlines."
+    );
+    assert_eq!(
+        error(&[("INPUT_INSTANCE-TYPE", "G5.XLarge")]),
+        "Invalid input: instance-type: instance-type entry \"G5.XLarge\" is not an EC2 instance \
+         type name (FAMILY.SIZE). Instance types are lowercase: write g5.xlarge."
+    );
+    for bad in ["g5", "g5.", ".xlarge", "g5 xlarge", "5g.xlarge"] {
+        assert!(
+            error(&[("INPUT_INSTANCE-TYPE", bad)]).contains("is not an EC2 instance type"),
+            "{bad}"
+        );
+    }
+    let s = start(&[(
+        "INPUT_INSTANCE-TYPE",
+        "p5.48xlarge, g6e.12xlarge, u-6tb1.metal",
+    )]);
+    assert_eq!(s.instance_types.len(), 3);
+}
+
+#[test]
+fn minutes_and_sizes_are_range_checked() {
+    assert_eq!(
+        error(&[("INPUT_STARTUP-TIMEOUT-MINUTES", "ten")]),
+        "Invalid input: startup-timeout-minutes: startup-timeout-minutes is \"ten\", which is not \
+         a whole number. Set startup-timeout-minutes to a whole number of minutes from 1 to 120."
+    );
+    assert_eq!(
+        error(&[("INPUT_ROOT-VOLUME-SIZE", "4")]),
+        "Invalid input: root-volume-size: root-volume-size is \"4\", outside 8 to 16384 GiB. Set \
+         root-volume-size to a whole number of GiB from 8 to 16384."
+    );
+    for (name, bad) in [
+        ("INPUT_STARTUP-TIMEOUT-MINUTES", "0"),
+        ("INPUT_STARTUP-TIMEOUT-MINUTES", "121"),
+        ("INPUT_MAX-LIFETIME-MINUTES", "10081"),
+        ("INPUT_IDLE-TIMEOUT-MINUTES", "0"),
+        ("INPUT_IDLE-TIMEOUT-MINUTES", "1441"),
+    ] {
+        assert!(error(&[(name, bad)]).contains(", outside "), "{name}={bad}");
+    }
+    for bad in ["-5", "1.5", "99999999999999999999999", "10m"] {
+        assert!(
+            error(&[("INPUT_IDLE-TIMEOUT-MINUTES", bad)]).contains("not a whole number"),
+            "{bad}"
+        );
+    }
+    let s = start(&[
+        ("INPUT_ROOT-VOLUME-SIZE", "200"),
+        ("INPUT_STARTUP-TIMEOUT-MINUTES", "120"),
+        ("INPUT_MAX-LIFETIME-MINUTES", "10080"),
+        ("INPUT_IDLE-TIMEOUT-MINUTES", "1"),
+    ]);
+    assert_eq!(s.root_volume_size_gib, Some(200));
+    assert_eq!(
+        (
+            s.startup_timeout_minutes,
+            s.max_lifetime_minutes,
+            s.idle_timeout_minutes
+        ),
+        (120, 10080, 1)
+    );
+}
+
+#[test]
+fn max_lifetime_must_outlast_the_startup_timeout() {
+    assert_eq!(
+        error(&[
+            ("INPUT_STARTUP-TIMEOUT-MINUTES", "30"),
+            ("INPUT_MAX-LIFETIME-MINUTES", "30")
+        ]),
+        "Invalid input: max-lifetime-minutes: max-lifetime-minutes is \"30\", not longer than \
+         startup-timeout-minutes (30): the instance would end before its runner could come \
+         online. Make max-lifetime-minutes longer than startup-timeout-minutes, or shorten \
+         startup-timeout-minutes."
+    );
+}
+
+#[test]
+fn idle_timeout_beyond_the_lifetime_is_a_warning() {
+    assert_eq!(
+        warnings(&[
+            ("INPUT_MAX-LIFETIME-MINUTES", "60"),
+            ("INPUT_IDLE-TIMEOUT-MINUTES", "90")
+        ]),
+        [
+            "idle-timeout-minutes (90) is not shorter than max-lifetime-minutes (60), so it never \
+          takes effect: the instance ends at its max lifetime first."
+        ]
+    );
+}
+
+#[test]
+fn tags_take_a_yaml_mapping() {
+    let s = start(&[(
+        "INPUT_TAGS",
+        "team: ml\ncost-center: 00123\nurgent: true\nnote: 'a: b'\nempty:",
+    )]);
+    let tags: Vec<(&str, &str)> = s
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("cost-center", "00123"),
+            ("empty", ""),
+            ("note", "a: b"),
+            ("team", "ml"),
+            ("urgent", "true")
+        ]
+    );
+    let s = start(&[("INPUT_TAGS", "{team: ml, project: llm}")]);
+    assert_eq!(s.tags.len(), 2);
+}
+
+#[test]
+fn tags_take_key_value_lines() {
+    let s = start(&[(
+        "INPUT_TAGS",
+        "team=ml\n\nurl = https://x.example/?a=b\nempty=",
+    )]);
+    let tags: Vec<(&str, &str)> = s
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("empty", ""),
+            ("team", "ml"),
+            ("url", "https://x.example/?a=b")
+        ]
+    );
+}
+
+#[test]
+fn bad_tags_say_which_key_and_why() {
+    let form = "Write tags as a YAML mapping (one \"key: value\" per line) or as key=value lines, \
+                such as:\n  team: ml\n  cost-center: \"1234\"";
+    assert_eq!(
+        error(&[("INPUT_TAGS", "team=ml\njust-a-word")]),
+        format!("Invalid input: tags: tags entry \"just-a-word\" is not a key=value line. {form}")
+    );
+    assert_eq!(
+        error(&[("INPUT_TAGS", "team=ml\nteam=ai")]),
+        "Invalid input: tags: tags entry \"team\" is not a key given once. Give each tag key once."
+    );
+    assert!(
+        error(&[("INPUT_TAGS", "team: ml\nteam: ai")])
+            .contains("is not valid YAML or key=value lines (YAML error: duplicate entry")
+    );
+    assert!(error(&[("INPUT_TAGS", "team: ml\ncost=1")]).starts_with(
+        "Invalid input: tags: tags \"team: ml\ncost=1\" is not valid YAML or key=value lines"
+    ));
+    assert_eq!(
+        error(&[("INPUT_TAGS", "aws:cloudformation=x")]),
+        "Invalid input: tags: tags entry \"aws:cloudformation\" is not a usable tag key (aws: is \
+         reserved by AWS). Choose a key that does not start with aws:."
+    );
+    assert!(error(&[("INPUT_TAGS", "gpu-runner:label: mine")]).contains("reserved for gpu-runner"));
+    assert!(
+        error(&[("INPUT_TAGS", "team: [a, b]")]).contains(
+            "Give each tag a single value; lists and nested mappings are not tag values."
+        )
+    );
+    assert!(
+        error(&[("INPUT_TAGS", &format!("k={}", "v".repeat(257)))])
+            .contains("is not a tag value of at most 256 characters")
+    );
+    assert!(
+        error(&[("INPUT_TAGS", &format!("{}=v", "k".repeat(129)))])
+            .contains("is not a tag key of at most 128 characters")
+    );
+    assert!(error(&[("INPUT_TAGS", "note: |\n  two\n  lines")]).contains("without line breaks"));
+    let many: String = (0..41).map(|i| format!("k{i}=v\n")).collect();
+    assert!(error(&[("INPUT_TAGS", &many)]).contains("is not at most 40 tags (it has 41)"));
+}
+
+#[test]
+fn github_auth_is_a_token_or_an_app() {
+    let s = start(&[
+        ("INPUT_GITHUB-TOKEN", ""),
+        ("INPUT_GITHUB-APP-ID", "123456"),
+        (
+            "INPUT_GITHUB-APP-PRIVATE-KEY",
+            "-----BEGIN RSA PRIVATE KEY-----\\nMIIabc\\n-----END RSA PRIVATE KEY-----",
+        ),
+    ]);
+    assert_eq!(
+        s.common.github,
+        GithubAuth::App {
+            app_id: "123456".into(),
+            private_key: Secret::new(
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n-----END RSA PRIVATE KEY-----"
+            ),
+        }
+    );
+    let s = start(&[
+        ("INPUT_GITHUB-TOKEN", ""),
+        ("INPUT_GITHUB-APP-ID", "Iv23liABCdef"),
+        (
+            "INPUT_GITHUB-APP-PRIVATE-KEY",
+            "-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----\n",
+        ),
+    ]);
+    assert!(matches!(s.common.github, GithubAuth::App { .. }));
+}
+
+#[test]
+fn github_auth_errors() {
+    assert_eq!(
+        error(&[("INPUT_GITHUB-TOKEN", "")]),
+        "Missing input: github-token: github-token is not set. gpu-runner registers and removes \
+         self-hosted runners, which takes a token with Administration: write on the repository \
+         (the workflow's own GITHUB_TOKEN cannot do that). Set github-token: \
+         ${{ secrets.RUNNER_ADMIN_TOKEN }}, or use a GitHub App with github-app-id and \
+         github-app-private-key."
+    );
+    assert_eq!(
+        error(&[("INPUT_GITHUB-APP-ID", "123")]),
+        "Invalid input: github-app-id: github-app-id and github-token are both set. Use either \
+         github-token, or github-app-id with github-app-private-key, not both."
+    );
+    assert_eq!(
+        error(&[("INPUT_GITHUB-TOKEN", ""), ("INPUT_GITHUB-APP-ID", "123")]),
+        "Missing input: github-app-private-key: github-app-private-key is not set. With \
+         github-app-id, also set github-app-private-key: ${{ secrets.YOUR_APP_PRIVATE_KEY }} (the \
+         App's .pem file)."
+    );
+    assert_eq!(
+        error(&[
+            ("INPUT_GITHUB-TOKEN", ""),
+            ("INPUT_GITHUB-APP-PRIVATE-KEY", "k")
+        ]),
+        "Invalid input: github-app-private-key: github-app-private-key is set but github-app-id is \
+         not. Set github-app-id too: github-app-private-key and github-app-id work together."
+    );
+    assert_eq!(
+        error(&[("INPUT_GITHUB-APP-PRIVATE-KEY", "k")]),
+        "Invalid input: github-app-private-key: github-app-private-key is set but github-app-id is \
+         not. Set github-app-id too: github-app-private-key and github-app-id work together."
+    );
+    let e = errors(&[
+        ("INPUT_GITHUB-TOKEN", ""),
+        ("INPUT_GITHUB-APP-ID", "my-app"),
+        ("INPUT_GITHUB-APP-PRIVATE-KEY", "not-a-pem-secret"),
+    ]);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with(
+        "Invalid input: github-app-id: github-app-id \"my-app\" is not a GitHub App id."
+    ));
+    assert!(e[1].starts_with("Invalid input: github-app-private-key: github-app-private-key is not a PEM private key. Paste the whole .pem file"));
+}
+
+#[test]
+fn secret_values_never_appear_in_errors() {
+    let secret = "ghp_very secret\nvalue";
+    let e = error(&[("INPUT_GITHUB-TOKEN", secret)]);
+    assert_eq!(
+        e,
+        "Invalid input: github-token: github-token is not a single token. github-token contains \
+         spaces or line breaks: store only the token itself in the secret, with nothing around it."
+    );
+    let key = "PRIVATE KEY but not really, secret-part";
+    let e = errors(&[
+        ("INPUT_GITHUB-TOKEN", ""),
+        ("INPUT_GITHUB-APP-ID", "1"),
+        ("INPUT_GITHUB-APP-PRIVATE-KEY", key),
+    ]);
+    assert!(e.iter().all(|m| !m.contains("secret-part")), "{e:#?}");
+}
+
+#[test]
+fn raw_secrets_lists_every_secret_input() {
+    let env = env(&[("INPUT_GITHUB-APP-PRIVATE-KEY", "  pem  ")]);
+    assert_eq!(raw_secrets(&env), [TOKEN, "pem"]);
+}
+
+#[test]
+fn region_comes_from_the_input_or_the_environment() {
+    assert_eq!(
+        start(&[("INPUT_AWS-REGION", "eu-west-1")]).region,
+        "eu-west-1"
+    );
+    assert_eq!(
+        start(&[("INPUT_AWS-REGION", ""), ("AWS_REGION", "us-gov-west-1")]).region,
+        "us-gov-west-1"
+    );
+    assert_eq!(
+        start(&[
+            ("INPUT_AWS-REGION", ""),
+            ("AWS_DEFAULT_REGION", "ap-southeast-2")
+        ])
+        .region,
+        "ap-southeast-2"
+    );
+    assert_eq!(
+        error(&[("INPUT_AWS-REGION", "")]),
+        "Missing input: aws-region: aws-region is not set. Set aws-region: us-east-1 (the region \
+         to launch in), or set AWS_REGION in the workflow's env."
+    );
+    assert_eq!(
+        error(&[("INPUT_AWS-REGION", "us-east-1a")]),
+        "Invalid input: aws-region: aws-region \"us-east-1a\" is not an AWS region. Use a region \
+         code such as us-east-1 or eu-west-1, not a zone (us-east-1a) or a name."
+    );
+    for bad in ["US-EAST-1", "virginia", "us-east", "us--1"] {
+        assert!(
+            error(&[("INPUT_AWS-REGION", bad)]).contains("is not an AWS region"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn images_are_ami_ids_or_ssm_parameters() {
+    assert_eq!(
+        start(&[("INPUT_IMAGE-ID", "ami-0123456789abcdef0")]).image,
+        ImageRef::Ami("ami-0123456789abcdef0".into())
+    );
+    assert_eq!(
+        start(&[("INPUT_IMAGE-ID", "ssm:/my/ami")]).image,
+        ImageRef::Ssm("/my/ami".into())
+    );
+    assert_eq!(
+        start(&[("INPUT_IMAGE-ID", "resolve:ssm:/my/ami")]).image,
+        ImageRef::Ssm("/my/ami".into())
+    );
+    assert_eq!(
+        error(&[("INPUT_IMAGE-ID", "ubuntu-22.04")]),
+        "Invalid input: image-id: image-id \"ubuntu-22.04\" is not an AMI id or an ssm: parameter. \
+         Use an AMI id such as ami-0123456789abcdef0, or ssm:/path/of/a/parameter that holds one; \
+         leave image-id unset for the AWS Deep Learning Base GPU AMI."
+    );
+    assert!(
+        error(&[("INPUT_IMAGE-ID", "ssm:/bad path")]).contains("is not a valid SSM parameter name")
+    );
+    assert!(error(&[("INPUT_IMAGE-ID", "ami-123")]).contains("is not an AMI id"));
+}
+
+#[test]
+fn network_ids_are_checked() {
+    let s = start(&[
+        (
+            "INPUT_SUBNET-ID",
+            "subnet-0123456789abcdef0, subnet-1234abcd",
+        ),
+        ("INPUT_SECURITY-GROUP-ID", "sg-0123456789abcdef0"),
+    ]);
+    assert_eq!(
+        s.subnet_ids,
+        ["subnet-0123456789abcdef0", "subnet-1234abcd"]
+    );
+    assert_eq!(s.security_group_ids, ["sg-0123456789abcdef0"]);
+    assert_eq!(
+        error(&[("INPUT_SUBNET-ID", "subnet-0123456789abcdef0, my-subnet")]),
+        "Invalid input: subnet-id: subnet-id entry \"my-subnet\" is not a subnet id. Use subnet ids \
+         such as subnet-0123456789abcdef0 (VPC console → Subnets), separated by commas or newlines."
+    );
+    assert_eq!(
+        error(&[("INPUT_SECURITY-GROUP-ID", "default")]),
+        "Invalid input: security-group-id: security-group-id entry \"default\" is not a security \
+         group id. Use security group ids such as sg-0123456789abcdef0, not group names."
+    );
+}
+
+#[test]
+fn iam_names_are_checked() {
+    let s = start(&[
+        (
+            "INPUT_ROLE-TO-ASSUME",
+            "arn:aws:iam::123456789012:role/ci/gpu-ci",
+        ),
+        ("INPUT_IAM-INSTANCE-PROFILE", "gpu-ci-instance"),
+    ]);
+    assert_eq!(
+        s.common.role_to_assume.as_deref(),
+        Some("arn:aws:iam::123456789012:role/ci/gpu-ci")
+    );
+    assert_eq!(s.iam_instance_profile.as_deref(), Some("gpu-ci-instance"));
+    start(&[(
+        "INPUT_IAM-INSTANCE-PROFILE",
+        "arn:aws-us-gov:iam::123456789012:instance-profile/gpu",
+    )]);
+    assert_eq!(
+        error(&[("INPUT_ROLE-TO-ASSUME", "gpu-ci")]),
+        "Invalid input: role-to-assume: role-to-assume \"gpu-ci\" is not an IAM role ARN. Use the \
+         role's full ARN, such as arn:aws:iam::123456789012:role/gpu-ci (IAM console → Roles → the \
+         role → ARN)."
+    );
+    for bad in [
+        "arn:aws:iam::12345:role/x",
+        "arn:aws:iam::123456789012:user/x",
+        "arn:aws:sts::123456789012:role/x",
+    ] {
+        assert!(
+            error(&[("INPUT_ROLE-TO-ASSUME", bad)]).contains("is not an IAM role ARN"),
+            "{bad}"
+        );
+    }
+    assert!(
+        error(&[("INPUT_IAM-INSTANCE-PROFILE", "gpu profile")])
+            .contains("is not an IAM instance profile name or ARN")
+    );
+}
+
+#[test]
+fn labels_users_and_audience_are_checked() {
+    assert_eq!(
+        start(&[("INPUT_LABELS", "gpu\ncuda-12.4")]).labels,
+        ["gpu", "cuda-12.4"]
+    );
+    assert_eq!(
+        error(&[("INPUT_LABELS", "gpu, my label")]),
+        "Invalid input: labels: labels entry \"my label\" is not a runner label. Labels are 1 to \
+         100 letters, digits, '.', '_', ':' or '-', such as gpu or cuda-12."
+    );
+    assert_eq!(
+        error(&[("INPUT_RUNNER-USER", "Runner")]),
+        "Invalid input: runner-user: runner-user \"Runner\" is not a Linux user name. Use 1 to 32 \
+         lowercase letters, digits, '_' or '-', starting with a letter, such as runner."
+    );
+    assert!(error(&[("INPUT_AUDIENCE", "sts amazonaws")]).contains("is not an OIDC audience"));
+    assert_eq!(
+        start(&[("INPUT_AUDIENCE", "my-aud")]).common.audience,
+        "my-aud"
+    );
+}
+
+#[test]
+fn root_runner_user_is_allowed_with_a_warning() {
+    assert_eq!(start(&[("INPUT_RUNNER-USER", "root")]).runner_user, "root");
+    assert!(warnings(&[("INPUT_RUNNER-USER", "root")])[0].starts_with("runner-user is root"));
+}
+
+#[test]
+fn pre_runner_script_is_kept_as_written() {
+    let s = start(&[("INPUT_PRE-RUNNER-SCRIPT", "set -x\n  apt-get update\n")]);
+    assert_eq!(
+        s.pre_runner_script.as_deref(),
+        Some("set -x\n  apt-get update")
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let e = errors(&[
+        ("INPUT_INSTANCE-TYPE", "big"),
+        ("INPUT_DRY-RUN", "yes"),
+        ("INPUT_AWS-REGION", ""),
+        ("INPUT_IDLE-TIMEOUT-MINUTES", "0"),
+    ]);
+    let titles: Vec<&str> = e.iter().map(|m| m.split(": ").nth(1).unwrap()).collect();
+    assert_eq!(
+        titles,
+        [
+            "aws-region",
+            "instance-type",
+            "idle-timeout-minutes",
+            "dry-run"
+        ]
+    );
+}
+
+#[test]
+fn stop_with_nothing_needs_no_region() {
+    let s = stop(&[]);
+    assert!(!s.has_work());
+    assert_eq!(s.region, None);
+}
+
+#[test]
+fn stop_reads_instance_ids_as_json_or_a_list() {
+    let json = r#"["i-0123456789abcdef0","i-1234abcd"]"#;
+    for v in [
+        json,
+        "i-0123456789abcdef0, i-1234abcd",
+        "i-0123456789abcdef0\ni-1234abcd\ni-1234abcd",
+    ] {
+        let s = stop(&[("INPUT_INSTANCE-IDS", v), ("INPUT_REGION", "us-west-2")]);
+        assert_eq!(s.instance_ids, ["i-0123456789abcdef0", "i-1234abcd"], "{v}");
+        assert_eq!(s.region.as_deref(), Some("us-west-2"));
+    }
+    assert!(!stop(&[("INPUT_INSTANCE-IDS", "[]")]).has_work());
+}
+
+#[test]
+fn stop_errors() {
+    let stop_env = |vars: &[(&'static str, &'static str)]| {
+        let mut all = vec![("INPUT_MODE", "stop"), ("INPUT_AWS-REGION", "")];
+        all.extend_from_slice(vars);
+        all
+    };
+    assert_eq!(
+        error(&stop_env(&[("INPUT_INSTANCE-IDS", "[\"i-1234abcd\"")])),
+        "Invalid input: instance-ids: instance-ids \"[\"i-1234abcd\"\" is not a JSON array of \
+         instance ids (EOF while parsing a list at line 1 column 13). Pass the start job's \
+         instance-ids output as it is, or a comma-separated list of instance ids."
+    );
+    assert_eq!(
+        error(&stop_env(&[
+            ("INPUT_INSTANCE-IDS", "i-1234abcd, gpu-1"),
+            ("INPUT_REGION", "us-east-1")
+        ])),
+        "Invalid input: instance-ids: instance-ids entry \"gpu-1\" is not an EC2 instance id. Pass \
+         the start job's instance-ids output as it is: instance-ids: \
+         ${{ needs.start.outputs.instance-ids }}."
+    );
+    assert_eq!(
+        error(&stop_env(&[("INPUT_LABEL", "gpu-runner-1-1-abc")])),
+        "Missing input: region: region is not set. Pass the start job's region output (region: \
+         ${{ needs.start.outputs.region }}), or set aws-region or AWS_REGION."
+    );
+    assert!(
+        error(&stop_env(&[
+            ("INPUT_LABEL", "bad label"),
+            ("INPUT_REGION", "us-east-1")
+        ]))
+        .contains("is not a runner label")
+    );
+    assert!(error(&stop_env(&[("INPUT_REGION", "nowhere")])).contains("is not an AWS region"));
+}
+
+#[test]
+fn stop_region_prefers_region_then_aws_region_then_env() {
+    let label = ("INPUT_LABEL", "gpu-runner-1-1-abc");
+    assert_eq!(
+        stop(&[
+            label,
+            ("INPUT_REGION", "eu-west-1"),
+            ("INPUT_AWS-REGION", "us-east-1")
+        ])
+        .region
+        .as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(
+        stop(&[label, ("INPUT_AWS-REGION", "us-east-2")])
+            .region
+            .as_deref(),
+        Some("us-east-2")
+    );
+    assert_eq!(
+        stop(&[label, ("AWS_REGION", "us-west-1")])
+            .region
+            .as_deref(),
+        Some("us-west-1")
+    );
+}
+
+#[test]
+fn inputs_of_the_other_mode_are_warned_about_unless_default() {
+    let mut vars = vec![
+        ("INPUT_MODE", "stop"),
+        ("INPUT_INSTANCE-TYPE", "g4dn.xlarge"),
+        ("INPUT_DRY-RUN", "false"),
+        ("INPUT_SUBNET-ID", "subnet-aaaaaaaa"),
+    ];
+    assert_eq!(
+        warnings(&vars),
+        ["subnet-id is only used with mode: start; it has no effect with mode: stop."]
+    );
+    vars = vec![("INPUT_LABEL", "x")];
+    assert_eq!(
+        warnings(&vars),
+        ["label is only used with mode: stop; it has no effect with mode: start."]
+    );
+}
+
+#[test]
+fn unknown_inputs_are_warned_about_with_a_suggestion() {
+    assert_eq!(
+        warnings(&[
+            ("INPUT_INSTANCE_TYPE", "g5.xlarge"),
+            ("INPUT_COLOUR", "blue")
+        ]),
+        [
+            "gpu-runner has no input named colour; it is ignored.",
+            "gpu-runner has no input named instance_type; it is ignored. Did you mean instance-type?",
+        ]
+    );
+}

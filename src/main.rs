@@ -1,0 +1,51 @@
+//! Thin: read the environment, set up logging, run the mode, turn the outcome into an exit code.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
+
+use gpu_runner::actions::{Actions, mask};
+use gpu_runner::env::Env;
+use gpu_runner::error;
+use gpu_runner::modes::{self, Step};
+
+fn main() -> ExitCode {
+    let env = Env::from_process();
+    gpu_runner::logging::init(&env);
+    let actions = Actions::from_env(&env);
+    let commands = env.is_true("GITHUB_ACTIONS");
+    panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        let report = error::bug_report(location, &mask::redact(&payload));
+        let text = if commands {
+            report.to_command()
+        } else {
+            report.to_plain()
+        };
+        println!("{}", mask::redact(&text));
+    }));
+
+    let step = Step::from_program_name(std::env::args_os().next().as_deref());
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        modes::run(&env, &actions, step, chrono::Utc::now())
+    }));
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "failed");
+            for annotation in e.annotations() {
+                actions.annotate(&annotation);
+            }
+            ExitCode::FAILURE
+        }
+        // The hook has reported it.
+        Err(_) => ExitCode::FAILURE,
+    }
+}

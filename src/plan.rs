@@ -1,0 +1,392 @@
+//! Pure planning: from inputs, the job's context, a clock reading and a random nonce to everything a
+//! start will do. No I/O here; `dry-run` prints this, and tests snapshot it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use crate::actions::summary::{Markdown, inline};
+use crate::context::Context;
+use crate::inputs::{ImageRef, StartInputs};
+
+/// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
+pub mod tag {
+    pub const NAME: &str = "Name";
+    pub const LABEL: &str = "gpu-runner:label";
+    pub const REPOSITORY: &str = "gpu-runner:repository";
+    pub const RUN_ID: &str = "gpu-runner:run-id";
+    pub const RUN_ATTEMPT: &str = "gpu-runner:run-attempt";
+    pub const EXPIRES_AT: &str = "gpu-runner:expires-at";
+    pub const VERSION: &str = "gpu-runner:version";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Market {
+    OnDemand,
+}
+
+impl Market {
+    pub fn name(self) -> &'static str {
+        match self {
+            Market::OnDemand => "on-demand",
+        }
+    }
+}
+
+/// One place to try for capacity. Candidates are tried in order; the first launch that works wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub instance_type: String,
+    /// `None`: the default VPC picks a subnet.
+    pub subnet_id: Option<String>,
+    pub market: Market,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// Unique to this start: the label the GPU job's `runs-on` names.
+    pub label: String,
+    /// The unique label, then the user's extra labels.
+    pub labels: Vec<String>,
+    pub runner_name: String,
+    pub region: String,
+    pub image: ImageRef,
+    pub candidates: Vec<Candidate>,
+    pub security_group_ids: Vec<String>,
+    pub iam_instance_profile: Option<String>,
+    pub root_volume_size_gib: Option<u32>,
+    /// On the instance and its volumes, set at launch.
+    pub tags: BTreeMap<String, String>,
+    pub runner_user: String,
+    pub pre_runner_script: Option<String>,
+    pub startup_timeout_minutes: u32,
+    pub idle_timeout_minutes: u32,
+    pub max_lifetime_minutes: u32,
+    /// The instance ends itself by then at the latest; cleanup treats it as expired after.
+    pub expires_at: DateTime<Utc>,
+    pub keep_on_failure: bool,
+    pub dry_run: bool,
+}
+
+/// `nonce` makes the label unique among several starts in one run (matrix jobs, retries).
+pub fn launch_plan(
+    inputs: &StartInputs,
+    ctx: &Context,
+    now: DateTime<Utc>,
+    nonce: &str,
+) -> LaunchPlan {
+    let label = format!("gpu-runner-{}-{}-{nonce}", ctx.run_id, ctx.run_attempt);
+    let mut labels = vec![label.clone()];
+    labels.extend(inputs.labels.iter().cloned());
+
+    let subnets: Vec<Option<String>> = if inputs.subnet_ids.is_empty() {
+        vec![None]
+    } else {
+        inputs.subnet_ids.iter().cloned().map(Some).collect()
+    };
+    let candidates = inputs
+        .instance_types
+        .iter()
+        .flat_map(|instance_type| {
+            subnets.iter().map(move |subnet_id| Candidate {
+                instance_type: instance_type.clone(),
+                subnet_id: subnet_id.clone(),
+                market: Market::OnDemand,
+            })
+        })
+        .collect();
+
+    let expires_at = now + TimeDelta::minutes(i64::from(inputs.max_lifetime_minutes));
+    let mut tags = inputs.tags.clone();
+    tags.entry(tag::NAME.to_owned())
+        .or_insert_with(|| format!("gpu-runner {}", ctx.repository()));
+    for (key, value) in [
+        (tag::LABEL, label.clone()),
+        (tag::REPOSITORY, ctx.repository()),
+        (tag::RUN_ID, ctx.run_id.to_string()),
+        (tag::RUN_ATTEMPT, ctx.run_attempt.to_string()),
+        (
+            tag::EXPIRES_AT,
+            expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        ),
+        (tag::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
+    ] {
+        tags.insert(key.to_owned(), value);
+    }
+
+    LaunchPlan {
+        runner_name: label.clone(),
+        label,
+        labels,
+        region: inputs.region.clone(),
+        image: inputs.image.clone(),
+        candidates,
+        security_group_ids: inputs.security_group_ids.clone(),
+        iam_instance_profile: inputs.iam_instance_profile.clone(),
+        root_volume_size_gib: inputs.root_volume_size_gib,
+        tags,
+        runner_user: inputs.runner_user.clone(),
+        pre_runner_script: inputs.pre_runner_script.clone(),
+        startup_timeout_minutes: inputs.startup_timeout_minutes,
+        idle_timeout_minutes: inputs.idle_timeout_minutes,
+        max_lifetime_minutes: inputs.max_lifetime_minutes,
+        expires_at,
+        keep_on_failure: inputs.keep_on_failure,
+        dry_run: inputs.dry_run,
+    }
+}
+
+impl Candidate {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} in {} ({})",
+            self.instance_type,
+            self.subnet_id.as_deref().unwrap_or("the default subnet"),
+            self.market.name()
+        )
+    }
+}
+
+impl LaunchPlan {
+    fn facts(&self) -> Vec<(&'static str, String)> {
+        let or = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_owned());
+        vec![
+            ("Label", self.label.clone()),
+            ("All labels", self.labels.join(", ")),
+            ("Runner name", self.runner_name.clone()),
+            ("Region", self.region.clone()),
+            ("Image", self.image.to_string()),
+            (
+                "Security groups",
+                or(
+                    (!self.security_group_ids.is_empty())
+                        .then(|| self.security_group_ids.join(", ")),
+                    "the VPC's default",
+                ),
+            ),
+            (
+                "Instance profile",
+                or(self.iam_instance_profile.clone(), "none"),
+            ),
+            (
+                "Root volume",
+                or(
+                    self.root_volume_size_gib.map(|g| format!("{g} GiB")),
+                    "the image's default size",
+                ),
+            ),
+            ("Runner user", self.runner_user.clone()),
+            (
+                "Pre-runner script",
+                or(
+                    self.pre_runner_script
+                        .as_ref()
+                        .map(|s| format!("{} line(s)", s.lines().count())),
+                    "none",
+                ),
+            ),
+            (
+                "Startup timeout",
+                format!("{} min", self.startup_timeout_minutes),
+            ),
+            (
+                "Idle timeout",
+                format!("{} min without a job", self.idle_timeout_minutes),
+            ),
+            (
+                "Max lifetime",
+                format!(
+                    "{} min (until {})",
+                    self.max_lifetime_minutes,
+                    self.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            ),
+            (
+                "On failure",
+                if self.keep_on_failure {
+                    "keep the instance for debugging (keep-on-failure)".to_owned()
+                } else {
+                    "terminate the instance and remove the runner".to_owned()
+                },
+            ),
+        ]
+    }
+
+    /// The plan as the log shows it.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in self.facts() {
+            out.push_str(&format!("{key:<18} {value}\n"));
+        }
+        out.push_str("Candidates, in order:\n");
+        for (i, c) in self.candidates.iter().enumerate() {
+            out.push_str(&format!("  {}. {}\n", i + 1, c.describe()));
+        }
+        out.push_str("Tags:\n");
+        for (key, value) in &self.tags {
+            out.push_str(&format!("  {key} = {value}\n"));
+        }
+        out
+    }
+
+    /// The plan for the job summary.
+    pub fn to_markdown(&self) -> String {
+        let facts: Vec<Vec<String>> = self
+            .facts()
+            .into_iter()
+            .map(|(k, v)| vec![k.to_owned(), v])
+            .collect();
+        let candidates: Vec<Vec<String>> = self
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                vec![
+                    (i + 1).to_string(),
+                    c.instance_type.clone(),
+                    c.subnet_id.clone().unwrap_or_else(|| "default".to_owned()),
+                    c.market.name().to_owned(),
+                ]
+            })
+            .collect();
+        let tags: Vec<Vec<String>> = self
+            .tags
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.clone()])
+            .collect();
+        Markdown::new()
+            .table(&["Setting", "Value"], &facts)
+            .raw(&format!(
+                "**Capacity candidates** for {}, in order:",
+                inline(&self.region)
+            ))
+            .table(&["#", "Instance type", "Subnet", "Market"], &candidates)
+            .raw("**Tags** on the instance and its volumes:")
+            .table(&["Key", "Value"], &tags)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::Env;
+    use crate::inputs::{Inputs, parse};
+
+    fn start_inputs(extra: &[(&str, &str)]) -> StartInputs {
+        let mut env: Env = [
+            ("INPUT_MODE", "start"),
+            ("INPUT_GITHUB-TOKEN", "ghp_plan"),
+            ("INPUT_AWS-REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            env.set(*k, *v);
+        }
+        match parse(&env).unwrap().inputs {
+            Inputs::Start(s) => s,
+            Inputs::Stop(_) => unreachable!(),
+        }
+    }
+
+    fn ctx() -> Context {
+        let env: Env = [
+            ("GITHUB_REPOSITORY", "octo/ml"),
+            ("GITHUB_RUN_ID", "9876543210"),
+            ("GITHUB_RUN_ATTEMPT", "2"),
+        ]
+        .into_iter()
+        .collect();
+        Context::from_env(&env).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-25T10:00:00Z".parse().unwrap()
+    }
+
+    /// Snapshots outlive version bumps.
+    fn versionless(text: String) -> String {
+        text.replace(env!("CARGO_PKG_VERSION"), "[version]")
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = launch_plan(&start_inputs(&[]), &ctx(), now(), "a1b2c3d4");
+        insta::assert_snapshot!("plan_defaults", versionless(plan.to_text()));
+    }
+
+    #[test]
+    fn everything_set() {
+        let inputs = start_inputs(&[
+            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
+            (
+                "INPUT_SUBNET-ID",
+                "subnet-0123456789abcdef0\nsubnet-11111111",
+            ),
+            ("INPUT_SECURITY-GROUP-ID", "sg-0123456789abcdef0"),
+            ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
+            ("INPUT_IAM-INSTANCE-PROFILE", "gpu-ci-instance"),
+            ("INPUT_ROOT-VOLUME-SIZE", "200"),
+            ("INPUT_LABELS", "gpu, cuda-12"),
+            ("INPUT_TAGS", "team: ml\nName: nightly gpu"),
+            (
+                "INPUT_PRE-RUNNER-SCRIPT",
+                "apt-get update\napt-get install -y jq",
+            ),
+            ("INPUT_MAX-LIFETIME-MINUTES", "120"),
+            ("INPUT_KEEP-ON-FAILURE", "true"),
+        ]);
+        let plan = launch_plan(&inputs, &ctx(), now(), "a1b2c3d4");
+        insta::assert_snapshot!("plan_everything_set", versionless(plan.to_text()));
+        insta::assert_snapshot!(
+            "plan_everything_set_summary",
+            versionless(plan.to_markdown())
+        );
+    }
+
+    #[test]
+    fn candidates_walk_types_first_then_subnets() {
+        let inputs = start_inputs(&[
+            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
+            ("INPUT_SUBNET-ID", "subnet-aaaaaaaa, subnet-bbbbbbbb"),
+        ]);
+        let plan = launch_plan(&inputs, &ctx(), now(), "n");
+        let order: Vec<_> = plan
+            .candidates
+            .iter()
+            .map(|c| format!("{} {}", c.instance_type, c.subnet_id.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "g5.xlarge subnet-aaaaaaaa",
+                "g5.xlarge subnet-bbbbbbbb",
+                "g4dn.xlarge subnet-aaaaaaaa",
+                "g4dn.xlarge subnet-bbbbbbbb"
+            ]
+        );
+    }
+
+    #[test]
+    fn our_tags_win_over_user_tags_except_name() {
+        let plan = launch_plan(
+            &start_inputs(&[("INPUT_TAGS", "Name=mine\nowner=me")]),
+            &ctx(),
+            now(),
+            "n",
+        );
+        assert_eq!(plan.tags["Name"], "mine");
+        assert_eq!(plan.tags["owner"], "me");
+        assert_eq!(plan.tags[tag::LABEL], plan.label);
+        assert_eq!(plan.tags[tag::EXPIRES_AT], "2026-11-25T16:00:00Z");
+    }
+
+    #[test]
+    fn labels_are_unique_per_nonce() {
+        let a = launch_plan(&start_inputs(&[]), &ctx(), now(), "aaaa");
+        let b = launch_plan(&start_inputs(&[]), &ctx(), now(), "bbbb");
+        assert_ne!(a.label, b.label);
+        assert_eq!(a.label, "gpu-runner-9876543210-2-aaaa");
+    }
+}
