@@ -1,0 +1,218 @@
+//! The action's published contract stays one thing: `action.yml`, the input parser, the README's
+//! tables and the image agree, or this fails and says where.
+
+use std::collections::BTreeMap;
+
+use gpu_runner::inputs::spec;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Action {
+    name: String,
+    description: String,
+    branding: BTreeMap<String, String>,
+    inputs: BTreeMap<String, Input>,
+    outputs: BTreeMap<String, Output>,
+    runs: Runs,
+}
+
+#[derive(Deserialize)]
+struct Input {
+    description: String,
+    #[serde(default)]
+    required: bool,
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Output {
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Runs {
+    using: String,
+    image: String,
+    post_entrypoint: String,
+    post_if: Option<String>,
+}
+
+const OUTPUTS: &[&str] = &[
+    "label",
+    "labels",
+    "instance-id",
+    "instance-ids",
+    "region",
+    "instance-type",
+    "availability-zone",
+    "market",
+];
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn action() -> Action {
+    serde_yaml::from_str(&read("action.yml")).expect("action.yml parses")
+}
+
+/// The names in the first column of the README table under `heading`.
+fn readme_table(heading: &str) -> Vec<String> {
+    let readme = read("README.md");
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no {heading:?} heading"));
+    readme[start + heading.len() + 2..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .filter_map(|l| l.split('|').nth(1))
+        .map(|cell| cell.trim().trim_matches('`').to_owned())
+        .collect()
+}
+
+#[test]
+fn action_yml_and_the_parser_have_the_same_inputs() {
+    let action = action();
+    let in_yml: Vec<&str> = action.inputs.keys().map(String::as_str).collect();
+    let mut in_parser: Vec<&str> = spec::ALL.iter().map(|s| s.name).collect();
+    in_parser.sort_unstable();
+    let missing_in_parser: Vec<_> = in_yml.iter().filter(|n| !in_parser.contains(n)).collect();
+    let missing_in_yml: Vec<_> = in_parser.iter().filter(|n| !in_yml.contains(n)).collect();
+    assert!(
+        missing_in_parser.is_empty() && missing_in_yml.is_empty(),
+        "in action.yml but not parsed: {missing_in_parser:?}; parsed but not in action.yml: {missing_in_yml:?}"
+    );
+}
+
+#[test]
+fn action_yml_defaults_are_the_parser_defaults() {
+    let action = action();
+    for spec in spec::ALL {
+        let input = &action.inputs[spec.name];
+        assert!(
+            !input.description.trim().is_empty(),
+            "{} has no description",
+            spec.name
+        );
+        if spec.name == "mode" {
+            assert!(input.required, "mode must be required");
+            continue;
+        }
+        assert!(
+            !input.required,
+            "{} must not be required: each mode checks its own",
+            spec.name
+        );
+        assert_eq!(
+            input.default.as_deref(),
+            Some(spec.default),
+            "default of {} in action.yml",
+            spec.name
+        );
+    }
+}
+
+#[test]
+fn action_yml_declares_the_outputs() {
+    let action = action();
+    let mut expected: Vec<&str> = OUTPUTS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        action
+            .outputs
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        action
+            .outputs
+            .values()
+            .all(|o| !o.description.trim().is_empty())
+    );
+    assert!(!action.name.is_empty() && !action.description.is_empty());
+    assert!(action.branding.contains_key("icon") && action.branding.contains_key("color"));
+}
+
+#[test]
+fn action_yml_runs_the_published_image_of_this_version() {
+    let runs = action().runs;
+    assert_eq!(runs.using, "docker");
+    assert_eq!(
+        runs.image,
+        format!(
+            "docker://ghcr.io/gpu-runner/gpu-runner:{}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "consumers pull this image; bump it with the crate version"
+    );
+    assert_eq!(
+        runs.post_entrypoint,
+        format!("/usr/local/bin/{}", gpu_runner::modes::POST_ENTRYPOINT_NAME)
+    );
+    assert_eq!(runs.post_if.as_deref(), Some("always()"));
+}
+
+#[test]
+fn the_image_has_the_post_entrypoint() {
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains(&format!(
+        "ln -s gpu-runner /out/{}",
+        gpu_runner::modes::POST_ENTRYPOINT_NAME
+    )));
+    assert!(dockerfile.contains("COPY --from=build /out/ /usr/local/bin/"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/gpu-runner\"]"));
+}
+
+#[test]
+fn the_readme_documents_every_input_and_output() {
+    let inputs = readme_table("### Inputs");
+    let undocumented: Vec<_> = spec::ALL
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| !inputs.iter().any(|i| i == n))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "inputs missing from the README: {undocumented:?}"
+    );
+    let unknown: Vec<_> = inputs
+        .iter()
+        .filter(|i| spec::by_name(i).is_none())
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README documents inputs that do not exist: {unknown:?}"
+    );
+
+    let outputs = readme_table("### Outputs");
+    assert_eq!(outputs, OUTPUTS, "README outputs table");
+}
+
+#[test]
+fn every_workflow_example_in_the_readme_is_a_linted_file() {
+    let readme = read("README.md");
+    let files: Vec<String> =
+        std::fs::read_dir(format!("{}/tests/workflows", env!("CARGO_MANIFEST_DIR")))
+            .expect("tests/workflows")
+            .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read example"))
+            .collect();
+    let examples: Vec<&str> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains("jobs:"))
+        .collect();
+    assert!(!examples.is_empty(), "the README shows a workflow");
+    for example in examples {
+        assert!(
+            files.iter().any(|f| f == example),
+            "this README example is not a file under tests/workflows/ (where .ci/run lints it):\n{example}"
+        );
+    }
+}

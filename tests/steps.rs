@@ -1,0 +1,324 @@
+//! The action's steps as a workflow runs them: inputs in, annotations, outputs, state and summary
+//! out, and an exit code the runner turns into a green or red step.
+
+mod support;
+
+use support::{Step, TOKEN};
+
+#[test]
+fn stop_with_nothing_to_stop_writes_a_summary_and_succeeds() {
+    let out = Step::stop().run();
+    out.success();
+    assert!(out.errors().is_empty(), "{out:#?}");
+    assert!(out.summary.starts_with(
+        "### GPU runner: stop\n\nNothing to stop: neither `label` nor `instance-ids` was given."
+    ));
+    assert!(out.stdout.contains("Nothing to stop"));
+    assert!(out.outputs().is_empty() && out.state().is_empty());
+}
+
+#[test]
+fn stop_when_the_start_job_produced_no_outputs_succeeds() {
+    // What `${{ needs.start.outputs.* }}` gives when start failed: empty strings.
+    let out = Step::stop()
+        .input("label", "")
+        .input("instance-ids", "")
+        .input("region", "")
+        .run();
+    out.success();
+}
+
+#[test]
+fn a_bad_instance_type_list_fails_naming_instance_type() {
+    let out = Step::start()
+        .input("instance-type", "g5.xlarge,,g4dn.xlarge")
+        .run();
+    out.failure();
+    assert_eq!(
+        out.errors(),
+        [
+            "::error title=Invalid input%3A instance-type::instance-type has an empty entry (entry 2 of \"g5.xlarge,,g4dn.xlarge\"). Remove the extra comma or blank line: entries of instance-type are separated by commas or newlines, and none may be empty."
+        ]
+    );
+    assert!(out.output_file.is_empty() && out.state_file.is_empty());
+}
+
+#[test]
+fn every_bad_input_is_reported_in_one_run() {
+    let out = Step::start()
+        .input("aws-region", "")
+        .input("dry-run", "yes")
+        .input("max-lifetime-minutes", "forever")
+        .input("tags", "team=ml\nteam=ai")
+        .run();
+    out.failure();
+    let titles: Vec<&str> = out
+        .errors()
+        .iter()
+        .map(|e| e.split("::").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "error title=Missing input%3A aws-region",
+            "error title=Invalid input%3A tags",
+            "error title=Invalid input%3A max-lifetime-minutes",
+            "error title=Invalid input%3A dry-run",
+        ]
+    );
+}
+
+#[test]
+fn a_wrong_mode_lists_the_valid_ones() {
+    let out = Step::mode("Start").input("github-token", TOKEN).run();
+    out.failure();
+    assert_eq!(
+        out.errors(),
+        [
+            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop. Did you mean \"start\"?"
+        ]
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_launches_nothing() {
+    let out = Step::start()
+        .input("dry-run", "true")
+        .input("instance-type", "g5.xlarge\ng4dn.xlarge")
+        .input("labels", "gpu")
+        .input("tags", "team: ml")
+        .run();
+    out.success();
+    let stdout = &out.stdout;
+    let group = stdout.find("::group::Plan").expect("a Plan group");
+    let end = stdout.find("::endgroup::").expect("the group is closed");
+    let plan = &stdout[group..end];
+    assert!(plan.contains("Label              gpu-runner-4242-1-"));
+    assert!(plan.contains("  1. g5.xlarge in the default subnet (on-demand)\n  2. g4dn.xlarge in the default subnet (on-demand)"));
+    assert!(plan.contains("  team = ml"));
+    assert!(out.summary.starts_with("### GPU runner: dry run"));
+    assert!(
+        out.summary
+            .contains("| 2 | g4dn.xlarge | default | on-demand |")
+    );
+    assert_eq!(
+        out.commands("notice"),
+        [
+            "::notice title=GPU runner dry run::Dry run: nothing was launched and no runner was registered. The plan is in the log and the job summary. Remove dry-run to launch."
+        ]
+    );
+    // No outputs: a GPU job waiting on a label nobody serves would hang until GitHub gives up.
+    assert!(out.outputs().is_empty() && out.state().is_empty());
+}
+
+#[test]
+fn the_plan_cannot_issue_workflow_commands() {
+    let out = Step::start()
+        .input("dry-run", "true")
+        .input("tags", "note=::error::pwned")
+        .run();
+    out.success();
+    let start = out
+        .stdout
+        .find("::stop-commands::")
+        .expect("commands are stopped");
+    let token = out.stdout[start + "::stop-commands::".len()..]
+        .lines()
+        .next()
+        .unwrap();
+    let resume = out
+        .stdout
+        .find(&format!("::{token}::"))
+        .expect("and resumed");
+    let pwned = out.stdout.find("::error::pwned").unwrap();
+    assert!(start < pwned && pwned < resume);
+}
+
+#[test]
+fn a_start_without_dry_run_fails_clearly_and_saves_nothing() {
+    let out = Step::start().run();
+    out.failure();
+    assert_eq!(out.errors().len(), 1);
+    assert!(out.errors()[0].starts_with("::error title=Not supported::this build of gpu-runner"));
+    assert!(out.outputs().is_empty() && out.state().is_empty());
+}
+
+#[test]
+fn secrets_are_masked_before_anything_else_and_never_printed() {
+    let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecretkeylineone\nsecretkeylinetwo==\n-----END RSA PRIVATE KEY-----";
+    let out = Step::start()
+        .unset("INPUT_GITHUB-TOKEN")
+        .input("github-app-id", "12345")
+        .input("github-app-private-key", key)
+        .input("dry-run", "true")
+        .env("RUNNER_DEBUG", "1")
+        .run();
+    out.success();
+    let first: Vec<&str> = out.stdout.lines().take(4).collect();
+    assert_eq!(
+        first,
+        [
+            "::add-mask::-----BEGIN RSA PRIVATE KEY-----",
+            "::add-mask::MIIEsecretkeylineone",
+            "::add-mask::secretkeylinetwo==",
+            "::add-mask::-----END RSA PRIVATE KEY-----",
+        ]
+    );
+    let rest = out.everything().replace(&first.join("\n"), "");
+    for secret in ["MIIEsecretkeylineone", "secretkeylinetwo"] {
+        assert!(!rest.contains(secret), "{secret} leaked:\n{rest}");
+    }
+}
+
+#[test]
+fn a_bad_secret_is_reported_without_its_value() {
+    let token = "ghp_pasted with a space";
+    let out = Step::start().input("github-token", token).run();
+    out.failure();
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(format!("::add-mask::{token}").as_str())
+    );
+    let rest = out
+        .everything()
+        .replacen(&format!("::add-mask::{token}"), "", 1);
+    assert!(!rest.contains("pasted with"), "{rest}");
+    assert!(out.errors()[0].starts_with(
+        "::error title=Invalid input%3A github-token::github-token is not a single token."
+    ));
+}
+
+#[test]
+fn run_by_hand_everything_is_readable_on_stdout() {
+    let out = Step::start().input("dry-run", "true").by_hand().run();
+    out.success();
+    assert!(
+        !out.stdout.contains("::"),
+        "no workflow commands by hand:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("── Plan\nLabel              gpu-runner-4242-1-")
+    );
+    assert!(
+        out.stdout
+            .contains("── job summary\n### GPU runner: dry run")
+    );
+    assert!(
+        out.stdout
+            .contains("Notice: GPU runner dry run: Dry run: nothing was launched")
+    );
+
+    let out = Step::start().input("dry-run", "maybe").by_hand().run();
+    out.failure();
+    assert_eq!(
+        out.stdout.trim_end(),
+        "Error: Invalid input: dry-run: dry-run is \"maybe\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too)."
+    );
+}
+
+#[test]
+fn misspelt_and_misplaced_inputs_are_warned_about() {
+    let out = Step::stop()
+        .input("instance_ids", "i-1234abcd")
+        .input("instance-type", "g5.xlarge")
+        .run();
+    out.success();
+    assert_eq!(
+        out.commands("warning"),
+        [
+            "::warning title=gpu-runner input::instance-type is only used with mode: start; it has no effect with mode: stop.",
+            "::warning title=gpu-runner input::gpu-runner has no input named instance_ids; it is ignored. Did you mean instance-ids?",
+        ]
+    );
+}
+
+#[test]
+fn outside_a_job_the_missing_context_is_named() {
+    let out = Step::start()
+        .input("dry-run", "true")
+        .unset("GITHUB_REPOSITORY")
+        .run();
+    out.failure();
+    assert_eq!(
+        out.errors(),
+        [
+            "::error title=Not in a GitHub Actions job::GITHUB_REPOSITORY is not set. gpu-runner runs as a step of a GitHub Actions job, where the runner sets GITHUB_REPOSITORY, GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT. To try it by hand, set them yourself, such as GITHUB_REPOSITORY=octo/ml GITHUB_RUN_ID=1 GITHUB_RUN_ATTEMPT=1."
+        ]
+    );
+}
+
+#[test]
+fn the_post_step_after_a_stop_or_a_clean_start_does_nothing() {
+    let out = Step::stop().post().run();
+    out.success();
+    assert!(out.errors().is_empty() && out.summary.is_empty());
+    let out = Step::start()
+        .post()
+        .env("STATE_label", "gpu-runner-4242-1-abc")
+        .env("STATE_online", "true")
+        .run();
+    out.success();
+    assert!(out.errors().is_empty());
+}
+
+#[test]
+fn the_post_step_after_an_unfinished_start_says_what_to_remove() {
+    let out = Step::start()
+        .post()
+        .env("STATE_label", "gpu-runner-4242-1-abc")
+        .run();
+    out.failure();
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].contains("Terminate the instances tagged gpu-runner:label=gpu-runner-4242-1-abc")
+    );
+}
+
+#[test]
+fn an_unwritable_summary_is_an_error_naming_the_file() {
+    let out = Step::stop()
+        .env("GITHUB_STEP_SUMMARY", "/nonexistent/summary")
+        .by_hand()
+        .env("GITHUB_ACTIONS", "true")
+        .run();
+    out.failure();
+    assert!(out.errors()[0].starts_with(
+        "::error title=Could not talk to the runner::could not write to GITHUB_STEP_SUMMARY (/nonexistent/summary)"
+    ));
+}
+
+#[test]
+fn logs_go_to_stderr_one_line_per_event_and_follow_the_debug_switch() {
+    let out = Step::start().input("dry-run", "true").run();
+    let info: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(info.len(), 1, "{}", out.stderr);
+    assert!(info[0].contains("INFO") && info[0].contains("planned the GPU runner"));
+
+    let quiet = Step::start()
+        .input("dry-run", "true")
+        .env("GPU_RUNNER_LOG", "warn")
+        .run();
+    assert_eq!(quiet.stderr, "");
+
+    let bad = Step::start()
+        .input("dry-run", "true")
+        .env("RUST_LOG", "gpu_runner=chatty")
+        .run();
+    assert!(
+        bad.stderr
+            .contains("RUST_LOG=\"gpu_runner=chatty\" is not a log filter")
+    );
+
+    let failed = Step::start()
+        .input("dry-run", "nope")
+        .env("RUNNER_DEBUG", "1")
+        .run();
+    assert!(
+        failed.stderr.contains("DEBUG") && failed.stderr.contains("failed"),
+        "{}",
+        failed.stderr
+    );
+}
