@@ -292,25 +292,22 @@ fn idle_timeout_beyond_the_lifetime_is_a_warning() {
     );
 }
 
+/// The tags parsed from `value` as `key=value`, in key order.
+fn tags(value: &str) -> Vec<String> {
+    let tags = start(&[("INPUT_TAGS", value)]).tags;
+    tags.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 #[test]
 fn tags_take_a_yaml_mapping() {
-    let s = start(&[(
-        "INPUT_TAGS",
-        "team: ml\ncost-center: 00123\nurgent: true\nnote: 'a: b'\nempty:",
-    )]);
-    let tags: Vec<(&str, &str)> = s
-        .tags
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     assert_eq!(
-        tags,
+        tags("team: ml\ncost-center: 00123\nurgent: true\nnote: 'a: b'\nempty:"),
         [
-            ("cost-center", "00123"),
-            ("empty", ""),
-            ("note", "a: b"),
-            ("team", "ml"),
-            ("urgent", "true")
+            "cost-center=00123",
+            "empty=",
+            "note=a: b",
+            "team=ml",
+            "urgent=true"
         ]
     );
     let s = start(&[("INPUT_TAGS", "{team: ml, project: llm}")]);
@@ -319,22 +316,9 @@ fn tags_take_a_yaml_mapping() {
 
 #[test]
 fn tags_take_key_value_lines() {
-    let s = start(&[(
-        "INPUT_TAGS",
-        "team=ml\n\nurl = https://x.example/?a=b\nempty=",
-    )]);
-    let tags: Vec<(&str, &str)> = s
-        .tags
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     assert_eq!(
-        tags,
-        [
-            ("empty", ""),
-            ("team", "ml"),
-            ("url", "https://x.example/?a=b")
-        ]
+        tags("team=ml\n\nurl = https://x.example/?a=b\nempty="),
+        ["empty=", "team=ml", "url=https://x.example/?a=b"]
     );
 }
 
