@@ -4,6 +4,7 @@
 //! the `cloud` and `github` traits → outputs through `actions`, the runner protocol.
 
 pub mod actions;
+pub mod boot;
 pub mod cloud;
 pub mod context;
 pub mod env;
@@ -12,5 +13,6 @@ pub mod github;
 pub mod inputs;
 pub mod logging;
 pub mod modes;
+pub mod oidc;
 pub mod plan;
 pub mod secret;

@@ -1,0 +1,127 @@
+#!/bin/bash
+# gpu-runner boot script: turns this instance into a one-job GitHub Actions runner, then ends it.
+# Rendered by gpu-runner. Every value below is single-quoted data, never code.
+set -euo pipefail
+
+# @VALUES@
+
+readonly LOG_FILE=/var/log/gpu-runner.log
+readonly STATE_DIR=/var/lib/gpu-runner
+readonly RUNNER_DIR=/opt/actions-runner
+CURRENT_PHASE=boot
+
+# One line per event, to the console (EC2 keeps it as the console output) and to the log file.
+log() {
+  local line="gpu-runner: phase=$1${2:+ $2}"
+  printf '%s\n' "$line"
+  printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$line" >> "$LOG_FILE" 2> /dev/null || true
+}
+
+# Shutdown means terminate (the instance is launched that way): nothing is left billing.
+end_instance() {
+  log shutdown "reason=\"$1\""
+  shutdown -h now "gpu-runner: $1" || true
+}
+
+fail() {
+  trap - ERR
+  log "$1" "status=failed reason=\"$2\""
+  end_instance "$1 failed"
+  exit 1
+}
+
+trap 'fail "$CURRENT_PHASE" "the boot script stopped at line $LINENO"' ERR
+
+mkdir -p "$STATE_DIR"
+
+# 1. The max lifetime, armed first: the instance ends by then even if this script dies.
+CURRENT_PHASE=watchdog
+shutdown -h "+$MAX_LIFETIME_MINUTES" "gpu-runner: max lifetime reached" > /dev/null 2>&1 \
+  || fail watchdog "could not schedule the max-lifetime shutdown"
+log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
+
+# 2. The GPU, as the job will see it. The driver may still be loading: retry for a while.
+CURRENT_PHASE=gpu-probe
+gpus=""
+probe_error=""
+for _ in $(seq 1 "$GPU_PROBE_ATTEMPTS"); do
+  if gpus="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"; then
+    break
+  fi
+  probe_error="$(printf '%s\n' "$gpus" | head -n 1)"
+  gpus=""
+  sleep "$GPU_PROBE_INTERVAL_SECONDS"
+done
+if [ -z "$gpus" ]; then
+  fail gpu-probe "nvidia-smi failed $GPU_PROBE_ATTEMPTS times: ${probe_error:-no output}"
+fi
+gpu_count="$(printf '%s\n' "$gpus" | grep -c .)"
+if [ "$EXPECTED_GPUS" -gt 0 ] && [ "$gpu_count" -lt "$EXPECTED_GPUS" ]; then
+  fail gpu-probe "nvidia-smi shows $gpu_count GPU(s) but $INSTANCE_TYPE has $EXPECTED_GPUS"
+fi
+log gpu-probe "status=ok gpus=$gpu_count first=\"$(printf '%s\n' "$gpus" | head -n 1)\""
+
+# 3. The user the runner (and so every job step) runs as.
+CURRENT_PHASE=runner-user
+if ! id -u "$RUNNER_USER" > /dev/null 2>&1; then
+  useradd --create-home --shell /bin/bash "$RUNNER_USER"
+fi
+log runner-user "status=ok user=$RUNNER_USER"
+
+# 4. The runner: kept when the image has it, else the pinned version, checked against its SHA-256.
+CURRENT_PHASE=runner-fetch
+if [ -x "$RUNNER_DIR/run.sh" ]; then
+  log runner-fetch "status=skipped reason=\"already installed in the image\""
+else
+  tarball="$(mktemp)"
+  curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
+    --output "$tarball" "$RUNNER_URL" \
+    || fail runner-fetch "could not download $RUNNER_URL"
+  actual="$(sha256sum "$tarball" | cut -d ' ' -f 1)"
+  if [ "$actual" != "$RUNNER_SHA256" ]; then
+    fail runner-fetch "SHA-256 of $RUNNER_URL is $actual, expected $RUNNER_SHA256"
+  fi
+  mkdir -p "$RUNNER_DIR"
+  tar -xzf "$tarball" -C "$RUNNER_DIR"
+  rm -f "$tarball"
+  log runner-fetch "status=ok version=$RUNNER_VERSION"
+fi
+chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$STATE_DIR"
+
+# 5. The user's own preparation, as root.
+if [ -n "$PRE_RUNNER_SCRIPT" ]; then
+  CURRENT_PHASE=pre-runner-script
+  script="$(mktemp)"
+  printf '%s\n' "$PRE_RUNNER_SCRIPT" > "$script"
+  code=0
+  bash "$script" || code=$?
+  rm -f "$script"
+  if [ "$code" -ne 0 ]; then
+    fail pre-runner-script "the pre-runner-script exited with code $code"
+  fi
+  log pre-runner-script "status=ok"
+fi
+
+# 6. The runner, for one job. The job-started hook tells the idle watchdog that a job began.
+CURRENT_PHASE=runner
+cat > "$STATE_DIR/job-started.sh" << 'HOOK'
+#!/bin/bash
+touch /var/lib/gpu-runner/job-started
+HOOK
+chmod 755 "$STATE_DIR/job-started.sh"
+(
+  sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
+  if [ ! -e "$STATE_DIR/job-started" ]; then
+    log idle "status=timeout reason=\"no job started within $IDLE_TIMEOUT_MINUTES min\""
+    end_instance "no job started"
+  fi
+) &
+log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
+trap - ERR
+code=0
+runuser -u "$RUNNER_USER" -- env ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh" \
+  "$RUNNER_DIR/run.sh" --jitconfig "$JIT_CONFIG" || code=$?
+log runner "status=exited code=$code"
+
+# 7. One job, then the instance ends.
+end_instance "the runner finished"

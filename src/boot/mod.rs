@@ -1,0 +1,187 @@
+//! The instance's boot script: a template (`boot.sh`) and the values it needs, rendered so that
+//! every value stays data. The rendered script carries the runner's JIT config: it is a `Secret`.
+
+use crate::secret::Secret;
+
+const TEMPLATE: &str = include_str!("boot.sh");
+const VALUES_MARKER: &str = "# @VALUES@";
+
+/// Versions of the Actions runner whose package hashes gpu-runner knows, newest first. The hashes
+/// are the ones GitHub publishes with each release.
+pub const PINNED_RUNNERS: &[PinnedRunner] = &[PinnedRunner {
+    version: "2.329.0",
+    arch: "x64",
+    sha256: "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d",
+}];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedRunner {
+    pub version: &'static str,
+    pub arch: &'static str,
+    pub sha256: &'static str,
+}
+
+/// Where GitHub publishes runner packages; `{version}` and `{arch}` are filled in.
+pub const DEFAULT_RUNNER_URL: &str = "https://github.com/actions/runner/releases/download/v{version}/actions-runner-linux-{arch}-{version}.tar.gz";
+
+/// The runner package the instance downloads, unless its image has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerPackage {
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+impl RunnerPackage {
+    /// The newest pinned x64 runner, from `url_template` (the GitHub releases URL unless the
+    /// environment names a mirror).
+    pub fn pinned(url_template: &str) -> Self {
+        let pin = PINNED_RUNNERS[0];
+        Self {
+            version: pin.version.to_owned(),
+            url: url_template
+                .replace("{version}", pin.version)
+                .replace("{arch}", pin.arch),
+            sha256: pin.sha256.to_owned(),
+        }
+    }
+}
+
+/// Everything the boot script needs to know.
+#[derive(Debug, Clone)]
+pub struct BootParams {
+    pub runner_name: String,
+    pub labels: Vec<String>,
+    pub runner_user: String,
+    pub jit_config: Secret,
+    pub instance_type: String,
+    /// From the instance type; 0 when unknown (the probe then only needs one working GPU).
+    pub expected_gpus: u32,
+    pub max_lifetime_minutes: u32,
+    pub idle_timeout_minutes: u32,
+    pub runner: RunnerPackage,
+    pub pre_runner_script: Option<String>,
+}
+
+/// Quotes a value for bash: inside single quotes nothing is special, and a single quote is
+/// written as `'\''`. Newlines, `$(...)`, backticks and quotes all arrive byte for byte.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn values(p: &BootParams, jit_config: &str) -> String {
+    let vars: Vec<(&str, String)> = vec![
+        ("RUNNER_NAME", p.runner_name.clone()),
+        ("RUNNER_LABELS", p.labels.join(",")),
+        ("RUNNER_USER", p.runner_user.clone()),
+        ("INSTANCE_TYPE", p.instance_type.clone()),
+        ("EXPECTED_GPUS", p.expected_gpus.to_string()),
+        ("GPU_PROBE_ATTEMPTS", "24".to_owned()),
+        ("GPU_PROBE_INTERVAL_SECONDS", "5".to_owned()),
+        ("MAX_LIFETIME_MINUTES", p.max_lifetime_minutes.to_string()),
+        ("IDLE_TIMEOUT_MINUTES", p.idle_timeout_minutes.to_string()),
+        ("RUNNER_VERSION", p.runner.version.clone()),
+        ("RUNNER_URL", p.runner.url.clone()),
+        ("RUNNER_SHA256", p.runner.sha256.clone()),
+        (
+            "PRE_RUNNER_SCRIPT",
+            p.pre_runner_script.clone().unwrap_or_default(),
+        ),
+        ("JIT_CONFIG", jit_config.to_owned()),
+    ];
+    vars.iter()
+        .map(|(name, value)| format!("readonly {name}={}\n", quote(value)))
+        .collect()
+}
+
+/// The script as the instance receives it.
+pub fn render(p: &BootParams) -> Secret {
+    Secret::new(TEMPLATE.replacen(VALUES_MARKER, &values(p, p.jit_config.expose()), 1))
+}
+
+/// The script with the JIT config replaced, for the log and the dry-run plan.
+pub fn render_redacted(p: &BootParams) -> String {
+    TEMPLATE.replacen(VALUES_MARKER, &values(p, crate::actions::mask::REDACTED), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn params() -> BootParams {
+        BootParams {
+            runner_name: "gpu-runner-1-1-abcd".into(),
+            labels: vec!["gpu-runner-1-1-abcd".into(), "gpu".into()],
+            runner_user: "runner".into(),
+            jit_config: Secret::new("JITSECRET"),
+            instance_type: "g5.xlarge".into(),
+            expected_gpus: 1,
+            max_lifetime_minutes: 360,
+            idle_timeout_minutes: 15,
+            runner: RunnerPackage::pinned(DEFAULT_RUNNER_URL),
+            pre_runner_script: Some("apt-get install -y jq\necho 'done'".into()),
+        }
+    }
+
+    #[test]
+    fn quoting_keeps_every_byte_as_data() {
+        assert_eq!(quote("plain"), "'plain'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(
+            quote("$(rm -rf /) `x` \"q\"\nEOF"),
+            "'$(rm -rf /) `x` \"q\"\nEOF'"
+        );
+    }
+
+    #[test]
+    fn the_pinned_runner_comes_from_github_releases() {
+        let r = RunnerPackage::pinned(DEFAULT_RUNNER_URL);
+        assert_eq!(
+            r.url,
+            "https://github.com/actions/runner/releases/download/v2.329.0/actions-runner-linux-x64-2.329.0.tar.gz"
+        );
+        assert_eq!(r.sha256.len(), 64);
+    }
+
+    #[test]
+    fn the_rendered_script_carries_the_values_once() {
+        let script = render(&params());
+        let text = script.expose();
+        assert!(text.starts_with("#!/bin/bash\n"));
+        assert!(!text.contains(VALUES_MARKER));
+        assert_eq!(text.matches("readonly JIT_CONFIG='JITSECRET'").count(), 1);
+        assert!(
+            text.contains(
+                "readonly PRE_RUNNER_SCRIPT='apt-get install -y jq\necho '\\''done'\\'''\n"
+            )
+        );
+    }
+
+    #[test]
+    fn the_redacted_script_has_no_jit_config() {
+        let text = render_redacted(&params());
+        assert!(!text.contains("JITSECRET"));
+        assert!(text.contains("readonly JIT_CONFIG='***'"));
+        let start = text.find("readonly RUNNER_NAME").unwrap();
+        let end = text.find("readonly LOG_FILE").unwrap();
+        let values = &text[start..end];
+        insta::assert_snapshot!("boot_script_values", values);
+    }
+
+    #[test]
+    fn the_rendered_script_is_shellcheck_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.sh");
+        std::fs::write(&path, render(&params()).expose()).unwrap();
+        let out = std::process::Command::new("shellcheck")
+            .args(["--shell=bash", "--severity=style"])
+            .arg(&path)
+            .output()
+            .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

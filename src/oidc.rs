@@ -1,0 +1,222 @@
+//! The job's OIDC token: requested from the runner's token service, its claims read and checked.
+//! AWS STS verifies the signature when it exchanges the token; we read the claims to fail early with
+//! a clear message (expired, wrong audience) and to name the AWS session after the run.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::env::Env;
+use crate::secret::Secret;
+
+pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error(
+        "the job has no OIDC token: ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN are not set"
+    )]
+    NotPermitted,
+    #[error("the OIDC token request failed: {0}")]
+    Request(String),
+    #[error("the OIDC token is not usable: {0}")]
+    Invalid(String),
+}
+
+impl OidcError {
+    pub fn hint(&self) -> String {
+        match self {
+            OidcError::NotPermitted => "Give the job permission to request it: add \
+                `permissions: { id-token: write, contents: read }` to the job (or the workflow) that \
+                runs gpu-runner. Fork pull requests never get one. Without role-to-assume, gpu-runner \
+                uses the AWS credentials already in the environment instead."
+                .to_owned(),
+            OidcError::Request(_) => "This is usually a passing problem of GitHub's token service: \
+                re-run the job. If it persists, check https://www.githubstatus.com."
+                .to_owned(),
+            OidcError::Invalid(_) => "Check the audience input: it must match the audience of the \
+                IAM identity provider (sts.amazonaws.com by default)."
+                .to_owned(),
+        }
+    }
+}
+
+/// The claims gpu-runner reads; GitHub sends many more.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub run_attempt: Option<String>,
+    #[serde(default)]
+    pub event_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    value: String,
+}
+
+/// Requests a token for `audience` from the runner's token service.
+pub async fn request_token(
+    env: &Env,
+    http: &reqwest::Client,
+    audience: &str,
+) -> Result<Secret, OidcError> {
+    let (Some(url), Some(bearer)) = (
+        env.non_empty("ACTIONS_ID_TOKEN_REQUEST_URL"),
+        env.non_empty("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+    ) else {
+        return Err(OidcError::NotPermitted);
+    };
+    let mut url = reqwest::Url::parse(url).map_err(|e| {
+        OidcError::Request(format!("ACTIONS_ID_TOKEN_REQUEST_URL is not a URL: {e}"))
+    })?;
+    url.query_pairs_mut().append_pair("audience", audience);
+    let response = http
+        .get(url)
+        .bearer_auth(bearer)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| OidcError::Request(e.without_url().to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(OidcError::Request(format!(
+            "the token service answered HTTP {status}"
+        )));
+    }
+    let body: TokenResponse = response
+        .json()
+        .await
+        .map_err(|e| OidcError::Request(format!("unexpected answer: {}", e.without_url())))?;
+    Ok(Secret::new(body.value))
+}
+
+/// Reads the claims and checks expiry, not-before, audience and issuer (GitHub's, or a GitHub
+/// Enterprise Server's under `server_url`).
+pub fn read_claims(token: &Secret, audience: &str, server_url: &str) -> Result<Claims, OidcError> {
+    let mut validation = Validation::new(Algorithm::RS256);
+    // STS checks the signature against GitHub's keys; its replacement in jsonwebtoken 10,
+    // `dangerous::insecure_decode`, would also skip the exp/nbf/aud checks we want here.
+    #[allow(deprecated)]
+    validation.insecure_disable_signature_validation();
+    validation.set_audience(&[audience]);
+    validation.validate_nbf = true;
+    validation.leeway = 60;
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let data =
+        jsonwebtoken::decode::<Claims>(token.expose(), &DecodingKey::from_secret(&[]), &validation)
+            .map_err(|e| OidcError::Invalid(e.to_string()))?;
+    let claims = data.claims;
+    let ghes_issuer = format!("{}/_services/token", server_url.trim_end_matches('/'));
+    if !(claims.iss.starts_with(GITHUB_ISSUER) || claims.iss == ghes_issuer) {
+        return Err(OidcError::Invalid(format!(
+            "its issuer is {}, not GitHub Actions",
+            claims.iss
+        )));
+    }
+    Ok(claims)
+}
+
+/// An STS session name (at most 64 of `[\w+=,.@-]`) that says which run holds the credentials:
+/// it shows in CloudTrail next to every call gpu-runner makes.
+pub fn session_name(repository: &str, run_id: u64, run_attempt: u32) -> String {
+    let suffix = format!("-{run_id}-{run_attempt}");
+    let repo: String = repository
+        .chars()
+        .map(|c| match c {
+            '/' => '@',
+            c if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) => c,
+            _ => '-',
+        })
+        .collect();
+    let room = 64usize.saturating_sub(suffix.len());
+    let repo: String = repo.chars().take(room).collect();
+    format!("{repo}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(claims: serde_json::Value) -> Secret {
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        let key = jsonwebtoken::EncodingKey::from_secret(b"test");
+        Secret::new(jsonwebtoken::encode(&header, &claims, &key).unwrap())
+    }
+
+    fn claims(overrides: serde_json::Value) -> serde_json::Value {
+        let now = chrono::Utc::now().timestamp();
+        let mut c = serde_json::json!({
+            "sub": "repo:octo/ml:ref:refs/heads/main",
+            "aud": "sts.amazonaws.com",
+            "iss": GITHUB_ISSUER,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now - 10,
+            "repository": "octo/ml",
+            "run_id": "42",
+            "run_attempt": "1",
+        });
+        for (k, v) in overrides.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[test]
+    fn good_claims_are_read() {
+        let c = read_claims(
+            &token(claims(serde_json::json!({}))),
+            "sts.amazonaws.com",
+            "https://github.com",
+        )
+        .unwrap();
+        assert_eq!(c.repository.as_deref(), Some("octo/ml"));
+    }
+
+    #[test]
+    fn expired_wrong_audience_and_foreign_issuers_are_refused() {
+        let now = chrono::Utc::now().timestamp();
+        let cases = [
+            (serde_json::json!({"exp": now - 3600}), "ExpiredSignature"),
+            (serde_json::json!({"aud": "other"}), "InvalidAudience"),
+            (serde_json::json!({"nbf": now + 3600}), "ImmatureSignature"),
+            (
+                serde_json::json!({"iss": "https://evil.example"}),
+                "its issuer is https://evil.example",
+            ),
+        ];
+        for (overrides, expected) in cases {
+            let err = read_claims(
+                &token(claims(overrides)),
+                "sts.amazonaws.com",
+                "https://github.com",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn enterprise_server_issuers_are_accepted() {
+        let t = token(claims(
+            serde_json::json!({"iss": "https://ghe.example/_services/token"}),
+        ));
+        assert!(read_claims(&t, "sts.amazonaws.com", "https://ghe.example").is_ok());
+    }
+
+    #[test]
+    fn session_names_fit_sts_rules() {
+        assert_eq!(session_name("octo/ml", 42, 1), "octo@ml-42-1");
+        let long = session_name(&format!("o/{}", "r".repeat(100)), 12345678901, 3);
+        assert_eq!(long.len(), 64);
+        assert!(long.ends_with("-12345678901-3"));
+        assert_eq!(session_name("o/a b", 1, 1), "o@a-b-1-1");
+    }
+}
