@@ -5,6 +5,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other member (the local test world) must be present for a --locked build.
+COPY tests/world ./tests/world
 RUN cargo build --release --locked --bin gpu-runner \
  && mkdir /out \
  && cp target/release/gpu-runner /out/gpu-runner \

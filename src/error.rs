@@ -2,8 +2,11 @@
 //! `::error title=<what failed>::<what happened>. <how to fix it>`.
 
 use crate::actions::{Annotation, ProtocolError};
+use crate::cloud::CloudError;
 use crate::context::ContextError;
+use crate::github::GithubError;
 use crate::inputs::InputErrors;
+use crate::oidc::OidcError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +19,30 @@ pub enum Error {
     /// Something this build of gpu-runner cannot do.
     #[error("{what}")]
     Unsupported { what: String, fix: String },
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+    #[error("{source}")]
+    Cloud { source: CloudError, hint: String },
+    #[error("{source}")]
+    Github { source: GithubError, hint: String },
+    /// The instance was launched but its runner did not come online.
+    #[error("{what}")]
+    Startup {
+        what: String,
+        /// The last lines the instance printed (its boot phases).
+        console: Vec<String>,
+        fix: String,
+    },
+    /// A failure after launch, and what was done about what had been launched.
+    #[error("{cause} {rollback}")]
+    AfterLaunch { cause: Box<Error>, rollback: String },
+}
+
+impl Error {
+    pub fn cloud(source: CloudError) -> Self {
+        let hint = source.hint();
+        Error::Cloud { source, hint }
+    }
 }
 
 impl Error {
@@ -33,6 +60,35 @@ impl Error {
             Error::Context(e) => one("Not in a GitHub Actions job", e.to_string(), e.hint()),
             Error::Protocol(e) => one("Could not talk to the runner", e.to_string(), e.hint()),
             Error::Unsupported { what, fix } => one("Not supported", what.clone(), fix.clone()),
+            Error::Oidc(e) => one("No AWS credentials", e.to_string(), e.hint()),
+            Error::Cloud { source, hint } => one(
+                &format!("AWS {} failed", source.operation),
+                source.to_string(),
+                hint.clone(),
+            ),
+            Error::Github { source, hint } => one(
+                &format!("GitHub: {} failed", source.operation),
+                source.to_string(),
+                hint.clone(),
+            ),
+            Error::Startup { what, console, fix } => {
+                let mut what = what.clone();
+                if !console.is_empty() {
+                    what.push_str(&format!(
+                        ". The instance's last words:\n{}\n",
+                        console.join("\n")
+                    ));
+                }
+                one("The GPU runner did not come online", what, fix.clone())
+            }
+            Error::AfterLaunch { cause, rollback } => cause
+                .annotations()
+                .into_iter()
+                .map(|mut a| {
+                    a.message = format!("{} {rollback}", a.message);
+                    a
+                })
+                .collect(),
         }
     }
 }

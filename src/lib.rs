@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod boot;
+pub mod clock;
 pub mod cloud;
 pub mod context;
 pub mod env;

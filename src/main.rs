@@ -34,7 +34,14 @@ fn main() -> ExitCode {
 
     let step = Step::from_program_name(std::env::args_os().next().as_deref());
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        modes::run(&env, &actions, step, chrono::Utc::now())
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| error::Error::Unsupported {
+                what: format!("could not start the async runtime: {e}"),
+                fix: "The container is out of threads or memory; re-run the job.".to_owned(),
+            })?;
+        runtime.block_on(modes::run(&env, &actions, step, chrono::Utc::now()))
     }));
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,

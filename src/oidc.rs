@@ -2,7 +2,7 @@
 //! AWS STS verifies the signature when it exchanges the token; we read the claims to fail early with
 //! a clear message (expired, wrong audience) and to name the AWS session after the run.
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use crate::env::Env;
@@ -41,10 +41,40 @@ impl OidcError {
 }
 
 /// The claims gpu-runner reads; GitHub sends many more.
+/// `aud` is a string or a list of strings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(a) => a == audience,
+            Audience::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
+}
+
+impl std::fmt::Display for Audience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Audience::One(a) => f.write_str(a),
+            Audience::Many(all) => f.write_str(&all.join(", ")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     pub sub: String,
     pub iss: String,
+    pub aud: Audience,
+    pub exp: i64,
+    #[serde(default)]
+    pub nbf: Option<i64>,
     #[serde(default)]
     pub repository: Option<String>,
     #[serde(default)]
@@ -97,24 +127,47 @@ pub async fn request_token(
 }
 
 /// Reads the claims and checks expiry, not-before, audience and issuer (GitHub's, or a GitHub
-/// Enterprise Server's under `server_url`).
+/// Enterprise Server's under `server_url`). STS verifies the signature against GitHub's keys.
 pub fn read_claims(token: &Secret, audience: &str, server_url: &str) -> Result<Claims, OidcError> {
-    let mut validation = Validation::new(Algorithm::RS256);
-    // STS checks the signature against GitHub's keys; its replacement in jsonwebtoken 10,
-    // `dangerous::insecure_decode`, would also skip the exp/nbf/aud checks we want here.
-    #[allow(deprecated)]
-    validation.insecure_disable_signature_validation();
-    validation.set_audience(&[audience]);
-    validation.validate_nbf = true;
-    validation.leeway = 60;
-    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-    let data =
-        jsonwebtoken::decode::<Claims>(token.expose(), &DecodingKey::from_secret(&[]), &validation)
-            .map_err(|e| OidcError::Invalid(e.to_string()))?;
+    read_claims_at(token, audience, server_url, chrono::Utc::now().timestamp())
+}
+
+/// Clock skew tolerated between the token service and this machine.
+const LEEWAY_SECONDS: i64 = 60;
+
+fn read_claims_at(
+    token: &Secret,
+    audience: &str,
+    server_url: &str,
+    now: i64,
+) -> Result<Claims, OidcError> {
+    let invalid = |why: String| OidcError::Invalid(why);
+    let data = jsonwebtoken::dangerous::insecure_decode::<Claims>(token.expose())
+        .map_err(|e| invalid(format!("it is not a JWT ({e})")))?;
+    if data.header.alg != Algorithm::RS256 {
+        return Err(invalid(format!(
+            "it is signed with {:?}, not RS256",
+            data.header.alg
+        )));
+    }
     let claims = data.claims;
+    if claims.exp + LEEWAY_SECONDS < now {
+        return Err(invalid(format!("it expired {} s ago", now - claims.exp)));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_SECONDS > now) {
+        return Err(invalid(
+            "it is not valid yet (is this machine's clock right?)".to_owned(),
+        ));
+    }
+    if !claims.aud.contains(audience) {
+        return Err(invalid(format!(
+            "its audience is {}, not {audience}",
+            claims.aud
+        )));
+    }
     let ghes_issuer = format!("{}/_services/token", server_url.trim_end_matches('/'));
     if !(claims.iss.starts_with(GITHUB_ISSUER) || claims.iss == ghes_issuer) {
-        return Err(OidcError::Invalid(format!(
+        return Err(invalid(format!(
             "its issuer is {}, not GitHub Actions",
             claims.iss
         )));
@@ -143,9 +196,11 @@ pub fn session_name(repository: &str, run_id: u64, run_attempt: u32) -> String {
 mod tests {
     use super::*;
 
+    /// Signed like GitHub's (RS256), with the local world's test key.
     fn token(claims: serde_json::Value) -> Secret {
-        let header = jsonwebtoken::Header::new(Algorithm::HS256);
-        let key = jsonwebtoken::EncodingKey::from_secret(b"test");
+        let header = jsonwebtoken::Header::new(Algorithm::RS256);
+        let pem = include_str!("../tests/world/src/keys/oidc-test-key.pem");
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
         Secret::new(jsonwebtoken::encode(&header, &claims, &key).unwrap())
     }
 
@@ -183,9 +238,22 @@ mod tests {
     fn expired_wrong_audience_and_foreign_issuers_are_refused() {
         let now = chrono::Utc::now().timestamp();
         let cases = [
-            (serde_json::json!({"exp": now - 3600}), "ExpiredSignature"),
-            (serde_json::json!({"aud": "other"}), "InvalidAudience"),
-            (serde_json::json!({"nbf": now + 3600}), "ImmatureSignature"),
+            (
+                serde_json::json!({"exp": now - 3600}),
+                "it expired 3600 s ago",
+            ),
+            (
+                serde_json::json!({"aud": "other"}),
+                "its audience is other, not sts.amazonaws.com",
+            ),
+            (
+                serde_json::json!({"nbf": now + 3600}),
+                "it is not valid yet",
+            ),
+            (
+                serde_json::json!({"aud": ["a", "b"]}),
+                "its audience is a, b",
+            ),
             (
                 serde_json::json!({"iss": "https://evil.example"}),
                 "its issuer is https://evil.example",
@@ -201,6 +269,36 @@ mod tests {
             .to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn a_token_that_is_not_rs256_is_refused() {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({"sub": "s", "iss": GITHUB_ISSUER, "aud": "sts.amazonaws.com", "exp": now + 60});
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let err =
+            read_claims(&Secret::new(hs), "sts.amazonaws.com", "https://github.com").unwrap_err();
+        assert!(err.to_string().contains("signed with HS256"), "{err}");
+        let err = read_claims(
+            &Secret::new("garbage"),
+            "sts.amazonaws.com",
+            "https://github.com",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("it is not a JWT"), "{err}");
+    }
+
+    #[test]
+    fn a_list_audience_is_accepted_when_it_names_ours() {
+        let t = token(claims(
+            serde_json::json!({"aud": ["x", "sts.amazonaws.com"]}),
+        ));
+        assert!(read_claims(&t, "sts.amazonaws.com", "https://github.com").is_ok());
     }
 
     #[test]

@@ -23,12 +23,14 @@ pub mod tag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Market {
     OnDemand,
+    Spot,
 }
 
 impl Market {
     pub fn name(self) -> &'static str {
         match self {
             Market::OnDemand => "on-demand",
+            Market::Spot => "spot",
         }
     }
 }

@@ -81,79 +81,16 @@ fn a_wrong_mode_lists_the_valid_ones() {
 }
 
 #[test]
-fn dry_run_prints_the_plan_and_launches_nothing() {
-    let out = Step::start()
-        .input("dry-run", "true")
-        .input("instance-type", "g5.xlarge\ng4dn.xlarge")
-        .input("labels", "gpu")
-        .input("tags", "team: ml")
-        .run();
-    out.success();
-    let stdout = &out.stdout;
-    let group = stdout.find("::group::Plan").expect("a Plan group");
-    let end = stdout.find("::endgroup::").expect("the group is closed");
-    let plan = &stdout[group..end];
-    assert!(plan.contains("Label              gpu-runner-4242-1-"));
-    assert!(plan.contains("  1. g5.xlarge in the default subnet (on-demand)\n  2. g4dn.xlarge in the default subnet (on-demand)"));
-    assert!(plan.contains("  team = ml"));
-    assert!(out.summary.starts_with("### GPU runner: dry run"));
-    assert!(
-        out.summary
-            .contains("| 2 | g4dn.xlarge | default | on-demand |")
-    );
-    assert_eq!(
-        out.commands("notice"),
-        [
-            "::notice title=GPU runner dry run::Dry run: nothing was launched and no runner was registered. The plan is in the log and the job summary. Remove dry-run to launch."
-        ]
-    );
-    // No outputs: a GPU job waiting on a label nobody serves would hang until GitHub gives up.
-    assert!(out.outputs().is_empty() && out.state().is_empty());
-}
-
-#[test]
-fn the_plan_cannot_issue_workflow_commands() {
-    let out = Step::start()
-        .input("dry-run", "true")
-        .input("tags", "note=::error::pwned")
-        .run();
-    out.success();
-    let start = out
-        .stdout
-        .find("::stop-commands::")
-        .expect("commands are stopped");
-    let token = out.stdout[start + "::stop-commands::".len()..]
-        .lines()
-        .next()
-        .unwrap();
-    let resume = out
-        .stdout
-        .find(&format!("::{token}::"))
-        .expect("and resumed");
-    let pwned = out.stdout.find("::error::pwned").unwrap();
-    assert!(start < pwned && pwned < resume);
-}
-
-#[test]
-fn a_start_without_dry_run_fails_clearly_and_saves_nothing() {
-    let out = Step::start().run();
-    out.failure();
-    assert_eq!(out.errors().len(), 1);
-    assert!(out.errors()[0].starts_with("::error title=Not supported::this build of gpu-runner"));
-    assert!(out.outputs().is_empty() && out.state().is_empty());
-}
-
-#[test]
 fn secrets_are_masked_before_anything_else_and_never_printed() {
     let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecretkeylineone\nsecretkeylinetwo==\n-----END RSA PRIVATE KEY-----";
     let out = Step::start()
         .unset("INPUT_GITHUB-TOKEN")
         .input("github-app-id", "12345")
         .input("github-app-private-key", key)
-        .input("dry-run", "true")
         .env("RUNNER_DEBUG", "1")
         .run();
-    out.success();
+    // App authentication is not in this build yet; the masks must come first all the same.
+    out.failure();
     let first: Vec<&str> = out.stdout.lines().take(4).collect();
     assert_eq!(
         first,
@@ -189,36 +126,6 @@ fn a_bad_secret_is_reported_without_its_value() {
 }
 
 #[test]
-fn run_by_hand_everything_is_readable_on_stdout() {
-    let out = Step::start().input("dry-run", "true").by_hand().run();
-    out.success();
-    assert!(
-        !out.stdout.contains("::"),
-        "no workflow commands by hand:\n{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("── Plan\nLabel              gpu-runner-4242-1-")
-    );
-    assert!(
-        out.stdout
-            .contains("── job summary\n### GPU runner: dry run")
-    );
-    assert!(
-        out.stdout
-            .contains("Notice: GPU runner dry run: Dry run: nothing was launched")
-    );
-
-    let out = Step::start().input("dry-run", "maybe").by_hand().run();
-    out.failure();
-    assert_eq!(
-        out.stdout.trim_end(),
-        "Error: Invalid input: dry-run: dry-run is \"maybe\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too)."
-    );
-}
-
-#[test]
 fn misspelt_and_misplaced_inputs_are_warned_about() {
     let out = Step::stop()
         .input("instance_ids", "i-1234abcd")
@@ -231,6 +138,16 @@ fn misspelt_and_misplaced_inputs_are_warned_about() {
             "::warning title=gpu-runner input::instance-type is only used with mode: start; it has no effect with mode: stop.",
             "::warning title=gpu-runner input::gpu-runner has no input named instance_ids; it is ignored. Did you mean instance-ids?",
         ]
+    );
+}
+
+#[test]
+fn run_by_hand_errors_read_plainly() {
+    let out = Step::start().input("dry-run", "maybe").by_hand().run();
+    out.failure();
+    assert_eq!(
+        out.stdout.trim_end(),
+        "Error: Invalid input: dry-run: dry-run is \"maybe\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too)."
     );
 }
 
@@ -264,20 +181,6 @@ fn the_post_step_after_a_stop_or_a_clean_start_does_nothing() {
 }
 
 #[test]
-fn the_post_step_after_an_unfinished_start_says_what_to_remove() {
-    let out = Step::start()
-        .post()
-        .env("STATE_label", "gpu-runner-4242-1-abc")
-        .run();
-    out.failure();
-    let errors = out.errors();
-    assert_eq!(errors.len(), 1);
-    assert!(
-        errors[0].contains("Terminate the instances tagged gpu-runner:label=gpu-runner-4242-1-abc")
-    );
-}
-
-#[test]
 fn an_unwritable_summary_is_an_error_naming_the_file() {
     let out = Step::stop()
         .env("GITHUB_STEP_SUMMARY", "/nonexistent/summary")
@@ -288,37 +191,4 @@ fn an_unwritable_summary_is_an_error_naming_the_file() {
     assert!(out.errors()[0].starts_with(
         "::error title=Could not talk to the runner::could not write to GITHUB_STEP_SUMMARY (/nonexistent/summary)"
     ));
-}
-
-#[test]
-fn logs_go_to_stderr_one_line_per_event_and_follow_the_debug_switch() {
-    let out = Step::start().input("dry-run", "true").run();
-    let info: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(info.len(), 1, "{}", out.stderr);
-    assert!(info[0].contains("INFO") && info[0].contains("planned the GPU runner"));
-
-    let quiet = Step::start()
-        .input("dry-run", "true")
-        .env("GPU_RUNNER_LOG", "warn")
-        .run();
-    assert_eq!(quiet.stderr, "");
-
-    let bad = Step::start()
-        .input("dry-run", "true")
-        .env("RUST_LOG", "gpu_runner=chatty")
-        .run();
-    assert!(
-        bad.stderr
-            .contains("RUST_LOG=\"gpu_runner=chatty\" is not a log filter")
-    );
-
-    let failed = Step::start()
-        .input("dry-run", "nope")
-        .env("RUNNER_DEBUG", "1")
-        .run();
-    assert!(
-        failed.stderr.contains("DEBUG") && failed.stderr.contains("failed"),
-        "{}",
-        failed.stderr
-    );
 }

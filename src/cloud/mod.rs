@@ -1,6 +1,9 @@
 //! What gpu-runner needs from a cloud. The orchestration sees only this trait; EC2 implements it,
 //! and tests or other providers can too.
 
+pub mod aws;
+pub mod credentials;
+
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -63,12 +66,60 @@ pub struct CloudError {
     pub message: String,
 }
 
+impl CloudError {
+    pub fn code(&self) -> &str {
+        self.code.as_deref().unwrap_or("")
+    }
+
+    /// EC2's answer to a `DryRun` request that would have succeeded.
+    pub fn is_dry_run_success(&self) -> bool {
+        self.code() == "DryRunOperation"
+    }
+
+    /// What to do about it, by AWS error code.
+    pub fn hint(&self) -> String {
+        let code = self.code();
+        match code {
+            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => format!(
+                "The role is missing a permission for {}: compare its policy with the one in the \
+                 README (What AWS needs).",
+                self.operation
+            ),
+            "InvalidIdentityToken" | "IDPRejectedClaim" => "AWS refused the job's OIDC token: \
+                check that the IAM identity provider for token.actions.githubusercontent.com exists \
+                and that the role's trust policy allows this repository (and branch or environment)."
+                .to_owned(),
+            "InsufficientInstanceCapacity" | "Unsupported" | "InstanceLimitExceeded"
+            | "VcpuLimitExceeded" => "AWS has no capacity (or quota) for this type here right \
+                now: list more instance types or subnets, or request a vCPU quota increase for \
+                \"Running On-Demand G and VT instances\" in Service Quotas."
+                .to_owned(),
+            "ParameterNotFound" => "Check image-id: the SSM parameter does not exist in this \
+                region."
+                .to_owned(),
+            "InvalidAMIID.NotFound" | "InvalidAMIID.Malformed" => {
+                "Check image-id: AMIs are per region.".to_owned()
+            }
+            "InvalidSubnetID.NotFound" | "InvalidGroup.NotFound" => {
+                "Check subnet-id and security-group-id: they must exist in aws-region.".to_owned()
+            }
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
+                "AWS is throttling this account: re-run the job in a minute.".to_owned()
+            }
+            _ => "Check the AWS error above; re-run the job if it looks passing.".to_owned(),
+        }
+    }
+}
+
 pub trait Cloud {
     /// An AMI id as is; an `ssm:` parameter read to the AMI id it holds.
     fn resolve_image(
         &self,
         image: &ImageRef,
     ) -> impl Future<Output = Result<String, CloudError>> + Send;
+
+    /// GPUs per instance of this type, when the cloud says; the boot script checks it.
+    fn gpu_count(&self, instance_type: &str) -> impl Future<Output = Option<u32>> + Send;
 
     fn launch(
         &self,

@@ -1,6 +1,8 @@
 //! What gpu-runner needs from GitHub: self-hosted runners of one repository. octocrab implements it
 //! against the REST API; tests and GitHub Enterprise Server point it elsewhere.
 
+pub mod octo;
+
 use std::future::Future;
 
 use crate::secret::Secret;
@@ -43,6 +45,38 @@ pub struct GithubError {
     pub operation: &'static str,
     pub status: Option<u16>,
     pub message: String,
+}
+
+impl GithubError {
+    /// What to do about it. `workflow_token` is true when the token looks like one GitHub mints
+    /// for a workflow or App installation (`ghs_`), the usual reason for a 403 here.
+    pub fn hint(&self, repository: &str, workflow_token: bool) -> String {
+        match self.status {
+            Some(401) => "GitHub refused github-token (HTTP 401): it is expired, revoked or \
+                mistyped. Create a new token and update the secret."
+                .to_owned(),
+            Some(403) if workflow_token => format!(
+                "This looks like the workflow's own GITHUB_TOKEN, which can never manage \
+                 self-hosted runners: GitHub does not grant it Administration. Pass a fine-grained \
+                 token of {repository} with Administration: read and write (or a classic token \
+                 with repo), or a GitHub App, as github-token: ${{{{ secrets.RUNNER_ADMIN_TOKEN }}}}."
+            ),
+            Some(403) => format!(
+                "The token cannot manage self-hosted runners of {repository}: it needs \
+                 Administration: read and write (fine-grained token or App) or the repo scope \
+                 (classic token), and its owner must be an admin of the repository. If GitHub \
+                 mentions a rate limit, re-run the job later."
+            ),
+            Some(404) => format!(
+                "GitHub does not show {repository} to this token: give the token access to the \
+                 repository (fine-grained tokens list their repositories)."
+            ),
+            Some(409) => "A runner with this name exists already: re-run the job.".to_owned(),
+            _ => "This is usually passing: re-run the job. If it persists, check \
+                https://www.githubstatus.com."
+                .to_owned(),
+        }
+    }
 }
 
 pub trait RunnerRegistry {

@@ -77,6 +77,9 @@ pub struct StartInputs {
     pub startup_timeout_minutes: u32,
     pub max_lifetime_minutes: u32,
     pub idle_timeout_minutes: u32,
+    /// The Actions runner version the instance installs, and its package's SHA-256.
+    pub runner_version: String,
+    pub runner_sha256: String,
     pub keep_on_failure: bool,
     pub dry_run: bool,
 }
@@ -97,6 +100,7 @@ impl StopInputs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one value per run: the size does not matter
 pub enum Inputs {
     Start(StartInputs),
     Stop(StopInputs),
@@ -455,11 +459,13 @@ impl Reader<'_> {
                 },
             );
         }
+        let runner = self.runner();
         let keep_on_failure = self.boolean(&spec::KEEP_ON_FAILURE);
         let dry_run = self.boolean(&spec::DRY_RUN);
         if !self.errors.is_empty() {
             return None;
         }
+        let (runner_version, runner_sha256) = runner?;
         Some(StartInputs {
             common: common?,
             region: region?,
@@ -476,9 +482,58 @@ impl Reader<'_> {
             startup_timeout_minutes: startup?,
             max_lifetime_minutes: lifetime?,
             idle_timeout_minutes: idle?,
+            runner_version,
+            runner_sha256,
             keep_on_failure,
             dry_run,
         })
+    }
+
+    /// The runner version and its hash: pinned versions bring theirs; others need `runner-sha256`.
+    fn runner(&mut self) -> Option<(String, String)> {
+        let version = self.one(&spec::RUNNER_VERSION, values::runner_version)?;
+        let sha = self.one(&spec::RUNNER_SHA256, values::sha256);
+        if self.raw(&spec::RUNNER_SHA256).is_some() && sha.is_none() {
+            return None;
+        }
+        let sha = sha.map(|s| s.to_ascii_lowercase());
+        let pinned = crate::boot::PINNED_RUNNERS
+            .iter()
+            .find(|p| p.version == version && p.arch == "x64");
+        match (pinned, sha) {
+            (Some(pin), None) => Some((version, pin.sha256.to_owned())),
+            (Some(pin), Some(sha)) if sha == pin.sha256 => Some((version, sha)),
+            (Some(pin), Some(sha)) => {
+                self.fail(
+                    &spec::RUNNER_SHA256,
+                    Some(&sha),
+                    Problem::Invalid {
+                        entry: None,
+                        expected: format!("the SHA-256 GitHub published for runner {version}"),
+                        fix: format!(
+                            "gpu-runner knows {version} as {}: remove runner-sha256, or check \
+                             where your hash came from.",
+                            pin.sha256
+                        ),
+                    },
+                );
+                None
+            }
+            (None, Some(sha)) => Some((version, sha)),
+            (None, None) => {
+                self.missing(
+                    &spec::RUNNER_SHA256,
+                    format!(
+                        "gpu-runner has no pinned hash for runner-version {version}: set \
+                         runner-sha256 to the SHA-256 of actions-runner-linux-x64-{version}.tar.gz \
+                         from its release page (github.com/actions/runner/releases), or remove \
+                         runner-version to use the pinned {}.",
+                        spec::RUNNER_VERSION.default
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn tags(&mut self) -> Option<BTreeMap<String, String>> {

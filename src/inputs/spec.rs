@@ -69,6 +69,8 @@ pub const PRE_RUNNER_SCRIPT: Spec = Spec::new("pre-runner-script", Start, "");
 pub const STARTUP_TIMEOUT_MINUTES: Spec = Spec::new("startup-timeout-minutes", Start, "10");
 pub const MAX_LIFETIME_MINUTES: Spec = Spec::new("max-lifetime-minutes", Start, "360");
 pub const IDLE_TIMEOUT_MINUTES: Spec = Spec::new("idle-timeout-minutes", Start, "15");
+pub const RUNNER_VERSION: Spec = Spec::new("runner-version", Start, "2.329.0");
+pub const RUNNER_SHA256: Spec = Spec::new("runner-sha256", Start, "");
 pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
 pub const DRY_RUN: Spec = Spec::new("dry-run", Start, "false");
 
@@ -97,6 +99,8 @@ pub const ALL: &[Spec] = &[
     STARTUP_TIMEOUT_MINUTES,
     MAX_LIFETIME_MINUTES,
     IDLE_TIMEOUT_MINUTES,
+    RUNNER_VERSION,
+    RUNNER_SHA256,
     KEEP_ON_FAILURE,
     DRY_RUN,
     LABEL,
@@ -124,6 +128,14 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn the_default_runner_is_the_newest_pinned_one() {
+        assert_eq!(
+            RUNNER_VERSION.default,
+            crate::boot::PINNED_RUNNERS[0].version
+        );
     }
 
     #[test]

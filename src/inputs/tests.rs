@@ -769,3 +769,34 @@ fn unknown_inputs_are_warned_about_with_a_suggestion() {
         ]
     );
 }
+
+#[test]
+fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
+    let pin = crate::boot::PINNED_RUNNERS[0];
+    let s = start(&[]);
+    assert_eq!(
+        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        (pin.version, pin.sha256)
+    );
+    let s = start(&[
+        ("INPUT_RUNNER-VERSION", "2.400.1"),
+        ("INPUT_RUNNER-SHA256", &"AB".repeat(32)),
+    ]);
+    assert_eq!(
+        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        ("2.400.1", "ab".repeat(32).as_str())
+    );
+    assert!(error(&[("INPUT_RUNNER-VERSION", "2.400.1")]).starts_with(
+        "Missing input: runner-sha256: runner-sha256 is not set. gpu-runner has no pinned hash \
+             for runner-version 2.400.1: set runner-sha256 to the SHA-256 of \
+             actions-runner-linux-x64-2.400.1.tar.gz"
+    ));
+    assert!(
+        error(&[("INPUT_RUNNER-SHA256", &"0".repeat(64))])
+            .contains("is not the SHA-256 GitHub published for runner 2.329.0")
+    );
+    assert!(
+        error(&[("INPUT_RUNNER-VERSION", "v2.329.0")]).contains("is not an Actions runner version")
+    );
+    assert!(error(&[("INPUT_RUNNER-SHA256", "abc")]).contains("is not a SHA-256 hash"));
+}

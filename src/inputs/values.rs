@@ -293,6 +293,31 @@ pub fn app_id(v: &str) -> Result<(), Expect> {
     })
 }
 
+pub fn runner_version(v: &str) -> Result<(), Expect> {
+    let parts: Vec<&str> = v.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "an Actions runner version",
+            "Write the version without a v, such as 2.329.0 (github.com/actions/runner/releases).",
+        )
+    })
+}
+
+pub fn sha256(v: &str) -> Result<(), Expect> {
+    (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(())
+        .ok_or_else(|| {
+            Expect::new(
+                "a SHA-256 hash (64 hex digits)",
+                "Copy the SHA-256 of the linux x64 package from the runner's release page.",
+            )
+        })
+}
+
 /// A token is one word; anything else is a pasting mistake. The value itself is never shown.
 pub fn token(v: &str) -> Result<(), Expect> {
     (!v.chars().any(|c| c.is_whitespace() || c.is_control()))

@@ -4,12 +4,19 @@ pub mod post;
 pub mod start;
 pub mod stop;
 
+use aws_config::SdkConfig;
 use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Annotation};
+use crate::cloud::credentials::{self, AssumeRole};
+use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::inputs::{self, GithubAuth, Inputs};
+use crate::github::GithubError;
+use crate::github::octo::RepoRunners;
+use crate::inputs::{self, Common, GithubAuth, Inputs};
+use crate::oidc;
+use crate::secret::Secret;
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -31,13 +38,18 @@ impl Step {
     }
 }
 
-pub fn run(env: &Env, actions: &Actions, step: Step, now: DateTime<Utc>) -> Result<(), Error> {
+pub async fn run(
+    env: &Env,
+    actions: &Actions,
+    step: Step,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
     // Before anything is printed, and before parsing, so that no error message can show a secret.
     for secret in inputs::raw_secrets(env) {
         actions.add_mask(&secret);
     }
     if step == Step::Post {
-        return post::run(env, actions);
+        return post::run(env, actions).await;
     }
     let parsed = inputs::parse(env)?;
     for warning in &parsed.warnings {
@@ -52,7 +64,63 @@ pub fn run(env: &Env, actions: &Actions, step: Step, now: DateTime<Utc>) -> Resu
         actions.add_mask(private_key.expose());
     }
     match &parsed.inputs {
-        Inputs::Start(inputs) => start::run(inputs, env, actions, now),
-        Inputs::Stop(inputs) => stop::run(inputs, actions),
+        Inputs::Start(inputs) => start::run(inputs, env, actions, now).await,
+        Inputs::Stop(inputs) => stop::run(inputs, env, actions).await,
     }
+}
+
+/// AWS access for `region`: the role through the job's OIDC token, or the ambient credentials.
+pub(crate) async fn aws_config(
+    env: &Env,
+    common: &Common,
+    region: &str,
+    ctx: &Context,
+    actions: &Actions,
+) -> Result<SdkConfig, Error> {
+    let Some(role_arn) = &common.role_to_assume else {
+        return credentials::sdk_config(region, None, actions)
+            .await
+            .map_err(Error::cloud);
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| oidc::OidcError::Request(e.to_string()))?;
+    let token = oidc::request_token(env, &http, &common.audience).await?;
+    actions.add_mask(token.expose());
+    let claims = oidc::read_claims(&token, &common.audience, &ctx.server_url)?;
+    tracing::debug!(sub = %claims.sub, "read the job's OIDC token");
+    let session_name = oidc::session_name(&ctx.repository(), ctx.run_id, ctx.run_attempt);
+    let role = AssumeRole {
+        role_arn,
+        web_identity_token: &token,
+        session_name: &session_name,
+    };
+    credentials::sdk_config(region, Some(role), actions)
+        .await
+        .map_err(Error::cloud)
+}
+
+/// The repository's runners, with the token the user gave.
+pub(crate) fn runners(common: &Common, ctx: &Context) -> Result<(RepoRunners, Secret), Error> {
+    let token = match &common.github {
+        GithubAuth::Token(token) => token.clone(),
+        GithubAuth::App { .. } => {
+            return Err(Error::Unsupported {
+                what: "GitHub App authentication is not available in this build of gpu-runner"
+                    .to_owned(),
+                fix: "Use github-token with a fine-grained token (Administration: read and \
+                      write) for now."
+                    .to_owned(),
+            });
+        }
+    };
+    let registry = RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo)
+        .map_err(|e| github_error(e, ctx, &token))?;
+    Ok((registry, token))
+}
+
+pub(crate) fn github_error(source: GithubError, ctx: &Context, token: &Secret) -> Error {
+    let hint = source.hint(&ctx.repository(), token.expose().starts_with("ghs_"));
+    Error::Github { source, hint }
 }

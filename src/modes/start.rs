@@ -1,15 +1,45 @@
-//! `mode: start`: plan the GPU runner; print the plan; launch it.
+//! `mode: start`: register a one-job runner, launch its GPU instance, wait until the runner is
+//! online. Any failure after registration removes what was created, unless `keep-on-failure`.
+
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Annotation, Markdown};
+use crate::boot::{self, BootParams, RunnerPackage};
+use crate::clock::Clock;
+use crate::cloud::aws::Ec2;
+use crate::cloud::{Cloud, CloudError, Instance, InstanceState, LaunchRequest};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
+use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
 use crate::inputs::StartInputs;
-use crate::plan;
+use crate::modes::post::state;
+use crate::plan::{self, LaunchPlan};
+use crate::secret::Secret;
 
-pub fn run(
+/// How often start looks at the runner and the instance while it waits.
+const POLL: Duration = Duration::from_secs(2);
+/// Lines of the instance's console shown when it ends while booting.
+const CONSOLE_LINES: usize = 15;
+
+/// Where the instance downloads the runner package: `{version}` and `{arch}` are filled in.
+/// `GPU_RUNNER_RUNNER_DOWNLOAD_URL` names a mirror.
+fn runner_package(env: &Env, inputs: &StartInputs) -> RunnerPackage {
+    let template = env
+        .non_empty("GPU_RUNNER_RUNNER_DOWNLOAD_URL")
+        .unwrap_or(boot::DEFAULT_RUNNER_URL);
+    RunnerPackage {
+        version: inputs.runner_version.clone(),
+        url: template
+            .replace("{version}", &inputs.runner_version)
+            .replace("{arch}", "x64"),
+        sha256: inputs.runner_sha256.clone(),
+    }
+}
+
+pub async fn run(
     inputs: &StartInputs,
     env: &Env,
     actions: &Actions,
@@ -24,33 +54,452 @@ pub fn run(
         actions.verbatim(plan.to_text().trim_end());
     }
 
+    let (registry, token) = super::runners(&inputs.common, &ctx)?;
+    let aws = super::aws_config(env, &inputs.common, &plan.region, &ctx, actions).await?;
+    let cloud = Ec2::new(&aws);
+    let image_id = cloud
+        .resolve_image(&plan.image)
+        .await
+        .map_err(Error::cloud)?;
+    let package = runner_package(env, inputs);
+
     if plan.dry_run {
-        actions.append_summary(
-            &Markdown::new()
-                .heading(3, "GPU runner: dry run")
-                .paragraph(
-                    "Nothing was launched and no runner was registered. This is what a start \
-                     would do:",
-                )
-                .raw(&plan.to_markdown())
-                .build(),
-        )?;
-        actions.annotate(
-            &Annotation::notice(
-                "Dry run: nothing was launched and no runner was registered. The plan is in the \
-                 log and the job summary. Remove dry-run to launch.",
-            )
-            .title("GPU runner dry run"),
-        );
-        return Ok(());
+        return dry_run(&plan, &cloud, &image_id, &package, actions).await;
     }
 
-    Err(Error::Unsupported {
-        what: format!(
-            "this build of gpu-runner ({}) plans a start but has no cloud back-end to launch \
-             instances with",
-            env!("CARGO_PKG_VERSION")
-        ),
-        fix: "Set dry-run: true to check the plan.".to_owned(),
+    let jit = registry
+        .create_jit_runner(&plan.runner_name, &plan.labels)
+        .await
+        .map_err(|e| super::github_error(e, &ctx, &token))?;
+    actions.add_mask(jit.encoded_jit_config.expose());
+    actions.info(&format!(
+        "Registered runner {} (id {}) with labels {}",
+        jit.runner.name,
+        jit.runner.id,
+        plan.labels.join(", ")
+    ));
+
+    let clock = Clock::from_env(env);
+    let mut launched: Option<Instance> = None;
+    let outcome = launch_and_wait(
+        &plan,
+        &cloud,
+        &registry,
+        &jit,
+        &image_id,
+        &package,
+        actions,
+        clock,
+        &mut launched,
+    )
+    .await;
+    match outcome {
+        Ok(online) => report_online(&plan, &online, actions),
+        Err(cause) => {
+            let rollback = roll_back(
+                &plan,
+                &cloud,
+                &registry,
+                launched.as_ref(),
+                jit.runner.id,
+                actions,
+            )
+            .await;
+            Err(Error::AfterLaunch {
+                cause: Box::new(cause),
+                rollback,
+            })
+        }
+    }
+}
+
+/// What a start measured, for the outputs and the summary.
+struct Online {
+    instance: Instance,
+    launch_to_running: Option<Duration>,
+    launch_to_online: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch_and_wait(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    registry: &impl RunnerRegistry,
+    jit: &JitRunner,
+    image_id: &str,
+    package: &RunnerPackage,
+    actions: &Actions,
+    clock: Clock,
+    launched: &mut Option<Instance>,
+) -> Result<Online, Error> {
+    let instance = {
+        let _group = actions.group("Launch");
+        launch(plan, cloud, jit, image_id, package, actions).await?
+    };
+    let launch_time = Instant::now();
+    *launched = Some(instance.clone());
+    save_launch(plan, &instance, actions)?;
+
+    let _group = actions.group("Waiting for the runner");
+    let deadline = clock.scaled(Duration::from_secs(
+        u64::from(plan.startup_timeout_minutes) * 60,
+    ));
+    let mut running_after = None;
+    loop {
+        match registry.get_runner(jit.runner.id).await {
+            Ok(Some(r)) if r.status == RunnerStatus::Online => break,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Error::Startup {
+                    what: format!(
+                        "the runner {} was removed from GitHub while its instance booted",
+                        jit.runner.name
+                    ),
+                    console: Vec::new(),
+                    fix: "Someone or something deleted the runner; re-run the job.".to_owned(),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the runner; trying again"),
+        }
+        match cloud.describe(std::slice::from_ref(&instance.id)).await {
+            Ok(found) => match found.first().map(|i| &i.state) {
+                Some(InstanceState::Running) if running_after.is_none() => {
+                    running_after = Some(launch_time.elapsed());
+                    actions.info(&format!(
+                        "{} is running; waiting for its runner",
+                        instance.id
+                    ));
+                }
+                Some(s)
+                    if s.is_ending()
+                        || matches!(s, InstanceState::Stopping | InstanceState::Stopped) =>
+                {
+                    return Err(Error::Startup {
+                        what: format!("{} ended while it booted ({s:?})", instance.id),
+                        console: console_tail(cloud, &instance.id).await,
+                        fix:
+                            "The boot phases above say why. A failed GPU probe means the image has \
+                              no working NVIDIA driver for this instance type: use the default \
+                              image-id or one with the driver installed."
+                                .to_owned(),
+                    });
+                }
+                _ => {}
+            },
+            Err(e) => tracing::warn!(error = %e, "could not read the instance; trying again"),
+        }
+        if launch_time.elapsed() >= deadline {
+            return Err(Error::Startup {
+                what: format!(
+                    "the runner of {} did not come online within startup-timeout-minutes ({})",
+                    instance.id, plan.startup_timeout_minutes
+                ),
+                console: console_tail(cloud, &instance.id).await,
+                fix: "The boot phases above show how far the instance got. If it was still \
+                      installing, raise startup-timeout-minutes; if it never reached the runner \
+                      phase, check that the instance can reach github.com (a subnet with a NAT \
+                      gateway or a public IP)."
+                    .to_owned(),
+            });
+        }
+        clock.sleep(POLL).await;
+    }
+    Ok(Online {
+        instance,
+        launch_to_running: running_after,
+        launch_to_online: launch_time.elapsed(),
     })
+}
+
+/// Launches the first candidate that has capacity.
+async fn launch(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    jit: &JitRunner,
+    image_id: &str,
+    package: &RunnerPackage,
+    actions: &Actions,
+) -> Result<Instance, Error> {
+    let mut refused: Vec<String> = Vec::new();
+    for candidate in &plan.candidates {
+        let user_data = user_data(
+            plan,
+            cloud,
+            &candidate.instance_type,
+            jit.encoded_jit_config.clone(),
+            package,
+        )
+        .await;
+        let request = LaunchRequest {
+            plan,
+            candidate,
+            image_id,
+            user_data: &user_data,
+            dry_run: false,
+        };
+        match cloud.launch(request).await {
+            Ok(instance) => {
+                actions.info(&format!(
+                    "Launched {} ({})",
+                    instance.id,
+                    candidate.describe()
+                ));
+                return Ok(instance);
+            }
+            Err(e) if is_capacity(&e) => {
+                actions.info(&format!(
+                    "No capacity: {} ({})",
+                    candidate.describe(),
+                    e.code()
+                ));
+                refused.push(format!("{}: {}", candidate.describe(), e.code()));
+            }
+            Err(e) => return Err(Error::cloud(e)),
+        }
+    }
+    Err(Error::cloud(CloudError {
+        operation: "RunInstances",
+        code: Some("InsufficientInstanceCapacity".to_owned()),
+        message: format!("no candidate had capacity: {}", refused.join("; ")),
+    }))
+}
+
+/// Errors that say "not here, not now": the next candidate may work.
+fn is_capacity(e: &CloudError) -> bool {
+    matches!(
+        e.code(),
+        "InsufficientInstanceCapacity"
+            | "Unsupported"
+            | "InstanceLimitExceeded"
+            | "VcpuLimitExceeded"
+            | "InsufficientCapacity"
+    )
+}
+
+async fn user_data(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    instance_type: &str,
+    jit_config: Secret,
+    package: &RunnerPackage,
+) -> Secret {
+    boot::render(&boot_params(plan, cloud, instance_type, jit_config, package).await)
+}
+
+async fn boot_params(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    instance_type: &str,
+    jit_config: Secret,
+    package: &RunnerPackage,
+) -> BootParams {
+    BootParams {
+        runner_name: plan.runner_name.clone(),
+        labels: plan.labels.clone(),
+        runner_user: plan.runner_user.clone(),
+        jit_config,
+        instance_type: instance_type.to_owned(),
+        expected_gpus: cloud.gpu_count(instance_type).await.unwrap_or(0),
+        max_lifetime_minutes: plan.max_lifetime_minutes,
+        idle_timeout_minutes: plan.idle_timeout_minutes,
+        runner: package.clone(),
+        pre_runner_script: plan.pre_runner_script.clone(),
+    }
+}
+
+/// Saved at once, so that the stop job and the post step can always find the instance.
+fn save_launch(plan: &LaunchPlan, instance: &Instance, actions: &Actions) -> Result<(), Error> {
+    let ids = serde_json::json!([instance.id]).to_string();
+    actions.save_state(state::LABEL, &plan.label)?;
+    actions.save_state(state::INSTANCE_IDS, &ids)?;
+    actions.save_state(state::REGION, &plan.region)?;
+    actions.set_output("label", &plan.label)?;
+    actions.set_output("labels", &serde_json::json!(plan.labels).to_string())?;
+    actions.set_output("instance-id", &instance.id)?;
+    actions.set_output("instance-ids", &ids)?;
+    actions.set_output("region", &plan.region)?;
+    actions.set_output("instance-type", &instance.instance_type)?;
+    actions.set_output(
+        "availability-zone",
+        instance.availability_zone.as_deref().unwrap_or(""),
+    )?;
+    actions.set_output("market", instance.market.name())?;
+    Ok(())
+}
+
+fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Result<(), Error> {
+    actions.save_state(state::ONLINE, "true")?;
+    let i = &online.instance;
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    actions.info(&format!(
+        "The GPU runner is online: runs-on: {} ({} in {}, {})",
+        plan.label,
+        i.instance_type,
+        i.availability_zone.as_deref().unwrap_or(&plan.region),
+        i.market.name()
+    ));
+    let rows: Vec<Vec<String>> = [
+        ("Label (runs-on)", plan.label.clone()),
+        ("Instance", i.id.clone()),
+        ("Instance type", i.instance_type.clone()),
+        (
+            "Availability zone",
+            i.availability_zone.clone().unwrap_or_default(),
+        ),
+        ("Market", i.market.name().to_owned()),
+        (
+            "Launch → running",
+            online
+                .launch_to_running
+                .map(secs)
+                .unwrap_or_else(|| "not seen".to_owned()),
+        ),
+        ("Launch → runner online", secs(online.launch_to_online)),
+        (
+            "Ends itself by",
+            plan.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| vec![k.to_owned(), v])
+    .collect();
+    actions.append_summary(
+        &Markdown::new()
+            .heading(3, "GPU runner online")
+            .table(&["", ""], &rows)
+            .build(),
+    )?;
+    Ok(())
+}
+
+/// Removes what a failed start created; says what it did, for the error message.
+async fn roll_back(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    registry: &impl RunnerRegistry,
+    instance: Option<&Instance>,
+    runner_id: u64,
+    actions: &Actions,
+) -> String {
+    let _group = actions.group("Rolling back");
+    let mut done = Vec::new();
+    let mut left = Vec::new();
+    match instance {
+        Some(i) if plan.keep_on_failure => left.push(format!(
+            "kept {} for debugging (keep-on-failure); it ends itself by {}, or run mode: stop with label {}",
+            i.id,
+            plan.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            plan.label
+        )),
+        Some(i) => match cloud.terminate(std::slice::from_ref(&i.id)).await {
+            Ok(()) => done.push(format!("terminated {}", i.id)),
+            Err(e) => left.push(format!(
+                "could not terminate {} ({e}); it ends itself by its max lifetime, or run mode: stop with label {}",
+                i.id, plan.label
+            )),
+        },
+        None => done.push("no instance was launched".to_owned()),
+    }
+    match registry.delete_runner(runner_id).await {
+        Ok(_) => done.push(format!("removed the runner {}", plan.runner_name)),
+        Err(e) => left.push(format!(
+            "could not remove the runner {} ({e}); delete it under Settings → Actions → Runners",
+            plan.runner_name
+        )),
+    }
+    let mut text = format!("Rolled back: {}.", done.join(", "));
+    if !left.is_empty() {
+        text.push_str(&format!(" Left behind: {}.", left.join("; ")));
+    }
+    actions.info(&text);
+    text
+}
+
+async fn console_tail(cloud: &impl Cloud, id: &str) -> Vec<String> {
+    let Ok(Some(text)) = cloud.console_output(id).await else {
+        return Vec::new();
+    };
+    let phases: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("gpu-runner: phase="))
+        .collect();
+    let lines: Vec<&str> = if phases.is_empty() {
+        text.lines().collect()
+    } else {
+        phases
+    };
+    let skip = lines.len().saturating_sub(CONSOLE_LINES);
+    lines[skip..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+/// Proves the permissions with EC2's `DryRun` for the first candidate, and shows the plan with the
+/// boot script (its JIT config redacted). Registers and launches nothing.
+async fn dry_run(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    image_id: &str,
+    package: &RunnerPackage,
+    actions: &Actions,
+) -> Result<(), Error> {
+    let Some(candidate) = plan.candidates.first() else {
+        return Ok(());
+    };
+    let params = boot_params(
+        plan,
+        cloud,
+        &candidate.instance_type,
+        Secret::new(""),
+        package,
+    )
+    .await;
+    {
+        let _group = actions.group("Boot script (JIT config redacted)");
+        actions.verbatim(boot::render_redacted(&params).trim_end());
+    }
+    let user_data = boot::render(&params);
+    let request = LaunchRequest {
+        plan,
+        candidate,
+        image_id,
+        user_data: &user_data,
+        dry_run: true,
+    };
+    let check = match cloud.launch(request).await {
+        Err(e) if e.is_dry_run_success() => format!(
+            "EC2 confirmed that the role may launch {} from {image_id} (DryRun).",
+            candidate.describe()
+        ),
+        Err(e) => return Err(Error::cloud(e)),
+        Ok(instance) => {
+            // A cloud that ignores DryRun must not leave an instance behind.
+            cloud
+                .terminate(std::slice::from_ref(&instance.id))
+                .await
+                .map_err(Error::cloud)?;
+            format!(
+                "The cloud ignored DryRun and launched {}; it was terminated.",
+                instance.id
+            )
+        }
+    };
+    actions.info(&check);
+    actions.append_summary(
+        &Markdown::new()
+            .heading(3, "GPU runner: dry run")
+            .paragraph(&format!(
+                "Nothing was launched and no runner was registered. {check} This is what a start \
+                 would do:"
+            ))
+            .raw(&plan.to_markdown())
+            .build(),
+    )?;
+    actions.annotate(
+        &Annotation::notice(format!(
+            "Dry run: nothing was launched and no runner was registered. {check} The plan is in \
+             the log and the job summary. Remove dry-run to launch."
+        ))
+        .title("GPU runner dry run"),
+    );
+    Ok(())
 }

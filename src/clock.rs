@@ -1,0 +1,56 @@
+//! Waiting. In production one second is one second; the local world runs a faster clock
+//! (`GPU_RUNNER_CLOCK_SCALE`), as it does for the instance's timers, so that a ten-minute startup
+//! timeout can be tested in seconds.
+
+use std::time::Duration;
+
+use crate::env::Env;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    scale: f64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { scale: 1.0 }
+    }
+}
+
+impl Clock {
+    pub fn from_env(env: &Env) -> Self {
+        let scale = env
+            .non_empty("GPU_RUNNER_CLOCK_SCALE")
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 1.0)
+            .unwrap_or(1.0);
+        Self { scale }
+    }
+
+    /// How long `d` of the user's time lasts on this clock.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d.div_f64(self.scale)
+    }
+
+    pub async fn sleep(&self, d: Duration) {
+        tokio::time::sleep(self.scaled(d)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_sane_speed_up_is_taken() {
+        let env = |v: &str| -> Env { [("GPU_RUNNER_CLOCK_SCALE", v)].into_iter().collect() };
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            Clock::from_env(&env("60")).scaled(minute),
+            Duration::from_secs(1)
+        );
+        for bad in ["0", "0.5", "-3", "inf", "NaN", "fast"] {
+            assert_eq!(Clock::from_env(&env(bad)).scaled(minute), minute, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! `Cloud` on EC2, with SSM for image parameters.
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceLifecycleType, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
+    VolumeType,
+};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+
+use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest};
+use crate::inputs::ImageRef;
+use crate::plan::{Market, tag};
+
+pub struct Ec2 {
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+}
+
+impl Ec2 {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            ec2: aws_sdk_ec2::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+        }
+    }
+}
+
+/// Keeps the AWS error code, which decides retries, fallbacks and hints.
+pub fn cloud_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    CloudError {
+        operation,
+        code: err.code().map(str::to_owned),
+        message: err
+            .message()
+            .map(str::to_owned)
+            .unwrap_or_else(|| DisplayErrorContext(&err).to_string()),
+    }
+}
+
+fn is_not_found(e: &CloudError) -> bool {
+    e.code().starts_with("InvalidInstanceID.NotFound")
+}
+
+fn state(s: Option<&InstanceStateName>) -> InstanceState {
+    match s {
+        Some(InstanceStateName::Pending) => InstanceState::Pending,
+        Some(InstanceStateName::Running) => InstanceState::Running,
+        Some(InstanceStateName::ShuttingDown) => InstanceState::ShuttingDown,
+        Some(InstanceStateName::Stopping) => InstanceState::Stopping,
+        Some(InstanceStateName::Stopped) => InstanceState::Stopped,
+        Some(InstanceStateName::Terminated) => InstanceState::Terminated,
+        Some(other) => InstanceState::Other(other.as_str().to_owned()),
+        None => InstanceState::Other("unknown".to_owned()),
+    }
+}
+
+fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_owned(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        market: match i.instance_lifecycle() {
+            Some(InstanceLifecycleType::Spot) => Market::Spot,
+            _ => Market::OnDemand,
+        },
+        state: state(i.state().and_then(|s| s.name())),
+        launched_at: i
+            .launch_time()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+        label: i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(tag::LABEL))
+            .and_then(|t| t.value())
+            .map(str::to_owned),
+    }
+}
+
+impl Cloud for Ec2 {
+    async fn resolve_image(&self, image: &ImageRef) -> Result<String, CloudError> {
+        match image {
+            ImageRef::Ami(id) => Ok(id.clone()),
+            ImageRef::Ssm(name) => {
+                let out = self
+                    .ssm
+                    .get_parameter()
+                    .name(name)
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("GetParameter", e))?;
+                out.parameter()
+                    .and_then(|p| p.value())
+                    .map(str::to_owned)
+                    .ok_or_else(|| CloudError {
+                        operation: "GetParameter",
+                        code: None,
+                        message: format!("the SSM parameter {name} has no value"),
+                    })
+            }
+        }
+    }
+
+    async fn gpu_count(&self, instance_type: &str) -> Option<u32> {
+        let out = self
+            .ec2
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let gpus = out.instance_types().first()?.gpu_info()?.gpus();
+                let count: i32 = gpus.iter().filter_map(|g| g.count()).sum();
+                u32::try_from(count).ok()
+            }
+            Err(e) => {
+                let e = cloud_error("DescribeInstanceTypes", e);
+                tracing::warn!(error = %e, "could not read the GPU count; the probe will accept any");
+                None
+            }
+        }
+    }
+
+    async fn launch(&self, request: LaunchRequest<'_>) -> Result<Instance, CloudError> {
+        let plan = request.plan;
+        let tags: Vec<Tag> = plan
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let tag_specs = [ResourceType::Instance, ResourceType::Volume].map(|kind| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .set_tags(Some(tags.clone()))
+                .build()
+        });
+        let mut run = self
+            .ec2
+            .run_instances()
+            .image_id(request.image_id)
+            .instance_type(InstanceType::from(request.candidate.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .user_data(base64::engine::general_purpose::STANDARD.encode(request.user_data.expose()))
+            .set_tag_specifications(Some(tag_specs.to_vec()))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            .set_subnet_id(request.candidate.subnet_id.clone())
+            .dry_run(request.dry_run);
+        if !plan.security_group_ids.is_empty() {
+            run = run.set_security_group_ids(Some(plan.security_group_ids.clone()));
+        }
+        if let Some(profile) = &plan.iam_instance_profile {
+            let spec = IamInstanceProfileSpecification::builder();
+            let spec = if profile.starts_with("arn:") {
+                spec.arn(profile)
+            } else {
+                spec.name(profile)
+            };
+            run = run.iam_instance_profile(spec.build());
+        }
+        if let Some(size) = plan.root_volume_size_gib {
+            run = run.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(self.root_device(request.image_id).await?)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(i32::try_from(size).unwrap_or(i32::MAX))
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = run
+            .send()
+            .await
+            .map_err(|e| cloud_error("RunInstances", e))?;
+        out.instances()
+            .first()
+            .map(instance)
+            .ok_or_else(|| CloudError {
+                operation: "RunInstances",
+                code: None,
+                message: "EC2 answered without an instance".to_owned(),
+            })
+    }
+
+    async fn describe(&self, ids: &[String]) -> Result<Vec<Instance>, CloudError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| cloud_error("DescribeInstances", e));
+        match out {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(instance)
+                .collect()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find_by_label(&self, label: &str) -> Result<Vec<Instance>, CloudError> {
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{}", tag::LABEL))
+                        .values(label)
+                        .build(),
+                )
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| cloud_error("DescribeInstances", e))?;
+            found.extend(
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .map(instance),
+            );
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| cloud_error("TerminateInstances", e));
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn console_output(&self, id: &str) -> Result<Option<String>, CloudError> {
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(id)
+            .latest(true)
+            .send()
+            .await
+            .map_err(|e| cloud_error("GetConsoleOutput", e))?;
+        Ok(out.output().map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_else(|_| b64.to_owned())
+        }))
+    }
+}
+
+impl Ec2 {
+    /// The image's root device name, which a root volume size must be attached to.
+    async fn root_device(&self, image_id: &str) -> Result<String, CloudError> {
+        let out = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("DescribeImages", e))?;
+        Ok(out
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .unwrap_or("/dev/sda1")
+            .to_owned())
+    }
+}

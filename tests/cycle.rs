@@ -1,0 +1,472 @@
+//! The start → GPU job → stop cycle through the local world: moto for AWS, the fake GitHub and
+//! OIDC service, and instances that run the real boot script in a sandbox.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Outcome, Step};
+use world::{Gpu, Options, World};
+
+fn world() -> World {
+    World::start(Options::default()).expect("the local world starts")
+}
+
+fn start(world: &World) -> world::step::Step {
+    Step::mode("start").in_world(world)
+}
+
+fn stop(world: &World) -> world::step::Step {
+    Step::mode("stop").in_world(world)
+}
+
+/// Nothing is left: no live instance in moto, no runner in the fake GitHub.
+#[track_caller]
+fn nothing_left(world: &World) {
+    let gone = world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty());
+    assert!(
+        gone,
+        "instances still running: {:?}",
+        world.live_instances()
+    );
+    assert_eq!(world.registered_runners(), [], "runners still registered");
+}
+
+/// Every secret the world issued appears only in the `::add-mask::` line that masks it, which the
+/// runner consumes, and never before it, in stderr or in the runner's files.
+#[track_caller]
+fn no_secret_leaked(world: &World, outcomes: &[&Outcome]) {
+    for secret in world.issued_secrets().iter().filter(|s| s.len() >= 8) {
+        for out in outcomes {
+            for (i, line) in out.stdout.lines().enumerate() {
+                if line.contains(secret.as_str()) {
+                    let masked_before = out
+                        .stdout
+                        .lines()
+                        .take(i + 1)
+                        .any(|l| l == format!("::add-mask::{secret}"));
+                    assert!(
+                        masked_before && line.starts_with("::add-mask::"),
+                        "a secret leaked on stdout line {i}: {line}"
+                    );
+                }
+            }
+            for (name, text) in [
+                ("stderr", &out.stderr),
+                ("GITHUB_OUTPUT", &out.output_file),
+                ("GITHUB_STATE", &out.state_file),
+                ("GITHUB_STEP_SUMMARY", &out.summary),
+            ] {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "a secret leaked in {name}:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
+    let world = world();
+    let started = start(&world).input("instance-type", "g5.xlarge").run();
+    started.success();
+    let outputs = started.outputs();
+    let label = outputs["label"].clone();
+    assert!(label.starts_with(&format!("gpu-runner-{}-1-", world.run_id)));
+    assert_eq!(outputs["labels"], format!("[\"{label}\"]"));
+    assert_eq!(outputs["region"], "us-east-1");
+    assert_eq!(outputs["instance-type"], "g5.xlarge");
+    assert_eq!(outputs["market"], "on-demand");
+    assert!(outputs["availability-zone"].starts_with("us-east-1"));
+    let id = outputs["instance-id"].clone();
+    assert_eq!(outputs["instance-ids"], format!("[\"{id}\"]"));
+    assert!(started.summary.starts_with("### GPU runner online"));
+    assert!(started.summary.contains("| Launch → runner online |"));
+    assert_eq!(started.state()["online"], "true");
+
+    // The instance as launched: tags, IMDSv2 with hop limit 1, no key pair, the boot script.
+    let instance = world
+        .instances()
+        .into_iter()
+        .find(|i| i.instance_id() == Some(&id))
+        .unwrap();
+    let tag = |k: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(tag("gpu-runner:label").as_deref(), Some(label.as_str()));
+    assert_eq!(tag("gpu-runner:repository").as_deref(), Some("octo/ml"));
+    assert_eq!(tag("gpu-runner:run-id"), Some(world.run_id.to_string()));
+    assert!(tag("gpu-runner:expires-at").is_some() && tag("gpu-runner:version").is_some());
+    let metadata = instance.metadata_options().unwrap();
+    assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(metadata.http_put_response_hop_limit(), Some(1));
+    assert_eq!(instance.key_name(), None);
+    assert!(
+        world
+            .user_data(&id)
+            .contains(&format!("readonly RUNNER_NAME='{label}'"))
+    );
+
+    let job = world.queue_job(&[&label], "nvidia-smi && whoami");
+    let done = world.wait_until(Duration::from_secs(30), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    assert!(
+        done,
+        "the job never finished; console:\n{}",
+        world.console(&id)
+    );
+    let job = world.job(job).unwrap();
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(
+        job.output.contains("Tesla T4") && job.output.contains("runner\n"),
+        "{}",
+        job.output
+    );
+    assert_eq!(job.runner_name.as_deref(), Some(label.as_str()));
+    // One job, then the instance ends itself.
+    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
+
+    let stopped = stop(&world).outputs_of(&started).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {id} | instance | already ended |"))
+    );
+    nothing_left(&world);
+
+    // Stop is idempotent.
+    let again = stop(&world).outputs_of(&started).run();
+    again.success();
+    assert!(again.summary.contains("already"));
+    nothing_left(&world);
+    no_secret_leaked(&world, &[&started, &stopped, &again]);
+}
+
+#[test]
+fn stop_with_only_the_label_finds_the_instance_and_its_runner() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    assert_eq!(world.live_instances().len(), 1);
+    assert_eq!(world.registered_runners().len(), 1);
+
+    // Say the start job's instance-ids output was lost: the label is enough.
+    let stopped = stop(&world)
+        .input("label", &label)
+        .input("region", "us-east-1")
+        .run();
+    stopped.success();
+    let id = &started.outputs()["instance-id"];
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {id} | instance | terminated")),
+        "{}",
+        stopped.summary
+    );
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {label} | runner | removed |")),
+        "{}",
+        stopped.summary
+    );
+    nothing_left(&world);
+    no_secret_leaked(&world, &[&started, &stopped]);
+}
+
+#[test]
+fn a_gpu_without_a_driver_fails_start_with_the_probe_reason() {
+    let world = World::start(Options {
+        gpu: Gpu::NoDriver,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = start(&world).run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.starts_with("::error title=The GPU runner did not come online::"),
+        "{error}"
+    );
+    assert!(error.contains("phase=gpu-probe status=failed reason=\"nvidia-smi failed 24 times: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."), "{error}");
+    assert!(
+        error.contains("Rolled back: terminated i-") && error.contains("removed the runner"),
+        "{error}"
+    );
+    nothing_left(&world);
+}
+
+#[test]
+fn too_few_gpus_fails_start_with_the_count() {
+    let world = World::start(Options {
+        gpu: Gpu::Healthy(1),
+        ..Options::default()
+    })
+    .unwrap();
+    let out = start(&world).input("instance-type", "g5.12xlarge").run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("nvidia-smi shows 1 GPU(s) but g5.12xlarge has 4"),
+        "{error}"
+    );
+    nothing_left(&world);
+}
+
+#[test]
+fn a_runner_that_never_comes_online_times_out_and_rolls_back() {
+    let world = World::start(Options {
+        runner_online: false,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = start(&world).input("startup-timeout-minutes", "1").run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("did not come online within startup-timeout-minutes (1)"),
+        "{error}"
+    );
+    assert!(error.contains("phase=runner status=starting"), "{error}");
+    assert!(error.contains("Rolled back: terminated i-"), "{error}");
+    // The outputs were written at launch, so a stop job would also have found the instance.
+    assert!(out.outputs().contains_key("instance-id"));
+    nothing_left(&world);
+}
+
+#[test]
+fn keep_on_failure_keeps_the_instance_and_says_how_to_remove_it() {
+    let world = World::start(Options {
+        runner_online: false,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = start(&world)
+        .input("startup-timeout-minutes", "1")
+        .input("keep-on-failure", "true")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("Left behind: kept i-") && error.contains("keep-on-failure"),
+        "{error}"
+    );
+    assert_eq!(world.live_instances().len(), 1);
+    assert_eq!(world.registered_runners(), []);
+    let stopped = stop(&world).outputs_of(&out).run();
+    stopped.success();
+    nothing_left(&world);
+}
+
+#[test]
+fn a_token_without_admin_rights_fails_before_anything_is_launched() {
+    let world = world();
+    let out = start(&world)
+        .input("github-token", &world.weak_token.clone())
+        .run();
+    out.failure();
+    assert_eq!(out.errors().len(), 1);
+    let error = out.errors()[0];
+    assert!(error.starts_with("::error title=GitHub%3A registering the runner failed::registering the runner failed (HTTP 403)"), "{error}");
+    assert!(
+        error.contains("needs Administration: read and write"),
+        "{error}"
+    );
+    assert!(world.instances().is_empty(), "nothing may be launched");
+
+    let out = start(&world)
+        .input("github-token", &world.workflow_token.clone())
+        .run();
+    out.failure();
+    assert!(
+        out.errors()[0].contains("This looks like the workflow's own GITHUB_TOKEN"),
+        "{}",
+        out.errors()[0]
+    );
+
+    let out = start(&world)
+        .input("github-token", "github_pat_wrong")
+        .run();
+    out.failure();
+    assert!(
+        out.errors()[0].contains("GitHub refused github-token (HTTP 401)"),
+        "{}",
+        out.errors()[0]
+    );
+    assert!(world.instances().is_empty());
+    nothing_left(&world);
+}
+
+#[test]
+fn without_id_token_permission_the_error_names_the_line_to_add() {
+    let world = world();
+    let out = start(&world)
+        .unset("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .unset("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+        .run();
+    out.failure();
+    let error = out.errors()[0];
+    assert!(
+        error.starts_with("::error title=No AWS credentials::the job has no OIDC token"),
+        "{error}"
+    );
+    assert!(
+        error.contains("`permissions: { id-token: write, contents: read }`"),
+        "{error}"
+    );
+    assert!(world.instances().is_empty());
+    nothing_left(&world);
+}
+
+#[test]
+fn dry_run_proves_permissions_and_launches_nothing() {
+    let world = world();
+    let out = start(&world)
+        .input("dry-run", "true")
+        .input("instance-type", "g5.xlarge\ng4dn.xlarge")
+        .input("tags", "team: ml\nnote: ::error::pwned")
+        .run();
+    out.success();
+    assert!(out.stdout.contains("::group::Plan"));
+    assert!(
+        out.stdout
+            .contains("::group::Boot script (JIT config redacted)")
+    );
+    assert!(out.stdout.contains("readonly JIT_CONFIG='***'"));
+    assert!(
+        out.summary
+            .contains("| 2 | g4dn.xlarge | default | on-demand |")
+    );
+    let notice = out.commands("notice").join("\n");
+    assert!(
+        notice.contains(
+            "EC2 confirmed that the role may launch g5.xlarge in the default subnet (on-demand)"
+        ),
+        "{notice}"
+    );
+    assert!(out.outputs().is_empty() && out.state().is_empty());
+    assert!(world.instances().is_empty(), "a dry run launches nothing");
+    assert_eq!(world.registered_runners(), [], "and registers nothing");
+
+    // The plan shows the tag, but it cannot act as a workflow command.
+    let stop_at = out.stdout.find("::stop-commands::").unwrap();
+    let token = out.stdout[stop_at + "::stop-commands::".len()..]
+        .lines()
+        .next()
+        .unwrap();
+    let resume = out.stdout.find(&format!("::{token}::")).unwrap();
+    let pwned = out.stdout.find("::error::pwned").unwrap();
+    assert!(stop_at < pwned && pwned < resume);
+    no_secret_leaked(&world, &[&out]);
+}
+
+#[test]
+fn run_by_hand_a_dry_run_reads_plainly() {
+    let world = world();
+    let out = start(&world).input("dry-run", "true").by_hand().run();
+    out.success();
+    assert!(!out.stdout.contains("::"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("── Plan\nLabel              gpu-runner-")
+    );
+    assert!(
+        out.stdout
+            .contains("── job summary\n### GPU runner: dry run")
+    );
+    assert!(
+        out.stdout
+            .contains("Notice: GPU runner dry run: Dry run: nothing was launched")
+    );
+}
+
+#[test]
+fn logs_go_to_stderr_one_line_per_event_and_follow_the_debug_switch() {
+    let world = world();
+    let out = start(&world).input("dry-run", "true").run();
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "{}",
+        out.stderr
+    );
+    assert!(lines.iter().any(|l| l.contains("planned the GPU runner")));
+    assert!(lines.iter().any(|l| l.contains("assumed the AWS role")));
+
+    let quiet = start(&world)
+        .input("dry-run", "true")
+        .env("GPU_RUNNER_LOG", "warn")
+        .run();
+    assert_eq!(quiet.stderr, "");
+    let bad = start(&world)
+        .input("dry-run", "true")
+        .env("RUST_LOG", "gpu_runner=chatty")
+        .run();
+    assert!(
+        bad.stderr
+            .contains("RUST_LOG=\"gpu_runner=chatty\" is not a log filter")
+    );
+    let debug = start(&world)
+        .input("dry-run", "true")
+        .env("RUNNER_DEBUG", "1")
+        .run();
+    assert!(
+        debug.stderr.contains(" DEBUG ") && debug.stderr.contains("read the job's OIDC token"),
+        "{}",
+        debug.stderr
+    );
+    no_secret_leaked(&world, &[&out, &debug]);
+}
+
+#[test]
+fn the_post_step_rolls_back_a_start_that_never_finished() {
+    let world = world();
+    let label = "gpu-runner-1-1-cancelled";
+    let id = world.leave_behind(label);
+    assert_eq!(world.live_instances(), std::slice::from_ref(&id));
+    let post = start(&world)
+        .post()
+        .env("STATE_label", label)
+        .env("STATE_instance-ids", &format!("[\"{id}\"]"))
+        .env("STATE_region", "us-east-1")
+        .run();
+    post.success();
+    assert!(
+        post.stdout.contains(&format!("post: terminated {id}")),
+        "{}",
+        post.stdout
+    );
+    assert!(
+        post.stdout
+            .contains(&format!("post: removed the runner {label}"))
+    );
+    nothing_left(&world);
+}
+
+#[test]
+fn the_post_step_after_a_good_start_leaves_the_runner_to_the_job() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let post = start(&world).post().state_of(&started).run();
+    post.success();
+    assert_eq!(
+        world.live_instances().len(),
+        1,
+        "the GPU job still needs it"
+    );
+    stop(&world).outputs_of(&started).run().success();
+    nothing_left(&world);
+}

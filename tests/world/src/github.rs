@@ -1,0 +1,386 @@
+//! A stateful fake of the GitHub REST API for self-hosted runners and the jobs of a run, plus the
+//! side the stand-in runner speaks (`/_runner/...`). Checks `Authorization` like GitHub: 401 for an
+//! unknown token, 403 for one without admin rights.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRunner {
+    pub id: u64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub status: &'static str,
+    pub busy: bool,
+    secret: String,
+}
+
+impl FakeRunner {
+    /// A registered runner that never connected.
+    pub fn offline(id: u64, name: &str) -> Self {
+        Self {
+            id,
+            name: name.to_owned(),
+            labels: vec![name.to_owned()],
+            status: "offline",
+            busy: false,
+            secret: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: u64,
+    pub run_id: u64,
+    pub labels: Vec<String>,
+    pub script: String,
+    pub status: &'static str,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    pub output: String,
+}
+
+#[derive(Debug, Default)]
+pub struct GithubState {
+    pub owner: String,
+    pub repo: String,
+    /// Tokens with Administration: write.
+    pub admin_tokens: Vec<String>,
+    /// Valid tokens without it (the workflow's GITHUB_TOKEN, a read-only PAT).
+    pub weak_tokens: Vec<String>,
+    pub runners: BTreeMap<u64, FakeRunner>,
+    pub jobs: Vec<Job>,
+    /// Every runner ever registered, with its JIT config: what a secret scan looks for.
+    pub issued_jit_configs: Vec<String>,
+    pub next_id: u64,
+    pub server_url: String,
+}
+
+pub type Shared = Arc<Mutex<GithubState>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, GithubState> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
+/// GitHub's answer to the `Authorization` header, or `None` when the caller may proceed.
+fn check_admin(
+    state: &GithubState,
+    headers: &HeaderMap,
+    owner: &str,
+    repo: &str,
+) -> Option<Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .unwrap_or("");
+    if state.admin_tokens.iter().any(|t| t == token) {
+        if owner != state.owner || repo != state.repo {
+            return Some(error(StatusCode::NOT_FOUND, "Not Found"));
+        }
+        return None;
+    }
+    if state.weak_tokens.iter().any(|t| t == token) {
+        let message = if token.starts_with("ghs_") {
+            "Resource not accessible by integration"
+        } else {
+            "Resource not accessible by personal access token"
+        };
+        return Some(error(StatusCode::FORBIDDEN, message));
+    }
+    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+}
+
+fn runner_json(r: &FakeRunner) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "os": "linux",
+        "status": r.status,
+        "busy": r.busy,
+        "ephemeral": true,
+        "runner_group_id": 1,
+        "labels": r.labels.iter().enumerate().map(|(i, l)| json!({"id": i + 1, "name": l, "type": "custom"})).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+struct JitRequest {
+    name: String,
+    #[allow(dead_code)]
+    runner_group_id: u64,
+    labels: Vec<String>,
+}
+
+async fn generate_jitconfig(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<JitRequest>,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    if body.labels.is_empty() || body.labels.len() > 100 {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "labels must have 1 to 100 entries",
+        );
+    }
+    if st.runners.values().any(|r| r.name == body.name) {
+        return error(
+            StatusCode::CONFLICT,
+            "Already exists - A runner with the same name already exists.",
+        );
+    }
+    st.next_id += 1;
+    let id = st.next_id;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let runner = FakeRunner {
+        id,
+        name: body.name,
+        labels: body.labels,
+        status: "offline",
+        busy: false,
+        secret: secret.clone(),
+    };
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{} {secret}", st.server_url));
+    st.issued_jit_configs.push(encoded.clone());
+    let answer = json!({"runner": runner_json(&runner), "encoded_jit_config": encoded});
+    st.runners.insert(id, runner);
+    (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    per_page: Option<usize>,
+    page: Option<usize>,
+}
+
+async fn list_runners(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let per_page = q.per_page.unwrap_or(30).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let all: Vec<&FakeRunner> = st.runners.values().collect();
+    let items: Vec<_> = all
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|r| runner_json(r))
+        .collect();
+    let mut response = Json(json!({"total_count": all.len(), "runners": items})).into_response();
+    if page * per_page < all.len() {
+        let next = format!(
+            "<{}/repos/{owner}/{repo}/actions/runners?per_page={per_page}&page={}>; rel=\"next\"",
+            st.server_url,
+            page + 1
+        );
+        if let Ok(v) = next.parse() {
+            response.headers_mut().insert("link", v);
+        }
+    }
+    response
+}
+
+async fn get_runner(
+    State(s): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    match st.runners.get(&id) {
+        Some(r) => Json(runner_json(r)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn delete_runner(
+    State(s): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    match st.runners.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn run_jobs(
+    State(s): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let jobs: Vec<_> = st
+        .jobs
+        .iter()
+        .filter(|j| j.run_id == run_id)
+        .map(|j| json!({"id": j.id, "run_id": j.run_id, "status": j.status, "conclusion": j.conclusion, "labels": j.labels, "runner_name": j.runner_name}))
+        .collect();
+    Json(json!({"total_count": jobs.len(), "jobs": jobs})).into_response()
+}
+
+/// The runner the stand-in speaks for, by the secret in its JIT config.
+fn runner_by_secret(st: &mut GithubState, headers: &HeaderMap) -> Option<u64> {
+    let secret = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("RunnerJit ")?;
+    st.runners
+        .values()
+        .find(|r| r.secret == secret)
+        .map(|r| r.id)
+}
+
+async fn runner_online(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = lock(&s);
+    let Some(id) = runner_by_secret(&mut st, &headers) else {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    };
+    if let Some(r) = st.runners.get_mut(&id) {
+        r.status = "online";
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Hands the runner the first queued job whose labels it all has: `id`, a newline, the script.
+async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = lock(&s);
+    let Some(id) = runner_by_secret(&mut st, &headers) else {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    };
+    let Some(runner) = st.runners.get(&id).cloned() else {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    };
+    let Some(job) = st
+        .jobs
+        .iter_mut()
+        .find(|j| j.status == "queued" && j.labels.iter().all(|l| runner.labels.contains(l)))
+    else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    job.status = "in_progress";
+    job.runner_name = Some(runner.name.clone());
+    let text = format!("{}\n{}", job.id, job.script);
+    if let Some(r) = st.runners.get_mut(&id) {
+        r.busy = true;
+    }
+    text.into_response()
+}
+
+async fn runner_complete(
+    State(s): State<Shared>,
+    Path(job_id): Path<u64>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut st = lock(&s);
+    let Some(id) = runner_by_secret(&mut st, &headers) else {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    };
+    let conclusion = headers
+        .get("x-conclusion")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("success")
+        .to_owned();
+    if let Some(job) = st.jobs.iter_mut().find(|j| j.id == job_id) {
+        job.status = "completed";
+        job.conclusion = Some(conclusion);
+        job.output = body;
+    }
+    if let Some(r) = st.runners.get_mut(&id) {
+        r.busy = false;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// An ephemeral runner is removed by GitHub once it has run its job and disconnects.
+async fn runner_offline(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = lock(&s);
+    if let Some(id) = runner_by_secret(&mut st, &headers) {
+        st.runners.remove(&id);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub fn router(state: Shared) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
+            post(generate_jitconfig),
+        )
+        .route("/repos/{owner}/{repo}/actions/runners", get(list_runners))
+        .route(
+            "/repos/{owner}/{repo}/actions/runners/{id}",
+            get(get_runner).delete(delete_runner),
+        )
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+            get(run_jobs),
+        )
+        .route("/_runner/online", post(runner_online))
+        .route("/_runner/acquire", post(runner_acquire))
+        .route("/_runner/jobs/{id}/complete", post(runner_complete))
+        .route("/_runner/offline", post(runner_offline))
+        .with_state(state)
+}
+
+impl GithubState {
+    pub fn queue_job(&mut self, run_id: u64, labels: Vec<String>, script: &str) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.jobs.push(Job {
+            id,
+            run_id,
+            labels,
+            script: script.to_owned(),
+            status: "queued",
+            conclusion: None,
+            runner_name: None,
+            output: String::new(),
+        });
+        id
+    }
+}

@@ -1,0 +1,502 @@
+//! gpu-runner's local world: real stand-ins for AWS (moto), GitHub (a stateful fake of the REST
+//! API), the runner's OIDC token service, and instances that boot (the project's boot script run in
+//! a sandbox). Tests and the demo run the real `gpu-runner` binary against it.
+
+pub mod aws_front;
+pub mod github;
+pub mod log;
+pub mod moto;
+pub mod oidc;
+pub mod package;
+pub mod simulator;
+pub mod step;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+
+pub use simulator::Gpu;
+
+/// The public SSM parameter of the default image, and the AMI it names in the world.
+pub const DEFAULT_IMAGE_PARAMETER: &str =
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
+pub const WORLD_AMI: &str = "ami-0123456789abcdef0";
+
+/// How fast the world's clock runs: a minute of the user's time passes in a second.
+pub const CLOCK_SCALE: f64 = 60.0;
+
+pub struct Options {
+    pub gpu: Gpu,
+    /// False: the runner on the instance starts but never reaches GitHub.
+    pub runner_online: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gpu: Gpu::Healthy(1),
+            runner_online: true,
+        }
+    }
+}
+
+pub struct World {
+    rt: tokio::runtime::Runtime,
+    _moto: moto::Moto,
+    pub dir: tempfile::TempDir,
+    pub aws_url: String,
+    pub github_url: String,
+    pub github: github::Shared,
+    pub oidc: oidc::Oidc,
+    pub consoles: aws_front::Consoles,
+    pub instance_log: Arc<Mutex<Vec<String>>>,
+    pub region: String,
+    pub account: String,
+    pub role_arn: String,
+    pub run_id: u64,
+    /// A token with Administration: write on the repository.
+    pub admin_token: String,
+    /// A fine-grained token without it.
+    pub weak_token: String,
+    /// Shaped like the workflow's own GITHUB_TOKEN.
+    pub workflow_token: String,
+    pub runner_sha256: String,
+    issued_credentials: Arc<Mutex<Vec<String>>>,
+    ec2: aws_sdk_ec2::Client,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Sandboxes are killed with the runtime's tasks (kill_on_drop).
+        let rt = std::mem::replace(
+            &mut self.rt,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime"),
+        );
+        rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+fn random_digits(n: usize) -> String {
+    let digits: String = uuid::Uuid::new_v4()
+        .as_u128()
+        .to_string()
+        .chars()
+        .rev()
+        .take(n)
+        .collect();
+    format!("{digits:0>n$}")
+}
+
+async fn serve(router: axum::Router) -> Result<String, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(url)
+}
+
+#[derive(Clone)]
+struct Control {
+    ec2: aws_sdk_ec2::Client,
+    package: Arc<package::Package>,
+}
+
+async fn terminate(State(c): State<Control>, Path(id): Path<String>) -> &'static str {
+    let _ = c.ec2.terminate_instances().instance_ids(id).send().await;
+    "terminated"
+}
+
+async fn runner_package(State(c): State<Control>) -> Vec<u8> {
+    c.package.bytes.clone()
+}
+
+impl World {
+    pub fn start(options: Options) -> Result<World, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let moto = moto::Moto::start()?;
+        let account = format!("1{}", random_digits(11));
+        let run_id: u64 = random_digits(9).parse().unwrap_or(1) + 1;
+        let region = "us-east-1".to_owned();
+        let role_arn = format!("arn:aws:iam::{account}:role/gpu-ci");
+        let consoles: aws_front::Consoles = Arc::default();
+        let issued_credentials: Arc<Mutex<Vec<String>>> = Arc::default();
+        let front = aws_front::Front {
+            moto_url: moto.url.clone(),
+            consoles: consoles.clone(),
+            http: reqwest::Client::new(),
+            public_parameters: Arc::new(
+                [(DEFAULT_IMAGE_PARAMETER.to_owned(), WORLD_AMI.to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
+            issued: issued_credentials.clone(),
+        };
+        let oidc = oidc::Oidc {
+            request_token: format!("oidc-request-{}", uuid::Uuid::new_v4().simple()),
+            repository: "octo/ml".to_owned(),
+            run_id,
+            issued: Arc::default(),
+        };
+        let admin_token = format!("github_pat_admin{}", uuid::Uuid::new_v4().simple());
+        let weak_token = format!("github_pat_weak{}", uuid::Uuid::new_v4().simple());
+        let workflow_token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
+        let github: github::Shared = Arc::new(Mutex::new(github::GithubState {
+            owner: "octo".to_owned(),
+            repo: "ml".to_owned(),
+            admin_tokens: vec![admin_token.clone()],
+            weak_tokens: vec![weak_token.clone(), workflow_token.clone()],
+            ..Default::default()
+        }));
+        let package = Arc::new(package::build());
+        let dir = tempfile::Builder::new()
+            .prefix("gpu-runner-world-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let instance_log: Arc<Mutex<Vec<String>>> = Arc::default();
+
+        let (aws_url, github_url, ec2) = rt.block_on(async {
+            let aws_url = serve(aws_front::router(front)).await?;
+            // The world's own view of AWS: the same role, through the same STS, so the same account.
+            let anonymous = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(region.clone()))
+                .endpoint_url(&aws_url)
+                .no_credentials()
+                .load()
+                .await;
+            let creds = aws_sdk_sts::Client::new(&anonymous)
+                .assume_role_with_web_identity()
+                .role_arn(&role_arn)
+                .role_session_name("world")
+                .web_identity_token(oidc.token("sts.amazonaws.com"))
+                .send()
+                .await
+                .map_err(|e| format!("world STS: {e:?}"))?;
+            let c = creds.credentials().ok_or("world STS: no credentials")?;
+            let config = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(region.clone()))
+                .endpoint_url(&aws_url)
+                .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                    c.access_key_id(),
+                    c.secret_access_key(),
+                    Some(c.session_token().to_owned()),
+                    None,
+                    "world",
+                ))
+                .load()
+                .await;
+            let ec2 = aws_sdk_ec2::Client::new(&config);
+            let control = Control {
+                ec2: ec2.clone(),
+                package: package.clone(),
+            };
+            let router = github::router(github.clone())
+                .merge(oidc::router(oidc.clone()))
+                .merge(
+                    axum::Router::new()
+                        .route("/_sim/terminate/{id}", post(terminate))
+                        .route("/_package/{file}", get(runner_package))
+                        .with_state(control),
+                );
+            let github_url = serve(router).await?;
+            Ok::<_, String>((aws_url, github_url, ec2))
+        })?;
+        github.lock().unwrap_or_else(|e| e.into_inner()).server_url = github_url.clone();
+
+        let sim = simulator::Simulator {
+            ec2: ec2.clone(),
+            consoles: consoles.clone(),
+            dir: dir.path().to_path_buf(),
+            control_url: github_url.clone(),
+            scale: CLOCK_SCALE,
+            gpu: options.gpu,
+            runner_online: options.runner_online,
+            log: instance_log.clone(),
+        };
+        rt.spawn(sim.run());
+
+        Ok(World {
+            rt,
+            _moto: moto,
+            dir,
+            aws_url,
+            github_url,
+            github,
+            oidc,
+            consoles,
+            instance_log,
+            region,
+            account,
+            role_arn,
+            run_id,
+            admin_token,
+            weak_token,
+            workflow_token,
+            runner_sha256: package.sha256.clone(),
+            issued_credentials,
+            ec2,
+        })
+    }
+
+    /// The environment the Actions runner gives the action's container, pointed at this world.
+    pub fn action_env(&self) -> Vec<(String, String)> {
+        [
+            ("GITHUB_REPOSITORY", "octo/ml".to_owned()),
+            ("GITHUB_RUN_ID", self.run_id.to_string()),
+            ("GITHUB_RUN_ATTEMPT", "1".to_owned()),
+            ("GITHUB_API_URL", self.github_url.clone()),
+            ("GITHUB_SERVER_URL", "https://github.com".to_owned()),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL",
+                format!("{}/_oidc/token?api-version=2.0", self.github_url),
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+                self.oidc.request_token.clone(),
+            ),
+            ("AWS_ENDPOINT_URL", self.aws_url.clone()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            (
+                "GPU_RUNNER_RUNNER_DOWNLOAD_URL",
+                format!(
+                    "{}/_package/actions-runner-linux-{{arch}}-{{version}}.tar.gz",
+                    self.github_url
+                ),
+            ),
+            ("GPU_RUNNER_CLOCK_SCALE", CLOCK_SCALE.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The inputs every start in this world needs, as a workflow would give them.
+    pub fn start_inputs(&self) -> Vec<(String, String)> {
+        [
+            ("mode", "start".to_owned()),
+            ("github-token", self.admin_token.clone()),
+            ("role-to-assume", self.role_arn.clone()),
+            ("aws-region", self.region.clone()),
+            ("runner-version", package::VERSION.to_owned()),
+            ("runner-sha256", self.runner_sha256.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    pub fn stop_inputs(&self) -> Vec<(String, String)> {
+        [
+            ("mode", "stop".to_owned()),
+            ("github-token", self.admin_token.clone()),
+            ("role-to-assume", self.role_arn.clone()),
+            ("aws-region", self.region.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Instances that are not terminated (pending, running, stopping, ...), read from moto.
+    pub fn live_instances(&self) -> Vec<String> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_instances()
+                .send()
+                .await
+                .expect("describe instances");
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| {
+                    !matches!(
+                        i.state().and_then(|s| s.name()),
+                        Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
+                    )
+                })
+                .filter_map(|i| i.instance_id().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    /// Every instance ever launched, with its tags.
+    pub fn instances(&self) -> Vec<aws_sdk_ec2::types::Instance> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_instances()
+                .send()
+                .await
+                .expect("describe instances");
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned()
+                .collect()
+        })
+    }
+
+    pub fn user_data(&self, id: &str) -> String {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send()
+                .await
+                .expect("user data");
+            let encoded = out
+                .user_data()
+                .and_then(|v| v.value())
+                .unwrap_or_default()
+                .to_owned();
+            String::from_utf8(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default()
+        })
+    }
+
+    pub fn registered_runners(&self) -> Vec<github::FakeRunner> {
+        self.github
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .runners
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn queue_job(&self, labels: &[&str], script: &str) -> u64 {
+        self.github
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue_job(
+                self.run_id,
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                script,
+            )
+    }
+
+    pub fn job(&self, id: u64) -> Option<github::Job> {
+        self.github
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+    }
+
+    /// Waits up to `limit` for `done`; true when it happened.
+    pub fn wait_until(&self, limit: Duration, mut done: impl FnMut(&World) -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if done(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done(self)
+    }
+
+    /// Every secret this world handed out: what must never appear in a log.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let mut secrets = vec![
+            self.admin_token.clone(),
+            self.weak_token.clone(),
+            self.workflow_token.clone(),
+            self.oidc.request_token.clone(),
+        ];
+        secrets.extend(
+            self.github
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .issued_jit_configs
+                .clone(),
+        );
+        secrets.extend(
+            self.oidc
+                .issued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        );
+        secrets.extend(
+            self.issued_credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        );
+        secrets
+    }
+
+    /// What a start that was cancelled after launch leaves: a tagged instance and its runner.
+    pub fn leave_behind(&self, label: &str) -> String {
+        let id = self.rt.block_on(async {
+            let tags = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("gpu-runner:label")
+                        .value(label)
+                        .build(),
+                )
+                .build();
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id(WORLD_AMI)
+                .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(tags)
+                .send()
+                .await
+                .expect("launch");
+            out.instances()[0]
+                .instance_id()
+                .unwrap_or_default()
+                .to_owned()
+        });
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        gh.next_id += 1;
+        let runner_id = gh.next_id;
+        gh.runners
+            .insert(runner_id, github::FakeRunner::offline(runner_id, label));
+        id
+    }
+
+    pub fn instance_log(&self) -> Vec<String> {
+        self.instance_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn console(&self, id: &str) -> String {
+        self.consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,172 @@
+//! `cargo run -p world -- demo`: the whole start → GPU job → stop cycle through the local world,
+//! printed as a user would see it in the GitHub log.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use world::step::Step;
+use world::{Options, World, log};
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        Some("demo") => match demo() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo run -p world -- demo");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Builds the real gpu-runner binary, as the action's image would contain it.
+fn gpu_runner() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    // `cargo run` adds variables that some build scripts watch; building with them would
+    // invalidate the user's own build each time. Build with the user's environment instead.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "RUST_RECURSION_COUNT",
+                "RUSTUP_TOOLCHAIN_SOURCE",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        let own: Vec<_> = std::env::split_paths(&paths)
+            .filter(|p| {
+                !p.components()
+                    .any(|c| c.as_os_str() == "target" || c.as_os_str() == ".rustup")
+            })
+            .collect();
+        match own.is_empty() {
+            true => build.env_remove("LD_LIBRARY_PATH"),
+            false => build.env(
+                "LD_LIBRARY_PATH",
+                std::env::join_paths(own).unwrap_or_default(),
+            ),
+        };
+    }
+    let status = build
+        // The workspace's bins: the same feature set as this binary's build, so nothing recompiles.
+        .args(["build", "--quiet", "--workspace", "--bins"])
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --workspace --bins failed".to_owned());
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    Ok(target.join("debug/gpu-runner"))
+}
+
+fn banner(text: &str) {
+    println!("\n\x1b[1m━━ {text}\x1b[0m");
+}
+
+fn show(outcome: &world::step::Outcome) {
+    print!("{}", log::render(&outcome.stdout));
+    let outputs = outcome.outputs();
+    if !outputs.is_empty() {
+        println!("\n  outputs:");
+        for (k, v) in &outputs {
+            println!("    {k} = {v}");
+        }
+    }
+    if !outcome.summary.trim().is_empty() {
+        println!("\n  job summary:");
+        for line in outcome.summary.trim_end().lines() {
+            println!("    {line}");
+        }
+    }
+    println!("  (exit code {})", outcome.code.unwrap_or(-1));
+}
+
+fn demo() -> Result<(), String> {
+    let bin = gpu_runner()?;
+    println!(
+        "Starting the local world: moto (EC2, STS, SSM), a fake GitHub and OIDC service, and instances that run their boot script in a sandbox."
+    );
+    let world = World::start(Options::default())?;
+
+    banner("Job `start`: gpu-runner with mode: start");
+    let start = Step::mode(&bin, "start")
+        .in_world(&world)
+        .input("instance-type", "g4dn.xlarge")
+        .env("GITHUB_JOB", "start")
+        .run();
+    show(&start);
+    if start.code != Some(0) {
+        banner("The instance's whole console");
+        for line in world.instance_log() {
+            println!("  {line}");
+        }
+        return Err("start failed".to_owned());
+    }
+    let label = start
+        .outputs()
+        .get("label")
+        .cloned()
+        .ok_or("start wrote no label output")?;
+
+    banner(&format!("Job `test`: runs-on: {label}"));
+    let job = world.queue_job(&[&label], "nvidia-smi");
+    let finished = world.wait_until(Duration::from_secs(60), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    let job = world.job(job).ok_or("the job vanished")?;
+    if !finished {
+        return Err("the GPU job did not finish within a minute".to_owned());
+    }
+    println!(
+        "  Run nvidia-smi   (on runner {})",
+        job.runner_name.unwrap_or_default()
+    );
+    for line in job.output.lines() {
+        println!("  {line}");
+    }
+    println!("  Job conclusion: {}", job.conclusion.unwrap_or_default());
+
+    banner("Job `stop` (if: always()): gpu-runner with mode: stop");
+    let stop = Step::mode(&bin, "stop")
+        .in_world(&world)
+        .outputs_of(&start)
+        .env("GITHUB_JOB", "stop")
+        .run();
+    show(&stop);
+
+    banner("The instance's boot phases (its console)");
+    for line in world
+        .instance_log()
+        .iter()
+        .filter(|l| l.contains("phase=") || l.contains("(instance"))
+    {
+        println!("  {line}");
+    }
+
+    world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty());
+    let running = world.live_instances().len();
+    let runners = world.registered_runners().len();
+    println!("\nInstances still running: {running}. Runners still registered: {runners}.");
+    if running == 0 && runners == 0 && start.code == Some(0) && stop.code == Some(0) {
+        Ok(())
+    } else {
+        Err("the cycle left something behind or a step failed".to_owned())
+    }
+}

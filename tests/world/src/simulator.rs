@@ -1,0 +1,209 @@
+//! Instances that boot: for each new running instance in moto, its user data runs for real in a
+//! sandbox that cannot change the host (a private mount namespace with an overlay over `/`, a PID
+//! and UTS namespace, chroot), with stand-ins only for `nvidia-smi`, `shutdown` and `sleep`. What it
+//! prints becomes its console output; when the instance is terminated, the sandbox is killed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{InstanceAttributeName, InstanceStateName};
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::aws_front::Consoles;
+
+/// The GPU the simulated instances have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gpu {
+    /// A working driver with this many GPUs.
+    Healthy(u32),
+    /// `nvidia-smi` fails as it does before the driver loads, forever.
+    NoDriver,
+}
+
+pub struct Simulator {
+    pub ec2: aws_sdk_ec2::Client,
+    pub consoles: Consoles,
+    pub dir: PathBuf,
+    pub control_url: String,
+    pub scale: f64,
+    pub gpu: Gpu,
+    pub runner_online: bool,
+    /// Every console line of every instance, prefixed with its id: the demo prints it.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+const SANDBOX: &str = r#"set -e
+root="$1" upper="$2" work="$3" bin="$4" script="$5" host="$6"
+shift 6
+mkdir -p "$root" "$upper" "$work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+hostname "$host"
+exec chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  HOME=/root LANG=C.UTF-8 "$@" bash "$script"
+"#;
+
+impl Simulator {
+    fn install_standins(&self) -> std::io::Result<PathBuf> {
+        let bin = self.dir.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        for (name, text) in [
+            ("nvidia-smi", include_str!("standins/nvidia-smi")),
+            ("shutdown", include_str!("standins/shutdown")),
+            ("sleep", include_str!("standins/sleep")),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        Ok(bin)
+    }
+
+    pub async fn run(self) {
+        let bin = match self.install_standins() {
+            Ok(bin) => bin,
+            Err(e) => {
+                self.note("world", &format!("could not install the stand-ins: {e}"));
+                return;
+            }
+        };
+        let mut booted: HashMap<String, Child> = HashMap::new();
+        loop {
+            if let Ok(out) = self.ec2.describe_instances().send().await {
+                for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                    let Some(id) = i.instance_id() else { continue };
+                    let state = i.state().and_then(|s| s.name());
+                    match state {
+                        Some(InstanceStateName::Running) if !booted.contains_key(id) => {
+                            if let Some(child) = self.boot(id, &bin).await {
+                                booted.insert(id.to_owned(), child);
+                            }
+                        }
+                        Some(
+                            InstanceStateName::Terminated
+                            | InstanceStateName::ShuttingDown
+                            | InstanceStateName::Stopped,
+                        ) => {
+                            if let Some(child) = booted.get_mut(id)
+                                && child.try_wait().ok().flatten().is_none()
+                            {
+                                let _ = child.start_kill();
+                                self.note(id, "(instance terminated: the machine is gone)");
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    fn note(&self, id: &str, line: &str) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("[{id}] {line}"));
+    }
+
+    async fn boot(&self, id: &str, bin: &Path) -> Option<Child> {
+        let attr = self
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .ok()?;
+        let encoded = attr.user_data().and_then(|v| v.value()).unwrap_or_default();
+        let script = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let home = self.dir.join(id);
+        std::fs::create_dir_all(&home).ok()?;
+        let script_path = home.join("user-data.sh");
+        std::fs::write(&script_path, script).ok()?;
+        let (gpu_mode, gpus) = match self.gpu {
+            Gpu::Healthy(n) => ("healthy", n),
+            Gpu::NoDriver => ("no-driver", 0),
+        };
+        let mut child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--pid",
+                "--fork",
+                "--uts",
+                "--kill-child",
+                "bash",
+                "-c",
+                SANDBOX,
+                "sandbox",
+            ])
+            .arg(home.join("root"))
+            .arg(home.join("upper"))
+            .arg(home.join("work"))
+            .arg(bin)
+            .arg(&script_path)
+            .arg(format!("ip-{}", id.trim_start_matches("i-")))
+            .arg(format!("GPU_SIM_NVIDIA={gpu_mode}"))
+            .arg(format!("GPU_SIM_GPUS={gpus}"))
+            .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.scale))
+            .arg(format!(
+                "GPU_SIM_RUNNER={}",
+                if self.runner_online {
+                    "normal"
+                } else {
+                    "never-online"
+                }
+            ))
+            .arg(format!(
+                "GPU_SIM_TERMINATE_URL={}/_sim/terminate/{id}",
+                self.control_url
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        self.note(id, "(instance booting: running its user data)");
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let consoles = self.consoles.clone();
+            let log = self.log.clone();
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    consoles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(id.clone())
+                        .or_default()
+                        .push_str(&format!("{line}\n"));
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("[{id}] {line}"));
+                }
+            });
+        }
+        Some(child)
+    }
+}

@@ -1,0 +1,48 @@
+#!/bin/bash
+# Stand-in for the GitHub Actions runner package's run.sh: the same entry point, speaking to the
+# world's fake GitHub. It goes online, takes one job for its labels, runs the job's script with
+# the job-started hook, reports the result and exits, as an ephemeral JIT runner does.
+set -euo pipefail
+jit=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --jitconfig) jit="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+if [ -z "$jit" ]; then
+  echo "run.sh: --jitconfig is required" >&2
+  exit 2
+fi
+read -r server secret < <(printf '%s' "$jit" | base64 -d; echo)
+api() {
+  local path="$1"
+  shift
+  curl -fsS -H "Authorization: RunnerJit $secret" -X POST "$server/_runner/$path" "$@"
+}
+if [ "${GPU_SIM_RUNNER:-}" = never-online ]; then
+  echo "run.sh: cannot reach GitHub (the world says this runner never comes online)"
+  exec /usr/bin/sleep infinity
+fi
+api online > /dev/null
+echo "√ Connected to GitHub"
+echo "Listening for Jobs"
+job=""
+while [ -z "$job" ]; do
+  job="$(api acquire)" || job=""
+  [ -n "$job" ] || /usr/bin/sleep 0.2
+done
+id="${job%%$'\n'*}"
+script="${job#*$'\n'}"
+echo "Running job: $id"
+if [ -n "${ACTIONS_RUNNER_HOOK_JOB_STARTED:-}" ]; then
+  bash "$ACTIONS_RUNNER_HOOK_JOB_STARTED"
+fi
+output="$(mktemp)"
+code=0
+bash -c "$script" > "$output" 2>&1 || code=$?
+conclusion=success
+[ "$code" -eq 0 ] || conclusion=failure
+api "jobs/$id/complete" -H "X-Conclusion: $conclusion" --data-binary "@$output" > /dev/null
+echo "Job $id completed with result: $conclusion"
+api offline > /dev/null || true

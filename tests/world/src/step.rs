@@ -1,0 +1,250 @@
+//! Runs the real `gpu-runner` binary the way the Actions runner does: `INPUT_*` variables, the
+//! `GITHUB_*` context, and fresh file-command files; then reads back what landed where.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const TOKEN: &str = "ghp_integration-test-token-0123456789";
+
+#[must_use]
+pub struct Step {
+    binary: PathBuf,
+    vars: BTreeMap<String, String>,
+    runner: bool,
+    post: bool,
+}
+
+impl Step {
+    /// A step of `binary` with only the given mode; add inputs with `input`.
+    pub fn mode(binary: impl Into<PathBuf>, mode: &str) -> Self {
+        let mut vars = BTreeMap::new();
+        for (k, v) in [
+            ("GITHUB_REPOSITORY", "octo/ml"),
+            ("GITHUB_RUN_ID", "4242"),
+            ("GITHUB_RUN_ATTEMPT", "1"),
+            ("GITHUB_JOB", "start"),
+        ] {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+        let step = Self {
+            binary: binary.into(),
+            vars,
+            runner: true,
+            post: false,
+        };
+        step.input("mode", mode)
+    }
+
+    /// `mode: start` with a token and a region: the smallest valid start.
+    pub fn start(binary: impl Into<PathBuf>) -> Self {
+        Self::mode(binary, "start")
+            .input("github-token", TOKEN)
+            .input("aws-region", "us-east-1")
+    }
+
+    pub fn stop(binary: impl Into<PathBuf>) -> Self {
+        Self::mode(binary, "stop").input("github-token", TOKEN)
+    }
+
+    /// Points the step at `world` and gives it the inputs a workflow there would.
+    pub fn in_world(mut self, world: &crate::World) -> Self {
+        for (k, v) in world.action_env() {
+            self = self.env(&k, &v);
+        }
+        let inputs = if self.vars.get("INPUT_MODE").map(String::as_str) == Some("stop") {
+            world.stop_inputs()
+        } else {
+            world.start_inputs()
+        };
+        for (k, v) in inputs {
+            self = self.input(&k, &v);
+        }
+        self
+    }
+
+    /// Passes a start's outputs to this (stop) step, as `${{ needs.start.outputs.* }}` does.
+    pub fn outputs_of(mut self, start: &Outcome) -> Self {
+        let outputs = start.outputs();
+        for name in ["label", "instance-ids", "region"] {
+            self = self.input(name, outputs.get(name).map(String::as_str).unwrap_or(""));
+        }
+        self
+    }
+
+    /// Gives this (post) step the state a start saved, as `STATE_*` variables.
+    pub fn state_of(mut self, start: &Outcome) -> Self {
+        for (k, v) in start.state() {
+            self = self.env(&format!("STATE_{k}"), &v);
+        }
+        self
+    }
+
+    /// Sets an input as the runner does: `INPUT_` + upper-cased name, hyphens kept.
+    pub fn input(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(
+            format!("INPUT_{}", name.replace(' ', "_").to_uppercase()),
+            value.to_owned(),
+        );
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn unset(mut self, name: &str) -> Self {
+        self.vars.remove(name);
+        self
+    }
+
+    /// Run as a person would in a terminal: no runner files, no `GITHUB_ACTIONS`.
+    pub fn by_hand(mut self) -> Self {
+        self.runner = false;
+        self
+    }
+
+    /// Run as the action's `post-entrypoint`.
+    pub fn post(mut self) -> Self {
+        self.post = true;
+        self
+    }
+
+    pub fn run(self) -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = Files {
+            output: dir.path().join("output"),
+            state: dir.path().join("state"),
+            summary: dir.path().join("summary"),
+        };
+        let binary = self.binary.clone();
+        let program = if self.post {
+            let link = dir.path().join("gpu-runner-post");
+            std::os::unix::fs::symlink(&binary, &link).expect("link");
+            link
+        } else {
+            binary
+        };
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(dir.path())
+            .envs(&self.vars);
+        if self.runner {
+            cmd.env("GITHUB_ACTIONS", "true")
+                .env("GITHUB_OUTPUT", &files.output)
+                .env("GITHUB_STATE", &files.state)
+                .env("GITHUB_STEP_SUMMARY", &files.summary);
+        }
+        let out = cmd.output().expect("run gpu-runner");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            output_file: read(&files.output),
+            state_file: read(&files.state),
+            summary: read(&files.summary),
+        }
+    }
+}
+
+struct Files {
+    output: PathBuf,
+    state: PathBuf,
+    summary: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub output_file: String,
+    pub state_file: String,
+    pub summary: String,
+}
+
+impl Outcome {
+    #[track_caller]
+    pub fn success(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "expected success:\n{self:#?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn failure(&self) -> &Self {
+        assert_eq!(self.code, Some(1), "expected exit code 1:\n{self:#?}");
+        self
+    }
+
+    /// Workflow commands of one kind (`error`, `warning`, `notice`), as printed.
+    pub fn commands(&self, kind: &str) -> Vec<&str> {
+        let prefix = format!("::{kind}");
+        self.stdout
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{prefix}::")) || l.starts_with(&format!("{prefix} "))
+            })
+            .collect()
+    }
+
+    pub fn errors(&self) -> Vec<&str> {
+        self.commands("error")
+    }
+
+    /// Outputs as the runner reads GITHUB_OUTPUT (the `NAME<<DELIM` form).
+    pub fn outputs(&self) -> BTreeMap<String, String> {
+        read_file_command(&self.output_file)
+    }
+
+    pub fn state(&self) -> BTreeMap<String, String> {
+        read_file_command(&self.state_file)
+    }
+
+    /// Everything the step produced, for secret scans.
+    pub fn everything(&self) -> String {
+        [
+            &self.stdout,
+            &self.stderr,
+            &self.output_file,
+            &self.state_file,
+            &self.summary,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+}
+
+/// Parses a file-command file like the runner: `NAME=VALUE` or `NAME<<DELIM` … `DELIM`; panics on
+/// anything the runner would refuse.
+pub fn read_file_command(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((name, delim)) = line.split_once("<<") {
+            let mut value = Vec::new();
+            loop {
+                let l = lines
+                    .next()
+                    .unwrap_or_else(|| panic!("delimiter {delim} never closed in:\n{text}"));
+                if l == delim {
+                    break;
+                }
+                value.push(l);
+            }
+            map.insert(name.to_owned(), value.join("\n"));
+        } else if let Some((name, value)) = line.split_once('=') {
+            map.insert(name.to_owned(), value.to_owned());
+        } else {
+            panic!("the runner would refuse this line: {line:?}");
+        }
+    }
+    map
+}
