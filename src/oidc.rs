@@ -199,7 +199,7 @@ mod tests {
     /// Signed like GitHub's (RS256), with the local world's test key.
     fn token(claims: serde_json::Value) -> Secret {
         let header = jsonwebtoken::Header::new(Algorithm::RS256);
-        let pem = include_str!("../tests/world/src/keys/oidc-test-key.pem");
+        let pem = include_str!("../tests/world/src/keys/test-key.pem");
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
         Secret::new(jsonwebtoken::encode(&header, &claims, &key).unwrap())
     }

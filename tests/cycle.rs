@@ -470,3 +470,50 @@ fn the_post_step_after_a_good_start_leaves_the_runner_to_the_job() {
     stop(&world).outputs_of(&started).run().success();
     nothing_left(&world);
 }
+
+fn as_app(step: world::step::Step) -> world::step::Step {
+    step.unset("INPUT_GITHUB-TOKEN")
+        .input("github-app-id", world::APP_ID)
+        .input("github-app-private-key", world::APP_PRIVATE_KEY)
+}
+
+#[test]
+fn a_github_app_registers_and_removes_the_runner() {
+    let world = world();
+    let started = as_app(start(&world)).run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    assert_eq!(world.registered_runners().len(), 1);
+    let job = world.queue_job(&[&label], "nvidia-smi -L || nvidia-smi");
+    assert!(world.wait_until(Duration::from_secs(30), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    }));
+    let stopped = as_app(stop(&world)).outputs_of(&started).run();
+    stopped.success();
+    nothing_left(&world);
+    no_secret_leaked(&world, &[&started, &stopped]);
+}
+
+#[test]
+fn app_problems_are_explained_before_anything_is_launched() {
+    let world = world();
+    let out = as_app(start(&world)).input("github-app-id", "999").run();
+    out.failure();
+    let error = out.errors()[0];
+    assert!(error.starts_with("::error title=GitHub%3A authenticating as the GitHub App failed::authenticating as the GitHub App failed (HTTP 401): GitHub refused the app JWT."), "{error}");
+    assert!(
+        error.contains("Check that github-app-id is the ID of the App"),
+        "{error}"
+    );
+
+    world.github.lock().unwrap().app_installed = false;
+    let out = as_app(start(&world)).run();
+    out.failure();
+    let error = out.errors()[0];
+    assert!(
+        error.contains("the App is not installed on octo/ml") && error.contains("Install App"),
+        "{error}"
+    );
+    assert!(world.instances().is_empty());
+    nothing_left(&world);
+}

@@ -89,8 +89,13 @@ fn secrets_are_masked_before_anything_else_and_never_printed() {
         .input("github-app-private-key", key)
         .env("RUNNER_DEBUG", "1")
         .run();
-    // App authentication is not in this build yet; the masks must come first all the same.
+    // The key is no real RSA key, so signing fails; the masks must come first all the same.
     out.failure();
+    assert!(
+        out.errors()[0].contains("is not an RSA private key in PEM form"),
+        "{:?}",
+        out.errors()
+    );
     let first: Vec<&str> = out.stdout.lines().take(4).collect();
     assert_eq!(
         first,

@@ -1,6 +1,7 @@
 //! What gpu-runner needs from GitHub: self-hosted runners of one repository. octocrab implements it
 //! against the REST API; tests and GitHub Enterprise Server point it elsewhere.
 
+pub mod app;
 pub mod octo;
 
 use std::future::Future;

@@ -12,11 +12,10 @@ use crate::cloud::credentials::{self, AssumeRole};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::GithubError;
 use crate::github::octo::RepoRunners;
+use crate::github::{GithubError, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs};
 use crate::oidc;
-use crate::secret::Secret;
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -101,26 +100,55 @@ pub(crate) async fn aws_config(
         .map_err(Error::cloud)
 }
 
-/// The repository's runners, with the token the user gave.
-pub(crate) fn runners(common: &Common, ctx: &Context) -> Result<(RepoRunners, Secret), Error> {
-    let token = match &common.github {
-        GithubAuth::Token(token) => token.clone(),
-        GithubAuth::App { .. } => {
-            return Err(Error::Unsupported {
-                what: "GitHub App authentication is not available in this build of gpu-runner"
-                    .to_owned(),
-                fix: "Use github-token with a fine-grained token (Administration: read and \
-                      write) for now."
-                    .to_owned(),
-            });
-        }
-    };
-    let registry = RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo)
-        .map_err(|e| github_error(e, ctx, &token))?;
-    Ok((registry, token))
+/// The repository's runners, and the GitHub context errors are explained in.
+pub(crate) struct Github {
+    pub registry: RepoRunners,
+    ctx: Context,
+    /// The user passed a token that looks like one GitHub mints for a workflow (`ghs_`).
+    workflow_token: bool,
 }
 
-pub(crate) fn github_error(source: GithubError, ctx: &Context, token: &Secret) -> Error {
-    let hint = source.hint(&ctx.repository(), token.expose().starts_with("ghs_"));
-    Error::Github { source, hint }
+impl Github {
+    pub fn error(&self, source: GithubError) -> Error {
+        let hint = source.hint(&self.ctx.repository(), self.workflow_token);
+        Error::Github { source, hint }
+    }
+}
+
+/// The repository's runners, with the token the user gave or one minted for the App.
+pub(crate) async fn runners(
+    common: &Common,
+    ctx: &Context,
+    actions: &Actions,
+) -> Result<Github, Error> {
+    let (token, workflow_token) = match &common.github {
+        GithubAuth::Token(token) => (token.clone(), token.expose().starts_with("ghs_")),
+        GithubAuth::App {
+            app_id,
+            private_key,
+        } => {
+            let (token, jwt) =
+                app::installation_token(&ctx.api_url, app_id, private_key, &ctx.owner, &ctx.repo)
+                    .await
+                    .map_err(|f| Error::Github {
+                        source: f.source,
+                        hint: f.hint,
+                    })?;
+            actions.add_mask(jwt.expose());
+            actions.add_mask(token.expose());
+            (token, false)
+        }
+    };
+    let github = |registry| Github {
+        registry,
+        ctx: ctx.clone(),
+        workflow_token,
+    };
+    match RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo) {
+        Ok(registry) => Ok(github(registry)),
+        Err(e) => {
+            let hint = e.hint(&ctx.repository(), workflow_token);
+            Err(Error::Github { source: e, hint })
+        }
+    }
 }

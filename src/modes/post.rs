@@ -51,7 +51,8 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
         .and_then(|ids| serde_json::from_str(ids).ok())
         .unwrap_or_default();
     let ctx = Context::from_env(env)?;
-    let (registry, token) = super::runners(&inputs.common, &ctx)?;
+    let github = super::runners(&inputs.common, &ctx, actions).await?;
+    let registry = &github.registry;
     let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
 
@@ -69,12 +70,12 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let runners = registry
         .runners_with_label(label)
         .await
-        .map_err(|e| super::github_error(e, &ctx, &token))?;
+        .map_err(|e| github.error(e))?;
     for r in runners {
         registry
             .delete_runner(r.id)
             .await
-            .map_err(|e| super::github_error(e, &ctx, &token))?;
+            .map_err(|e| github.error(e))?;
         actions.info(&format!("post: removed the runner {}", r.name));
     }
     Ok(())

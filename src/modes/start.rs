@@ -54,7 +54,8 @@ pub async fn run(
         actions.verbatim(plan.to_text().trim_end());
     }
 
-    let (registry, token) = super::runners(&inputs.common, &ctx)?;
+    let github = super::runners(&inputs.common, &ctx, actions).await?;
+    let registry = &github.registry;
     let aws = super::aws_config(env, &inputs.common, &plan.region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
     let image_id = cloud
@@ -70,7 +71,7 @@ pub async fn run(
     let jit = registry
         .create_jit_runner(&plan.runner_name, &plan.labels)
         .await
-        .map_err(|e| super::github_error(e, &ctx, &token))?;
+        .map_err(|e| github.error(e))?;
     actions.add_mask(jit.encoded_jit_config.expose());
     actions.info(&format!(
         "Registered runner {} (id {}) with labels {}",
@@ -84,7 +85,7 @@ pub async fn run(
     let outcome = launch_and_wait(
         &plan,
         &cloud,
-        &registry,
+        registry,
         &jit,
         &image_id,
         &package,
@@ -99,7 +100,7 @@ pub async fn run(
             let rollback = roll_back(
                 &plan,
                 &cloud,
-                &registry,
+                registry,
                 launched.as_ref(),
                 jit.runner.id,
                 actions,

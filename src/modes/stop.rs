@@ -33,7 +33,8 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         return Ok(());
     };
     let ctx = Context::from_env(env)?;
-    let (registry, token) = super::runners(&inputs.common, &ctx)?;
+    let github = super::runners(&inputs.common, &ctx, actions).await?;
+    let registry = &github.registry;
     let aws = super::aws_config(env, &inputs.common, region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
 
@@ -111,7 +112,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
                         Ok(Removal::Deleted) => "removed".to_owned(),
                         Ok(Removal::AlreadyGone) => "already removed".to_owned(),
                         Err(e) => {
-                            first_error.get_or_insert(super::github_error(e, &ctx, &token));
+                            first_error.get_or_insert(github.error(e));
                             "could not remove".to_owned()
                         }
                     };
@@ -124,7 +125,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
                     "runner".into(),
                     "could not list".into(),
                 ]);
-                first_error.get_or_insert(super::github_error(e, &ctx, &token));
+                first_error.get_or_insert(github.error(e));
             }
         }
     }

@@ -64,6 +64,11 @@ pub struct GithubState {
     pub issued_jit_configs: Vec<String>,
     pub next_id: u64,
     pub server_url: String,
+    /// The GitHub App: its id, whether it is installed on the repository, what it was sent.
+    pub app_id: String,
+    pub app_installed: bool,
+    pub seen_app_jwts: Vec<String>,
+    pub issued_installation_tokens: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<GithubState>>;
@@ -345,8 +350,100 @@ async fn runner_offline(State(s): State<Shared>, headers: HeaderMap) -> Response
     StatusCode::NO_CONTENT.into_response()
 }
 
+const APP_PUBLIC_KEY: &str = include_str!("keys/test-key.pub.pem");
+const INSTALLATION_ID: u64 = 77;
+
+/// Checks an app JWT like GitHub: RS256 signed by the App's key, issued by the App, at most ten
+/// minutes long (a minute of skew allowed), not expired. `None` when GitHub would accept it.
+fn check_app_jwt(st: &mut GithubState, headers: &HeaderMap) -> Option<Response> {
+    let jwt = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    st.seen_app_jwts.push(jwt.clone());
+    let refuse = |why: &str| {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            &format!("A JSON web token could not be decoded: {why}"),
+        ))
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(APP_PUBLIC_KEY.as_bytes()) else {
+        return refuse("no key");
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.validate_aud = false;
+    let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &validation) else {
+        return refuse("bad signature, algorithm or expiry");
+    };
+    let claims = data.claims;
+    let iss = match &claims["iss"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if iss != st.app_id {
+        return refuse("the issuer is not this App");
+    }
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap_or(0),
+        claims["exp"].as_i64().unwrap_or(0),
+    );
+    let now = chrono::Utc::now().timestamp();
+    if exp - iat > 660 || iat > now + 60 {
+        return refuse("'Expiration time' claim ('exp') is too far in the future");
+    }
+    None
+}
+
+async fn repo_installation(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_app_jwt(&mut st, &headers) {
+        return denied;
+    }
+    if !st.app_installed || owner != st.owner || repo != st.repo {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(json!({"id": INSTALLATION_ID, "app_id": st.app_id, "account": {"login": st.owner}}))
+        .into_response()
+}
+
+async fn installation_token(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_app_jwt(&mut st, &headers) {
+        return denied;
+    }
+    if id != INSTALLATION_ID || !st.app_installed {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let token = format!("ghs_inst{}", uuid::Uuid::new_v4().simple());
+    st.admin_tokens.push(token.clone());
+    st.issued_installation_tokens.push(token.clone());
+    let expires = (chrono::Utc::now() + chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": expires, "permissions": {"administration": "write"}})),
+    )
+        .into_response()
+}
+
 pub fn router(state: Shared) -> axum::Router {
     axum::Router::new()
+        .route("/repos/{owner}/{repo}/installation", get(repo_installation))
+        .route(
+            "/app/installations/{id}/access_tokens",
+            post(installation_token),
+        )
         .route(
             "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
             post(generate_jitconfig),

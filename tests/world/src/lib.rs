@@ -25,6 +25,10 @@ pub const DEFAULT_IMAGE_PARAMETER: &str =
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 pub const WORLD_AMI: &str = "ami-0123456789abcdef0";
 
+/// The GitHub App of the world, and its private key (a test key).
+pub const APP_ID: &str = "424242";
+pub const APP_PRIVATE_KEY: &str = include_str!("keys/test-key.pem");
+
 /// How fast the world's clock runs: a minute of the user's time passes in a second.
 pub const CLOCK_SCALE: f64 = 60.0;
 
@@ -160,6 +164,8 @@ impl World {
             repo: "ml".to_owned(),
             admin_tokens: vec![admin_token.clone()],
             weak_tokens: vec![weak_token.clone(), workflow_token.clone()],
+            app_id: APP_ID.to_owned(),
+            app_installed: true,
             ..Default::default()
         }));
         let package = Arc::new(package::build());

@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-const KEY: &str = include_str!("keys/oidc-test-key.pem");
+const KEY: &str = include_str!("keys/test-key.pem");
 const JWKS: &str = include_str!("keys/oidc-test-jwks.json");
 pub const ISSUER: &str = "https://token.actions.githubusercontent.com";
 

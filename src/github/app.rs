@@ -1,0 +1,175 @@
+//! GitHub App authentication: a short-lived app JWT finds the repository's installation and mints
+//! an installation token, which then manages the runners like any token.
+
+use serde::Deserialize;
+
+use super::GithubError;
+use crate::secret::Secret;
+
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    token: String,
+}
+
+/// Why the App could not authenticate, with what to do about it.
+#[derive(Debug)]
+pub struct AppFailure {
+    pub source: GithubError,
+    pub hint: String,
+}
+
+fn failure(status: Option<u16>, message: String, hint: &str) -> AppFailure {
+    AppFailure {
+        source: GithubError {
+            operation: "authenticating as the GitHub App",
+            status,
+            message,
+        },
+        hint: hint.to_owned(),
+    }
+}
+
+/// The app JWT: RS256, issued a minute back for clock skew, valid for under ten minutes.
+pub fn app_jwt(app_id: &str, private_key: &Secret, now: i64) -> Result<Secret, AppFailure> {
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(private_key.expose().as_bytes()).map_err(|e| {
+            failure(
+                None,
+                format!("github-app-private-key is not an RSA private key in PEM form ({e})"),
+                "Paste the whole .pem file from the App's settings page (Private keys → Generate a \
+             private key) into the secret.",
+            )
+        })?;
+    let claims = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": app_id});
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map(Secret::new)
+        .map_err(|e| {
+            failure(
+                None,
+                format!("could not sign the app JWT: {e}"),
+                "Check github-app-private-key.",
+            )
+        })
+}
+
+/// An installation token for `owner/repo`.
+pub async fn installation_token(
+    api_url: &str,
+    app_id: &str,
+    private_key: &Secret,
+    owner: &str,
+    repo: &str,
+) -> Result<(Secret, Secret), AppFailure> {
+    let jwt = app_jwt(app_id, private_key, chrono::Utc::now().timestamp())?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| failure(None, e.to_string(), "Re-run the job."))?;
+    let call = |request: reqwest::RequestBuilder| {
+        request
+            .bearer_auth(jwt.expose())
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header(
+                "user-agent",
+                concat!("gpu-runner/", env!("CARGO_PKG_VERSION")),
+            )
+            .send()
+    };
+    let answer = call(http.get(format!("{api_url}/repos/{owner}/{repo}/installation")))
+        .await
+        .map_err(|e| {
+            failure(
+                None,
+                e.without_url().to_string(),
+                "Re-run the job; check https://www.githubstatus.com.",
+            )
+        })?;
+    let installation: Installation = match answer.status().as_u16() {
+        200 => answer
+            .json()
+            .await
+            .map_err(|e| failure(Some(200), e.to_string(), "Re-run the job."))?,
+        401 => {
+            return Err(failure(
+                Some(401),
+                "GitHub refused the app JWT".to_owned(),
+                "Check that github-app-id is the ID of the App whose private key you passed, and \
+                 that the key was not revoked.",
+            ));
+        }
+        404 => {
+            return Err(failure(
+                Some(404),
+                format!("the App is not installed on {owner}/{repo}"),
+                "Install the App on this repository (the App's settings → Install App), with \
+                 Administration: read and write.",
+            ));
+        }
+        status => {
+            return Err(failure(
+                Some(status),
+                format!("GitHub answered HTTP {status}"),
+                "Re-run the job.",
+            ));
+        }
+    };
+    let answer = call(http.post(format!(
+        "{api_url}/app/installations/{}/access_tokens",
+        installation.id
+    )))
+    .await
+    .map_err(|e| failure(None, e.without_url().to_string(), "Re-run the job."))?;
+    let status = answer.status().as_u16();
+    if status != 201 {
+        return Err(failure(
+            Some(status),
+            format!("GitHub refused an installation token (HTTP {status})"),
+            "Check the App's installation on this repository and its permissions \
+             (Administration: read and write).",
+        ));
+    }
+    let token: AccessToken = answer
+        .json()
+        .await
+        .map_err(|e| failure(Some(status), e.to_string(), "Re-run the job."))?;
+    Ok((Secret::new(token.token), jwt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_jwt_is_rs256_with_a_short_life() {
+        let pem = include_str!("../../tests/world/src/keys/test-key.pem");
+        let jwt = app_jwt("123456", &Secret::new(pem), 1_000_000).unwrap();
+        let data =
+            jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(jwt.expose()).unwrap();
+        assert_eq!(data.header.alg, jsonwebtoken::Algorithm::RS256);
+        assert_eq!(data.claims["iss"], "123456");
+        assert_eq!(data.claims["iat"], 999_940);
+        assert_eq!(data.claims["exp"], 1_000_540);
+    }
+
+    #[test]
+    fn a_key_that_is_not_rsa_pem_says_so() {
+        let key = Secret::new(
+            "-----BEGIN RSA PRIVATE KEY-----\nnot a key\n-----END RSA PRIVATE KEY-----",
+        );
+        let Err(e) = app_jwt("1", &key, 0) else {
+            panic!("accepted a bad key")
+        };
+        assert!(
+            e.source
+                .message
+                .starts_with("github-app-private-key is not an RSA private key in PEM form")
+        );
+    }
+}
