@@ -290,54 +290,43 @@ impl World {
         .collect()
     }
 
-    /// The inputs every start in this world needs, as a workflow would give them.
-    pub fn start_inputs(&self) -> Vec<(String, String)> {
+    /// The inputs every step in this world needs, as a workflow would give them.
+    fn inputs(&self, mode: &str) -> Vec<(String, String)> {
         [
-            ("mode", "start".to_owned()),
+            ("mode", mode.to_owned()),
             ("github-token", self.admin_token.clone()),
             ("role-to-assume", self.role_arn.clone()),
             ("aws-region", self.region.clone()),
-            ("runner-version", package::VERSION.to_owned()),
-            ("runner-sha256", self.runner_sha256.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
+    /// A start's inputs: the world's runner package is not one gpu-runner has pinned.
+    pub fn start_inputs(&self) -> Vec<(String, String)> {
+        let mut inputs = self.inputs("start");
+        inputs.push(("runner-version".to_owned(), package::VERSION.to_owned()));
+        inputs.push(("runner-sha256".to_owned(), self.runner_sha256.clone()));
+        inputs
+    }
+
     pub fn stop_inputs(&self) -> Vec<(String, String)> {
-        [
-            ("mode", "stop".to_owned()),
-            ("github-token", self.admin_token.clone()),
-            ("role-to-assume", self.role_arn.clone()),
-            ("aws-region", self.region.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        self.inputs("stop")
     }
 
     /// Instances that are not terminated (pending, running, stopping, ...), read from moto.
     pub fn live_instances(&self) -> Vec<String> {
-        self.rt.block_on(async {
-            let out = self
-                .ec2
-                .describe_instances()
-                .send()
-                .await
-                .expect("describe instances");
-            out.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter(|i| {
-                    !matches!(
-                        i.state().and_then(|s| s.name()),
-                        Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
-                    )
-                })
-                .filter_map(|i| i.instance_id().map(str::to_owned))
-                .collect()
-        })
+        self.instances()
+            .iter()
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
+                )
+            })
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
     }
 
     /// Every instance ever launched, with its tags.
