@@ -517,3 +517,38 @@ fn app_problems_are_explained_before_anything_is_launched() {
     assert!(world.instances().is_empty());
     nothing_left(&world);
 }
+
+#[test]
+fn a_github_failure_in_stop_still_terminates_the_instance() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let id = started.outputs()["instance-id"].clone();
+    // Say the App was uninstalled between the jobs: GitHub is out of reach, the instance must go.
+    world.github.lock().unwrap().app_installed = false;
+    let stopped = as_app(stop(&world)).outputs_of(&started).run();
+    stopped.failure();
+    assert!(
+        stopped.errors()[0].contains("the App is not installed on octo/ml"),
+        "{:?}",
+        stopped.errors()
+    );
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {id} | instance | terminated")),
+        "{}",
+        stopped.summary
+    );
+    assert!(
+        stopped
+            .summary
+            .contains("| runner | could not reach GitHub |"),
+        "{}",
+        stopped.summary
+    );
+    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
+    // The runner is left to a stop that can reach GitHub.
+    stop(&world).outputs_of(&started).run().success();
+    nothing_left(&world);
+}

@@ -46,18 +46,16 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
         .non_empty(&state::var(state::REGION))
         .unwrap_or(&inputs.region)
         .to_owned();
-    let ids: Vec<String> = env
+    let mut ids: Vec<String> = env
         .non_empty(&state::var(state::INSTANCE_IDS))
         .and_then(|ids| serde_json::from_str(ids).ok())
         .unwrap_or_default();
     let ctx = Context::from_env(env)?;
-    let github = super::runners(&inputs.common, &ctx, actions).await?;
-    let registry = &github.registry;
+    // AWS first: a GitHub problem must not keep the instance running.
     let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
 
     let _group = actions.group("Rolling back the unfinished start");
-    let mut ids = ids;
     for i in cloud.find_by_label(label).await.map_err(Error::cloud)? {
         if !i.state.is_ending() && !ids.contains(&i.id) {
             ids.push(i.id);
@@ -67,6 +65,8 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     for id in &ids {
         actions.info(&format!("post: terminated {id}"));
     }
+    let github = super::runners(&inputs.common, &ctx, actions).await?;
+    let registry = &github.registry;
     let runners = registry
         .runners_with_label(label)
         .await

@@ -33,8 +33,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         return Ok(());
     };
     let ctx = Context::from_env(env)?;
-    let github = super::runners(&inputs.common, &ctx, actions).await?;
-    let registry = &github.registry;
+    // AWS first: what bills is the instance, and a GitHub problem must not keep it running.
     let aws = super::aws_config(env, &inputs.common, region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
 
@@ -97,6 +96,21 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
             labels.push(label);
         }
     }
+    let github = match super::runners(&inputs.common, &ctx, actions).await {
+        Ok(github) => github,
+        Err(e) => {
+            for label in &labels {
+                rows.push(vec![
+                    label.clone(),
+                    "runner".into(),
+                    "could not reach GitHub".into(),
+                ]);
+            }
+            first_error.get_or_insert(e);
+            return finish(rows, first_error, actions);
+        }
+    };
+    let registry = &github.registry;
     for label in &labels {
         match registry.runners_with_label(label).await {
             Ok(runners) if runners.is_empty() => {
@@ -130,6 +144,15 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         }
     }
 
+    finish(rows, first_error, actions)
+}
+
+/// Reports every row in the log and the summary, then the first error, if any.
+fn finish(
+    rows: Vec<Vec<String>>,
+    first_error: Option<Error>,
+    actions: &Actions,
+) -> Result<(), Error> {
     for row in &rows {
         actions.info(&format!("{} {}: {}", row[1], row[0], row[2]));
     }
