@@ -16,4 +16,5 @@ pub mod logging;
 pub mod modes;
 pub mod oidc;
 pub mod plan;
+pub mod retry;
 pub mod secret;

@@ -1,7 +1,11 @@
 //! AWS credentials without stored secrets: the job's OIDC token exchanged with STS for the role,
 //! or, without a role, the standard AWS credential chain (set by another step, say).
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_sts::config::Credentials;
 
 use super::CloudError;
@@ -18,6 +22,27 @@ pub struct AssumeRole<'a> {
     pub session_name: &'a str,
 }
 
+/// Every AWS call retries what AWS calls retryable (throttling such as `RequestLimitExceeded`, 5xx
+/// such as `InternalError` and `Unavailable`, dropped connections and timeouts) with exponential
+/// backoff and jitter, and gives up after an overall deadline; anything else fails at once.
+fn loader(region: &Region) -> ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region.clone())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(6)
+                .with_initial_backoff(Duration::from_millis(500))
+                .with_max_backoff(Duration::from_secs(10)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .operation_timeout(Duration::from_secs(90))
+                .build(),
+        )
+}
+
 /// An SDK configuration for `region`. The endpoint comes from the standard `AWS_ENDPOINT_URL`
 /// settings when they are set.
 pub async fn sdk_config(
@@ -27,17 +52,10 @@ pub async fn sdk_config(
 ) -> Result<SdkConfig, CloudError> {
     let region = Region::new(region.to_owned());
     let Some(role) = role else {
-        return Ok(aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .load()
-            .await);
+        return Ok(loader(&region).load().await);
     };
     // AssumeRoleWithWebIdentity is authenticated by the token itself: no other credentials.
-    let anonymous = aws_config::defaults(BehaviorVersion::latest())
-        .region(region.clone())
-        .no_credentials()
-        .load()
-        .await;
+    let anonymous = loader(&region).no_credentials().load().await;
     let out = aws_sdk_sts::Client::new(&anonymous)
         .assume_role_with_web_identity()
         .role_arn(role.role_arn)
@@ -69,8 +87,7 @@ pub async fn sdk_config(
         std::time::SystemTime::try_from(*c.expiration()).ok(),
         "gpu-runner-oidc",
     );
-    Ok(aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
+    Ok(loader(&region)
         .credentials_provider(credentials)
         .load()
         .await)
