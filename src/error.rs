@@ -36,6 +36,13 @@ pub enum Error {
     /// A failure after launch, and what was done about what had been launched.
     #[error("{cause} {rollback}")]
     AfterLaunch { cause: Box<Error>, rollback: String },
+    /// The workflow was cancelled while this step ran.
+    #[error("cancelled ({signal}) {stage}. {rollback}")]
+    Cancelled {
+        signal: &'static str,
+        stage: &'static str,
+        rollback: String,
+    },
 }
 
 impl Error {
@@ -81,6 +88,15 @@ impl Error {
                 }
                 one("The GPU runner did not come online", what, fix.clone())
             }
+            Error::Cancelled {
+                signal,
+                stage,
+                rollback,
+            } => one(
+                "gpu-runner was cancelled",
+                format!("The job was cancelled ({signal}) {stage}. {rollback}"),
+                "Nothing to fix: re-run the workflow when you want the GPU job.".to_owned(),
+            ),
             Error::AfterLaunch { cause, rollback } => cause
                 .annotations()
                 .into_iter()

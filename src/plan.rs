@@ -70,6 +70,15 @@ pub struct LaunchPlan {
     pub dry_run: bool,
 }
 
+/// What every label and runner name gpu-runner makes begins with: how cleanup tells its runners
+/// from anyone else's.
+pub const LABEL_PREFIX: &str = "gpu-runner-";
+
+/// What the labels of every start in one workflow run begin with.
+pub fn run_label_prefix(run_id: u64) -> String {
+    format!("{LABEL_PREFIX}{run_id}-")
+}
+
 /// `nonce` makes the label unique among several starts in one run (matrix jobs, retries).
 pub fn launch_plan(
     inputs: &StartInputs,
@@ -77,7 +86,11 @@ pub fn launch_plan(
     now: DateTime<Utc>,
     nonce: &str,
 ) -> LaunchPlan {
-    let label = format!("gpu-runner-{}-{}-{nonce}", ctx.run_id, ctx.run_attempt);
+    let label = format!(
+        "{}{}-{nonce}",
+        run_label_prefix(ctx.run_id),
+        ctx.run_attempt
+    );
     let mut labels = vec![label.clone()];
     labels.extend(inputs.labels.iter().cloned());
 
@@ -288,7 +301,7 @@ mod tests {
         }
         match parse(&env).unwrap().inputs {
             Inputs::Start(s) => s,
-            Inputs::Stop(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest};
+use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged};
 use crate::inputs::ImageRef;
 use crate::plan::{Market, tag};
 
@@ -81,12 +81,11 @@ fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
         launched_at: i
             .launch_time()
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
-        label: i
+        tags: i
             .tags()
             .iter()
-            .find(|t| t.key() == Some(tag::LABEL))
-            .and_then(|t| t.value())
-            .map(str::to_owned),
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect(),
     }
 }
 
@@ -166,6 +165,7 @@ impl Cloud for Ec2 {
             )
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .set_subnet_id(request.candidate.subnet_id.clone())
+            .client_token(request.client_token)
             .dry_run(request.dry_run);
         if !plan.security_group_ids.is_empty() {
             run = run.set_security_group_ids(Some(plan.security_group_ids.clone()));
@@ -230,19 +230,23 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn find_by_label(&self, label: &str) -> Result<Vec<Instance>, CloudError> {
+    async fn find(&self, tagged: Tagged<'_>) -> Result<Vec<Instance>, CloudError> {
+        let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
+        let filters = match tagged {
+            Tagged::Label(label) => vec![filter(format!("tag:{}", tag::LABEL), label)],
+            Tagged::Run { repository, run_id } => vec![
+                filter(format!("tag:{}", tag::REPOSITORY), repository),
+                filter(format!("tag:{}", tag::RUN_ID), &run_id.to_string()),
+            ],
+            Tagged::Any => vec![filter("tag-key".to_owned(), tag::LABEL)],
+        };
         let mut found = Vec::new();
         let mut next: Option<String> = None;
         loop {
             let out = self
                 .ec2
                 .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{}", tag::LABEL))
-                        .values(label)
-                        .build(),
-                )
+                .set_filters(Some(filters.clone()))
                 .set_next_token(next.take())
                 .send()
                 .await

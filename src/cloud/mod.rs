@@ -6,10 +6,12 @@ pub mod credentials;
 
 use std::future::Future;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::inputs::ImageRef;
-use crate::plan::{Candidate, LaunchPlan, Market};
+use crate::plan::{Candidate, LaunchPlan, Market, tag};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceState {
@@ -40,8 +42,33 @@ pub struct Instance {
     pub market: Market,
     pub state: InstanceState,
     pub launched_at: Option<DateTime<Utc>>,
-    /// The `gpu-runner:label` tag, when it has one.
-    pub label: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// The `gpu-runner:label` tag: the label (and runner name) of the start that launched it.
+    pub fn label(&self) -> Option<&str> {
+        self.tags.get(tag::LABEL).map(String::as_str)
+    }
+
+    /// The `gpu-runner:expires-at` tag: when its boot script ends it at the latest.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.tags
+            .get(tag::EXPIRES_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// Which gpu-runner instances to find by their tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tagged<'a> {
+    /// Launched by the start that made this label.
+    Label(&'a str),
+    /// Launched by any start of this workflow run.
+    Run { repository: &'a str, run_id: u64 },
+    /// Every instance gpu-runner launched in the region.
+    Any,
 }
 
 /// One launch attempt: a candidate of the plan, with the rendered boot script.
@@ -54,6 +81,9 @@ pub struct LaunchRequest<'a> {
     pub user_data: &'a crate::secret::Secret,
     /// Ask the cloud to check permissions only (EC2 `DryRun`).
     pub dry_run: bool,
+    /// Makes a retried launch idempotent: EC2 answers a repeated `RunInstances` with the same
+    /// token with the instance it launched the first time, so a lost answer never launches twice.
+    pub client_token: &'a str,
 }
 
 /// A cloud call that failed, with the provider's error code (for EC2, `InsufficientInstanceCapacity`
@@ -131,11 +161,11 @@ pub trait Cloud {
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<Instance>, CloudError>> + Send;
 
-    /// Instances carrying the `gpu-runner:label` tag: how stop and rollback find what they lost the
-    /// ids of.
-    fn find_by_label(
+    /// Instances by gpu-runner's tags, in any state: how stop and rollback find what they lost the
+    /// ids of, and how cleanup finds everything gpu-runner launched.
+    fn find(
         &self,
-        label: &str,
+        tagged: Tagged<'_>,
     ) -> impl Future<Output = Result<Vec<Instance>, CloudError>> + Send;
 
     /// Terminates; instances already gone are not an error.

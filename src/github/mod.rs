@@ -5,6 +5,9 @@ pub mod app;
 pub mod octo;
 
 use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::secret::Secret;
 
@@ -49,10 +52,28 @@ pub struct GithubError {
 }
 
 impl GithubError {
+    /// Whether trying again may help, and how long GitHub asked to wait: server errors, dropped
+    /// connections and rate limits pass; a refused token or a missing right does not.
+    pub fn retryable(&self) -> Option<Option<Duration>> {
+        match self.status {
+            None | Some(500..=599) | Some(429) => Some(None),
+            // A secondary rate limit without retry-after: GitHub asks for at least a minute.
+            Some(403) if self.message.to_ascii_lowercase().contains("rate limit") => {
+                Some(Some(Duration::from_secs(60)))
+            }
+            _ => None,
+        }
+    }
+
     /// What to do about it. `workflow_token` is true when the token looks like one GitHub mints
     /// for a workflow or App installation (`ghs_`), the usual reason for a 403 here.
     pub fn hint(&self, repository: &str, workflow_token: bool) -> String {
         match self.status {
+            Some(403 | 429) if self.message.to_ascii_lowercase().contains("rate limit") => {
+                "GitHub rate-limited this token even after waiting as it asked: re-run the job \
+                 later, or use a GitHub App, whose installation has higher limits."
+                    .to_owned()
+            }
             Some(401) => "GitHub refused github-token (HTTP 401): it is expired, revoked or \
                 mistyped. Create a new token and update the secret."
                 .to_owned(),
@@ -80,6 +101,20 @@ impl GithubError {
     }
 }
 
+/// A job of a workflow run, as cleanup needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: u64,
+    pub run_id: u64,
+    pub name: String,
+    /// queued | in_progress | completed | waiting | requested | pending
+    pub status: String,
+    /// The job's `runs-on` labels.
+    pub labels: Vec<String>,
+    pub runner_name: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
 pub trait RunnerRegistry {
     fn create_jit_runner(
         &self,
@@ -92,11 +127,15 @@ pub trait RunnerRegistry {
         id: u64,
     ) -> impl Future<Output = Result<Option<Runner>, GithubError>> + Send;
 
-    /// Runners that carry `label`, across all pages.
-    fn runners_with_label(
-        &self,
-        label: &str,
-    ) -> impl Future<Output = Result<Vec<Runner>, GithubError>> + Send;
+    /// Every self-hosted runner, across all pages.
+    fn runners(&self) -> impl Future<Output = Result<Vec<Runner>, GithubError>> + Send;
 
     fn delete_runner(&self, id: u64) -> impl Future<Output = Result<Removal, GithubError>> + Send;
+
+    /// Workflow runs that are queued or in progress, by id.
+    fn active_runs(&self) -> impl Future<Output = Result<Vec<u64>, GithubError>> + Send;
+
+    fn run_jobs(&self, run_id: u64) -> impl Future<Output = Result<Vec<Job>, GithubError>> + Send;
+
+    fn cancel_run(&self, run_id: u64) -> impl Future<Output = Result<(), GithubError>> + Send;
 }

@@ -20,24 +20,28 @@ use crate::secret::Secret;
 pub enum Mode {
     Start,
     Stop,
+    Cleanup,
 }
 
 impl Mode {
-    pub const NAMES: &'static [&'static str] = &["start", "stop"];
+    pub const NAMES: &'static [&'static str] = &["start", "stop", "cleanup"];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Start => "start",
             Mode::Stop => "stop",
+            Mode::Cleanup => "cleanup",
         }
     }
 
     fn reads(self, scope: spec::Scope) -> bool {
+        use spec::Scope;
         matches!(
             (self, scope),
-            (_, spec::Scope::All)
-                | (Mode::Start, spec::Scope::Start)
-                | (Mode::Stop, spec::Scope::Stop)
+            (_, Scope::All)
+                | (Mode::Start, Scope::Start | Scope::StartAndCleanup)
+                | (Mode::Stop, Scope::Stop)
+                | (Mode::Cleanup, Scope::Cleanup | Scope::StartAndCleanup)
         )
     }
 }
@@ -99,11 +103,35 @@ impl StopInputs {
     }
 }
 
+/// The janitor, for a scheduled workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanupInputs {
+    pub common: Common,
+    pub region: String,
+    /// Any gpu-runner instance older than this is terminated.
+    pub max_age_minutes: u32,
+    /// A run whose job waits this long for a gpu-runner label no instance serves is cancelled.
+    pub queued_timeout_minutes: u32,
+    /// Report, change nothing.
+    pub dry_run: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // one value per run: the size does not matter
 pub enum Inputs {
     Start(StartInputs),
     Stop(StopInputs),
+    Cleanup(CleanupInputs),
+}
+
+impl Inputs {
+    pub fn common(&self) -> &Common {
+        match self {
+            Inputs::Start(s) => &s.common,
+            Inputs::Stop(s) => &s.common,
+            Inputs::Cleanup(s) => &s.common,
+        }
+    }
 }
 
 /// Parsed inputs and what deserves a warning but does not stop the run.
@@ -134,6 +162,7 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
     let inputs = match mode {
         Some(Mode::Start) => r.start(common).map(Inputs::Start),
         Some(Mode::Stop) => r.stop(common).map(Inputs::Stop),
+        Some(Mode::Cleanup) => r.cleanup(common).map(Inputs::Cleanup),
         None => None,
     };
     match inputs {
@@ -275,7 +304,7 @@ impl Reader<'_> {
             self.missing(
                 spec,
                 "Set mode: start in the job that launches the GPU runner, and mode: stop in the \
-                 job that removes it."
+                 job that removes it (mode: cleanup is for a scheduled janitor workflow)."
                     .to_owned(),
             );
             return None;
@@ -283,6 +312,7 @@ impl Reader<'_> {
         match v.as_str() {
             "start" => Some(Mode::Start),
             "stop" => Some(Mode::Stop),
+            "cleanup" => Some(Mode::Cleanup),
             _ => {
                 let suggestion = values::closest(&v, Mode::NAMES.iter().copied());
                 let valid = Mode::NAMES;
@@ -411,20 +441,43 @@ impl Reader<'_> {
         }
     }
 
-    fn start(&mut self, common: Option<Common>) -> Option<StartInputs> {
-        let region = match self.aws_region() {
+    /// `aws-region` (or `AWS_REGION`), which the mode cannot do without.
+    fn required_region(&mut self, what: &str) -> Option<String> {
+        match self.aws_region() {
             Ok(Some(region)) => Some(region),
             Ok(None) => {
                 self.missing(
                     &spec::AWS_REGION,
-                    "Set aws-region: us-east-1 (the region to launch in), or set AWS_REGION in \
-                     the workflow's env."
-                        .to_owned(),
+                    format!(
+                        "Set aws-region: us-east-1 (the region {what}), or set AWS_REGION in the \
+                         workflow's env."
+                    ),
                 );
                 None
             }
             Err(()) => None,
-        };
+        }
+    }
+
+    fn cleanup(&mut self, common: Option<Common>) -> Option<CleanupInputs> {
+        let region = self.required_region("to clean up");
+        let max_age = self.number(&spec::MAX_AGE_MINUTES, 10, 10080, "minutes");
+        let queued = self.number(&spec::QUEUED_TIMEOUT_MINUTES, 5, 1440, "minutes");
+        let dry_run = self.boolean(&spec::DRY_RUN);
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(CleanupInputs {
+            common: common?,
+            region: region?,
+            max_age_minutes: max_age?,
+            queued_timeout_minutes: queued?,
+            dry_run,
+        })
+    }
+
+    fn start(&mut self, common: Option<Common>) -> Option<StartInputs> {
+        let region = self.required_region("to launch in");
         let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
         let image = self
             .value(&spec::IMAGE_ID)
@@ -601,13 +654,10 @@ impl Reader<'_> {
             .filter(|s| !mode.reads(s.scope))
             .filter(|s| self.raw(s).is_some_and(|v| v != s.default))
             .map(|s| {
-                let other = match s.scope {
-                    spec::Scope::Stop => "stop",
-                    _ => "start",
-                };
                 format!(
-                    "{} is only used with mode: {other}; it has no effect with mode: {}.",
+                    "{} is only used with {}; it has no effect with mode: {}.",
                     s.name,
+                    s.scope.modes(),
                     mode.name()
                 )
             })

@@ -6,6 +6,21 @@ pub enum Scope {
     All,
     Start,
     Stop,
+    Cleanup,
+    StartAndCleanup,
+}
+
+impl Scope {
+    /// How the modes that read an input are named in a message.
+    pub fn modes(self) -> &'static str {
+        match self {
+            Scope::All => "any mode",
+            Scope::Start => "mode: start",
+            Scope::Stop => "mode: stop",
+            Scope::Cleanup => "mode: cleanup",
+            Scope::StartAndCleanup => "mode: start and mode: cleanup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +61,7 @@ impl Spec {
 /// parameter: always the newest image, with the driver and `nvidia-smi` already installed.
 pub const DEFAULT_IMAGE: &str = "ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 
-use Scope::{All, Start, Stop};
+use Scope::{All, Cleanup, Start, StartAndCleanup, Stop};
 
 pub const MODE: Spec = Spec::new("mode", All, "");
 pub const GITHUB_TOKEN: Spec = Spec::secret("github-token", All);
@@ -72,11 +87,14 @@ pub const IDLE_TIMEOUT_MINUTES: Spec = Spec::new("idle-timeout-minutes", Start, 
 pub const RUNNER_VERSION: Spec = Spec::new("runner-version", Start, "2.329.0");
 pub const RUNNER_SHA256: Spec = Spec::new("runner-sha256", Start, "");
 pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
-pub const DRY_RUN: Spec = Spec::new("dry-run", Start, "false");
+pub const DRY_RUN: Spec = Spec::new("dry-run", StartAndCleanup, "false");
 
 pub const LABEL: Spec = Spec::new("label", Stop, "");
 pub const INSTANCE_IDS: Spec = Spec::new("instance-ids", Stop, "");
 pub const REGION: Spec = Spec::new("region", Stop, "");
+
+pub const MAX_AGE_MINUTES: Spec = Spec::new("max-age-minutes", Cleanup, "720");
+pub const QUEUED_TIMEOUT_MINUTES: Spec = Spec::new("queued-timeout-minutes", Cleanup, "30");
 
 pub const ALL: &[Spec] = &[
     MODE,
@@ -106,6 +124,8 @@ pub const ALL: &[Spec] = &[
     LABEL,
     INSTANCE_IDS,
     REGION,
+    MAX_AGE_MINUTES,
+    QUEUED_TIMEOUT_MINUTES,
 ];
 
 pub fn by_name(name: &str) -> Option<&'static Spec> {

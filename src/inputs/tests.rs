@@ -108,16 +108,18 @@ fn mode_is_required_and_checked() {
     assert_eq!(
         error(&[("INPUT_MODE", "")]),
         "Missing input: mode: mode is not set. Set mode: start in the job that launches the GPU \
-         runner, and mode: stop in the job that removes it."
+         runner, and mode: stop in the job that removes it (mode: cleanup is for a scheduled janitor \
+         workflow)."
     );
     assert_eq!(
         error(&[("INPUT_MODE", "strat")]),
-        "Invalid input: mode: mode \"strat\" is not a mode of gpu-runner. Use one of: start, stop. \
-         Did you mean \"start\"?"
+        "Invalid input: mode: mode \"strat\" is not a mode of gpu-runner. Use one of: start, stop, \
+         cleanup. Did you mean \"start\"?"
     );
     assert_eq!(
         error(&[("INPUT_MODE", "launch")]),
-        "Invalid input: mode: mode \"launch\" is not a mode of gpu-runner. Use one of: start, stop."
+        "Invalid input: mode: mode \"launch\" is not a mode of gpu-runner. Use one of: start, stop, \
+         cleanup."
     );
 }
 

@@ -1,13 +1,17 @@
 //! What each mode does, on top of inputs, plan and the runner protocol.
 
+pub mod cleanup;
 pub mod post;
+pub mod signals;
 pub mod start;
 pub mod stop;
+pub(crate) mod teardown;
 
 use aws_config::SdkConfig;
 use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Annotation};
+use crate::clock::Clock;
 use crate::cloud::credentials::{self, AssumeRole};
 use crate::context::Context;
 use crate::env::Env;
@@ -16,6 +20,7 @@ use crate::github::octo::RepoRunners;
 use crate::github::{GithubError, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs};
 use crate::oidc;
+use crate::retry::Backoff;
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -54,10 +59,7 @@ pub async fn run(
     for warning in &parsed.warnings {
         actions.annotate(&Annotation::warning(warning).title("gpu-runner input"));
     }
-    let common = match &parsed.inputs {
-        Inputs::Start(s) => &s.common,
-        Inputs::Stop(s) => &s.common,
-    };
+    let common = parsed.inputs.common();
     if let GithubAuth::App { private_key, .. } = &common.github {
         // Parsing may have turned `\n` into line breaks: mask the key as it will be used too.
         actions.add_mask(private_key.expose());
@@ -65,6 +67,7 @@ pub async fn run(
     match &parsed.inputs {
         Inputs::Start(inputs) => start::run(inputs, env, actions, now).await,
         Inputs::Stop(inputs) => stop::run(inputs, env, actions).await,
+        Inputs::Cleanup(inputs) => cleanup::run(inputs, env, actions, now).await,
     }
 }
 
@@ -119,6 +122,7 @@ impl Github {
 pub(crate) async fn runners(
     common: &Common,
     ctx: &Context,
+    env: &Env,
     actions: &Actions,
 ) -> Result<Github, Error> {
     let (token, workflow_token) = match &common.github {
@@ -144,7 +148,8 @@ pub(crate) async fn runners(
         ctx: ctx.clone(),
         workflow_token,
     };
-    match RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo) {
+    let backoff = Backoff::new(Clock::from_env(env));
+    match RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo, backoff) {
         Ok(registry) => Ok(github(registry)),
         Err(e) => {
             let hint = e.hint(&ctx.repository(), workflow_token);

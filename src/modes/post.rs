@@ -1,21 +1,23 @@
-//! The `post-entrypoint`: runs after the job's steps, also after a cancel. If start launched but
-//! never saw its runner online, this rolls the launch back: a stop job cannot be counted on, since
-//! its inputs come from outputs a failed start may never have written.
+//! The `post-entrypoint`: runs after the job's steps, also after a cancel. If start registered a
+//! runner but never saw it online, this removes what it created: a stop job cannot be counted on,
+//! since its inputs come from outputs a failed start may never have written.
 
-use crate::actions::Actions;
-use crate::cloud::Cloud;
+use crate::actions::{Actions, Annotation};
+use crate::cloud::Tagged;
 use crate::cloud::aws::Ec2;
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::RunnerRegistry;
 use crate::inputs::{self, Inputs};
+use crate::modes::teardown::{self, Teardown};
 
 /// What start saves in `GITHUB_STATE`; the post step reads it back as `STATE_<name>`.
 pub mod state {
+    /// Saved before the runner is registered, with the region.
     pub const LABEL: &str = "label";
-    pub const INSTANCE_IDS: &str = "instance-ids";
     pub const REGION: &str = "region";
+    /// Saved as soon as `RunInstances` answers.
+    pub const INSTANCE_IDS: &str = "instance-ids";
     /// `true` once the runner was seen online: from then on the stop job owns the teardown.
     pub const ONLINE: &str = "online";
 
@@ -26,7 +28,7 @@ pub mod state {
 
 pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let Some(label) = env.non_empty(&state::var(state::LABEL)) else {
-        actions.debug("post: this step launched nothing, so there is nothing to roll back");
+        actions.debug("post: this step created nothing, so there is nothing to roll back");
         return Ok(());
     };
     if env.non_empty(&state::var(state::ONLINE)) == Some("true") {
@@ -46,37 +48,40 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
         .non_empty(&state::var(state::REGION))
         .unwrap_or(&inputs.region)
         .to_owned();
-    let mut ids: Vec<String> = env
+    let ids: Vec<String> = env
         .non_empty(&state::var(state::INSTANCE_IDS))
         .and_then(|ids| serde_json::from_str(ids).ok())
         .unwrap_or_default();
     let ctx = Context::from_env(env)?;
+    let _group = actions.group("Rolling back the unfinished start");
+    let mut t = Teardown::default();
     // AWS first: a GitHub problem must not keep the instance running.
     let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions).await?;
     let cloud = Ec2::new(&aws);
-
-    let _group = actions.group("Rolling back the unfinished start");
-    for i in cloud.find_by_label(label).await.map_err(Error::cloud)? {
-        if !i.state.is_ending() && !ids.contains(&i.id) {
-            ids.push(i.id);
-        }
-    }
-    cloud.terminate(&ids).await.map_err(Error::cloud)?;
-    for id in &ids {
-        actions.info(&format!("post: terminated {id}"));
-    }
-    let github = super::runners(&inputs.common, &ctx, actions).await?;
-    let registry = &github.registry;
-    let runners = registry
-        .runners_with_label(label)
+    let found = teardown::find(&cloud, &ids, Some(Tagged::Label(label)))
         .await
-        .map_err(|e| github.error(e))?;
-    for r in runners {
-        registry
-            .delete_runner(r.id)
-            .await
-            .map_err(|e| github.error(e))?;
-        actions.info(&format!("post: removed the runner {}", r.name));
+        .map_err(Error::cloud)?;
+    t.terminate(&cloud, &ids, &found).await;
+    let labels = [label.to_owned()];
+    match super::runners(&inputs.common, &ctx, env, actions).await {
+        Ok(github) => t.remove_runners(&github, &labels, None).await,
+        Err(e) => t.github_unreachable(&labels, e),
+    }
+    t.report("GPU runner: rolled back the unfinished start", actions)?;
+    // The main step has failed already and said why; what the post step could not remove is
+    // worth a warning, not a second failure of the same cause.
+    if let Some(e) = t.error.take() {
+        for a in e.annotations() {
+            actions.annotate(
+                &Annotation::warning(format!(
+                    "{} Left: {}. The instance ends itself by its max lifetime; mode: stop with \
+                     label {label}, or the next cleanup run, removes the rest.",
+                    a.message,
+                    t.left().join(", ")
+                ))
+                .title("gpu-runner post step could not finish the rollback"),
+            );
+        }
     }
     Ok(())
 }

@@ -9,13 +9,16 @@ use crate::actions::{Actions, Annotation, Markdown};
 use crate::boot::{self, BootParams, RunnerPackage};
 use crate::clock::Clock;
 use crate::cloud::aws::Ec2;
-use crate::cloud::{Cloud, CloudError, Instance, InstanceState, LaunchRequest};
+use crate::cloud::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
 use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
 use crate::inputs::StartInputs;
+use crate::modes::Github;
 use crate::modes::post::state;
+use crate::modes::signals::Cancel;
+use crate::modes::teardown::{self, Teardown};
 use crate::plan::{self, LaunchPlan};
 use crate::secret::Secret;
 
@@ -45,6 +48,10 @@ pub async fn run(
     actions: &Actions,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    let mut cancel = Cancel::install().map_err(|e| Error::Unsupported {
+        what: format!("could not listen for the runner's cancel signals: {e}"),
+        fix: "The container cannot handle signals; re-run the job.".to_owned(),
+    })?;
     let ctx = Context::from_env(env)?;
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let plan = plan::launch_plan(inputs, &ctx, now, &nonce[..8]);
@@ -54,20 +61,143 @@ pub async fn run(
         actions.verbatim(plan.to_text().trim_end());
     }
 
-    let github = super::runners(&inputs.common, &ctx, actions).await?;
-    let registry = &github.registry;
-    let aws = super::aws_config(env, &inputs.common, &plan.region, &ctx, actions).await?;
+    // Nothing exists yet: a cancel here just stops.
+    let setup = tokio::select! {
+        setup = connect(inputs, &plan, env, &ctx, actions) => setup?,
+        signal = cancel.cancelled() => {
+            return Err(Error::Cancelled {
+                signal,
+                stage: "before gpu-runner created anything",
+                rollback: "Nothing was registered or launched.".to_owned(),
+            });
+        }
+    };
+    let Setup {
+        github,
+        cloud,
+        image_id,
+    } = &setup;
+    let package = runner_package(env, inputs);
+    if plan.dry_run {
+        return dry_run(&plan, cloud, image_id, &package, actions).await;
+    }
+
+    // Before anything exists, so that the post step and stop can find what this start creates.
+    actions.save_state(state::LABEL, &plan.label)?;
+    actions.save_state(state::REGION, &plan.region)?;
+    let clock = Clock::from_env(env);
+    let mut launched: Option<Instance> = None;
+    let outcome = tokio::select! {
+        outcome = register_launch_and_wait(
+            &plan,
+            cloud,
+            github,
+            image_id,
+            &package,
+            actions,
+            clock,
+            &mut launched,
+        ) => Ok(outcome),
+        signal = cancel.cancelled() => Err(signal),
+    };
+    match outcome {
+        Ok(Ok(online)) => report_online(&plan, &online, actions),
+        Ok(Err(cause)) if plan.keep_on_failure && launched.is_some() => {
+            // The instance stays for debugging; the runner, which can never take a job now, goes.
+            let mut t = Teardown::default();
+            t.remove_runners(github, std::slice::from_ref(&plan.label), None)
+                .await;
+            let kept = launched.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+            let mut rollback = format!(
+                "Left behind: kept {kept} for debugging (keep-on-failure); it ends itself by {}, \
+                 or run mode: stop with label {}.",
+                plan.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                plan.label
+            );
+            if let Some(e) = t.error {
+                rollback.push_str(&format!(
+                    " Its runner could not be removed ({e}): delete it under Settings → Actions \
+                     → Runners."
+                ));
+            }
+            Err(Error::AfterLaunch {
+                cause: Box::new(cause),
+                rollback,
+            })
+        }
+        Ok(Err(cause)) => {
+            let rollback = roll_back(&plan, cloud, github, launched.as_ref(), actions).await;
+            Err(Error::AfterLaunch {
+                cause: Box::new(cause),
+                rollback,
+            })
+        }
+        Err(signal) => {
+            // A cancel removes everything, keep-on-failure or not: the user asked for it to end.
+            let rollback = roll_back(&plan, cloud, github, launched.as_ref(), actions).await;
+            Err(Error::Cancelled {
+                signal,
+                stage: if launched.is_some() {
+                    "while the GPU runner was starting"
+                } else {
+                    "while gpu-runner registered the runner and launched its instance"
+                },
+                rollback,
+            })
+        }
+    }
+}
+
+/// GitHub and AWS, ready to use; nothing created yet.
+struct Setup {
+    github: Github,
+    cloud: Ec2,
+    image_id: String,
+}
+
+async fn connect(
+    inputs: &StartInputs,
+    plan: &LaunchPlan,
+    env: &Env,
+    ctx: &Context,
+    actions: &Actions,
+) -> Result<Setup, Error> {
+    let github = super::runners(&inputs.common, ctx, env, actions).await?;
+    let aws = super::aws_config(env, &inputs.common, &plan.region, ctx, actions).await?;
     let cloud = Ec2::new(&aws);
     let image_id = cloud
         .resolve_image(&plan.image)
         .await
         .map_err(Error::cloud)?;
-    let package = runner_package(env, inputs);
+    Ok(Setup {
+        github,
+        cloud,
+        image_id,
+    })
+}
 
-    if plan.dry_run {
-        return dry_run(&plan, &cloud, &image_id, &package, actions).await;
-    }
+/// What a start measured, for the outputs and the summary.
+struct Online {
+    instance: Instance,
+    launch_to_running: Option<Duration>,
+    launch_to_online: Duration,
+}
 
+/// Registers the runner, launches its instance and waits until the runner is online. What it
+/// launched is in `launched` as soon as it exists, for the rollback.
+#[allow(clippy::too_many_arguments)]
+async fn register_launch_and_wait(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    github: &Github,
+    image_id: &str,
+    package: &RunnerPackage,
+    actions: &Actions,
+    clock: Clock,
+    launched: &mut Option<Instance>,
+) -> Result<Online, Error> {
+    let registry = &github.registry;
     let jit = registry
         .create_jit_runner(&plan.runner_name, &plan.labels)
         .await
@@ -79,60 +209,7 @@ pub async fn run(
         jit.runner.id,
         plan.labels.join(", ")
     ));
-
-    let clock = Clock::from_env(env);
-    let mut launched: Option<Instance> = None;
-    let outcome = launch_and_wait(
-        &plan,
-        &cloud,
-        registry,
-        &jit,
-        &image_id,
-        &package,
-        actions,
-        clock,
-        &mut launched,
-    )
-    .await;
-    match outcome {
-        Ok(online) => report_online(&plan, &online, actions),
-        Err(cause) => {
-            let rollback = roll_back(
-                &plan,
-                &cloud,
-                registry,
-                launched.as_ref(),
-                jit.runner.id,
-                actions,
-            )
-            .await;
-            Err(Error::AfterLaunch {
-                cause: Box::new(cause),
-                rollback,
-            })
-        }
-    }
-}
-
-/// What a start measured, for the outputs and the summary.
-struct Online {
-    instance: Instance,
-    launch_to_running: Option<Duration>,
-    launch_to_online: Duration,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn launch_and_wait(
-    plan: &LaunchPlan,
-    cloud: &impl Cloud,
-    registry: &impl RunnerRegistry,
-    jit: &JitRunner,
-    image_id: &str,
-    package: &RunnerPackage,
-    actions: &Actions,
-    clock: Clock,
-    launched: &mut Option<Instance>,
-) -> Result<Online, Error> {
+    let jit = &jit;
     let instance = {
         let _group = actions.group("Launch");
         launch(plan, cloud, jit, image_id, package, actions).await?
@@ -222,7 +299,7 @@ async fn launch(
     actions: &Actions,
 ) -> Result<Instance, Error> {
     let mut refused: Vec<String> = Vec::new();
-    for candidate in &plan.candidates {
+    for (n, candidate) in plan.candidates.iter().enumerate() {
         let user_data = user_data(
             plan,
             cloud,
@@ -237,6 +314,7 @@ async fn launch(
             image_id,
             user_data: &user_data,
             dry_run: false,
+            client_token: &format!("{}-{n}", plan.label),
         };
         match cloud.launch(request).await {
             Ok(instance) => {
@@ -311,9 +389,7 @@ async fn boot_params(
 /// Saved at once, so that the stop job and the post step can always find the instance.
 fn save_launch(plan: &LaunchPlan, instance: &Instance, actions: &Actions) -> Result<(), Error> {
     let ids = serde_json::json!([instance.id]).to_string();
-    actions.save_state(state::LABEL, &plan.label)?;
     actions.save_state(state::INSTANCE_IDS, &ids)?;
-    actions.save_state(state::REGION, &plan.region)?;
     actions.set_output("label", &plan.label)?;
     actions.set_output("labels", &serde_json::json!(plan.labels).to_string())?;
     actions.set_output("instance-id", &instance.id)?;
@@ -374,44 +450,41 @@ fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Resul
     Ok(())
 }
 
-/// Removes what a failed start created; says what it did, for the error message.
+/// Removes what a failed or cancelled start created, found by id and by its label (a cancel may
+/// come before `RunInstances` answered); says what it did, for the error message.
 async fn roll_back(
     plan: &LaunchPlan,
     cloud: &impl Cloud,
-    registry: &impl RunnerRegistry,
-    instance: Option<&Instance>,
-    runner_id: u64,
+    github: &Github,
+    launched: Option<&Instance>,
     actions: &Actions,
 ) -> String {
     let _group = actions.group("Rolling back");
-    let mut done = Vec::new();
-    let mut left = Vec::new();
-    match instance {
-        Some(i) if plan.keep_on_failure => left.push(format!(
-            "kept {} for debugging (keep-on-failure); it ends itself by {}, or run mode: stop with label {}",
-            i.id,
-            plan.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    let ids: Vec<String> = launched.iter().map(|i| i.id.clone()).collect();
+    let mut t = Teardown::default();
+    match teardown::find(cloud, &ids, Some(Tagged::Label(&plan.label))).await {
+        Ok(found) => t.terminate(cloud, &ids, &found).await,
+        Err(e) => t.error = Some(Error::cloud(e)),
+    }
+    t.remove_runners(github, std::slice::from_ref(&plan.label), None)
+        .await;
+    let done = t.done();
+    let left = t.left();
+    let mut text = if done.is_empty() {
+        "Rolled back: nothing had been created.".to_owned()
+    } else {
+        format!("Rolled back: {}.", done.join(", "))
+    };
+    if !left.is_empty() || t.error.is_some() {
+        let why = t.error.map(|e| format!(" ({e})")).unwrap_or_default();
+        text.push_str(&format!(
+            " Left behind: {}{why}; the instance ends itself by {}, or run mode: stop with label \
+             {}, or remove the runner under Settings → Actions → Runners.",
+            left.join(", "),
+            plan.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             plan.label
-        )),
-        Some(i) => match cloud.terminate(std::slice::from_ref(&i.id)).await {
-            Ok(()) => done.push(format!("terminated {}", i.id)),
-            Err(e) => left.push(format!(
-                "could not terminate {} ({e}); it ends itself by its max lifetime, or run mode: stop with label {}",
-                i.id, plan.label
-            )),
-        },
-        None => done.push("no instance was launched".to_owned()),
-    }
-    match registry.delete_runner(runner_id).await {
-        Ok(_) => done.push(format!("removed the runner {}", plan.runner_name)),
-        Err(e) => left.push(format!(
-            "could not remove the runner {} ({e}); delete it under Settings → Actions → Runners",
-            plan.runner_name
-        )),
-    }
-    let mut text = format!("Rolled back: {}.", done.join(", "));
-    if !left.is_empty() {
-        text.push_str(&format!(" Left behind: {}.", left.join("; ")));
+        ));
     }
     actions.info(&text);
     text
@@ -465,6 +538,7 @@ async fn dry_run(
         image_id,
         user_data: &user_data,
         dry_run: true,
+        client_token: &format!("{}-dry-run", plan.label),
     };
     let check = match cloud.launch(request).await {
         Err(e) if e.is_dry_run_success() => format!(

@@ -1,169 +1,104 @@
 //! `mode: stop`: terminate what start launched and remove its runner. Forgiving: nothing to stop,
 //! an instance already gone and a runner already removed are all successes, so a stop job with
-//! `if: always()` never fails a run on its own.
+//! `if: always()` never fails a run on its own. Without the start's outputs (a start cancelled
+//! before it wrote them), it removes what any start of this workflow run left.
 
-use chrono::Utc;
-
-use crate::actions::{Actions, Markdown};
-use crate::cloud::Cloud;
+use crate::actions::{Actions, Annotation, Markdown};
+use crate::cloud::Tagged;
 use crate::cloud::aws::Ec2;
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::{Removal, RunnerRegistry};
 use crate::inputs::StopInputs;
+use crate::modes::teardown::{self, Teardown};
+use crate::plan;
+
+const HEADING: &str = "GPU runner: stop";
 
 pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<(), Error> {
-    let (Some(region), true) = (&inputs.region, inputs.has_work()) else {
-        actions.info(
-            "Nothing to stop: neither label nor instance-ids was given, so no GPU instance is \
-             known to this job.",
-        );
-        actions.append_summary(
-            &Markdown::new()
-                .heading(3, "GPU runner: stop")
-                .raw(
-                    "Nothing to stop: neither `label` nor `instance-ids` was given. This is \
-                     normal when the start job failed or was skipped before it launched anything. \
-                     If it did launch an instance, pass its outputs to this step: `label`, \
-                     `instance-ids` and `region`.",
-                )
-                .build(),
-        )?;
-        return Ok(());
-    };
     let ctx = Context::from_env(env)?;
+    let Some(region) = &inputs.region else {
+        return nothing_to_stop(
+            actions,
+            "Nothing to stop: neither `label` nor `instance-ids` was given, and no region to look \
+             in. This is normal when the start job failed or was skipped before it launched \
+             anything. If it did launch an instance, pass its outputs to this step: `label`, \
+             `instance-ids` and `region`.",
+        );
+    };
+    let repository = ctx.repository();
+    // Without the start's outputs, whatever this run's starts launched.
+    let run_scope = !inputs.has_work();
+    let tagged = match &inputs.label {
+        Some(label) => Some(Tagged::Label(label)),
+        None if run_scope => Some(Tagged::Run {
+            repository: &repository,
+            run_id: ctx.run_id,
+        }),
+        None => None,
+    };
+    let mut t = Teardown::default();
+
     // AWS first: what bills is the instance, and a GitHub problem must not keep it running.
-    let aws = super::aws_config(env, &inputs.common, region, &ctx, actions).await?;
-    let cloud = Ec2::new(&aws);
-
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut first_error: Option<Error> = None;
-
-    // The instances: by id, else by the label tag (ids can be lost when start was cancelled).
-    let found = if inputs.instance_ids.is_empty() {
-        cloud
-            .find_by_label(inputs.label.as_deref().unwrap_or_default())
-            .await
-    } else {
-        cloud.describe(&inputs.instance_ids).await
-    };
-    let found = found.map_err(Error::cloud)?;
-    for id in &inputs.instance_ids {
-        if !found.iter().any(|i| &i.id == id) {
-            rows.push(vec![id.clone(), "instance".into(), "already gone".into()]);
-        }
-    }
-    let (ended, live): (Vec<_>, Vec<_>) = found.iter().partition(|i| i.state.is_ending());
-    for i in &ended {
-        rows.push(vec![
-            i.id.clone(),
-            "instance".into(),
-            "already ended".into(),
-        ]);
-    }
-    let live_ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
-    match cloud.terminate(&live_ids).await {
-        Ok(()) => {
-            for i in &live {
-                let ran = i
-                    .launched_at
-                    .map(|t| format!(" after {} min", (Utc::now() - t).num_minutes().max(0)))
-                    .unwrap_or_default();
-                rows.push(vec![
-                    i.id.clone(),
-                    "instance".into(),
-                    format!("terminated{ran}"),
-                ]);
-            }
-        }
-        Err(e) => {
-            for id in &live_ids {
-                rows.push(vec![
-                    id.clone(),
-                    "instance".into(),
-                    "could not terminate".into(),
-                ]);
-            }
-            first_error.get_or_insert(Error::cloud(e));
-        }
-    }
-
-    // The runners: every runner with the label (from the input, else from the instances' tags).
-    let mut labels: Vec<String> = inputs.label.iter().cloned().collect();
-    for label in found.iter().filter_map(|i| i.label.clone()) {
-        if !labels.contains(&label) {
-            labels.push(label);
-        }
-    }
-    let github = match super::runners(&inputs.common, &ctx, actions).await {
-        Ok(github) => github,
-        Err(e) => {
-            for label in &labels {
-                rows.push(vec![
-                    label.clone(),
-                    "runner".into(),
-                    "could not reach GitHub".into(),
-                ]);
-            }
-            first_error.get_or_insert(e);
-            return finish(rows, first_error, actions);
-        }
-    };
-    let registry = &github.registry;
-    for label in &labels {
-        match registry.runners_with_label(label).await {
-            Ok(runners) if runners.is_empty() => {
-                rows.push(vec![
-                    label.clone(),
-                    "runner".into(),
-                    "already removed".into(),
-                ]);
-            }
-            Ok(runners) => {
-                for r in runners {
-                    let action = match registry.delete_runner(r.id).await {
-                        Ok(Removal::Deleted) => "removed".to_owned(),
-                        Ok(Removal::AlreadyGone) => "already removed".to_owned(),
-                        Err(e) => {
-                            first_error.get_or_insert(github.error(e));
-                            "could not remove".to_owned()
-                        }
-                    };
-                    rows.push(vec![r.name, "runner".into(), action]);
+    let found = match super::aws_config(env, &inputs.common, region, &ctx, actions).await {
+        Ok(aws) => {
+            let cloud = Ec2::new(&aws);
+            match teardown::find(&cloud, &inputs.instance_ids, tagged).await {
+                Ok(found) => {
+                    t.terminate(&cloud, &inputs.instance_ids, &found).await;
+                    found
+                }
+                Err(e) => {
+                    t.error = Some(Error::cloud(e));
+                    Vec::new()
                 }
             }
-            Err(e) => {
-                rows.push(vec![
-                    label.clone(),
-                    "runner".into(),
-                    "could not list".into(),
-                ]);
-                first_error.get_or_insert(github.error(e));
-            }
+        }
+        Err(e) => {
+            t.error = Some(e);
+            Vec::new()
+        }
+    };
+
+    let mut labels: Vec<String> = inputs.label.iter().cloned().collect();
+    for label in found.iter().filter_map(|i| i.label()) {
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_owned());
         }
     }
+    let prefix = run_scope.then(|| plan::run_label_prefix(ctx.run_id));
+    match super::runners(&inputs.common, &ctx, env, actions).await {
+        Ok(github) => t.remove_runners(&github, &labels, prefix.as_deref()).await,
+        Err(e) => t.github_unreachable(&labels, e),
+    }
 
-    finish(rows, first_error, actions)
+    if run_scope {
+        // Stop was given nothing to stop: searching is a courtesy, so a failure to search (no
+        // AWS access, say) is a warning, not a failed run.
+        if let Some(e) = t.error.take() {
+            for a in e.annotations() {
+                actions.annotate(
+                    &Annotation::warning(a.message).title(
+                        "gpu-runner stop could not look for this run's instances and runners",
+                    ),
+                );
+            }
+        }
+        if t.rows.iter().all(|r| r.done.starts_with("already")) {
+            return nothing_to_stop(
+                actions,
+                "Nothing to stop: neither `label` nor `instance-ids` was given, and no instance \
+                 or runner of this workflow run was found. This is normal when the start job failed or was \
+                 skipped before it launched anything.",
+            );
+        }
+    }
+    t.report(HEADING, actions)?;
+    t.finish()
 }
 
-/// Reports every row in the log and the summary, then the first error, if any.
-fn finish(
-    rows: Vec<Vec<String>>,
-    first_error: Option<Error>,
-    actions: &Actions,
-) -> Result<(), Error> {
-    for row in &rows {
-        actions.info(&format!("{} {}: {}", row[1], row[0], row[2]));
-    }
-    actions.append_summary(
-        &Markdown::new()
-            .heading(3, "GPU runner: stop")
-            .table(&["What", "Kind", "Done"], &rows)
-            .build(),
-    )?;
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+fn nothing_to_stop(actions: &Actions, why: &str) -> Result<(), Error> {
+    actions.info(why);
+    actions.append_summary(&Markdown::new().heading(3, HEADING).raw(why).build())?;
+    Ok(())
 }

@@ -1,0 +1,620 @@
+//! `mode: cleanup`: the janitor a scheduled workflow runs. It finds what gpu-runner left in the
+//! region and the repository and removes it, saying why for each: instances past their
+//! `expires-at` or older than `max-age-minutes`, instances whose runner is gone while no job runs
+//! on them, offline gpu-runner runners of finished runs with no instance, and runs whose job waits
+//! for a gpu-runner label that nothing serves. It only ever touches resources that carry
+//! gpu-runner's tags or label prefix. Choosing is pure (`select`), acting is separate.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::actions::{Actions, Markdown};
+use crate::cloud::aws::Ec2;
+use crate::cloud::{Cloud, Instance, Tagged};
+use crate::context::Context;
+use crate::env::Env;
+use crate::error::Error;
+use crate::github::{Job, Removal, Runner, RunnerRegistry, RunnerStatus};
+use crate::inputs::CleanupInputs;
+use crate::plan::{LABEL_PREFIX, tag};
+
+/// An instance younger than this is never judged by its runner: its start may be registering it.
+const GRACE_MINUTES: i64 = 10;
+
+/// What the janitor goes by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub now: DateTime<Utc>,
+    /// `owner/repo`: the runners and runs seen are this repository's.
+    pub repository: String,
+    pub max_age_minutes: u32,
+    pub queued_timeout_minutes: u32,
+}
+
+/// What the janitor saw. `runners` and `jobs` are `None` when GitHub could not be read: then no
+/// rule that needs them is applied.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub instances: Vec<Instance>,
+    pub runners: Option<Vec<Runner>>,
+    /// The jobs of the repository's queued and in-progress runs.
+    pub jobs: Option<Vec<Job>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Terminate {
+        id: String,
+        reason: String,
+    },
+    RemoveRunner {
+        id: u64,
+        name: String,
+        reason: String,
+    },
+    CancelRun {
+        run_id: u64,
+        reason: String,
+    },
+}
+
+impl Action {
+    fn what(&self) -> (&'static str, String, &str) {
+        match self {
+            Action::Terminate { id, reason } => ("terminate instance", id.clone(), reason),
+            Action::RemoveRunner { name, reason, .. } => ("remove runner", name.clone(), reason),
+            Action::CancelRun { run_id, reason } => {
+                ("cancel workflow run", run_id.to_string(), reason)
+            }
+        }
+    }
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The run a gpu-runner label belongs to: `gpu-runner-<run id>-<attempt>-<nonce>`.
+fn run_of(label: &str) -> Option<u64> {
+    label
+        .strip_prefix(LABEL_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Live gpu-runner instances (not ending), by the label they serve.
+fn serves<'a>(live: &'a [&'a Instance], label: &str) -> bool {
+    live.iter().any(|i| i.label() == Some(label))
+}
+
+/// What to remove, with why. Never an instance without gpu-runner's label tag, never a runner or
+/// a queued job without a gpu-runner label, never anything of a job that is running.
+pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
+    let now = policy.now;
+    let live: Vec<&Instance> = seen
+        .instances
+        .iter()
+        .filter(|i| !i.state.is_ending())
+        .filter(|i| i.label().is_some_and(|l| l.starts_with(LABEL_PREFIX)))
+        .collect();
+    let running_on = |label: &str| {
+        seen.jobs.as_ref().is_some_and(|jobs| {
+            jobs.iter()
+                .any(|j| j.status == "in_progress" && j.runner_name.as_deref() == Some(label))
+        })
+    };
+    let mut actions = Vec::new();
+
+    for i in &live {
+        let label = i.label().unwrap_or_default();
+        let age = i.launched_at.map(|t| now - t);
+        let reason = if let Some(expires) = i.expires_at().filter(|e| *e < now) {
+            format!("past its expires-at ({})", stamp(expires))
+        } else if let Some(age) =
+            age.filter(|a| *a > TimeDelta::minutes(i64::from(policy.max_age_minutes)))
+        {
+            format!(
+                "older than max-age-minutes ({}): running for {} min",
+                policy.max_age_minutes,
+                age.num_minutes()
+            )
+        } else if let Some(runners) = &seen.runners
+            && i.tags.get(tag::REPOSITORY) == Some(&policy.repository)
+            && age.is_some_and(|a| a > TimeDelta::minutes(GRACE_MINUTES))
+            && !runners.iter().any(|r| r.name == label)
+            && !running_on(label)
+        {
+            format!("its runner {label} is gone and no job runs on it")
+        } else {
+            continue;
+        };
+        actions.push(Action::Terminate {
+            id: i.id.clone(),
+            reason,
+        });
+    }
+    let terminating: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Terminate { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let staying: Vec<&Instance> = live
+        .iter()
+        .copied()
+        .filter(|i| !terminating.contains(&i.id.as_str()))
+        .collect();
+
+    let (Some(runners), Some(jobs)) = (&seen.runners, &seen.jobs) else {
+        return actions;
+    };
+    let active_runs: Vec<u64> = jobs
+        .iter()
+        .filter(|j| j.status != "completed")
+        .map(|j| j.run_id)
+        .collect();
+    for r in runners {
+        let ours: Vec<&String> = r
+            .labels
+            .iter()
+            .filter(|l| l.starts_with(LABEL_PREFIX))
+            .collect();
+        let Some(run) = ours.iter().find_map(|l| run_of(l)) else {
+            continue;
+        };
+        if r.status != RunnerStatus::Offline || r.busy || active_runs.contains(&run) {
+            continue;
+        }
+        if ours.iter().any(|l| serves(&staying, l)) {
+            continue;
+        }
+        actions.push(Action::RemoveRunner {
+            id: r.id,
+            name: r.name.clone(),
+            reason: format!("offline, its run {run} is over and no instance serves it"),
+        });
+    }
+
+    let timeout = TimeDelta::minutes(i64::from(policy.queued_timeout_minutes));
+    let mut cancelled: Vec<u64> = Vec::new();
+    for j in jobs.iter().filter(|j| j.status == "queued") {
+        let Some(label) = j.labels.iter().find(|l| l.starts_with(LABEL_PREFIX)) else {
+            continue;
+        };
+        let Some(waited) = j.created_at.map(|t| now - t).filter(|w| *w > timeout) else {
+            continue;
+        };
+        let served_by_runner = runners
+            .iter()
+            .any(|r| r.labels.contains(label) && (r.status == RunnerStatus::Online || r.busy));
+        if cancelled.contains(&j.run_id) || serves(&staying, label) || served_by_runner {
+            continue;
+        }
+        cancelled.push(j.run_id);
+        actions.push(Action::CancelRun {
+            run_id: j.run_id,
+            reason: format!(
+                "its job \"{}\" has waited {} min (queued-timeout-minutes: {}) for {label}, \
+                 which no instance or runner serves",
+                j.name,
+                waited.num_minutes(),
+                policy.queued_timeout_minutes
+            ),
+        });
+    }
+    actions
+}
+
+pub async fn run(
+    inputs: &CleanupInputs,
+    env: &Env,
+    actions: &Actions,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let ctx = Context::from_env(env)?;
+    let aws = super::aws_config(env, &inputs.common, &inputs.region, &ctx, actions).await?;
+    let cloud = Ec2::new(&aws);
+    let instances = cloud.find(Tagged::Any).await.map_err(Error::cloud)?;
+    let mut errors: Vec<Error> = Vec::new();
+    let github = match super::runners(&inputs.common, &ctx, env, actions).await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let mut seen = Seen {
+        instances,
+        ..Seen::default()
+    };
+    if let Some(github) = &github {
+        match github.registry.runners().await {
+            Ok(r) => seen.runners = Some(r),
+            Err(e) => errors.push(github.error(e)),
+        }
+        match active_jobs(&github.registry).await {
+            Ok(j) => seen.jobs = Some(j),
+            Err(e) => errors.push(github.error(e)),
+        }
+    }
+    let policy = Policy {
+        now,
+        repository: ctx.repository(),
+        max_age_minutes: inputs.max_age_minutes,
+        queued_timeout_minutes: inputs.queued_timeout_minutes,
+    };
+    let chosen = select(&policy, &seen);
+
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for action in &chosen {
+        let done = if inputs.dry_run {
+            "would do (dry run)".to_owned()
+        } else {
+            match act(action, &cloud, github.as_ref()).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let text = format!("failed: {e}");
+                    errors.push(e);
+                    text
+                }
+            }
+        };
+        let (kind, what, reason) = action.what();
+        actions.info(&format!("{kind} {what}: {reason} → {done}"));
+        rows.push(vec![kind.to_owned(), what, reason.to_owned(), done]);
+    }
+    let live = seen
+        .instances
+        .iter()
+        .filter(|i| !i.state.is_ending())
+        .count();
+    let looked = format!(
+        "Looked at {live} live gpu-runner instance(s) in {}{}{}.",
+        inputs.region,
+        seen.runners
+            .as_ref()
+            .map(|r| format!(
+                ", {} self-hosted runner(s) of {}",
+                r.len(),
+                policy.repository
+            ))
+            .unwrap_or_default(),
+        seen.jobs
+            .as_ref()
+            .map(|j| format!(" and {} job(s) of its active runs", j.len()))
+            .unwrap_or_default(),
+    );
+    actions.info(&looked);
+    let mut summary = Markdown::new()
+        .heading(
+            3,
+            if inputs.dry_run {
+                "GPU runner: cleanup (dry run)"
+            } else {
+                "GPU runner: cleanup"
+            },
+        )
+        .paragraph(&looked);
+    summary = if rows.is_empty() {
+        summary.paragraph("Nothing to clean up.")
+    } else {
+        summary.table(&["Action", "What", "Why", "Done"], &rows)
+    };
+    actions.append_summary(&summary.build())?;
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The jobs of every queued or in-progress run.
+async fn active_jobs(
+    registry: &impl RunnerRegistry,
+) -> Result<Vec<Job>, crate::github::GithubError> {
+    let mut jobs = Vec::new();
+    for run in registry.active_runs().await? {
+        jobs.extend(registry.run_jobs(run).await?);
+    }
+    Ok(jobs)
+}
+
+async fn act(
+    action: &Action,
+    cloud: &impl Cloud,
+    github: Option<&super::Github>,
+) -> Result<String, Error> {
+    match action {
+        Action::Terminate { id, .. } => {
+            cloud
+                .terminate(std::slice::from_ref(id))
+                .await
+                .map_err(Error::cloud)?;
+            Ok("terminated".to_owned())
+        }
+        Action::RemoveRunner { id, .. } => {
+            let Some(github) = github else {
+                return Ok("skipped".to_owned());
+            };
+            match github.registry.delete_runner(*id).await {
+                Ok(Removal::Deleted) => Ok("removed".to_owned()),
+                Ok(Removal::AlreadyGone) => Ok("already removed".to_owned()),
+                Err(e) => Err(github.error(e)),
+            }
+        }
+        Action::CancelRun { run_id, .. } => {
+            let Some(github) = github else {
+                return Ok("skipped".to_owned());
+            };
+            github
+                .registry
+                .cancel_run(*run_id)
+                .await
+                .map_err(|e| github.error(e))?;
+            Ok("cancelled".to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cloud::InstanceState;
+    use crate::plan::Market;
+
+    const REPO: &str = "octo/ml";
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            now: now(),
+            repository: REPO.to_owned(),
+            max_age_minutes: 720,
+            queued_timeout_minutes: 30,
+        }
+    }
+
+    /// A gpu-runner instance of `label`, launched `age` minutes ago, ending in `expires` minutes.
+    fn instance(id: &str, label: &str, age: i64, expires: i64) -> Instance {
+        let tags: BTreeMap<String, String> = [
+            (tag::LABEL, label.to_owned()),
+            (tag::REPOSITORY, REPO.to_owned()),
+            (tag::EXPIRES_AT, stamp(now() + TimeDelta::minutes(expires))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Instance {
+            id: id.to_owned(),
+            instance_type: "g4dn.xlarge".to_owned(),
+            availability_zone: None,
+            market: Market::OnDemand,
+            state: InstanceState::Running,
+            launched_at: Some(now() - TimeDelta::minutes(age)),
+            tags,
+        }
+    }
+
+    fn runner(id: u64, label: &str, status: RunnerStatus, busy: bool) -> Runner {
+        Runner {
+            id,
+            name: label.to_owned(),
+            status,
+            busy,
+            labels: vec![label.to_owned()],
+        }
+    }
+
+    fn job(run_id: u64, status: &str, label: &str, waited: i64, runner: Option<&str>) -> Job {
+        Job {
+            id: run_id * 10,
+            run_id,
+            name: "test".to_owned(),
+            status: status.to_owned(),
+            labels: vec![label.to_owned()],
+            runner_name: runner.map(str::to_owned),
+            created_at: Some(now() - TimeDelta::minutes(waited)),
+        }
+    }
+
+    fn seen(instances: Vec<Instance>, runners: Vec<Runner>, jobs: Vec<Job>) -> Seen {
+        Seen {
+            instances,
+            runners: Some(runners),
+            jobs: Some(jobs),
+        }
+    }
+
+    fn terminated(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Terminate { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_cycle_is_never_touched() {
+        // Booting (runner offline, young), running a job (busy), and waiting for its job.
+        let l = [
+            "gpu-runner-7-1-aaaa",
+            "gpu-runner-7-1-bbbb",
+            "gpu-runner-8-1-cccc",
+        ];
+        let s = seen(
+            vec![
+                instance("i-boot", l[0], 1, 359),
+                instance("i-busy", l[1], 200, 160),
+                instance("i-wait", l[2], 20, 340),
+            ],
+            vec![
+                runner(1, l[0], RunnerStatus::Offline, false),
+                runner(2, l[1], RunnerStatus::Online, true),
+                runner(3, l[2], RunnerStatus::Online, false),
+            ],
+            vec![
+                job(7, "in_progress", l[1], 200, Some(l[1])),
+                job(7, "queued", l[0], 1, None),
+                job(8, "queued", l[2], 45, None),
+            ],
+        );
+        assert_eq!(select(&policy(), &s), []);
+    }
+
+    #[test]
+    fn instances_past_their_expiry_or_max_age_are_terminated_whoever_launched_them() {
+        let mut other_repo = instance("i-other", "gpu-runner-9-1-dddd", 30, -5);
+        other_repo
+            .tags
+            .insert(tag::REPOSITORY.to_owned(), "someone/else".to_owned());
+        let s = seen(
+            vec![
+                instance("i-expired", "gpu-runner-7-1-aaaa", 400, -40),
+                instance("i-old", "gpu-runner-7-1-bbbb", 800, 100),
+                other_repo,
+            ],
+            vec![
+                runner(1, "gpu-runner-7-1-aaaa", RunnerStatus::Online, true),
+                runner(2, "gpu-runner-7-1-bbbb", RunnerStatus::Online, true),
+            ],
+            vec![],
+        );
+        let actions = select(&policy(), &s);
+        assert_eq!(terminated(&actions), ["i-expired", "i-old", "i-other"]);
+        let Action::Terminate { reason, .. } = &actions[1] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            reason,
+            "older than max-age-minutes (720): running for 800 min"
+        );
+        let Action::Terminate { reason, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(reason, "past its expires-at (2026-11-25T11:20:00Z)");
+    }
+
+    #[test]
+    fn an_instance_whose_runner_is_gone_goes_unless_young_busy_or_of_another_repository() {
+        let mut foreign = instance("i-foreign", "gpu-runner-9-1-ffff", 60, 300);
+        foreign
+            .tags
+            .insert(tag::REPOSITORY.to_owned(), "someone/else".to_owned());
+        let s = seen(
+            vec![
+                instance("i-orphan", "gpu-runner-7-1-aaaa", 60, 300),
+                instance("i-young", "gpu-runner-7-1-bbbb", 3, 357),
+                instance("i-working", "gpu-runner-7-1-cccc", 60, 300),
+                foreign,
+            ],
+            vec![],
+            vec![job(
+                7,
+                "in_progress",
+                "gpu-runner-7-1-cccc",
+                60,
+                Some("gpu-runner-7-1-cccc"),
+            )],
+        );
+        let actions = select(&policy(), &s);
+        assert_eq!(terminated(&actions), ["i-orphan"]);
+        assert!(matches!(&actions[0], Action::Terminate { reason, .. }
+            if reason == "its runner gpu-runner-7-1-aaaa is gone and no job runs on it"));
+    }
+
+    #[test]
+    fn ending_and_foreign_instances_are_never_touched() {
+        let mut ending = instance("i-ending", "gpu-runner-7-1-aaaa", 900, -100);
+        ending.state = InstanceState::ShuttingDown;
+        let mut untagged = instance("i-mine", "", 900, -100);
+        untagged.tags.clear();
+        let mut lookalike = instance("i-look", "my-runner", 900, -100);
+        lookalike
+            .tags
+            .insert(tag::LABEL.to_owned(), "my-runner".to_owned());
+        let s = seen(vec![ending, untagged, lookalike], vec![], vec![]);
+        assert_eq!(select(&policy(), &s), []);
+    }
+
+    #[test]
+    fn offline_runners_of_finished_runs_without_an_instance_are_removed() {
+        let s = seen(
+            vec![instance("i-live", "gpu-runner-5-1-live", 20, 340)],
+            vec![
+                runner(1, "gpu-runner-5-1-gone", RunnerStatus::Offline, false),
+                // Its instance is live (booting): kept.
+                runner(2, "gpu-runner-5-1-live", RunnerStatus::Offline, false),
+                // Its run is still going: its start may be booting it in another region.
+                runner(3, "gpu-runner-6-1-boot", RunnerStatus::Offline, false),
+                // Online or busy: kept.
+                runner(4, "gpu-runner-5-1-on", RunnerStatus::Online, false),
+                // Not gpu-runner's.
+                runner(5, "build-box", RunnerStatus::Offline, false),
+                runner(6, "gpu-runner-old", RunnerStatus::Offline, false),
+            ],
+            vec![job(6, "queued", "gpu-runner-6-1-boot", 2, None)],
+        );
+        let actions = select(&policy(), &s);
+        assert_eq!(
+            actions,
+            [Action::RemoveRunner {
+                id: 1,
+                name: "gpu-runner-5-1-gone".to_owned(),
+                reason: "offline, its run 5 is over and no instance serves it".to_owned(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_run_stuck_on_a_label_nothing_serves_is_cancelled_once() {
+        let gone = "gpu-runner-7-1-gone";
+        let s = seen(
+            vec![instance("i-served", "gpu-runner-8-1-live", 40, 320)],
+            vec![
+                runner(3, "gpu-runner-9-1-on", RunnerStatus::Online, false),
+                runner(4, "gpu-runner-8-1-live", RunnerStatus::Offline, false),
+            ],
+            vec![
+                job(7, "queued", gone, 45, None),
+                job(7, "queued", gone, 44, None),
+                // Served by a live instance, or by an online runner: left to wait.
+                job(8, "queued", "gpu-runner-8-1-live", 45, None),
+                job(9, "queued", "gpu-runner-9-1-on", 45, None),
+                // Not waiting long enough yet.
+                job(10, "queued", "gpu-runner-10-1-new", 10, None),
+                // Not a gpu-runner label.
+                job(11, "queued", "ubuntu-latest", 500, None),
+            ],
+        );
+        let actions = select(&policy(), &s);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::CancelRun { run_id: 7, reason }
+            if reason == "its job \"test\" has waited 45 min (queued-timeout-minutes: 30) for \
+                          gpu-runner-7-1-gone, which no instance or runner serves")
+        );
+    }
+
+    #[test]
+    fn without_github_only_the_time_rules_apply() {
+        let s = Seen {
+            instances: vec![
+                instance("i-expired", "gpu-runner-7-1-aaaa", 400, -40),
+                instance("i-orphan?", "gpu-runner-7-1-bbbb", 60, 300),
+            ],
+            runners: None,
+            jobs: None,
+        };
+        assert_eq!(terminated(&select(&policy(), &s)), ["i-expired"]);
+    }
+}

@@ -1,0 +1,185 @@
+//! Removing what starts created: instances, found by id and by gpu-runner's tags, and runners,
+//! found by label. Stop, the post step, start's rollback and cancel, and cleanup share it, so that
+//! each of them tolerates the same things: an instance already gone, a runner already removed,
+//! ids that were lost.
+
+use chrono::Utc;
+
+use crate::actions::{Actions, Markdown};
+use crate::cloud::{Cloud, CloudError, Instance, Tagged};
+use crate::error::Error;
+use crate::github::{Removal, Runner, RunnerRegistry};
+use crate::modes::Github;
+
+/// One thing looked at, and what was done to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub what: String,
+    pub kind: &'static str,
+    pub done: String,
+    /// False when it may still exist (and bill).
+    pub ok: bool,
+}
+
+/// What a teardown did, and its first error: every item is tried even when one fails.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub rows: Vec<Row>,
+    pub error: Option<Error>,
+}
+
+/// Instances by id, and by tag: a start that was cancelled may never have reported its ids.
+pub async fn find(
+    cloud: &impl Cloud,
+    ids: &[String],
+    tagged: Option<Tagged<'_>>,
+) -> Result<Vec<Instance>, CloudError> {
+    let mut found = cloud.describe(ids).await?;
+    if let Some(tagged) = tagged {
+        for i in cloud.find(tagged).await? {
+            if !found.iter().any(|f| f.id == i.id) {
+                found.push(i);
+            }
+        }
+    }
+    Ok(found)
+}
+
+impl Teardown {
+    fn row(&mut self, what: &str, kind: &'static str, done: impl Into<String>, ok: bool) {
+        self.rows.push(Row {
+            what: what.to_owned(),
+            kind,
+            done: done.into(),
+            ok,
+        });
+    }
+
+    /// Terminates the live ones of `found`; `asked` ids that were not found are reported gone.
+    pub async fn terminate(&mut self, cloud: &impl Cloud, asked: &[String], found: &[Instance]) {
+        for id in asked {
+            if !found.iter().any(|i| &i.id == id) {
+                self.row(id, "instance", "already gone", true);
+            }
+        }
+        let (ended, live): (Vec<&Instance>, Vec<&Instance>) =
+            found.iter().partition(|i| i.state.is_ending());
+        for i in ended {
+            self.row(&i.id, "instance", "already ended", true);
+        }
+        let ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
+        match cloud.terminate(&ids).await {
+            Ok(()) => {
+                for i in live {
+                    let ran = i
+                        .launched_at
+                        .map(|t| format!(" after {} min", (Utc::now() - t).num_minutes().max(0)))
+                        .unwrap_or_default();
+                    self.row(&i.id, "instance", format!("terminated{ran}"), true);
+                }
+            }
+            Err(e) => {
+                for id in &ids {
+                    self.row(id, "instance", "could not terminate", false);
+                }
+                self.error.get_or_insert(Error::cloud(e));
+            }
+        }
+    }
+
+    /// Removes every runner that carries one of `labels`, or a label that starts with `prefix`.
+    pub async fn remove_runners(
+        &mut self,
+        github: &Github,
+        labels: &[String],
+        prefix: Option<&str>,
+    ) {
+        let runners = match github.registry.runners().await {
+            Ok(runners) => runners,
+            Err(e) => {
+                for label in labels {
+                    self.row(label, "runner", "could not list", false);
+                }
+                self.error.get_or_insert(github.error(e));
+                return;
+            }
+        };
+        for label in labels {
+            if !runners.iter().any(|r| r.labels.contains(label)) {
+                self.row(label, "runner", "already removed", true);
+            }
+        }
+        let chosen = runners.iter().filter(|r| {
+            r.labels
+                .iter()
+                .any(|l| labels.contains(l) || prefix.is_some_and(|p| l.starts_with(p)))
+        });
+        for r in chosen {
+            self.remove(github, r).await;
+        }
+    }
+
+    async fn remove(&mut self, github: &Github, runner: &Runner) {
+        match github.registry.delete_runner(runner.id).await {
+            Ok(Removal::Deleted) => self.row(&runner.name, "runner", "removed", true),
+            Ok(Removal::AlreadyGone) => self.row(&runner.name, "runner", "already removed", true),
+            Err(e) => {
+                self.row(&runner.name, "runner", "could not remove", false);
+                self.error.get_or_insert(github.error(e));
+            }
+        }
+    }
+
+    /// GitHub could not be reached at all: say which runners stay.
+    pub fn github_unreachable(&mut self, labels: &[String], error: Error) {
+        for label in labels {
+            self.row(label, "runner", "could not reach GitHub", false);
+        }
+        self.error.get_or_insert(error);
+    }
+
+    /// What is left behind, for an error message: empty when everything is gone.
+    pub fn left(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| format!("{} {} ({})", r.kind, r.what, r.done))
+            .collect()
+    }
+
+    /// One sentence: what was removed.
+    pub fn done(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|r| r.ok)
+            .map(|r| format!("{} {} {}", r.kind, r.what, r.done))
+            .collect()
+    }
+
+    /// Every row in the log and, under `heading`, as a table in the summary.
+    pub fn report(&self, heading: &str, actions: &Actions) -> Result<(), Error> {
+        for r in &self.rows {
+            actions.info(&format!("{} {}: {}", r.kind, r.what, r.done));
+        }
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| vec![r.what.clone(), r.kind.to_owned(), r.done.clone()])
+            .collect();
+        actions.append_summary(
+            &Markdown::new()
+                .heading(3, heading)
+                .table(&["What", "Kind", "Done"], &rows)
+                .build(),
+        )?;
+        Ok(())
+    }
+
+    /// The first error, if any.
+    pub fn finish(self) -> Result<(), Error> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
