@@ -1,6 +1,6 @@
 //! The world's AWS endpoint: passes every request through to moto, except `GetConsoleOutput`,
 //! which moto answers with canned text: here it returns what the simulated instance really printed.
-//! Later, the fault proxy programs errors, throttling and slow answers at this point.
+//! The fault proxy sits here too: a programmed fault answers instead of moto.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+
+use crate::faults::{self, Fault, Faults, Service};
 
 /// What each instance printed on its console, by instance id.
 pub type Consoles = Arc<Mutex<HashMap<String, String>>>;
@@ -23,6 +25,44 @@ pub struct Front {
     pub public_parameters: Arc<HashMap<String, String>>,
     /// Credentials STS handed out through this endpoint: secrets a log must never show.
     pub issued: Arc<Mutex<Vec<String>>>,
+    pub faults: Faults,
+}
+
+/// The AWS action a request calls: `Action=` of the query protocols (EC2, STS), or the
+/// `x-amz-target` of the JSON ones (SSM).
+fn action(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
+        return target.rsplit('.').next().map(str::to_owned);
+    }
+    form_value(body, "Action")
+}
+
+/// How the service of `action` answers an error: EC2's XML, STS's XML, or SSM's JSON.
+fn aws_error(headers: &HeaderMap, action: &str, code: &str, status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = format!("the fault proxy answers {code}");
+    if headers.get("x-amz-target").is_some() {
+        let body = serde_json::json!({"__type": code, "message": message}).to_string();
+        return (
+            status,
+            [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", code),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    let xml = if action.starts_with("AssumeRole") {
+        format!(
+            "<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
+        )
+    } else {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+        )
+    };
+    (status, [("content-type", "text/xml")], xml).into_response()
 }
 
 /// The values of `<tag>…</tag>` in an XML answer.
@@ -71,6 +111,21 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let call = action(&headers, &body).unwrap_or_default();
+    match front.faults.take(Service::Aws, &call) {
+        Some(Fault::AwsError { code, status }) => return aws_error(&headers, &call, code, status),
+        Some(Fault::Status(status)) => {
+            return StatusCode::from_u16(status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response();
+        }
+        Some(Fault::Drop) => return faults::dropped(),
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::RateLimited { .. }) => {
+            return aws_error(&headers, &call, "RequestLimitExceeded", 503);
+        }
+        None => {}
+    }
     if let Some(answer) = public_parameter(&front, &headers, &body) {
         return answer;
     }

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::faults::{self, Fault, Faults, Service};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeRunner {
@@ -42,6 +45,8 @@ impl FakeRunner {
 pub struct Job {
     pub id: u64,
     pub run_id: u64,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     pub labels: Vec<String>,
     pub script: String,
     pub status: &'static str,
@@ -69,6 +74,8 @@ pub struct GithubState {
     pub app_installed: bool,
     pub seen_app_jwts: Vec<String>,
     pub issued_installation_tokens: Vec<String>,
+    /// Runs cancelled through the API.
+    pub cancelled_runs: Vec<u64>,
 }
 
 pub type Shared = Arc<Mutex<GithubState>>;
@@ -261,9 +268,97 @@ async fn run_jobs(
         .jobs
         .iter()
         .filter(|j| j.run_id == run_id)
-        .map(|j| json!({"id": j.id, "run_id": j.run_id, "status": j.status, "conclusion": j.conclusion, "labels": j.labels, "runner_name": j.runner_name}))
+        .map(|j| {
+            json!({
+                "id": j.id, "run_id": j.run_id, "name": j.name, "status": j.status,
+                "conclusion": j.conclusion, "labels": j.labels, "runner_name": j.runner_name,
+                "created_at": j.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })
+        })
         .collect();
     Json(json!({"total_count": jobs.len(), "jobs": jobs})).into_response()
+}
+
+/// A run's status, from its jobs: queued while all wait, completed when all are done.
+fn run_status(jobs: &[&Job]) -> &'static str {
+    if jobs.iter().all(|j| j.status == "completed") {
+        "completed"
+    } else if jobs.iter().all(|j| j.status == "queued") {
+        "queued"
+    } else {
+        "in_progress"
+    }
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    status: Option<String>,
+}
+
+async fn list_runs(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(q): Query<RunsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let mut ids: Vec<u64> = st.jobs.iter().map(|j| j.run_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let runs: Vec<_> = ids
+        .into_iter()
+        .filter_map(|id| {
+            let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == id).collect();
+            let status = run_status(&jobs);
+            q.status
+                .as_deref()
+                .is_none_or(|want| want == status)
+                .then(|| json!({"id": id, "status": status}))
+        })
+        .collect();
+    Json(json!({"total_count": runs.len(), "workflow_runs": runs})).into_response()
+}
+
+async fn cancel_run(
+    State(s): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
+    if jobs.is_empty() {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    if run_status(&jobs) == "completed" {
+        return error(
+            StatusCode::CONFLICT,
+            "Cannot cancel a workflow run that is completed.",
+        );
+    }
+    st.cancel_run(run_id);
+    (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+}
+
+/// Answers with the programmed fault, if the call has one.
+async fn fault_layer(State(faults): State<Faults>, request: Request, next: Next) -> Response {
+    let call = faults::github_call(request.method().as_str(), request.uri().path());
+    if let Some(fault) = call.and_then(|c| faults.take(Service::Github, c)) {
+        match faults::github_answer(fault) {
+            Some(answer) => return answer,
+            None => {
+                if let Fault::Slow(d) = fault {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// The runner the stand-in speaks for, by the secret in its JIT config.
@@ -437,7 +532,7 @@ async fn installation_token(
         .into_response()
 }
 
-pub fn router(state: Shared) -> axum::Router {
+pub fn router(state: Shared, faults: Faults) -> axum::Router {
     axum::Router::new()
         .route("/repos/{owner}/{repo}/installation", get(repo_installation))
         .route(
@@ -457,11 +552,17 @@ pub fn router(state: Shared) -> axum::Router {
             "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
             get(run_jobs),
         )
+        .route("/repos/{owner}/{repo}/actions/runs", get(list_runs))
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel",
+            post(cancel_run),
+        )
         .route("/_runner/online", post(runner_online))
         .route("/_runner/acquire", post(runner_acquire))
         .route("/_runner/jobs/{id}/complete", post(runner_complete))
         .route("/_runner/offline", post(runner_offline))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(faults, fault_layer))
 }
 
 impl GithubState {
@@ -471,6 +572,8 @@ impl GithubState {
         self.jobs.push(Job {
             id,
             run_id,
+            name: "test".to_owned(),
+            created_at: chrono::Utc::now(),
             labels,
             script: script.to_owned(),
             status: "queued",
@@ -479,5 +582,37 @@ impl GithubState {
             output: String::new(),
         });
         id
+    }
+}
+
+impl GithubState {
+    /// Cancels a run as a user's click does: its unfinished jobs end as cancelled.
+    pub fn cancel_run(&mut self, run_id: u64) {
+        for j in self.jobs.iter_mut().filter(|j| j.run_id == run_id) {
+            if j.status != "completed" {
+                j.status = "completed";
+                j.conclusion = Some("cancelled".to_owned());
+            }
+        }
+        self.cancelled_runs.push(run_id);
+    }
+
+    /// The machine of the runner named `name` is gone: GitHub stops hearing from the runner, shows
+    /// it offline, and fails the job it had (as "lost communication with the server").
+    pub fn machine_gone(&mut self, name: &str) {
+        for r in self.runners.values_mut().filter(|r| r.name == name) {
+            r.status = "offline";
+            r.busy = false;
+        }
+        for j in self
+            .jobs
+            .iter_mut()
+            .filter(|j| j.status == "in_progress" && j.runner_name.as_deref() == Some(name))
+        {
+            j.status = "completed";
+            j.conclusion = Some("failure".to_owned());
+            j.output
+                .push_str("The self-hosted runner lost communication with the server.\n");
+        }
     }
 }

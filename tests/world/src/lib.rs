@@ -3,8 +3,10 @@
 //! a sandbox). Tests and the demo run the real `gpu-runner` binary against it.
 
 pub mod aws_front;
+pub mod faults;
 pub mod github;
 pub mod log;
+pub mod matrix;
 pub mod moto;
 pub mod oidc;
 pub mod package;
@@ -18,7 +20,8 @@ use aws_config::{BehaviorVersion, Region};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 
-pub use simulator::Gpu;
+pub use faults::{Fault, Faults, Service};
+pub use simulator::{Gpu, RunnerBehaviour};
 
 /// The public SSM parameter of the default image, and the AMI it names in the world.
 pub const DEFAULT_IMAGE_PARAMETER: &str =
@@ -34,15 +37,17 @@ pub const CLOCK_SCALE: f64 = 60.0;
 
 pub struct Options {
     pub gpu: Gpu,
-    /// False: the runner on the instance starts but never reaches GitHub.
-    pub runner_online: bool,
+    pub runner: RunnerBehaviour,
+    /// The boot script is killed right after it logs this phase.
+    pub die_after_phase: Option<&'static str>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             gpu: Gpu::Healthy(1),
-            runner_online: true,
+            runner: RunnerBehaviour::Normal,
+            die_after_phase: None,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct World {
     pub github: github::Shared,
     pub oidc: oidc::Oidc,
     pub consoles: aws_front::Consoles,
+    /// What AWS and GitHub answer instead of the real thing, per call.
+    pub faults: Faults,
     pub instance_log: Arc<Mutex<Vec<String>>>,
     pub region: String,
     pub account: String,
@@ -139,6 +146,7 @@ impl World {
         let role_arn = format!("arn:aws:iam::{account}:role/gpu-ci");
         let consoles: aws_front::Consoles = Arc::default();
         let issued_credentials: Arc<Mutex<Vec<String>>> = Arc::default();
+        let faults = Faults::default();
         let front = aws_front::Front {
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
@@ -149,6 +157,7 @@ impl World {
                     .collect(),
             ),
             issued: issued_credentials.clone(),
+            faults: faults.clone(),
         };
         let oidc = oidc::Oidc {
             request_token: format!("oidc-request-{}", uuid::Uuid::new_v4().simple()),
@@ -177,10 +186,11 @@ impl World {
 
         let (aws_url, github_url, ec2) = rt.block_on(async {
             let aws_url = serve(aws_front::router(front)).await?;
-            // The world's own view of AWS: the same role, through the same STS, so the same account.
+            // The world's own view of AWS: the same role, so the same account, but straight to
+            // moto: the faults are for the product, not for the world's bookkeeping.
             let anonymous = aws_config::defaults(BehaviorVersion::latest())
                 .region(Region::new(region.clone()))
-                .endpoint_url(&aws_url)
+                .endpoint_url(&moto.url)
                 .no_credentials()
                 .load()
                 .await;
@@ -195,7 +205,7 @@ impl World {
             let c = creds.credentials().ok_or("world STS: no credentials")?;
             let config = aws_config::defaults(BehaviorVersion::latest())
                 .region(Region::new(region.clone()))
-                .endpoint_url(&aws_url)
+                .endpoint_url(&moto.url)
                 .credentials_provider(aws_sdk_sts::config::Credentials::new(
                     c.access_key_id(),
                     c.secret_access_key(),
@@ -210,7 +220,7 @@ impl World {
                 ec2: ec2.clone(),
                 package: package.clone(),
             };
-            let router = github::router(github.clone())
+            let router = github::router(github.clone(), faults.clone())
                 .merge(oidc::router(oidc.clone()))
                 .merge(
                     axum::Router::new()
@@ -230,8 +240,10 @@ impl World {
             control_url: github_url.clone(),
             scale: CLOCK_SCALE,
             gpu: options.gpu,
-            runner_online: options.runner_online,
+            runner: options.runner,
+            die_after_phase: options.die_after_phase,
             log: instance_log.clone(),
+            github: github.clone(),
         };
         rt.spawn(sim.run());
 
@@ -244,6 +256,7 @@ impl World {
             github,
             oidc,
             consoles,
+            faults,
             instance_log,
             region,
             account,
@@ -291,7 +304,7 @@ impl World {
     }
 
     /// The inputs every step in this world needs, as a workflow would give them.
-    fn inputs(&self, mode: &str) -> Vec<(String, String)> {
+    pub fn inputs(&self, mode: &str) -> Vec<(String, String)> {
         [
             ("mode", mode.to_owned()),
             ("github-token", self.admin_token.clone()),
@@ -309,10 +322,6 @@ impl World {
         inputs.push(("runner-version".to_owned(), package::VERSION.to_owned()));
         inputs.push(("runner-sha256".to_owned(), self.runner_sha256.clone()));
         inputs
-    }
-
-    pub fn stop_inputs(&self) -> Vec<(String, String)> {
-        self.inputs("stop")
     }
 
     /// Instances that are not terminated (pending, running, stopping, ...), read from moto.
@@ -445,15 +454,28 @@ impl World {
 
     /// What a start that was cancelled after launch leaves: a tagged instance and its runner.
     pub fn leave_behind(&self, label: &str) -> String {
-        let id = self.rt.block_on(async {
+        self.offline_runner(label);
+        self.launch_tagged(&[("gpu-runner:label", label)])
+    }
+
+    /// A registered runner that never connected (or whose machine is gone).
+    pub fn offline_runner(&self, name: &str) {
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        gh.next_id += 1;
+        let id = gh.next_id;
+        gh.runners.insert(id, github::FakeRunner::offline(id, name));
+    }
+
+    /// An instance with these tags, launched behind the product's back.
+    pub fn launch_tagged(&self, tags: &[(&str, &str)]) -> String {
+        self.rt.block_on(async {
             let tags = aws_sdk_ec2::types::TagSpecification::builder()
                 .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("gpu-runner:label")
-                        .value(label)
-                        .build(),
-                )
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
                 .build();
             let out = self
                 .ec2
@@ -470,13 +492,7 @@ impl World {
                 .instance_id()
                 .unwrap_or_default()
                 .to_owned()
-        });
-        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
-        gh.next_id += 1;
-        let runner_id = gh.next_id;
-        gh.runners
-            .insert(runner_id, github::FakeRunner::offline(runner_id, label));
-        id
+        })
     }
 
     pub fn instance_log(&self) -> Vec<String> {

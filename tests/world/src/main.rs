@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use world::step::Step;
-use world::{Options, World, log};
+use world::{Options, World, log, matrix};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -17,8 +17,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("faults") => match faults(std::env::args().nth(2).as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("faults: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo run -p world -- demo");
+            eprintln!("usage: cargo run -p world -- demo | faults [part of a scenario's name]");
             ExitCode::from(2)
         }
     }
@@ -168,5 +175,36 @@ fn demo() -> Result<(), String> {
         Ok(())
     } else {
         Err("the cycle left something behind or a step failed".to_owned())
+    }
+}
+
+/// The fault matrix as a table: every row runs the whole cycle with one fault. An argument runs
+/// only the rows whose name contains it.
+fn faults(only: Option<&str>) -> Result<(), String> {
+    let bin = gpu_runner()?;
+    let scenarios: Vec<_> = matrix::scenarios()
+        .into_iter()
+        .filter(|s| only.is_none_or(|o| s.name.contains(o)))
+        .collect();
+    let rows = scenarios.len();
+    eprintln!("Running {rows} scenarios, each in a world of its own, 3 at a time…");
+    let started = std::time::Instant::now();
+    let results = matrix::run_all(&bin, &scenarios, 3);
+    println!("{}", matrix::table(&results));
+    let clean = results
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_ok_and(|r| r.instances_left == 0 && r.runners_left == 0)
+        })
+        .count();
+    println!(
+        "{clean} of {rows} scenarios left 0 instances and 0 runners ({:.0} s).",
+        started.elapsed().as_secs_f64()
+    );
+    if clean == rows {
+        Ok(())
+    } else {
+        Err("some scenario left something behind".to_owned())
     }
 }

@@ -16,6 +16,27 @@ use tokio::process::{Child, Command};
 
 use crate::aws_front::Consoles;
 
+/// How the runner on the simulated instances behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerBehaviour {
+    /// Goes online, runs one job, exits.
+    Normal,
+    /// Starts but never reaches GitHub.
+    NeverOnline,
+    /// Takes a job, then crashes without finishing it.
+    CrashMidJob,
+}
+
+impl RunnerBehaviour {
+    fn env(self) -> &'static str {
+        match self {
+            RunnerBehaviour::Normal => "normal",
+            RunnerBehaviour::NeverOnline => "never-online",
+            RunnerBehaviour::CrashMidJob => "crash-mid-job",
+        }
+    }
+}
+
 /// The GPU the simulated instances have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gpu {
@@ -32,9 +53,13 @@ pub struct Simulator {
     pub control_url: String,
     pub scale: f64,
     pub gpu: Gpu,
-    pub runner_online: bool,
+    pub runner: RunnerBehaviour,
+    /// The boot script is killed (SIGKILL, no trap runs) right after it logs this phase.
+    pub die_after_phase: Option<&'static str>,
     /// Every console line of every instance, prefixed with its id: the demo prints it.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// GitHub stops hearing from the runner of an instance that is gone.
+    pub github: crate::github::Shared,
 }
 
 const SANDBOX: &str = r#"set -e
@@ -45,9 +70,37 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 hostname "$host"
-exec chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-  HOME=/root LANG=C.UTF-8 "$@" bash "$script"
+# The user data is one process of the machine, as under cloud-init; the machine stays up after it
+# ends (or dies) until it is terminated, and what the script left running goes on.
+chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  HOME=/root LANG=C.UTF-8 "$@" bash "$script" || true
+while :; do /usr/bin/sleep 3600; done
 "#;
+
+/// Kills every process running `script` (the boot script and its subshells) at once, as a crash
+/// would: no trap of the script runs.
+fn kill_script(script: &Path) {
+    let want = format!("bash\0{}\0", script.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()) {
+            // It may have ended by itself meanwhile: nothing to report then.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
 
 impl Simulator {
     fn install_standins(&self) -> std::io::Result<PathBuf> {
@@ -95,6 +148,17 @@ impl Simulator {
                             {
                                 let _ = child.start_kill();
                                 self.note(id, "(instance terminated: the machine is gone)");
+                                let label = i
+                                    .tags()
+                                    .iter()
+                                    .find(|t| t.key() == Some("gpu-runner:label"))
+                                    .and_then(|t| t.value());
+                                if let Some(label) = label {
+                                    self.github
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .machine_gone(label);
+                                }
                             }
                         }
                         _ => {}
@@ -154,14 +218,7 @@ impl Simulator {
             .arg(format!("GPU_SIM_NVIDIA={gpu_mode}"))
             .arg(format!("GPU_SIM_GPUS={gpus}"))
             .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.scale))
-            .arg(format!(
-                "GPU_SIM_RUNNER={}",
-                if self.runner_online {
-                    "normal"
-                } else {
-                    "never-online"
-                }
-            ))
+            .arg(format!("GPU_SIM_RUNNER={}", self.runner.env()))
             .arg(format!(
                 "GPU_SIM_TERMINATE_URL={}/_sim/terminate/{id}",
                 self.control_url
@@ -189,9 +246,20 @@ impl Simulator {
             let consoles = self.consoles.clone();
             let log = self.log.clone();
             let id = id.to_owned();
+            let die = self
+                .die_after_phase
+                .map(|p| (format!("phase={p} "), script_path.clone()));
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some((phase, script)) = &die
+                        && line.contains(phase.as_str())
+                    {
+                        kill_script(script);
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("[{id}] (the boot script died: killed)"));
+                    }
                     consoles
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 pub const TOKEN: &str = "ghp_integration-test-token-0123456789";
 
 #[must_use]
+#[derive(Clone)]
 pub struct Step {
     binary: PathBuf,
     vars: BTreeMap<String, String>,
@@ -52,10 +53,10 @@ impl Step {
         for (k, v) in world.action_env() {
             self = self.env(&k, &v);
         }
-        let inputs = if self.vars.get("INPUT_MODE").map(String::as_str) == Some("stop") {
-            world.stop_inputs()
-        } else {
-            world.start_inputs()
+        let inputs = match self.vars.get("INPUT_MODE").map(String::as_str) {
+            Some("start") => world.start_inputs(),
+            Some(mode) => world.inputs(mode),
+            None => Vec::new(),
         };
         for (k, v) in inputs {
             self = self.input(&k, &v);
@@ -112,6 +113,11 @@ impl Step {
     }
 
     pub fn run(self) -> Outcome {
+        self.spawn().wait()
+    }
+
+    /// Starts the step and returns at once, to signal it while it runs.
+    pub fn spawn(self) -> Running {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = Files {
             output: dir.path().join("output"),
@@ -130,22 +136,53 @@ impl Step {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .current_dir(dir.path())
-            .envs(&self.vars);
+            .envs(&self.vars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if self.runner {
             cmd.env("GITHUB_ACTIONS", "true")
                 .env("GITHUB_OUTPUT", &files.output)
                 .env("GITHUB_STATE", &files.state)
                 .env("GITHUB_STEP_SUMMARY", &files.summary);
         }
-        let out = cmd.output().expect("run gpu-runner");
+        let child = cmd.spawn().expect("run gpu-runner");
+        Running {
+            child,
+            files,
+            _dir: dir,
+        }
+    }
+}
+
+/// A step under way.
+pub struct Running {
+    child: Child,
+    files: Files,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to the step's process, as the runner does on cancel.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "could not send SIG{name}");
+    }
+
+    /// Waits for the step to end and reads back what it wrote.
+    pub fn wait(self) -> Outcome {
+        let out = self.child.wait_with_output().expect("wait for gpu-runner");
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         Outcome {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            output_file: read(&files.output),
-            state_file: read(&files.state),
-            summary: read(&files.summary),
+            output_file: read(&self.files.output),
+            state_file: read(&self.files.state),
+            summary: read(&self.files.summary),
         }
     }
 }

@@ -38,6 +38,10 @@ echo "Running job: $id"
 if [ -n "${ACTIONS_RUNNER_HOOK_JOB_STARTED:-}" ]; then
   bash "$ACTIONS_RUNNER_HOOK_JOB_STARTED"
 fi
+if [ "${GPU_SIM_RUNNER:-}" = crash-mid-job ]; then
+  echo "Runner.Worker crashed: Unhandled exception (the world says this runner crashes mid-job)"
+  exit 134
+fi
 output="$(mktemp)"
 code=0
 bash -c "$script" > "$output" 2>&1 || code=$?
