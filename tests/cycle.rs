@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::{Outcome, Step};
-use world::{Gpu, Options, World};
+use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
     World::start(Options::default()).expect("the local world starts")
@@ -200,7 +200,9 @@ fn a_gpu_without_a_driver_fails_start_with_the_probe_reason() {
     );
     assert!(error.contains("phase=gpu-probe status=failed reason=\"nvidia-smi failed 24 times: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."), "{error}");
     assert!(
-        error.contains("Rolled back: terminated i-") && error.contains("removed the runner"),
+        error.contains("Rolled back: instance i-")
+            && error.contains("runner gpu-runner-")
+            && error.contains(" removed."),
         "{error}"
     );
     nothing_left(&world);
@@ -226,7 +228,7 @@ fn too_few_gpus_fails_start_with_the_count() {
 #[test]
 fn a_runner_that_never_comes_online_times_out_and_rolls_back() {
     let world = World::start(Options {
-        runner_online: false,
+        runner: RunnerBehaviour::NeverOnline,
         ..Options::default()
     })
     .unwrap();
@@ -238,7 +240,7 @@ fn a_runner_that_never_comes_online_times_out_and_rolls_back() {
         "{error}"
     );
     assert!(error.contains("phase=runner status=starting"), "{error}");
-    assert!(error.contains("Rolled back: terminated i-"), "{error}");
+    assert!(error.contains("Rolled back: instance i-"), "{error}");
     // The outputs were written at launch, so a stop job would also have found the instance.
     assert!(out.outputs().contains_key("instance-id"));
     nothing_left(&world);
@@ -247,7 +249,7 @@ fn a_runner_that_never_comes_online_times_out_and_rolls_back() {
 #[test]
 fn keep_on_failure_keeps_the_instance_and_says_how_to_remove_it() {
     let world = World::start(Options {
-        runner_online: false,
+        runner: RunnerBehaviour::NeverOnline,
         ..Options::default()
     })
     .unwrap();
@@ -444,14 +446,11 @@ fn the_post_step_rolls_back_a_start_that_never_finished() {
         .run();
     post.success();
     assert!(
-        post.stdout.contains(&format!("post: terminated {id}")),
+        post.stdout.contains(&format!("instance {id}: terminated")),
         "{}",
         post.stdout
     );
-    assert!(
-        post.stdout
-            .contains(&format!("post: removed the runner {label}"))
-    );
+    assert!(post.stdout.contains(&format!("runner {label}: removed")));
     nothing_left(&world);
 }
 

@@ -11,7 +11,8 @@ fn stop_with_nothing_to_stop_writes_a_summary_and_succeeds() {
     out.success();
     assert!(out.errors().is_empty(), "{out:#?}");
     assert!(out.summary.starts_with(
-        "### GPU runner: stop\n\nNothing to stop: neither `label` nor `instance-ids` was given."
+        "### GPU runner: stop\n\nNothing to stop: neither `label` nor `instance-ids` was given, and no \
+         region to look in."
     ));
     assert!(out.stdout.contains("Nothing to stop"));
     assert!(out.outputs().is_empty() && out.state().is_empty());
@@ -75,7 +76,7 @@ fn a_wrong_mode_lists_the_valid_ones() {
     assert_eq!(
         out.errors(),
         [
-            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop. Did you mean \"start\"?"
+            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop, cleanup. Did you mean \"start\"?"
         ]
     );
 }

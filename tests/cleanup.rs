@@ -1,0 +1,122 @@
+//! `mode: cleanup`, the janitor of a scheduled workflow, against the local world: it removes what
+//! gpu-runner left behind, says why for each, and never touches anything else.
+
+mod support;
+
+use std::time::Duration;
+
+use support::Step;
+use world::{Options, World};
+
+#[test]
+fn cleanup_removes_only_what_gpu_runner_left_and_says_why() {
+    let world = World::start(Options::default()).unwrap();
+    // A healthy start, waiting for its GPU job: must survive.
+    let started = Step::mode("start").in_world(&world).run();
+    started.success();
+    let live_label = started.outputs()["label"].clone();
+    let live_id = started.outputs()["instance-id"].clone();
+
+    // Left behind by gpu-runner: an instance past its expires-at, an offline runner of a finished
+    // run, and a run whose job waits for a label no instance serves.
+    let expired = world.launch_tagged(&[
+        ("gpu-runner:label", "gpu-runner-11-1-expired"),
+        ("gpu-runner:repository", "octo/ml"),
+        ("gpu-runner:expires-at", "2026-01-01T00:00:00Z"),
+    ]);
+    world.offline_runner("gpu-runner-12-1-gone");
+    let stuck_run = 555;
+    let stuck_job = {
+        let mut gh = world.github.lock().unwrap();
+        let id = gh.queue_job(stuck_run, vec!["gpu-runner-555-1-lost".to_owned()], "true");
+        let job = gh.jobs.iter_mut().find(|j| j.id == id).unwrap();
+        job.created_at = chrono::Utc::now() - chrono::TimeDelta::minutes(45);
+        id
+    };
+    // Not gpu-runner's: an instance without its tags and someone's own offline runner.
+    let foreign = world.launch_tagged(&[("Name", "build-box")]);
+    world.offline_runner("build-box");
+
+    let dry = Step::mode("cleanup")
+        .in_world(&world)
+        .input("dry-run", "true")
+        .run();
+    dry.success();
+    assert!(
+        dry.summary.starts_with("### GPU runner: cleanup (dry run)"),
+        "{}",
+        dry.summary
+    );
+    assert_eq!(
+        dry.summary.matches("| would do (dry run) |").count(),
+        3,
+        "{}",
+        dry.summary
+    );
+    assert_eq!(world.live_instances().len(), 3, "a dry run changes nothing");
+    assert_eq!(world.registered_runners().len(), 3);
+
+    let out = Step::mode("cleanup").in_world(&world).run();
+    out.success();
+    let summary = &out.summary;
+    for row in [
+        format!(
+            "| terminate instance | {expired} | past its expires-at (2026-01-01T00:00:00Z) | terminated |"
+        ),
+        "| remove runner | gpu-runner-12-1-gone | offline, its run 12 is over and no instance serves it | removed |".to_owned(),
+        format!(
+            "| cancel workflow run | {stuck_run} | its job \"test\" has waited 45 min (queued-timeout-minutes: 30) for gpu-runner-555-1-lost, which no instance or runner serves | cancelled |"
+        ),
+    ] {
+        assert!(summary.contains(&row), "missing {row}\n{summary}");
+    }
+    assert!(
+        world.wait_until(Duration::from_secs(5), |w| {
+            let mut live = w.live_instances();
+            live.sort();
+            let mut want = vec![live_id.clone(), foreign.clone()];
+            want.sort();
+            live == want
+        }),
+        "{:?}",
+        world.live_instances()
+    );
+    let mut runners: Vec<String> = world
+        .registered_runners()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    runners.sort();
+    assert_eq!(runners, ["build-box", live_label.as_str()]);
+    assert_eq!(
+        world.job(stuck_job).unwrap().conclusion.as_deref(),
+        Some("cancelled")
+    );
+
+    // A second run finds nothing more to do.
+    let again = Step::mode("cleanup").in_world(&world).run();
+    again.success();
+    assert!(
+        again.summary.contains("Nothing to clean up."),
+        "{}",
+        again.summary
+    );
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+}
+
+#[test]
+fn cleanup_needs_a_region_and_says_which_inputs_are_its_own() {
+    let out = Step::mode("cleanup")
+        .input("github-token", support::TOKEN)
+        .input("max-age-minutes", "5")
+        .input("instance-type", "g5.xlarge")
+        .run();
+    out.failure();
+    let errors = out.errors().join("\n");
+    assert!(errors.contains("Missing input%3A aws-region"), "{errors}");
+    assert!(errors.contains("max-age-minutes is \"5\""), "{errors}");
+}
