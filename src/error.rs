@@ -36,6 +36,9 @@ pub enum Error {
     /// A failure after launch, and what was done about what had been launched.
     #[error("{cause} {rollback}")]
     AfterLaunch { cause: Box<Error>, rollback: String },
+    /// Every capacity candidate was refused.
+    #[error("no candidate had capacity")]
+    NoCapacity { tried: Vec<Refusal> },
     /// The workflow was cancelled while this step ran.
     #[error("cancelled ({signal}) {stage}. {rollback}")]
     Cancelled {
@@ -43,6 +46,14 @@ pub enum Error {
         stage: &'static str,
         rollback: String,
     },
+}
+
+/// A capacity candidate AWS refused, and what its error code means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub candidate: String,
+    pub code: String,
+    pub advice: String,
 }
 
 impl Error {
@@ -87,6 +98,23 @@ impl Error {
                     ));
                 }
                 one("The GPU runner did not come online", what, fix.clone())
+            }
+            Error::NoCapacity { tried } => {
+                let rows: Vec<String> = tried
+                    .iter()
+                    .map(|r| format!("- {} → {} → {}", r.candidate, r.code, r.advice))
+                    .collect();
+                one(
+                    "No GPU capacity",
+                    format!(
+                        "AWS refused every candidate, in this order:\n{}",
+                        rows.join("\n")
+                    ),
+                    "Capacity comes and goes: re-run the job, or widen the search with more \
+                     instance-type and subnet-id entries (other zones), or market-type: \
+                     spot-then-on-demand."
+                        .to_owned(),
+                )
             }
             Error::Cancelled {
                 signal,

@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
-use crate::inputs::{ImageRef, StartInputs};
+use crate::inputs::{ImageRef, MarketType, StartInputs};
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
 pub mod tag {
@@ -99,14 +99,22 @@ pub fn launch_plan(
     } else {
         inputs.subnet_ids.iter().cloned().map(Some).collect()
     };
-    let candidates = inputs
-        .instance_types
+    let markets: &[Market] = match inputs.market_type {
+        MarketType::OnDemand => &[Market::OnDemand],
+        MarketType::Spot => &[Market::Spot],
+        MarketType::SpotThenOnDemand => &[Market::Spot, Market::OnDemand],
+    };
+    // Preference order: market first (all spot before any on-demand), then type, then subnet.
+    let candidates = markets
         .iter()
-        .flat_map(|instance_type| {
-            subnets.iter().map(move |subnet_id| Candidate {
-                instance_type: instance_type.clone(),
-                subnet_id: subnet_id.clone(),
-                market: Market::OnDemand,
+        .flat_map(|market| {
+            let subnets = &subnets;
+            inputs.instance_types.iter().flat_map(move |instance_type| {
+                subnets.iter().map(move |subnet_id| Candidate {
+                    instance_type: instance_type.clone(),
+                    subnet_id: subnet_id.clone(),
+                    market: *market,
+                })
             })
         })
         .collect();
@@ -323,6 +331,43 @@ mod tests {
     /// Snapshots outlive version bumps.
     fn versionless(text: String) -> String {
         text.replace(env!("CARGO_PKG_VERSION"), "[version]")
+    }
+
+    #[test]
+    fn spot_then_on_demand_tries_every_spot_candidate_first() {
+        let inputs = start_inputs(&[
+            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
+            (
+                "INPUT_SUBNET-ID",
+                "subnet-0aaaaaaaaaaaaaaaa, subnet-0bbbbbbbbbbbbbbbb",
+            ),
+            ("INPUT_MARKET-TYPE", "spot-then-on-demand"),
+        ]);
+        let plan = launch_plan(&inputs, &ctx(), now(), "a1b2c3d4");
+        let order: Vec<String> = plan.candidates.iter().map(Candidate::describe).collect();
+        assert_eq!(
+            order,
+            [
+                "g5.xlarge in subnet-0aaaaaaaaaaaaaaaa (spot)",
+                "g5.xlarge in subnet-0bbbbbbbbbbbbbbbb (spot)",
+                "g4dn.xlarge in subnet-0aaaaaaaaaaaaaaaa (spot)",
+                "g4dn.xlarge in subnet-0bbbbbbbbbbbbbbbb (spot)",
+                "g5.xlarge in subnet-0aaaaaaaaaaaaaaaa (on-demand)",
+                "g5.xlarge in subnet-0bbbbbbbbbbbbbbbb (on-demand)",
+                "g4dn.xlarge in subnet-0aaaaaaaaaaaaaaaa (on-demand)",
+                "g4dn.xlarge in subnet-0bbbbbbbbbbbbbbbb (on-demand)",
+            ]
+        );
+        let spot = launch_plan(
+            &start_inputs(&[("INPUT_MARKET-TYPE", "spot")]),
+            &ctx(),
+            now(),
+            "a1b2c3d4",
+        );
+        assert_eq!(
+            spot.candidates.iter().map(|c| c.market).collect::<Vec<_>>(),
+            [Market::Spot]
+        );
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! `Cloud` on EC2, with SSM for image parameters.
 
 use aws_config::SdkConfig;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceLifecycleType, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
-    VolumeType,
+    InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification, VolumeType,
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged};
+use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged, capacity_advice};
 use crate::inputs::ImageRef;
 use crate::plan::{Market, tag};
 
@@ -42,6 +46,32 @@ where
             .message()
             .map(str::to_owned)
             .unwrap_or_else(|| DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// EC2 answers a capacity refusal with HTTP 500, which the SDK would retry in place, six times
+/// with backoff; the next candidate is the better bet, so a refusal is never retried.
+#[derive(Debug)]
+struct NoRetryOnCapacity;
+
+impl ClassifyRetry for NoRetryOnCapacity {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let code = ctx
+            .output_or_error()
+            .and_then(|r| r.err())
+            .and_then(|e| e.as_operation_error())
+            .and_then(|e| e.downcast_ref::<RunInstancesError>())
+            .and_then(|e| e.code());
+        match code {
+            Some(code) if capacity_advice(code, "", Market::OnDemand).is_some() => {
+                RetryAction::RetryForbidden
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "gpu-runner: no retry on capacity refusals"
     }
 }
 
@@ -167,6 +197,20 @@ impl Cloud for Ec2 {
             .set_subnet_id(request.candidate.subnet_id.clone())
             .client_token(request.client_token)
             .dry_run(request.dry_run);
+        if request.candidate.market == Market::Spot {
+            // One-time spot: when AWS takes the capacity back, the instance ends, as on shutdown.
+            run = run.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
         if !plan.security_group_ids.is_empty() {
             run = run.set_security_group_ids(Some(plan.security_group_ids.clone()));
         }
@@ -194,6 +238,10 @@ impl Cloud for Ec2 {
             );
         }
         let out = run
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_classifier(NoRetryOnCapacity),
+            )
             .send()
             .await
             .map_err(|e| cloud_error("RunInstances", e))?;

@@ -141,6 +141,59 @@ impl CloudError {
     }
 }
 
+/// The Service Quotas name of the vCPU quota an instance type counts against.
+fn vcpu_quota(instance_type: &str, market: Market) -> String {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    let group = match family.chars().next() {
+        Some('g') => "G and VT",
+        Some('v') if family.starts_with("vt") => "G and VT",
+        Some('p') => "P",
+        Some('f') => "F",
+        Some('i') if family.starts_with("inf") => "Inf",
+        Some('t') if family.starts_with("trn") => "Trn",
+        _ => "Standard (A, C, D, H, I, M, R, T, Z)",
+    };
+    match market {
+        Market::OnDemand => format!("Running On-Demand {group} instances"),
+        Market::Spot => format!("All {group} Spot Instance Requests"),
+    }
+}
+
+/// For an AWS error that means "no capacity here, now" (the next candidate may work): what it
+/// means and what to do. `None` for every other error, which stops the launch at once.
+pub fn capacity_advice(code: &str, instance_type: &str, market: Market) -> Option<String> {
+    let advice = match code {
+        "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
+            "AWS has no free capacity of this type in this zone right now: list more instance \
+             types, or subnets in other zones, or allow spot"
+                .to_owned()
+        }
+        "Unsupported" => "this type is not offered in this zone (or not in this market): add \
+            subnets in other zones"
+            .to_owned(),
+        "InstanceLimitExceeded" => "the account's instance limit in this region is reached: \
+            end unused instances or ask AWS for a higher limit"
+            .to_owned(),
+        "VcpuLimitExceeded" => format!(
+            "the vCPU quota is used up: request an increase of \"{}\" in Service Quotas",
+            vcpu_quota(instance_type, market)
+        ),
+        "MaxSpotInstanceCountExceeded" => format!(
+            "the account's spot limit is reached: request an increase of \"{}\" in Service \
+             Quotas, or use market-type: spot-then-on-demand",
+            vcpu_quota(instance_type, Market::Spot)
+        ),
+        "SpotMaxPriceTooLow" => "the spot price is above the maximum price: use market-type: \
+            spot-then-on-demand or on-demand"
+            .to_owned(),
+        "InsufficientFreeAddressesInSubnet" => {
+            "the subnet has no free IP addresses: add another subnet".to_owned()
+        }
+        _ => return None,
+    };
+    Some(advice)
+}
+
 pub trait Cloud {
     /// An AMI id as is; an `ssm:` parameter read to the AMI id it holds.
     fn resolve_image(
@@ -176,4 +229,47 @@ pub trait Cloud {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<String>, CloudError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_errors_name_the_quota_to_raise_and_others_stop_the_search() {
+        let advice = |code, t, m| capacity_advice(code, t, m).unwrap_or_default();
+        assert!(
+            advice("VcpuLimitExceeded", "g5.xlarge", Market::OnDemand)
+                .contains("\"Running On-Demand G and VT instances\"")
+        );
+        assert!(
+            advice("VcpuLimitExceeded", "p5.48xlarge", Market::Spot)
+                .contains("\"All P Spot Instance Requests\"")
+        );
+        assert!(advice("SpotMaxPriceTooLow", "g5.xlarge", Market::Spot).contains("spot-then"));
+        for code in [
+            "InsufficientInstanceCapacity",
+            "Unsupported",
+            "InstanceLimitExceeded",
+            "MaxSpotInstanceCountExceeded",
+            "InsufficientFreeAddressesInSubnet",
+        ] {
+            assert!(
+                capacity_advice(code, "g5.xlarge", Market::OnDemand).is_some(),
+                "{code}"
+            );
+        }
+        for code in [
+            "UnauthorizedOperation",
+            "InvalidAMIID.NotFound",
+            "InvalidParameterValue",
+            "",
+        ] {
+            assert_eq!(
+                capacity_advice(code, "g5.xlarge", Market::OnDemand),
+                None,
+                "{code}"
+            );
+        }
+    }
 }

@@ -52,6 +52,15 @@ pub enum GithubAuth {
     App { app_id: String, private_key: Secret },
 }
 
+/// How start buys its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarketType {
+    OnDemand,
+    Spot,
+    /// Every spot candidate first, then every on-demand one.
+    SpotThenOnDemand,
+}
+
 /// Inputs every mode reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
@@ -70,6 +79,7 @@ pub struct StartInputs {
     pub image: ImageRef,
     /// Tried in order; empty means the default VPC's choice.
     pub subnet_ids: Vec<String>,
+    pub market_type: MarketType,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
     pub root_volume_size_gib: Option<u32>,
@@ -489,6 +499,13 @@ impl Reader<'_> {
                 }
             });
         let subnet_ids = self.list(&spec::SUBNET_ID, 16, values::subnet);
+        let market_type =
+            self.one(&spec::MARKET_TYPE, values::market_type)
+                .map(|m| match m.as_str() {
+                    "spot" => MarketType::Spot,
+                    "spot-then-on-demand" => MarketType::SpotThenOnDemand,
+                    _ => MarketType::OnDemand,
+                });
         let security_group_ids = self.list(&spec::SECURITY_GROUP_ID, 5, values::security_group);
         let iam_instance_profile = self.one(&spec::IAM_INSTANCE_PROFILE, values::instance_profile);
         let root_volume_size_gib = self.number(&spec::ROOT_VOLUME_SIZE, 8, 16384, "GiB");
@@ -525,6 +542,7 @@ impl Reader<'_> {
             instance_types,
             image: image?,
             subnet_ids,
+            market_type: market_type?,
             security_group_ids,
             iam_instance_profile,
             root_volume_size_gib,

@@ -74,6 +74,7 @@ pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
 pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
 pub const SUBNET_ID: Spec = Spec::new("subnet-id", Start, "");
+pub const MARKET_TYPE: Spec = Spec::new("market-type", Start, "on-demand");
 pub const SECURITY_GROUP_ID: Spec = Spec::new("security-group-id", Start, "");
 pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, "");
 pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
@@ -107,6 +108,7 @@ pub const ALL: &[Spec] = &[
     INSTANCE_TYPE,
     IMAGE_ID,
     SUBNET_ID,
+    MARKET_TYPE,
     SECURITY_GROUP_ID,
     IAM_INSTANCE_PROFILE,
     ROOT_VOLUME_SIZE,

@@ -802,3 +802,12 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
     );
     assert!(error(&[("INPUT_RUNNER-SHA256", "abc")]).contains("is not a SHA-256 hash"));
 }
+
+#[test]
+fn market_type_is_one_of_three() {
+    assert_eq!(
+        error(&[("INPUT_MARKET-TYPE", "spot-than-on-demand")]),
+        "Invalid input: market-type: market-type \"spot-than-on-demand\" is not a market type. Use \
+         one of: on-demand, spot, spot-then-on-demand. Did you mean spot-then-on-demand?"
+    );
+}

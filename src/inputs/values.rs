@@ -278,6 +278,19 @@ pub fn audience(v: &str) -> Result<(), Expect> {
     })
 }
 
+/// How to buy the instance: `on-demand`, `spot`, or spot first and on-demand when spot has none.
+pub fn market_type(v: &str) -> Result<(), Expect> {
+    const NAMES: [&str; 3] = ["on-demand", "spot", "spot-then-on-demand"];
+    if NAMES.contains(&v) {
+        return Ok(());
+    }
+    let mut fix = format!("Use one of: {}.", NAMES.join(", "));
+    if let Some(s) = closest(v, NAMES) {
+        fix.push_str(&format!(" Did you mean {s}?"));
+    }
+    Err(Expect::new("a market type", fix))
+}
+
 /// A GitHub App's numeric id, or its client id (`Iv…`), which GitHub also accepts as the JWT issuer.
 pub fn app_id(v: &str) -> Result<(), Expect> {
     let numeric = v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) && v != "0";

@@ -9,10 +9,10 @@ use crate::actions::{Actions, Annotation, Markdown};
 use crate::boot::{self, BootParams, RunnerPackage};
 use crate::clock::Clock;
 use crate::cloud::aws::Ec2;
-use crate::cloud::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged};
+use crate::cloud::{Cloud, Instance, InstanceState, LaunchRequest, Tagged, capacity_advice};
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
 use crate::inputs::StartInputs;
 use crate::modes::Github;
@@ -180,6 +180,8 @@ async fn connect(
 /// What a start measured, for the outputs and the summary.
 struct Online {
     instance: Instance,
+    /// The candidates tried before the one that launched.
+    refused: Vec<Refusal>,
     launch_to_running: Option<Duration>,
     launch_to_online: Duration,
 }
@@ -210,7 +212,7 @@ async fn register_launch_and_wait(
         plan.labels.join(", ")
     ));
     let jit = &jit;
-    let instance = {
+    let (instance, refused) = {
         let _group = actions.group("Launch");
         launch(plan, cloud, jit, image_id, package, actions).await?
     };
@@ -284,6 +286,7 @@ async fn register_launch_and_wait(
     }
     Ok(Online {
         instance,
+        refused,
         launch_to_running: running_after,
         launch_to_online: launch_time.elapsed(),
     })
@@ -297,8 +300,8 @@ async fn launch(
     image_id: &str,
     package: &RunnerPackage,
     actions: &Actions,
-) -> Result<Instance, Error> {
-    let mut refused: Vec<String> = Vec::new();
+) -> Result<(Instance, Vec<Refusal>), Error> {
+    let mut refused: Vec<Refusal> = Vec::new();
     for (n, candidate) in plan.candidates.iter().enumerate() {
         let user_data = user_data(
             plan,
@@ -323,36 +326,28 @@ async fn launch(
                     instance.id,
                     candidate.describe()
                 ));
-                return Ok(instance);
+                return Ok((instance, refused));
             }
-            Err(e) if is_capacity(&e) => {
+            Err(e) => {
+                let Some(advice) =
+                    capacity_advice(e.code(), &candidate.instance_type, candidate.market)
+                else {
+                    return Err(Error::cloud(e));
+                };
                 actions.info(&format!(
-                    "No capacity: {} ({})",
+                    "No capacity: {} ({}); trying the next candidate",
                     candidate.describe(),
                     e.code()
                 ));
-                refused.push(format!("{}: {}", candidate.describe(), e.code()));
+                refused.push(Refusal {
+                    candidate: candidate.describe(),
+                    code: e.code().to_owned(),
+                    advice,
+                });
             }
-            Err(e) => return Err(Error::cloud(e)),
         }
     }
-    Err(Error::cloud(CloudError {
-        operation: "RunInstances",
-        code: Some("InsufficientInstanceCapacity".to_owned()),
-        message: format!("no candidate had capacity: {}", refused.join("; ")),
-    }))
-}
-
-/// Errors that say "not here, not now": the next candidate may work.
-fn is_capacity(e: &CloudError) -> bool {
-    matches!(
-        e.code(),
-        "InsufficientInstanceCapacity"
-            | "Unsupported"
-            | "InstanceLimitExceeded"
-            | "VcpuLimitExceeded"
-            | "InsufficientCapacity"
-    )
+    Err(Error::NoCapacity { tried: refused })
 }
 
 async fn user_data(
@@ -424,6 +419,19 @@ fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Resul
             i.availability_zone.clone().unwrap_or_default(),
         ),
         ("Market", i.market.name().to_owned()),
+        (
+            "Tried first, without capacity",
+            if online.refused.is_empty() {
+                "nothing: the first candidate launched".to_owned()
+            } else {
+                online
+                    .refused
+                    .iter()
+                    .map(|r| format!("{} → {}", r.candidate, r.code))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        ),
         (
             "Launch → running",
             online

@@ -1,0 +1,154 @@
+//! Finding GPU capacity: start walks its candidates (type × subnet × market) past AWS's capacity
+//! refusals, says what it tried, and stops at once on anything else.
+
+mod support;
+
+use std::time::Duration;
+
+use support::Step;
+use world::{Fault, Options, Service, World};
+
+fn refuse(world: &World, code: &'static str, times: u32) {
+    world.faults.inject(
+        Service::Aws,
+        "RunInstances",
+        Fault::AwsError { code, status: 500 },
+        times,
+    );
+}
+
+#[test]
+fn start_lands_on_the_first_candidate_with_capacity_and_says_what_it_tried() {
+    let world = World::start(Options::default()).unwrap();
+    refuse(&world, "InsufficientInstanceCapacity", 1);
+    world.faults.inject(
+        Service::Aws,
+        "RunInstances",
+        Fault::AwsError {
+            code: "VcpuLimitExceeded",
+            status: 400,
+        },
+        1,
+    );
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("instance-type", "g5.xlarge, g6.xlarge, g4dn.xlarge")
+        .run();
+    started.success();
+    assert_eq!(started.outputs()["instance-type"], "g4dn.xlarge");
+    assert!(
+        started.summary.contains(
+            "| Tried first, without capacity | g5.xlarge in the default subnet (on-demand) → \
+             InsufficientInstanceCapacity; g6.xlarge in the default subnet (on-demand) → \
+             VcpuLimitExceeded |"
+        ),
+        "{}",
+        started.summary
+    );
+    assert_eq!(world.live_instances().len(), 1, "one launch, no strays");
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+}
+
+#[test]
+fn no_capacity_anywhere_is_a_table_of_what_was_tried_and_leaves_nothing() {
+    let world = World::start(Options::default()).unwrap();
+    refuse(&world, "InsufficientInstanceCapacity", 2);
+    let out = Step::mode("start")
+        .in_world(&world)
+        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.starts_with(
+            "::error title=No GPU capacity::AWS refused every candidate, in this order:%0A\
+             - g5.xlarge in the default subnet (on-demand) → InsufficientInstanceCapacity → AWS \
+             has no free capacity of this type in this zone right now"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("%0A- g4dn.xlarge in the default subnet (on-demand) →"),
+        "{error}"
+    );
+    assert!(
+        error.contains("market-type: spot-then-on-demand"),
+        "{error}"
+    );
+    assert!(error.contains("Rolled back: runner gpu-runner-"), "{error}");
+    assert!(world.instances().is_empty());
+    assert_eq!(world.registered_runners(), []);
+}
+
+#[test]
+fn spot_then_on_demand_falls_back_when_spot_is_refused() {
+    let world = World::start(Options::default()).unwrap();
+    refuse(&world, "SpotMaxPriceTooLow", 1);
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("market-type", "spot-then-on-demand")
+        .run();
+    started.success();
+    assert_eq!(started.outputs()["market"], "on-demand");
+    assert!(
+        started
+            .summary
+            .contains("g4dn.xlarge in the default subnet (spot) → SpotMaxPriceTooLow"),
+        "{}",
+        started.summary
+    );
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    assert!(world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty()));
+}
+
+#[test]
+fn spot_when_there_is_spot_and_permission_errors_stop_the_search() {
+    let world = World::start(Options::default()).unwrap();
+    let spot = Step::mode("start")
+        .in_world(&world)
+        .input("market-type", "spot")
+        .run();
+    spot.success();
+    assert_eq!(spot.outputs()["market"], "spot");
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&spot)
+        .run()
+        .success();
+
+    world.faults.inject(
+        Service::Aws,
+        "RunInstances",
+        Fault::AwsError {
+            code: "UnauthorizedOperation",
+            status: 403,
+        },
+        1,
+    );
+    let denied = Step::mode("start")
+        .in_world(&world)
+        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .run();
+    denied.failure();
+    let error = denied.errors().join("\n");
+    assert!(
+        error.starts_with("::error title=AWS RunInstances failed::"),
+        "{error}"
+    );
+    assert_eq!(
+        world.faults.fired().len(),
+        1,
+        "the second candidate was not tried: {:?}",
+        world.faults.fired()
+    );
+    assert!(world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty()));
+    assert_eq!(world.registered_runners(), []);
+}
