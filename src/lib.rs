@@ -16,5 +16,6 @@ pub mod logging;
 pub mod modes;
 pub mod oidc;
 pub mod plan;
+pub mod pricing;
 pub mod retry;
 pub mod secret;

@@ -118,6 +118,13 @@ fn spot_when_there_is_spot_and_permission_errors_stop_the_search() {
         .run();
     spot.success();
     assert_eq!(spot.outputs()["market"], "spot");
+    let zone = spot.outputs()["availability-zone"].clone();
+    assert!(
+        spot.summary
+            .contains(&format!("(current spot price in {zone}) |")),
+        "{}",
+        spot.summary
+    );
     Step::mode("stop")
         .in_world(&world)
         .outputs_of(&spot)

@@ -83,6 +83,13 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
     assert_eq!(outputs["instance-ids"], format!("[\"{id}\"]"));
     assert!(started.summary.starts_with("### GPU runner online"));
     assert!(started.summary.contains("| Launch → runner online |"));
+    assert!(
+        started
+            .summary
+            .contains("| Hourly price | $1.006/h (on-demand list price in us-east-1) |"),
+        "{}",
+        started.summary
+    );
     assert_eq!(started.state()["online"], "true");
 
     // The instance as launched: tags, IMDSv2 with hop limit 1, no key pair, the boot script.
@@ -169,7 +176,7 @@ fn stop_with_only_the_label_finds_the_instance_and_its_runner() {
     assert!(
         stopped
             .summary
-            .contains(&format!("| {id} | instance | terminated")),
+            .contains(&format!("| {id} | instance | terminated after 0 min (≈ $0.00 at $0.526/h (on-demand list price in us-east-1)) |")),
         "{}",
         stopped.summary
     );
@@ -535,7 +542,7 @@ fn a_github_failure_in_stop_still_terminates_the_instance() {
     assert!(
         stopped
             .summary
-            .contains(&format!("| {id} | instance | terminated")),
+            .contains(&format!("| {id} | instance | terminated after 0 min (≈ $0.00 at $0.526/h (on-demand list price in us-east-1)) |")),
         "{}",
         stopped.summary
     );

@@ -330,6 +330,33 @@ impl Cloud for Ec2 {
         }
     }
 
+    async fn spot_price(&self, instance_type: &str, zone: &str) -> Option<f64> {
+        let out = self
+            .ec2
+            .describe_spot_price_history()
+            .instance_types(InstanceType::from(instance_type))
+            .availability_zone(zone)
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_sdk_ec2::primitives::DateTime::from(
+                std::time::SystemTime::now(),
+            ))
+            .send()
+            .await;
+        match out {
+            Ok(out) => out
+                .spot_price_history()
+                .iter()
+                .max_by_key(|p| p.timestamp().map(|t| t.secs()))
+                .and_then(|p| p.spot_price())
+                .and_then(|p| p.parse().ok()),
+            Err(e) => {
+                let e = cloud_error("DescribeSpotPriceHistory", e);
+                tracing::warn!(error = %e, "could not read the spot price");
+                None
+            }
+        }
+    }
+
     async fn console_output(&self, id: &str) -> Result<Option<String>, CloudError> {
         let out = self
             .ec2

@@ -224,6 +224,13 @@ pub trait Cloud {
     /// Terminates; instances already gone are not an error.
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), CloudError>> + Send;
 
+    /// The current spot price (USD per hour) of this type in this zone, when the cloud says.
+    fn spot_price(
+        &self,
+        instance_type: &str,
+        zone: &str,
+    ) -> impl Future<Output = Option<f64>> + Send;
+
     /// The tail of the instance's console, to show why a boot failed.
     fn console_output(
         &self,

@@ -20,6 +20,7 @@ use crate::modes::post::state;
 use crate::modes::signals::Cancel;
 use crate::modes::teardown::{self, Teardown};
 use crate::plan::{self, LaunchPlan};
+use crate::pricing::{self, Price};
 use crate::secret::Secret;
 
 /// How often start looks at the runner and the instance while it waits.
@@ -182,6 +183,7 @@ struct Online {
     instance: Instance,
     /// The candidates tried before the one that launched.
     refused: Vec<Refusal>,
+    price: Option<Price>,
     launch_to_running: Option<Duration>,
     launch_to_online: Duration,
 }
@@ -284,9 +286,17 @@ async fn register_launch_and_wait(
         }
         clock.sleep(POLL).await;
     }
+    let price = pricing::price(
+        cloud,
+        &instance.instance_type,
+        instance.market,
+        instance.availability_zone.as_deref(),
+    )
+    .await;
     Ok(Online {
         instance,
         refused,
+        price,
         launch_to_running: running_after,
         launch_to_online: launch_time.elapsed(),
     })
@@ -419,6 +429,19 @@ fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Resul
             i.availability_zone.clone().unwrap_or_default(),
         ),
         ("Market", i.market.name().to_owned()),
+        (
+            "Hourly price",
+            online
+                .price
+                .as_ref()
+                .map(Price::describe)
+                .unwrap_or_else(|| {
+                    format!(
+                        "unknown: gpu-runner has no list price for {}",
+                        i.instance_type
+                    )
+                }),
+        ),
         (
             "Tried first, without capacity",
             if online.refused.is_empty() {

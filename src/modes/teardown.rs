@@ -10,6 +10,7 @@ use crate::cloud::{Cloud, CloudError, Instance, Tagged};
 use crate::error::Error;
 use crate::github::{Removal, Runner, RunnerRegistry};
 use crate::modes::Github;
+use crate::pricing;
 
 /// One thing looked at, and what was done to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +72,19 @@ impl Teardown {
         match cloud.terminate(&ids).await {
             Ok(()) => {
                 for i in live {
-                    let ran = i
-                        .launched_at
-                        .map(|t| format!(" after {} min", (Utc::now() - t).num_minutes().max(0)))
-                        .unwrap_or_default();
+                    let minutes = i.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
+                    let price = pricing::price(
+                        cloud,
+                        &i.instance_type,
+                        i.market,
+                        i.availability_zone.as_deref(),
+                    )
+                    .await;
+                    let ran = match (minutes, price) {
+                        (Some(m), Some(p)) => format!(" after {m} min ({})", p.cost(m)),
+                        (Some(m), None) => format!(" after {m} min"),
+                        _ => String::new(),
+                    };
                     self.row(&i.id, "instance", format!("terminated{ran}"), true);
                 }
             }

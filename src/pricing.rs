@@ -1,0 +1,101 @@
+//! What an instance costs, for the summaries: on-demand from a list of common GPU types' public
+//! list prices, spot from EC2's current spot price. A price is information, never a reason to
+//! fail: when none is known, the summary says so.
+
+use crate::cloud::Cloud;
+use crate::plan::Market;
+
+/// On-demand list prices in us-east-1, Linux, USD per hour, as AWS published them (2025). Other
+/// regions differ by a few tens of percent; the summary says which this is.
+const ON_DEMAND_US_EAST_1: &[(&str, f64)] = &[
+    ("g4dn.xlarge", 0.526),
+    ("g4dn.2xlarge", 0.752),
+    ("g4dn.4xlarge", 1.204),
+    ("g4dn.8xlarge", 2.176),
+    ("g4dn.12xlarge", 3.912),
+    ("g4dn.16xlarge", 4.352),
+    ("g4dn.metal", 7.824),
+    ("g5.xlarge", 1.006),
+    ("g5.2xlarge", 1.212),
+    ("g5.4xlarge", 1.624),
+    ("g5.8xlarge", 2.448),
+    ("g5.12xlarge", 5.672),
+    ("g5.16xlarge", 4.096),
+    ("g5.24xlarge", 8.144),
+    ("g5.48xlarge", 16.288),
+    ("g6.xlarge", 0.8048),
+    ("g6.2xlarge", 0.9776),
+    ("g6.4xlarge", 1.3232),
+    ("g6.8xlarge", 2.0144),
+    ("g6.12xlarge", 4.6016),
+    ("g6.16xlarge", 3.3968),
+    ("g6.24xlarge", 6.6752),
+    ("g6.48xlarge", 13.3504),
+    ("p3.2xlarge", 3.06),
+    ("p3.8xlarge", 12.24),
+    ("p3.16xlarge", 24.48),
+];
+
+/// An hourly price and where it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub usd_per_hour: f64,
+    pub source: String,
+}
+
+impl Price {
+    pub fn describe(&self) -> String {
+        format!("${:.3}/h ({})", self.usd_per_hour, self.source)
+    }
+
+    /// The estimated cost of `minutes` at this price.
+    pub fn cost(&self, minutes: i64) -> String {
+        let usd = self.usd_per_hour * minutes.max(0) as f64 / 60.0;
+        format!("≈ ${usd:.2} at {}", self.describe())
+    }
+}
+
+pub fn on_demand_list_price(instance_type: &str) -> Option<Price> {
+    ON_DEMAND_US_EAST_1
+        .iter()
+        .find(|(t, _)| *t == instance_type)
+        .map(|(_, usd)| Price {
+            usd_per_hour: *usd,
+            source: "on-demand list price in us-east-1".to_owned(),
+        })
+}
+
+/// The price of an instance of this type and market, in this zone.
+pub async fn price(
+    cloud: &impl Cloud,
+    instance_type: &str,
+    market: Market,
+    zone: Option<&str>,
+) -> Option<Price> {
+    match market {
+        Market::OnDemand => on_demand_list_price(instance_type),
+        Market::Spot => {
+            let usd = cloud.spot_price(instance_type, zone?).await?;
+            Some(Price {
+                usd_per_hour: usd,
+                source: format!("current spot price in {}", zone.unwrap_or_default()),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_prices_and_costs_read_plainly() {
+        let p = on_demand_list_price("g4dn.xlarge").unwrap_or_else(|| panic!("priced"));
+        assert_eq!(p.describe(), "$0.526/h (on-demand list price in us-east-1)");
+        assert_eq!(
+            p.cost(90),
+            "≈ $0.79 at $0.526/h (on-demand list price in us-east-1)"
+        );
+        assert_eq!(on_demand_list_price("x9.unknown"), None);
+    }
+}
