@@ -120,7 +120,17 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
             .contains(&format!("readonly RUNNER_NAME='{label}'"))
     );
 
-    let job = world.queue_job(&[&label], "nvidia-smi && whoami");
+    assert!(
+        started.summary.contains(
+            "| GPU | 1 × Tesla T4, 15360 MiB, 535.183.01 (name, memory, driver); CUDA 12.2 |"
+        ),
+        "{}",
+        started.summary
+    );
+    let job = world.queue_job(
+        &[&label],
+        "nvidia-smi && whoami && echo \"gpu=$GPU_RUNNER_GPU_NAME x$GPU_RUNNER_GPU_COUNT cuda=$GPU_RUNNER_CUDA_VERSION\" && cat \"$GPU_RUNNER_GPU_JSON\"",
+    );
     let done = world.wait_until(Duration::from_secs(30), |w| {
         w.job(job).is_some_and(|j| j.status == "completed")
     });
@@ -137,6 +147,19 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
         job.output
     );
     assert_eq!(job.runner_name.as_deref(), Some(label.as_str()));
+    // The probe's findings reach the job: as variables and as a JSON file.
+    assert!(
+        job.output.contains("gpu=Tesla T4 x1 cuda=12.2\n"),
+        "{}",
+        job.output
+    );
+    assert!(
+        job.output.contains(
+            r#"{"name": "Tesla T4", "count": 1, "memory": "15360 MiB", "driver_version": "535.183.01", "cuda_version": "12.2"}"#
+        ),
+        "{}",
+        job.output
+    );
     // One job, then the instance ends itself.
     assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
 

@@ -59,7 +59,18 @@ gpu_count="$(printf '%s\n' "$gpus" | grep -c .)"
 if [ "$EXPECTED_GPUS" -gt 0 ] && [ "$gpu_count" -lt "$EXPECTED_GPUS" ]; then
   fail gpu-probe "nvidia-smi shows $gpu_count GPU(s) but $INSTANCE_TYPE has $EXPECTED_GPUS"
 fi
-log gpu-probe "status=ok gpus=$gpu_count first=\"$(printf '%s\n' "$gpus" | head -n 1)\""
+# What the job can rely on, written down once: for the runner's .env (the job's environment) and
+# as JSON. Fields come from nvidia-smi's CSV: name, memory.total, driver_version.
+first="$(printf '%s\n' "$gpus" | head -n 1)"
+gpu_name="$(printf '%s' "$first" | cut -d ',' -f 1 | sed 's/^ *//; s/ *$//')"
+gpu_memory="$(printf '%s' "$first" | cut -d ',' -f 2 | sed 's/^ *//; s/ *$//')"
+driver_version="$(printf '%s' "$first" | cut -d ',' -f 3 | sed 's/^ *//; s/ *$//')"
+cuda_version="$(nvidia-smi 2> /dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1 | cut -d ' ' -f 3 || true)"
+json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+printf '{"name": %s, "count": %s, "memory": %s, "driver_version": %s, "cuda_version": %s}\n' \
+  "$(json_string "$gpu_name")" "$gpu_count" "$(json_string "$gpu_memory")" \
+  "$(json_string "$driver_version")" "$(json_string "$cuda_version")" > "$STATE_DIR/gpu.json"
+log gpu-probe "status=ok gpus=$gpu_count first=\"$first\" cuda=${cuda_version:-unknown}"
 
 # 3. The user the runner (and so every job step) runs as.
 CURRENT_PHASE=runner-user
@@ -86,6 +97,15 @@ else
   rm -f "$tarball"
   log runner-fetch "status=ok version=$RUNNER_VERSION"
 fi
+# The runner adds its .env to every job's environment.
+{
+  printf 'GPU_RUNNER_GPU_NAME=%s\n' "$gpu_name"
+  printf 'GPU_RUNNER_GPU_COUNT=%s\n' "$gpu_count"
+  printf 'GPU_RUNNER_GPU_MEMORY=%s\n' "$gpu_memory"
+  printf 'GPU_RUNNER_DRIVER_VERSION=%s\n' "$driver_version"
+  printf 'GPU_RUNNER_CUDA_VERSION=%s\n' "$cuda_version"
+  printf 'GPU_RUNNER_GPU_JSON=%s\n' "$STATE_DIR/gpu.json"
+} >> "$RUNNER_DIR/.env"
 chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$STATE_DIR"
 
 # 5. The user's own preparation, as root.

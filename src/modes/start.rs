@@ -184,6 +184,8 @@ struct Online {
     /// The candidates tried before the one that launched.
     refused: Vec<Refusal>,
     price: Option<Price>,
+    /// What the boot script's GPU probe found, from the console, when it is there yet.
+    gpu: Option<String>,
     launch_to_running: Option<Duration>,
     launch_to_online: Duration,
 }
@@ -293,10 +295,12 @@ async fn register_launch_and_wait(
         instance.availability_zone.as_deref(),
     )
     .await;
+    let gpu = gpu_facts(cloud, &instance.id).await;
     Ok(Online {
         instance,
         refused,
         price,
+        gpu,
         launch_to_running: running_after,
         launch_to_online: launch_time.elapsed(),
     })
@@ -464,6 +468,12 @@ fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Resul
         ),
         ("Launch → runner online", secs(online.launch_to_online)),
         (
+            "GPU",
+            online.gpu.clone().unwrap_or_else(|| {
+                "not in the console yet: the job has it as GPU_RUNNER_GPU_* variables".to_owned()
+            }),
+        ),
+        (
             "Ends itself by",
             plan.expires_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -519,6 +529,22 @@ async fn roll_back(
     }
     actions.info(&text);
     text
+}
+
+/// The GPU probe's finding, from its console line
+/// `phase=gpu-probe status=ok gpus=N first="NAME, MEMORY, DRIVER" cuda=V`. EC2 may publish the
+/// console minutes late; then there is nothing to show yet.
+async fn gpu_facts(cloud: &impl Cloud, id: &str) -> Option<String> {
+    let text = cloud.console_output(id).await.ok()??;
+    let line = text
+        .lines()
+        .find(|l| l.contains("gpu-runner: phase=gpu-probe status=ok"))?;
+    let count = line.split("gpus=").nth(1)?.split(' ').next()?;
+    let first = line.split("first=\"").nth(1)?.split('"').next()?;
+    let cuda = line.split("cuda=").nth(1).unwrap_or("unknown");
+    Some(format!(
+        "{count} × {first} (name, memory, driver); CUDA {cuda}"
+    ))
 }
 
 async fn console_tail(cloud: &impl Cloud, id: &str) -> Vec<String> {

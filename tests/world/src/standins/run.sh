@@ -42,6 +42,13 @@ if [ "${GPU_SIM_RUNNER:-}" = crash-mid-job ]; then
   echo "Runner.Worker crashed: Unhandled exception (the world says this runner crashes mid-job)"
   exit 134
 fi
+# Like the real runner: KEY=VALUE lines of .env beside run.sh join the job's environment.
+env_file="$(dirname "$0")/.env"
+if [ -f "$env_file" ]; then
+  while IFS='=' read -r key value; do
+    [ -n "$key" ] && export "$key=$value"
+  done < "$env_file"
+fi
 output="$(mktemp)"
 code=0
 bash -c "$script" > "$output" 2>&1 || code=$?
