@@ -13,6 +13,8 @@ use crate::inputs::{ImageRef, MarketType, StartInputs};
 pub mod tag {
     pub const NAME: &str = "Name";
     pub const LABEL: &str = "gpu-runner:label";
+    /// The runner the instance serves (its name): the label, unless the start made several.
+    pub const RUNNER: &str = "gpu-runner:runner";
     pub const REPOSITORY: &str = "gpu-runner:repository";
     pub const RUN_ID: &str = "gpu-runner:run-id";
     pub const RUN_ATTEMPT: &str = "gpu-runner:run-attempt";
@@ -44,13 +46,24 @@ pub struct Candidate {
     pub market: Market,
 }
 
+/// One runner of the plan, and the instance it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerSpec {
+    /// Also its own label when there are several.
+    pub name: String,
+    pub labels: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
-    /// Unique to this start: the label the GPU job's `runs-on` names.
+    /// Unique to this start: the label the GPU job's `runs-on` names, shared by all its runners.
     pub label: String,
     /// The unique label, then the user's extra labels.
     pub labels: Vec<String>,
-    pub runner_name: String,
+    /// One per instance (`count`). With one, its name is the label; with several, each is named
+    /// `<label>-<n>` and carries that name as a label of its own too.
+    pub runners: Vec<RunnerSpec>,
+    pub allow_partial: bool,
     pub region: String,
     pub image: ImageRef,
     pub candidates: Vec<Candidate>,
@@ -137,8 +150,25 @@ pub fn launch_plan(
         tags.insert(key.to_owned(), value);
     }
 
+    let runners = if inputs.count <= 1 {
+        vec![RunnerSpec {
+            name: label.clone(),
+            labels: labels.clone(),
+        }]
+    } else {
+        (1..=inputs.count)
+            .map(|n| {
+                let name = format!("{label}-{n}");
+                let mut own = vec![label.clone(), name.clone()];
+                own.extend(inputs.labels.iter().cloned());
+                RunnerSpec { name, labels: own }
+            })
+            .collect()
+    };
+
     LaunchPlan {
-        runner_name: label.clone(),
+        runners,
+        allow_partial: inputs.allow_partial,
         label,
         labels,
         region: inputs.region.clone(),
@@ -176,7 +206,14 @@ impl LaunchPlan {
         vec![
             ("Label", self.label.clone()),
             ("All labels", self.labels.join(", ")),
-            ("Runner name", self.runner_name.clone()),
+            (
+                "Runner name",
+                self.runners
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("Region", self.region.clone()),
             ("Image", self.image.to_string()),
             (

@@ -159,3 +159,118 @@ fn spot_when_there_is_spot_and_permission_errors_stop_the_search() {
     assert!(world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty()));
     assert_eq!(world.registered_runners(), []);
 }
+
+fn refuse_once_for_good(world: &World) {
+    world.faults.inject(
+        Service::Aws,
+        "RunInstances",
+        Fault::AwsError {
+            code: "InvalidParameterValue",
+            status: 400,
+        },
+        1,
+    );
+}
+
+#[test]
+fn count_four_starts_four_runners_that_share_the_label_and_stop_removes_all() {
+    let world = World::start(Options::default()).unwrap();
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("count", "4")
+        .run();
+    started.success();
+    let outputs = started.outputs();
+    let label = outputs["label"].clone();
+    let ids: Vec<String> = serde_json::from_str(&outputs["instance-ids"]).unwrap();
+    let names: Vec<String> = serde_json::from_str(&outputs["runner-names"]).unwrap();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(
+        names,
+        (1..=4).map(|n| format!("{label}-{n}")).collect::<Vec<_>>()
+    );
+    let runners = world.registered_runners();
+    assert_eq!(runners.len(), 4);
+    for r in &runners {
+        assert!(
+            r.labels.contains(&label) && r.labels.contains(&r.name),
+            "{r:?}"
+        );
+    }
+    assert!(
+        started
+            .summary
+            .contains("4 runners, each with its own label"),
+        "{}",
+        started.summary
+    );
+
+    // A matrix of four GPU jobs on the shared label: each runner takes one.
+    let jobs: Vec<u64> = (0..4)
+        .map(|_| world.queue_job(&[&label], "nvidia-smi"))
+        .collect();
+    assert!(world.wait_until(Duration::from_secs(30), |w| {
+        jobs.iter()
+            .all(|j| w.job(*j).is_some_and(|j| j.status == "completed"))
+    }));
+    let mut ran_on: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| world.job(*j).and_then(|j| j.runner_name))
+        .collect();
+    ran_on.sort();
+    assert_eq!(ran_on, names);
+
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
+    assert_eq!(world.registered_runners(), []);
+}
+
+#[test]
+fn one_of_four_failing_rolls_back_all_four() {
+    let world = World::start(Options::default()).unwrap();
+    refuse_once_for_good(&world);
+    let out = Step::mode("start")
+        .in_world(&world)
+        .input("count", "4")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("InvalidParameterValue") && error.contains("Rolled back:"),
+        "{error}"
+    );
+    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
+    assert_eq!(world.registered_runners(), []);
+}
+
+#[test]
+fn allow_partial_keeps_the_three_that_came_online() {
+    let world = World::start(Options::default()).unwrap();
+    refuse_once_for_good(&world);
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("count", "4")
+        .input("allow-partial", "true")
+        .run();
+    started.success();
+    let warning = started.commands("warning").join("\n");
+    assert!(
+        warning.contains("3 of 4 GPU runners came online; the others were removed (allow-partial)"),
+        "{warning}"
+    );
+    let ids: Vec<String> = serde_json::from_str(&started.outputs()["instance-ids"]).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(world.live_instances().len(), 3);
+    assert_eq!(world.registered_runners().len(), 3);
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
+    assert_eq!(world.registered_runners(), []);
+}

@@ -41,6 +41,7 @@ struct Runs {
 const OUTPUTS: &[&str] = &[
     "label",
     "labels",
+    "runner-names",
     "instance-id",
     "instance-ids",
     "region",

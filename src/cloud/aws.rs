@@ -169,6 +169,7 @@ impl Cloud for Ec2 {
         let tags: Vec<Tag> = plan
             .tags
             .iter()
+            .chain([(&tag::RUNNER.to_owned(), &request.runner_name.to_owned())])
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         let tag_specs = [ResourceType::Instance, ResourceType::Volume].map(|kind| {

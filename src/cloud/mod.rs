@@ -46,9 +46,17 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The `gpu-runner:label` tag: the label (and runner name) of the start that launched it.
+    /// The `gpu-runner:label` tag: the label of the start that launched it.
     pub fn label(&self) -> Option<&str> {
         self.tags.get(tag::LABEL).map(String::as_str)
+    }
+
+    /// The name of the runner it serves: its `gpu-runner:runner` tag, else (one runner) the label.
+    pub fn runner_name(&self) -> Option<&str> {
+        self.tags
+            .get(tag::RUNNER)
+            .map(String::as_str)
+            .or_else(|| self.label())
     }
 
     /// The `gpu-runner:expires-at` tag: when its boot script ends it at the latest.
@@ -75,6 +83,8 @@ pub enum Tagged<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchRequest<'a> {
     pub plan: &'a LaunchPlan,
+    /// The runner the instance is for (tagged `gpu-runner:runner`).
+    pub runner_name: &'a str,
     pub candidate: &'a Candidate,
     pub image_id: &'a str,
     /// The boot script; it carries the runner's JIT config, so it is never logged.

@@ -80,6 +80,10 @@ pub struct StartInputs {
     /// Tried in order; empty means the default VPC's choice.
     pub subnet_ids: Vec<String>,
     pub market_type: MarketType,
+    /// How many instances, each with its own runner.
+    pub count: u32,
+    /// With several instances: keep the ones that came online when others failed.
+    pub allow_partial: bool,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
     pub root_volume_size_gib: Option<u32>,
@@ -506,11 +510,15 @@ impl Reader<'_> {
                     "spot-then-on-demand" => MarketType::SpotThenOnDemand,
                     _ => MarketType::OnDemand,
                 });
+        let count = self.number(&spec::COUNT, 1, 32, "instances");
+        let allow_partial = self.boolean(&spec::ALLOW_PARTIAL);
         let security_group_ids = self.list(&spec::SECURITY_GROUP_ID, 5, values::security_group);
         let iam_instance_profile = self.one(&spec::IAM_INSTANCE_PROFILE, values::instance_profile);
         let root_volume_size_gib = self.number(&spec::ROOT_VOLUME_SIZE, 8, 16384, "GiB");
-        // GitHub allows 100 labels per runner, and gpu-runner adds its unique one.
-        let labels = self.list(&spec::LABELS, 99, values::label);
+        // GitHub allows 100 labels per runner; gpu-runner adds its unique one, and with several
+        // instances each runner's own label too.
+        let own = if count.is_some_and(|c| c > 1) { 2 } else { 1 };
+        let labels = self.list(&spec::LABELS, 100 - own, values::label);
         let tags = self.tags();
         let runner_user = self.one(&spec::RUNNER_USER, values::linux_user);
         let pre_runner_script = self.value(&spec::PRE_RUNNER_SCRIPT);
@@ -543,6 +551,8 @@ impl Reader<'_> {
             image: image?,
             subnet_ids,
             market_type: market_type?,
+            count: count?,
+            allow_partial,
             security_group_ids,
             iam_instance_profile,
             root_volume_size_gib,

@@ -75,6 +75,8 @@ pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge")
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
 pub const SUBNET_ID: Spec = Spec::new("subnet-id", Start, "");
 pub const MARKET_TYPE: Spec = Spec::new("market-type", Start, "on-demand");
+pub const COUNT: Spec = Spec::new("count", Start, "1");
+pub const ALLOW_PARTIAL: Spec = Spec::new("allow-partial", Start, "false");
 pub const SECURITY_GROUP_ID: Spec = Spec::new("security-group-id", Start, "");
 pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, "");
 pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
@@ -109,6 +111,8 @@ pub const ALL: &[Spec] = &[
     IMAGE_ID,
     SUBNET_ID,
     MARKET_TYPE,
+    COUNT,
+    ALLOW_PARTIAL,
     SECURITY_GROUP_ID,
     IAM_INSTANCE_PROFILE,
     ROOT_VOLUME_SIZE,

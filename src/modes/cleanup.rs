@@ -107,7 +107,7 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
     let mut actions = Vec::new();
 
     for i in &live {
-        let label = i.label().unwrap_or_default();
+        let label = i.runner_name().unwrap_or_default();
         let age = i.launched_at.map(|t| now - t);
         let reason = if let Some(expires) = i.expires_at().filter(|e| *e < now) {
             format!("past its expires-at ({})", stamp(expires))

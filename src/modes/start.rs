@@ -1,7 +1,10 @@
 //! `mode: start`: register a one-job runner, launch its GPU instance, wait until the runner is
 //! online. Any failure after registration removes what was created, unless `keep-on-failure`.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
 
 use chrono::{DateTime, Utc};
 
@@ -19,7 +22,7 @@ use crate::modes::Github;
 use crate::modes::post::state;
 use crate::modes::signals::Cancel;
 use crate::modes::teardown::{self, Teardown};
-use crate::plan::{self, LaunchPlan};
+use crate::plan::{self, LaunchPlan, RunnerSpec};
 use crate::pricing::{self, Price};
 use crate::secret::Secret;
 
@@ -87,67 +90,143 @@ pub async fn run(
     actions.save_state(state::LABEL, &plan.label)?;
     actions.save_state(state::REGION, &plan.region)?;
     let clock = Clock::from_env(env);
-    let mut launched: Option<Instance> = None;
+    let launched = Launched::default();
     let outcome = tokio::select! {
-        outcome = register_launch_and_wait(
-            &plan,
-            cloud,
-            github,
-            image_id,
-            &package,
-            actions,
-            clock,
-            &mut launched,
-        ) => Ok(outcome),
+        results = async {
+            let _group = actions.group(&format!(
+                "Launching {} GPU runner(s) and waiting for them",
+                plan.runners.len()
+            ));
+            join_all(plan.runners.iter().map(|runner| {
+                register_launch_and_wait(
+                    &plan, runner, cloud, github, image_id, &package, actions, clock, &launched,
+                )
+            }))
+            .await
+        } => Ok(results),
         signal = cancel.cancelled() => Err(signal),
     };
-    match outcome {
-        Ok(Ok(online)) => report_online(&plan, &online, actions),
-        Ok(Err(cause)) if plan.keep_on_failure && launched.is_some() => {
-            // The instance stays for debugging; the runner, which can never take a job now, goes.
-            let mut t = Teardown::default();
-            t.remove_runners(github, std::slice::from_ref(&plan.label), None)
-                .await;
-            let kept = launched.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
-            let mut rollback = format!(
-                "Left behind: kept {kept} for debugging (keep-on-failure); it ends itself by {}, \
-                 or run mode: stop with label {}.",
-                plan.expires_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                plan.label
-            );
-            if let Some(e) = t.error {
-                rollback.push_str(&format!(
-                    " Its runner could not be removed ({e}): delete it under Settings → Actions \
-                     → Runners."
-                ));
-            }
-            Err(Error::AfterLaunch {
-                cause: Box::new(cause),
-                rollback,
-            })
-        }
-        Ok(Err(cause)) => {
-            let rollback = roll_back(&plan, cloud, github, launched.as_ref(), actions).await;
-            Err(Error::AfterLaunch {
-                cause: Box::new(cause),
-                rollback,
-            })
-        }
+    let launched = launched.take();
+    let results = match outcome {
+        Ok(results) => results,
         Err(signal) => {
             // A cancel removes everything, keep-on-failure or not: the user asked for it to end.
-            let rollback = roll_back(&plan, cloud, github, launched.as_ref(), actions).await;
-            Err(Error::Cancelled {
+            let rollback = roll_back(&plan, cloud, github, &launched, actions).await;
+            return Err(Error::Cancelled {
                 signal,
-                stage: if launched.is_some() {
-                    "while the GPU runner was starting"
-                } else {
+                stage: if launched.is_empty() {
                     "while gpu-runner registered the runner and launched its instance"
+                } else {
+                    "while the GPU runner was starting"
                 },
                 rollback,
-            })
+            });
         }
+    };
+    let (online, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let online: Vec<Online> = online.into_iter().filter_map(Result::ok).collect();
+    let mut failed: Vec<(String, Error)> = failed.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        return report_online(&plan, &online, actions);
     }
+    if plan.allow_partial && !online.is_empty() {
+        return keep_partial(&plan, cloud, github, online, failed, actions).await;
+    }
+    let (_, cause) = failed.remove(0);
+    if plan.keep_on_failure && !launched.is_empty() {
+        // The instances stay for debugging; the runners, which can never take a job now, go.
+        let mut t = Teardown::default();
+        t.remove_runners(github, std::slice::from_ref(&plan.label), None)
+            .await;
+        let kept: Vec<&str> = launched.iter().map(|i| i.id.as_str()).collect();
+        let mut rollback = format!(
+            "Left behind: kept {} for debugging (keep-on-failure); it ends itself by {}, or run \
+             mode: stop with label {}.",
+            kept.join(", "),
+            plan.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            plan.label
+        );
+        if let Some(e) = t.error {
+            rollback.push_str(&format!(
+                " Its runner could not be removed ({e}): delete it under Settings → Actions → \
+                 Runners."
+            ));
+        }
+        return Err(Error::AfterLaunch {
+            cause: Box::new(cause),
+            rollback,
+        });
+    }
+    let rollback = roll_back(&plan, cloud, github, &launched, actions).await;
+    Err(Error::AfterLaunch {
+        cause: Box::new(cause),
+        rollback,
+    })
+}
+
+/// The instances launched so far, shared by the runners that launch in parallel: outputs, state
+/// and rollback need all of them.
+#[derive(Default)]
+struct Launched(Mutex<Vec<Instance>>);
+
+impl Launched {
+    /// Adds one and saves them all at once, so that the stop job and the post step can always
+    /// find every instance.
+    fn add(&self, plan: &LaunchPlan, instance: Instance, actions: &Actions) -> Result<(), Error> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(instance);
+        save_launch(plan, &all, actions)
+    }
+
+    fn take(&self) -> Vec<Instance> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Some runners came online, others did not, and `allow-partial` is set: the failed ones are
+/// removed, the rest stay, and the step succeeds with a warning.
+async fn keep_partial(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    github: &Github,
+    online: Vec<Online>,
+    failed: Vec<(String, Error)>,
+    actions: &Actions,
+) -> Result<(), Error> {
+    let mut t = Teardown::default();
+    let found = cloud
+        .find(Tagged::Label(&plan.label))
+        .await
+        .map_err(Error::cloud)?;
+    let names: Vec<String> = failed.iter().map(|(name, _)| name.clone()).collect();
+    let theirs: Vec<Instance> = found
+        .into_iter()
+        .filter(|i| {
+            i.runner_name()
+                .is_some_and(|r| names.iter().any(|n| n == r))
+        })
+        .collect();
+    t.terminate(cloud, &[], &theirs).await;
+    t.remove_runners(github, &names, None).await;
+    let why: Vec<String> = failed
+        .iter()
+        .map(|(name, e)| format!("{name}: {}", e.to_string().trim_end_matches('.')))
+        .collect();
+    actions.annotate(
+        &Annotation::warning(format!(
+            "{} of {} GPU runners came online; the others were removed (allow-partial): {}. \
+             Removed: {}.",
+            online.len(),
+            plan.runners.len(),
+            why.join("; "),
+            t.done().join(", ")
+        ))
+        .title("Some GPU runners did not start"),
+    );
+    let kept: Vec<Instance> = online.iter().map(|o| o.instance.clone()).collect();
+    save_launch(plan, &kept, actions)?;
+    report_online(plan, &online, actions)
 }
 
 /// GitHub and AWS, ready to use; nothing created yet.
@@ -190,22 +269,42 @@ struct Online {
     launch_to_online: Duration,
 }
 
-/// Registers the runner, launches its instance and waits until the runner is online. What it
-/// launched is in `launched` as soon as it exists, for the rollback.
+/// Registers one runner, launches its instance and waits until the runner is online. The
+/// instance joins `launched` as soon as it exists. An error names the runner it is about.
 #[allow(clippy::too_many_arguments)]
 async fn register_launch_and_wait(
     plan: &LaunchPlan,
+    runner: &RunnerSpec,
     cloud: &impl Cloud,
     github: &Github,
     image_id: &str,
     package: &RunnerPackage,
     actions: &Actions,
     clock: Clock,
-    launched: &mut Option<Instance>,
+    launched: &Launched,
+) -> Result<Online, (String, Error)> {
+    one_runner(
+        plan, runner, cloud, github, image_id, package, actions, clock, launched,
+    )
+    .await
+    .map_err(|e| (runner.name.clone(), e))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_runner(
+    plan: &LaunchPlan,
+    runner: &RunnerSpec,
+    cloud: &impl Cloud,
+    github: &Github,
+    image_id: &str,
+    package: &RunnerPackage,
+    actions: &Actions,
+    clock: Clock,
+    launched: &Launched,
 ) -> Result<Online, Error> {
     let registry = &github.registry;
     let jit = registry
-        .create_jit_runner(&plan.runner_name, &plan.labels)
+        .create_jit_runner(&runner.name, &runner.labels)
         .await
         .map_err(|e| github.error(e))?;
     actions.add_mask(jit.encoded_jit_config.expose());
@@ -213,18 +312,13 @@ async fn register_launch_and_wait(
         "Registered runner {} (id {}) with labels {}",
         jit.runner.name,
         jit.runner.id,
-        plan.labels.join(", ")
+        runner.labels.join(", ")
     ));
     let jit = &jit;
-    let (instance, refused) = {
-        let _group = actions.group("Launch");
-        launch(plan, cloud, jit, image_id, package, actions).await?
-    };
+    let (instance, refused) = launch(plan, runner, cloud, jit, image_id, package, actions).await?;
     let launch_time = Instant::now();
-    *launched = Some(instance.clone());
-    save_launch(plan, &instance, actions)?;
+    launched.add(plan, instance.clone(), actions)?;
 
-    let _group = actions.group("Waiting for the runner");
     let deadline = clock.scaled(Duration::from_secs(
         u64::from(plan.startup_timeout_minutes) * 60,
     ));
@@ -309,6 +403,7 @@ async fn register_launch_and_wait(
 /// Launches the first candidate that has capacity.
 async fn launch(
     plan: &LaunchPlan,
+    runner: &RunnerSpec,
     cloud: &impl Cloud,
     jit: &JitRunner,
     image_id: &str,
@@ -319,6 +414,7 @@ async fn launch(
     for (n, candidate) in plan.candidates.iter().enumerate() {
         let user_data = user_data(
             plan,
+            runner,
             cloud,
             &candidate.instance_type,
             jit.encoded_jit_config.clone(),
@@ -327,11 +423,12 @@ async fn launch(
         .await;
         let request = LaunchRequest {
             plan,
+            runner_name: &runner.name,
             candidate,
             image_id,
             user_data: &user_data,
             dry_run: false,
-            client_token: &format!("{}-{n}", plan.label),
+            client_token: &format!("{}-{n}", runner.name),
         };
         match cloud.launch(request).await {
             Ok(instance) => {
@@ -366,24 +463,26 @@ async fn launch(
 
 async fn user_data(
     plan: &LaunchPlan,
+    runner: &RunnerSpec,
     cloud: &impl Cloud,
     instance_type: &str,
     jit_config: Secret,
     package: &RunnerPackage,
 ) -> Secret {
-    boot::render(&boot_params(plan, cloud, instance_type, jit_config, package).await)
+    boot::render(&boot_params(plan, runner, cloud, instance_type, jit_config, package).await)
 }
 
 async fn boot_params(
     plan: &LaunchPlan,
+    runner: &RunnerSpec,
     cloud: &impl Cloud,
     instance_type: &str,
     jit_config: Secret,
     package: &RunnerPackage,
 ) -> BootParams {
     BootParams {
-        runner_name: plan.runner_name.clone(),
-        labels: plan.labels.clone(),
+        runner_name: runner.name.clone(),
+        labels: runner.labels.clone(),
         runner_user: plan.runner_user.clone(),
         jit_config,
         instance_type: instance_type.to_owned(),
@@ -395,26 +494,34 @@ async fn boot_params(
     }
 }
 
-/// Saved at once, so that the stop job and the post step can always find the instance.
-fn save_launch(plan: &LaunchPlan, instance: &Instance, actions: &Actions) -> Result<(), Error> {
-    let ids = serde_json::json!([instance.id]).to_string();
+/// The outputs and state for these instances (the first one's facts where one value is asked).
+fn save_launch(plan: &LaunchPlan, all: &[Instance], actions: &Actions) -> Result<(), Error> {
+    let ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
+    let ids = serde_json::json!(ids).to_string();
     actions.save_state(state::INSTANCE_IDS, &ids)?;
     actions.set_output("label", &plan.label)?;
     actions.set_output("labels", &serde_json::json!(plan.labels).to_string())?;
-    actions.set_output("instance-id", &instance.id)?;
+    let names: Vec<&str> = plan.runners.iter().map(|r| r.name.as_str()).collect();
+    actions.set_output("runner-names", &serde_json::json!(names).to_string())?;
     actions.set_output("instance-ids", &ids)?;
     actions.set_output("region", &plan.region)?;
-    actions.set_output("instance-type", &instance.instance_type)?;
-    actions.set_output(
-        "availability-zone",
-        instance.availability_zone.as_deref().unwrap_or(""),
-    )?;
-    actions.set_output("market", instance.market.name())?;
+    if let Some(first) = all.first() {
+        actions.set_output("instance-id", &first.id)?;
+        actions.set_output("instance-type", &first.instance_type)?;
+        actions.set_output(
+            "availability-zone",
+            first.availability_zone.as_deref().unwrap_or(""),
+        )?;
+        actions.set_output("market", first.market.name())?;
+    }
     Ok(())
 }
 
-fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Result<(), Error> {
+fn report_online(plan: &LaunchPlan, all: &[Online], actions: &Actions) -> Result<(), Error> {
     actions.save_state(state::ONLINE, "true")?;
+    let Some(online) = all.first() else {
+        return Ok(());
+    };
     let i = &online.instance;
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     actions.info(&format!(
@@ -482,12 +589,42 @@ fn report_online(plan: &LaunchPlan, online: &Online, actions: &Actions) -> Resul
     .into_iter()
     .map(|(k, v)| vec![k.to_owned(), v])
     .collect();
-    actions.append_summary(
-        &Markdown::new()
-            .heading(3, "GPU runner online")
-            .table(&["", ""], &rows)
-            .build(),
-    )?;
+    let mut summary = Markdown::new()
+        .heading(3, "GPU runner online")
+        .table(&["", ""], &rows);
+    if all.len() > 1 {
+        // The table above is the first runner's; each has a line here.
+        let each: Vec<Vec<String>> = all
+            .iter()
+            .map(|o| {
+                vec![
+                    o.instance.runner_name().unwrap_or_default().to_owned(),
+                    o.instance.id.clone(),
+                    o.instance.instance_type.clone(),
+                    o.instance.availability_zone.clone().unwrap_or_default(),
+                    o.instance.market.name().to_owned(),
+                    secs(o.launch_to_online),
+                ]
+            })
+            .collect();
+        summary = summary.paragraph(&format!(
+            "{} runners, each with its own label (its name) besides {}:",
+            all.len(),
+            plan.label
+        ));
+        summary = summary.table(
+            &[
+                "Runner",
+                "Instance",
+                "Type",
+                "Zone",
+                "Market",
+                "Launch → online",
+            ],
+            &each,
+        );
+    }
+    actions.append_summary(&summary.build())?;
     Ok(())
 }
 
@@ -497,7 +634,7 @@ async fn roll_back(
     plan: &LaunchPlan,
     cloud: &impl Cloud,
     github: &Github,
-    launched: Option<&Instance>,
+    launched: &[Instance],
     actions: &Actions,
 ) -> String {
     let _group = actions.group("Rolling back");
@@ -573,11 +710,12 @@ async fn dry_run(
     package: &RunnerPackage,
     actions: &Actions,
 ) -> Result<(), Error> {
-    let Some(candidate) = plan.candidates.first() else {
+    let (Some(candidate), Some(runner)) = (plan.candidates.first(), plan.runners.first()) else {
         return Ok(());
     };
     let params = boot_params(
         plan,
+        runner,
         cloud,
         &candidate.instance_type,
         Secret::new(""),
@@ -591,6 +729,7 @@ async fn dry_run(
     let user_data = boot::render(&params);
     let request = LaunchRequest {
         plan,
+        runner_name: &runner.name,
         candidate,
         image_id,
         user_data: &user_data,
