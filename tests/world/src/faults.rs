@@ -57,6 +57,8 @@ struct Rule {
 pub struct Faults {
     rules: Arc<Mutex<Vec<Rule>>>,
     fired: Arc<Mutex<Vec<String>>>,
+    /// Every call that passed the proxy, with when: what the benchmark counts.
+    calls: Arc<Mutex<Vec<(Service, String, std::time::Instant)>>>,
 }
 
 impl Faults {
@@ -76,6 +78,11 @@ impl Faults {
 
     /// The fault for this request, if one is programmed; counts it.
     pub fn take(&self, service: Service, call: &str) -> Option<Fault> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push((
+            service,
+            call.to_owned(),
+            std::time::Instant::now(),
+        ));
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let rule = rules
             .iter_mut()
@@ -87,6 +94,11 @@ impl Faults {
             .unwrap_or_else(|e| e.into_inner())
             .push(format!("{call}: {}", fault.describe()));
         Some(fault)
+    }
+
+    /// Every call so far, and forgets them.
+    pub fn take_calls(&self) -> Vec<(Service, String, std::time::Instant)> {
+        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every fault that fired, in order.

@@ -24,6 +24,8 @@ pub struct FakeRunner {
     pub labels: Vec<String>,
     pub status: &'static str,
     pub busy: bool,
+    /// When it first went online.
+    pub online_at: Option<std::time::Instant>,
     secret: String,
 }
 
@@ -36,6 +38,7 @@ impl FakeRunner {
             labels: vec![name.to_owned()],
             status: "offline",
             busy: false,
+            online_at: None,
             secret: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -176,6 +179,7 @@ async fn generate_jitconfig(
         labels: body.labels,
         status: "offline",
         busy: false,
+        online_at: None,
         secret: secret.clone(),
     };
     let encoded =
@@ -381,6 +385,7 @@ async fn runner_online(State(s): State<Shared>, headers: HeaderMap) -> Response 
     };
     if let Some(r) = st.runners.get_mut(&id) {
         r.status = "online";
+        r.online_at.get_or_insert_with(std::time::Instant::now);
     }
     StatusCode::NO_CONTENT.into_response()
 }

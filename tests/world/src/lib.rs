@@ -3,6 +3,7 @@
 //! a sandbox). Tests and the demo run the real `gpu-runner` binary against it.
 
 pub mod aws_front;
+pub mod bench;
 pub mod faults;
 pub mod github;
 pub mod log;
@@ -40,6 +41,8 @@ pub struct Options {
     pub runner: RunnerBehaviour,
     /// The boot script is killed right after it logs this phase.
     pub die_after_phase: Option<&'static str>,
+    /// How much faster than real time the instances' timers and start's waiting run.
+    pub clock_scale: f64,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             gpu: Gpu::Healthy(1),
             runner: RunnerBehaviour::Normal,
             die_after_phase: None,
+            clock_scale: CLOCK_SCALE,
         }
     }
 }
@@ -75,6 +79,7 @@ pub struct World {
     /// Shaped like the workflow's own GITHUB_TOKEN.
     pub workflow_token: String,
     pub runner_sha256: String,
+    pub clock_scale: f64,
     issued_credentials: Arc<Mutex<Vec<String>>>,
     ec2: aws_sdk_ec2::Client,
 }
@@ -238,7 +243,7 @@ impl World {
             consoles: consoles.clone(),
             dir: dir.path().to_path_buf(),
             control_url: github_url.clone(),
-            scale: CLOCK_SCALE,
+            scale: options.clock_scale,
             gpu: options.gpu,
             runner: options.runner,
             die_after_phase: options.die_after_phase,
@@ -266,6 +271,7 @@ impl World {
             weak_token,
             workflow_token,
             runner_sha256: package.sha256.clone(),
+            clock_scale: options.clock_scale,
             issued_credentials,
             ec2,
         })
@@ -296,7 +302,7 @@ impl World {
                     self.github_url
                 ),
             ),
-            ("GPU_RUNNER_CLOCK_SCALE", CLOCK_SCALE.to_string()),
+            ("GPU_RUNNER_CLOCK_SCALE", self.clock_scale.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -17,6 +17,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("bench") => match bench() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("faults") => match faults(std::env::args().nth(2).as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -25,7 +32,9 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: cargo run -p world -- demo | faults [part of a scenario's name]");
+            eprintln!(
+                "usage: cargo run -p world -- demo | faults [part of a scenario's name] | bench [--runs N]"
+            );
             ExitCode::from(2)
         }
     }
@@ -69,6 +78,13 @@ fn gpu_runner() -> Result<PathBuf, String> {
             ),
         };
     }
+    // The same profile as this binary: `--release` for the benchmark measures a release build.
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        build.arg("--release");
+        "release"
+    };
     let status = build
         // The workspace's bins: the same feature set as this binary's build, so nothing recompiles.
         .args(["build", "--quiet", "--workspace", "--bins"])
@@ -80,7 +96,7 @@ fn gpu_runner() -> Result<PathBuf, String> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    Ok(target.join("debug/gpu-runner"))
+    Ok(target.join(profile).join("gpu-runner"))
 }
 
 fn banner(text: &str) {
@@ -207,4 +223,39 @@ fn faults(only: Option<&str>) -> Result<(), String> {
     } else {
         Err("some scenario left something behind".to_owned())
     }
+}
+
+/// The benchmark, printed as Markdown with the machine and the date, ready for the README.
+fn bench() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: u32 = match args.iter().position(|a| a == "--runs") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or("--runs takes a number above 0")?,
+        None => 5,
+    };
+    let bin = gpu_runner()?;
+    let profile = if cfg!(debug_assertions) {
+        "a debug build (add --release for the figures to publish)"
+    } else {
+        "a release build"
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let started = std::time::Instant::now();
+    let report = world::bench::run(&bin, runs, &[1, 4, 16])?;
+    println!(
+        "gpu-runner benchmark, {} UTC, Linux {} on {cores} cores, {profile}; {runs} cycles per count \
+         through the local world, its clock at real speed.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+        kernel.trim()
+    );
+    println!("{report}");
+    println!(
+        "Median (min–max). The whole benchmark took {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

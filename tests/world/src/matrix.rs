@@ -277,6 +277,7 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         gpu: s.gpu,
         runner: s.runner,
         die_after_phase: s.die_after_phase,
+        ..Options::default()
     })?;
     for (service, call, fault, times) in &s.faults {
         world.faults.inject(*service, call, *fault, *times);

@@ -172,6 +172,39 @@ impl Running {
         assert!(status.success(), "could not send SIG{name}");
     }
 
+    /// Waits for the step to end, and measures its peak memory (resident set, KiB) as the kernel
+    /// counted it.
+    pub fn wait_measured(mut self) -> (Outcome, Option<u64>) {
+        let read_all = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut bytes);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        };
+        let stdout = read_all(self.child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = read_all(self.child.stderr.take().map(|p| Box::new(p) as _));
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain data that wait4 fills in; pid is our own child, waited once.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let code = (waited == pid && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let outcome = Outcome {
+            code,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+            output_file: read(&self.files.output),
+            state_file: read(&self.files.state),
+            summary: read(&self.files.summary),
+        };
+        let peak = (waited == pid).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0));
+        (outcome, peak)
+    }
+
     /// Waits for the step to end and reads back what it wrote.
     pub fn wait(self) -> Outcome {
         let out = self.child.wait_with_output().expect("wait for gpu-runner");
