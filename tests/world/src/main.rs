@@ -79,17 +79,15 @@ fn gpu_runner() -> Result<PathBuf, String> {
         };
     }
     // The same profile as this binary: `--release` for the benchmark measures a release build.
+    // The workspace's bins: the same feature set as this binary's build, so nothing recompiles.
+    build.args(["build", "--quiet", "--workspace", "--bins"]);
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
         build.arg("--release");
         "release"
     };
-    let status = build
-        // The workspace's bins: the same feature set as this binary's build, so nothing recompiles.
-        .args(["build", "--quiet", "--workspace", "--bins"])
-        .status()
-        .map_err(|e| format!("cargo build: {e}"))?;
+    let status = build.status().map_err(|e| format!("cargo build: {e}"))?;
     if !status.success() {
         return Err("cargo build --workspace --bins failed".to_owned());
     }
