@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::Step;
+use support::{Step, nothing_left};
 use world::{Fault, Options, Service, World};
 
 fn refuse(world: &World, code: &'static str, times: u32) {
@@ -156,8 +156,7 @@ fn spot_when_there_is_spot_and_permission_errors_stop_the_search() {
         "the second candidate was not tried: {:?}",
         world.faults.fired()
     );
-    assert!(world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty()));
-    assert_eq!(world.registered_runners(), []);
+    nothing_left(&world);
 }
 
 fn refuse_once_for_good(world: &World) {
@@ -225,8 +224,7 @@ fn count_four_starts_four_runners_that_share_the_label_and_stop_removes_all() {
         .outputs_of(&started)
         .run()
         .success();
-    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
-    assert_eq!(world.registered_runners(), []);
+    nothing_left(&world);
 }
 
 #[test]
@@ -243,8 +241,7 @@ fn one_of_four_failing_rolls_back_all_four() {
         error.contains("InvalidParameterValue") && error.contains("Rolled back:"),
         "{error}"
     );
-    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
-    assert_eq!(world.registered_runners(), []);
+    nothing_left(&world);
 }
 
 #[test]
@@ -271,6 +268,5 @@ fn allow_partial_keeps_the_three_that_came_online() {
         .outputs_of(&started)
         .run()
         .success();
-    assert!(world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty()));
-    assert_eq!(world.registered_runners(), []);
+    nothing_left(&world);
 }

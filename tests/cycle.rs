@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Outcome, Step};
+use support::{Outcome, Step, nothing_left};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
@@ -18,18 +18,6 @@ fn start(world: &World) -> world::step::Step {
 
 fn stop(world: &World) -> world::step::Step {
     Step::mode("stop").in_world(world)
-}
-
-/// Nothing is left: no live instance in moto, no runner in the fake GitHub.
-#[track_caller]
-fn nothing_left(world: &World) {
-    let gone = world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty());
-    assert!(
-        gone,
-        "instances still running: {:?}",
-        world.live_instances()
-    );
-    assert_eq!(world.registered_runners(), [], "runners still registered");
 }
 
 /// Every secret the world issued appears only in the `::add-mask::` line that masks it, which the

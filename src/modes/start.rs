@@ -97,10 +97,13 @@ pub async fn run(
                 "Launching {} GPU runner(s) and waiting for them",
                 plan.runners.len()
             ));
-            join_all(plan.runners.iter().map(|runner| {
-                register_launch_and_wait(
+            // Each result names its runner, for allow-partial to remove the failed ones.
+            join_all(plan.runners.iter().map(|runner| async {
+                one_runner(
                     &plan, runner, cloud, github, image_id, &package, actions, clock, &launched,
                 )
+                .await
+                .map_err(|e| (runner.name.clone(), e))
             }))
             .await
         } => Ok(results),
@@ -270,26 +273,7 @@ struct Online {
 }
 
 /// Registers one runner, launches its instance and waits until the runner is online. The
-/// instance joins `launched` as soon as it exists. An error names the runner it is about.
-#[allow(clippy::too_many_arguments)]
-async fn register_launch_and_wait(
-    plan: &LaunchPlan,
-    runner: &RunnerSpec,
-    cloud: &impl Cloud,
-    github: &Github,
-    image_id: &str,
-    package: &RunnerPackage,
-    actions: &Actions,
-    clock: Clock,
-    launched: &Launched,
-) -> Result<Online, (String, Error)> {
-    one_runner(
-        plan, runner, cloud, github, image_id, package, actions, clock, launched,
-    )
-    .await
-    .map_err(|e| (runner.name.clone(), e))
-}
-
+/// instance joins `launched` as soon as it exists.
 #[allow(clippy::too_many_arguments)]
 async fn one_runner(
     plan: &LaunchPlan,

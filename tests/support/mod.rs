@@ -19,3 +19,17 @@ impl Step {
         world::step::Step::stop(env!("CARGO_BIN_EXE_gpu-runner"))
     }
 }
+
+/// Nothing is left: no live instance in moto, no runner in the fake GitHub.
+#[track_caller]
+pub fn nothing_left(world: &world::World) {
+    let gone = world.wait_until(std::time::Duration::from_secs(10), |w| {
+        w.live_instances().is_empty()
+    });
+    assert!(
+        gone,
+        "instances still running: {:?}",
+        world.live_instances()
+    );
+    assert_eq!(world.registered_runners(), [], "runners still registered");
+}
