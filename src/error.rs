@@ -36,6 +36,9 @@ pub enum Error {
     /// A failure after launch, and what was done about what had been launched.
     #[error("{cause} {rollback}")]
     AfterLaunch { cause: Box<Error>, rollback: String },
+    /// The run's code may come from a stranger: start refused before any credential was asked for.
+    #[error("{0}")]
+    Untrusted(#[from] crate::guard::Untrusted),
     /// Every capacity candidate was refused.
     #[error("no candidate had capacity")]
     NoCapacity { tried: Vec<Refusal> },
@@ -99,6 +102,14 @@ impl Error {
                 }
                 one("The GPU runner did not come online", what, fix.clone())
             }
+            Error::Untrusted(why) => one(
+                "Untrusted trigger: no GPU runner started",
+                format!(
+                    "gpu-runner refused to start because {why}; a self-hosted runner runs that \
+                     code with access to the instance and its network"
+                ),
+                crate::guard::FIX.to_owned(),
+            ),
             Error::NoCapacity { tried } => {
                 let rows: Vec<String> = tried
                     .iter()

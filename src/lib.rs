@@ -11,6 +11,7 @@ pub mod context;
 pub mod env;
 pub mod error;
 pub mod github;
+pub mod guard;
 pub mod inputs;
 pub mod logging;
 pub mod modes;

@@ -198,3 +198,77 @@ fn an_unwritable_summary_is_an_error_naming_the_file() {
         "::error title=Could not talk to the runner::could not write to GITHUB_STEP_SUMMARY (/nonexistent/summary)"
     ));
 }
+
+/// A real-shaped `pull_request_target` payload from a fork.
+const FORK_PULL_REQUEST: &str = r#"{
+  "action": "synchronize",
+  "number": 12,
+  "pull_request": {
+    "number": 12,
+    "user": {"login": "stranger", "type": "User"},
+    "author_association": "FIRST_TIME_CONTRIBUTOR",
+    "head": {"ref": "patch-1", "sha": "9f8e7d6c", "repo": {"full_name": "stranger/ml", "fork": true}},
+    "base": {"ref": "main", "sha": "1a2b3c4d", "repo": {"full_name": "octo/ml", "fork": false}}
+  },
+  "repository": {"full_name": "octo/ml", "fork": false},
+  "sender": {"login": "stranger"}
+}"#;
+
+#[test]
+fn a_fork_pull_request_is_refused_before_any_credential_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, FORK_PULL_REQUEST).unwrap();
+    let out = Step::start()
+        .env("GITHUB_EVENT_NAME", "pull_request_target")
+        .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
+        // Were a credential requested, this would fail differently: the guard comes first.
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/never")
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "never")
+        .input("role-to-assume", "arn:aws:iam::123456789012:role/gpu-ci")
+        .run();
+    out.failure();
+    assert_eq!(
+        out.errors(),
+        [
+            "::error title=Untrusted trigger%3A no GPU runner started::gpu-runner refused to start \
+          because the pull_request_target event carries a pull request from the fork stranger/ml: \
+          its code would run on the GPU instance; a self-hosted runner runs that code with access \
+          to the instance and its network. Run GPU jobs for outside code only after a maintainer \
+          has looked at it: put the start job in an environment with required reviewers \
+          (environment: gpu-review) and set allow-untrusted: true there, or run the GPU workflow \
+          on push to a branch that maintainers merge into. To trust more authors, list their \
+          associations in allowed-associations (OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, \
+          FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, NONE)."
+        ]
+    );
+    assert!(out.outputs().is_empty() && out.state().is_empty());
+
+    // With allow-untrusted the guard steps aside (and the start goes on to ask for credentials).
+    let allowed = Step::start()
+        .env("GITHUB_EVENT_NAME", "pull_request_target")
+        .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/never")
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "never")
+        .input("role-to-assume", "arn:aws:iam::123456789012:role/gpu-ci")
+        .input("allow-untrusted", "true")
+        .run();
+    allowed.failure();
+    let errors = allowed.errors().join("\n");
+    assert!(!errors.contains("Untrusted trigger"), "{errors}");
+    assert!(errors.contains("No AWS credentials"), "{errors}");
+}
+
+#[test]
+fn an_unknown_association_is_an_input_error() {
+    let out = Step::start()
+        .input("allowed-associations", "OWNER, MEMBERS")
+        .run();
+    out.failure();
+    assert!(
+        out.errors()[0].contains("allowed-associations entry \"MEMBERS\"")
+            && out.errors()[0].contains("Did you mean MEMBER?"),
+        "{:?}",
+        out.errors()
+    );
+}

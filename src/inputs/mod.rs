@@ -98,6 +98,10 @@ pub struct StartInputs {
     /// The Actions runner version the instance installs, and its package's SHA-256.
     pub runner_version: String,
     pub runner_sha256: String,
+    /// Pull-request authors (and commenters) whose code may run on the instance.
+    pub allowed_associations: Vec<String>,
+    /// Skip the untrusted-trigger guard (behind a reviewed environment, say).
+    pub allow_untrusted: bool,
     pub keep_on_failure: bool,
     pub dry_run: bool,
 }
@@ -538,6 +542,12 @@ impl Reader<'_> {
             );
         }
         let runner = self.runner();
+        let allowed_associations: Vec<String> = self
+            .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
+            .iter()
+            .map(|a| a.to_ascii_uppercase())
+            .collect();
+        let allow_untrusted = self.boolean(&spec::ALLOW_UNTRUSTED);
         let keep_on_failure = self.boolean(&spec::KEEP_ON_FAILURE);
         let dry_run = self.boolean(&spec::DRY_RUN);
         if !self.errors.is_empty() {
@@ -565,6 +575,8 @@ impl Reader<'_> {
             idle_timeout_minutes: idle?,
             runner_version,
             runner_sha256,
+            allowed_associations,
+            allow_untrusted,
             keep_on_failure,
             dry_run,
         })

@@ -89,6 +89,9 @@ pub const MAX_LIFETIME_MINUTES: Spec = Spec::new("max-lifetime-minutes", Start, 
 pub const IDLE_TIMEOUT_MINUTES: Spec = Spec::new("idle-timeout-minutes", Start, "15");
 pub const RUNNER_VERSION: Spec = Spec::new("runner-version", Start, "2.329.0");
 pub const RUNNER_SHA256: Spec = Spec::new("runner-sha256", Start, "");
+pub const ALLOWED_ASSOCIATIONS: Spec =
+    Spec::new("allowed-associations", Start, "OWNER,MEMBER,COLLABORATOR");
+pub const ALLOW_UNTRUSTED: Spec = Spec::new("allow-untrusted", Start, "false");
 pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
 pub const DRY_RUN: Spec = Spec::new("dry-run", StartAndCleanup, "false");
 
@@ -125,6 +128,8 @@ pub const ALL: &[Spec] = &[
     IDLE_TIMEOUT_MINUTES,
     RUNNER_VERSION,
     RUNNER_SHA256,
+    ALLOWED_ASSOCIATIONS,
+    ALLOW_UNTRUSTED,
     KEEP_ON_FAILURE,
     DRY_RUN,
     LABEL,

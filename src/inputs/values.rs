@@ -278,6 +278,37 @@ pub fn audience(v: &str) -> Result<(), Expect> {
     })
 }
 
+/// GitHub's author associations, as the webhook payloads spell them.
+pub const ASSOCIATIONS: [&str; 8] = [
+    "OWNER",
+    "MEMBER",
+    "COLLABORATOR",
+    "CONTRIBUTOR",
+    "FIRST_TIME_CONTRIBUTOR",
+    "FIRST_TIMER",
+    "MANNEQUIN",
+    "NONE",
+];
+
+pub fn association(v: &str) -> Result<(), Expect> {
+    if ASSOCIATIONS.iter().any(|a| a.eq_ignore_ascii_case(v)) {
+        return Ok(());
+    }
+    let mut fix = format!("Use some of: {}.", ASSOCIATIONS.join(", "));
+    // closest() compares in lowercase, with hyphens for underscores.
+    let names: Vec<String> = ASSOCIATIONS
+        .iter()
+        .map(|a| a.to_ascii_lowercase().replace('_', "-"))
+        .collect();
+    if let Some(s) = closest(v, names.iter().map(String::as_str)) {
+        fix.push_str(&format!(
+            " Did you mean {}?",
+            s.replace('-', "_").to_ascii_uppercase()
+        ));
+    }
+    Err(Expect::new("a GitHub author association", fix))
+}
+
 /// How to buy the instance: `on-demand`, `spot`, or spot first and on-demand when spot has none.
 pub fn market_type(v: &str) -> Result<(), Expect> {
     const NAMES: [&str; 3] = ["on-demand", "spot", "spot-then-on-demand"];

@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::env::Env;
 use crate::error::{Error, Refusal};
 use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
+use crate::guard;
 use crate::inputs::StartInputs;
 use crate::modes::Github;
 use crate::modes::post::state;
@@ -63,6 +64,23 @@ pub async fn run(
     {
         let _group = actions.group("Plan");
         actions.verbatim(plan.to_text().trim_end());
+    }
+
+    // Before any credential is asked for: whose code would run on the instance?
+    if inputs.allow_untrusted {
+        actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
+    } else {
+        let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
+        let payload = env
+            .non_empty("GITHUB_EVENT_PATH")
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        guard::check(
+            event,
+            payload.as_ref(),
+            &ctx.repository(),
+            &inputs.allowed_associations,
+        )?;
     }
 
     // Nothing exists yet: a cancel here just stops.
