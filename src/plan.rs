@@ -73,6 +73,7 @@ pub struct LaunchPlan {
     /// On the instance and its volumes, set at launch.
     pub tags: BTreeMap<String, String>,
     pub runner_user: String,
+    pub runner_sudo: bool,
     pub pre_runner_script: Option<String>,
     pub startup_timeout_minutes: u32,
     pub idle_timeout_minutes: u32,
@@ -179,6 +180,7 @@ pub fn launch_plan(
         root_volume_size_gib: inputs.root_volume_size_gib,
         tags,
         runner_user: inputs.runner_user.clone(),
+        runner_sudo: inputs.runner_sudo,
         pre_runner_script: inputs.pre_runner_script.clone(),
         startup_timeout_minutes: inputs.startup_timeout_minutes,
         idle_timeout_minutes: inputs.idle_timeout_minutes,
@@ -235,7 +237,14 @@ impl LaunchPlan {
                     "the image's default size",
                 ),
             ),
-            ("Runner user", self.runner_user.clone()),
+            (
+                "Runner user",
+                if self.runner_sudo && self.runner_user != "root" {
+                    format!("{} (passwordless sudo)", self.runner_user)
+                } else {
+                    self.runner_user.clone()
+                },
+            ),
             (
                 "Pre-runner script",
                 or(

@@ -115,9 +115,23 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
         "{}",
         started.summary
     );
+    // The runner user has passwordless sudo (runner-sudo defaults to true).
+    assert_eq!(
+        world
+            .instance_file(&id, "etc/sudoers.d/90-gpu-runner")
+            .as_deref(),
+        Some("runner ALL=(ALL) NOPASSWD:ALL\n")
+    );
+    let user_data = world.dir.path().join(&id).join("user-data.sh");
     let job = world.queue_job(
         &[&label],
-        "nvidia-smi && whoami && echo \"gpu=$GPU_RUNNER_GPU_NAME x$GPU_RUNNER_GPU_COUNT cuda=$GPU_RUNNER_CUDA_VERSION\" && cat \"$GPU_RUNNER_GPU_JSON\"",
+        &format!(
+            "nvidia-smi && whoami && echo \"gpu=$GPU_RUNNER_GPU_NAME x$GPU_RUNNER_GPU_COUNT \
+             cuda=$GPU_RUNNER_CUDA_VERSION\" && cat \"$GPU_RUNNER_GPU_JSON\" && \
+             if [ -e '{}' ]; then echo user-data-on-disk; else echo user-data-gone; fi && \
+             echo command-lines: && cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+            user_data.display()
+        ),
     );
     let done = world.wait_until(Duration::from_secs(30), |w| {
         w.job(job).is_some_and(|j| j.status == "completed")
@@ -135,6 +149,17 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
         job.output
     );
     assert_eq!(job.runner_name.as_deref(), Some(label.as_str()));
+    // The JIT config is not on the instance's disk, nor on any process's command line.
+    assert!(job.output.contains("user-data-gone\n"), "{}", job.output);
+    // The scan saw the runner's own processes, so it would have seen a config passed as argument.
+    assert!(job.output.contains("runuser -u runner"), "{}", job.output);
+    for jit in world.github.lock().unwrap().issued_jit_configs.clone() {
+        assert!(
+            !job.output.contains(&jit),
+            "a JIT config is readable:\n{}",
+            job.output
+        );
+    }
     // The probe's findings reach the job: as variables and as a JSON file.
     assert!(
         job.output.contains("gpu=Tesla T4 x1 cuda=12.2\n"),
@@ -171,9 +196,22 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
 #[test]
 fn stop_with_only_the_label_finds_the_instance_and_its_runner() {
     let world = world();
-    let started = start(&world).run();
+    let started = start(&world).input("runner-sudo", "false").run();
     started.success();
     let label = started.outputs()["label"].clone();
+    let id = started.outputs()["instance-id"].clone();
+    assert!(
+        world
+            .instance_log()
+            .iter()
+            .any(|l| l.contains("user=runner sudo=no")),
+        "{:?}",
+        world.instance_log()
+    );
+    assert_eq!(
+        world.instance_file(&id, "etc/sudoers.d/90-gpu-runner"),
+        None
+    );
     assert_eq!(world.live_instances().len(), 1);
     assert_eq!(world.registered_runners().len(), 1);
 

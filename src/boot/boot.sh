@@ -77,7 +77,15 @@ CURRENT_PHASE=runner-user
 if ! id -u "$RUNNER_USER" > /dev/null 2>&1; then
   useradd --create-home --shell /bin/bash "$RUNNER_USER"
 fi
-log runner-user "status=ok user=$RUNNER_USER"
+# Passwordless sudo, as on GitHub-hosted runners, unless runner-sudo: false.
+sudo=no
+if [ "$RUNNER_SUDO" = true ] && [ "$RUNNER_USER" != root ]; then
+  mkdir -p /etc/sudoers.d
+  printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$RUNNER_USER" > /etc/sudoers.d/90-gpu-runner
+  chmod 0440 /etc/sudoers.d/90-gpu-runner
+  sudo=passwordless
+fi
+log runner-user "status=ok user=$RUNNER_USER sudo=$sudo"
 
 # 4. The runner: kept when the image has it, else the pinned version, checked against its SHA-256.
 CURRENT_PHASE=runner-fetch
@@ -136,11 +144,17 @@ chmod 755 "$STATE_DIR/job-started.sh"
     end_instance "no job started"
   fi
 ) &
+# The JIT config is in this process's memory now: remove the copies of this script that hold it
+# (cloud-init keeps the user data on disk), and hand it to the runner in its environment, never on
+# a command line, which every user on the machine can read.
+rm -f -- "$0" /var/lib/cloud/instance/user-data.txt /var/lib/cloud/instance/user-data.txt.i \
+  /var/lib/cloud/instance/scripts/part-* 2> /dev/null || true
 log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 code=0
-runuser -u "$RUNNER_USER" -- env ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh" \
-  "$RUNNER_DIR/run.sh" --jitconfig "$JIT_CONFIG" || code=$?
+export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+ACTIONS_RUNNER_INPUT_JITCONFIG="$JIT_CONFIG" runuser -u "$RUNNER_USER" -- "$RUNNER_DIR/run.sh" \
+  || code=$?
 log runner "status=exited code=$code"
 
 # 7. One job, then the instance ends.

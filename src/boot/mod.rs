@@ -53,6 +53,8 @@ pub struct BootParams {
     pub runner_name: String,
     pub labels: Vec<String>,
     pub runner_user: String,
+    /// Passwordless sudo for the runner user.
+    pub runner_sudo: bool,
     pub jit_config: Secret,
     pub instance_type: String,
     /// From the instance type; 0 when unknown (the probe then only needs one working GPU).
@@ -74,6 +76,7 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         ("RUNNER_NAME", p.runner_name.clone()),
         ("RUNNER_LABELS", p.labels.join(",")),
         ("RUNNER_USER", p.runner_user.clone()),
+        ("RUNNER_SUDO", p.runner_sudo.to_string()),
         ("INSTANCE_TYPE", p.instance_type.clone()),
         ("EXPECTED_GPUS", p.expected_gpus.to_string()),
         ("GPU_PROBE_ATTEMPTS", "24".to_owned()),
@@ -113,6 +116,7 @@ mod tests {
             runner_name: "gpu-runner-1-1-abcd".into(),
             labels: vec!["gpu-runner-1-1-abcd".into(), "gpu".into()],
             runner_user: "runner".into(),
+            runner_sudo: true,
             jit_config: Secret::new("JITSECRET"),
             instance_type: "g5.xlarge".into(),
             expected_gpus: 1,
@@ -183,5 +187,106 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    /// Fragments an attacker would try in a label, a name, a URL or a pre-runner script.
+    const HOSTILE: &[&str] = &[
+        "'",
+        "\"",
+        "`touch CANARY`",
+        "$(touch CANARY)",
+        "${IFS}",
+        "$HOME",
+        "\\",
+        "\n",
+        "EOF",
+        "HOOK",
+        "'\\''",
+        ";touch CANARY;",
+        "|",
+        "&&",
+        "#",
+        "!",
+        "*",
+        "ü✓ü",
+        "%s%n",
+        "\t",
+        " ",
+        "readonly RUNNER_USER=root",
+        "-e",
+        "--",
+        "\r",
+    ];
+
+    /// A deterministic xorshift, so that a failure replays.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn hostile(state: &mut u64) -> String {
+        let n = 1 + next(state) % 8;
+        (0..n)
+            .map(|_| HOSTILE[(next(state) % HOSTILE.len() as u64) as usize])
+            .collect()
+    }
+
+    #[test]
+    fn hostile_values_arrive_byte_for_byte_and_nothing_else_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("CANARY");
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for round in 0..200 {
+            let mut p = params();
+            p.runner_name = hostile(&mut state);
+            p.labels = vec![hostile(&mut state), hostile(&mut state)];
+            p.runner_user = hostile(&mut state);
+            p.instance_type = hostile(&mut state);
+            p.runner.url = hostile(&mut state);
+            p.runner.version = hostile(&mut state);
+            p.pre_runner_script = Some(hostile(&mut state));
+            p.jit_config = Secret::new(hostile(&mut state));
+            let script = render(&p);
+            let script = script.expose();
+            // The values, as the real script renders them, then each printed back.
+            let cut = script.find("readonly LOG_FILE").unwrap();
+            let probe = format!(
+                "{}printf '%s\\0' \"$RUNNER_NAME\" \"$RUNNER_LABELS\" \"$RUNNER_USER\" \
+                 \"$INSTANCE_TYPE\" \"$RUNNER_URL\" \"$RUNNER_VERSION\" \"$PRE_RUNNER_SCRIPT\" \
+                 \"$JIT_CONFIG\"\n",
+                &script[..cut]
+            );
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(&probe)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .split('\0')
+                .map(str::to_owned)
+                .collect();
+            let want = [
+                p.runner_name.clone(),
+                p.labels.join(","),
+                p.runner_user.clone(),
+                p.instance_type.clone(),
+                p.runner.url.clone(),
+                p.runner.version.clone(),
+                p.pre_runner_script.clone().unwrap_or_default(),
+                p.jit_config.expose().to_owned(),
+                String::new(),
+            ];
+            assert_eq!(got, want, "round {round}");
+            assert!(!canary.exists(), "round {round}: a value ran as code");
+        }
     }
 }

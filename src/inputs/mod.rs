@@ -91,6 +91,8 @@ pub struct StartInputs {
     pub labels: Vec<String>,
     pub tags: BTreeMap<String, String>,
     pub runner_user: String,
+    /// Passwordless sudo for the runner user, as on GitHub-hosted runners.
+    pub runner_sudo: bool,
     pub pre_runner_script: Option<String>,
     pub startup_timeout_minutes: u32,
     pub max_lifetime_minutes: u32,
@@ -525,6 +527,7 @@ impl Reader<'_> {
         let labels = self.list(&spec::LABELS, 100 - own, values::label);
         let tags = self.tags();
         let runner_user = self.one(&spec::RUNNER_USER, values::linux_user);
+        let runner_sudo = self.boolean(&spec::RUNNER_SUDO);
         let pre_runner_script = self.value(&spec::PRE_RUNNER_SCRIPT);
         let startup = self.number(&spec::STARTUP_TIMEOUT_MINUTES, 1, 120, "minutes");
         let lifetime = self.number(&spec::MAX_LIFETIME_MINUTES, 5, 10080, "minutes");
@@ -569,6 +572,7 @@ impl Reader<'_> {
             labels,
             tags: tags?,
             runner_user: runner_user?,
+            runner_sudo,
             pre_runner_script,
             startup_timeout_minutes: startup?,
             max_lifetime_minutes: lifetime?,

@@ -83,6 +83,7 @@ pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
 pub const LABELS: Spec = Spec::new("labels", Start, "");
 pub const TAGS: Spec = Spec::new("tags", Start, "");
 pub const RUNNER_USER: Spec = Spec::new("runner-user", Start, "runner");
+pub const RUNNER_SUDO: Spec = Spec::new("runner-sudo", Start, "true");
 pub const PRE_RUNNER_SCRIPT: Spec = Spec::new("pre-runner-script", Start, "");
 pub const STARTUP_TIMEOUT_MINUTES: Spec = Spec::new("startup-timeout-minutes", Start, "10");
 pub const MAX_LIFETIME_MINUTES: Spec = Spec::new("max-lifetime-minutes", Start, "360");
@@ -122,6 +123,7 @@ pub const ALL: &[Spec] = &[
     LABELS,
     TAGS,
     RUNNER_USER,
+    RUNNER_SUDO,
     PRE_RUNNER_SCRIPT,
     STARTUP_TIMEOUT_MINUTES,
     MAX_LIFETIME_MINUTES,

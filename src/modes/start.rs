@@ -486,6 +486,7 @@ async fn boot_params(
         runner_name: runner.name.clone(),
         labels: runner.labels.clone(),
         runner_user: plan.runner_user.clone(),
+        runner_sudo: plan.runner_sudo,
         jit_config,
         instance_type: instance_type.to_owned(),
         expected_gpus: cloud.gpu_count(instance_type).await.unwrap_or(0),

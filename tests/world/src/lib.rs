@@ -508,6 +508,12 @@ impl World {
             .clone()
     }
 
+    /// A file the instance wrote (its overlay's upper layer), by its path on the instance
+    /// without the leading `/`.
+    pub fn instance_file(&self, id: &str, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join(id).join("upper").join(path)).ok()
+    }
+
     pub fn console(&self, id: &str) -> String {
         self.consoles
             .lock()

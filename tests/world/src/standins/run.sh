@@ -3,7 +3,8 @@
 # world's fake GitHub. It goes online, takes one job for its labels, runs the job's script with
 # the job-started hook, reports the result and exits, as an ephemeral JIT runner does.
 set -euo pipefail
-jit=""
+# Like the real runner, the JIT config comes as --jitconfig or as ACTIONS_RUNNER_INPUT_JITCONFIG.
+jit="${ACTIONS_RUNNER_INPUT_JITCONFIG:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --jitconfig) jit="$2"; shift 2 ;;
@@ -11,7 +12,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$jit" ]; then
-  echo "run.sh: --jitconfig is required" >&2
+  echo "run.sh: --jitconfig (or ACTIONS_RUNNER_INPUT_JITCONFIG) is required" >&2
   exit 2
 fi
 read -r server secret < <(printf '%s' "$jit" | base64 -d; echo)
