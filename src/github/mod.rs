@@ -52,15 +52,19 @@ pub struct GithubError {
 }
 
 impl GithubError {
+    /// GitHub says so in the message: its 403 for a secondary rate limit looks like a refusal
+    /// otherwise.
+    fn rate_limited(&self) -> bool {
+        self.message.to_ascii_lowercase().contains("rate limit")
+    }
+
     /// Whether trying again may help, and how long GitHub asked to wait: server errors, dropped
     /// connections and rate limits pass; a refused token or a missing right does not.
     pub fn retryable(&self) -> Option<Option<Duration>> {
         match self.status {
             None | Some(500..=599) | Some(429) => Some(None),
             // A secondary rate limit without retry-after: GitHub asks for at least a minute.
-            Some(403) if self.message.to_ascii_lowercase().contains("rate limit") => {
-                Some(Some(Duration::from_secs(60)))
-            }
+            Some(403) if self.rate_limited() => Some(Some(Duration::from_secs(60))),
             _ => None,
         }
     }
@@ -69,7 +73,7 @@ impl GithubError {
     /// for a workflow or App installation (`ghs_`), the usual reason for a 403 here.
     pub fn hint(&self, repository: &str, workflow_token: bool) -> String {
         match self.status {
-            Some(403 | 429) if self.message.to_ascii_lowercase().contains("rate limit") => {
+            Some(403 | 429) if self.rate_limited() => {
                 "GitHub rate-limited this token even after waiting as it asked: re-run the job \
                  later, or use a GitHub App, whose installation has higher limits."
                     .to_owned()

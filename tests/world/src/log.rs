@@ -1,18 +1,20 @@
 //! A step's stdout as the GitHub log shows it: masked values as `***`, the mask commands hidden,
 //! groups as headed blocks, annotations in words, commands off between `stop-commands` markers.
 
+/// A workflow command's data and properties as the runner reads them back.
+pub fn unescape(s: &str) -> String {
+    s.replace("%0A", "\n")
+        .replace("%0D", "\r")
+        .replace("%3A", ":")
+        .replace("%2C", ",")
+        .replace("%25", "%")
+}
+
 pub fn render(stdout: &str) -> String {
     let mut masks: Vec<String> = Vec::new();
     let mut out = String::new();
     let mut stopped: Option<String> = None;
     let mut depth = 0;
-    let unescape = |s: &str| {
-        s.replace("%0A", "\n")
-            .replace("%0D", "\r")
-            .replace("%3A", ":")
-            .replace("%2C", ",")
-            .replace("%25", "%")
-    };
     for line in stdout.lines() {
         let mut text = line.to_owned();
         if let Some(token) = &stopped {

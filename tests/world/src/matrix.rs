@@ -260,10 +260,7 @@ fn first_error(outcomes: &[&Outcome]) -> String {
         .flat_map(|o| o.errors())
         .next()
         .map(|e| {
-            let e = e
-                .replace("%0A", " ")
-                .replace("%3A", ":")
-                .replace("%2C", ",");
+            let e = crate::log::unescape(e).replace('\n', " ");
             e.strip_prefix("::error title=")
                 .map(|rest| rest.replacen("::", ": ", 1))
                 .unwrap_or(e)
