@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
-use crate::inputs::{ImageRef, MarketType, StartInputs};
+use crate::inputs::{GroupRef, ImageRef, MarketType, RunnerScope, StartInputs};
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
 pub mod tag {
@@ -20,6 +20,8 @@ pub mod tag {
     pub const RUN_ATTEMPT: &str = "gpu-runner:run-attempt";
     pub const EXPIRES_AT: &str = "gpu-runner:expires-at";
     pub const VERSION: &str = "gpu-runner:version";
+    /// `repo` or `org`: where the runner was registered, for a stop that was not told.
+    pub const RUNNER_SCOPE: &str = "gpu-runner:runner-scope";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,10 @@ pub struct LaunchPlan {
     pub expires_at: DateTime<Utc>,
     pub keep_on_failure: bool,
     pub dry_run: bool,
+    /// Where the runners are registered, in words: the repository, or the organization and group.
+    pub registered_in: String,
+    /// The runner package the instance installs, in words.
+    pub runner_package: String,
 }
 
 /// What every label and runner name gpu-runner makes begins with: how cleanup tells its runners
@@ -147,6 +153,7 @@ pub fn launch_plan(
             expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         ),
         (tag::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
+        (tag::RUNNER_SCOPE, inputs.common.scope().name().to_owned()),
     ] {
         tags.insert(key.to_owned(), value);
     }
@@ -188,6 +195,24 @@ pub fn launch_plan(
         expires_at,
         keep_on_failure: inputs.keep_on_failure,
         dry_run: inputs.dry_run,
+        registered_in: match (inputs.common.scope(), &inputs.runner_group) {
+            (RunnerScope::Repo, _) => format!("the repository {}", ctx.repository()),
+            (RunnerScope::Org, None) => {
+                format!("the organization {}, its default group", ctx.owner)
+            }
+            (RunnerScope::Org, Some(GroupRef::Id(id))) => {
+                format!("the organization {}, runner group id {id}", ctx.owner)
+            }
+            (RunnerScope::Org, Some(GroupRef::Name(name))) => {
+                format!("the organization {}, runner group \"{name}\"", ctx.owner)
+            }
+        },
+        runner_package: format!(
+            "{} for {}, SHA-256 {}",
+            inputs.runner_version,
+            inputs.arch.name(),
+            inputs.runner_sha256
+        ),
     }
 }
 
@@ -216,6 +241,8 @@ impl LaunchPlan {
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
+            ("Registered in", self.registered_in.clone()),
+            ("Runner package", self.runner_package.clone()),
             ("Region", self.region.clone()),
             ("Image", self.image.to_string()),
             (
@@ -375,8 +402,13 @@ mod tests {
     }
 
     /// Snapshots outlive version bumps.
+    /// Without gpu-runner's version and the default runner's, so that neither a release nor the
+    /// runner-bump workflow changes the snapshots.
     fn versionless(text: String) -> String {
-        text.replace(env!("CARGO_PKG_VERSION"), "[version]")
+        let pin = crate::boot::PINNED_RUNNERS[0];
+        text.replace(pin.sha256, "[runner-sha256]")
+            .replace(pin.version, "[runner-version]")
+            .replace(env!("CARGO_PKG_VERSION"), "[version]")
     }
 
     #[test]
@@ -442,6 +474,8 @@ mod tests {
             ),
             ("INPUT_MAX-LIFETIME-MINUTES", "120"),
             ("INPUT_KEEP-ON-FAILURE", "true"),
+            ("INPUT_RUNNER-SCOPE", "org"),
+            ("INPUT_RUNNER-GROUP", "GPU runners"),
         ]);
         let plan = launch_plan(&inputs, &ctx(), now(), "a1b2c3d4");
         insta::assert_snapshot!("plan_everything_set", versionless(plan.to_text()));

@@ -196,6 +196,23 @@ fn the_readme_documents_every_input_and_output() {
 }
 
 #[test]
+fn the_readme_lists_every_pinned_runner_version() {
+    let mut versions: Vec<&str> = Vec::new();
+    for pin in gpu_runner::boot::PINNED_RUNNERS {
+        if !versions.contains(&pin.version) {
+            versions.push(pin.version);
+        }
+    }
+    assert!(
+        read("README.md").contains(&format!(
+            "Pinned, with their x64 and arm64 hashes: {}. |",
+            versions.join(", ")
+        )),
+        "the README's runner-version row does not list {versions:?}"
+    );
+}
+
+#[test]
 fn every_workflow_example_in_the_readme_is_a_linted_file() {
     let readme = read("README.md");
     let files: Vec<String> =

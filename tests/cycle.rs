@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Outcome, Step, nothing_left};
+use support::{Outcome, Step, as_app, nothing_left};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
@@ -526,12 +526,6 @@ fn the_post_step_after_a_good_start_leaves_the_runner_to_the_job() {
     nothing_left(&world);
 }
 
-fn as_app(step: world::step::Step) -> world::step::Step {
-    step.unset("INPUT_GITHUB-TOKEN")
-        .input("github-app-id", world::APP_ID)
-        .input("github-app-private-key", world::APP_PRIVATE_KEY)
-}
-
 #[test]
 fn a_github_app_registers_and_removes_the_runner() {
     let world = world();
@@ -566,7 +560,8 @@ fn app_problems_are_explained_before_anything_is_launched() {
     out.failure();
     let error = out.errors()[0];
     assert!(
-        error.contains("the App is not installed on octo/ml") && error.contains("Install App"),
+        error.contains("the App is not installed on the repository octo/ml")
+            && error.contains("Install App"),
         "{error}"
     );
     assert!(world.instances().is_empty());
@@ -584,7 +579,7 @@ fn a_github_failure_in_stop_still_terminates_the_instance() {
     let stopped = as_app(stop(&world)).outputs_of(&started).run();
     stopped.failure();
     assert!(
-        stopped.errors()[0].contains("the App is not installed on octo/ml"),
+        stopped.errors()[0].contains("the App is not installed on the repository octo/ml"),
         "{:?}",
         stopped.errors()
     );

@@ -6,19 +6,76 @@ use crate::secret::Secret;
 const TEMPLATE: &str = include_str!("boot.sh");
 const VALUES_MARKER: &str = "# @VALUES@";
 
-/// Versions of the Actions runner whose package hashes gpu-runner knows, newest first. The hashes
-/// are the ones GitHub publishes with each release.
-pub const PINNED_RUNNERS: &[PinnedRunner] = &[PinnedRunner {
-    version: "2.329.0",
-    arch: "x64",
-    sha256: "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d",
-}];
+/// The CPU architecture of an instance type, as the runner's packages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X64,
+    Arm64,
+}
+
+impl Arch {
+    /// From an EC2 instance type's name: AWS Graviton families carry a `g` after their generation
+    /// (`g5g`, `c7gn`, `p6e-gb200`), and `a1` is the first Graviton. Everything else is x86-64.
+    pub fn of_instance_type(instance_type: &str) -> Self {
+        let family = instance_type.split('.').next().unwrap_or_default();
+        let after_generation = family
+            .find(|c: char| c.is_ascii_digit())
+            .map(|i| family[i..].trim_start_matches(|c: char| c.is_ascii_digit()))
+            .unwrap_or_default();
+        if family == "a1" || after_generation.contains('g') {
+            Arch::Arm64
+        } else {
+            Arch::X64
+        }
+    }
+
+    /// The name in the runner package's file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X64 => "x64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// Versions of the Actions runner whose package hashes gpu-runner knows, newest first, for each
+/// architecture. The hashes are the ones GitHub publishes with each release; the weekly
+/// `runner-bump` workflow proposes the next version's.
+pub const PINNED_RUNNERS: &[PinnedRunner] = &[
+    PinnedRunner {
+        version: "2.329.0",
+        arch: Arch::X64,
+        sha256: "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d",
+    },
+    PinnedRunner {
+        version: "2.329.0",
+        arch: Arch::Arm64,
+        sha256: "56768348b3d643a6a29d4ad71e9bdae0dc0ef1eb01afe0f7a8ee097b039bfaaf",
+    },
+    PinnedRunner {
+        version: "2.328.0",
+        arch: Arch::X64,
+        sha256: "01066fad3a2893e63e6ca880ae3a1fad5bf9329d60e77ee15f2b97c148c3cd4e",
+    },
+    PinnedRunner {
+        version: "2.328.0",
+        arch: Arch::Arm64,
+        sha256: "b801b9809c4d9301932bccadf57ca13533073b2aa9fa9b8e625a8db905b5d8eb",
+    },
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinnedRunner {
     pub version: &'static str,
-    pub arch: &'static str,
+    pub arch: Arch,
     pub sha256: &'static str,
+}
+
+/// The pinned hash of `version` for `arch`.
+pub fn pinned(version: &str, arch: Arch) -> Option<&'static PinnedRunner> {
+    PINNED_RUNNERS
+        .iter()
+        .find(|p| p.version == version && p.arch == arch)
 }
 
 /// Where GitHub publishes runner packages; `{version}` and `{arch}` are filled in.
@@ -33,16 +90,15 @@ pub struct RunnerPackage {
 }
 
 impl RunnerPackage {
-    /// The newest pinned x64 runner, from `url_template` (the GitHub releases URL unless the
-    /// environment names a mirror).
-    pub fn pinned(url_template: &str) -> Self {
-        let pin = PINNED_RUNNERS[0];
+    /// `version` for `arch`, from `url_template` (the GitHub releases URL unless the environment
+    /// names a mirror).
+    pub fn new(url_template: &str, version: &str, arch: Arch, sha256: &str) -> Self {
         Self {
-            version: pin.version.to_owned(),
+            version: version.to_owned(),
             url: url_template
-                .replace("{version}", pin.version)
-                .replace("{arch}", pin.arch),
-            sha256: pin.sha256.to_owned(),
+                .replace("{version}", version)
+                .replace("{arch}", arch.name()),
+            sha256: sha256.to_owned(),
         }
     }
 }
@@ -111,6 +167,50 @@ pub fn render_redacted(p: &BootParams) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn graviton_families_are_arm64_and_the_rest_x64() {
+        for t in [
+            "g5g.xlarge",
+            "c7gn.large",
+            "m6gd.metal",
+            "a1.large",
+            "p6e-gb200.36xlarge",
+            "x2gd.large",
+        ] {
+            assert_eq!(Arch::of_instance_type(t), Arch::Arm64, "{t}");
+        }
+        for t in [
+            "g4dn.xlarge",
+            "g5.xlarge",
+            "g6e.2xlarge",
+            "gr6.4xlarge",
+            "g4ad.xlarge",
+            "p5en.48xlarge",
+            "m7i-flex.large",
+        ] {
+            assert_eq!(Arch::of_instance_type(t), Arch::X64, "{t}");
+        }
+    }
+
+    #[test]
+    fn every_pinned_version_has_both_architectures() {
+        for pin in PINNED_RUNNERS {
+            for arch in [Arch::X64, Arch::Arm64] {
+                let p = pinned(pin.version, arch).expect("pinned");
+                assert_eq!(p.sha256.len(), 64);
+                assert!(
+                    p.sha256
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
+            }
+        }
+        let mut hashes: Vec<&str> = PINNED_RUNNERS.iter().map(|p| p.sha256).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), PINNED_RUNNERS.len());
+    }
+
     pub(crate) fn params() -> BootParams {
         BootParams {
             runner_name: "gpu-runner-1-1-abcd".into(),
@@ -122,7 +222,8 @@ mod tests {
             expected_gpus: 1,
             max_lifetime_minutes: 360,
             idle_timeout_minutes: 15,
-            runner: RunnerPackage::pinned(DEFAULT_RUNNER_URL),
+            // Fixed, not the table's newest: a new pin must not change this snapshot.
+            runner: RunnerPackage::new(DEFAULT_RUNNER_URL, "2.329.0", Arch::X64, X64_2_329_0),
             pre_runner_script: Some("apt-get install -y jq\necho 'done'".into()),
         }
     }
@@ -137,14 +238,22 @@ mod tests {
         );
     }
 
+    const X64_2_329_0: &str = "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d";
+
     #[test]
-    fn the_pinned_runner_comes_from_github_releases() {
-        let r = RunnerPackage::pinned(DEFAULT_RUNNER_URL);
+    fn runner_packages_come_from_github_releases_for_their_architecture() {
+        let r = RunnerPackage::new(DEFAULT_RUNNER_URL, "2.329.0", Arch::X64, X64_2_329_0);
         assert_eq!(
             r.url,
             "https://github.com/actions/runner/releases/download/v2.329.0/actions-runner-linux-x64-2.329.0.tar.gz"
         );
-        assert_eq!(r.sha256.len(), 64);
+        let pin = pinned("2.329.0", Arch::Arm64).expect("2.329.0 is pinned for arm64");
+        let r = RunnerPackage::new(DEFAULT_RUNNER_URL, pin.version, pin.arch, pin.sha256);
+        assert_eq!(
+            r.url,
+            "https://github.com/actions/runner/releases/download/v2.329.0/actions-runner-linux-arm64-2.329.0.tar.gz"
+        );
+        assert_eq!(r.sha256, pin.sha256);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use serde::Deserialize;
 
 use super::GithubError;
+use crate::context::Context;
+use crate::inputs::RunnerScope;
 use crate::secret::Secret;
 
 #[derive(Deserialize)]
@@ -58,14 +60,28 @@ pub fn app_jwt(app_id: &str, private_key: &Secret, now: i64) -> Result<Secret, A
         })
 }
 
-/// An installation token for `owner/repo`.
+/// An installation token for the repository of `ctx`, or (with `RunnerScope::Org`) for the
+/// organization that owns it.
 pub async fn installation_token(
     api_url: &str,
     app_id: &str,
     private_key: &Secret,
-    owner: &str,
-    repo: &str,
+    ctx: &Context,
+    scope: RunnerScope,
 ) -> Result<(Secret, Secret), AppFailure> {
+    let (owner, repo) = (&ctx.owner, &ctx.repo);
+    let (installation_url, installed_on, permission) = match scope {
+        RunnerScope::Repo => (
+            format!("{api_url}/repos/{owner}/{repo}/installation"),
+            format!("the repository {owner}/{repo}"),
+            "the repository permission Administration: read and write",
+        ),
+        RunnerScope::Org => (
+            format!("{api_url}/orgs/{owner}/installation"),
+            format!("the organization {owner}"),
+            "the organization permission Self-hosted runners: read and write",
+        ),
+    };
     let jwt = app_jwt(app_id, private_key, chrono::Utc::now().timestamp())?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -82,15 +98,13 @@ pub async fn installation_token(
             )
             .send()
     };
-    let answer = call(http.get(format!("{api_url}/repos/{owner}/{repo}/installation")))
-        .await
-        .map_err(|e| {
-            failure(
-                None,
-                e.without_url().to_string(),
-                "Re-run the job; check https://www.githubstatus.com.",
-            )
-        })?;
+    let answer = call(http.get(installation_url)).await.map_err(|e| {
+        failure(
+            None,
+            e.without_url().to_string(),
+            "Re-run the job; check https://www.githubstatus.com.",
+        )
+    })?;
     let installation: Installation = match answer.status().as_u16() {
         200 => answer
             .json()
@@ -107,9 +121,11 @@ pub async fn installation_token(
         404 => {
             return Err(failure(
                 Some(404),
-                format!("the App is not installed on {owner}/{repo}"),
-                "Install the App on this repository (the App's settings → Install App), with \
-                 Administration: read and write.",
+                format!("the App is not installed on {installed_on}"),
+                &format!(
+                    "Install the App on {installed_on} (the App's settings → Install App), \
+                     with {permission}."
+                ),
             ));
         }
         status => {
@@ -131,8 +147,10 @@ pub async fn installation_token(
         return Err(failure(
             Some(status),
             format!("GitHub refused an installation token (HTTP {status})"),
-            "Check the App's installation on this repository and its permissions \
-             (Administration: read and write).",
+            &format!(
+                "Check the App's installation on {installed_on} and its permissions \
+                 ({permission})."
+            ),
         ));
     }
     let token: AccessToken = answer

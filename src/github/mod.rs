@@ -2,6 +2,7 @@
 //! against the REST API; tests and GitHub Enterprise Server point it elsewhere.
 
 pub mod app;
+pub mod groups;
 pub mod octo;
 
 use std::future::Future;
@@ -69,9 +70,10 @@ impl GithubError {
         }
     }
 
-    /// What to do about it. `workflow_token` is true when the token looks like one GitHub mints
+    /// What to do about it. `org` is the organization when its runners are managed
+    /// (`runner-scope: org`). `workflow_token` is true when the token looks like one GitHub mints
     /// for a workflow or App installation (`ghs_`), the usual reason for a 403 here.
-    pub fn hint(&self, repository: &str, workflow_token: bool) -> String {
+    pub fn hint(&self, repository: &str, org: Option<&str>, workflow_token: bool) -> String {
         match self.status {
             Some(403 | 429) if self.rate_limited() => {
                 "GitHub rate-limited this token even after waiting as it asked: re-run the job \
@@ -81,6 +83,27 @@ impl GithubError {
             Some(401) => "GitHub refused github-token (HTTP 401): it is expired, revoked or \
                 mistyped. Create a new token and update the secret."
                 .to_owned(),
+            Some(403) if workflow_token && org.is_some() => format!(
+                "This token cannot manage the self-hosted runners of the organization {}: the \
+                 workflow's own GITHUB_TOKEN never can, and a GitHub App needs the organization \
+                 permission Self-hosted runners: read and write (App settings → Permissions → \
+                 Organization permissions), then the installation's approval of it.",
+                org.unwrap_or_default()
+            ),
+            Some(403) if org.is_some() => format!(
+                "The token cannot manage the self-hosted runners of the organization {}: a \
+                 fine-grained token needs the organization permission Self-hosted runners: read \
+                 and write, a classic token the admin:org scope, and its owner must be an owner \
+                 of the organization. Or set runner-scope: repo to register the runner in {repository}.",
+                org.unwrap_or_default()
+            ),
+            Some(404) if org.is_some() => format!(
+                "GitHub shows no organization {} to this token: runner-scope: org needs a \
+                 repository owned by an organization (not a personal account), and a token or \
+                 App installed on that organization. Use runner-scope: repo for a personal \
+                 repository.",
+                org.unwrap_or_default()
+            ),
             Some(403) if workflow_token => format!(
                 "This looks like the workflow's own GITHUB_TOKEN, which can never manage \
                  self-hosted runners: GitHub does not grant it Administration. Pass a fine-grained \

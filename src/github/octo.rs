@@ -1,4 +1,5 @@
-//! `RunnerRegistry` on the GitHub REST API through octocrab, for one repository.
+//! `RunnerRegistry` on the GitHub REST API through octocrab: the runners of one repository, or of
+//! the organization that owns it. Workflow runs and jobs are always the repository's.
 
 use std::sync::Arc;
 
@@ -10,26 +11,65 @@ use octocrab::service::middleware::retry::{NoOpRateLimitMetrics, RetryConfig};
 use serde::Deserialize;
 
 use super::{GithubError, JitRunner, Job, Removal, Runner, RunnerRegistry, RunnerStatus};
+use crate::inputs::RunnerScope;
 use crate::retry::Backoff;
 use crate::secret::Secret;
 
-/// Runners of a repository live in the default group.
-const REPO_RUNNER_GROUP: u64 = 1;
+/// The default runner group: every repository runner is in it, and organization runners are
+/// unless `runner-group` names another.
+const DEFAULT_RUNNER_GROUP: u64 = 1;
 
-pub struct RepoRunners {
+pub struct Runners {
     crab: Octocrab,
     owner: String,
     repo: String,
+    scope: RunnerScope,
+    group: u64,
     backoff: Backoff,
 }
 
-impl RepoRunners {
+/// An organization's runner group, as start checks it before registering a runner in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RunnerGroup {
+    pub id: u64,
+    pub name: String,
+    /// `all`, `selected` or `private` (every private repository): which repositories may use it.
+    #[serde(default)]
+    pub visibility: String,
+    #[serde(default)]
+    pub allows_public_repositories: bool,
+    /// The group new runners join unless told otherwise.
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Deserialize)]
+struct GroupsPage {
+    #[serde(default)]
+    runner_groups: Vec<RunnerGroup>,
+}
+
+#[derive(Deserialize)]
+struct ReposPage {
+    #[serde(default)]
+    repositories: Vec<Repository>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+    #[serde(default)]
+    private: bool,
+}
+
+impl Runners {
     /// `api_url` is `GITHUB_API_URL`: api.github.com, a GitHub Enterprise Server's `/api/v3`.
+    /// With `RunnerScope::Org`, the runners are the organization `owner`'s.
     pub fn new(
         api_url: &str,
         token: &Secret,
-        owner: &str,
-        repo: &str,
+        (owner, repo): (&str, &str),
+        scope: RunnerScope,
         backoff: Backoff,
     ) -> Result<Self, GithubError> {
         let fail = |message: String| GithubError {
@@ -55,12 +95,97 @@ impl RepoRunners {
             crab,
             owner: owner.to_owned(),
             repo: repo.to_owned(),
+            scope,
+            group: DEFAULT_RUNNER_GROUP,
             backoff,
         })
     }
 
+    pub fn scope(&self) -> RunnerScope {
+        self.scope
+    }
+
+    /// Registers runners in `group` (an organization's) from now on.
+    pub fn use_group(&mut self, group: u64) {
+        self.group = group;
+    }
+
     fn path(&self, rest: &str) -> String {
         format!("/repos/{}/{}/actions/{rest}", self.owner, self.repo)
+    }
+
+    /// The organization's runner groups, across all pages.
+    pub async fn runner_groups(&self) -> Result<Vec<RunnerGroup>, GithubError> {
+        let path = format!("/orgs/{}/actions/runner-groups", self.owner);
+        let mut groups = Vec::new();
+        for page in 1..=10u32 {
+            let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
+            let batch: GroupsPage = self
+                .retrying("listing the organization's runner groups", || {
+                    self.crab.get(&path, Some(&query))
+                })
+                .await?;
+            let full = batch.runner_groups.len() == 100;
+            groups.extend(batch.runner_groups);
+            if !full {
+                break;
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Whether a `selected` group lets this repository use its runners.
+    pub async fn group_serves_repository(&self, group: u64) -> Result<bool, GithubError> {
+        let path = format!(
+            "/orgs/{}/actions/runner-groups/{group}/repositories",
+            self.owner
+        );
+        let full_name = format!("{}/{}", self.owner, self.repo);
+        for page in 1..=50u32 {
+            let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
+            let batch: ReposPage = self
+                .retrying("listing the runner group's repositories", || {
+                    self.crab.get(&path, Some(&query))
+                })
+                .await?;
+            if batch
+                .repositories
+                .iter()
+                .any(|r| r.full_name.eq_ignore_ascii_case(&full_name))
+            {
+                return Ok(true);
+            }
+            if batch.repositories.len() < 100 {
+                break;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether the repository is public: a group must allow public repositories to serve it.
+    pub async fn repository_is_public(&self) -> Result<bool, GithubError> {
+        let path = format!("/repos/{}/{}", self.owner, self.repo);
+        let repo: Repository = self
+            .retrying("reading the repository", || {
+                self.crab.get(&path, None::<&()>)
+            })
+            .await?;
+        Ok(!repo.private)
+    }
+
+    /// Whether workflow run `run_id` is one of this repository's (run ids are unique on GitHub).
+    pub async fn run_is_ours(&self, run_id: u64) -> Result<bool, GithubError> {
+        let path = self.path(&format!("runs/{run_id}"));
+        let found: Result<RunId, _> = self
+            .retrying("reading a workflow run", || {
+                self.crab.get(&path, None::<&()>)
+            })
+            .await;
+        match found {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// One GitHub call, retried while GitHub says it is passing.
@@ -142,7 +267,7 @@ fn runner(r: &SelfHostedRunner) -> Runner {
     }
 }
 
-impl RunnerRegistry for RepoRunners {
+impl RunnerRegistry for Runners {
     async fn create_jit_runner(
         &self,
         name: &str,
@@ -150,17 +275,24 @@ impl RunnerRegistry for RepoRunners {
     ) -> Result<JitRunner, GithubError> {
         let config = self
             .retrying("registering the runner", || async {
-                self.crab
-                    .actions()
-                    .create_repo_jit_runner_config(
+                let actions = self.crab.actions();
+                let group = RunnerGroupId(self.group);
+                let request = match self.scope {
+                    RunnerScope::Repo => actions.create_repo_jit_runner_config(
                         &self.owner,
                         &self.repo,
                         name,
-                        RunnerGroupId(REPO_RUNNER_GROUP),
+                        group,
                         labels.to_vec(),
-                    )
-                    .send()
-                    .await
+                    ),
+                    RunnerScope::Org => actions.create_org_jit_runner_config(
+                        &self.owner,
+                        name,
+                        group,
+                        labels.to_vec(),
+                    ),
+                };
+                request.send().await
             })
             .await?;
         Ok(JitRunner {
@@ -172,10 +304,15 @@ impl RunnerRegistry for RepoRunners {
     async fn get_runner(&self, id: u64) -> Result<Option<Runner>, GithubError> {
         let found = self
             .retrying("reading the runner", || async {
-                self.crab
-                    .actions()
-                    .get_repo_runner(&self.owner, &self.repo, RunnerId(id))
-                    .await
+                let actions = self.crab.actions();
+                match self.scope {
+                    RunnerScope::Repo => {
+                        actions
+                            .get_repo_runner(&self.owner, &self.repo, RunnerId(id))
+                            .await
+                    }
+                    RunnerScope::Org => actions.get_org_runner(&self.owner, RunnerId(id)).await,
+                }
             })
             .await;
         match found {
@@ -191,13 +328,14 @@ impl RunnerRegistry for RepoRunners {
         loop {
             let batch = self
                 .retrying("listing runners", || async {
-                    self.crab
-                        .actions()
-                        .list_repo_self_hosted_runners(&self.owner, &self.repo)
-                        .per_page(100u8)
-                        .page(page)
-                        .send()
-                        .await
+                    let actions = self.crab.actions();
+                    let list = match self.scope {
+                        RunnerScope::Repo => {
+                            actions.list_repo_self_hosted_runners(&self.owner, &self.repo)
+                        }
+                        RunnerScope::Org => actions.list_org_self_hosted_runners(&self.owner),
+                    };
+                    list.per_page(100u8).page(page).send().await
                 })
                 .await?;
             let last = batch.next.is_none() || batch.items.is_empty();
@@ -212,10 +350,15 @@ impl RunnerRegistry for RepoRunners {
     async fn delete_runner(&self, id: u64) -> Result<Removal, GithubError> {
         let removed = self
             .retrying("removing the runner", || async {
-                self.crab
-                    .actions()
-                    .delete_repo_runner(&self.owner, &self.repo, RunnerId(id))
-                    .await
+                let actions = self.crab.actions();
+                match self.scope {
+                    RunnerScope::Repo => {
+                        actions
+                            .delete_repo_runner(&self.owner, &self.repo, RunnerId(id))
+                            .await
+                    }
+                    RunnerScope::Org => actions.delete_org_runner(&self.owner, RunnerId(id)).await,
+                }
             })
             .await;
         match removed {

@@ -13,6 +13,7 @@ pub use error::{InputError, InputErrors, Problem, Shown};
 use spec::Spec;
 pub use values::ImageRef;
 
+use crate::boot::Arch;
 use crate::env::Env;
 use crate::secret::Secret;
 
@@ -61,6 +62,29 @@ pub enum MarketType {
     SpotThenOnDemand,
 }
 
+/// Where the runners are registered: the repository, or the organization that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerScope {
+    Repo,
+    Org,
+}
+
+impl RunnerScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunnerScope::Repo => "repo",
+            RunnerScope::Org => "org",
+        }
+    }
+}
+
+/// An organization's runner group, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRef {
+    Id(u64),
+    Name(String),
+}
+
 /// Inputs every mode reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
@@ -68,6 +92,15 @@ pub struct Common {
     /// Without a role, the ambient AWS credential chain is used.
     pub role_to_assume: Option<String>,
     pub audience: String,
+    /// `None` when `runner-scope` was not given: the repository, unless stop finds that the
+    /// start it cleans up after registered in the organization.
+    pub runner_scope: Option<RunnerScope>,
+}
+
+impl Common {
+    pub fn scope(&self) -> RunnerScope {
+        self.runner_scope.unwrap_or(RunnerScope::Repo)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +130,10 @@ pub struct StartInputs {
     pub startup_timeout_minutes: u32,
     pub max_lifetime_minutes: u32,
     pub idle_timeout_minutes: u32,
+    /// The organization's runner group (with `runner-scope: org`); `None`: its default group.
+    pub runner_group: Option<GroupRef>,
+    /// Of every instance type: one image and one runner package serve all candidates.
+    pub arch: Arch,
     /// The Actions runner version the instance installs, and its package's SHA-256.
     pub runner_version: String,
     pub runner_sha256: String,
@@ -346,10 +383,19 @@ impl Reader<'_> {
         let github = self.github_auth();
         let role_to_assume = self.one(&spec::ROLE_TO_ASSUME, values::role_arn);
         let audience = self.one(&spec::AUDIENCE, values::audience);
+        let scope_given = self.raw(&spec::RUNNER_SCOPE).is_some();
+        let runner_scope = match self
+            .one(&spec::RUNNER_SCOPE, values::runner_scope)?
+            .as_str()
+        {
+            "org" => RunnerScope::Org,
+            _ => RunnerScope::Repo,
+        };
         Some(Common {
             github: github?,
             role_to_assume,
             audience: audience?,
+            runner_scope: scope_given.then_some(runner_scope),
         })
     }
 
@@ -499,8 +545,13 @@ impl Reader<'_> {
     fn start(&mut self, common: Option<Common>) -> Option<StartInputs> {
         let region = self.required_region("to launch in");
         let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
+        let arch = self.arch(&instance_types);
         let image = self
-            .value(&spec::IMAGE_ID)
+            .raw(&spec::IMAGE_ID)
+            .or_else(|| match arch {
+                Some(Arch::Arm64) => Some(spec::DEFAULT_IMAGE_ARM64.to_owned()),
+                _ => self.value(&spec::IMAGE_ID),
+            })
             .and_then(|v| match values::image(&v) {
                 Ok(image) => Some(image),
                 Err(e) => {
@@ -526,6 +577,7 @@ impl Reader<'_> {
         let own = if count.is_some_and(|c| c > 1) { 2 } else { 1 };
         let labels = self.list(&spec::LABELS, 100 - own, values::label);
         let tags = self.tags();
+        let runner_group = self.runner_group(common.as_ref());
         let runner_user = self.one(&spec::RUNNER_USER, values::linux_user);
         let runner_sudo = self.boolean(&spec::RUNNER_SUDO);
         let pre_runner_script = self.value(&spec::PRE_RUNNER_SCRIPT);
@@ -544,7 +596,7 @@ impl Reader<'_> {
                 },
             );
         }
-        let runner = self.runner();
+        let runner = arch.and_then(|arch| self.runner(arch));
         let allowed_associations: Vec<String> = self
             .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
             .iter()
@@ -577,6 +629,8 @@ impl Reader<'_> {
             startup_timeout_minutes: startup?,
             max_lifetime_minutes: lifetime?,
             idle_timeout_minutes: idle?,
+            runner_group,
+            arch: arch?,
             runner_version,
             runner_sha256,
             allowed_associations,
@@ -586,18 +640,71 @@ impl Reader<'_> {
         })
     }
 
-    /// The runner version and its hash: pinned versions bring theirs; others need `runner-sha256`.
-    fn runner(&mut self) -> Option<(String, String)> {
+    /// The architecture of every instance type; `None` (with an error) when they differ.
+    fn arch(&mut self, instance_types: &[String]) -> Option<Arch> {
+        let first = instance_types.first()?;
+        let arch = Arch::of_instance_type(first);
+        if let Some(other) = instance_types
+            .iter()
+            .find(|t| Arch::of_instance_type(t) != arch)
+        {
+            let value = instance_types.join(",");
+            self.fail(
+                &spec::INSTANCE_TYPE,
+                Some(&value),
+                Problem::Invalid {
+                    entry: None,
+                    expected: "instance types of one CPU architecture".to_owned(),
+                    fix: format!(
+                        "{first} is {} and {other} is {}: one image and one runner package \
+                         serve every candidate. List only arm64 types (such as g5g.xlarge) or \
+                         only x64 types (such as g5.xlarge), or use two start jobs.",
+                        arch.name(),
+                        Arch::of_instance_type(other).name()
+                    ),
+                },
+            );
+            return None;
+        }
+        Some(arch)
+    }
+
+    /// `runner-group`: only organizations have groups.
+    fn runner_group(&mut self, common: Option<&Common>) -> Option<GroupRef> {
+        let spec = &spec::RUNNER_GROUP;
+        let v = self.one(spec, values::runner_group)?;
+        if common.is_some_and(|c| c.scope() != RunnerScope::Org) {
+            self.fail(
+                spec,
+                Some(&v),
+                Problem::Invalid {
+                    entry: None,
+                    expected: "a group of the organization's runners".to_owned(),
+                    fix: "Runner groups belong to organizations: set runner-scope: org as well \
+                          (on start, stop and cleanup), or remove runner-group to register the \
+                          runner in the repository."
+                        .to_owned(),
+                },
+            );
+            return None;
+        }
+        Some(match v.parse::<u64>() {
+            Ok(id) => GroupRef::Id(id),
+            Err(_) => GroupRef::Name(v),
+        })
+    }
+
+    /// The runner version and its hash for `arch`: pinned versions bring theirs; others need
+    /// `runner-sha256`.
+    fn runner(&mut self, arch: Arch) -> Option<(String, String)> {
         let version = self.one(&spec::RUNNER_VERSION, values::runner_version)?;
         let sha = self.one(&spec::RUNNER_SHA256, values::sha256);
         if self.raw(&spec::RUNNER_SHA256).is_some() && sha.is_none() {
             return None;
         }
         let sha = sha.map(|s| s.to_ascii_lowercase());
-        let pinned = crate::boot::PINNED_RUNNERS
-            .iter()
-            .find(|p| p.version == version && p.arch == "x64");
-        match (pinned, sha) {
+        let package = format!("actions-runner-linux-{}-{version}.tar.gz", arch.name());
+        match (crate::boot::pinned(&version, arch), sha) {
             (Some(pin), None) => Some((version, pin.sha256.to_owned())),
             (Some(pin), Some(sha)) if sha == pin.sha256 => Some((version, sha)),
             (Some(pin), Some(sha)) => {
@@ -606,9 +713,9 @@ impl Reader<'_> {
                     Some(&sha),
                     Problem::Invalid {
                         entry: None,
-                        expected: format!("the SHA-256 GitHub published for runner {version}"),
+                        expected: format!("the SHA-256 GitHub published for {package}"),
                         fix: format!(
-                            "gpu-runner knows {version} as {}: remove runner-sha256, or check \
+                            "gpu-runner knows {package} as {}: remove runner-sha256, or check \
                              where your hash came from.",
                             pin.sha256
                         ),
@@ -618,14 +725,18 @@ impl Reader<'_> {
             }
             (None, Some(sha)) => Some((version, sha)),
             (None, None) => {
+                let pinned: Vec<&str> = crate::boot::PINNED_RUNNERS
+                    .iter()
+                    .filter(|p| p.arch == arch)
+                    .map(|p| p.version)
+                    .collect();
                 self.missing(
                     &spec::RUNNER_SHA256,
                     format!(
                         "gpu-runner has no pinned hash for runner-version {version}: set \
-                         runner-sha256 to the SHA-256 of actions-runner-linux-x64-{version}.tar.gz \
-                         from its release page (github.com/actions/runner/releases), or remove \
-                         runner-version to use the pinned {}.",
-                        spec::RUNNER_VERSION.default
+                         runner-sha256 to the SHA-256 of {package} from its release page \
+                         (github.com/actions/runner/releases), or use a pinned version ({}).",
+                        pinned.join(", ")
                     ),
                 );
                 None

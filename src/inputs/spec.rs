@@ -60,6 +60,9 @@ impl Spec {
 /// The AWS Deep Learning Base OSS NVIDIA Driver GPU AMI (Ubuntu 22.04), through AWS's public SSM
 /// parameter: always the newest image, with the driver and `nvidia-smi` already installed.
 pub const DEFAULT_IMAGE: &str = "ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
+/// The same image for arm64 instance types (g5g), used when `image-id` is not set.
+pub const DEFAULT_IMAGE_ARM64: &str =
+    "ssm:/aws/service/deeplearning/ami/arm64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 
 use Scope::{All, Cleanup, Start, StartAndCleanup, Stop};
 
@@ -70,6 +73,7 @@ pub const GITHUB_APP_PRIVATE_KEY: Spec = Spec::secret("github-app-private-key", 
 pub const AWS_REGION: Spec = Spec::new("aws-region", All, "");
 pub const ROLE_TO_ASSUME: Spec = Spec::new("role-to-assume", All, "");
 pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
+pub const RUNNER_SCOPE: Spec = Spec::new("runner-scope", All, "repo");
 
 pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
@@ -82,6 +86,7 @@ pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, 
 pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
 pub const LABELS: Spec = Spec::new("labels", Start, "");
 pub const TAGS: Spec = Spec::new("tags", Start, "");
+pub const RUNNER_GROUP: Spec = Spec::new("runner-group", Start, "");
 pub const RUNNER_USER: Spec = Spec::new("runner-user", Start, "runner");
 pub const RUNNER_SUDO: Spec = Spec::new("runner-sudo", Start, "true");
 pub const PRE_RUNNER_SCRIPT: Spec = Spec::new("pre-runner-script", Start, "");
@@ -111,6 +116,7 @@ pub const ALL: &[Spec] = &[
     AWS_REGION,
     ROLE_TO_ASSUME,
     AUDIENCE,
+    RUNNER_SCOPE,
     INSTANCE_TYPE,
     IMAGE_ID,
     SUBNET_ID,
@@ -122,6 +128,7 @@ pub const ALL: &[Spec] = &[
     ROOT_VOLUME_SIZE,
     LABELS,
     TAGS,
+    RUNNER_GROUP,
     RUNNER_USER,
     RUNNER_SUDO,
     PRE_RUNNER_SCRIPT,

@@ -794,13 +794,118 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
              actions-runner-linux-x64-2.400.1.tar.gz"
     ));
     assert!(
-        error(&[("INPUT_RUNNER-SHA256", &"0".repeat(64))])
-            .contains("is not the SHA-256 GitHub published for runner 2.329.0")
+        error(&[("INPUT_RUNNER-SHA256", &"0".repeat(64))]).contains(&format!(
+            "is not the SHA-256 GitHub published for actions-runner-linux-x64-{}.tar.gz",
+            pin.version
+        ))
     );
     assert!(
         error(&[("INPUT_RUNNER-VERSION", "v2.329.0")]).contains("is not an Actions runner version")
     );
     assert!(error(&[("INPUT_RUNNER-SHA256", "abc")]).contains("is not a SHA-256 hash"));
+}
+
+#[test]
+fn arm64_instance_types_get_the_arm64_runner_and_image() {
+    let s = start(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge, g5g.2xlarge")]);
+    assert_eq!(s.arch, Arch::Arm64);
+    let newest = crate::boot::pinned(spec::RUNNER_VERSION.default, Arch::Arm64);
+    assert_eq!(Some(s.runner_sha256.as_str()), newest.map(|p| p.sha256));
+    assert_eq!(
+        start(&[
+            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_RUNNER-VERSION", "2.329.0"),
+        ])
+        .runner_sha256,
+        "56768348b3d643a6a29d4ad71e9bdae0dc0ef1eb01afe0f7a8ee097b039bfaaf"
+    );
+    assert_eq!(
+        s.image,
+        ImageRef::Ssm(spec::DEFAULT_IMAGE_ARM64["ssm:".len()..].to_owned())
+    );
+    // Another pinned version, for its architecture; a chosen image stays as given.
+    let s = start(&[
+        ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+        ("INPUT_RUNNER-VERSION", "2.328.0"),
+        ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
+    ]);
+    assert_eq!(
+        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        (
+            "2.328.0",
+            "b801b9809c4d9301932bccadf57ca13533073b2aa9fa9b8e625a8db905b5d8eb"
+        )
+    );
+    assert_eq!(s.image, ImageRef::Ami("ami-0123456789abcdef0".to_owned()));
+    assert_eq!(
+        start(&[("INPUT_RUNNER-VERSION", "2.328.0")]).runner_sha256,
+        "01066fad3a2893e63e6ca880ae3a1fad5bf9329d60e77ee15f2b97c148c3cd4e"
+    );
+    // The x64 hash is not the arm64 one.
+    assert!(
+        error(&[
+            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_RUNNER-VERSION", "2.329.0"),
+            (
+                "INPUT_RUNNER-SHA256",
+                "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d"
+            ),
+        ])
+        .contains("actions-runner-linux-arm64-2.329.0.tar.gz as 56768348")
+    );
+    assert!(
+        error(&[
+            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_RUNNER-VERSION", "2.400.1"),
+        ])
+        .contains("the SHA-256 of actions-runner-linux-arm64-2.400.1.tar.gz")
+    );
+}
+
+#[test]
+fn instance_types_of_two_architectures_are_refused() {
+    assert_eq!(
+        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,g5g.xlarge")]),
+        "Invalid input: instance-type: instance-type \"g5.xlarge,g5g.xlarge\" is not instance \
+         types of one CPU architecture. g5.xlarge is x64 and g5g.xlarge is arm64: one image and \
+         one runner package serve every candidate. List only arm64 types (such as g5g.xlarge) or \
+         only x64 types (such as g5.xlarge), or use two start jobs."
+    );
+}
+
+#[test]
+fn runner_scope_and_group() {
+    let s = start(&[]);
+    assert_eq!(
+        (s.common.scope(), &s.runner_group),
+        (RunnerScope::Repo, &None)
+    );
+    let s = start(&[
+        ("INPUT_RUNNER-SCOPE", "org"),
+        ("INPUT_RUNNER-GROUP", "GPU runners"),
+    ]);
+    assert_eq!(s.common.runner_scope, Some(RunnerScope::Org));
+    assert_eq!(
+        s.runner_group,
+        Some(GroupRef::Name("GPU runners".to_owned()))
+    );
+    let s = start(&[("INPUT_RUNNER-SCOPE", "org"), ("INPUT_RUNNER-GROUP", "42")]);
+    assert_eq!(s.runner_group, Some(GroupRef::Id(42)));
+    assert!(
+        error(&[("INPUT_RUNNER-GROUP", "GPU runners")])
+            .contains("Runner groups belong to organizations: set runner-scope: org as well")
+    );
+    assert!(
+        error(&[("INPUT_RUNNER-SCOPE", "organization")])
+            .contains("is not repo or org. Use repo (runners of this repository) or org")
+    );
+    assert!(error(&[("INPUT_RUNNER-SCOPE", "orgs")]).ends_with("Did you mean org?"));
+    // Stop and cleanup read the scope too; unset, stop may learn it from the instances.
+    assert_eq!(stop(&[]).common.runner_scope, None);
+    assert_eq!(
+        stop(&[("INPUT_RUNNER-SCOPE", "org")]).common.runner_scope,
+        Some(RunnerScope::Org)
+    );
 }
 
 #[test]

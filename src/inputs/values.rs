@@ -337,6 +337,39 @@ pub fn app_id(v: &str) -> Result<(), Expect> {
     })
 }
 
+pub fn runner_scope(v: &str) -> Result<(), Expect> {
+    const NAMES: [&str; 2] = ["repo", "org"];
+    if NAMES.contains(&v) {
+        return Ok(());
+    }
+    let mut fix = "Use repo (runners of this repository) or org (runners of the organization \
+                   that owns it, which needs a token or App with the organization's Self-hosted \
+                   runners permission)."
+        .to_owned();
+    if let Some(s) = closest(v, NAMES) {
+        fix.push_str(&format!(" Did you mean {s}?"));
+    } else if ["repository", "organization", "organisation"].contains(&v) {
+        fix.push_str(&format!(
+            " Did you mean {}?",
+            &v[..if v.starts_with('r') { 4 } else { 3 }]
+        ));
+    }
+    Err(Expect::new("repo or org", fix))
+}
+
+/// A runner group's name or numeric id: GitHub allows any name, on one line.
+pub fn runner_group(v: &str) -> Result<(), Expect> {
+    (v.chars().count() <= 100 && !v.chars().any(char::is_control))
+        .then_some(())
+        .ok_or_else(|| {
+            Expect::new(
+                "a runner group's name or id",
+                "Write the group's name as the organization's Settings → Actions → Runner groups \
+                 shows it, or its number.",
+            )
+        })
+}
+
 pub fn runner_version(v: &str) -> Result<(), Expect> {
     let parts: Vec<&str> = v.split('.').collect();
     let ok = parts.len() == 3
@@ -357,7 +390,8 @@ pub fn sha256(v: &str) -> Result<(), Expect> {
         .ok_or_else(|| {
             Expect::new(
                 "a SHA-256 hash (64 hex digits)",
-                "Copy the SHA-256 of the linux x64 package from the runner's release page.",
+                "Copy the SHA-256 of the linux package for your instance type's architecture (x64, or \
+                 arm64 for g5g) from the runner's release page.",
             )
         })
 }

@@ -13,8 +13,9 @@ use crate::cloud::{Cloud, Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
+use crate::github::octo::Runners;
 use crate::github::{Job, Removal, Runner, RunnerRegistry, RunnerStatus};
-use crate::inputs::CleanupInputs;
+use crate::inputs::{CleanupInputs, RunnerScope};
 use crate::plan::{LABEL_PREFIX, tag};
 
 /// An instance younger than this is never judged by its runner: its start may be registering it.
@@ -218,19 +219,20 @@ pub async fn run(
     let cloud = Ec2::new(&aws);
     let instances = cloud.find(Tagged::Any).await.map_err(Error::cloud)?;
     let mut errors: Vec<Error> = Vec::new();
-    let github = match super::runners(&inputs.common, &ctx, env, actions).await {
-        Ok(g) => Some(g),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
-    };
+    let github =
+        match super::runners(&inputs.common, inputs.common.scope(), &ctx, env, actions).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
     let mut seen = Seen {
         instances,
         ..Seen::default()
     };
     if let Some(github) = &github {
-        match github.registry.runners().await {
+        match ours(&github.registry).await {
             Ok(r) => seen.runners = Some(r),
             Err(e) => errors.push(github.error(e)),
         }
@@ -275,11 +277,20 @@ pub async fn run(
         inputs.region,
         seen.runners
             .as_ref()
-            .map(|r| format!(
-                ", {} self-hosted runner(s) of {}",
-                r.len(),
-                policy.repository
-            ))
+            .map(|r| match inputs.common.scope() {
+                RunnerScope::Repo => format!(
+                    ", {} self-hosted runner(s) of {}",
+                    r.len(),
+                    policy.repository
+                ),
+                RunnerScope::Org => format!(
+                    ", {} self-hosted runner(s) of the organization {} that serve {}'s runs or no \
+                     gpu-runner run",
+                    r.len(),
+                    ctx.owner,
+                    policy.repository
+                ),
+            })
             .unwrap_or_default(),
         seen.jobs
             .as_ref()
@@ -307,6 +318,37 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The runners this repository may judge. An organization's list holds runners of its other
+/// repositories too, whose runs this repository cannot see: only runners of this repository's
+/// runs (by the run id in their gpu-runner label), and runners without such a label (which the
+/// rules never touch), are kept.
+async fn ours(registry: &Runners) -> Result<Vec<Runner>, crate::github::GithubError> {
+    let all = registry.runners().await?;
+    if registry.scope() == RunnerScope::Repo {
+        return Ok(all);
+    }
+    let mut known: Vec<(u64, bool)> = Vec::new();
+    let mut kept = Vec::new();
+    for r in all {
+        let Some(run) = r.labels.iter().find_map(|l| run_of(l)) else {
+            kept.push(r);
+            continue;
+        };
+        let mine = match known.iter().find(|(id, _)| *id == run) {
+            Some((_, mine)) => *mine,
+            None => {
+                let mine = registry.run_is_ours(run).await?;
+                known.push((run, mine));
+                mine
+            }
+        };
+        if mine {
+            kept.push(r);
+        }
+    }
+    Ok(kept)
 }
 
 /// The jobs of every queued or in-progress run.

@@ -16,9 +16,9 @@ use crate::cloud::credentials::{self, AssumeRole};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::octo::RepoRunners;
+use crate::github::octo::Runners;
 use crate::github::{GithubError, app};
-use crate::inputs::{self, Common, GithubAuth, Inputs};
+use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
 use crate::oidc;
 use crate::retry::Backoff;
 
@@ -103,9 +103,10 @@ pub(crate) async fn aws_config(
         .map_err(Error::cloud)
 }
 
-/// The repository's runners, and the GitHub context errors are explained in.
+/// The runners (the repository's or its organization's), and the GitHub context errors are
+/// explained in.
 pub(crate) struct Github {
-    pub registry: RepoRunners,
+    pub registry: Runners,
     ctx: Context,
     /// The user passed a token that looks like one GitHub mints for a workflow (`ghs_`).
     workflow_token: bool,
@@ -113,14 +114,20 @@ pub(crate) struct Github {
 
 impl Github {
     pub fn error(&self, source: GithubError) -> Error {
-        let hint = source.hint(&self.ctx.repository(), self.workflow_token);
+        let hint = source.hint(&self.ctx.repository(), self.org(), self.workflow_token);
         Error::Github { source, hint }
+    }
+
+    /// The organization whose runners these are, with `runner-scope: org`.
+    fn org(&self) -> Option<&str> {
+        (self.registry.scope() == RunnerScope::Org).then_some(self.ctx.owner.as_str())
     }
 }
 
-/// The repository's runners, with the token the user gave or one minted for the App.
+/// The runners of `scope`, with the token the user gave or one minted for the App.
 pub(crate) async fn runners(
     common: &Common,
+    scope: RunnerScope,
     ctx: &Context,
     env: &Env,
     actions: &Actions,
@@ -132,7 +139,7 @@ pub(crate) async fn runners(
             private_key,
         } => {
             let (token, jwt) =
-                app::installation_token(&ctx.api_url, app_id, private_key, &ctx.owner, &ctx.repo)
+                app::installation_token(&ctx.api_url, app_id, private_key, ctx, scope)
                     .await
                     .map_err(|f| Error::Github {
                         source: f.source,
@@ -149,10 +156,12 @@ pub(crate) async fn runners(
         workflow_token,
     };
     let backoff = Backoff::new(Clock::from_env(env));
-    match RepoRunners::new(&ctx.api_url, &token, &ctx.owner, &ctx.repo, backoff) {
+    let target = (ctx.owner.as_str(), ctx.repo.as_str());
+    match Runners::new(&ctx.api_url, &token, target, scope, backoff) {
         Ok(registry) => Ok(github(registry)),
         Err(e) => {
-            let hint = e.hint(&ctx.repository(), workflow_token);
+            let org = (scope == RunnerScope::Org).then_some(ctx.owner.as_str());
+            let hint = e.hint(&ctx.repository(), org, workflow_token);
             Err(Error::Github { source: e, hint })
         }
     }

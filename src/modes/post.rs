@@ -63,7 +63,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
         .map_err(Error::cloud)?;
     t.terminate(&cloud, &ids, &found).await;
     let labels = [label.to_owned()];
-    match super::runners(&inputs.common, &ctx, env, actions).await {
+    match super::runners(&inputs.common, inputs.common.scope(), &ctx, env, actions).await {
         Ok(github) => t.remove_runners(&github, &labels, None).await,
         Err(e) => t.github_unreachable(&labels, e),
     }

@@ -16,9 +16,12 @@ use crate::cloud::{Cloud, Instance, InstanceState, LaunchRequest, Tagged, capaci
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::{Error, Refusal};
+use crate::github::GithubError;
+use crate::github::groups;
+use crate::github::octo::RunnerGroup;
 use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
 use crate::guard;
-use crate::inputs::StartInputs;
+use crate::inputs::{GroupRef, RunnerScope, StartInputs};
 use crate::modes::Github;
 use crate::modes::post::state;
 use crate::modes::signals::Cancel;
@@ -38,13 +41,12 @@ fn runner_package(env: &Env, inputs: &StartInputs) -> RunnerPackage {
     let template = env
         .non_empty("GPU_RUNNER_RUNNER_DOWNLOAD_URL")
         .unwrap_or(boot::DEFAULT_RUNNER_URL);
-    RunnerPackage {
-        version: inputs.runner_version.clone(),
-        url: template
-            .replace("{version}", &inputs.runner_version)
-            .replace("{arch}", "x64"),
-        sha256: inputs.runner_sha256.clone(),
-    }
+    RunnerPackage::new(
+        template,
+        &inputs.runner_version,
+        inputs.arch,
+        &inputs.runner_sha256,
+    )
 }
 
 pub async fn run(
@@ -264,7 +266,16 @@ async fn connect(
     ctx: &Context,
     actions: &Actions,
 ) -> Result<Setup, Error> {
-    let github = super::runners(&inputs.common, ctx, env, actions).await?;
+    let mut github =
+        super::runners(&inputs.common, inputs.common.scope(), ctx, env, actions).await?;
+    if inputs.common.scope() == RunnerScope::Org {
+        let group = org_group(&github, inputs.runner_group.as_ref(), ctx).await?;
+        actions.info(&format!(
+            "Registering in the organization {}'s runner group \"{}\" (id {})",
+            ctx.owner, group.name, group.id
+        ));
+        github.registry.use_group(group.id);
+    }
     let aws = super::aws_config(env, &inputs.common, &plan.region, ctx, actions).await?;
     let cloud = Ec2::new(&aws);
     let image_id = cloud
@@ -276,6 +287,60 @@ async fn connect(
         cloud,
         image_id,
     })
+}
+
+/// The organization's runner group to register in (`runner-group`, else its default group), once
+/// it is known to serve this repository: otherwise the job would wait in the queue for good.
+async fn org_group(
+    github: &Github,
+    wanted: Option<&GroupRef>,
+    ctx: &Context,
+) -> Result<RunnerGroup, Error> {
+    let registry = &github.registry;
+    let problem = |p: groups::GroupProblem| Error::Github {
+        source: GithubError {
+            operation: "choosing the runner group",
+            status: None,
+            message: p.message,
+        },
+        hint: p.fix,
+    };
+    let all = registry
+        .runner_groups()
+        .await
+        .map_err(|e| github.error(e))?;
+    let group = match wanted {
+        Some(wanted) => groups::find(&all, wanted, &ctx.owner).map_err(problem)?,
+        None => all
+            .iter()
+            .find(|g| g.default)
+            .or_else(|| all.iter().find(|g| g.id == 1))
+            .ok_or_else(|| {
+                problem(groups::GroupProblem {
+                    message: format!(
+                        "the organization {} shows no default runner group",
+                        ctx.owner
+                    ),
+                    fix: "Name the group to use in runner-group.".to_owned(),
+                })
+            })?,
+    };
+    let public = registry
+        .repository_is_public()
+        .await
+        .map_err(|e| github.error(e))?;
+    let selected = if group.visibility == "selected" {
+        Some(
+            registry
+                .group_serves_repository(group.id)
+                .await
+                .map_err(|e| github.error(e))?,
+        )
+    } else {
+        None
+    };
+    groups::check_serves(group, &ctx.repository(), public, selected).map_err(problem)?;
+    Ok(group.clone())
 }
 
 /// What a start measured, for the outputs and the summary.

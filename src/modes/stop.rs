@@ -4,12 +4,12 @@
 //! before it wrote them), it removes what any start of this workflow run left.
 
 use crate::actions::{Actions, Annotation, Markdown};
-use crate::cloud::Tagged;
 use crate::cloud::aws::Ec2;
+use crate::cloud::{Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::inputs::StopInputs;
+use crate::inputs::{RunnerScope, StopInputs};
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
 
@@ -67,7 +67,8 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         }
     }
     let prefix = run_scope.then(|| plan::run_label_prefix(ctx.run_id));
-    match super::runners(&inputs.common, &ctx, env, actions).await {
+    let scope = runner_scope(inputs.common.runner_scope, &found, actions);
+    match super::runners(&inputs.common, scope, &ctx, env, actions).await {
         Ok(github) => t.remove_runners(&github, &labels, prefix.as_deref()).await,
         Err(e) => t.github_unreachable(&labels, e),
     }
@@ -95,6 +96,36 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     }
     t.report(HEADING, actions)?;
     t.finish()
+}
+
+/// Where start registered the runners: the instances' tag knows, and wins over a `runner-scope`
+/// that says otherwise, since removing from the wrong place would leave the runner behind.
+fn runner_scope(given: Option<RunnerScope>, found: &[Instance], actions: &Actions) -> RunnerScope {
+    let tagged = found
+        .iter()
+        .filter_map(|i| i.tags.get(plan::tag::RUNNER_SCOPE))
+        .find_map(|s| match s.as_str() {
+            "org" => Some(RunnerScope::Org),
+            "repo" => Some(RunnerScope::Repo),
+            _ => None,
+        });
+    match (given, tagged) {
+        (Some(given), Some(tagged)) if given != tagged => {
+            actions.annotate(
+                &Annotation::warning(format!(
+                    "runner-scope is {} here, but start registered the runner with runner-scope: \
+                     {}; removing it from there. Give stop the same runner-scope as start.",
+                    given.name(),
+                    tagged.name()
+                ))
+                .title("gpu-runner input"),
+            );
+            tagged
+        }
+        (_, Some(tagged)) => tagged,
+        (Some(given), None) => given,
+        (None, None) => RunnerScope::Repo,
+    }
 }
 
 fn nothing_to_stop(actions: &Actions, why: &str) -> Result<(), Error> {

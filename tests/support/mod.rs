@@ -33,3 +33,10 @@ pub fn nothing_left(world: &world::World) {
     );
     assert_eq!(world.registered_runners(), [], "runners still registered");
 }
+
+/// The step authenticates as the world's GitHub App instead of with a token.
+pub fn as_app(step: world::step::Step) -> world::step::Step {
+    step.unset("INPUT_GITHUB-TOKEN")
+        .input("github-app-id", world::APP_ID)
+        .input("github-app-private-key", world::APP_PRIVATE_KEY)
+}

@@ -111,16 +111,27 @@ impl Faults {
 pub fn github_call(method: &str, path: &str) -> Option<&'static str> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let call = match (method, parts.as_slice()) {
-        ("POST", ["repos", _, _, "actions", "runners", "generate-jitconfig"]) => {
-            "generate-jitconfig"
+        ("POST", ["repos", _, _, "actions", "runners", "generate-jitconfig"])
+        | ("POST", ["orgs", _, "actions", "runners", "generate-jitconfig"]) => "generate-jitconfig",
+        ("GET", ["repos", _, _, "actions", "runners"] | ["orgs", _, "actions", "runners"]) => {
+            "list-runners"
         }
-        ("GET", ["repos", _, _, "actions", "runners"]) => "list-runners",
-        ("GET", ["repos", _, _, "actions", "runners", _]) => "get-runner",
-        ("DELETE", ["repos", _, _, "actions", "runners", _]) => "delete-runner",
+        (
+            "GET",
+            ["repos", _, _, "actions", "runners", _] | ["orgs", _, "actions", "runners", _],
+        ) => "get-runner",
+        (
+            "DELETE",
+            ["repos", _, _, "actions", "runners", _] | ["orgs", _, "actions", "runners", _],
+        ) => "delete-runner",
+        ("GET", ["orgs", _, "actions", "runner-groups"]) => "list-runner-groups",
+        ("GET", ["orgs", _, "actions", "runner-groups", _, "repositories"]) => "group-repositories",
+        ("GET", ["repos", _, _]) => "get-repository",
         ("GET", ["repos", _, _, "actions", "runs"]) => "list-runs",
+        ("GET", ["repos", _, _, "actions", "runs", _]) => "get-run",
         ("GET", ["repos", _, _, "actions", "runs", _, "jobs"]) => "run-jobs",
         ("POST", ["repos", _, _, "actions", "runs", _, "cancel"]) => "cancel-run",
-        ("GET", ["repos", _, _, "installation"]) => "installation",
+        ("GET", ["repos", _, _, "installation"] | ["orgs", _, "installation"]) => "installation",
         ("POST", ["app", "installations", _, "access_tokens"]) => "access-token",
         _ => return None,
     };

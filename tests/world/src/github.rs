@@ -26,6 +26,9 @@ pub struct FakeRunner {
     pub busy: bool,
     /// When it first went online.
     pub online_at: Option<std::time::Instant>,
+    /// Registered in the organization (in `group`), not the repository.
+    pub org: bool,
+    pub group: u64,
     secret: String,
 }
 
@@ -39,9 +42,48 @@ impl FakeRunner {
             status: "offline",
             busy: false,
             online_at: None,
+            org: false,
+            group: 1,
             secret: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
+}
+
+/// An organization's runner group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeGroup {
+    pub id: u64,
+    pub name: String,
+    /// `all`, `selected` or `private` (every private repository).
+    pub visibility: &'static str,
+    pub allows_public_repositories: bool,
+    /// `owner/repo` of the repositories a `selected` group serves.
+    pub repositories: Vec<String>,
+}
+
+impl FakeGroup {
+    /// Whether GitHub would hand this group's runners a job of `repository`.
+    pub fn serves(&self, repository: &str, public: bool) -> bool {
+        let visible = match self.visibility {
+            "all" => true,
+            "selected" => self.repositories.iter().any(|r| r == repository),
+            "private" => !public,
+            _ => false,
+        };
+        visible && (!public || self.allows_public_repositories)
+    }
+}
+
+/// The runner groups a new organization has: only the default one, which (as on GitHub) does not
+/// serve public repositories until told to.
+pub fn default_groups() -> Vec<FakeGroup> {
+    vec![FakeGroup {
+        id: 1,
+        name: "Default".to_owned(),
+        visibility: "all",
+        allows_public_repositories: false,
+        repositories: Vec::new(),
+    }]
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +106,12 @@ pub struct GithubState {
     pub repo: String,
     /// Tokens with Administration: write.
     pub admin_tokens: Vec<String>,
+    /// Tokens with the organization's Self-hosted runners: write (admin:org).
+    pub org_admin_tokens: Vec<String>,
+    /// The organization `owner`'s runner groups.
+    pub groups: Vec<FakeGroup>,
+    /// Whether the repository is public.
+    pub public: bool,
     /// Valid tokens without it (the workflow's GITHUB_TOKEN, a read-only PAT).
     pub weak_tokens: Vec<String>,
     pub runners: BTreeMap<u64, FakeRunner>,
@@ -75,10 +123,16 @@ pub struct GithubState {
     /// The GitHub App: its id, whether it is installed on the repository, what it was sent.
     pub app_id: String,
     pub app_installed: bool,
+    /// Installed on the organization, with its Self-hosted runners permission.
+    pub app_installed_on_org: bool,
     pub seen_app_jwts: Vec<String>,
     pub issued_installation_tokens: Vec<String>,
     /// Runs cancelled through the API.
     pub cancelled_runs: Vec<u64>,
+    /// REST API calls (the stand-in runner's `/_runner` ones aside) that came through the GitHub
+    /// Enterprise Server path, `/api/v3`, and through github.com's, `/`.
+    pub enterprise_calls: usize,
+    pub dotcom_calls: usize,
 }
 
 pub type Shared = Arc<Mutex<GithubState>>;
@@ -95,6 +149,44 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .unwrap_or("")
+}
+
+fn not_accessible(token: &str) -> Response {
+    let message = if token.starts_with("ghs_") {
+        "Resource not accessible by integration"
+    } else {
+        "Resource not accessible by personal access token"
+    };
+    error(StatusCode::FORBIDDEN, message)
+}
+
+/// GitHub's answer to the `Authorization` header for the organization's runners, or `None` when
+/// the caller may proceed: a repository admin's token is not enough.
+fn check_org_admin(state: &GithubState, headers: &HeaderMap, org: &str) -> Option<Response> {
+    let token = bearer(headers);
+    if state.org_admin_tokens.iter().any(|t| t == token) {
+        return (org != state.owner).then(|| error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    if state
+        .admin_tokens
+        .iter()
+        .chain(&state.weak_tokens)
+        .any(|t| t == token)
+    {
+        return Some(not_accessible(token));
+    }
+    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+}
+
 /// GitHub's answer to the `Authorization` header, or `None` when the caller may proceed.
 fn check_admin(
     state: &GithubState,
@@ -102,14 +194,7 @@ fn check_admin(
     owner: &str,
     repo: &str,
 ) -> Option<Response> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("token "))
-        })
-        .unwrap_or("");
+    let token = bearer(headers);
     if state.admin_tokens.iter().any(|t| t == token) {
         if owner != state.owner || repo != state.repo {
             return Some(error(StatusCode::NOT_FOUND, "Not Found"));
@@ -117,12 +202,7 @@ fn check_admin(
         return None;
     }
     if state.weak_tokens.iter().any(|t| t == token) {
-        let message = if token.starts_with("ghs_") {
-            "Resource not accessible by integration"
-        } else {
-            "Resource not accessible by personal access token"
-        };
-        return Some(error(StatusCode::FORBIDDEN, message));
+        return Some(not_accessible(token));
     }
     Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
 }
@@ -135,7 +215,7 @@ fn runner_json(r: &FakeRunner) -> serde_json::Value {
         "status": r.status,
         "busy": r.busy,
         "ephemeral": true,
-        "runner_group_id": 1,
+        "runner_group_id": r.group,
         "labels": r.labels.iter().enumerate().map(|(i, l)| json!({"id": i + 1, "name": l, "type": "custom"})).collect::<Vec<_>>(),
     })
 }
@@ -143,28 +223,31 @@ fn runner_json(r: &FakeRunner) -> serde_json::Value {
 #[derive(Deserialize)]
 struct JitRequest {
     name: String,
-    #[allow(dead_code)]
     runner_group_id: u64,
     labels: Vec<String>,
 }
 
-async fn generate_jitconfig(
-    State(s): State<Shared>,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<JitRequest>,
-) -> Response {
-    let mut st = lock(&s);
-    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
-        return denied;
-    }
+/// Registers a runner, in the repository or (with `org`) in the organization.
+fn register(st: &mut GithubState, body: JitRequest, org: bool) -> Response {
     if body.labels.is_empty() || body.labels.len() > 100 {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "labels must have 1 to 100 entries",
         );
     }
-    if st.runners.values().any(|r| r.name == body.name) {
+    let group_known = if org {
+        st.groups.iter().any(|g| g.id == body.runner_group_id)
+    } else {
+        body.runner_group_id == 1
+    };
+    if !group_known {
+        return error(StatusCode::NOT_FOUND, "Runner group not found");
+    }
+    if st
+        .runners
+        .values()
+        .any(|r| r.name == body.name && r.org == org)
+    {
         return error(
             StatusCode::CONFLICT,
             "Already exists - A runner with the same name already exists.",
@@ -180,6 +263,8 @@ async fn generate_jitconfig(
         status: "offline",
         busy: false,
         online_at: None,
+        org,
+        group: body.runner_group_id,
         secret: secret.clone(),
     };
     let encoded =
@@ -190,10 +275,61 @@ async fn generate_jitconfig(
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
+async fn generate_jitconfig(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<JitRequest>,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    register(&mut st, body, false)
+}
+
+async fn org_generate_jitconfig(
+    State(s): State<Shared>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<JitRequest>,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
+    }
+    register(&mut st, body, true)
+}
+
 #[derive(Deserialize)]
 struct PageQuery {
     per_page: Option<usize>,
     page: Option<usize>,
+}
+
+/// One page of the repository's (or the organization's) runners, with GitHub's `Link` header.
+fn runners_page(st: &GithubState, q: &PageQuery, org: bool, path: &str) -> Response {
+    let per_page = q.per_page.unwrap_or(30).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let all: Vec<&FakeRunner> = st.runners.values().filter(|r| r.org == org).collect();
+    let items: Vec<_> = all
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|r| runner_json(r))
+        .collect();
+    let mut response = Json(json!({"total_count": all.len(), "runners": items})).into_response();
+    if page * per_page < all.len() {
+        let next = format!(
+            "<{}{path}?per_page={per_page}&page={}>; rel=\"next\"",
+            st.server_url,
+            page + 1
+        );
+        if let Ok(v) = next.parse() {
+            response.headers_mut().insert("link", v);
+        }
+    }
+    response
 }
 
 async fn list_runners(
@@ -206,27 +342,119 @@ async fn list_runners(
     if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let per_page = q.per_page.unwrap_or(30).clamp(1, 100);
-    let page = q.page.unwrap_or(1).max(1);
-    let all: Vec<&FakeRunner> = st.runners.values().collect();
-    let items: Vec<_> = all
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|r| runner_json(r))
-        .collect();
-    let mut response = Json(json!({"total_count": all.len(), "runners": items})).into_response();
-    if page * per_page < all.len() {
-        let next = format!(
-            "<{}/repos/{owner}/{repo}/actions/runners?per_page={per_page}&page={}>; rel=\"next\"",
-            st.server_url,
-            page + 1
-        );
-        if let Ok(v) = next.parse() {
-            response.headers_mut().insert("link", v);
-        }
+    runners_page(
+        &st,
+        &q,
+        false,
+        &format!("/repos/{owner}/{repo}/actions/runners"),
+    )
+}
+
+async fn org_list_runners(
+    State(s): State<Shared>,
+    Path(org): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
     }
-    response
+    runners_page(&st, &q, true, &format!("/orgs/{org}/actions/runners"))
+}
+
+async fn org_get_runner(
+    State(s): State<Shared>,
+    Path((org, id)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
+    }
+    one_runner(&st, id, true)
+}
+
+async fn org_delete_runner(
+    State(s): State<Shared>,
+    Path((org, id)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
+    }
+    remove_runner(&mut st, id, true)
+}
+
+async fn org_runner_groups(
+    State(s): State<Shared>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
+    }
+    let groups: Vec<_> = st
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id, "name": g.name, "visibility": g.visibility, "default": g.id == 1,
+                "allows_public_repositories": g.allows_public_repositories, "inherited": false,
+                "runners_url": format!("{}/orgs/{org}/actions/runner-groups/{}/runners", st.server_url, g.id),
+            })
+        })
+        .collect();
+    Json(json!({"total_count": groups.len(), "runner_groups": groups})).into_response()
+}
+
+async fn org_group_repositories(
+    State(s): State<Shared>,
+    Path((org, id)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_org_admin(&st, &headers, &org) {
+        return denied;
+    }
+    let Some(group) = st.groups.iter().find(|g| g.id == id) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let repos: Vec<_> = group
+        .repositories
+        .iter()
+        .map(|r| json!({"full_name": r, "private": !st.public}))
+        .collect();
+    Json(json!({"total_count": repos.len(), "repositories": repos})).into_response()
+}
+
+/// The repository itself, as far as a token with access to it can see it.
+async fn get_repository(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    let token = bearer(&headers);
+    let known = st
+        .admin_tokens
+        .iter()
+        .chain(&st.org_admin_tokens)
+        .chain(&st.weak_tokens)
+        .any(|t| t == token);
+    if !known {
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+    if owner != st.owner || repo != st.repo {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(json!({
+        "full_name": format!("{owner}/{repo}"), "private": !st.public,
+        "visibility": if st.public { "public" } else { "private" },
+    }))
+    .into_response()
 }
 
 async fn get_runner(
@@ -238,10 +466,23 @@ async fn get_runner(
     if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
         return denied;
     }
-    match st.runners.get(&id) {
+    one_runner(&st, id, false)
+}
+
+/// A runner of the repository (or, with `org`, of the organization): each sees only its own.
+fn one_runner(st: &GithubState, id: u64, org: bool) -> Response {
+    match st.runners.get(&id).filter(|r| r.org == org) {
         Some(r) => Json(runner_json(r)).into_response(),
         None => error(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+fn remove_runner(st: &mut GithubState, id: u64, org: bool) -> Response {
+    if st.runners.get(&id).is_none_or(|r| r.org != org) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    st.runners.remove(&id);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn delete_runner(
@@ -253,10 +494,7 @@ async fn delete_runner(
     if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
         return denied;
     }
-    match st.runners.remove(&id) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(StatusCode::NOT_FOUND, "Not Found"),
-    }
+    remove_runner(&mut st, id, false)
 }
 
 async fn run_jobs(
@@ -326,6 +564,23 @@ async fn list_runs(
     Json(json!({"total_count": runs.len(), "workflow_runs": runs})).into_response()
 }
 
+/// A run of the repository: 404 for any other (run ids are unique across GitHub).
+async fn get_run(
+    State(s): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
+    if jobs.is_empty() {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(json!({"id": run_id, "status": run_status(&jobs)})).into_response()
+}
+
 async fn cancel_run(
     State(s): State<Shared>,
     Path((owner, repo, run_id)): Path<(String, String, u64)>,
@@ -347,6 +602,24 @@ async fn cancel_run(
     }
     st.cancel_run(run_id);
     (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+}
+
+/// Counts a REST API call, under `/api/v3` (where GitHub Enterprise Server has its API) when
+/// `enterprise`, else at the root as on github.com. Nested routers see the path without `/api/v3`.
+pub async fn count_api_call(
+    State((s, enterprise)): State<(Shared, bool)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.uri().path().starts_with("/_") {
+        let mut st = lock(&s);
+        if enterprise {
+            st.enterprise_calls += 1;
+        } else {
+            st.dotcom_calls += 1;
+        }
+    }
+    next.run(request).await
 }
 
 /// Answers with the programmed fault, if the call has one.
@@ -399,11 +672,16 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
     let Some(runner) = st.runners.get(&id).cloned() else {
         return error(StatusCode::UNAUTHORIZED, "unknown runner");
     };
-    let Some(job) = st
-        .jobs
-        .iter_mut()
-        .find(|j| j.status == "queued" && j.labels.iter().all(|l| runner.labels.contains(l)))
-    else {
+    let repository = format!("{}/{}", st.owner, st.repo);
+    let public = st.public;
+    let group_serves = !runner.org
+        || st
+            .groups
+            .iter()
+            .any(|g| g.id == runner.group && g.serves(&repository, public));
+    let Some(job) = st.jobs.iter_mut().find(|j| {
+        group_serves && j.status == "queued" && j.labels.iter().all(|l| runner.labels.contains(l))
+    }) else {
         return StatusCode::NO_CONTENT.into_response();
     };
     job.status = "in_progress";
@@ -452,6 +730,7 @@ async fn runner_offline(State(s): State<Shared>, headers: HeaderMap) -> Response
 
 const APP_PUBLIC_KEY: &str = include_str!("keys/test-key.pub.pem");
 const INSTALLATION_ID: u64 = 77;
+const ORG_INSTALLATION_ID: u64 = 78;
 
 /// Checks an app JWT like GitHub: RS256 signed by the App's key, issued by the App, at most ten
 /// minutes long (a minute of skew allowed), not expired. `None` when GitHub would accept it.
@@ -513,6 +792,22 @@ async fn repo_installation(
         .into_response()
 }
 
+async fn org_installation(
+    State(s): State<Shared>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_app_jwt(&mut st, &headers) {
+        return denied;
+    }
+    if !st.app_installed_on_org || org != st.owner {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(json!({"id": ORG_INSTALLATION_ID, "app_id": st.app_id, "account": {"login": st.owner}}))
+        .into_response()
+}
+
 async fn installation_token(
     State(s): State<Shared>,
     Path(id): Path<u64>,
@@ -522,11 +817,15 @@ async fn installation_token(
     if let Some(denied) = check_app_jwt(&mut st, &headers) {
         return denied;
     }
-    if id != INSTALLATION_ID || !st.app_installed {
+    let on_org = id == ORG_INSTALLATION_ID && st.app_installed_on_org;
+    if !on_org && (id != INSTALLATION_ID || !st.app_installed) {
         return error(StatusCode::NOT_FOUND, "Not Found");
     }
     let token = format!("ghs_inst{}", uuid::Uuid::new_v4().simple());
     st.admin_tokens.push(token.clone());
+    if on_org {
+        st.org_admin_tokens.push(token.clone());
+    }
     st.issued_installation_tokens.push(token.clone());
     let expires = (chrono::Utc::now() + chrono::TimeDelta::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -561,6 +860,23 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route(
             "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel",
             post(cancel_run),
+        )
+        .route("/repos/{owner}/{repo}/actions/runs/{run_id}", get(get_run))
+        .route("/repos/{owner}/{repo}", get(get_repository))
+        .route("/orgs/{org}/installation", get(org_installation))
+        .route(
+            "/orgs/{org}/actions/runners/generate-jitconfig",
+            post(org_generate_jitconfig),
+        )
+        .route("/orgs/{org}/actions/runners", get(org_list_runners))
+        .route(
+            "/orgs/{org}/actions/runners/{id}",
+            get(org_get_runner).delete(org_delete_runner),
+        )
+        .route("/orgs/{org}/actions/runner-groups", get(org_runner_groups))
+        .route(
+            "/orgs/{org}/actions/runner-groups/{id}/repositories",
+            get(org_group_repositories),
         )
         .route("/_runner/online", post(runner_online))
         .route("/_runner/acquire", post(runner_acquire))

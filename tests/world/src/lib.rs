@@ -28,6 +28,10 @@ pub use simulator::{Gpu, RunnerBehaviour};
 pub const DEFAULT_IMAGE_PARAMETER: &str =
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 pub const WORLD_AMI: &str = "ami-0123456789abcdef0";
+/// The same image for arm64 (g5g), behind its own public parameter.
+pub const ARM64_IMAGE_PARAMETER: &str =
+    "/aws/service/deeplearning/ami/arm64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
+pub const WORLD_ARM64_AMI: &str = "ami-0a1b2c3d4e5f6a7b8";
 
 /// The GitHub App of the world, and its private key (a test key).
 pub const APP_ID: &str = "424242";
@@ -74,11 +78,16 @@ pub struct World {
     pub run_id: u64,
     /// A token with Administration: write on the repository.
     pub admin_token: String,
+    /// A token of an owner of the organization `octo`: Administration of the repository and
+    /// Self-hosted runners of the organization.
+    pub org_admin_token: String,
     /// A fine-grained token without it.
     pub weak_token: String,
     /// Shaped like the workflow's own GITHUB_TOKEN.
     pub workflow_token: String,
     pub runner_sha256: String,
+    /// The file names of the runner packages instances downloaded.
+    pub package_fetches: Arc<Mutex<Vec<String>>>,
     pub clock_scale: f64,
     issued_credentials: Arc<Mutex<Vec<String>>>,
     ec2: aws_sdk_ec2::Client,
@@ -126,6 +135,7 @@ async fn serve(router: axum::Router) -> Result<String, String> {
 struct Control {
     ec2: aws_sdk_ec2::Client,
     package: Arc<package::Package>,
+    fetched: Arc<Mutex<Vec<String>>>,
 }
 
 async fn terminate(State(c): State<Control>, Path(id): Path<String>) -> &'static str {
@@ -133,7 +143,12 @@ async fn terminate(State(c): State<Control>, Path(id): Path<String>) -> &'static
     "terminated"
 }
 
-async fn runner_package(State(c): State<Control>) -> Vec<u8> {
+/// The stand-in runner package, whatever its file name; the name is recorded.
+async fn runner_package(State(c): State<Control>, Path(file): Path<String>) -> Vec<u8> {
+    c.fetched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(file);
     c.package.bytes.clone()
 }
 
@@ -157,9 +172,12 @@ impl World {
             consoles: consoles.clone(),
             http: reqwest::Client::new(),
             public_parameters: Arc::new(
-                [(DEFAULT_IMAGE_PARAMETER.to_owned(), WORLD_AMI.to_owned())]
-                    .into_iter()
-                    .collect(),
+                [
+                    (DEFAULT_IMAGE_PARAMETER.to_owned(), WORLD_AMI.to_owned()),
+                    (ARM64_IMAGE_PARAMETER.to_owned(), WORLD_ARM64_AMI.to_owned()),
+                ]
+                .into_iter()
+                .collect(),
             ),
             issued: issued_credentials.clone(),
             faults: faults.clone(),
@@ -169,14 +187,18 @@ impl World {
             repository: "octo/ml".to_owned(),
             run_id,
             issued: Arc::default(),
+            issuer: Arc::new(Mutex::new(oidc::ISSUER.to_owned())),
         };
         let admin_token = format!("github_pat_admin{}", uuid::Uuid::new_v4().simple());
         let weak_token = format!("github_pat_weak{}", uuid::Uuid::new_v4().simple());
+        let org_admin_token = format!("github_pat_orgadmin{}", uuid::Uuid::new_v4().simple());
         let workflow_token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
         let github: github::Shared = Arc::new(Mutex::new(github::GithubState {
             owner: "octo".to_owned(),
             repo: "ml".to_owned(),
-            admin_tokens: vec![admin_token.clone()],
+            admin_tokens: vec![admin_token.clone(), org_admin_token.clone()],
+            org_admin_tokens: vec![org_admin_token.clone()],
+            groups: github::default_groups(),
             weak_tokens: vec![weak_token.clone(), workflow_token.clone()],
             app_id: APP_ID.to_owned(),
             app_installed: true,
@@ -188,6 +210,7 @@ impl World {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let instance_log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
 
         let (aws_url, github_url, ec2) = rt.block_on(async {
             let aws_url = serve(aws_front::router(front)).await?;
@@ -224,8 +247,19 @@ impl World {
             let control = Control {
                 ec2: ec2.clone(),
                 package: package.clone(),
+                fetched: fetched.clone(),
             };
-            let router = github::router(github.clone(), faults.clone())
+            // GitHub Enterprise Server serves the same API under /api/v3.
+            let counted = |enterprise: bool| {
+                github::router(github.clone(), faults.clone()).layer(
+                    axum::middleware::from_fn_with_state(
+                        (github.clone(), enterprise),
+                        github::count_api_call,
+                    ),
+                )
+            };
+            let router = counted(false)
+                .nest("/api/v3", counted(true))
                 .merge(oidc::router(oidc.clone()))
                 .merge(
                     axum::Router::new()
@@ -268,9 +302,11 @@ impl World {
             role_arn,
             run_id,
             admin_token,
+            org_admin_token,
             weak_token,
             workflow_token,
             runner_sha256: package.sha256.clone(),
+            package_fetches: fetched,
             clock_scale: options.clock_scale,
             issued_credentials,
             ec2,
@@ -342,6 +378,51 @@ impl World {
             })
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect()
+    }
+
+    /// Creates a security group in the default VPC as `aws ec2 create-security-group
+    /// --cli-input-json` would from `json` (GroupName, Description, TagSpecifications); its id.
+    pub fn create_security_group(&self, json: &serde_json::Value) -> String {
+        self.rt.block_on(async {
+            use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+            let mut call = self
+                .ec2
+                .create_security_group()
+                .group_name(json["GroupName"].as_str().expect("GroupName"))
+                .description(json["Description"].as_str().expect("Description"));
+            for spec in json["TagSpecifications"].as_array().into_iter().flatten() {
+                let tags = spec["Tags"].as_array().into_iter().flatten().map(|t| {
+                    Tag::builder()
+                        .key(t["Key"].as_str().expect("Key"))
+                        .value(t["Value"].as_str().expect("Value"))
+                        .build()
+                });
+                call = call.tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::from(
+                            spec["ResourceType"].as_str().expect("ResourceType"),
+                        ))
+                        .set_tags(Some(tags.collect()))
+                        .build(),
+                );
+            }
+            let out = call.send().await.expect("create security group");
+            out.group_id().expect("a group id").to_owned()
+        })
+    }
+
+    /// The inbound rules of a security group, as EC2 lists them.
+    pub fn inbound_rules(&self, group_id: &str) -> Vec<aws_sdk_ec2::types::IpPermission> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_security_groups()
+                .group_ids(group_id)
+                .send()
+                .await
+                .expect("describe security groups");
+            out.security_groups()[0].ip_permissions().to_vec()
+        })
     }
 
     /// Every instance ever launched, with its tags.
@@ -431,6 +512,7 @@ impl World {
     pub fn issued_secrets(&self) -> Vec<String> {
         let mut secrets = vec![
             self.admin_token.clone(),
+            self.org_admin_token.clone(),
             self.weak_token.clone(),
             self.workflow_token.clone(),
             self.oidc.request_token.clone(),

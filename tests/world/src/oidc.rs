@@ -20,12 +20,20 @@ pub struct Oidc {
     pub run_id: u64,
     /// Every token handed out.
     pub issued: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The `iss` of the tokens: GitHub's, or a GitHub Enterprise Server's
+    /// (`https://HOST/_services/token`).
+    pub issuer: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Oidc {
     /// A token shaped like GitHub's for this repository and run.
     pub fn token(&self, audience: &str) -> String {
         let now = chrono::Utc::now().timestamp();
+        let issuer = self
+            .issuer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let claims = json!({
             "jti": uuid::Uuid::new_v4().to_string(),
             "sub": format!("repo:{}:ref:refs/heads/main", self.repository),
@@ -40,7 +48,7 @@ impl Oidc {
             "event_name": "push",
             "actor": "octocat",
             "runner_environment": "github-hosted",
-            "iss": ISSUER,
+            "iss": issuer,
             "nbf": now - 5,
             "iat": now - 5,
             "exp": now + 300,

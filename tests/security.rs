@@ -1,0 +1,667 @@
+//! Who may run code on the machine and where its runner is registered: organization runners and
+//! their groups, GitHub Enterprise Server, the pinned and checked runner package, arm64.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Outcome, Step, as_app, nothing_left};
+use world::github::FakeGroup;
+use world::{Options, World};
+
+fn world() -> World {
+    World::start(Options::default()).expect("the local world starts")
+}
+
+/// A step of the organization's owner, whose token manages the organization's runners.
+fn as_org(step: world::step::Step, world: &World) -> world::step::Step {
+    step.input("github-token", &world.org_admin_token)
+        .input("runner-scope", "org")
+}
+
+fn gpu_group(world: &World, repositories: &[&str], public: bool) {
+    world.github.lock().unwrap().groups.push(FakeGroup {
+        id: 7,
+        name: "GPU".to_owned(),
+        visibility: "selected",
+        allows_public_repositories: public,
+        repositories: repositories.iter().map(|r| r.to_string()).collect(),
+    });
+}
+
+/// The instance a start launched, as moto describes it.
+fn instance_of(world: &World, started: &Outcome) -> aws_sdk_ec2::types::Instance {
+    let id = started.outputs()["instance-id"].clone();
+    world
+        .instances()
+        .into_iter()
+        .find(|i| i.instance_id() == Some(&id))
+        .expect("the launched instance")
+}
+
+/// Stops what `started` launched and checks that nothing is left.
+#[track_caller]
+fn stop_cleanly(world: &World, started: &Outcome) {
+    Step::stop()
+        .in_world(world)
+        .outputs_of(started)
+        .run()
+        .success();
+    nothing_left(world);
+}
+
+#[track_caller]
+fn job_runs(world: &World, label: &str) {
+    let job = world.queue_job(&[label], "nvidia-smi -L || nvidia-smi");
+    let done = world.wait_until(Duration::from_secs(30), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    assert!(done, "the job was never picked up");
+    let job = world.job(job).unwrap();
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+}
+
+#[test]
+fn org_runners_join_the_named_group_and_a_stop_without_the_scope_still_removes_them() {
+    let world = world();
+    gpu_group(&world, &["octo/ml"], false);
+    let started = as_org(Step::start().in_world(&world), &world)
+        .input("runner-group", "gpu")
+        .run();
+    started.success();
+    assert!(
+        started
+            .stdout
+            .contains("Registering in the organization octo's runner group \"GPU\" (id 7)"),
+        "{}",
+        started.stdout
+    );
+    let runners = world.registered_runners();
+    assert_eq!(runners.len(), 1);
+    assert!(runners[0].org && runners[0].group == 7, "{runners:?}");
+    let label = started.outputs()["label"].clone();
+    job_runs(&world, &label);
+
+    // The stop job forgot runner-scope: the instance's tag says where the runner is.
+    let stopped = Step::stop()
+        .in_world(&world)
+        .input("github-token", &world.org_admin_token)
+        .outputs_of(&started)
+        .run();
+    stopped.success();
+    nothing_left(&world);
+}
+
+#[test]
+fn a_group_that_would_never_pick_up_the_job_is_refused_before_launch() {
+    let world = world();
+    // GitHub's default group does not serve public repositories until told to.
+    world.github.lock().unwrap().public = true;
+    let out = as_org(Step::start().in_world(&world), &world).run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains(
+            "::error title=GitHub%3A choosing the runner group failed::choosing the runner group \
+             failed: the runner group \"Default\" does not allow public repositories, and octo/ml \
+             is public: its job would never be picked up."
+        ),
+        "{error}"
+    );
+    assert!(error.contains("Allow public repositories"), "{error}");
+
+    gpu_group(&world, &["octo/other"], true);
+    let out = as_org(Step::start().in_world(&world), &world)
+        .input("runner-group", "7")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("the runner group \"GPU\" is not available to octo/ml")
+            && error.contains("add octo/ml to the repositories that may use the group"),
+        "{error}"
+    );
+
+    let out = as_org(Step::start().in_world(&world), &world)
+        .input("runner-group", "GPUs")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("the organization octo has no runner group \"GPUs\"")
+            && error.contains("Set runner-group to one of: Default (id 1), GPU (id 7);"),
+        "{error}"
+    );
+    assert!(world.instances().is_empty());
+    nothing_left(&world);
+}
+
+#[test]
+fn a_repository_token_for_org_runners_is_told_which_permission_it_lacks() {
+    let world = world();
+    let out = Step::start()
+        .in_world(&world)
+        .input("runner-scope", "org")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(error.contains("(HTTP 403)"), "{error}");
+    assert!(
+        error.contains(
+            "The token cannot manage the self-hosted runners of the organization octo: a \
+             fine-grained token needs the organization permission Self-hosted runners: read and \
+             write, a classic token the admin:org scope"
+        ),
+        "{error}"
+    );
+    assert!(world.instances().is_empty());
+    nothing_left(&world);
+}
+
+#[test]
+fn an_app_installed_on_the_organization_manages_its_runners() {
+    let world = world();
+    {
+        let mut gh = world.github.lock().unwrap();
+        gh.app_installed = false;
+        gh.app_installed_on_org = true;
+    }
+    let as_org_app = |step: world::step::Step| as_app(step).input("runner-scope", "org");
+    let started = as_org_app(Step::start().in_world(&world)).run();
+    started.success();
+    assert!(world.registered_runners()[0].org);
+    job_runs(&world, &started.outputs()["label"]);
+    as_org_app(Step::stop().in_world(&world))
+        .outputs_of(&started)
+        .run()
+        .success();
+    nothing_left(&world);
+
+    // Installed on the repository only, the App cannot reach the organization's runners.
+    {
+        let mut gh = world.github.lock().unwrap();
+        gh.app_installed = true;
+        gh.app_installed_on_org = false;
+    }
+    let out = as_org_app(Step::start().in_world(&world)).run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("the App is not installed on the organization octo")
+            && error.contains("Self-hosted runners: read and write"),
+        "{error}"
+    );
+    nothing_left(&world);
+}
+
+#[test]
+fn an_org_start_that_fails_rolls_back_its_org_runner() {
+    let world = World::start(Options {
+        runner: world::RunnerBehaviour::NeverOnline,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = as_org(Step::start().in_world(&world), &world)
+        .input("startup-timeout-minutes", "1")
+        .run();
+    out.failure();
+    assert!(out.errors().join("\n").contains("Rolled back: instance i-"));
+    nothing_left(&world);
+}
+
+#[test]
+fn org_cleanup_judges_only_runners_of_this_repositorys_runs() {
+    let world = world();
+    // Run 1 of this repository is over; run 2 belongs to another repository of the organization,
+    // whose runner waits for its instance to boot.
+    let (ours, theirs) = ("gpu-runner-1-1-aaaaaaaa", "gpu-runner-2-1-bbbbbbbb");
+    {
+        let mut gh = world.github.lock().unwrap();
+        let job = gh.queue_job(1, vec![ours.to_owned()], "true");
+        gh.jobs.iter_mut().find(|j| j.id == job).unwrap().status = "completed";
+        for (name, id) in [(ours, 901), (theirs, 902)] {
+            let mut runner = world::github::FakeRunner::offline(id, name);
+            runner.org = true;
+            gh.runners.insert(id, runner);
+        }
+    }
+    let out = as_org(Step::mode("cleanup").in_world(&world), &world).run();
+    out.success();
+    assert!(
+        out.summary.contains(&format!(
+            "| remove runner | {ours} | offline, its run 1 is over and no instance serves it | removed |"
+        )),
+        "{}",
+        out.summary
+    );
+    assert!(!out.summary.contains(theirs), "{}", out.summary);
+    let left: Vec<String> = world
+        .registered_runners()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, [theirs]);
+}
+
+#[test]
+fn enterprise_server_urls_are_used_for_every_github_call() {
+    let world = world();
+    // GitHub Enterprise Server issues the job's OIDC tokens itself.
+    *world.oidc.issuer.lock().unwrap() = "https://ghe.example/_services/token".to_owned();
+    let enterprise = |step: world::step::Step| {
+        step.env("GITHUB_API_URL", &format!("{}/api/v3", world.github_url))
+            .env("GITHUB_SERVER_URL", "https://ghe.example")
+    };
+    let calls = || {
+        let gh = world.github.lock().unwrap();
+        (gh.enterprise_calls, gh.dotcom_calls)
+    };
+    let started = enterprise(Step::start().in_world(&world)).run();
+    started.success();
+    let (after_start, dotcom) = calls();
+    assert!(after_start >= 2, "{after_start} calls went to /api/v3");
+    assert_eq!(dotcom, 0, "start called github.com's API path");
+    job_runs(&world, &started.outputs()["label"]);
+    enterprise(Step::stop().in_world(&world))
+        .outputs_of(&started)
+        .run()
+        .success();
+    let (after_stop, dotcom) = calls();
+    assert!(after_stop > after_start);
+    assert_eq!(dotcom, 0, "stop called github.com's API path");
+    // An App's installation token comes from the same server.
+    let started = as_app(enterprise(Step::start().in_world(&world))).run();
+    started.success();
+    as_app(enterprise(Step::stop().in_world(&world)))
+        .outputs_of(&started)
+        .run()
+        .success();
+    let (after_app, dotcom) = calls();
+    assert!(
+        after_app >= after_stop + 4,
+        "{after_app} after {after_stop}"
+    );
+    assert_eq!(dotcom, 0, "the App's calls went to github.com's API path");
+    nothing_left(&world);
+}
+
+#[test]
+fn arm64_instance_types_get_the_arm64_image_and_runner_package() {
+    let world = world();
+    let started = Step::start()
+        .in_world(&world)
+        .input("instance-type", "g5g.xlarge")
+        .run();
+    started.success();
+    let instance = instance_of(&world, &started);
+    assert_eq!(instance.image_id(), Some(world::WORLD_ARM64_AMI));
+    assert_eq!(
+        world.package_fetches.lock().unwrap().as_slice(),
+        [format!(
+            "actions-runner-linux-arm64-{}.tar.gz",
+            world::package::VERSION
+        )]
+    );
+    stop_cleanly(&world, &started);
+}
+
+#[test]
+fn a_runner_package_with_another_hash_is_refused_on_the_instance() {
+    let world = world();
+    let wrong = "0".repeat(64);
+    let out = Step::start()
+        .in_world(&world)
+        .input("runner-sha256", &wrong)
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("phase=runner-fetch status=failed")
+            && error.contains(&format!("is {}, expected {wrong}", world.runner_sha256)),
+        "{error}"
+    );
+    assert!(error.contains("Rolled back: instance i-"), "{error}");
+    nothing_left(&world);
+}
+
+fn policy(name: &str) -> serde_json::Value {
+    let path = format!("{}/docs/iam/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn list(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str())
+            .map(str::to_owned)
+            .collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The IAM action an AWS call of the world's proxy needs.
+fn iam_action(call: &str) -> String {
+    let service = match call {
+        "AssumeRoleWithWebIdentity" => "sts",
+        "GetParameter" => "ssm",
+        _ => "ec2",
+    };
+    format!("{service}:{call}")
+}
+
+#[test]
+fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tagged_instances() {
+    let world = world();
+    world.faults.take_calls();
+    let started = Step::start()
+        .in_world(&world)
+        .input("market-type", "spot-then-on-demand")
+        .run();
+    started.success();
+    // Stopped while it waits for its job: stop terminates it.
+    Step::stop()
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    Step::mode("cleanup").in_world(&world).run().success();
+    Step::start()
+        .in_world(&world)
+        .input("dry-run", "true")
+        .run()
+        .success();
+    let mut needed: Vec<String> = world
+        .faults
+        .take_calls()
+        .into_iter()
+        .filter(|(service, _, _)| *service == world::faults::Service::Aws)
+        .map(|(_, call, _)| iam_action(&call))
+        .collect();
+    needed.sort();
+    needed.dedup();
+    for action in [
+        "ec2:RunInstances",
+        "ec2:TerminateInstances",
+        "ec2:DescribeSpotPriceHistory",
+    ] {
+        assert!(needed.iter().any(|a| a == action), "{needed:?}");
+    }
+
+    let permissions = policy("permissions-policy.json");
+    let statements = permissions["Statement"].as_array().unwrap();
+    let allowed: Vec<String> = statements
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| list(&s["Action"]))
+        .collect();
+    let trust = policy("trust-policy.json");
+    let trusted = list(&trust["Statement"][0]["Action"]);
+    for action in &needed {
+        assert!(
+            allowed.contains(action) || trusted.contains(action),
+            "gpu-runner calls {action}, which docs/iam does not allow"
+        );
+    }
+    // Nothing is allowed that gpu-runner does not call (CreateTags rides on RunInstances).
+    for action in &allowed {
+        assert!(
+            needed.contains(action) || action == "ec2:CreateTags",
+            "docs/iam allows {action}, which gpu-runner never calls"
+        );
+    }
+
+    // The conditions hold for what start launched: the launch tags are the ones the Deny checks,
+    // and terminating and reading the console need gpu-runner's label tag.
+    let instance = instance_of(&world, &started);
+    let tag = |k: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let denies: Vec<&serde_json::Value> = statements
+        .iter()
+        .filter(|s| s["Effect"] == "Deny")
+        .collect();
+    let label_rule = &denies[0]["Condition"]["StringNotLike"]["aws:RequestTag/gpu-runner:label"];
+    assert_eq!(label_rule, "gpu-runner-*");
+    assert!(tag("gpu-runner:label").starts_with("gpu-runner-"));
+    assert_eq!(
+        denies[1]["Condition"]["StringNotEquals"]["aws:RequestTag/gpu-runner:repository"],
+        "octo/ml"
+    );
+    assert_eq!(tag("gpu-runner:repository"), "octo/ml");
+    let terminate = statements
+        .iter()
+        .find(|s| list(&s["Action"]).contains(&"ec2:TerminateInstances".to_owned()))
+        .unwrap();
+    assert_eq!(
+        terminate["Condition"]["StringLike"]["aws:ResourceTag/gpu-runner:label"],
+        "gpu-runner-*"
+    );
+    assert_eq!(
+        list(&terminate["Resource"]),
+        ["arn:aws:ec2:*:123456789012:instance/*"]
+    );
+
+    // PassRole, for iam-instance-profile only: one role, to EC2 only.
+    let pass = policy("pass-role-policy.json");
+    let pass = &pass["Statement"][0];
+    assert_eq!(list(&pass["Action"]), ["iam:PassRole"]);
+    assert!(!list(&pass["Resource"])[0].contains('*'));
+    assert_eq!(
+        pass["Condition"]["StringEquals"]["iam:PassedToService"],
+        "ec2.amazonaws.com"
+    );
+}
+
+#[test]
+fn the_trust_policies_admit_one_repository_and_the_readme_links_every_document() {
+    for (name, sub) in [
+        ("trust-policy.json", "repo:octo/ml:*"),
+        (
+            "trust-policy-branch.json",
+            "repo:octo/ml:ref:refs/heads/main",
+        ),
+        (
+            "trust-policy-environment.json",
+            "repo:octo/ml:environment:gpu",
+        ),
+    ] {
+        let trust = policy(name);
+        let statements = trust["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1, "{name}");
+        let s = &statements[0];
+        assert_eq!(
+            list(&s["Action"]),
+            ["sts:AssumeRoleWithWebIdentity"],
+            "{name}"
+        );
+        assert!(
+            s["Principal"]["Federated"]
+                .as_str()
+                .unwrap()
+                .ends_with(":oidc-provider/token.actions.githubusercontent.com"),
+            "{name}"
+        );
+        let c = &s["Condition"];
+        assert_eq!(
+            c["StringEquals"]["token.actions.githubusercontent.com:aud"], "sts.amazonaws.com",
+            "{name}"
+        );
+        let found = c["StringEquals"]["token.actions.githubusercontent.com:sub"]
+            .as_str()
+            .or(c["StringLike"]["token.actions.githubusercontent.com:sub"].as_str())
+            .unwrap();
+        assert_eq!(found, sub, "{name}");
+        // A wildcard may only follow the repository, never stand for the owner or the repository.
+        assert!(found.starts_with("repo:octo/ml:"), "{name}");
+    }
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    for entry in std::fs::read_dir(format!("{}/docs/iam", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            readme.contains(&format!("(docs/iam/{name})")),
+            "the README does not link docs/iam/{name}"
+        );
+    }
+}
+
+#[test]
+fn the_readmes_security_group_has_no_inbound_rules_and_the_instance_uses_it() {
+    let world = world();
+    let text = std::fs::read_to_string(format!(
+        "{}/docs/security-group.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The README shows the same document.
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(readme.contains(&format!("```json\n{text}```")));
+    let group = world.create_security_group(&json);
+    assert_eq!(world.inbound_rules(&group), []);
+    let started = Step::start()
+        .in_world(&world)
+        .input("security-group-id", &group)
+        .run();
+    started.success();
+    let instance = instance_of(&world, &started);
+    let groups: Vec<&str> = instance
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id())
+        .collect();
+    assert_eq!(groups, [group.as_str()]);
+    // The runner still reaches GitHub: it only ever calls out.
+    job_runs(&world, &started.outputs()["label"]);
+    stop_cleanly(&world, &started);
+}
+
+#[test]
+fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let copy = tempfile::tempdir().unwrap();
+    for path in [
+        "src/boot/mod.rs",
+        "src/inputs/spec.rs",
+        "action.yml",
+        "README.md",
+    ] {
+        let to = copy.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(format!("{root}/{path}"), to).unwrap();
+    }
+    let (x64, arm64) = ("a".repeat(64), "b".repeat(64));
+    let bump = |version: &str| {
+        std::process::Command::new("bash")
+            .arg(format!("{root}/.github/scripts/runner-bump.sh"))
+            .args([version, &x64, &arm64])
+            .current_dir(copy.path())
+            .output()
+            .unwrap()
+    };
+    let out = bump("2.999.1");
+    assert!(out.status.success(), "{out:?}");
+    let read = |p: &str| std::fs::read_to_string(copy.path().join(p)).unwrap();
+    let table = read("src/boot/mod.rs");
+    let first = table
+        .split("pub const PINNED_RUNNERS: &[PinnedRunner] = &[")
+        .nth(1)
+        .unwrap();
+    assert!(
+        first.starts_with(&format!(
+            "\n    PinnedRunner {{\n        version: \"2.999.1\",\n        arch: Arch::X64,\n        \
+             sha256: \"{x64}\",\n    }},\n    PinnedRunner {{\n        version: \"2.999.1\",\n        \
+             arch: Arch::Arm64,\n        sha256: \"{arm64}\",\n    }},\n    PinnedRunner {{\n"
+        )),
+        "{first}"
+    );
+    // The previous pins stay, so that a workflow pinned to them keeps working.
+    let mut pinned: Vec<&str> = Vec::new();
+    for pin in gpu_runner::boot::PINNED_RUNNERS {
+        assert!(first.contains(&format!("sha256: \"{}\"", pin.sha256)));
+        if !pinned.contains(&pin.version) {
+            pinned.push(pin.version);
+        }
+    }
+    assert!(read("src/inputs/spec.rs").contains(
+        "pub const RUNNER_VERSION: Spec = Spec::new(\"runner-version\", Start, \"2.999.1\");"
+    ));
+    let action = read("action.yml");
+    let input = action.split("  runner-version:\n").nth(1).unwrap();
+    let input = input.split("\n  runner-sha256:").next().unwrap();
+    assert!(input.ends_with("\n    default: 2.999.1"), "{input}");
+    assert!(read("README.md").contains(&format!(
+        "| `runner-version` | start | `2.999.1` | The GitHub Actions runner version the instance \
+         installs. Pinned, with their x64 and arm64 hashes: 2.999.1, {}. |",
+        pinned.join(", ")
+    )));
+    // A second run finds the version pinned and changes nothing (the workflow opens no PR).
+    let before = read("src/boot/mod.rs");
+    assert_eq!(bump("2.999.1").status.code(), Some(3));
+    assert_eq!(read("src/boot/mod.rs"), before);
+    // Bad values are refused before anything changes.
+    let refused = std::process::Command::new("bash")
+        .arg(format!("{root}/.github/scripts/runner-bump.sh"))
+        .args(["v3.0.0", &x64, &arm64])
+        .current_dir(copy.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(read("src/boot/mod.rs"), before);
+}
+
+#[test]
+fn a_hostile_pre_runner_script_arrives_byte_for_byte_in_the_sandbox_and_nothing_else_runs() {
+    let world = world();
+    let canary = "/var/lib/gpu-runner/canary";
+    let hostile = [
+        "it's \"quoted\" 'twice' '\\''",
+        &format!("$(touch {canary}) `touch {canary}` ${{IFS}}$HOME"),
+        "EOF",
+        "HOOK",
+        "'; touch /var/lib/gpu-runner/canary; echo '",
+        "unicode: γπυ ✓ \u{202e}rtl\u{202c} tab:\tend\r",
+        "\\n \\' \\\" \\\\",
+    ]
+    .join("\n");
+    let script = format!(
+        "cat > /var/lib/gpu-runner/pre-runner-seen <<'GPU_RUNNER_PAYLOAD'\n{hostile}\nGPU_RUNNER_PAYLOAD"
+    );
+    // The download URL reaches the script too (a mirror's, from the environment): its query is
+    // hostile here, and the package still arrives from it.
+    let url = format!(
+        "{}/_package/actions-runner-linux-{{arch}}-{{version}}.tar.gz?x='$(touch$IFS{canary})'\
+         `touch$IFS{canary}`;touch$IFS{canary}",
+        world.github_url
+    );
+    let started = Step::start()
+        .in_world(&world)
+        .env("GPU_RUNNER_RUNNER_DOWNLOAD_URL", &url)
+        .input("pre-runner-script", &script)
+        .run();
+    started.success();
+    assert_eq!(
+        world.package_fetches.lock().unwrap().len(),
+        1,
+        "the instance did not download the package from {url}"
+    );
+    let id = started.outputs()["instance-id"].clone();
+    assert_eq!(
+        world
+            .instance_file(&id, "var/lib/gpu-runner/pre-runner-seen")
+            .as_deref(),
+        Some(format!("{hostile}\n").as_str())
+    );
+    assert_eq!(world.instance_file(&id, &canary[1..]), None);
+    stop_cleanly(&world, &started);
+}
