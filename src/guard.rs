@@ -95,6 +95,32 @@ pub fn check(
     }
 }
 
+/// Checks the job's OIDC token against what [`check`] judged. GitHub signs the token; the
+/// environment a step runs in is not signed, so a token that names another event or repository
+/// means the verdict rests on the wrong facts. `None` claims (older GitHub Enterprise Server
+/// versions) are not held against the run.
+pub fn check_claims(
+    token_event: Option<&str>,
+    token_repository: Option<&str>,
+    event: &str,
+    repository: &str,
+) -> Result<(), Untrusted> {
+    if let Some(theirs) = token_repository.filter(|r| !r.eq_ignore_ascii_case(repository)) {
+        return Err(Untrusted(format!(
+            "the job's OIDC token was issued for the repository {theirs}, not {repository}, so \
+             gpu-runner cannot tell whose code this is"
+        )));
+    }
+    if let Some(theirs) = token_event.filter(|e| *e != event) {
+        let shown = if event.is_empty() { "nothing" } else { event };
+        return Err(Untrusted(format!(
+            "the job's OIDC token says the run was triggered by {theirs}, but GITHUB_EVENT_NAME \
+             says {shown}, so gpu-runner cannot tell whose code this is"
+        )));
+    }
+    Ok(())
+}
+
 /// What to do instead, for the error.
 pub const FIX: &str = "Run GPU jobs for outside code only after a maintainer has looked at it: \
     put the start job in an environment with required reviewers (environment: gpu-review) and set \
@@ -132,6 +158,38 @@ mod tests {
             "repository": {"full_name": REPO, "fork": false},
             "sender": {"login": login},
         })
+    }
+
+    #[test]
+    fn the_signed_token_must_name_the_event_and_repository_that_were_judged() {
+        assert_eq!(
+            check_claims(Some("push"), Some("octo/ml"), "push", REPO),
+            Ok(())
+        );
+        assert_eq!(check_claims(None, None, "push", REPO), Ok(()));
+        assert_eq!(
+            check_claims(Some("push"), Some("Octo/ML"), "push", REPO),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(Some("pull_request_target"), Some(REPO), "push", REPO)
+                .unwrap_err()
+                .0,
+            "the job's OIDC token says the run was triggered by pull_request_target, but \
+             GITHUB_EVENT_NAME says push, so gpu-runner cannot tell whose code this is"
+        );
+        assert!(
+            check_claims(Some("push"), Some(REPO), "", REPO)
+                .unwrap_err()
+                .0
+                .contains("GITHUB_EVENT_NAME says nothing")
+        );
+        assert!(
+            check_claims(Some("push"), Some("mallory/ml"), "push", REPO)
+                .unwrap_err()
+                .0
+                .starts_with("the job's OIDC token was issued for the repository mallory/ml")
+        );
     }
 
     fn verdict(event: &str, payload: &Value) -> Result<(), String> {

@@ -244,6 +244,45 @@ fn org_cleanup_judges_only_runners_of_this_repositorys_runs() {
 }
 
 #[test]
+fn an_environment_that_names_another_event_than_the_signed_token_gets_no_credentials() {
+    let world = world();
+    world.faults.take_calls();
+    // The token says push; a step's environment says a manual run, which the guard lets through.
+    let out = Step::start()
+        .in_world(&world)
+        .env("GITHUB_EVENT_NAME", "workflow_dispatch")
+        .run();
+    out.failure();
+    assert_eq!(out.errors().len(), 1, "{:?}", out.errors());
+    assert!(
+        out.errors()[0].contains(
+            "gpu-runner refused to start because the job's OIDC token says the run was triggered \
+             by push, but GITHUB_EVENT_NAME says workflow_dispatch"
+        ),
+        "{:?}",
+        out.errors()
+    );
+    let aws: Vec<String> = world
+        .faults
+        .take_calls()
+        .into_iter()
+        .filter(|(service, _, _)| *service == world::faults::Service::Aws)
+        .map(|(_, call, _)| call)
+        .collect();
+    assert_eq!(aws, Vec::<String>::new(), "AWS was called");
+    nothing_left(&world);
+
+    // allow-untrusted turns the guard off, this check with it.
+    let started = Step::start()
+        .in_world(&world)
+        .env("GITHUB_EVENT_NAME", "workflow_dispatch")
+        .input("allow-untrusted", "true")
+        .run();
+    started.success();
+    stop_cleanly(&world, &started);
+}
+
+#[test]
 fn enterprise_server_urls_are_used_for_every_github_call() {
     let world = world();
     // GitHub Enterprise Server issues the job's OIDC tokens itself.

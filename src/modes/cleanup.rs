@@ -215,7 +215,7 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let ctx = Context::from_env(env)?;
-    let aws = super::aws_config(env, &inputs.common, &inputs.region, &ctx, actions).await?;
+    let aws = super::aws_config(env, &inputs.common, &inputs.region, &ctx, actions, None).await?;
     let cloud = Ec2::new(&aws);
     let instances = cloud.find(Tagged::Any).await.map_err(Error::cloud)?;
     let mut errors: Vec<Error> = Vec::new();

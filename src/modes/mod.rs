@@ -19,8 +19,8 @@ use crate::error::Error;
 use crate::github::octo::Runners;
 use crate::github::{GithubError, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
-use crate::oidc;
 use crate::retry::Backoff;
+use crate::{guard, oidc};
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -72,12 +72,15 @@ pub async fn run(
 }
 
 /// AWS access for `region`: the role through the job's OIDC token, or the ambient credentials.
+/// `judged_event` is the event the untrusted-trigger guard passed, when it ran: the token must
+/// name the same one, or no credentials are asked for.
 pub(crate) async fn aws_config(
     env: &Env,
     common: &Common,
     region: &str,
     ctx: &Context,
     actions: &Actions,
+    judged_event: Option<&str>,
 ) -> Result<SdkConfig, Error> {
     let Some(role_arn) = &common.role_to_assume else {
         return credentials::sdk_config(region, None, actions)
@@ -92,6 +95,14 @@ pub(crate) async fn aws_config(
     actions.add_mask(token.expose());
     let claims = oidc::read_claims(&token, &common.audience, &ctx.server_url)?;
     tracing::debug!(sub = %claims.sub, "read the job's OIDC token");
+    if let Some(event) = judged_event {
+        guard::check_claims(
+            claims.event_name.as_deref(),
+            claims.repository.as_deref(),
+            event,
+            &ctx.repository(),
+        )?;
+    }
     let session_name = oidc::session_name(&ctx.repository(), ctx.run_id, ctx.run_attempt);
     let role = AssumeRole {
         role_arn,

@@ -56,7 +56,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let _group = actions.group("Rolling back the unfinished start");
     let mut t = Teardown::default();
     // AWS first: a GitHub problem must not keep the instance running.
-    let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions).await?;
+    let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions, None).await?;
     let cloud = Ec2::new(&aws);
     let found = teardown::find(&cloud, &ids, Some(Tagged::Label(label)))
         .await

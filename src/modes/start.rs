@@ -276,7 +276,9 @@ async fn connect(
         ));
         github.registry.use_group(group.id);
     }
-    let aws = super::aws_config(env, &inputs.common, &plan.region, ctx, actions).await?;
+    let judged = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
+    let judged = (!inputs.allow_untrusted).then_some(judged);
+    let aws = super::aws_config(env, &inputs.common, &plan.region, ctx, actions, judged).await?;
     let cloud = Ec2::new(&aws);
     let image_id = cloud
         .resolve_image(&plan.image)

@@ -40,7 +40,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     let mut t = Teardown::default();
 
     // AWS first: what bills is the instance, and a GitHub problem must not keep it running.
-    let found = match super::aws_config(env, &inputs.common, region, &ctx, actions).await {
+    let found = match super::aws_config(env, &inputs.common, region, &ctx, actions, None).await {
         Ok(aws) => {
             let cloud = Ec2::new(&aws);
             match teardown::find(&cloud, &inputs.instance_ids, tagged).await {

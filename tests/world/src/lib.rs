@@ -319,6 +319,8 @@ impl World {
             ("GITHUB_REPOSITORY", "octo/ml".to_owned()),
             ("GITHUB_RUN_ID", self.run_id.to_string()),
             ("GITHUB_RUN_ATTEMPT", "1".to_owned()),
+            // The event the world's OIDC tokens name.
+            ("GITHUB_EVENT_NAME", "push".to_owned()),
             ("GITHUB_API_URL", self.github_url.clone()),
             ("GITHUB_SERVER_URL", "https://github.com".to_owned()),
             (
