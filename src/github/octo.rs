@@ -119,11 +119,8 @@ impl Runners {
         let path = format!("/orgs/{}/actions/runner-groups", self.owner);
         let mut groups = Vec::new();
         for page in 1..=10u32 {
-            let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
             let batch: GroupsPage = self
-                .retrying("listing the organization's runner groups", || {
-                    self.crab.get(&path, Some(&query))
-                })
+                .page("listing the organization's runner groups", &path, &[], page)
                 .await?;
             let full = batch.runner_groups.len() == 100;
             groups.extend(batch.runner_groups);
@@ -142,11 +139,8 @@ impl Runners {
         );
         let full_name = format!("{}/{}", self.owner, self.repo);
         for page in 1..=50u32 {
-            let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
             let batch: ReposPage = self
-                .retrying("listing the runner group's repositories", || {
-                    self.crab.get(&path, Some(&query))
-                })
+                .page("listing the runner group's repositories", &path, &[], page)
                 .await?;
             if batch
                 .repositories
@@ -186,6 +180,21 @@ impl Runners {
             Err(e) if e.status == Some(404) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Page `page` (100 entries a page) of a list at `path`, with `filters` in the query.
+    async fn page<P: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        filters: &[(&str, &str)],
+        page: u32,
+    ) -> Result<P, GithubError> {
+        let page = page.to_string();
+        let mut query: Vec<(&str, &str)> = filters.to_vec();
+        query.extend([("per_page", "100"), ("page", page.as_str())]);
+        self.retrying(operation, || self.crab.get(path, Some(&query)))
+            .await
     }
 
     /// One GitHub call, retried while GitHub says it is passing.
@@ -373,16 +382,13 @@ impl RunnerRegistry for Runners {
         for status in ["queued", "in_progress"] {
             let mut page: u32 = 1;
             loop {
-                let path = self.path("runs");
-                let query = [
-                    ("status", status.to_owned()),
-                    ("per_page", "100".to_owned()),
-                    ("page", page.to_string()),
-                ];
                 let batch: RunsPage = self
-                    .retrying("listing workflow runs", || {
-                        self.crab.get(&path, Some(&query))
-                    })
+                    .page(
+                        "listing workflow runs",
+                        &self.path("runs"),
+                        &[("status", status)],
+                        page,
+                    )
                     .await?;
                 let full = batch.workflow_runs.len() == 100;
                 ids.extend(batch.workflow_runs.iter().map(|r| r.id));

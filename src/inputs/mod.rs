@@ -70,6 +70,15 @@ pub enum RunnerScope {
 }
 
 impl RunnerScope {
+    /// The scope `name` (as `runner-scope` and the `gpu-runner:runner-scope` tag write it) names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "repo" => Some(RunnerScope::Repo),
+            "org" => Some(RunnerScope::Org),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RunnerScope::Repo => "repo",
@@ -384,13 +393,10 @@ impl Reader<'_> {
         let role_to_assume = self.one(&spec::ROLE_TO_ASSUME, values::role_arn);
         let audience = self.one(&spec::AUDIENCE, values::audience);
         let scope_given = self.raw(&spec::RUNNER_SCOPE).is_some();
-        let runner_scope = match self
-            .one(&spec::RUNNER_SCOPE, values::runner_scope)?
-            .as_str()
-        {
-            "org" => RunnerScope::Org,
-            _ => RunnerScope::Repo,
-        };
+        // Validated to be one of the names; the default is repo.
+        let runner_scope =
+            RunnerScope::from_name(&self.one(&spec::RUNNER_SCOPE, values::runner_scope)?)
+                .unwrap_or(RunnerScope::Repo);
         Some(Common {
             github: github?,
             role_to_assume,

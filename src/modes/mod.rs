@@ -125,14 +125,26 @@ pub(crate) struct Github {
 
 impl Github {
     pub fn error(&self, source: GithubError) -> Error {
-        let hint = source.hint(&self.ctx.repository(), self.org(), self.workflow_token);
-        Error::Github { source, hint }
+        explained(
+            source,
+            &self.ctx,
+            self.registry.scope(),
+            self.workflow_token,
+        )
     }
+}
 
-    /// The organization whose runners these are, with `runner-scope: org`.
-    fn org(&self) -> Option<&str> {
-        (self.registry.scope() == RunnerScope::Org).then_some(self.ctx.owner.as_str())
-    }
+/// A GitHub failure with the hint for this repository, or for its organization with
+/// `runner-scope: org`.
+fn explained(
+    source: GithubError,
+    ctx: &Context,
+    scope: RunnerScope,
+    workflow_token: bool,
+) -> Error {
+    let org = (scope == RunnerScope::Org).then_some(ctx.owner.as_str());
+    let hint = source.hint(&ctx.repository(), org, workflow_token);
+    Error::Github { source, hint }
 }
 
 /// The runners of `scope`, with the token the user gave or one minted for the App.
@@ -170,10 +182,6 @@ pub(crate) async fn runners(
     let target = (ctx.owner.as_str(), ctx.repo.as_str());
     match Runners::new(&ctx.api_url, &token, target, scope, backoff) {
         Ok(registry) => Ok(github(registry)),
-        Err(e) => {
-            let org = (scope == RunnerScope::Org).then_some(ctx.owner.as_str());
-            let hint = e.hint(&ctx.repository(), org, workflow_token);
-            Err(Error::Github { source: e, hint })
-        }
+        Err(e) => Err(explained(e, ctx, scope, workflow_token)),
     }
 }

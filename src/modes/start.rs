@@ -68,9 +68,11 @@ pub async fn run(
         actions.verbatim(plan.to_text().trim_end());
     }
 
-    // Before any credential is asked for: whose code would run on the instance?
-    if inputs.allow_untrusted {
+    // Before any credential is asked for: whose code would run on the instance? The job's signed
+    // OIDC token must later name the event judged here.
+    let judged = if inputs.allow_untrusted {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
+        None
     } else {
         let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
         let payload = env
@@ -83,11 +85,12 @@ pub async fn run(
             &ctx.repository(),
             &inputs.allowed_associations,
         )?;
-    }
+        Some(event)
+    };
 
     // Nothing exists yet: a cancel here just stops.
     let setup = tokio::select! {
-        setup = connect(inputs, &plan, env, &ctx, actions) => setup?,
+        setup = connect(inputs, &plan, env, &ctx, actions, judged) => setup?,
         signal = cancel.cancelled() => {
             return Err(Error::Cancelled {
                 signal,
@@ -259,12 +262,14 @@ struct Setup {
     image_id: String,
 }
 
+/// `judged_event`: the event the untrusted-trigger guard passed, when it ran.
 async fn connect(
     inputs: &StartInputs,
     plan: &LaunchPlan,
     env: &Env,
     ctx: &Context,
     actions: &Actions,
+    judged_event: Option<&str>,
 ) -> Result<Setup, Error> {
     let mut github =
         super::runners(&inputs.common, inputs.common.scope(), ctx, env, actions).await?;
@@ -276,9 +281,15 @@ async fn connect(
         ));
         github.registry.use_group(group.id);
     }
-    let judged = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
-    let judged = (!inputs.allow_untrusted).then_some(judged);
-    let aws = super::aws_config(env, &inputs.common, &plan.region, ctx, actions, judged).await?;
+    let aws = super::aws_config(
+        env,
+        &inputs.common,
+        &plan.region,
+        ctx,
+        actions,
+        judged_event,
+    )
+    .await?;
     let cloud = Ec2::new(&aws);
     let image_id = cloud
         .resolve_image(&plan.image)

@@ -104,11 +104,7 @@ fn runner_scope(given: Option<RunnerScope>, found: &[Instance], actions: &Action
     let tagged = found
         .iter()
         .filter_map(|i| i.tags.get(plan::tag::RUNNER_SCOPE))
-        .find_map(|s| match s.as_str() {
-            "org" => Some(RunnerScope::Org),
-            "repo" => Some(RunnerScope::Repo),
-            _ => None,
-        });
+        .find_map(|s| RunnerScope::from_name(s));
     match (given, tagged) {
         (Some(given), Some(tagged)) if given != tagged => {
             actions.annotate(
