@@ -270,3 +270,82 @@ fn allow_partial_keeps_the_three_that_came_online() {
         .success();
     nothing_left(&world);
 }
+
+/// An account that never ran spot has no spot service-linked role, and gpu-runner's policy does
+/// not let the role create it: EC2 refuses every spot launch with
+/// `AuthFailure.ServiceLinkedRoleCreationNotPermitted` (checked against the old product, which
+/// stopped the search there).
+#[test]
+fn an_account_without_the_spot_role_falls_back_to_on_demand_and_says_how_to_create_it() {
+    let world = World::start(Options::default()).unwrap();
+    world.never_ran_spot();
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("market-type", "spot-then-on-demand")
+        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .run();
+    started.success();
+    assert_eq!(started.outputs()["market"], "on-demand");
+    assert_eq!(started.outputs()["instance-type"], "g5.xlarge");
+    assert!(
+        started.summary.contains(
+            "g5.xlarge in the default subnet (spot) → AuthFailure.ServiceLinkedRoleCreationNotPermitted"
+        ),
+        "{}",
+        started.summary
+    );
+    // The second spot candidate is not tried: it cannot launch either.
+    assert!(
+        !started
+            .summary
+            .contains("g4dn.xlarge in the default subnet (spot)")
+    );
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+
+    let spot_only = Step::mode("start")
+        .in_world(&world)
+        .input("market-type", "spot")
+        .run();
+    spot_only.failure();
+    let error = spot_only.errors().join("\n");
+    assert!(
+        error.contains("aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"),
+        "{error}"
+    );
+    nothing_left(&world);
+}
+
+/// GitHub limits each token to 5,000 requests an hour and, across REST endpoints, 900 points a
+/// minute (a GET costs 1): the world's GitHub counts both and refuses as GitHub does. The old
+/// product read each runner on every look, 32 runners every 2 s, and ran into the secondary
+/// limit; one runner list per look, whatever `count` is, stays far inside it.
+#[test]
+fn count_32_stays_inside_githubs_rate_limits() {
+    let world = World::start(Options::default()).unwrap();
+    let started = Step::mode("start")
+        .in_world(&world)
+        .input("count", "32")
+        .run();
+    started.success();
+    let names: Vec<String> = serde_json::from_str(&started.outputs()["runner-names"]).unwrap();
+    assert_eq!(names.len(), 32);
+    {
+        let gh = world.github.lock().unwrap();
+        assert_eq!(gh.rate_limited, 0, "GitHub had to refuse requests");
+        assert!(
+            gh.peak_points_per_minute * 4 < world::github::POINTS_PER_MINUTE,
+            "{} points in a minute",
+            gh.peak_points_per_minute
+        );
+    }
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    nothing_left(&world);
+}

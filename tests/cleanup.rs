@@ -120,3 +120,31 @@ fn cleanup_needs_a_region_and_says_which_inputs_are_its_own() {
     assert!(errors.contains("Missing input%3A aws-region"), "{errors}");
     assert!(errors.contains("max-age-minutes is \"5\""), "{errors}");
 }
+
+/// Workflow runs and jobs need the Actions permission, not Administration (GitHub's REST docs for
+/// "List workflow runs", "List jobs for a workflow run" and "Cancel a workflow run"): a token made
+/// for runners only gets GitHub's 403 there, and the hint names Actions (the old product named
+/// Administration, which the token has).
+#[test]
+fn a_token_without_actions_permission_is_told_to_add_it() {
+    let world = World::start(Options::default()).unwrap();
+    let out = Step::mode("cleanup")
+        .in_world(&world)
+        .input("github-token", &world.runners_only_token)
+        .run();
+    out.failure();
+    let errors = out.errors().join("\n");
+    assert!(
+        errors.contains("Resource not accessible by personal access token")
+            && errors.contains("that takes the Actions permission")
+            && errors.contains("Add Actions: read and write"),
+        "{errors}"
+    );
+    assert!(!errors.contains("it needs Administration"), "{errors}");
+    // What it could judge without runs it still judged: the runners, by the time rules.
+    assert!(
+        out.summary.contains("self-hosted runner(s) of octo/ml"),
+        "{}",
+        out.summary
+    );
+}

@@ -602,3 +602,256 @@ fn a_github_failure_in_stop_still_terminates_the_instance() {
     stop(&world).outputs_of(&started).run().success();
     nothing_left(&world);
 }
+
+/// Waits for job `id` to finish and returns it.
+#[track_caller]
+fn finished(world: &World, id: u64) -> world::github::Job {
+    let done = world.wait_until(Duration::from_secs(30), |w| {
+        w.job(id).is_some_and(|j| j.status == "completed")
+    });
+    assert!(done, "job {id} never finished: {:?}", world.job(id));
+    world.job(id).unwrap()
+}
+
+/// actions/runner's `run-helper.sh` refuses root ("Must not run interactively with sudo") unless
+/// `RUNNER_ALLOW_RUNASROOT` is set, and `run.sh` still exits 0: with the old boot script a
+/// `runner-user: root` start never came online.
+#[test]
+fn runner_user_root_comes_online_and_runs_the_job() {
+    let world = world();
+    let started = start(&world).input("runner-user", "root").run();
+    started.success();
+    assert!(
+        started
+            .commands("warning")
+            .iter()
+            .any(|w| w.contains("runner-user is root")),
+        "{}",
+        started.stdout
+    );
+    let job = world.queue_job(&[&started.outputs()["label"]], "id -u");
+    let job = finished(&world, job);
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(job.output.contains("\n0\n"), "{}", job.output);
+    stop(&world).outputs_of(&started).run().success();
+    nothing_left(&world);
+}
+
+/// The Deep Learning AMI has Docker with its socket `root:docker 0660`: the runner user reaches it
+/// through the docker group, which the old boot script did not give it, so every `container:` job
+/// failed. Without the group (taken away by a pre-runner-script here) the job fails as the real
+/// runner's does.
+#[test]
+fn a_container_job_reaches_docker_only_through_the_docker_group() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let id = started.outputs()["instance-id"].clone();
+    assert!(
+        world
+            .console(&id)
+            .contains("sudo=passwordless docker=group"),
+        "{}",
+        world.console(&id)
+    );
+    let job = world.queue_container_job(
+        &[&started.outputs()["label"]],
+        "nvidia/cuda:12.4.1-base-ubuntu22.04",
+        "docker version && id -nG",
+    );
+    let job = finished(&world, job);
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(
+        job.output.contains("Server: Docker Engine") && job.output.contains("docker"),
+        "{}",
+        job.output
+    );
+    stop(&world).outputs_of(&started).run().success();
+
+    let without = start(&world)
+        .input("pre-runner-script", "gpasswd -d runner docker")
+        .run();
+    without.success();
+    let job = world.queue_container_job(
+        &[&without.outputs()["label"]],
+        "nvidia/cuda:12.4.1-base-ubuntu22.04",
+        "echo the-step-ran",
+    );
+    let job = finished(&world, job);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
+    assert!(
+        job.output
+            .contains("permission denied while trying to connect to the Docker daemon socket"),
+        "{}",
+        job.output
+    );
+    assert!(!job.output.contains("the-step-ran"), "{}", job.output);
+    stop(&world).outputs_of(&without).run().success();
+    nothing_left(&world);
+}
+
+/// The stand-in runner package behaves like actions/runner's: as root without
+/// `RUNNER_ALLOW_RUNASROOT` it refuses with the real message and `run.sh` exits 0; a job-started
+/// hook that exits non-zero fails the job before any of its steps runs.
+#[test]
+fn the_runner_package_refuses_root_and_a_failing_hook_fails_the_job_before_its_steps() {
+    let world = world();
+    let limit = Duration::from_secs(20);
+    let (code, out) = world.run_runner_package(&["standalone"], &[], limit);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Must not run interactively with sudo"),
+        "{out}"
+    );
+    assert!(
+        world
+            .registered_runners()
+            .iter()
+            .all(|r| r.status == "offline"),
+        "a refused runner never connects"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, "echo refusing this job; exit 3\n").unwrap();
+    let canary = dir.path().join("canary");
+    let job = world.queue_job(&["hooked"], &format!("touch '{}'", canary.display()));
+    let (code, out) = world.run_runner_package(
+        &["hooked"],
+        &[
+            ("RUNNER_ALLOW_RUNASROOT", "1"),
+            ("ACTIONS_RUNNER_HOOK_JOB_STARTED", hook.to_str().unwrap()),
+        ],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let job = finished(&world, job);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
+    assert!(
+        job.output.contains("refusing this job")
+            && job.output.contains("Process completed with exit code 3"),
+        "{}",
+        job.output
+    );
+    assert!(!canary.exists(), "a step ran after the hook failed");
+}
+
+/// GitHub gives a JIT runner its default labels (`self-hosted`, `Linux`, `X64`) beside the custom
+/// ones, shows them read-only in the API, and hands the runner the oldest queued job whose
+/// `runs-on` its labels cover: a job that asks only for `self-hosted` gets the GPU runner.
+#[test]
+fn github_hands_any_job_the_runners_labels_cover_defaults_included() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let runner = world
+        .registered_runners()
+        .into_iter()
+        .find(|r| r.name == label)
+        .unwrap();
+    assert_eq!(
+        runner.all_labels(),
+        ["self-hosted", "Linux", "X64", label.as_str()]
+    );
+    let broad = world.queue_job(&["self-hosted", "linux"], "echo any-self-hosted-job");
+    let gpu = world.queue_job(&[&label], "echo the-gpu-job");
+    let broad = finished(&world, broad);
+    assert_eq!(broad.runner_name.as_deref(), Some(label.as_str()));
+    assert_eq!(world.job(gpu).map(|j| j.status), Some("queued"));
+    // The JIT config GitHub hands out is a few KB, as real ones are.
+    let jit = world.github.lock().unwrap().issued_jit_configs[0].len();
+    assert!(jit > 2048, "{jit} bytes");
+    world.github.lock().unwrap().cancel_run(world.run_id);
+    stop(&world).outputs_of(&started).run().success();
+    nothing_left(&world);
+}
+
+/// EC2 takes at most 16 KB of user data (raw); the world's AWS refuses more, as EC2 does. Start
+/// (and its dry run) checks the boot script before it registers anything and says how much of it
+/// pre-runner-script is; the old product registered the runner, then had RunInstances refused.
+#[test]
+fn a_boot_script_over_ec2s_user_data_limit_is_refused_before_anything_is_registered() {
+    let world = world();
+    let script = "echo preparing the machine for the GPU job\n".repeat(400);
+    for dry in ["false", "true"] {
+        let out = start(&world)
+            .input("pre-runner-script", &script)
+            .input("dry-run", dry)
+            .run();
+        out.failure();
+        let error = &out.errors()[0];
+        assert!(
+            error.contains("title=Boot script too large for EC2")
+                && error.contains("EC2 takes at most 16384 bytes of user data")
+                && error.contains(&format!(
+                    "pre-runner-script makes up {} bytes of it",
+                    // Inputs arrive trimmed; the script carries it single-quoted.
+                    script.trim_end().len() + 2
+                ))
+                && error.contains("Shorten pre-runner-script by at least"),
+            "{error}"
+        );
+        assert_eq!(world.registered_runners(), [], "dry-run {dry}");
+        assert!(world.instances().is_empty(), "dry-run {dry}");
+    }
+    // A script that fits runs as before.
+    let fits = start(&world)
+        .input("pre-runner-script", &script[..43 * 90])
+        .run();
+    fits.success();
+    stop(&world).outputs_of(&fits).run().success();
+    nothing_left(&world);
+}
+
+/// GitHub refuses to delete a runner that is running a job (422, "... is still running a job")
+/// until it notices the machine is gone. Stop terminates the instance first, so it waits for
+/// that and then removes the runner; the old product failed the stop with the 422.
+#[test]
+fn stop_during_a_job_waits_until_github_lets_go_of_the_busy_runner() {
+    let world = world();
+    let started = start(&world).run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let job = world.queue_job(&[&label], "sleep 3600");
+    assert!(world.wait_until(Duration::from_secs(20), |w| {
+        w.job(job).is_some_and(|j| j.status == "in_progress")
+    }));
+    let stopped = stop(&world).outputs_of(&started).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {label} | runner | removed |")),
+        "{}",
+        stopped.summary
+    );
+    assert!(world.github.lock().unwrap().refused_busy_deletes >= 1);
+    let job = finished(&world, job);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"));
+    nothing_left(&world);
+}
+
+/// Without `role-to-assume` and without credentials in the environment, the SDK finds none: the
+/// error says so and names the two ways to give them, instead of the SDK's debug dump.
+#[test]
+fn without_any_aws_credentials_the_error_says_how_to_give_them() {
+    let world = world();
+    let out = start(&world).input("role-to-assume", "").run();
+    out.failure();
+    let errors = out.errors().join("\n");
+    assert!(
+        errors.contains("no AWS credentials were found")
+            && errors.contains("set role-to-assume to an IAM role")
+            && errors.contains("set AWS credentials in the environment"),
+        "{errors}"
+    );
+    for dump in ["DispatchFailure", "ConnectorError", "{ ", "Some("] {
+        assert!(
+            !errors.contains(dump),
+            "a Debug dump reached the user: {errors}"
+        );
+    }
+    assert_eq!(world.registered_runners(), []);
+    nothing_left(&world);
+}

@@ -107,3 +107,39 @@ fn no_fault_in_the_matrix_leaves_an_instance_or_a_runner() {
         }
     }
 }
+
+/// An STS session lasts an hour (the world's AWS expires its credentials at their `Expiration`,
+/// on the world's clock, and refuses them after with `ExpiredToken`), but a start may wait up to
+/// two hours for its runner and then roll back. The old product kept its first credentials, so
+/// the rollback after a long wait could not terminate the instance; now the credentials are
+/// renewed with a fresh OIDC token before they expire.
+#[test]
+fn a_start_that_waits_past_the_sts_session_still_rolls_back() {
+    let world = World::start(Options {
+        runner: RunnerBehaviour::NeverOnline,
+        // An hour passes in 15 s here.
+        clock_scale: 240.0,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = Step::mode("start")
+        .in_world(&world)
+        .input("startup-timeout-minutes", "70")
+        .input("idle-timeout-minutes", "100")
+        .input("max-lifetime-minutes", "200")
+        .run();
+    out.failure();
+    let error = out.errors().join("\n");
+    assert!(
+        error.contains("did not come online within startup-timeout-minutes (70)")
+            && error.contains("Rolled back: instance")
+            && !error.contains("Left behind"),
+        "{error}"
+    );
+    assert!(
+        out.stderr.contains("renewed the AWS role's credentials"),
+        "{}",
+        out.stderr
+    );
+    support::nothing_left(&world);
+}

@@ -324,6 +324,32 @@ fn enterprise_server_urls_are_used_for_every_github_call() {
     nothing_left(&world);
 }
 
+/// GHE.com (data residency) serves `https://<subdomain>.ghe.com`, and its jobs' tokens come from
+/// `https://token.actions.<subdomain>.ghe.com` (GitHub's OIDC docs for GHE.com).
+#[test]
+fn ghe_com_tokens_come_from_the_subdomains_issuer() {
+    let world = world();
+    *world.oidc.issuer.lock().unwrap() = "https://token.actions.octo.ghe.com".to_owned();
+    let on_ghe_com =
+        |step: world::step::Step| step.env("GITHUB_SERVER_URL", "https://octo.ghe.com");
+    let started = on_ghe_com(Step::start().in_world(&world)).run();
+    started.success();
+    job_runs(&world, &started.outputs()["label"]);
+    on_ghe_com(Step::stop().in_world(&world))
+        .outputs_of(&started)
+        .run()
+        .success();
+    // The same token on github.com is someone else's.
+    let refused = Step::start().in_world(&world).run();
+    refused.failure();
+    assert!(
+        refused.errors()[0].contains("its issuer is https://token.actions.octo.ghe.com"),
+        "{:?}",
+        refused.errors()
+    );
+    nothing_left(&world);
+}
+
 #[test]
 fn arm64_instance_types_get_the_arm64_image_and_runner_package() {
     let world = world();
@@ -395,9 +421,11 @@ fn iam_action(call: &str) -> String {
 fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tagged_instances() {
     let world = world();
     world.faults.take_calls();
+    // root-volume-size reads the image's root device (ec2:DescribeImages).
     let started = Step::start()
         .in_world(&world)
         .input("market-type", "spot-then-on-demand")
+        .input("root-volume-size", "200")
         .run();
     started.success();
     // Stopped while it waits for its job: stop terminates it.
@@ -639,11 +667,20 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
     let input = action.split("  runner-version:\n").nth(1).unwrap();
     let input = input.split("\n  runner-sha256:").next().unwrap();
     assert!(input.ends_with("\n    default: 2.999.1"), "{input}");
-    assert!(read("README.md").contains(&format!(
-        "| `runner-version` | start | `2.999.1` | The GitHub Actions runner version the instance \
-         installs. Pinned, with their x64 and arm64 hashes: 2.999.1, {}. |",
-        pinned.join(", ")
-    )));
+    let readme = read("README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `runner-version` |"))
+        .unwrap();
+    assert!(
+        row.starts_with(
+            "| `runner-version` | start | `2.999.1` | The GitHub Actions runner version"
+        ) && row.ends_with(&format!(
+            "Pinned, with their x64 and arm64 hashes: 2.999.1, {}. |",
+            pinned.join(", ")
+        )),
+        "{row}"
+    );
     // A second run finds the version pinned and changes nothing (the workflow opens no PR).
     let before = read("src/boot/mod.rs");
     assert_eq!(bump("2.999.1").status.code(), Some(3));

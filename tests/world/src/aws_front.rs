@@ -16,6 +16,9 @@ use crate::faults::{self, Fault, Faults, Service};
 /// What each instance printed on its console, by instance id.
 pub type Consoles = Arc<Mutex<HashMap<String, String>>>;
 
+/// Secret key and session token (none for an IAM user's key), by access key id.
+pub type Secrets = Arc<Mutex<HashMap<String, (String, Option<String>)>>>;
+
 #[derive(Clone)]
 pub struct Front {
     pub moto_url: String,
@@ -26,6 +29,21 @@ pub struct Front {
     /// Credentials STS handed out through this endpoint: secrets a log must never show.
     pub issued: Arc<Mutex<Vec<String>>>,
     pub faults: Faults,
+    /// Whether the account has the spot service-linked role: one that never ran spot has not, and
+    /// a role without `iam:CreateServiceLinkedRole` cannot create it on the first spot launch.
+    pub spot_role: Arc<std::sync::atomic::AtomicBool>,
+    /// The world's clock: an STS session of an hour lasts an hour of it.
+    pub clock_scale: f64,
+    /// When each STS session handed out here expires, by its session token (on the real clock).
+    pub sessions: Arc<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>>,
+    /// STS as the world's IAM user: how a web identity becomes the role's session once moto
+    /// enforces IAM (moto would refuse the unsigned `AssumeRoleWithWebIdentity`).
+    pub sts: Option<aws_sdk_sts::Client>,
+    /// The public key of the world's OIDC provider, which STS checks the token's signature with.
+    pub oidc_key: String,
+    /// The secret key (and session token) of every STS session handed out here, and of the
+    /// world's own IAM user, by access key id.
+    pub secrets: Secrets,
 }
 
 /// The AWS action a request calls: `Action=` of the query protocols (EC2, STS), or the
@@ -39,8 +57,64 @@ fn action(headers: &HeaderMap, body: &[u8]) -> Option<String> {
 
 /// How the service of `action` answers an error: EC2's XML, STS's XML, or SSM's JSON.
 fn aws_error(headers: &HeaderMap, action: &str, code: &str, status: u16) -> Response {
+    service_error(
+        headers,
+        action,
+        code,
+        status,
+        &format!("the fault proxy answers {code}"),
+    )
+}
+
+/// EC2 refuses user data over 16 KB in raw form, before base64 (RunInstances, "User data"
+/// in the EC2 API reference); moto takes any size.
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// A spot RunInstances in an account without the spot service-linked role: EC2's answer to it
+/// (the role cannot create it, as gpu-runner's documented policy does not allow it to).
+fn no_spot_role(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let spot = form_value(body, "Action").as_deref() == Some("RunInstances")
+        && form_value(body, "InstanceMarketOptions.MarketType").as_deref() == Some("spot");
+    (spot && !front.spot_role.load(std::sync::atomic::Ordering::SeqCst)).then(|| {
+        service_error(
+            headers,
+            "RunInstances",
+            "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+            403,
+            "The provided credentials do not have permission to create the service-linked role \
+             for EC2 Spot Instances.",
+        )
+    })
+}
+
+/// RunInstances with user data over EC2's limit: EC2's answer to it.
+fn user_data_too_large(headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    if form_value(body, "Action").as_deref() != Some("RunInstances") {
+        return None;
+    }
+    let encoded = form_value(body, "UserData")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    (raw.len() > USER_DATA_LIMIT).then(|| {
+        service_error(
+            headers,
+            "RunInstances",
+            "InvalidParameterValue",
+            400,
+            &format!("User data is limited to {USER_DATA_LIMIT} bytes"),
+        )
+    })
+}
+
+fn service_error(
+    headers: &HeaderMap,
+    action: &str,
+    code: &str,
+    status: u16,
+    message: &str,
+) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = format!("the fault proxy answers {code}");
     if headers.get("x-amz-target").is_some() {
         let body = serde_json::json!({"__type": code, "message": message}).to_string();
         return (
@@ -96,12 +170,311 @@ fn public_parameter(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<R
     )
 }
 
+/// A value of a form-encoded (query protocol) body, percent-decoded.
 fn form_value(body: &[u8], key: &str) -> Option<String> {
     let body = std::str::from_utf8(body).ok()?;
     body.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| v.replace('+', " ").replace("%2D", "-"))
+        (k == key).then(|| percent_decode(v))
     })
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 2;
+            }
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request signed with a session whose time is up: STS's credentials stop working at their
+/// `Expiration`, and AWS answers `ExpiredToken` (`ExpiredTokenException` in the JSON protocols).
+fn expired_session(front: &Front, headers: &HeaderMap, call: &str) -> Option<Response> {
+    let token = headers.get("x-amz-security-token")?.to_str().ok()?;
+    let expires = *front
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)?;
+    (chrono::Utc::now() >= expires).then(|| {
+        let code = if headers.get("x-amz-target").is_some() {
+            "ExpiredTokenException"
+        } else {
+            "ExpiredToken"
+        };
+        service_error(
+            headers,
+            call,
+            code,
+            400,
+            "The security token included in the request is expired",
+        )
+    })
+}
+
+/// `AssumeRoleWithWebIdentity` as STS answers it: the token must be signed by the identity
+/// provider's key, for the audience `sts.amazonaws.com` (the client ID the README registers), and
+/// not expired (`InvalidIdentityToken` / `ExpiredTokenException` otherwise). moto checks none of
+/// this and, enforcing IAM, refuses the call for being unsigned; so the front checks the token and
+/// asks moto for the role's session with a signed `AssumeRole`. `None` for every other call.
+#[allow(clippy::result_large_err)] // one answer per request: its size does not matter
+async fn web_identity(
+    front: &Front,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Result<String, Response>> {
+    if form_value(body, "Action").as_deref() != Some("AssumeRoleWithWebIdentity") {
+        return None;
+    }
+    let sts = front.sts.as_ref()?;
+    let refuse = |code: &str, why: &str| {
+        Err(service_error(
+            headers,
+            "AssumeRoleWithWebIdentity",
+            code,
+            400,
+            why,
+        ))
+    };
+    let field = |name| form_value(body, name).unwrap_or_default();
+    let (role, session, token) = (
+        field("RoleArn"),
+        field("RoleSessionName"),
+        field("WebIdentityToken"),
+    );
+    let duration = field("DurationSeconds").parse::<i32>().unwrap_or(3600);
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(front.oidc_key.as_bytes()) else {
+        return Some(refuse("InvalidIdentityToken", "no key for the provider"));
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&["sts.amazonaws.com"]);
+    validation.leeway = 0;
+    let claims = match jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+            return Some(refuse("ExpiredTokenException", "Token expired"));
+        }
+        Err(e) => {
+            return Some(refuse(
+                "InvalidIdentityToken",
+                &format!("Couldn't verify the token: {e}"),
+            ));
+        }
+    };
+    let out = sts
+        .assume_role()
+        .role_arn(&role)
+        .role_session_name(&session)
+        .duration_seconds(duration)
+        .send()
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            use aws_sdk_sts::error::ProvideErrorMetadata;
+            return Some(refuse(
+                e.code().unwrap_or("InternalError"),
+                e.message().unwrap_or("STS refused"),
+            ));
+        }
+    };
+    let (Some(c), Some(user)) = (out.credentials(), out.assumed_role_user()) else {
+        return Some(refuse("InternalError", "moto answered without credentials"));
+    };
+    let expiration = chrono::DateTime::<chrono::Utc>::from_timestamp(c.expiration().secs(), 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Some(Ok(format!(
+        "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+         <AssumeRoleWithWebIdentityResult>\
+         <SubjectFromWebIdentityToken>{}</SubjectFromWebIdentityToken>\
+         <Audience>sts.amazonaws.com</Audience>\
+         <AssumedRoleUser><Arn>{}</Arn><AssumedRoleId>{}</AssumedRoleId></AssumedRoleUser>\
+         <Credentials><AccessKeyId>{}</AccessKeyId><SecretAccessKey>{}</SecretAccessKey>\
+         <SessionToken>{}</SessionToken><Expiration>{expiration}</Expiration></Credentials>\
+         <Provider>{}</Provider>\
+         </AssumeRoleWithWebIdentityResult>\
+         <ResponseMetadata><RequestId>world</RequestId></ResponseMetadata>\
+         </AssumeRoleWithWebIdentityResponse>",
+        claims["sub"].as_str().unwrap_or_default(),
+        user.arn(),
+        user.assumed_role_id(),
+        c.access_key_id(),
+        c.secret_access_key(),
+        c.session_token(),
+        claims["iss"].as_str().unwrap_or_default(),
+    )))
+}
+
+/// Notes the credentials of an STS answer as issued secrets, and puts its `Expiration` on the
+/// world's clock.
+fn issued(front: &Front, text: &str) -> String {
+    let mut issued = front.issued.lock().unwrap_or_else(|e| e.into_inner());
+    for tag in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
+        issued.extend(xml_values(text, tag));
+    }
+    drop(issued);
+    if let (Some(id), Some(secret), Some(token)) = (
+        xml_values(text, "AccessKeyId").pop(),
+        xml_values(text, "SecretAccessKey").pop(),
+        xml_values(text, "SessionToken").pop(),
+    ) {
+        front
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (secret, Some(token)));
+    }
+    scale_session(front, text)
+}
+
+/// STS's answer with its `Expiration` on the world's clock, noted for [`expired_session`].
+fn scale_session(front: &Front, text: &str) -> String {
+    let (Some(token), Some(expiration)) = (
+        xml_values(text, "SessionToken").pop(),
+        xml_values(text, "Expiration").pop(),
+    ) else {
+        return text.to_owned();
+    };
+    let Ok(at) = chrono::DateTime::parse_from_rfc3339(&expiration) else {
+        return text.to_owned();
+    };
+    let now = chrono::Utc::now();
+    let left = (at.with_timezone(&chrono::Utc) - now)
+        .to_std()
+        .unwrap_or_default()
+        .div_f64(front.clock_scale.max(1.0));
+    let real = now + chrono::TimeDelta::from_std(left).unwrap_or_default();
+    front
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token, real);
+    text.replace(
+        &format!("<Expiration>{expiration}</Expiration>"),
+        &format!(
+            "<Expiration>{}</Expiration>",
+            real.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+}
+
+/// A form body encoded as Python's `urlencode` does (space as `+`, nothing but `_.-~` left
+/// unencoded), which is how moto's server re-encodes a request's form before it checks the
+/// signature: its server mode sees only the parsed form (`moto/core/responses.py`, `setup_class`).
+fn python_form(body: &[u8]) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?;
+    let encode = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_owned(),
+                other => format!("%{other:02X}"),
+            })
+            .collect::<String>()
+    };
+    Some(
+        body.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                format!(
+                    "{}={}",
+                    encode(&percent_decode(k)),
+                    encode(&percent_decode(v))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// The request as moto can check it: a form-encoded body signed by a session handed out here is
+/// re-encoded as moto re-encodes it, and signed again with the same session (real AWS checks the
+/// signature over the bytes sent; moto recomputes it over its own encoding, which differs from the
+/// Rust SDK's in `%20` for a space, so without this it refuses correctly signed requests).
+fn for_moto(
+    front: &Front,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<(Vec<(String, String)>, Bytes)> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
+    let mut parts = scope.split('/');
+    let (key_id, _date, region, service) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (secret, token) = front
+        .secrets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key_id)?
+        .clone();
+    let content_type = headers.get("content-type")?.to_str().ok()?;
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return None;
+    }
+    let encoded = Bytes::from(python_form(body)?);
+    let host = headers.get("host")?.to_str().ok()?;
+    let length = encoded.len().to_string();
+    let mut plain: Vec<(&str, &str)> = vec![
+        ("content-type", content_type),
+        ("content-length", length.as_str()),
+        ("host", host),
+    ];
+    if let Some(ua) = headers
+        .get("x-amz-user-agent")
+        .and_then(|v| v.to_str().ok())
+    {
+        plain.push(("x-amz-user-agent", ua));
+    }
+    let identity: aws_smithy_runtime_api::client::identity::Identity =
+        aws_credential_types::Credentials::new(key_id, secret, token, None, "front").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(std::time::SystemTime::now())
+        .settings(aws_sigv4::http_request::SigningSettings::default())
+        .build()
+        .ok()?
+        .into();
+    let url = format!("http://{host}/");
+    let signable = aws_sigv4::http_request::SignableRequest::new(
+        "POST",
+        url.as_str(),
+        plain.iter().copied(),
+        aws_sigv4::http_request::SignableBody::Bytes(&encoded),
+    )
+    .ok()?;
+    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
+        .ok()?
+        .into_parts();
+    let mut out: Vec<(String, String)> = plain
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    out.extend(
+        instructions
+            .headers()
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    Some((out, encoded))
 }
 
 async fn handle(
@@ -126,8 +499,24 @@ async fn handle(
         }
         None => {}
     }
+    if let Some(refusal) = expired_session(&front, &headers, &call) {
+        return refusal;
+    }
     if let Some(answer) = public_parameter(&front, &headers, &body) {
         return answer;
+    }
+    if let Some(refusal) = user_data_too_large(&headers, &body) {
+        return refusal;
+    }
+    if let Some(refusal) = no_spot_role(&front, &headers, &body) {
+        return refusal;
+    }
+    match web_identity(&front, &headers, &body).await {
+        Some(Ok(xml)) => {
+            return ([("content-type", "text/xml")], issued(&front, &xml)).into_response();
+        }
+        Some(Err(refusal)) => return refusal,
+        None => {}
     }
     if form_value(&body, "Action").as_deref() == Some("GetConsoleOutput") {
         let id = form_value(&body, "InstanceId").unwrap_or_default();
@@ -150,13 +539,30 @@ async fn handle(
         front.moto_url,
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
     );
-    let mut request = front.http.request(method, url).body(body);
-    for (name, value) in headers
-        .iter()
-        .filter(|(n, _)| *n != "host" && *n != "content-length")
-    {
-        request = request.header(name, value);
-    }
+    // The Host header stays the one the caller signed (moto checks SigV4 signatures).
+    let request = match for_moto(&front, &headers, &body) {
+        Some((signed, encoded)) => {
+            let mut r = front.http.request(method, url).body(encoded);
+            for (name, value) in signed.iter().filter(|(n, _)| n != "content-length") {
+                r = r.header(name, value);
+            }
+            // What the SDK sends besides the signed headers.
+            for name in ["amz-sdk-invocation-id", "amz-sdk-request", "user-agent"] {
+                if let Some(v) = headers.get(name) {
+                    r = r.header(name, v);
+                }
+            }
+            r
+        }
+        None => {
+            let mut r = front.http.request(method, url).body(body);
+            for (name, value) in headers.iter().filter(|(n, _)| *n != "content-length") {
+                r = r.header(name, value);
+            }
+            r
+        }
+    };
+
     match request.send().await {
         Ok(answer) => {
             let status = answer.status();
@@ -168,14 +574,11 @@ async fn handle(
             {
                 out = out.header(name, value);
             }
-            let bytes = answer.bytes().await.unwrap_or_default();
+            let mut bytes = answer.bytes().await.unwrap_or_default();
             if let Ok(text) = std::str::from_utf8(&bytes)
                 && text.contains("<SecretAccessKey>")
             {
-                let mut issued = front.issued.lock().unwrap_or_else(|e| e.into_inner());
-                for tag in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
-                    issued.extend(xml_values(text, tag));
-                }
+                bytes = Bytes::from(issued(&front, text));
             }
             out.body(Body::from(bytes))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())

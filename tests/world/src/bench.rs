@@ -1,6 +1,7 @@
 //! The benchmark: the whole start → GPU job(s) → stop cycle through the local world, repeated,
 //! with `count` 1, 4 and 16. It measures what gpu-runner itself costs on top of the instance's
-//! boot: the world's clock runs at real speed here, so start polls every two real seconds.
+//! boot: the world's clock runs at real speed here, so start looks as it would on GitHub (every
+//! half second for the first two minutes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,8 +159,9 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
     out.push_str(
         "\nCompared with: the best-known peer action waits a 30 s quiet period after launching, \
          then polls every 10 s, so it first looks 30 s after launch and notices an online runner \
-         30–40 s after launch whatever the boot took. gpu-runner polls every 2 s from the launch \
-         on.\n\nAPI calls per cycle (start + stop), by kind:\n\n",
+         30–40 s after launch whatever the boot took. gpu-runner looks every 0.5 s for the first \
+         two minutes from the launch on (then every 1, 2 and 5 s), with one runner list and one \
+         DescribeInstances per look whatever count is.\n\nAPI calls per cycle (start + stop), by kind:\n\n",
     );
     let kinds: Vec<String> = {
         let mut k: Vec<String> = calls_by_count

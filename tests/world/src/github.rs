@@ -17,10 +17,15 @@ use serde_json::json;
 
 use crate::faults::{self, Fault, Faults, Service};
 
+/// The labels GitHub gives every self-hosted Linux x64 runner, read-only, beside its custom ones
+/// (a JIT runner too); a job whose `runs-on` they cover can be handed the runner.
+pub const DEFAULT_LABELS: [&str; 3] = ["self-hosted", "Linux", "X64"];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeRunner {
     pub id: u64,
     pub name: String,
+    /// The custom labels it was registered with; `all_labels` adds GitHub's defaults.
     pub labels: Vec<String>,
     pub status: &'static str,
     pub busy: bool,
@@ -33,6 +38,24 @@ pub struct FakeRunner {
 }
 
 impl FakeRunner {
+    /// Every label GitHub shows and routes jobs by: the defaults, then the custom ones.
+    pub fn all_labels(&self) -> Vec<String> {
+        DEFAULT_LABELS
+            .iter()
+            .map(|l| (*l).to_owned())
+            .chain(self.labels.iter().cloned())
+            .collect()
+    }
+
+    /// Whether GitHub would hand this runner a job with these `runs-on` labels: it has every one
+    /// of them (GitHub compares labels without regard to case).
+    pub fn covers(&self, runs_on: &[String]) -> bool {
+        let all = self.all_labels();
+        runs_on
+            .iter()
+            .all(|l| all.iter().any(|r| r.eq_ignore_ascii_case(l)))
+    }
+
     /// A registered runner that never connected.
     pub fn offline(id: u64, name: &str) -> Self {
         Self {
@@ -94,6 +117,9 @@ pub struct Job {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub labels: Vec<String>,
     pub script: String,
+    /// The workflow file the job is in, and its `container:` image, if any.
+    pub workflow: String,
+    pub container: Option<String>,
     pub status: &'static str,
     pub conclusion: Option<String>,
     pub runner_name: Option<String>,
@@ -114,6 +140,18 @@ pub struct GithubState {
     pub public: bool,
     /// Valid tokens without it (the workflow's GITHUB_TOKEN, a read-only PAT).
     pub weak_tokens: Vec<String>,
+    /// Tokens with the repository's Actions permission (workflow runs and jobs).
+    pub actions_tokens: Vec<String>,
+    /// Deletes refused because the runner was running a job (GitHub's 422).
+    pub refused_busy_deletes: usize,
+    /// How fast the world's clock runs: GitHub's rate-limit windows pass that much faster.
+    pub clock_scale: f64,
+    /// What each token spent, for GitHub's rate limits.
+    pub usage: std::collections::HashMap<String, TokenUsage>,
+    /// Requests GitHub refused for a rate limit, primary or secondary.
+    pub rate_limited: usize,
+    /// The most points one token spent in any minute, for tests to compare with the limit.
+    pub peak_points_per_minute: u32,
     pub runners: BTreeMap<u64, FakeRunner>,
     pub jobs: Vec<Job>,
     /// Every runner ever registered, with its JIT config: what a secret scan looks for.
@@ -187,6 +225,31 @@ fn check_org_admin(state: &GithubState, headers: &HeaderMap, org: &str) -> Optio
     Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
 }
 
+/// GitHub's answer for the repository's workflow runs and jobs, which need the Actions
+/// permission (read to list, write to cancel), not Administration.
+fn check_actions(
+    state: &GithubState,
+    headers: &HeaderMap,
+    owner: &str,
+    repo: &str,
+) -> Option<Response> {
+    let token = bearer(headers);
+    if state.actions_tokens.iter().any(|t| t == token) {
+        return (owner != state.owner || repo != state.repo)
+            .then(|| error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    let known = state
+        .admin_tokens
+        .iter()
+        .chain(&state.org_admin_tokens)
+        .chain(&state.weak_tokens)
+        .any(|t| t == token);
+    if known {
+        return Some(not_accessible(token));
+    }
+    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+}
+
 /// GitHub's answer to the `Authorization` header, or `None` when the caller may proceed.
 fn check_admin(
     state: &GithubState,
@@ -216,7 +279,11 @@ fn runner_json(r: &FakeRunner) -> serde_json::Value {
         "busy": r.busy,
         "ephemeral": true,
         "runner_group_id": r.group,
-        "labels": r.labels.iter().enumerate().map(|(i, l)| json!({"id": i + 1, "name": l, "type": "custom"})).collect::<Vec<_>>(),
+        "labels": DEFAULT_LABELS.iter().map(|l| (*l, "read-only"))
+            .chain(r.labels.iter().map(|l| (l.as_str(), "custom")))
+            .enumerate()
+            .map(|(i, (l, kind))| json!({"id": i + 1, "name": l, "type": kind}))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -226,6 +293,9 @@ struct JitRequest {
     runner_group_id: u64,
     labels: Vec<String>,
 }
+
+/// 64 × 32 characters, about 2.7 KB once encoded, as GitHub's JIT configs are.
+const JIT_PADDING_UUIDS: usize = 64;
 
 /// Registers a runner, in the repository or (with `org`) in the organization.
 fn register(st: &mut GithubState, body: JitRequest, org: bool) -> Response {
@@ -253,26 +323,47 @@ fn register(st: &mut GithubState, body: JitRequest, org: bool) -> Response {
             "Already exists - A runner with the same name already exists.",
         );
     }
-    st.next_id += 1;
-    let id = st.next_id;
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    let runner = FakeRunner {
-        id,
-        name: body.name,
-        labels: body.labels,
-        status: "offline",
-        busy: false,
-        online_at: None,
-        org,
-        group: body.runner_group_id,
-        secret: secret.clone(),
-    };
-    let encoded =
-        base64::engine::general_purpose::STANDARD.encode(format!("{} {secret}", st.server_url));
-    st.issued_jit_configs.push(encoded.clone());
-    let answer = json!({"runner": runner_json(&runner), "encoded_jit_config": encoded});
-    st.runners.insert(id, runner);
+    let (id, encoded) = st.add_jit_runner(body.name, body.labels, body.runner_group_id, org);
+    let answer = json!({"runner": runner_json(&st.runners[&id]), "encoded_jit_config": encoded});
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+impl GithubState {
+    /// Registers a just-in-time runner: its id and its encoded JIT config.
+    pub fn add_jit_runner(
+        &mut self,
+        name: String,
+        labels: Vec<String>,
+        group: u64,
+        org: bool,
+    ) -> (u64, String) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let secret = uuid::Uuid::new_v4().simple().to_string();
+        // GitHub's encoded config carries the runner's settings, credentials and RSA key: a
+        // few KB. The world's keeps its own two fields first and pads to the same size.
+        let padding: String = (0..JIT_PADDING_UUIDS)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(format!("{} {secret} {padding}", self.server_url));
+        self.issued_jit_configs.push(encoded.clone());
+        self.runners.insert(
+            id,
+            FakeRunner {
+                id,
+                name,
+                labels,
+                status: "offline",
+                busy: false,
+                online_at: None,
+                org,
+                group,
+                secret,
+            },
+        );
+        (id, encoded)
+    }
 }
 
 async fn generate_jitconfig(
@@ -478,8 +569,18 @@ fn one_runner(st: &GithubState, id: u64, org: bool) -> Response {
 }
 
 fn remove_runner(st: &mut GithubState, id: u64, org: bool) -> Response {
-    if st.runners.get(&id).is_none_or(|r| r.org != org) {
+    let Some(runner) = st.runners.get(&id).filter(|r| r.org == org) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    if runner.busy {
+        st.refused_busy_deletes += 1;
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!(
+                "Bad request - Runner \"{}\" is still running a job\"",
+                runner.name
+            ),
+        );
     }
     st.runners.remove(&id);
     StatusCode::NO_CONTENT.into_response()
@@ -503,7 +604,7 @@ async fn run_jobs(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+    if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
     let jobs: Vec<_> = st
@@ -544,7 +645,7 @@ async fn list_runs(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+    if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
     let mut ids: Vec<u64> = st.jobs.iter().map(|j| j.run_id).collect();
@@ -571,7 +672,7 @@ async fn get_run(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+    if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
     let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
@@ -587,7 +688,7 @@ async fn cancel_run(
     headers: HeaderMap,
 ) -> Response {
     let mut st = lock(&s);
-    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+    if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
     let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
@@ -617,6 +718,99 @@ pub async fn count_api_call(
             st.enterprise_calls += 1;
         } else {
             st.dotcom_calls += 1;
+        }
+    }
+    next.run(request).await
+}
+
+/// GitHub's primary limit: requests per token per hour.
+pub const REQUESTS_PER_HOUR: u32 = 5000;
+/// GitHub's secondary limit across REST endpoints: points per token per minute; a GET or HEAD
+/// costs 1, any other method 5.
+pub const POINTS_PER_MINUTE: u32 = 900;
+
+/// What one token spent: its requests of the last hour and points of the last minute, on the
+/// world's clock.
+#[derive(Debug, Default)]
+pub struct TokenUsage {
+    hour: std::collections::VecDeque<std::time::Instant>,
+    minute: std::collections::VecDeque<(std::time::Instant, u32)>,
+}
+
+/// Counts every REST request against its token's limits and answers as GitHub does once one is
+/// exceeded: 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` for the hourly limit,
+/// 403 with `retry-after` for the secondary one.
+async fn rate_limit_layer(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/_") {
+        return next.run(request).await;
+    }
+    let token = bearer(request.headers()).to_owned();
+    let points = if matches!(request.method().as_str(), "GET" | "HEAD") {
+        1
+    } else {
+        5
+    };
+    {
+        let mut st = lock(&s);
+        let scale = if st.clock_scale >= 1.0 {
+            st.clock_scale
+        } else {
+            1.0
+        };
+        let minute = std::time::Duration::from_secs(60).div_f64(scale);
+        let hour = std::time::Duration::from_secs(3600).div_f64(scale);
+        let now = std::time::Instant::now();
+        let usage = st.usage.entry(token).or_default();
+        while usage.hour.front().is_some_and(|t| now - *t >= hour) {
+            usage.hour.pop_front();
+        }
+        while usage
+            .minute
+            .front()
+            .is_some_and(|(t, _)| now - *t >= minute)
+        {
+            usage.minute.pop_front();
+        }
+        let spent: u32 = usage.minute.iter().map(|(_, p)| p).sum();
+        let refusal = if usage.hour.len() >= REQUESTS_PER_HOUR as usize {
+            let reset = chrono::Utc::now().timestamp() + hour.as_secs().max(1) as i64;
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                "API rate limit exceeded for this token. (But here's the good news: \
+                 Authenticated requests get a higher rate limit. Check out the documentation \
+                 for more details.)",
+            );
+            for (k, v) in [
+                ("x-ratelimit-limit", REQUESTS_PER_HOUR.to_string()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ] {
+                if let Ok(v) = v.parse() {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            Some(r)
+        } else if spent + points > POINTS_PER_MINUTE {
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you \
+                 try again.",
+            );
+            let wait = minute.as_secs_f64().ceil().max(1.0).to_string();
+            if let Ok(v) = wait.parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
+            Some(r)
+        } else {
+            usage.hour.push_back(now);
+            usage.minute.push_back((now, points));
+            let spent = spent + points;
+            st.peak_points_per_minute = st.peak_points_per_minute.max(spent);
+            None
+        };
+        if let Some(refusal) = refusal {
+            st.rate_limited += 1;
+            return refusal;
         }
     }
     next.run(request).await
@@ -679,14 +873,25 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
             .groups
             .iter()
             .any(|g| g.id == runner.group && g.serves(&repository, public));
-    let Some(job) = st.jobs.iter_mut().find(|j| {
-        group_serves && j.status == "queued" && j.labels.iter().all(|l| runner.labels.contains(l))
-    }) else {
+    // The oldest queued job (jobs are kept in the order they were queued) whose labels the
+    // runner covers, GitHub's defaults included.
+    let Some(job) = st
+        .jobs
+        .iter_mut()
+        .find(|j| group_serves && j.status == "queued" && runner.covers(&j.labels))
+    else {
         return StatusCode::NO_CONTENT.into_response();
     };
     job.status = "in_progress";
     job.runner_name = Some(runner.name.clone());
-    let text = format!("{}\n{}", job.id, job.script);
+    let text = format!(
+        "{} {} {repository} {repository}/.github/workflows/{}@refs/heads/main {}\n{}",
+        job.id,
+        job.run_id,
+        job.workflow,
+        job.container.as_deref().unwrap_or("-"),
+        job.script
+    );
     if let Some(r) = st.runners.get_mut(&id) {
         r.busy = true;
     }
@@ -823,6 +1028,7 @@ async fn installation_token(
     }
     let token = format!("ghs_inst{}", uuid::Uuid::new_v4().simple());
     st.admin_tokens.push(token.clone());
+    st.actions_tokens.push(token.clone());
     if on_org {
         st.org_admin_tokens.push(token.clone());
     }
@@ -831,7 +1037,7 @@ async fn installation_token(
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     (
         StatusCode::CREATED,
-        Json(json!({"token": token, "expires_at": expires, "permissions": {"administration": "write"}})),
+        Json(json!({"token": token, "expires_at": expires, "permissions": {"administration": "write", "actions": "write"}})),
     )
         .into_response()
 }
@@ -882,7 +1088,11 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route("/_runner/acquire", post(runner_acquire))
         .route("/_runner/jobs/{id}/complete", post(runner_complete))
         .route("/_runner/offline", post(runner_offline))
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            rate_limit_layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(faults, fault_layer))
 }
 
@@ -897,6 +1107,8 @@ impl GithubState {
             created_at: chrono::Utc::now(),
             labels,
             script: script.to_owned(),
+            workflow: "gpu.yml".to_owned(),
+            container: None,
             status: "queued",
             conclusion: None,
             runner_name: None,

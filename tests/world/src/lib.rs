@@ -14,6 +14,7 @@ pub mod package;
 pub mod simulator;
 pub mod step;
 
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,12 +84,16 @@ pub struct World {
     pub org_admin_token: String,
     /// A fine-grained token without it.
     pub weak_token: String,
+    /// A fine-grained token with Administration but without Actions (runs and jobs).
+    pub runners_only_token: String,
     /// Shaped like the workflow's own GITHUB_TOKEN.
     pub workflow_token: String,
     pub runner_sha256: String,
     /// The file names of the runner packages instances downloaded.
     pub package_fetches: Arc<Mutex<Vec<String>>>,
     pub clock_scale: f64,
+    /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
+    spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
     ec2: aws_sdk_ec2::Client,
 }
@@ -104,6 +109,17 @@ impl Drop for World {
         );
         rt.shutdown_timeout(Duration::from_secs(2));
     }
+}
+
+/// One of gpu-runner's IAM documents under `docs/iam`, for `account` (the documents name
+/// 123456789012).
+pub fn documented_policy(name: &str, account: &str) -> Result<serde_json::Value, String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/iam")
+        .join(name);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text.replace("123456789012", account))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn random_digits(n: usize) -> String {
@@ -167,6 +183,7 @@ impl World {
         let consoles: aws_front::Consoles = Arc::default();
         let issued_credentials: Arc<Mutex<Vec<String>>> = Arc::default();
         let faults = Faults::default();
+        let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let front = aws_front::Front {
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
@@ -181,6 +198,12 @@ impl World {
             ),
             issued: issued_credentials.clone(),
             faults: faults.clone(),
+            spot_role: spot_role.clone(),
+            clock_scale: options.clock_scale,
+            sessions: Arc::default(),
+            sts: None,
+            oidc_key: oidc::public_key(),
+            secrets: Arc::default(),
         };
         let oidc = oidc::Oidc {
             request_token: format!("oidc-request-{}", uuid::Uuid::new_v4().simple()),
@@ -192,14 +215,22 @@ impl World {
         let admin_token = format!("github_pat_admin{}", uuid::Uuid::new_v4().simple());
         let weak_token = format!("github_pat_weak{}", uuid::Uuid::new_v4().simple());
         let org_admin_token = format!("github_pat_orgadmin{}", uuid::Uuid::new_v4().simple());
+        let runners_only_token = format!("github_pat_runners{}", uuid::Uuid::new_v4().simple());
         let workflow_token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
         let github: github::Shared = Arc::new(Mutex::new(github::GithubState {
             owner: "octo".to_owned(),
             repo: "ml".to_owned(),
-            admin_tokens: vec![admin_token.clone(), org_admin_token.clone()],
+            admin_tokens: vec![
+                admin_token.clone(),
+                org_admin_token.clone(),
+                runners_only_token.clone(),
+            ],
             org_admin_tokens: vec![org_admin_token.clone()],
             groups: github::default_groups(),
             weak_tokens: vec![weak_token.clone(), workflow_token.clone()],
+            // A token made for gpu-runner has Actions too, for cleanup's runs and jobs.
+            actions_tokens: vec![admin_token.clone(), org_admin_token.clone()],
+            clock_scale: options.clock_scale,
             app_id: APP_ID.to_owned(),
             app_installed: true,
             ..Default::default()
@@ -213,37 +244,41 @@ impl World {
         let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
 
         let (aws_url, github_url, ec2) = rt.block_on(async {
-            let aws_url = serve(aws_front::router(front)).await?;
-            // The world's own view of AWS: the same role, so the same account, but straight to
-            // moto: the faults are for the product, not for the world's bookkeeping.
-            let anonymous = aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(region.clone()))
-                .endpoint_url(&moto.url)
-                .no_credentials()
-                .load()
-                .await;
-            let creds = aws_sdk_sts::Client::new(&anonymous)
-                .assume_role_with_web_identity()
-                .role_arn(&role_arn)
-                .role_session_name("world")
-                .web_identity_token(oidc.token("sts.amazonaws.com"))
-                .send()
-                .await
-                .map_err(|e| format!("world STS: {e:?}"))?;
-            let c = creds.credentials().ok_or("world STS: no credentials")?;
+            // IAM as gpu-runner's README asks for it: the role with the documented permissions
+            // policy. Then moto enforces it on every request.
+            let permissions = documented_policy("permissions-policy.json", &account)?;
+            let key = moto.set_up_iam(&account, "gpu-ci", &permissions).await?;
+            moto.enforce_iam().await?;
+            // The world's own view of AWS, as a user of the same account that may do anything,
+            // through a front of its own without faults: the faults are for the product, not
+            // for the world's bookkeeping (the front re-signs for moto, see `for_moto`).
+            front
+                .secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.id.clone(), (key.secret.clone(), None));
+            let own_front = aws_front::Front {
+                faults: Faults::default(),
+                consoles: Arc::default(),
+                issued: Arc::default(),
+                spot_role: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                ..front.clone()
+            };
+            let own_url = serve(aws_front::router(own_front)).await?;
             let config = aws_config::defaults(BehaviorVersion::latest())
                 .region(Region::new(region.clone()))
-                .endpoint_url(&moto.url)
+                .endpoint_url(&own_url)
                 .credentials_provider(aws_sdk_sts::config::Credentials::new(
-                    c.access_key_id(),
-                    c.secret_access_key(),
-                    Some(c.session_token().to_owned()),
-                    None,
-                    "world",
+                    key.id, key.secret, None, None, "world",
                 ))
                 .load()
                 .await;
             let ec2 = aws_sdk_ec2::Client::new(&config);
+            let front = aws_front::Front {
+                sts: Some(aws_sdk_sts::Client::new(&config)),
+                ..front
+            };
+            let aws_url = serve(aws_front::router(front)).await?;
             let control = Control {
                 ec2: ec2.clone(),
                 package: package.clone(),
@@ -304,10 +339,12 @@ impl World {
             admin_token,
             org_admin_token,
             weak_token,
+            runners_only_token,
             workflow_token,
             runner_sha256: package.sha256.clone(),
             package_fetches: fetched,
             clock_scale: options.clock_scale,
+            spot_role,
             issued_credentials,
             ec2,
         })
@@ -366,6 +403,13 @@ impl World {
         inputs.push(("runner-version".to_owned(), package::VERSION.to_owned()));
         inputs.push(("runner-sha256".to_owned(), self.runner_sha256.clone()));
         inputs
+    }
+
+    /// The account has never run a spot instance: it lacks the spot service-linked role, which
+    /// EC2 creates on the first spot launch only for a caller allowed to.
+    pub fn never_ran_spot(&self) {
+        self.spot_role
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Instances that are not terminated (pending, running, stopping, ...), read from moto.
@@ -488,6 +532,87 @@ impl World {
             )
     }
 
+    /// A job whose `runs-on` has these labels and whose `container:` is `image`.
+    pub fn queue_container_job(&self, labels: &[&str], image: &str, script: &str) -> u64 {
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        let id = gh.queue_job(
+            self.run_id,
+            labels.iter().map(|l| (*l).to_owned()).collect(),
+            script,
+        );
+        if let Some(job) = gh.jobs.iter_mut().find(|j| j.id == id) {
+            job.container = Some(image.to_owned());
+        }
+        id
+    }
+
+    /// Registers a JIT runner with these labels and runs the stand-in runner package's `run.sh`
+    /// for it on this machine (not in an instance's sandbox), with `env` added to a bare
+    /// environment, for at most `limit`: its exit code (`None` when it had to be killed) and
+    /// what it printed.
+    pub fn run_runner_package(
+        &self,
+        labels: &[&str],
+        env: &[(&str, &str)],
+        limit: Duration,
+    ) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let bytes = package::build().bytes;
+        tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()))
+            .unpack(dir.path())
+            .expect("unpack the runner package");
+        let (_, jit) = self
+            .github
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_jit_runner(
+                format!("standalone-{}", random_digits(6)),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                1,
+                false,
+            );
+        let mut child = std::process::Command::new("bash")
+            .arg(dir.path().join("run.sh"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", jit)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run run.sh");
+        let started = Instant::now();
+        let code = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status.code();
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut text = String::new();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut p = pipe;
+            let _ = p.read_to_string(&mut text);
+        }
+        (code, text)
+    }
+
     pub fn job(&self, id: u64) -> Option<github::Job> {
         self.github
             .lock()
@@ -516,6 +641,7 @@ impl World {
             self.admin_token.clone(),
             self.org_admin_token.clone(),
             self.weak_token.clone(),
+            self.runners_only_token.clone(),
             self.workflow_token.clone(),
             self.oidc.request_token.clone(),
         ];

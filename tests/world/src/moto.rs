@@ -8,6 +8,34 @@ use std::time::{Duration, Instant};
 pub struct Moto {
     child: Child,
     pub url: String,
+    /// The images moto serves (`MOTO_AMIS_PATH`), kept while it runs.
+    _images: tempfile::NamedTempFile,
+}
+
+/// The public images of the world: the Deep Learning Base OSS NVIDIA Driver GPU AMI (Ubuntu
+/// 22.04) for x86_64 and arm64, as `DescribeImages` shows them (owned by Amazon, EBS-backed,
+/// root device `/dev/sda1`), so that what reads an image (`root-volume-size`) finds it.
+fn public_images() -> serde_json::Value {
+    let image = |id: &str, arch: &str| {
+        serde_json::json!({
+            "ami_id": id,
+            "name": format!("Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) {arch}"),
+            "description": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)",
+            "owner_id": "898082745236",
+            "public": true,
+            "virtualization_type": "hvm",
+            "architecture": arch,
+            "state": "available",
+            "hypervisor": "xen",
+            "root_device_type": "ebs",
+            "root_device_name": "/dev/sda1",
+            "sriov": "simple",
+        })
+    };
+    serde_json::json!([
+        image(crate::WORLD_AMI, "x86_64"),
+        image(crate::WORLD_ARM64_AMI, "arm64"),
+    ])
 }
 
 impl Drop for Moto {
@@ -69,11 +97,170 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The IAM answer's value of `<tag>`.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&close)? + start;
+    Some(xml[start..end].to_owned())
+}
+
+/// What moto can enforce of an IAM policy: its access control (`moto/iam/access_control.py`)
+/// matches each statement's `Resource` against `*` only, because its EC2 and SSM handlers name
+/// no resource, and it evaluates no condition key of a request (`aws:RequestTag/...`,
+/// `aws:ResourceTag/...`, `ec2:CreateAction`). So each `Allow` statement keeps its actions with
+/// `Resource: *` and no condition, and the `Deny` statements (all of them conditional) go: moto
+/// then refuses every action the document does not allow. The resources and conditions are
+/// checked against what gpu-runner really sends by `tests/security.rs`.
+pub fn enforceable(policy: &serde_json::Value) -> serde_json::Value {
+    let statements: Vec<serde_json::Value> = policy["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["Effect"] == "Allow")
+        .map(|s| {
+            serde_json::json!({
+                "Sid": s["Sid"], "Effect": "Allow", "Action": s["Action"], "Resource": "*",
+            })
+        })
+        .collect();
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// Credentials of an IAM user.
+#[derive(Debug, Clone)]
+pub struct AccessKey {
+    pub id: String,
+    pub secret: String,
+}
+
 impl Moto {
+    /// One IAM call, unsigned: only before [`Moto::enforce_iam`].
+    async fn iam(
+        &self,
+        http: &reqwest::Client,
+        account: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<String, String> {
+        let mut form: Vec<(&str, &str)> = vec![("Version", "2010-05-08")];
+        form.extend_from_slice(fields);
+        let answer = http
+            .post(format!("{}/", self.url))
+            .header("x-moto-account-id", account)
+            // moto's server picks the service from the credential scope; before enforcement it
+            // checks no signature.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIAWORLDSETUP/20260101/us-east-1/iam/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("IAM {fields:?}: {e}"))?;
+        let status = answer.status();
+        let text = answer.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("IAM {:?}: HTTP {status}: {text}", fields.first()));
+        }
+        Ok(text)
+    }
+
+    /// In `account`: the role gpu-runner assumes, whose only policy is what moto can enforce of
+    /// `permissions` (see [`enforceable`]), and a user for the world's own bookkeeping that may
+    /// do anything; that user's credentials.
+    pub async fn set_up_iam(
+        &self,
+        account: &str,
+        role: &str,
+        permissions: &serde_json::Value,
+    ) -> Result<AccessKey, String> {
+        let http = reqwest::Client::new();
+        // moto cannot check a web identity: the world's AWS front checks the token, and the
+        // trust policy documents are checked by tests/security.rs.
+        let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": "*"},
+            "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"],
+        }]})
+        .to_string();
+        self.iam(
+            &http,
+            account,
+            &[
+                ("Action", "CreateRole"),
+                ("RoleName", role),
+                ("AssumeRolePolicyDocument", &trust),
+            ],
+        )
+        .await?;
+        let policy = enforceable(permissions).to_string();
+        self.iam(
+            &http,
+            account,
+            &[
+                ("Action", "PutRolePolicy"),
+                ("RoleName", role),
+                ("PolicyName", "gpu-runner"),
+                ("PolicyDocument", &policy),
+            ],
+        )
+        .await?;
+        let everything = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "*", "Resource": "*",
+        }]})
+        .to_string();
+        self.iam(
+            &http,
+            account,
+            &[("Action", "CreateUser"), ("UserName", "world")],
+        )
+        .await?;
+        self.iam(
+            &http,
+            account,
+            &[
+                ("Action", "PutUserPolicy"),
+                ("UserName", "world"),
+                ("PolicyName", "everything"),
+                ("PolicyDocument", &everything),
+            ],
+        )
+        .await?;
+        let key = self
+            .iam(
+                &http,
+                account,
+                &[("Action", "CreateAccessKey"), ("UserName", "world")],
+            )
+            .await?;
+        Ok(AccessKey {
+            id: xml_value(&key, "AccessKeyId").ok_or("CreateAccessKey: no AccessKeyId")?,
+            secret: xml_value(&key, "SecretAccessKey")
+                .ok_or("CreateAccessKey: no SecretAccessKey")?,
+        })
+    }
+
+    /// From now on moto checks every request's signature and the caller's IAM policies
+    /// (`INITIAL_NO_AUTH_ACTION_COUNT` set to 0 through `/moto-api/reset-auth`).
+    pub async fn enforce_iam(&self) -> Result<(), String> {
+        reqwest::Client::new()
+            .post(format!("{}/moto-api/reset-auth", self.url))
+            .body("0")
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map(|_| ())
+            .map_err(|e| format!("enabling moto's IAM enforcement: {e}"))
+    }
+
     pub fn start() -> Result<Self, String> {
         let python = python()?;
         let port = free_port();
+        let mut images = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut images, public_images().to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         let child = Command::new(python)
+            .env("MOTO_AMIS_PATH", images.path())
             .args([
                 "-m",
                 "moto.server",
@@ -89,6 +276,7 @@ impl Moto {
         let moto = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            _images: images,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -10,6 +10,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 const KEY: &str = include_str!("keys/test-key.pem");
+const PUBLIC_KEY: &str = include_str!("keys/test-key.pub.pem");
+
+/// The key the world's tokens are signed with, as the identity provider's JWKS publishes it.
+pub fn public_key() -> String {
+    PUBLIC_KEY.to_owned()
+}
 const JWKS: &str = include_str!("keys/oidc-test-jwks.json");
 pub const ISSUER: &str = "https://token.actions.githubusercontent.com";
 

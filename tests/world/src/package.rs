@@ -24,24 +24,24 @@ pub fn build() -> Package {
     let mut tarball = Vec::new();
     {
         let mut builder = tar::Builder::new(&mut tarball);
-        add(
-            &mut builder,
-            "run.sh",
-            0o755,
-            include_str!("standins/run.sh"),
-        );
-        add(
-            &mut builder,
-            "config.sh",
-            0o755,
-            "#!/bin/bash\necho 'config.sh: not needed with --jitconfig'\n",
-        );
-        add(
-            &mut builder,
-            "bin/Runner.Listener",
-            0o755,
-            "#!/bin/bash\nexit 0\n",
-        );
+        // The layout of actions/runner's package: run.sh, its helper template, the listener.
+        for (path, text) in [
+            ("run.sh", include_str!("standins/run.sh")),
+            (
+                "run-helper.sh.template",
+                include_str!("standins/run-helper.sh.template"),
+            ),
+            (
+                "bin/Runner.Listener",
+                include_str!("standins/Runner.Listener"),
+            ),
+            (
+                "config.sh",
+                "#!/bin/bash\necho 'config.sh: not needed with --jitconfig'\n",
+            ),
+        ] {
+            add(&mut builder, path, 0o755, text);
+        }
         builder.finish().expect("writing to memory");
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

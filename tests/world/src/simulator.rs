@@ -1,6 +1,7 @@
 //! Instances that boot: for each new running instance in moto, its user data runs for real in a
 //! sandbox that cannot change the host (a private mount namespace with an overlay over `/`, a PID
-//! and UTS namespace, chroot), with stand-ins only for `nvidia-smi`, `shutdown` and `sleep`. What it
+//! and UTS namespace, chroot), with stand-ins only for `nvidia-smi`, `shutdown`, `sleep` and the
+//! image's Docker (`dlami-image` lays the Deep Learning AMI's docker group and socket). What it
 //! prints becomes its console output; when the instance is terminated, the sandbox is killed.
 
 use std::collections::HashMap;
@@ -62,6 +63,11 @@ pub struct Simulator {
     pub github: crate::github::Shared,
 }
 
+/// How long after its machine is gone GitHub takes to show a busy runner offline and fail its
+/// job, on the world's clock. GitHub documents no figure; the runner's listener polls for about a
+/// minute at a time, so a minute is the least it can be.
+pub const LOST_RUNNER_NOTICED_AFTER: Duration = Duration::from_secs(60);
+
 const SANDBOX: &str = r#"set -e
 root="$1" upper="$2" work="$3" bin="$4" script="$5" host="$6"
 shift 6
@@ -70,6 +76,9 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 hostname "$host"
+# The image: what the Deep Learning AMI has before any user data runs (Docker and its socket).
+chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  bash "$bin/dlami-image"
 # The user data is one process of the machine, as under cloud-init; the machine stays up after it
 # ends (or dies) until it is terminated, and what the script left running goes on.
 chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -110,6 +119,8 @@ impl Simulator {
             ("nvidia-smi", include_str!("standins/nvidia-smi")),
             ("shutdown", include_str!("standins/shutdown")),
             ("sleep", include_str!("standins/sleep")),
+            ("docker", include_str!("standins/docker")),
+            ("dlami-image", include_str!("standins/dlami-image")),
         ] {
             let path = bin.join(name);
             std::fs::write(&path, text)?;
@@ -153,11 +164,19 @@ impl Simulator {
                                     .iter()
                                     .find(|t| t.key() == Some("gpu-runner:label"))
                                     .and_then(|t| t.value());
-                                if let Some(label) = label {
-                                    self.github
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .machine_gone(label);
+                                if let Some(label) = label.map(str::to_owned) {
+                                    // GitHub notices a lost runner only when it misses the
+                                    // runner's heartbeats: until then it shows the runner busy
+                                    // with its job (and refuses to delete it).
+                                    let github = self.github.clone();
+                                    let delay = LOST_RUNNER_NOTICED_AFTER.div_f64(self.scale);
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(delay).await;
+                                        github
+                                            .lock()
+                                            .unwrap_or_else(|e| e.into_inner())
+                                            .machine_gone(&label);
+                                    });
                                 }
                             }
                         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 pub const TOKEN: &str = "ghp_integration-test-token-0123456789";
 
@@ -83,10 +84,7 @@ impl Step {
 
     /// Sets an input as the runner does: `INPUT_` + upper-cased name, hyphens kept.
     pub fn input(mut self, name: &str, value: &str) -> Self {
-        self.vars.insert(
-            format!("INPUT_{}", name.replace(' ', "_").to_uppercase()),
-            value.to_owned(),
-        );
+        self.vars.insert(input_var(name), value.to_owned());
         self
     }
 
@@ -136,7 +134,7 @@ impl Step {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .current_dir(dir.path())
-            .envs(&self.vars)
+            .envs(with_declared_defaults(&self.vars))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if self.runner {
@@ -152,6 +150,50 @@ impl Step {
             _dir: dir,
         }
     }
+}
+
+/// The variable the runner sets for input `name`: `INPUT_` + upper-cased name, spaces as `_`,
+/// hyphens kept.
+fn input_var(name: &str) -> String {
+    format!("INPUT_{}", name.replace(' ', "_").to_uppercase())
+}
+
+/// Every input of `action.yml` that declares a default, with that default: the runner passes them
+/// to the action whether or not the workflow sets them (actions/runner `ActionRunner.cs` fills the
+/// inputs from the manifest's defaults before the step's own `with:` values are applied).
+pub fn declared_defaults() -> &'static BTreeMap<String, String> {
+    static DEFAULTS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../action.yml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let manifest: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("action.yml: {e}"));
+        let mut defaults = BTreeMap::new();
+        if let Some(inputs) = manifest["inputs"].as_mapping() {
+            for (name, input) in inputs {
+                let (Some(name), Some(default)) = (name.as_str(), input.get("default")) else {
+                    continue;
+                };
+                let value = match default {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Bool(b) => b.to_string(),
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                defaults.insert(input_var(name), value);
+            }
+        }
+        defaults
+    })
+}
+
+/// The step's variables with every declared default the workflow did not set, as the runner
+/// passes them: the workflow's values win.
+fn with_declared_defaults(vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut all = declared_defaults().clone();
+    all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
 }
 
 /// A step under way.
