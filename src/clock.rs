@@ -32,6 +32,11 @@ impl Clock {
         d.div_f64(self.scale)
     }
 
+    /// How much of the user's time `d` on this clock stands for.
+    pub fn unscaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.scale)
+    }
+
     pub async fn sleep(&self, d: Duration) {
         tokio::time::sleep(self.scaled(d)).await;
     }

@@ -42,6 +42,13 @@ pub enum Error {
     /// Every capacity candidate was refused.
     #[error("no candidate had capacity")]
     NoCapacity { tried: Vec<Refusal> },
+    /// The boot script, with the runner's configuration, would not fit EC2's user data.
+    #[error(
+        "the instance's boot script would be {} bytes, and EC2 takes at most {} bytes of user data",
+        .0.size,
+        crate::boot::USER_DATA_LIMIT
+    )]
+    UserDataTooLarge(crate::boot::TooLarge),
     /// The workflow was cancelled while this step ran.
     #[error("cancelled ({signal}) {stage}. {rollback}")]
     Cancelled {
@@ -127,6 +134,22 @@ impl Error {
                         .to_owned(),
                 )
             }
+            Error::UserDataTooLarge(t) => one(
+                "Boot script too large for EC2",
+                format!(
+                    "{self}: pre-runner-script makes up {} bytes of it, the runner's just-in-time \
+                     configuration {} and gpu-runner's own script the other {}",
+                    t.pre_runner_script,
+                    t.jit_config,
+                    t.size.saturating_sub(t.pre_runner_script + t.jit_config)
+                ),
+                format!(
+                    "Shorten pre-runner-script by at least {} bytes: install what it sets up in \
+                     your own image (image-id), or have it download a script you keep elsewhere \
+                     and check that script's SHA-256 before running it.",
+                    t.size.saturating_sub(crate::boot::USER_DATA_LIMIT)
+                ),
+            ),
             Error::Cancelled {
                 signal,
                 stage,

@@ -132,6 +132,25 @@ pub fn read_claims(token: &Secret, audience: &str, server_url: &str) -> Result<C
     read_claims_at(token, audience, server_url, chrono::Utc::now().timestamp())
 }
 
+/// The issuers a job's token may come from, by the server it runs on (`GITHUB_SERVER_URL`):
+/// github.com's, GitHub Enterprise Server's `<server>/_services/token`, and GHE.com's (data
+/// residency) `https://token.actions.<subdomain>.ghe.com` for `https://<subdomain>.ghe.com`.
+pub fn issuers(server_url: &str) -> Vec<String> {
+    let server = server_url.trim_end_matches('/');
+    let mut all = vec![
+        GITHUB_ISSUER.to_owned(),
+        format!("{server}/_services/token"),
+    ];
+    if let Some(subdomain) = server
+        .strip_prefix("https://")
+        .and_then(|host| host.strip_suffix(".ghe.com"))
+        .filter(|s| !s.is_empty() && !s.contains(['/', '.', ':']))
+    {
+        all.push(format!("https://token.actions.{subdomain}.ghe.com"));
+    }
+    all
+}
+
 /// Clock skew tolerated between the token service and this machine.
 const LEEWAY_SECONDS: i64 = 60;
 
@@ -165,8 +184,13 @@ fn read_claims_at(
             claims.aud
         )));
     }
-    let ghes_issuer = format!("{}/_services/token", server_url.trim_end_matches('/'));
-    if !(claims.iss.starts_with(GITHUB_ISSUER) || claims.iss == ghes_issuer) {
+    if !issuers(server_url).iter().any(|i| i == &claims.iss)
+        // An enterprise with a customized issuer on github.com gets its slug appended.
+        && !claims
+            .iss
+            .strip_prefix(GITHUB_ISSUER)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
         return Err(invalid(format!(
             "its issuer is {}, not GitHub Actions",
             claims.iss
@@ -308,6 +332,25 @@ mod tests {
             serde_json::json!({"iss": "https://ghe.example/_services/token"}),
         ));
         assert!(read_claims(&t, "sts.amazonaws.com", "https://ghe.example").is_ok());
+    }
+
+    #[test]
+    fn ghe_com_issuers_are_accepted_for_their_own_server_only() {
+        let t = token(claims(
+            serde_json::json!({"iss": "https://token.actions.octo.ghe.com"}),
+        ));
+        assert!(read_claims(&t, "sts.amazonaws.com", "https://octo.ghe.com").is_ok());
+        assert!(read_claims(&t, "sts.amazonaws.com", "https://other.ghe.com").is_err());
+        assert!(read_claims(&t, "sts.amazonaws.com", "https://github.com").is_err());
+        // A look-alike of github.com's issuer is not github.com's.
+        let fake = token(claims(serde_json::json!({
+            "iss": "https://token.actions.githubusercontent.com.evil.example"
+        })));
+        assert!(read_claims(&fake, "sts.amazonaws.com", "https://github.com").is_err());
+        let enterprise = token(claims(serde_json::json!({
+            "iss": "https://token.actions.githubusercontent.com/octo-enterprise"
+        })));
+        assert!(read_claims(&enterprise, "sts.amazonaws.com", "https://github.com").is_ok());
     }
 
     #[test]

@@ -49,6 +49,29 @@ impl ProtocolError {
 
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// Masks secrets in the job's log: `::add-mask::` for the runner, and our own redaction.
+#[derive(Clone)]
+pub struct Masker {
+    commands: bool,
+    out: Sink,
+}
+
+impl Masker {
+    pub fn add_mask(&self, secret: &str) {
+        let new = mask::register(secret);
+        if self.commands && !new.is_empty() {
+            // Not through `emit`: the value must reach the runner unredacted.
+            let text: String = new
+                .iter()
+                .map(|p| format!("::add-mask::{}\n", escape::data(p)))
+                .collect();
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    }
+}
+
 pub struct Actions {
     /// Workflow commands (`::x::`) when under a runner, plain text otherwise.
     commands: bool,
@@ -109,16 +132,14 @@ impl Actions {
 
     /// Masks a secret in the log: each line of it (the runner masks single lines only).
     pub fn add_mask(&self, secret: &str) {
-        let new = mask::register(secret);
-        if self.commands && !new.is_empty() {
-            // Not through `emit`: the value must reach the runner unredacted.
-            let text: String = new
-                .iter()
-                .map(|p| format!("::add-mask::{}\n", escape::data(p)))
-                .collect();
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+        self.masker().add_mask(secret);
+    }
+
+    /// A handle that masks secrets from another task (such as credentials refreshed later).
+    pub fn masker(&self) -> Masker {
+        Masker {
+            commands: self.commands,
+            out: self.out.clone(),
         }
     }
 

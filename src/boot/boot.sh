@@ -85,7 +85,16 @@ if [ "$RUNNER_SUDO" = true ] && [ "$RUNNER_USER" != root ]; then
   chmod 0440 /etc/sudoers.d/90-gpu-runner
   sudo=passwordless
 fi
-log runner-user "status=ok user=$RUNNER_USER sudo=$sudo"
+# The Deep Learning AMI has Docker with its socket root:docker 0660: without the group, a
+# container: job or a Docker action fails on the runner.
+docker=no
+if [ "$RUNNER_USER" = root ]; then
+  docker=root
+elif getent group docker > /dev/null 2>&1; then
+  usermod -aG docker "$RUNNER_USER"
+  docker=group
+fi
+log runner-user "status=ok user=$RUNNER_USER sudo=$sudo docker=$docker"
 
 # 4. The runner: kept when the image has it, else the pinned version, checked against its SHA-256.
 CURRENT_PHASE=runner-fetch
@@ -153,6 +162,10 @@ log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 code=0
 export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+# The runner refuses to run as root unless told that it may (run-helper.sh).
+if [ "$RUNNER_USER" = root ]; then
+  export RUNNER_ALLOW_RUNASROOT=1
+fi
 ACTIONS_RUNNER_INPUT_JITCONFIG="$JIT_CONFIG" runuser -u "$RUNNER_USER" -- "$RUNNER_DIR/run.sh" \
   || code=$?
 log runner "status=exited code=$code"

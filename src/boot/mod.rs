@@ -43,24 +43,24 @@ impl Arch {
 /// `runner-bump` workflow proposes the next version's.
 pub const PINNED_RUNNERS: &[PinnedRunner] = &[
     PinnedRunner {
-        version: "2.329.0",
+        version: "2.337.0",
         arch: Arch::X64,
-        sha256: "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d",
+        sha256: "70920811a4f8ad4328818682bca5c6469c1c942fab52448868071d0063816613",
     },
     PinnedRunner {
-        version: "2.329.0",
+        version: "2.337.0",
         arch: Arch::Arm64,
-        sha256: "56768348b3d643a6a29d4ad71e9bdae0dc0ef1eb01afe0f7a8ee097b039bfaaf",
+        sha256: "9b1dc70626422526e3c94767cf024896beb15da5342a3f4819bf2feac13e0393",
     },
     PinnedRunner {
-        version: "2.328.0",
+        version: "2.336.0",
         arch: Arch::X64,
-        sha256: "01066fad3a2893e63e6ca880ae3a1fad5bf9329d60e77ee15f2b97c148c3cd4e",
+        sha256: "04cf0be1aff4c3ec3554466c39124ca250e3effd8873bb7e8d68535aa9505d5d",
     },
     PinnedRunner {
-        version: "2.328.0",
+        version: "2.336.0",
         arch: Arch::Arm64,
-        sha256: "b801b9809c4d9301932bccadf57ca13533073b2aa9fa9b8e625a8db905b5d8eb",
+        sha256: "58b758e420b87093fbd4bfddd368074960053e2f1388f01848c82624b90f27d1",
     },
 ];
 
@@ -153,6 +153,37 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         .collect()
 }
 
+/// EC2 takes at most 16 KB of user data, counted raw, before base64 (RunInstances, `UserData`).
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// Room kept for the JIT config before GitHub has issued it: GitHub's encode the runner's
+/// settings, its OAuth credentials and its RSA key, a few KB.
+pub const JIT_CONFIG_ROOM: usize = 4096;
+
+/// A boot script too large for EC2's user data, and what makes it so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    /// The whole script, in bytes.
+    pub size: usize,
+    /// The part `pre-runner-script` takes, quoted as the script carries it.
+    pub pre_runner_script: usize,
+    /// The part the JIT config takes (or the room kept for it).
+    pub jit_config: usize,
+}
+
+/// Checks that the script, with a JIT config of `jit_len` bytes, fits EC2's user data; its size.
+pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
+    let size = TEMPLATE.len() - VALUES_MARKER.len() + values(p, &"x".repeat(jit_len)).len();
+    if size <= USER_DATA_LIMIT {
+        return Ok(size);
+    }
+    Err(TooLarge {
+        size,
+        pre_runner_script: quote(p.pre_runner_script.as_deref().unwrap_or_default()).len(),
+        jit_config: jit_len,
+    })
+}
+
 /// The script as the instance receives it.
 pub fn render(p: &BootParams) -> Secret {
     Secret::new(TEMPLATE.replacen(VALUES_MARKER, &values(p, p.jit_config.expose()), 1))
@@ -166,6 +197,27 @@ pub fn render_redacted(p: &BootParams) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_check_counts_the_jit_config_and_names_the_scripts_share() {
+        let mut p = params();
+        let fits = check_size(&p, JIT_CONFIG_ROOM).expect("the script alone fits");
+        assert_eq!(
+            fits,
+            render(&BootParams {
+                jit_config: Secret::new("y".repeat(JIT_CONFIG_ROOM)),
+                ..p.clone()
+            })
+            .expose()
+            .len()
+        );
+        p.pre_runner_script = Some("echo it's here\n".repeat(1000));
+        let big = check_size(&p, JIT_CONFIG_ROOM).expect_err("16 KB of script does not fit");
+        assert!(big.size > USER_DATA_LIMIT);
+        assert_eq!(big.jit_config, JIT_CONFIG_ROOM);
+        // Quoted as the script carries it: each ' becomes '\''.
+        assert_eq!(big.pre_runner_script, 15_000 + 3_000 + 2);
+    }
 
     #[test]
     fn graviton_families_are_arm64_and_the_rest_x64() {
@@ -223,7 +275,7 @@ mod tests {
             max_lifetime_minutes: 360,
             idle_timeout_minutes: 15,
             // Fixed, not the table's newest: a new pin must not change this snapshot.
-            runner: RunnerPackage::new(DEFAULT_RUNNER_URL, "2.329.0", Arch::X64, X64_2_329_0),
+            runner: RunnerPackage::new(DEFAULT_RUNNER_URL, "2.337.0", Arch::X64, X64_2_337_0),
             pre_runner_script: Some("apt-get install -y jq\necho 'done'".into()),
         }
     }
@@ -238,20 +290,20 @@ mod tests {
         );
     }
 
-    const X64_2_329_0: &str = "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d";
+    const X64_2_337_0: &str = "70920811a4f8ad4328818682bca5c6469c1c942fab52448868071d0063816613";
 
     #[test]
     fn runner_packages_come_from_github_releases_for_their_architecture() {
-        let r = RunnerPackage::new(DEFAULT_RUNNER_URL, "2.329.0", Arch::X64, X64_2_329_0);
+        let r = RunnerPackage::new(DEFAULT_RUNNER_URL, "2.337.0", Arch::X64, X64_2_337_0);
         assert_eq!(
             r.url,
-            "https://github.com/actions/runner/releases/download/v2.329.0/actions-runner-linux-x64-2.329.0.tar.gz"
+            "https://github.com/actions/runner/releases/download/v2.337.0/actions-runner-linux-x64-2.337.0.tar.gz"
         );
-        let pin = pinned("2.329.0", Arch::Arm64).expect("2.329.0 is pinned for arm64");
+        let pin = pinned("2.337.0", Arch::Arm64).expect("2.337.0 is pinned for arm64");
         let r = RunnerPackage::new(DEFAULT_RUNNER_URL, pin.version, pin.arch, pin.sha256);
         assert_eq!(
             r.url,
-            "https://github.com/actions/runner/releases/download/v2.329.0/actions-runner-linux-arm64-2.329.0.tar.gz"
+            "https://github.com/actions/runner/releases/download/v2.337.0/actions-runner-linux-arm64-2.337.0.tar.gz"
         );
         assert_eq!(r.sha256, pin.sha256);
     }

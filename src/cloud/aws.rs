@@ -3,7 +3,7 @@
 use aws_config::SdkConfig;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
@@ -37,16 +37,50 @@ impl Ec2 {
 pub fn cloud_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
+    if let Some(why) = no_credentials(&err) {
+        return CloudError {
+            operation,
+            code: Some(super::NO_CREDENTIALS.to_owned()),
+            message: format!("no AWS credentials were found ({why})"),
+        };
+    }
     CloudError {
         operation,
         code: err.code().map(str::to_owned),
         message: err
             .message()
             .map(str::to_owned)
-            .unwrap_or_else(|| DisplayErrorContext(&err).to_string()),
+            .unwrap_or_else(|| display_chain(&err)),
     }
+}
+
+/// The SDK found no credentials to sign with (the default chain came up empty): what it said.
+fn no_credentials(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(display_chain(c));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An error and its causes in words, each once: what a user reads, never a `Debug` dump.
+fn display_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = e.source();
+    }
+    parts.join(": ")
 }
 
 /// EC2 answers a capacity refusal with HTTP 500, which the SDK would retry in place, six times

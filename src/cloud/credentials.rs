@@ -1,25 +1,36 @@
 //! AWS credentials without stored secrets: the job's OIDC token exchanged with STS for the role,
 //! or, without a role, the standard AWS credential chain (set by another step, say).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use aws_sdk_sts::config::Credentials;
 
 use super::CloudError;
 use super::aws::cloud_error;
-use crate::actions::Actions;
+use crate::actions::{Actions, Masker};
+use crate::env::Env;
+use crate::oidc;
 use crate::secret::Secret;
 
-/// How long assumed credentials last: longer than any start waits.
+/// How long one STS session lasts: an hour, the longest a role allows unless its
+/// `MaxSessionDuration` was raised. A start that waits longer (`startup-timeout-minutes` up to
+/// 120, then the rollback) gets new credentials with a fresh OIDC token before these expire: the
+/// SDK asks the provider again shortly before the expiry.
 const SESSION_SECONDS: i32 = 3600;
 
 pub struct AssumeRole<'a> {
     pub role_arn: &'a str,
+    /// The token already read (and checked) for this job.
     pub web_identity_token: &'a Secret,
     pub session_name: &'a str,
+    /// Where later tokens come from: the job's token service, for this audience.
+    pub env: &'a Env,
+    pub audience: &'a str,
 }
 
 /// Every AWS call retries what AWS calls retryable (throttling such as `RequestLimitExceeded`, 5xx
@@ -43,6 +54,92 @@ fn loader(region: &Region) -> ConfigLoader {
         )
 }
 
+/// The role's credentials through the job's OIDC token, renewed with a fresh token whenever the
+/// SDK finds the current ones about to expire.
+#[derive(Clone)]
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+    session_name: String,
+    env: Env,
+    audience: String,
+    masker: Masker,
+    /// The credentials of the first exchange, handed to the SDK on its first ask.
+    first: Arc<Mutex<Option<Credentials>>>,
+}
+
+impl std::fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("role_arn", &self.role_arn)
+            .field("session_name", &self.session_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebIdentity {
+    /// One `AssumeRoleWithWebIdentity` with `token`.
+    async fn exchange(&self, token: &Secret) -> Result<Credentials, CloudError> {
+        let out = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(&self.session_name)
+            .web_identity_token(token.expose())
+            .duration_seconds(SESSION_SECONDS)
+            .send()
+            .await
+            .map_err(|e| cloud_error("AssumeRoleWithWebIdentity", e))?;
+        let Some(c) = out.credentials() else {
+            return Err(CloudError {
+                operation: "AssumeRoleWithWebIdentity",
+                code: None,
+                message: "STS answered without credentials".to_owned(),
+            });
+        };
+        for secret in [c.access_key_id(), c.secret_access_key(), c.session_token()] {
+            self.masker.add_mask(secret);
+        }
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            std::time::SystemTime::try_from(*c.expiration()).ok(),
+            "gpu-runner-oidc",
+        ))
+    }
+
+    /// New credentials with a new token from the job's token service.
+    async fn renew(&self) -> Result<Credentials, CredentialsError> {
+        if let Some(first) = self.first.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Ok(first);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(CredentialsError::provider_error)?;
+        let token = oidc::request_token(&self.env, &http, &self.audience)
+            .await
+            .map_err(CredentialsError::provider_error)?;
+        self.masker.add_mask(token.expose());
+        let credentials = self
+            .exchange(&token)
+            .await
+            .map_err(CredentialsError::provider_error)?;
+        tracing::info!(role = %self.role_arn, "renewed the AWS role's credentials");
+        Ok(credentials)
+    }
+}
+
+impl ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(self.renew())
+    }
+}
+
 /// An SDK configuration for `region`. The endpoint comes from the standard `AWS_ENDPOINT_URL`
 /// settings when they are set.
 pub async fn sdk_config(
@@ -56,39 +153,22 @@ pub async fn sdk_config(
     };
     // AssumeRoleWithWebIdentity is authenticated by the token itself: no other credentials.
     let anonymous = loader(&region).no_credentials().load().await;
-    let out = aws_sdk_sts::Client::new(&anonymous)
-        .assume_role_with_web_identity()
-        .role_arn(role.role_arn)
-        .role_session_name(role.session_name)
-        .web_identity_token(role.web_identity_token.expose())
-        .duration_seconds(SESSION_SECONDS)
-        .send()
-        .await
-        .map_err(|e| cloud_error("AssumeRoleWithWebIdentity", e))?;
-    let Some(c) = out.credentials() else {
-        return Err(CloudError {
-            operation: "AssumeRoleWithWebIdentity",
-            code: None,
-            message: "STS answered without credentials".to_owned(),
-        });
+    let provider = WebIdentity {
+        sts: aws_sdk_sts::Client::new(&anonymous),
+        role_arn: role.role_arn.to_owned(),
+        session_name: role.session_name.to_owned(),
+        env: role.env.clone(),
+        audience: role.audience.to_owned(),
+        masker: actions.masker(),
+        first: Arc::default(),
     };
-    for secret in [c.access_key_id(), c.secret_access_key(), c.session_token()] {
-        actions.add_mask(secret);
-    }
+    // The first exchange now, so that a refusal is reported as what it is, before anything else.
+    let first = provider.exchange(role.web_identity_token).await?;
+    *provider.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
     tracing::info!(
         role = role.role_arn,
         session = role.session_name,
         "assumed the AWS role"
     );
-    let credentials = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        std::time::SystemTime::try_from(*c.expiration()).ok(),
-        "gpu-runner-oidc",
-    );
-    Ok(loader(&region)
-        .credentials_provider(credentials)
-        .load()
-        .await)
+    Ok(loader(&region).credentials_provider(provider).load().await)
 }

@@ -120,6 +120,11 @@ impl CloudError {
     pub fn hint(&self) -> String {
         let code = self.code();
         match code {
+            NO_CREDENTIALS => "Give gpu-runner AWS credentials in one of two ways: set \
+                role-to-assume to an IAM role that trusts GitHub's OIDC provider (and give the \
+                job permissions: id-token: write), or set AWS credentials in the environment in \
+                an earlier step (such as aws-actions/configure-aws-credentials)."
+                .to_owned(),
             "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => format!(
                 "The role is missing a permission for {}: compare its policy with the one in the \
                  README (What AWS needs).",
@@ -169,6 +174,12 @@ fn vcpu_quota(instance_type: &str, market: Market) -> String {
     }
 }
 
+/// Our code for "the SDK found no AWS credentials": not an AWS error code, no request was sent.
+pub const NO_CREDENTIALS: &str = "NoCredentials";
+
+/// EC2's code for a spot launch in an account without the spot service-linked role.
+pub const SPOT_ROLE_MISSING: &str = "AuthFailure.ServiceLinkedRoleCreationNotPermitted";
+
 /// For an AWS error that means "no capacity here, now" (the next candidate may work): what it
 /// means and what to do. `None` for every other error, which stops the launch at once.
 pub fn capacity_advice(code: &str, instance_type: &str, market: Market) -> Option<String> {
@@ -199,6 +210,13 @@ pub fn capacity_advice(code: &str, instance_type: &str, market: Market) -> Optio
         "InsufficientFreeAddressesInSubnet" => {
             "the subnet has no free IP addresses: add another subnet".to_owned()
         }
+        // An account's first spot launch creates the spot service-linked role, which the role
+        // may not do: no spot candidate can launch, the on-demand ones can.
+        SPOT_ROLE_MISSING if market == Market::Spot => "this account has no spot \
+            service-linked role yet, and the role may not create it: create it once with `aws \
+            iam create-service-linked-role --aws-service-name spot.amazonaws.com` (or use \
+            market-type: spot-then-on-demand, which goes on to on-demand)"
+            .to_owned(),
         _ => return None,
     };
     Some(advice)
@@ -276,6 +294,15 @@ mod tests {
                 "{code}"
             );
         }
+        assert!(
+            advice(SPOT_ROLE_MISSING, "g5.xlarge", Market::Spot).contains(
+                "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"
+            )
+        );
+        assert_eq!(
+            capacity_advice(SPOT_ROLE_MISSING, "g5.xlarge", Market::OnDemand),
+            None
+        );
         for code in [
             "UnauthorizedOperation",
             "InvalidAMIID.NotFound",

@@ -42,6 +42,14 @@ pub enum Removal {
     AlreadyGone,
 }
 
+/// The operations on workflow runs and jobs (cleanup's), which need the Actions permission.
+pub const ACTIONS_OPERATIONS: &[&str] = &[
+    "reading a workflow run",
+    "listing workflow runs",
+    "listing the jobs of a run",
+    "cancelling a workflow run",
+];
+
 /// A GitHub call that failed, with the HTTP status that decides the hint (401: bad token, 403:
 /// missing rights or rate limit).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +65,17 @@ impl GithubError {
     /// otherwise.
     fn rate_limited(&self) -> bool {
         self.message.to_ascii_lowercase().contains("rate limit")
+    }
+
+    /// A call on workflow runs or jobs: GitHub checks the Actions permission for those, not
+    /// Administration.
+    fn on_runs(&self) -> bool {
+        ACTIONS_OPERATIONS.contains(&self.operation)
+    }
+
+    /// GitHub refused to delete a runner because a job is running on it (422).
+    pub fn runner_busy(&self) -> bool {
+        self.status == Some(422) && self.message.contains("still running a job")
     }
 
     /// Whether trying again may help, and how long GitHub asked to wait: server errors, dropped
@@ -80,6 +99,12 @@ impl GithubError {
                  later, or use a GitHub App, whose installation has higher limits."
                     .to_owned()
             }
+            Some(403) if self.on_runs() => format!(
+                "The token cannot read or cancel the workflow runs of {repository}: that takes the \
+                 Actions permission (read to list runs and jobs, write to cancel), besides \
+                 Administration for the runners. Add Actions: read and write to the fine-grained \
+                 token or the GitHub App (a classic token's repo scope covers it)."
+            ),
             Some(401) => "GitHub refused github-token (HTTP 401): it is expired, revoked or \
                 mistyped. Create a new token and update the secret."
                 .to_owned(),
@@ -121,6 +146,11 @@ impl GithubError {
                  repository (fine-grained tokens list their repositories)."
             ),
             Some(409) => "A runner with this name exists already: re-run the job.".to_owned(),
+            Some(422) if self.runner_busy() => "GitHub still shows a job running on this runner. \
+                Once its instance is gone, GitHub fails that job and takes the runner offline \
+                within minutes, and the ephemeral runner goes with it; run mode: stop again (or \
+                let the scheduled cleanup remove it), or cancel the job first."
+                .to_owned(),
             _ => "This is usually passing: re-run the job. If it persists, check \
                 https://www.githubstatus.com."
                 .to_owned(),

@@ -105,6 +105,11 @@ impl Runners {
         self.scope
     }
 
+    /// How this registry retries, for callers that wait on GitHub too.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
     /// Registers runners in `group` (an organization's) from now on.
     pub fn use_group(&mut self, group: u64) {
         self.group = group;

@@ -101,8 +101,9 @@ pub struct Common {
     /// Without a role, the ambient AWS credential chain is used.
     pub role_to_assume: Option<String>,
     pub audience: String,
-    /// `None` when `runner-scope` was not given: the repository, unless stop finds that the
-    /// start it cleans up after registered in the organization.
+    /// `None` when `runner-scope` was not given (or given as its default, `repo`, which is how
+    /// the runner passes "not set"): the repository, unless stop finds that the start it cleans
+    /// up after registered in the organization.
     pub runner_scope: Option<RunnerScope>,
 }
 
@@ -255,6 +256,14 @@ impl Reader<'_> {
         self.env.non_empty(&spec.env_var()).map(str::to_owned)
     }
 
+    /// The value, unless it is the declared default: the runner passes every default of
+    /// `action.yml` as if the workflow had set it, so a value equal to the default is how "not
+    /// set" arrives. For inputs whose absence means something (an image chosen by architecture,
+    /// a scope learned from the instance's tags).
+    fn given(&self, spec: &Spec) -> Option<String> {
+        self.raw(spec).filter(|v| v != spec.default)
+    }
+
     /// The value as given, else the default.
     fn value(&self, spec: &Spec) -> Option<String> {
         self.raw(spec)
@@ -392,7 +401,7 @@ impl Reader<'_> {
         let github = self.github_auth();
         let role_to_assume = self.one(&spec::ROLE_TO_ASSUME, values::role_arn);
         let audience = self.one(&spec::AUDIENCE, values::audience);
-        let scope_given = self.raw(&spec::RUNNER_SCOPE).is_some();
+        let scope_given = self.given(&spec::RUNNER_SCOPE).is_some();
         // Validated to be one of the names; the default is repo.
         let runner_scope =
             RunnerScope::from_name(&self.one(&spec::RUNNER_SCOPE, values::runner_scope)?)
@@ -553,7 +562,7 @@ impl Reader<'_> {
         let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
         let arch = self.arch(&instance_types);
         let image = self
-            .raw(&spec::IMAGE_ID)
+            .given(&spec::IMAGE_ID)
             .or_else(|| match arch {
                 Some(Arch::Arm64) => Some(spec::DEFAULT_IMAGE_ARM64.to_owned()),
                 _ => self.value(&spec::IMAGE_ID),

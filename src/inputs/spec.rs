@@ -93,7 +93,7 @@ pub const PRE_RUNNER_SCRIPT: Spec = Spec::new("pre-runner-script", Start, "");
 pub const STARTUP_TIMEOUT_MINUTES: Spec = Spec::new("startup-timeout-minutes", Start, "10");
 pub const MAX_LIFETIME_MINUTES: Spec = Spec::new("max-lifetime-minutes", Start, "360");
 pub const IDLE_TIMEOUT_MINUTES: Spec = Spec::new("idle-timeout-minutes", Start, "15");
-pub const RUNNER_VERSION: Spec = Spec::new("runner-version", Start, "2.329.0");
+pub const RUNNER_VERSION: Spec = Spec::new("runner-version", Start, "2.337.0");
 pub const RUNNER_SHA256: Spec = Spec::new("runner-sha256", Start, "");
 pub const ALLOWED_ASSOCIATIONS: Spec =
     Spec::new("allowed-associations", Start, "OWNER,MEMBER,COLLABORATOR");

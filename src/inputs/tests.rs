@@ -800,7 +800,7 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
         ))
     );
     assert!(
-        error(&[("INPUT_RUNNER-VERSION", "v2.329.0")]).contains("is not an Actions runner version")
+        error(&[("INPUT_RUNNER-VERSION", "v2.337.0")]).contains("is not an Actions runner version")
     );
     assert!(error(&[("INPUT_RUNNER-SHA256", "abc")]).contains("is not a SHA-256 hash"));
 }
@@ -814,10 +814,10 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
     assert_eq!(
         start(&[
             ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
-            ("INPUT_RUNNER-VERSION", "2.329.0"),
+            ("INPUT_RUNNER-VERSION", "2.337.0"),
         ])
         .runner_sha256,
-        "56768348b3d643a6a29d4ad71e9bdae0dc0ef1eb01afe0f7a8ee097b039bfaaf"
+        "9b1dc70626422526e3c94767cf024896beb15da5342a3f4819bf2feac13e0393"
     );
     assert_eq!(
         s.image,
@@ -826,32 +826,32 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
     // Another pinned version, for its architecture; a chosen image stays as given.
     let s = start(&[
         ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
-        ("INPUT_RUNNER-VERSION", "2.328.0"),
+        ("INPUT_RUNNER-VERSION", "2.336.0"),
         ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
     ]);
     assert_eq!(
         (s.runner_version.as_str(), s.runner_sha256.as_str()),
         (
-            "2.328.0",
-            "b801b9809c4d9301932bccadf57ca13533073b2aa9fa9b8e625a8db905b5d8eb"
+            "2.336.0",
+            "58b758e420b87093fbd4bfddd368074960053e2f1388f01848c82624b90f27d1"
         )
     );
     assert_eq!(s.image, ImageRef::Ami("ami-0123456789abcdef0".to_owned()));
     assert_eq!(
-        start(&[("INPUT_RUNNER-VERSION", "2.328.0")]).runner_sha256,
-        "01066fad3a2893e63e6ca880ae3a1fad5bf9329d60e77ee15f2b97c148c3cd4e"
+        start(&[("INPUT_RUNNER-VERSION", "2.336.0")]).runner_sha256,
+        "04cf0be1aff4c3ec3554466c39124ca250e3effd8873bb7e8d68535aa9505d5d"
     );
     // The x64 hash is not the arm64 one.
     assert!(
         error(&[
             ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
-            ("INPUT_RUNNER-VERSION", "2.329.0"),
+            ("INPUT_RUNNER-VERSION", "2.337.0"),
             (
                 "INPUT_RUNNER-SHA256",
-                "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d"
+                "70920811a4f8ad4328818682bca5c6469c1c942fab52448868071d0063816613"
             ),
         ])
-        .contains("actions-runner-linux-arm64-2.329.0.tar.gz as 56768348")
+        .contains("actions-runner-linux-arm64-2.337.0.tar.gz as 9b1dc706")
     );
     assert!(
         error(&[
@@ -914,5 +914,47 @@ fn market_type_is_one_of_three() {
         error(&[("INPUT_MARKET-TYPE", "spot-than-on-demand")]),
         "Invalid input: market-type: market-type \"spot-than-on-demand\" is not a market type. Use \
          one of: on-demand, spot, spot-then-on-demand. Did you mean spot-then-on-demand?"
+    );
+}
+
+/// The runner passes every default of `action.yml` as an input: a value equal to the declared
+/// default is how "not set" arrives, and must mean it where "not set" means something.
+#[test]
+fn a_declared_default_that_arrives_counts_as_not_set() {
+    let every_default: Vec<(String, &str)> = spec::ALL
+        .iter()
+        .filter(|s| !s.default.is_empty())
+        .map(|s| (s.env_var(), s.default))
+        .collect();
+    fn with<'a>(
+        defaults: &'a [(String, &'static str)],
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut vars: Vec<(&str, &str)> = defaults.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        vars.extend_from_slice(extra);
+        vars
+    }
+    let with_defaults = |extra: &[(&'static str, &'static str)]| with(&every_default, extra);
+    let arm = start(&with_defaults(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge")]));
+    assert_eq!(
+        Some(arm.image),
+        values::image(spec::DEFAULT_IMAGE_ARM64).ok()
+    );
+    let given = start(&with_defaults(&[
+        ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+        ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
+    ]));
+    assert_eq!(
+        given.image,
+        ImageRef::Ami("ami-0123456789abcdef0".to_owned())
+    );
+    assert_eq!(stop(&with_defaults(&[])).common.runner_scope, None);
+    assert!(
+        parse(&env(&with_defaults(&[
+            ("INPUT_MODE", "stop"),
+            ("INPUT_AWS-REGION", "")
+        ])))
+        .is_ok_and(|p| p.warnings.is_empty()),
+        "the defaults of other modes' inputs are no reason to warn"
     );
 }

@@ -379,7 +379,7 @@ pub fn runner_version(v: &str) -> Result<(), Expect> {
     ok.then_some(()).ok_or_else(|| {
         Expect::new(
             "an Actions runner version",
-            "Write the version without a v, such as 2.329.0 (github.com/actions/runner/releases).",
+            "Write the version without a v, such as 2.337.0 (github.com/actions/runner/releases).",
         )
     })
 }

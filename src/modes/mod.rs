@@ -2,6 +2,7 @@
 
 pub mod cleanup;
 pub mod post;
+pub mod readiness;
 pub mod signals;
 pub mod start;
 pub mod stop;
@@ -108,6 +109,8 @@ pub(crate) async fn aws_config(
         role_arn,
         web_identity_token: &token,
         session_name: &session_name,
+        env,
+        audience: &common.audience,
     };
     credentials::sdk_config(region, Some(role), actions)
         .await

@@ -12,26 +12,27 @@ use crate::actions::{Actions, Annotation, Markdown};
 use crate::boot::{self, BootParams, RunnerPackage};
 use crate::clock::Clock;
 use crate::cloud::aws::Ec2;
-use crate::cloud::{Cloud, Instance, InstanceState, LaunchRequest, Tagged, capacity_advice};
+use crate::cloud::{
+    Cloud, Instance, InstanceState, LaunchRequest, SPOT_ROLE_MISSING, Tagged, capacity_advice,
+};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::{Error, Refusal};
 use crate::github::GithubError;
 use crate::github::groups;
 use crate::github::octo::RunnerGroup;
-use crate::github::{JitRunner, RunnerRegistry, RunnerStatus};
+use crate::github::{JitRunner, Runner, RunnerRegistry, RunnerStatus};
 use crate::guard;
 use crate::inputs::{GroupRef, RunnerScope, StartInputs};
 use crate::modes::Github;
 use crate::modes::post::state;
+use crate::modes::readiness::PollSchedule;
 use crate::modes::signals::Cancel;
 use crate::modes::teardown::{self, Teardown};
-use crate::plan::{self, LaunchPlan, RunnerSpec};
+use crate::plan::{self, LaunchPlan, Market, RunnerSpec};
 use crate::pricing::{self, Price};
 use crate::secret::Secret;
 
-/// How often start looks at the runner and the instance while it waits.
-const POLL: Duration = Duration::from_secs(2);
 /// Lines of the instance's console shown when it ends while booting.
 const CONSOLE_LINES: usize = 15;
 
@@ -67,6 +68,11 @@ pub async fn run(
         let _group = actions.group("Plan");
         actions.verbatim(plan.to_text().trim_end());
     }
+
+    // EC2 refuses user data over 16 KB: find out before anything is registered, with room kept
+    // for the JIT config GitHub has not issued yet.
+    let package = runner_package(env, inputs);
+    check_boot_script_size(&plan, &package, boot::JIT_CONFIG_ROOM)?;
 
     // Before any credential is asked for: whose code would run on the instance? The job's signed
     // OIDC token must later name the event judged here.
@@ -104,7 +110,6 @@ pub async fn run(
         cloud,
         image_id,
     } = &setup;
-    let package = runner_package(env, inputs);
     if plan.dry_run {
         return dry_run(&plan, cloud, image_id, &package, actions).await;
     }
@@ -120,15 +125,28 @@ pub async fn run(
                 "Launching {} GPU runner(s) and waiting for them",
                 plan.runners.len()
             ));
-            // Each result names its runner, for allow-partial to remove the failed ones.
-            join_all(plan.runners.iter().map(|runner| async {
-                one_runner(
-                    &plan, runner, cloud, github, image_id, &package, actions, clock, &launched,
-                )
-                .await
-                .map_err(|e| (runner.name.clone(), e))
+            let (plan, package, launched) = (&plan, &package, &launched);
+            let launches = join_all((0..plan.runners.len()).map(|n| async move {
+                register_and_launch(plan, n, cloud, github, image_id, package, actions, launched)
+                    .await
+                    .map_err(|e| (n, e))
             }))
-            .await
+            .await;
+            let (booting, failed): (Vec<_>, Vec<_>) = launches.into_iter().partition(Result::is_ok);
+            let booting: Vec<Booting> = booting.into_iter().filter_map(Result::ok).collect();
+            let mut results: Vec<(usize, Result<Online, Error>)> = failed
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|(n, e)| (n, Err(e)))
+                .collect();
+            results.extend(wait_online(plan, cloud, github, booting, actions, clock).await);
+            // In the plan's order; each result names its runner, for allow-partial to remove
+            // the failed ones.
+            results.sort_by_key(|(n, _)| *n);
+            results
+                .into_iter()
+                .map(|(n, r)| r.map_err(|e| (plan.runners[n].name.clone(), e)))
+                .collect::<Vec<_>>()
         } => Ok(results),
         signal = cancel.cancelled() => Err(signal),
     };
@@ -368,22 +386,33 @@ struct Online {
     launch_to_online: Duration,
 }
 
-/// Registers one runner, launches its instance and waits until the runner is online. The
-/// instance joins `launched` as soon as it exists.
+/// A runner whose instance was launched, waiting to come online.
+struct Booting {
+    /// Its place in the plan: results are reported in the plan's order.
+    n: usize,
+    jit: JitRunner,
+    instance: Instance,
+    refused: Vec<Refusal>,
+    launched_at: Instant,
+    running_after: Option<Duration>,
+}
+
+/// Registers one runner and launches its instance. The instance joins `launched` as soon as it
+/// exists.
 #[allow(clippy::too_many_arguments)]
-async fn one_runner(
+async fn register_and_launch(
     plan: &LaunchPlan,
-    runner: &RunnerSpec,
+    n: usize,
     cloud: &impl Cloud,
     github: &Github,
     image_id: &str,
     package: &RunnerPackage,
     actions: &Actions,
-    clock: Clock,
     launched: &Launched,
-) -> Result<Online, Error> {
-    let registry = &github.registry;
-    let jit = registry
+) -> Result<Booting, Error> {
+    let runner = &plan.runners[n];
+    let jit = github
+        .registry
         .create_jit_runner(&runner.name, &runner.labels)
         .await
         .map_err(|e| github.error(e))?;
@@ -394,90 +423,176 @@ async fn one_runner(
         jit.runner.id,
         runner.labels.join(", ")
     ));
-    let jit = &jit;
-    let (instance, refused) = launch(plan, runner, cloud, jit, image_id, package, actions).await?;
-    let launch_time = Instant::now();
+    let (instance, refused) = launch(plan, runner, cloud, &jit, image_id, package, actions).await?;
+    let launched_at = Instant::now();
     launched.add(plan, instance.clone(), actions)?;
+    Ok(Booting {
+        n,
+        jit,
+        instance,
+        refused,
+        launched_at,
+        running_after: None,
+    })
+}
 
+/// What one look found about a booting runner.
+enum Look {
+    Waiting,
+    Online,
+    Failed(Error),
+}
+
+/// Waits until every booting runner is online, or has failed, or ran out of
+/// `startup-timeout-minutes`. Each look is one runner list and one `DescribeInstances` of every
+/// instance still booting, so that its cost does not grow with `count`.
+async fn wait_online(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    github: &Github,
+    booting: Vec<Booting>,
+    actions: &Actions,
+    clock: Clock,
+) -> Vec<(usize, Result<Online, Error>)> {
     let deadline = clock.scaled(Duration::from_secs(
         u64::from(plan.startup_timeout_minutes) * 60,
     ));
-    let mut running_after = None;
-    loop {
-        match registry.get_runner(jit.runner.id).await {
-            Ok(Some(r)) if r.status == RunnerStatus::Online => break,
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(Error::Startup {
+    let schedule = PollSchedule::default();
+    let started = Instant::now();
+    let mut pending = booting;
+    let mut results = Vec::new();
+    while !pending.is_empty() {
+        let runners = github.registry.runners().await;
+        if let Err(e) = &runners {
+            tracing::warn!(error = %e, "could not list the runners; trying again");
+        }
+        let ids: Vec<String> = pending.iter().map(|b| b.instance.id.clone()).collect();
+        let instances = cloud.describe(&ids).await;
+        if let Err(e) = &instances {
+            tracing::warn!(error = %e, "could not read the instances; trying again");
+        }
+        let mut still = Vec::new();
+        for mut b in pending {
+            let look = look(
+                plan,
+                cloud,
+                &mut b,
+                runners.as_deref().ok(),
+                instances.as_deref().ok(),
+                deadline,
+                actions,
+            )
+            .await;
+            match look {
+                Look::Waiting => still.push(b),
+                Look::Failed(e) => results.push((b.n, Err(e))),
+                Look::Online => {
+                    let online = online(cloud, b).await;
+                    results.push(online);
+                }
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            clock
+                .sleep(schedule.interval(clock.unscaled(started.elapsed())))
+                .await;
+        }
+    }
+    results
+}
+
+/// What this look says of `b`: online, failed (its instance ended, its runner was removed, the
+/// timeout passed) or still booting.
+async fn look(
+    plan: &LaunchPlan,
+    cloud: &impl Cloud,
+    b: &mut Booting,
+    runners: Option<&[Runner]>,
+    instances: Option<&[Instance]>,
+    deadline: Duration,
+    actions: &Actions,
+) -> Look {
+    if let Some(runners) = runners {
+        match runners.iter().find(|r| r.id == b.jit.runner.id) {
+            Some(r) if r.status == RunnerStatus::Online => return Look::Online,
+            Some(_) => {}
+            None => {
+                return Look::Failed(Error::Startup {
                     what: format!(
                         "the runner {} was removed from GitHub while its instance booted",
-                        jit.runner.name
+                        b.jit.runner.name
                     ),
                     console: Vec::new(),
                     fix: "Someone or something deleted the runner; re-run the job.".to_owned(),
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "could not read the runner; trying again"),
         }
-        match cloud.describe(std::slice::from_ref(&instance.id)).await {
-            Ok(found) => match found.first().map(|i| &i.state) {
-                Some(InstanceState::Running) if running_after.is_none() => {
-                    running_after = Some(launch_time.elapsed());
-                    actions.info(&format!(
-                        "{} is running; waiting for its runner",
-                        instance.id
-                    ));
-                }
-                Some(s)
-                    if s.is_ending()
-                        || matches!(s, InstanceState::Stopping | InstanceState::Stopped) =>
-                {
-                    return Err(Error::Startup {
-                        what: format!("{} ended while it booted ({s:?})", instance.id),
-                        console: console_tail(cloud, &instance.id).await,
-                        fix:
-                            "The boot phases above say why. A failed GPU probe means the image has \
-                              no working NVIDIA driver for this instance type: use the default \
-                              image-id or one with the driver installed."
-                                .to_owned(),
-                    });
-                }
-                _ => {}
-            },
-            Err(e) => tracing::warn!(error = %e, "could not read the instance; trying again"),
+    }
+    let id = &b.instance.id;
+    match instances
+        .and_then(|all| all.iter().find(|i| &i.id == id))
+        .map(|i| &i.state)
+    {
+        Some(InstanceState::Running) if b.running_after.is_none() => {
+            b.running_after = Some(b.launched_at.elapsed());
+            actions.info(&format!("{id} is running; waiting for its runner"));
         }
-        if launch_time.elapsed() >= deadline {
-            return Err(Error::Startup {
-                what: format!(
-                    "the runner of {} did not come online within startup-timeout-minutes ({})",
-                    instance.id, plan.startup_timeout_minutes
-                ),
-                console: console_tail(cloud, &instance.id).await,
-                fix: "The boot phases above show how far the instance got. If it was still \
-                      installing, raise startup-timeout-minutes; if it never reached the runner \
-                      phase, check that the instance can reach github.com (a subnet with a NAT \
-                      gateway or a public IP)."
+        Some(s)
+            if s.is_ending() || matches!(s, InstanceState::Stopping | InstanceState::Stopped) =>
+        {
+            return Look::Failed(Error::Startup {
+                what: format!("{id} ended while it booted ({s:?})"),
+                console: console_tail(cloud, id).await,
+                fix: "The boot phases above say why. A failed GPU probe means the image has no \
+                      working NVIDIA driver for this instance type: use the default image-id or \
+                      one with the driver installed."
                     .to_owned(),
             });
         }
-        clock.sleep(POLL).await;
+        _ => {}
     }
+    if b.launched_at.elapsed() >= deadline {
+        return Look::Failed(Error::Startup {
+            what: format!(
+                "the runner of {id} did not come online within startup-timeout-minutes ({})",
+                plan.startup_timeout_minutes
+            ),
+            console: console_tail(cloud, id).await,
+            fix: "The boot phases above show how far the instance got. If it was still \
+                  installing, raise startup-timeout-minutes; if it never reached the runner \
+                  phase, check that the instance can reach github.com (a subnet with a NAT \
+                  gateway or a public IP)."
+                .to_owned(),
+        });
+    }
+    Look::Waiting
+}
+
+/// What an online runner's start reports: its price and, when EC2 shows the console by now,
+/// what the GPU probe found.
+async fn online(cloud: &impl Cloud, b: Booting) -> (usize, Result<Online, Error>) {
+    let i = &b.instance;
     let price = pricing::price(
         cloud,
-        &instance.instance_type,
-        instance.market,
-        instance.availability_zone.as_deref(),
+        &i.instance_type,
+        i.market,
+        i.availability_zone.as_deref(),
     )
     .await;
-    let gpu = gpu_facts(cloud, &instance.id).await;
-    Ok(Online {
-        instance,
-        refused,
-        price,
-        gpu,
-        launch_to_running: running_after,
-        launch_to_online: launch_time.elapsed(),
-    })
+    let gpu = gpu_facts(cloud, &i.id).await;
+    let launch_to_online = b.launched_at.elapsed();
+    (
+        b.n,
+        Ok(Online {
+            instance: b.instance,
+            refused: b.refused,
+            price,
+            gpu,
+            launch_to_running: b.running_after,
+            launch_to_online,
+        }),
+    )
 }
 
 /// Launches the first candidate that has capacity.
@@ -491,7 +606,12 @@ async fn launch(
     actions: &Actions,
 ) -> Result<(Instance, Vec<Refusal>), Error> {
     let mut refused: Vec<Refusal> = Vec::new();
+    let mut no_spot = false;
     for (n, candidate) in plan.candidates.iter().enumerate() {
+        // Without the spot service-linked role no spot candidate launches: go on to on-demand.
+        if no_spot && candidate.market == Market::Spot {
+            continue;
+        }
         let user_data = user_data(
             plan,
             runner,
@@ -500,7 +620,7 @@ async fn launch(
             jit.encoded_jit_config.clone(),
             package,
         )
-        .await;
+        .await?;
         let request = LaunchRequest {
             plan,
             runner_name: &runner.name,
@@ -525,6 +645,7 @@ async fn launch(
                 else {
                     return Err(Error::cloud(e));
                 };
+                no_spot |= e.code() == SPOT_ROLE_MISSING;
                 actions.info(&format!(
                     "No capacity: {} ({}); trying the next candidate",
                     candidate.describe(),
@@ -541,6 +662,8 @@ async fn launch(
     Err(Error::NoCapacity { tried: refused })
 }
 
+/// The boot script for this runner and instance type, once it is known to fit EC2's user data
+/// with the JIT config GitHub issued.
 async fn user_data(
     plan: &LaunchPlan,
     runner: &RunnerSpec,
@@ -548,8 +671,11 @@ async fn user_data(
     instance_type: &str,
     jit_config: Secret,
     package: &RunnerPackage,
-) -> Secret {
-    boot::render(&boot_params(plan, runner, cloud, instance_type, jit_config, package).await)
+) -> Result<Secret, Error> {
+    let jit_len = jit_config.expose().len();
+    let params = boot_params(plan, runner, cloud, instance_type, jit_config, package).await;
+    boot::check_size(&params, jit_len).map_err(Error::UserDataTooLarge)?;
+    Ok(boot::render(&params))
 }
 
 async fn boot_params(
@@ -560,6 +686,18 @@ async fn boot_params(
     jit_config: Secret,
     package: &RunnerPackage,
 ) -> BootParams {
+    let gpus = cloud.gpu_count(instance_type).await.unwrap_or(0);
+    params_for(plan, runner, instance_type, gpus, jit_config, package)
+}
+
+fn params_for(
+    plan: &LaunchPlan,
+    runner: &RunnerSpec,
+    instance_type: &str,
+    expected_gpus: u32,
+    jit_config: Secret,
+    package: &RunnerPackage,
+) -> BootParams {
     BootParams {
         runner_name: runner.name.clone(),
         labels: runner.labels.clone(),
@@ -567,12 +705,46 @@ async fn boot_params(
         runner_sudo: plan.runner_sudo,
         jit_config,
         instance_type: instance_type.to_owned(),
-        expected_gpus: cloud.gpu_count(instance_type).await.unwrap_or(0),
+        expected_gpus,
         max_lifetime_minutes: plan.max_lifetime_minutes,
         idle_timeout_minutes: plan.idle_timeout_minutes,
         runner: package.clone(),
         pre_runner_script: plan.pre_runner_script.clone(),
     }
+}
+
+/// Whether the boot script of every runner and candidate fits EC2's user data with a JIT config
+/// of `jit_len` bytes: the largest of them is checked (the longest name and instance type, a
+/// two-digit GPU count).
+fn check_boot_script_size(
+    plan: &LaunchPlan,
+    package: &RunnerPackage,
+    jit_len: usize,
+) -> Result<(), Error> {
+    let longest = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .max_by_key(|n| n.len())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let instance_type = longest(
+        plan.candidates
+            .iter()
+            .map(|c| c.instance_type.as_str())
+            .collect(),
+    );
+    let Some(runner) = plan
+        .runners
+        .iter()
+        .max_by_key(|r| r.name.len() + r.labels.join(",").len())
+    else {
+        return Ok(());
+    };
+    let params = params_for(plan, runner, &instance_type, 99, Secret::new(""), package);
+    boot::check_size(&params, jit_len)
+        .map(|_| ())
+        .map_err(Error::UserDataTooLarge)
 }
 
 /// The outputs and state for these instances (the first one's facts where one value is asked).

@@ -27,6 +27,9 @@ pub struct Row {
 pub struct Teardown {
     pub rows: Vec<Row>,
     pub error: Option<Error>,
+    /// Instances were terminated (or found ended): a runner GitHub still shows busy is about to
+    /// lose its job, so its removal is worth waiting for.
+    instances_ending: bool,
 }
 
 /// Instances by id, and by tag: a start that was cancelled may never have reported its ids.
@@ -65,12 +68,14 @@ impl Teardown {
         }
         let (ended, live): (Vec<&Instance>, Vec<&Instance>) =
             found.iter().partition(|i| i.state.is_ending());
+        self.instances_ending |= !ended.is_empty();
         for i in ended {
             self.row(&i.id, "instance", "already ended", true);
         }
         let ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
         match cloud.terminate(&ids).await {
             Ok(()) => {
+                self.instances_ending |= !live.is_empty();
                 for i in live {
                     let minutes = i.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
                     let price = pricing::price(
@@ -130,9 +135,34 @@ impl Teardown {
     }
 
     async fn remove(&mut self, github: &Github, runner: &Runner) {
-        match github.registry.delete_runner(runner.id).await {
+        let delete = || github.registry.delete_runner(runner.id);
+        let removed = match delete().await {
+            // GitHub answers 422 while it still sees the runner's job; once the instance is
+            // gone, it fails that job within moments to minutes, so wait for it a while.
+            Err(e) if e.runner_busy() && self.instances_ending => {
+                tracing::info!(runner = %runner.name, "GitHub still shows a job on the runner; waiting");
+                let busy = |e: &crate::github::GithubError| {
+                    e.runner_busy().then_some(None).or_else(|| e.retryable())
+                };
+                github
+                    .registry
+                    .backoff()
+                    .run(
+                        "removing a runner that is still running a job",
+                        busy,
+                        delete,
+                    )
+                    .await
+            }
+            other => other,
+        };
+        match removed {
             Ok(Removal::Deleted) => self.row(&runner.name, "runner", "removed", true),
             Ok(Removal::AlreadyGone) => self.row(&runner.name, "runner", "already removed", true),
+            Err(e) if e.runner_busy() => {
+                self.row(&runner.name, "runner", "still running a job", false);
+                self.error.get_or_insert(github.error(e));
+            }
             Err(e) => {
                 self.row(&runner.name, "runner", "could not remove", false);
                 self.error.get_or_insert(github.error(e));
