@@ -225,49 +225,56 @@ fn check_org_admin(state: &GithubState, headers: &HeaderMap, org: &str) -> Optio
     Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
 }
 
-/// GitHub's answer for the repository's workflow runs and jobs, which need the Actions
-/// permission (read to list, write to cancel), not Administration.
+/// Whether GitHub knows the token at all (whatever it may do).
+fn known_token(state: &GithubState, token: &str) -> bool {
+    state
+        .admin_tokens
+        .iter()
+        .chain(&state.org_admin_tokens)
+        .chain(&state.weak_tokens)
+        .chain(&state.actions_tokens)
+        .any(|t| t == token)
+}
+
+/// GitHub's answer to the `Authorization` header for a call on the repository that needs a
+/// permission the tokens in `holders` have, or `None` when the caller may proceed: 404 for
+/// another repository, 403 for a known token without the permission, 401 for an unknown one.
+fn check_permission(
+    state: &GithubState,
+    headers: &HeaderMap,
+    (owner, repo): (&str, &str),
+    holders: &[String],
+) -> Option<Response> {
+    let token = bearer(headers);
+    if holders.iter().any(|t| t == token) {
+        return (owner != state.owner || repo != state.repo)
+            .then(|| error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    if known_token(state, token) {
+        return Some(not_accessible(token));
+    }
+    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+}
+
+/// For the repository's workflow runs and jobs, which need the Actions permission (read to
+/// list, write to cancel), not Administration.
 fn check_actions(
     state: &GithubState,
     headers: &HeaderMap,
     owner: &str,
     repo: &str,
 ) -> Option<Response> {
-    let token = bearer(headers);
-    if state.actions_tokens.iter().any(|t| t == token) {
-        return (owner != state.owner || repo != state.repo)
-            .then(|| error(StatusCode::NOT_FOUND, "Not Found"));
-    }
-    let known = state
-        .admin_tokens
-        .iter()
-        .chain(&state.org_admin_tokens)
-        .chain(&state.weak_tokens)
-        .any(|t| t == token);
-    if known {
-        return Some(not_accessible(token));
-    }
-    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+    check_permission(state, headers, (owner, repo), &state.actions_tokens)
 }
 
-/// GitHub's answer to the `Authorization` header, or `None` when the caller may proceed.
+/// For the repository's runners, which need Administration.
 fn check_admin(
     state: &GithubState,
     headers: &HeaderMap,
     owner: &str,
     repo: &str,
 ) -> Option<Response> {
-    let token = bearer(headers);
-    if state.admin_tokens.iter().any(|t| t == token) {
-        if owner != state.owner || repo != state.repo {
-            return Some(error(StatusCode::NOT_FOUND, "Not Found"));
-        }
-        return None;
-    }
-    if state.weak_tokens.iter().any(|t| t == token) {
-        return Some(not_accessible(token));
-    }
-    Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+    check_permission(state, headers, (owner, repo), &state.admin_tokens)
 }
 
 fn runner_json(r: &FakeRunner) -> serde_json::Value {
@@ -528,14 +535,7 @@ async fn get_repository(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    let token = bearer(&headers);
-    let known = st
-        .admin_tokens
-        .iter()
-        .chain(&st.org_admin_tokens)
-        .chain(&st.weak_tokens)
-        .any(|t| t == token);
-    if !known {
+    if !known_token(&st, bearer(&headers)) {
         return error(StatusCode::UNAUTHORIZED, "Bad credentials");
     }
     if owner != st.owner || repo != st.repo {
