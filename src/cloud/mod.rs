@@ -25,6 +25,19 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// The state as EC2 names it.
+    pub fn name(&self) -> &str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Other(name) => name,
+        }
+    }
+
     /// The instance is gone or on its way: nothing more is billed for it.
     pub fn is_ending(&self) -> bool {
         matches!(

@@ -542,7 +542,7 @@ async fn look(
             if s.is_ending() || matches!(s, InstanceState::Stopping | InstanceState::Stopped) =>
         {
             return Look::Failed(Error::Startup {
-                what: format!("{id} ended while it booted ({s:?})"),
+                what: format!("{id} ended while it booted ({})", s.name()),
                 console: console_tail(cloud, id).await,
                 fix: "The boot phases above say why. A failed GPU probe means the image has no \
                       working NVIDIA driver for this instance type: use the default image-id or \
