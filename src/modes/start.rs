@@ -472,6 +472,7 @@ async fn wait_online(
             tracing::warn!(error = %e, "could not read the instances; trying again");
         }
         let mut still = Vec::new();
+        let mut ready = Vec::new();
         for mut b in pending {
             let look = look(
                 plan,
@@ -486,12 +487,11 @@ async fn wait_online(
             match look {
                 Look::Waiting => still.push(b),
                 Look::Failed(e) => results.push((b.n, Err(e))),
-                Look::Online => {
-                    let online = online(cloud, b).await;
-                    results.push(online);
-                }
+                Look::Online => ready.push((b.launched_at.elapsed(), b)),
             }
         }
+        // Online as of this look; their price and GPU facts are read together, after it.
+        results.extend(join_all(ready.into_iter().map(|(after, b)| online(cloud, b, after))).await);
         pending = still;
         if !pending.is_empty() {
             clock
@@ -571,7 +571,12 @@ async fn look(
 
 /// What an online runner's start reports: its price and, when EC2 shows the console by now,
 /// what the GPU probe found.
-async fn online(cloud: &impl Cloud, b: Booting) -> (usize, Result<Online, Error>) {
+/// `launch_to_online`: when the look saw it online.
+async fn online(
+    cloud: &impl Cloud,
+    b: Booting,
+    launch_to_online: Duration,
+) -> (usize, Result<Online, Error>) {
     let i = &b.instance;
     let price = pricing::price(
         cloud,
@@ -581,7 +586,6 @@ async fn online(cloud: &impl Cloud, b: Booting) -> (usize, Result<Online, Error>
     )
     .await;
     let gpu = gpu_facts(cloud, &i.id).await;
-    let launch_to_online = b.launched_at.elapsed();
     (
         b.n,
         Ok(Online {
