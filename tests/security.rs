@@ -389,10 +389,9 @@ fn a_runner_package_with_another_hash_is_refused_on_the_instance() {
     nothing_left(&world);
 }
 
+/// An IAM document of docs/iam as it is written (for the account 123456789012).
 fn policy(name: &str) -> serde_json::Value {
-    let path = format!("{}/docs/iam/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    world::documented_policy(name, "123456789012").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn list(v: &serde_json::Value) -> Vec<String> {

@@ -42,13 +42,13 @@ pub enum Removal {
     AlreadyGone,
 }
 
-/// The operations on workflow runs and jobs (cleanup's), which need the Actions permission.
-pub const ACTIONS_OPERATIONS: &[&str] = &[
-    "reading a workflow run",
-    "listing workflow runs",
-    "listing the jobs of a run",
-    "cancelling a workflow run",
-];
+/// The operations on workflow runs and jobs (cleanup's), which need the Actions permission: the
+/// registry names its calls with these, and a 403 on one of them gets the Actions hint.
+pub const READING_A_RUN: &str = "reading a workflow run";
+pub const LISTING_RUNS: &str = "listing workflow runs";
+pub const LISTING_JOBS: &str = "listing the jobs of a run";
+pub const CANCELLING_A_RUN: &str = "cancelling a workflow run";
+const ACTIONS_OPERATIONS: &[&str] = &[READING_A_RUN, LISTING_RUNS, LISTING_JOBS, CANCELLING_A_RUN];
 
 /// A GitHub call that failed, with the HTTP status that decides the hint (401: bad token, 403:
 /// missing rights or rate limit).

@@ -176,9 +176,7 @@ impl Runners {
     pub async fn run_is_ours(&self, run_id: u64) -> Result<bool, GithubError> {
         let path = self.path(&format!("runs/{run_id}"));
         let found: Result<RunId, _> = self
-            .retrying("reading a workflow run", || {
-                self.crab.get(&path, None::<&()>)
-            })
+            .retrying(super::READING_A_RUN, || self.crab.get(&path, None::<&()>))
             .await;
         match found {
             Ok(_) => Ok(true),
@@ -389,7 +387,7 @@ impl RunnerRegistry for Runners {
             loop {
                 let batch: RunsPage = self
                     .page(
-                        "listing workflow runs",
+                        super::LISTING_RUNS,
                         &self.path("runs"),
                         &[("status", status)],
                         page,
@@ -412,9 +410,7 @@ impl RunnerRegistry for Runners {
         let path = self.path(&format!("runs/{run_id}/jobs"));
         let query = [("per_page", "100")];
         let page: JobsPage = self
-            .retrying("listing the jobs of a run", || {
-                self.crab.get(&path, Some(&query))
-            })
+            .retrying(super::LISTING_JOBS, || self.crab.get(&path, Some(&query)))
             .await?;
         Ok(page
             .jobs
@@ -434,7 +430,7 @@ impl RunnerRegistry for Runners {
     async fn cancel_run(&self, run_id: u64) -> Result<(), GithubError> {
         let path = self.path(&format!("runs/{run_id}/cancel"));
         let _: serde_json::Value = self
-            .retrying("cancelling a workflow run", || {
+            .retrying(super::CANCELLING_A_RUN, || {
                 self.crab.post(&path, None::<&()>)
             })
             .await?;

@@ -51,10 +51,16 @@ impl Spec {
         }
     }
 
-    /// The variable the runner sets: `INPUT_` + the name upper-cased, spaces as `_`, hyphens kept.
+    /// The variable the runner sets for this input.
     pub fn env_var(&self) -> String {
-        format!("INPUT_{}", self.name.replace(' ', "_").to_uppercase())
+        env_var(self.name)
     }
+}
+
+/// The variable the runner sets for input `name`: `INPUT_` + the name upper-cased, spaces as `_`,
+/// hyphens kept.
+pub fn env_var(name: &str) -> String {
+    format!("INPUT_{}", name.replace(' ', "_").to_uppercase())
 }
 
 /// The AWS Deep Learning Base OSS NVIDIA Driver GPU AMI (Ubuntu 22.04), through AWS's public SSM

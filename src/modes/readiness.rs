@@ -39,22 +39,24 @@ impl PollSchedule {
             .map(|(_, every)| *every)
             .unwrap_or(self.then)
     }
-
-    /// How many looks the schedule makes in `total`.
-    pub fn looks_within(&self, total: Duration) -> u64 {
-        let mut elapsed = Duration::ZERO;
-        let mut looks = 0;
-        while elapsed <= total {
-            looks += 1;
-            elapsed += self.interval(elapsed);
-        }
-        looks
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl PollSchedule {
+        /// How many looks the schedule makes in `total`.
+        pub fn looks_within(&self, total: Duration) -> u64 {
+            let mut elapsed = Duration::ZERO;
+            let mut looks = 0;
+            while elapsed <= total {
+                looks += 1;
+                elapsed += self.interval(elapsed);
+            }
+            looks
+        }
+    }
 
     #[test]
     fn looks_often_while_boots_end_and_less_after() {

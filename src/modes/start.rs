@@ -491,7 +491,8 @@ async fn wait_online(
             }
         }
         // Online as of this look; their price and GPU facts are read together, after it.
-        results.extend(join_all(ready.into_iter().map(|(after, b)| online(cloud, b, after))).await);
+        let online = join_all(ready.into_iter().map(|(after, b)| online(cloud, b, after))).await;
+        results.extend(online.into_iter().map(|(n, o)| (n, Ok(o))));
         pending = still;
         if !pending.is_empty() {
             clock
@@ -570,13 +571,8 @@ async fn look(
 }
 
 /// What an online runner's start reports: its price and, when EC2 shows the console by now,
-/// what the GPU probe found.
-/// `launch_to_online`: when the look saw it online.
-async fn online(
-    cloud: &impl Cloud,
-    b: Booting,
-    launch_to_online: Duration,
-) -> (usize, Result<Online, Error>) {
+/// what the GPU probe found. `launch_to_online` is when the look saw it online.
+async fn online(cloud: &impl Cloud, b: Booting, launch_to_online: Duration) -> (usize, Online) {
     let i = &b.instance;
     let price = pricing::price(
         cloud,
@@ -588,14 +584,14 @@ async fn online(
     let gpu = gpu_facts(cloud, &i.id).await;
     (
         b.n,
-        Ok(Online {
+        Online {
             instance: b.instance,
             refused: b.refused,
             price,
             gpu,
             launch_to_running: b.running_after,
             launch_to_online,
-        }),
+        },
     )
 }
 

@@ -140,7 +140,7 @@ fn service_error(
 }
 
 /// The values of `<tag>…</tag>` in an XML answer.
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+pub(crate) fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     xml.split(&open)
         .skip(1)

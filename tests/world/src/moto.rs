@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::aws_front::xml_values;
+
 pub struct Moto {
     child: Child,
     pub url: String,
@@ -95,14 +97,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-/// The IAM answer's value of `<tag>`.
-fn xml_value(xml: &str, tag: &str) -> Option<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&close)? + start;
-    Some(xml[start..end].to_owned())
 }
 
 /// What moto can enforce of an IAM policy: its access control (`moto/iam/access_control.py`)
@@ -234,8 +228,11 @@ impl Moto {
             )
             .await?;
         Ok(AccessKey {
-            id: xml_value(&key, "AccessKeyId").ok_or("CreateAccessKey: no AccessKeyId")?,
-            secret: xml_value(&key, "SecretAccessKey")
+            id: xml_values(&key, "AccessKeyId")
+                .pop()
+                .ok_or("CreateAccessKey: no AccessKeyId")?,
+            secret: xml_values(&key, "SecretAccessKey")
+                .pop()
                 .ok_or("CreateAccessKey: no SecretAccessKey")?,
         })
     }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
+use gpu_runner::inputs::spec::env_var as input_var;
+
 pub const TOKEN: &str = "ghp_integration-test-token-0123456789";
 
 #[must_use]
@@ -150,12 +152,6 @@ impl Step {
             _dir: dir,
         }
     }
-}
-
-/// The variable the runner sets for input `name`: `INPUT_` + upper-cased name, spaces as `_`,
-/// hyphens kept.
-fn input_var(name: &str) -> String {
-    format!("INPUT_{}", name.replace(' ', "_").to_uppercase())
 }
 
 /// Every input of `action.yml` that declares a default, with that default: the runner passes them
