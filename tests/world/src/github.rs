@@ -117,6 +117,10 @@ pub struct Job {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub labels: Vec<String>,
     pub script: String,
+    /// `owner/repo` of the run the job is in, and the ref its workflow ran at: a fork's pull
+    /// request runs in the base repository at `refs/pull/N/merge`.
+    pub repository: String,
+    pub git_ref: String,
     /// The workflow file the job is in, and its `container:` image, if any.
     pub workflow: String,
     pub container: Option<String>,
@@ -167,6 +171,13 @@ pub struct GithubState {
     pub issued_installation_tokens: Vec<String>,
     /// Runs cancelled through the API.
     pub cancelled_runs: Vec<u64>,
+    /// The repository's approval policy for fork pull requests' workflows, as GitHub names it.
+    pub fork_pr_approval: String,
+    /// The repository's collaborators and their permission (`admin`, `write`, `read`); anyone
+    /// else has `read` on a public repository and `none` on a private one.
+    pub collaborators: BTreeMap<String, String>,
+    /// Open pull requests: number → head commit.
+    pub pulls: BTreeMap<u64, String>,
     /// REST API calls (the stand-in runner's `/_runner` ones aside) that came through the GitHub
     /// Enterprise Server path, `/api/v3`, and through github.com's, `/`.
     pub enterprise_calls: usize,
@@ -548,6 +559,61 @@ async fn get_repository(
     .into_response()
 }
 
+/// `GET /repos/{o}/{r}/actions/permissions/fork-pr-contributor-approval`: Administration: read.
+async fn fork_pr_approval(
+    State(s): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if let Some(denied) = check_admin(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    Json(json!({"approval_policy": st.fork_pr_approval})).into_response()
+}
+
+/// `GET /repos/{o}/{r}/collaborators/{user}/permission`: any token that can read the repository.
+async fn collaborator_permission(
+    State(s): State<Shared>,
+    Path((owner, repo, user)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if !known_token(&st, bearer(&headers)) {
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+    if owner != st.owner || repo != st.repo {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let permission = st
+        .collaborators
+        .get(&user)
+        .cloned()
+        .unwrap_or_else(|| if st.public { "read" } else { "none" }.to_owned());
+    Json(json!({"permission": permission, "role_name": permission, "user": {"login": user}}))
+        .into_response()
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}`: the pull request as it is now.
+async fn get_pull(
+    State(s): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let st = lock(&s);
+    if !known_token(&st, bearer(&headers)) {
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+    match st.pulls.get(&number) {
+        Some(sha) if owner == st.owner && repo == st.repo => Json(json!({
+            "number": number, "state": "open",
+            "head": {"sha": sha, "ref": "feature"},
+        }))
+        .into_response(),
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
 async fn get_runner(
     State(s): State<Shared>,
     Path((owner, repo, id)): Path<(String, String, u64)>,
@@ -610,7 +676,7 @@ async fn run_jobs(
     let jobs: Vec<_> = st
         .jobs
         .iter()
-        .filter(|j| j.run_id == run_id)
+        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
         .map(|j| {
             json!({
                 "id": j.id, "run_id": j.run_id, "name": j.name, "status": j.status,
@@ -648,7 +714,13 @@ async fn list_runs(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let mut ids: Vec<u64> = st.jobs.iter().map(|j| j.run_id).collect();
+    let repository = format!("{owner}/{repo}");
+    let mut ids: Vec<u64> = st
+        .jobs
+        .iter()
+        .filter(|j| j.repository == repository)
+        .map(|j| j.run_id)
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     let runs: Vec<_> = ids
@@ -675,7 +747,11 @@ async fn get_run(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
+    let jobs: Vec<&Job> = st
+        .jobs
+        .iter()
+        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
+        .collect();
     if jobs.is_empty() {
         return error(StatusCode::NOT_FOUND, "Not Found");
     }
@@ -691,7 +767,11 @@ async fn cancel_run(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let jobs: Vec<&Job> = st.jobs.iter().filter(|j| j.run_id == run_id).collect();
+    let jobs: Vec<&Job> = st
+        .jobs
+        .iter()
+        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
+        .collect();
     if jobs.is_empty() {
         return error(StatusCode::NOT_FOUND, "Not Found");
     }
@@ -866,31 +946,40 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
     let Some(runner) = st.runners.get(&id).cloned() else {
         return error(StatusCode::UNAUTHORIZED, "unknown runner");
     };
-    let repository = format!("{}/{}", st.owner, st.repo);
+    let ours = format!("{}/{}", st.owner, st.repo);
     let public = st.public;
-    let group_serves = !runner.org
-        || st
-            .groups
-            .iter()
-            .any(|g| g.id == runner.group && g.serves(&repository, public));
+    // A repository's runner serves that repository's jobs; an organization's runner the jobs of
+    // every repository its group serves.
+    let groups = st.groups.clone();
+    let serves = |repository: &str| {
+        if runner.org {
+            groups
+                .iter()
+                .any(|g| g.id == runner.group && g.serves(repository, public))
+        } else {
+            repository == ours
+        }
+    };
     // The oldest queued job (jobs are kept in the order they were queued) whose labels the
     // runner covers, GitHub's defaults included.
     let Some(job) = st
         .jobs
         .iter_mut()
-        .find(|j| group_serves && j.status == "queued" && runner.covers(&j.labels))
+        .find(|j| j.status == "queued" && runner.covers(&j.labels) && serves(&j.repository))
     else {
         return StatusCode::NO_CONTENT.into_response();
     };
     job.status = "in_progress";
     job.runner_name = Some(runner.name.clone());
     let text = format!(
-        "{} {} {repository} {repository}/.github/workflows/{}@refs/heads/main {}\n{}",
+        "{} {} {repository} {repository}/.github/workflows/{}@{} {}\n{}",
         job.id,
         job.run_id,
         job.workflow,
+        job.git_ref,
         job.container.as_deref().unwrap_or("-"),
-        job.script
+        job.script,
+        repository = job.repository,
     );
     if let Some(r) = st.runners.get_mut(&id) {
         r.busy = true;
@@ -1069,6 +1158,15 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         )
         .route("/repos/{owner}/{repo}/actions/runs/{run_id}", get(get_run))
         .route("/repos/{owner}/{repo}", get(get_repository))
+        .route(
+            "/repos/{owner}/{repo}/actions/permissions/fork-pr-contributor-approval",
+            get(fork_pr_approval),
+        )
+        .route(
+            "/repos/{owner}/{repo}/collaborators/{user}/permission",
+            get(collaborator_permission),
+        )
+        .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
         .route("/orgs/{org}/installation", get(org_installation))
         .route(
             "/orgs/{org}/actions/runners/generate-jitconfig",
@@ -1107,6 +1205,8 @@ impl GithubState {
             created_at: chrono::Utc::now(),
             labels,
             script: script.to_owned(),
+            repository: format!("{}/{}", self.owner, self.repo),
+            git_ref: "refs/heads/main".to_owned(),
             workflow: "gpu.yml".to_owned(),
             container: None,
             status: "queued",

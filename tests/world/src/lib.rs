@@ -38,6 +38,9 @@ pub const WORLD_ARM64_AMI: &str = "ami-0a1b2c3d4e5f6a7b8";
 pub const APP_ID: &str = "424242";
 pub const APP_PRIVATE_KEY: &str = include_str!("keys/test-key.pem");
 
+/// The workflow of the world's run, as `GITHUB_WORKFLOW_REF` names it in each of its jobs.
+pub const WORKFLOW_REF: &str = "octo/ml/.github/workflows/gpu.yml@refs/heads/main";
+
 /// How fast the world's clock runs: a minute of the user's time passes in a second.
 pub const CLOCK_SCALE: f64 = 60.0;
 
@@ -211,6 +214,7 @@ impl World {
             run_id,
             issued: Arc::default(),
             issuer: Arc::new(Mutex::new(oidc::ISSUER.to_owned())),
+            event: Arc::new(Mutex::new("push".to_owned())),
         };
         let admin_token = format!("github_pat_admin{}", uuid::Uuid::new_v4().simple());
         let weak_token = format!("github_pat_weak{}", uuid::Uuid::new_v4().simple());
@@ -233,6 +237,8 @@ impl World {
             clock_scale: options.clock_scale,
             app_id: APP_ID.to_owned(),
             app_installed: true,
+            // GitHub's default for a new repository.
+            fork_pr_approval: "first_time_contributors".to_owned(),
             ..Default::default()
         }));
         let package = Arc::new(package::build());
@@ -358,6 +364,7 @@ impl World {
             ("GITHUB_RUN_ATTEMPT", "1".to_owned()),
             // The event the world's OIDC tokens name.
             ("GITHUB_EVENT_NAME", "push".to_owned()),
+            ("GITHUB_WORKFLOW_REF", WORKFLOW_REF.to_owned()),
             ("GITHUB_API_URL", self.github_url.clone()),
             ("GITHUB_SERVER_URL", "https://github.com".to_owned()),
             (
@@ -530,6 +537,49 @@ impl World {
                 labels.iter().map(|l| (*l).to_owned()).collect(),
                 script,
             )
+    }
+
+    /// The run was started by `event` with this webhook payload: the job's OIDC tokens name it,
+    /// and the returned variables (`GITHUB_EVENT_NAME`, `GITHUB_EVENT_PATH`) are what the runner
+    /// gives a step of such a run.
+    pub fn triggered_by(&self, event: &str, payload: &serde_json::Value) -> Vec<(String, String)> {
+        *self.oidc.event.lock().unwrap_or_else(|e| e.into_inner()) = event.to_owned();
+        let path = self
+            .dir
+            .path()
+            .join(format!("event-{}.json", uuid::Uuid::new_v4().simple()));
+        let _ = std::fs::write(&path, payload.to_string());
+        vec![
+            ("GITHUB_EVENT_NAME".to_owned(), event.to_owned()),
+            (
+                "GITHUB_EVENT_PATH".to_owned(),
+                path.to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+
+    /// A job of another workflow run, queued as GitHub queues a fork's pull request run of the
+    /// repository (`repository` "octo/ml", `git_ref` "refs/pull/7/merge") or a run of another
+    /// repository of the organization.
+    pub fn queue_job_of_run(
+        &self,
+        run_id: u64,
+        repository: &str,
+        git_ref: &str,
+        labels: &[&str],
+        script: &str,
+    ) -> u64 {
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        let id = gh.queue_job(
+            run_id,
+            labels.iter().map(|l| (*l).to_owned()).collect(),
+            script,
+        );
+        if let Some(job) = gh.jobs.iter_mut().find(|j| j.id == id) {
+            job.repository = repository.to_owned();
+            job.git_ref = git_ref.to_owned();
+        }
+        id
     }
 
     /// A job whose `runs-on` has these labels and whose `container:` is `image`.

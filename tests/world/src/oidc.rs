@@ -29,6 +29,8 @@ pub struct Oidc {
     /// The `iss` of the tokens: GitHub's, or a GitHub Enterprise Server's
     /// (`https://HOST/_services/token`).
     pub issuer: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The event that started the run (`event_name`): `push` unless a test says otherwise.
+    pub event: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Oidc {
@@ -51,7 +53,7 @@ impl Oidc {
             "repository_visibility": "private",
             "run_id": self.run_id.to_string(),
             "run_attempt": "1",
-            "event_name": "push",
+            "event_name": self.event.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "actor": "octocat",
             "runner_environment": "github-hosted",
             "iss": issuer,

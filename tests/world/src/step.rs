@@ -28,6 +28,8 @@ impl Step {
             ("GITHUB_RUN_ID", "4242"),
             ("GITHUB_RUN_ATTEMPT", "1"),
             ("GITHUB_JOB", "start"),
+            // The runner always names the event that started the run.
+            ("GITHUB_EVENT_NAME", "push"),
         ] {
             vars.insert(k.to_owned(), v.to_owned());
         }
@@ -92,6 +94,14 @@ impl Step {
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Several variables at once, such as [`crate::World::triggered_by`]'s.
+    pub fn envs(mut self, vars: &[(String, String)]) -> Self {
+        for (name, value) in vars {
+            self.vars.insert(name.clone(), value.clone());
+        }
         self
     }
 
