@@ -30,6 +30,9 @@ pub struct Context {
     pub run_id: u64,
     pub run_attempt: u32,
     pub job: Option<String>,
+    /// `owner/repo/.github/workflows/FILE@REF` (`GITHUB_WORKFLOW_REF`): every job of the run has
+    /// the same, a reusable workflow's jobs too. Older GitHub Enterprise Server versions lack it.
+    pub workflow_ref: Option<String>,
     /// `https://github.com` or a GitHub Enterprise Server.
     pub server_url: String,
     pub api_url: String,
@@ -74,6 +77,7 @@ impl Context {
             run_id,
             run_attempt,
             job: env.non_empty("GITHUB_JOB").map(str::to_owned),
+            workflow_ref: env.non_empty("GITHUB_WORKFLOW_REF").map(str::to_owned),
             server_url,
             api_url,
         })

@@ -56,6 +56,29 @@ pub struct RunnerSpec {
     pub labels: Vec<String>,
 }
 
+/// The only jobs the machine takes: those of the workflow run that started it. GitHub hands a
+/// runner any queued job its labels cover (its default `self-hosted` label too), so the boot
+/// script's job-started hook refuses every other job before a step of it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobBinding {
+    /// `owner/repo`, as `GITHUB_REPOSITORY` names it in the job.
+    pub repository: String,
+    pub run_id: u64,
+    /// `GITHUB_WORKFLOW_REF` of the run, when the runner gave the start one.
+    pub workflow_ref: Option<String>,
+}
+
+impl JobBinding {
+    pub fn describe(&self) -> String {
+        let workflow = self
+            .workflow_ref
+            .as_deref()
+            .map(|w| format!(", workflow {w}"))
+            .unwrap_or_default();
+        format!("{} run {}{workflow}", self.repository, self.run_id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
     /// Unique to this start: the label the GPU job's `runs-on` names, shared by all its runners.
@@ -65,6 +88,8 @@ pub struct LaunchPlan {
     /// One per instance (`count`). With one, its name is the label; with several, each is named
     /// `<label>-<n>` and carries that name as a label of its own too.
     pub runners: Vec<RunnerSpec>,
+    /// Whose jobs the runners take.
+    pub binding: JobBinding,
     pub allow_partial: bool,
     pub region: String,
     pub image: ImageRef,
@@ -176,6 +201,11 @@ pub fn launch_plan(
 
     LaunchPlan {
         runners,
+        binding: JobBinding {
+            repository: ctx.repository(),
+            run_id: ctx.run_id,
+            workflow_ref: ctx.workflow_ref.clone(),
+        },
         allow_partial: inputs.allow_partial,
         label,
         labels,
@@ -242,6 +272,7 @@ impl LaunchPlan {
                     .join(", "),
             ),
             ("Registered in", self.registered_in.clone()),
+            ("Takes jobs of", self.binding.describe()),
             ("Runner package", self.runner_package.clone()),
             ("Region", self.region.clone()),
             ("Image", self.image.to_string()),
@@ -391,6 +422,10 @@ mod tests {
             ("GITHUB_REPOSITORY", "octo/ml"),
             ("GITHUB_RUN_ID", "9876543210"),
             ("GITHUB_RUN_ATTEMPT", "2"),
+            (
+                "GITHUB_WORKFLOW_REF",
+                "octo/ml/.github/workflows/gpu.yml@refs/heads/main",
+            ),
         ]
         .into_iter()
         .collect();

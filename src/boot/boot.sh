@@ -139,13 +139,22 @@ if [ -n "$PRE_RUNNER_SCRIPT" ]; then
   log pre-runner-script "status=ok"
 fi
 
-# 6. The runner, for one job. The job-started hook tells the idle watchdog that a job began.
+# 6. The runner, for one job. The job-started hook refuses any job but this run's (GitHub hands a
+# runner whatever queued job its labels cover) and tells the idle watchdog that a job began. It
+# lives where the runner user cannot change it.
 CURRENT_PHASE=runner
-cat > "$STATE_DIR/job-started.sh" << 'HOOK'
-#!/bin/bash
-touch /var/lib/gpu-runner/job-started
+readonly HOOK_DIR=/usr/local/lib/gpu-runner
+mkdir -p "$HOOK_DIR"
+{
+  printf '#!/bin/bash\n'
+  declare -p JOB_REPOSITORY JOB_RUN_ID JOB_WORKFLOW_REF STATE_DIR
+  cat << 'HOOK'
+# @JOB_STARTED_HOOK@
 HOOK
-chmod 755 "$STATE_DIR/job-started.sh"
+} > "$HOOK_DIR/job-started.sh"
+chown -R root: "$HOOK_DIR"
+chmod 755 "$HOOK_DIR" "$HOOK_DIR/job-started.sh"
+log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
 (
   sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
   if [ ! -e "$STATE_DIR/job-started" ]; then
@@ -161,7 +170,7 @@ rm -f -- "$0" /var/lib/cloud/instance/user-data.txt /var/lib/cloud/instance/user
 log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 code=0
-export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+export ACTIONS_RUNNER_HOOK_JOB_STARTED="$HOOK_DIR/job-started.sh"
 # The runner refuses to run as root unless told that it may (run-helper.sh).
 if [ "$RUNNER_USER" = root ]; then
   export RUNNER_ALLOW_RUNASROOT=1
@@ -170,5 +179,10 @@ ACTIONS_RUNNER_INPUT_JITCONFIG="$JIT_CONFIG" runuser -u "$RUNNER_USER" -- "$RUNN
   || code=$?
 log runner "status=exited code=$code"
 
-# 7. One job, then the instance ends.
+# 7. One job, then the instance ends; a refused job ends it too, saying why.
+if [ -s "$STATE_DIR/job-refused" ]; then
+  log job-refused "reason=\"$(head -n 1 "$STATE_DIR/job-refused" | tr -d '"' | cut -c 1-300)\""
+  end_instance "it refused a job of another workflow run"
+  exit 0
+fi
 end_instance "the runner finished"

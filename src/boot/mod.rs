@@ -1,10 +1,27 @@
 //! The instance's boot script: a template (`boot.sh`) and the values it needs, rendered so that
 //! every value stays data. The rendered script carries the runner's JIT config: it is a `Secret`.
 
+use crate::plan::JobBinding;
 use crate::secret::Secret;
 
 const TEMPLATE: &str = include_str!("boot.sh");
 const VALUES_MARKER: &str = "# @VALUES@";
+/// The job-started hook, which the boot script writes out behind the values it expects.
+const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
+const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
+
+/// The boot script with `values` in it.
+fn script(values: &str) -> String {
+    // The boot script writes its own `#!` line and the expected values before the hook's code;
+    // its comments stay in the source, as user data has room for 16 KB only.
+    let hook: Vec<&str> = JOB_STARTED_HOOK
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    TEMPLATE
+        .replacen(HOOK_MARKER, &hook.join("\n"), 1)
+        .replacen(VALUES_MARKER, values, 1)
+}
 
 /// The CPU architecture of an instance type, as the runner's packages name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,6 +136,8 @@ pub struct BootParams {
     pub idle_timeout_minutes: u32,
     pub runner: RunnerPackage,
     pub pre_runner_script: Option<String>,
+    /// The only jobs the runner may run.
+    pub binding: JobBinding,
 }
 
 /// Quotes a value for bash: inside single quotes nothing is special, and a single quote is
@@ -145,6 +164,12 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         (
             "PRE_RUNNER_SCRIPT",
             p.pre_runner_script.clone().unwrap_or_default(),
+        ),
+        ("JOB_REPOSITORY", p.binding.repository.clone()),
+        ("JOB_RUN_ID", p.binding.run_id.to_string()),
+        (
+            "JOB_WORKFLOW_REF",
+            p.binding.workflow_ref.clone().unwrap_or_default(),
         ),
         ("JIT_CONFIG", jit_config.to_owned()),
     ];
@@ -173,7 +198,7 @@ pub struct TooLarge {
 
 /// Checks that the script, with a JIT config of `jit_len` bytes, fits EC2's user data; its size.
 pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
-    let size = TEMPLATE.len() - VALUES_MARKER.len() + values(p, &"x".repeat(jit_len)).len();
+    let size = script(&values(p, &"x".repeat(jit_len))).len();
     if size <= USER_DATA_LIMIT {
         return Ok(size);
     }
@@ -186,12 +211,12 @@ pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
 
 /// The script as the instance receives it.
 pub fn render(p: &BootParams) -> Secret {
-    Secret::new(TEMPLATE.replacen(VALUES_MARKER, &values(p, p.jit_config.expose()), 1))
+    Secret::new(script(&values(p, p.jit_config.expose())))
 }
 
 /// The script with the JIT config replaced, for the log and the dry-run plan.
 pub fn render_redacted(p: &BootParams) -> String {
-    TEMPLATE.replacen(VALUES_MARKER, &values(p, crate::actions::mask::REDACTED), 1)
+    script(&values(p, crate::actions::mask::REDACTED))
 }
 
 #[cfg(test)]
@@ -277,6 +302,11 @@ mod tests {
             // Fixed, not the table's newest: a new pin must not change this snapshot.
             runner: RunnerPackage::new(DEFAULT_RUNNER_URL, "2.337.0", Arch::X64, X64_2_337_0),
             pre_runner_script: Some("apt-get install -y jq\necho 'done'".into()),
+            binding: JobBinding {
+                repository: "octo/ml".into(),
+                run_id: 4242,
+                workflow_ref: Some("octo/ml/.github/workflows/gpu.yml@refs/heads/main".into()),
+            },
         }
     }
 
@@ -348,6 +378,138 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    /// Writes the job-started hook into `dir` with the rendered script's own lines, and returns
+    /// its path.
+    fn write_hook(p: &BootParams, dir: &std::path::Path) -> std::path::PathBuf {
+        let script = render(p);
+        let text = script.expose();
+        let values = &text[..text.find("readonly LOG_FILE").unwrap()];
+        let start = text.find("{\n  printf '#!/bin/bash\\n'").unwrap();
+        let end_marker = "} > \"$HOOK_DIR/job-started.sh\"\n";
+        let end = text.find(end_marker).unwrap() + end_marker.len();
+        let dir_quoted = quote(dir.to_str().unwrap());
+        let program = format!(
+            "{values}readonly STATE_DIR={dir_quoted}\nreadonly HOOK_DIR={dir_quoted}\n{}",
+            &text[start..end]
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&program)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir.join("job-started.sh")
+    }
+
+    /// Runs the hook as the runner does, with a job's variables; its exit code and output.
+    fn run_hook(hook: &std::path::Path, job: &[(&str, &str)]) -> (i32, String) {
+        let out = std::process::Command::new("bash")
+            .arg(hook)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(job.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_job_started_hook_lets_only_this_runs_jobs_start() {
+        let ours = [
+            ("GITHUB_REPOSITORY", "octo/ml"),
+            ("GITHUB_RUN_ID", "4242"),
+            (
+                "GITHUB_WORKFLOW_REF",
+                "octo/ml/.github/workflows/gpu.yml@refs/heads/main",
+            ),
+        ];
+        let with = |key: &str, value: &'static str| -> Vec<(&'static str, &'static str)> {
+            ours.iter()
+                .map(|(k, v)| (*k, if *k == key { value } else { *v }))
+                .collect()
+        };
+        type Job<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(Job, Option<&str>)> = vec![
+            (ours.to_vec(), None),
+            // GitHub's repository names are not case-sensitive.
+            (with("GITHUB_REPOSITORY", "Octo/ML"), None),
+            (
+                with("GITHUB_RUN_ID", "999"),
+                Some(
+                    "this machine takes only jobs of octo/ml run 4242, and this job is of \
+                     octo/ml run 999: another workflow run's job",
+                ),
+            ),
+            (
+                with("GITHUB_REPOSITORY", "mallory/ml"),
+                Some("another repository's job"),
+            ),
+            (
+                with(
+                    "GITHUB_WORKFLOW_REF",
+                    "octo/ml/.github/workflows/gpu.yml@refs/pull/7/merge",
+                ),
+                Some("this job's is octo/ml/.github/workflows/gpu.yml@refs/pull/7/merge"),
+            ),
+            (vec![], Some("an unknown repository run unknown")),
+        ];
+        for (job, refusal) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let hook = write_hook(&params(), dir.path());
+            let (code, out) = run_hook(&hook, &job);
+            match refusal {
+                None => {
+                    assert_eq!(code, 0, "{job:?}: {out}");
+                    assert!(dir.path().join("job-started").exists());
+                    assert!(!dir.path().join("job-refused").exists());
+                }
+                Some(why) => {
+                    assert_eq!(code, 1, "{job:?}: {out}");
+                    assert!(out.contains("gpu-runner: phase=job-refused"), "{out}");
+                    assert!(out.contains("::error title=gpu-runner refused this job::"));
+                    assert!(out.contains(why), "{job:?}: {out}");
+                    let marker = std::fs::read_to_string(dir.path().join("job-refused")).unwrap();
+                    assert!(marker.contains(why), "{marker}");
+                    assert!(!dir.path().join("job-started").exists());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_hook_keeps_hostile_values_as_data_and_its_messages_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("CANARY");
+        let mut p = params();
+        p.binding.workflow_ref = Some(format!(
+            "x\"$(touch {0})`touch {0}`'\nHOOK\n",
+            canary.display()
+        ));
+        let hook = write_hook(&p, dir.path());
+        assert!(!JOB_STARTED_HOOK.lines().any(|l| l == "HOOK"));
+        // The job's own values come from whoever wrote the workflow: a newline or a `%` must not
+        // start a workflow command of their own.
+        let (code, out) = run_hook(
+            &hook,
+            &[
+                ("GITHUB_REPOSITORY", "octo/ml"),
+                ("GITHUB_RUN_ID", "4242"),
+                ("GITHUB_WORKFLOW_REF", "evil\n::add-mask::%0A"),
+            ],
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(!canary.exists(), "a value ran as code");
+        assert!(!out.lines().any(|l| l.starts_with("::add-mask")), "{out}");
+        assert!(out.contains("evil%0A::add-mask::%250A"), "{out}");
     }
 
     /// Fragments an attacker would try in a label, a name, a URL or a pre-runner script.

@@ -519,13 +519,25 @@ async fn look(
             Some(r) if r.status == RunnerStatus::Online => return Look::Online,
             Some(_) => {}
             None => {
+                // An ephemeral runner is removed after its one job: the console says whether
+                // the machine refused a job of another run (phase=job-refused).
+                let console = console_tail(cloud, &b.instance.id).await;
+                let refused = console.iter().any(|l| l.contains("phase=job-refused"));
+                let fix = if refused {
+                    "GitHub handed the runner a queued job of another workflow run whose runs-on \
+                     its labels cover (self-hosted alone does), and the machine refused it and \
+                     ended. Find that job (its run failed with \"gpu-runner refused this job\"), \
+                     give such jobs labels no gpu-runner machine has, and re-run this job."
+                } else {
+                    "Someone or something deleted the runner; re-run the job."
+                };
                 return Look::Failed(Error::Startup {
                     what: format!(
                         "the runner {} was removed from GitHub while its instance booted",
                         b.jit.runner.name
                     ),
-                    console: Vec::new(),
-                    fix: "Someone or something deleted the runner; re-run the job.".to_owned(),
+                    console,
+                    fix: fix.to_owned(),
                 });
             }
         }
@@ -710,6 +722,7 @@ fn params_for(
         idle_timeout_minutes: plan.idle_timeout_minutes,
         runner: package.clone(),
         pre_runner_script: plan.pre_runner_script.clone(),
+        binding: plan.binding.clone(),
     }
 }
 
