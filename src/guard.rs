@@ -1,23 +1,58 @@
 //! The untrusted-trigger guard. A self-hosted runner runs whatever the workflow hands it, with the
-//! repository's credentials around it; start refuses, before it asks for any credential, when the
-//! code to run may come from a stranger: a fork's pull request (under `pull_request` or
-//! `pull_request_target`), a `workflow_run` started from a fork, or a pull request or comment by an
-//! author whose association is not allowed. Pure: the event in, a verdict out.
+//! repository's credentials around it, and every start spends money; start refuses, before it asks
+//! for any credential, what it does not know to be safe. It denies by default: only events whose
+//! code is already in the repository and that only its maintainers can set off pass as they are;
+//! pull requests, reviews and comments pass by their author's association (a comment's author must
+//! also have write access, which GitHub is asked); `workflow_run` passes when it was not set off
+//! by a fork. Pure: the event in, a verdict out.
 
 use serde_json::Value;
 
-/// Events that carry someone's pull request, or a comment that may ask to run it.
-const PULL_REQUEST_EVENTS: &[&str] = &[
-    "pull_request",
-    "pull_request_target",
-    "pull_request_review",
-    "pull_request_review_comment",
+/// Events whose code is the repository's own and that only people with write access (or the
+/// repository's own schedule) set off.
+pub const REPOSITORY_EVENTS: &[&str] = &[
+    "push",
+    "schedule",
+    "workflow_dispatch",
+    "release",
+    "merge_group",
+    "repository_dispatch",
+    "create",
+    "delete",
+    "workflow_call",
 ];
+
+/// Events that carry someone's pull request: who set them off, in the payload.
+const PULL_REQUEST_EVENTS: &[(&str, &str)] = &[
+    ("pull_request", "pull_request"),
+    ("pull_request_target", "pull_request"),
+    ("pull_request_review", "review"),
+    ("pull_request_review_comment", "comment"),
+];
+
+/// Runs set off by these may be about a fork's pull request while running with the base
+/// repository's rights: a `workflow_run` after one must show it was not.
+const FORK_PRONE_EVENTS: &[&str] = &["pull_request_target", "issue_comment"];
 
 /// Why a run is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Untrusted(pub String);
+
+/// A pull request the run is about, and its head commit when the event names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub number: u64,
+    pub head_sha: Option<String>,
+}
+
+/// What the guard let through, and on what condition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Judgment {
+    /// A comment's author whose approval counts only with write access or more to the
+    /// repository; start asks GitHub before it asks for any credential.
+    pub approver: Option<String>,
+}
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, key| v.get(key))?.as_str()
@@ -30,6 +65,28 @@ fn flag(v: &Value, path: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+/// The pull request the event is about, if any: a pull request event's, or the one an
+/// `issue_comment` was written on (its head commit is not in that payload).
+pub fn pull_request_of(event: &str, payload: Option<&Value>) -> Option<PullRequest> {
+    let payload = payload?;
+    if PULL_REQUEST_EVENTS.iter().any(|(e, _)| *e == event) {
+        let pr = payload.get("pull_request")?;
+        return Some(PullRequest {
+            number: pr.get("number")?.as_u64()?,
+            head_sha: text(pr, &["head", "sha"]).map(str::to_owned),
+        });
+    }
+    if event == "issue_comment" {
+        let issue = payload.get("issue")?;
+        issue.get("pull_request")?;
+        return Some(PullRequest {
+            number: issue.get("number")?.as_u64()?,
+            head_sha: None,
+        });
+    }
+    None
+}
+
 /// Checks the event that started the run. `payload` is the webhook payload at
 /// `GITHUB_EVENT_PATH` (`None` when there is none to read), `repository` is `owner/repo`.
 pub fn check(
@@ -37,7 +94,7 @@ pub fn check(
     payload: Option<&Value>,
     repository: &str,
     allowed: &[String],
-) -> Result<(), Untrusted> {
+) -> Result<Judgment, Untrusted> {
     let association_ok = |who: &str, association: Option<&str>| match association {
         Some(a) if allowed.iter().any(|x| x.eq_ignore_ascii_case(a)) => Ok(()),
         other => Err(Untrusted(format!(
@@ -53,46 +110,104 @@ pub fn check(
              be read, so gpu-runner cannot tell whose code this is"
         ))
     };
-    if PULL_REQUEST_EVENTS.contains(&event) {
+    if REPOSITORY_EVENTS.contains(&event) {
+        return Ok(Judgment::default());
+    }
+    if let Some((_, actor)) = PULL_REQUEST_EVENTS.iter().find(|(e, _)| *e == event) {
         let payload = payload.ok_or_else(needs_payload)?;
         let head = text(payload, &["pull_request", "head", "repo", "full_name"]);
         let fork = flag(payload, &["pull_request", "head", "repo", "fork"]);
-        if fork || head.is_some_and(|h| !h.eq_ignore_ascii_case(repository)) {
+        if fork || head.is_none_or(|h| !h.eq_ignore_ascii_case(repository)) {
             return Err(Untrusted(format!(
                 "the {event} event carries a pull request from the fork {}: its code would run \
                  on the GPU instance",
                 head.unwrap_or("(a deleted repository)")
             )));
         }
-        let author = text(payload, &["pull_request", "user", "login"]).unwrap_or("an unknown user");
-        return association_ok(
-            author,
-            text(payload, &["pull_request", "author_association"]),
-        );
+        // The author of a pull request, or the reviewer or commenter who set the event off.
+        let who = text(payload, &[actor, "user", "login"]).unwrap_or("an unknown user");
+        association_ok(who, text(payload, &[actor, "author_association"]))?;
+        return Ok(Judgment::default());
     }
     match event {
         "workflow_run" => {
             let payload = payload.ok_or_else(needs_payload)?;
-            let head = text(payload, &["workflow_run", "head_repository", "full_name"]);
-            if head.is_some_and(|h| !h.eq_ignore_ascii_case(repository))
-                || flag(payload, &["workflow_run", "head_repository", "fork"])
-            {
+            let run = payload.get("workflow_run").unwrap_or(&Value::Null);
+            let Some(head) = text(run, &["head_repository", "full_name"]) else {
+                return Err(Untrusted(
+                    "the workflow_run event names no head repository (a fork that was deleted, \
+                     say), so gpu-runner cannot tell whose code the triggering run had"
+                        .to_owned(),
+                ));
+            };
+            if !head.eq_ignore_ascii_case(repository) || flag(run, &["head_repository", "fork"]) {
                 return Err(Untrusted(format!(
-                    "the workflow_run event was started by a run on the fork {}: its code would \
-                     run on the GPU instance",
-                    head.unwrap_or("(unknown)")
+                    "the workflow_run event was started by a run on the fork {head}: its code \
+                     would run on the GPU instance"
                 )));
             }
-            Ok(())
+            let triggered_by = text(run, &["event"]).unwrap_or_default();
+            if FORK_PRONE_EVENTS.contains(&triggered_by) {
+                let prs = run
+                    .get("pull_requests")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let from_fork = |pr: &Value| {
+                    let head = pr.pointer("/head/repo/id");
+                    head.is_none() || head != pr.pointer("/base/repo/id")
+                };
+                // GitHub lists no pull requests for a fork's: an empty list tells nothing.
+                if prs.is_empty() || prs.iter().any(from_fork) {
+                    return Err(Untrusted(format!(
+                        "the workflow_run event follows a {triggered_by} run that may be about a \
+                         fork's pull request (GitHub lists no pull request of this repository \
+                         for it), which runs with this repository's rights"
+                    )));
+                }
+            }
+            Ok(Judgment::default())
         }
-        // A comment can ask a workflow to check out and run a pull request's code.
-        "issue_comment" | "discussion_comment" => {
+        // A comment can ask a workflow to check out and run a pull request's code: its author
+        // must be allowed, and have write access (an association alone is not a permission).
+        "issue_comment" => {
             let payload = payload.ok_or_else(needs_payload)?;
-            let author = text(payload, &["comment", "user", "login"]).unwrap_or("an unknown user");
-            association_ok(author, text(payload, &["comment", "author_association"]))
+            let author = text(payload, &["comment", "user", "login"]);
+            association_ok(
+                author.unwrap_or("an unknown user"),
+                text(payload, &["comment", "author_association"]),
+            )?;
+            let approver = author.ok_or_else(|| {
+                Untrusted("the issue_comment event names no comment author".to_owned())
+            })?;
+            Ok(Judgment {
+                approver: Some(approver.to_owned()),
+            })
         }
-        _ => Ok(()),
+        "" => Err(Untrusted(
+            "GITHUB_EVENT_NAME is not set, so gpu-runner cannot tell what started the run"
+                .to_owned(),
+        )),
+        other => Err(Untrusted(format!(
+            "the {other} event is not one gpu-runner knows to be safe: a GPU runner starts \
+             without review only for {}, and for pull requests, reviews and comments by \
+             allowed-associations. Anyone can set off some events (issues, watch, fork, \
+             discussion), and each start costs money",
+            REPOSITORY_EVENTS.join(", ")
+        ))),
     }
+}
+
+/// A comment approves a run only when its author can write to the repository: `permission` is
+/// what GitHub's collaborator permission endpoint answered (`admin`, `write`, `read`, `none`).
+pub fn check_approval(login: &str, permission: &str, repository: &str) -> Result<(), Untrusted> {
+    if matches!(permission, "admin" | "maintain" | "write") {
+        return Ok(());
+    }
+    Err(Untrusted(format!(
+        "the comment's author {login} has {permission} permission on {repository}; only a \
+         comment by someone with write access or more starts a GPU runner"
+    )))
 }
 
 /// Checks the job's OIDC token against what [`check`] judged. GitHub signs the token; the
@@ -193,7 +308,9 @@ mod tests {
     }
 
     fn verdict(event: &str, payload: &Value) -> Result<(), String> {
-        check(event, Some(payload), REPO, &allowed()).map_err(|e| e.0)
+        check(event, Some(payload), REPO, &allowed())
+            .map(|_| ())
+            .map_err(|e| e.0)
     }
 
     #[test]
@@ -229,7 +346,7 @@ mod tests {
         let more = vec!["CONTRIBUTOR".to_owned()];
         assert_eq!(
             check("pull_request", Some(&contributor), REPO, &more),
-            Ok(())
+            Ok(Judgment::default())
         );
     }
 
@@ -248,7 +365,7 @@ mod tests {
             verdict("workflow_run", &from_fork)
                 .is_err_and(|e| e.contains("started by a run on the fork stranger/ml"))
         );
-        let ours = json!({"workflow_run": {"head_repository": {"full_name": REPO, "fork": false}}});
+        let ours = json!({"workflow_run": {"event": "push", "head_repository": {"full_name": REPO, "fork": false}}});
         assert_eq!(verdict("workflow_run", &ours), Ok(()));
     }
 
@@ -274,11 +391,184 @@ mod tests {
             "merge_group",
             "release",
         ] {
-            assert_eq!(check(event, None, REPO, &allowed()), Ok(()), "{event}");
+            assert_eq!(
+                check(event, None, REPO, &allowed()),
+                Ok(Judgment::default()),
+                "{event}"
+            );
         }
         assert!(
             check("pull_request_target", None, REPO, &allowed())
                 .is_err_and(|e| e.0.contains("could not be read"))
         );
+    }
+
+    /// Every event GitHub documents as a workflow trigger ("Events that trigger workflows").
+    const DOCUMENTED_EVENTS: &[&str] = &[
+        "branch_protection_rule",
+        "check_run",
+        "check_suite",
+        "create",
+        "delete",
+        "deployment",
+        "deployment_status",
+        "discussion",
+        "discussion_comment",
+        "fork",
+        "gollum",
+        "issue_comment",
+        "issues",
+        "label",
+        "merge_group",
+        "milestone",
+        "page_build",
+        "public",
+        "pull_request",
+        "pull_request_review",
+        "pull_request_review_comment",
+        "pull_request_target",
+        "push",
+        "registry_package",
+        "release",
+        "repository_dispatch",
+        "schedule",
+        "status",
+        "watch",
+        "workflow_call",
+        "workflow_dispatch",
+        "workflow_run",
+    ];
+
+    /// One payload with every part an event may carry, all of it from `login` with
+    /// `association`: their pull request (from `head`), review, comment, and a run of theirs.
+    fn payload_of(login: &str, association: &str, head: &str, fork: bool) -> Value {
+        let mut p = pull_request(head, fork, login, association);
+        let who = json!({"login": login});
+        p["review"] = json!({"user": who, "author_association": association, "state": "approved"});
+        p["comment"] = json!({"user": who, "author_association": association, "body": "/gpu"});
+        p["issue"] = json!({"number": 7, "pull_request": {"url": "https://api.github.com/repos/octo/ml/pulls/7"}});
+        p["workflow_run"] = json!({
+            "event": "pull_request",
+            "head_branch": "feature",
+            "head_repository": {"full_name": head, "fork": fork},
+        });
+        p
+    }
+
+    #[test]
+    fn every_documented_event_is_judged_with_a_strangers_and_a_members_payload() {
+        let stranger = payload_of("mallory", "NONE", "mallory/ml", true);
+        let member = payload_of("alice", "MEMBER", REPO, false);
+        for event in DOCUMENTED_EVENTS {
+            let theirs = check(event, Some(&stranger), REPO, &allowed());
+            let ours = check(event, Some(&member), REPO, &allowed());
+            if REPOSITORY_EVENTS.contains(event) {
+                // Only maintainers can set these off, and the code is the repository's.
+                assert_eq!(theirs, Ok(Judgment::default()), "{event}");
+                assert_eq!(ours, Ok(Judgment::default()), "{event}");
+            } else if PULL_REQUEST_EVENTS.iter().any(|(e, _)| e == event)
+                || *event == "workflow_run"
+            {
+                assert!(theirs.is_err(), "{event}: a stranger's passed");
+                assert_eq!(ours, Ok(Judgment::default()), "{event}");
+            } else if *event == "issue_comment" {
+                assert!(theirs.unwrap_err().0.contains("mallory"));
+                assert_eq!(
+                    ours,
+                    Ok(Judgment {
+                        approver: Some("alice".to_owned())
+                    })
+                );
+            } else {
+                // Denied by default, whoever set it off: a message that names the event.
+                for verdict in [theirs, ours] {
+                    let why = verdict.expect_err(event).0;
+                    assert!(
+                        why.starts_with(&format!("the {event} event is not one gpu-runner knows")),
+                        "{why}"
+                    );
+                }
+            }
+        }
+        // An event GitHub adds later is refused too.
+        assert!(check("sponsorship", Some(&member), REPO, &allowed()).is_err());
+        assert!(
+            check("", Some(&member), REPO, &allowed())
+                .is_err_and(|e| e.0.contains("GITHUB_EVENT_NAME is not set"))
+        );
+    }
+
+    #[test]
+    fn reviews_and_review_comments_judge_who_wrote_them() {
+        // A member's same-repository pull request, reviewed by a stranger: the review is theirs.
+        let mut p = payload_of("alice", "MEMBER", REPO, false);
+        p["review"] = json!({"user": {"login": "mallory"}, "author_association": "NONE"});
+        p["comment"] = json!({"user": {"login": "mallory"}, "author_association": "NONE"});
+        for event in ["pull_request_review", "pull_request_review_comment"] {
+            let why = verdict(event, &p).unwrap_err();
+            assert!(why.contains("comes from mallory"), "{event}: {why}");
+        }
+        assert_eq!(verdict("pull_request", &p), Ok(()));
+    }
+
+    #[test]
+    fn a_comment_approves_only_with_write_access() {
+        assert_eq!(check_approval("alice", "admin", REPO), Ok(()));
+        assert_eq!(check_approval("alice", "write", REPO), Ok(()));
+        assert_eq!(
+            check_approval("carol", "read", REPO).unwrap_err().0,
+            "the comment's author carol has read permission on octo/ml; only a comment by \
+             someone with write access or more starts a GPU runner"
+        );
+        assert!(check_approval("carol", "none", REPO).is_err());
+    }
+
+    #[test]
+    fn workflow_run_needs_a_head_repository_and_no_fork_behind_a_privileged_run() {
+        let run = |run: Value| verdict("workflow_run", &json!({"workflow_run": run}));
+        assert!(
+            run(json!({"event": "push", "head_repository": null}))
+                .is_err_and(|e| e.contains("names no head repository"))
+        );
+        let pr = |head_id: u64| json!({"number": 7, "head": {"repo": {"id": head_id}}, "base": {"repo": {"id": 1}}});
+        for event in ["pull_request_target", "issue_comment"] {
+            let ours = |prs: Value| {
+                run(
+                    json!({"event": event, "head_repository": {"full_name": REPO},
+                           "pull_requests": prs}),
+                )
+            };
+            // GitHub lists no pull request for a fork's: an empty list may hide one.
+            assert!(ours(json!([])).is_err_and(|e| e.contains("may be about a fork")));
+            assert!(ours(json!([pr(99)])).is_err(), "{event}");
+            assert_eq!(ours(json!([pr(1)])), Ok(()), "{event}");
+        }
+        assert_eq!(
+            run(json!({"event": "pull_request", "head_repository": {"full_name": REPO}})),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_pull_request_of_an_event_and_its_head_commit() {
+        let p = pull_request(REPO, false, "alice", "MEMBER");
+        assert_eq!(
+            pull_request_of("pull_request_target", Some(&p)),
+            Some(PullRequest {
+                number: 7,
+                head_sha: Some("0123abcd".to_owned())
+            })
+        );
+        let comment = payload_of("alice", "MEMBER", REPO, false);
+        assert_eq!(
+            pull_request_of("issue_comment", Some(&comment)),
+            Some(PullRequest {
+                number: 7,
+                head_sha: None
+            })
+        );
+        let on_an_issue = json!({"issue": {"number": 3}, "comment": {}});
+        assert_eq!(pull_request_of("issue_comment", Some(&on_an_issue)), None);
+        assert_eq!(pull_request_of("push", Some(&p)), None);
     }
 }

@@ -740,3 +740,250 @@ fn a_hostile_pre_runner_script_arrives_byte_for_byte_in_the_sandbox_and_nothing_
     assert_eq!(world.instance_file(&id, &canary[1..]), None);
     stop_cleanly(&world, &started);
 }
+
+/// The attack GitHub's routing allows: it hands a JIT runner any queued job its labels cover, and
+/// every self-hosted runner has `self-hosted`. A returning contributor's fork pull request (no
+/// approval needed by default) with `runs-on: self-hosted`, queued before the real GPU job, is
+/// handed the machine. Its job-started hook refuses the job before any step runs, says why in
+/// the job's log and on the console, and the machine ends itself; nothing is left.
+#[test]
+fn a_strangers_job_handed_the_runner_runs_no_step_and_the_machine_ends_itself() {
+    let world = world();
+    let strangers_run = world.run_id + 1;
+    let stranger = world.queue_job_of_run(
+        strangers_run,
+        "octo/ml",
+        "refs/pull/7/merge",
+        &["self-hosted"],
+        "echo STRANGER-CODE-RAN; sudo cat /etc/shadow",
+    );
+    let started = Step::start().in_world(&world).run();
+    let label = started.outputs()["label"].clone();
+    let done = world.wait_until(Duration::from_secs(30), |w| {
+        w.job(stranger).is_some_and(|j| j.status == "completed")
+    });
+    assert!(done, "GitHub never handed the stranger's job to the runner");
+    let job = world.job(stranger).unwrap();
+    assert_eq!(job.runner_name.as_deref(), Some(label.as_str()));
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
+    assert!(
+        job.output.contains(&format!(
+            "::error title=gpu-runner refused this job::this machine takes only jobs of octo/ml \
+             run {}, and this job is of octo/ml run {strangers_run}: another workflow run's job",
+            world.run_id
+        )),
+        "{}",
+        job.output
+    );
+    assert!(!job.output.contains("STRANGER-CODE-RAN"), "{}", job.output);
+
+    // The machine ends itself, and its console says why.
+    let ended = world.wait_until(Duration::from_secs(30), |w| w.live_instances().is_empty());
+    assert!(ended, "the machine kept running after it refused a job");
+    assert!(
+        world
+            .instance_log()
+            .iter()
+            .any(|l| l.contains("gpu-runner: phase=job-refused reason=\"this machine takes only")),
+        "{:#?}",
+        world.instance_log()
+    );
+
+    // Start saw the runner online before GitHub handed it the job, or saw it gone; either way
+    // the real GPU job can no longer run on it, and the run fails or waits for cleanup.
+    if started.code == Some(0) {
+        let gpu = world.queue_job(&[&label], "echo the-gpu-job");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(world.job(gpu).map(|j| j.status), Some("queued"));
+        world.github.lock().unwrap().cancel_run(world.run_id);
+    } else {
+        started.failure();
+        let error = started.errors()[0];
+        assert!(
+            error.contains("was removed from GitHub while its instance booted")
+                && error.contains("phase=job-refused")
+                && error.contains("the machine refused it and ended"),
+            "{error}"
+        );
+    }
+    Step::stop()
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    nothing_left(&world);
+}
+
+/// An organization's runner is handed the jobs of every repository its group serves: a job of
+/// another repository never runs a step on this run's machine.
+#[test]
+fn an_org_runner_refuses_another_repositorys_job() {
+    let world = world();
+    gpu_group(&world, &["octo/ml", "octo/web"], false);
+    let other = world.queue_job_of_run(
+        world.run_id + 7,
+        "octo/web",
+        "refs/heads/main",
+        &["self-hosted", "Linux"],
+        "echo OTHER-REPOSITORY-RAN",
+    );
+    let started = as_org(Step::start().in_world(&world), &world)
+        .input("runner-group", "GPU")
+        .run();
+    let done = world.wait_until(Duration::from_secs(30), |w| {
+        w.job(other).is_some_and(|j| j.status == "completed")
+    });
+    assert!(
+        done,
+        "GitHub never handed the other repository's job to the runner"
+    );
+    let job = world.job(other).unwrap();
+    assert_eq!(job.conclusion.as_deref(), Some("failure"));
+    assert!(
+        job.output.contains("another repository's job") && !job.output.contains("RAN"),
+        "{}",
+        job.output
+    );
+    as_org(Step::stop().in_world(&world), &world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    nothing_left(&world);
+}
+
+/// The AWS calls made since the last look.
+fn aws_calls(world: &World) -> Vec<String> {
+    world
+        .faults
+        .take_calls()
+        .into_iter()
+        .filter(|(service, _, _)| *service == world::faults::Service::Aws)
+        .map(|(_, call, _)| call)
+        .collect()
+}
+
+/// A comment on a pull request, as GitHub's `issue_comment` payload has it.
+fn comment_on_pull_request(login: &str, association: &str) -> serde_json::Value {
+    serde_json::json!({
+        "action": "created",
+        "issue": {"number": 7, "title": "Faster kernels",
+                  "pull_request": {"url": "https://api.github.com/repos/octo/ml/pulls/7"}},
+        "comment": {"user": {"login": login}, "author_association": association, "body": "/gpu"},
+        "repository": {"full_name": "octo/ml"},
+        "sender": {"login": login},
+    })
+}
+
+/// A comment approves a GPU run only when its author can write to the repository, which GitHub
+/// is asked (an association alone is no permission: a MEMBER of the organization may only read
+/// this repository). The approved start records the pull request's head commit as it was then.
+#[test]
+fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_recorded() {
+    let world = world();
+    {
+        let mut gh = world.github.lock().unwrap();
+        gh.collaborators
+            .insert("alice".to_owned(), "write".to_owned());
+        gh.collaborators
+            .insert("carol".to_owned(), "read".to_owned());
+        gh.pulls
+            .insert(7, "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432".to_owned());
+    }
+    world.faults.take_calls();
+    let refused = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("issue_comment", &comment_on_pull_request("carol", "MEMBER")))
+        .run();
+    refused.failure();
+    assert!(
+        refused.errors()[0].contains(
+            "the comment's author carol has read permission on octo/ml; only a comment by \
+             someone with write access or more starts a GPU runner"
+        ),
+        "{:?}",
+        refused.errors()
+    );
+    assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
+    nothing_left(&world);
+
+    let started = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("issue_comment", &comment_on_pull_request("alice", "MEMBER")))
+        .run();
+    started.success();
+    assert_eq!(
+        started.outputs()["head-sha"],
+        "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432"
+    );
+    // A push to the pull request after the approval does not change what was approved.
+    world
+        .github
+        .lock()
+        .unwrap()
+        .pulls
+        .insert(7, "0000000000000000000000000000000000000bad".to_owned());
+    assert_eq!(
+        started.outputs()["head-sha"],
+        "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432"
+    );
+    stop_cleanly(&world, &started);
+}
+
+/// Deny by default: an event anyone can set off (a new issue, a star) starts nothing, and the
+/// error names the event and the way out.
+#[test]
+fn events_the_guard_does_not_know_start_nothing() {
+    let world = world();
+    world.faults.take_calls();
+    for event in ["issues", "watch"] {
+        let payload = serde_json::json!({"action": "opened", "sender": {"login": "mallory"}});
+        let out = Step::start()
+            .in_world(&world)
+            .envs(&world.triggered_by(event, &payload))
+            .run();
+        out.failure();
+        let error = out.errors()[0];
+        assert!(
+            error.contains(&format!(
+                "gpu-runner refused to start because the {event} event is not one gpu-runner \
+                 knows to be safe"
+            )) && error.contains("allow-untrusted"),
+            "{error}"
+        );
+    }
+    assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
+    nothing_left(&world);
+}
+
+/// On a public repository start warns about what lets a stranger's job reach the machine: fork
+/// pull requests that run without approval, and extra labels.
+#[test]
+fn a_public_repository_is_warned_about_unapproved_forks_and_extra_labels() {
+    let world = world();
+    world.github.lock().unwrap().public = true;
+    let started = Step::start().in_world(&world).input("labels", "gpu").run();
+    started.success();
+    let warnings = started.commands("warning");
+    assert!(
+        warnings.iter().any(
+            |w| w.contains("title=Fork pull requests run without approval")
+                && w.contains("(fork pull request approval policy: first_time_contributors)")
+                && w.contains("Require approval for all external contributors")
+        ),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("title=Extra labels on a public repository")
+                && w.contains("labels (gpu) are extra labels")),
+        "{warnings:?}"
+    );
+    stop_cleanly(&world, &started);
+
+    world.github.lock().unwrap().fork_pr_approval = "all_external_contributors".to_owned();
+    let started = Step::start().in_world(&world).run();
+    started.success();
+    assert_eq!(started.commands("warning"), Vec::<&str>::new());
+    stop_cleanly(&world, &started);
+}

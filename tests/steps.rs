@@ -210,7 +210,7 @@ const FORK_PULL_REQUEST: &str = r#"{
     "head": {"ref": "patch-1", "sha": "9f8e7d6c", "repo": {"full_name": "stranger/ml", "fork": true}},
     "base": {"ref": "main", "sha": "1a2b3c4d", "repo": {"full_name": "octo/ml", "fork": false}}
   },
-  "repository": {"full_name": "octo/ml", "fork": false},
+  "repository": {"full_name": "octo/ml", "fork": false, "private": false},
   "sender": {"login": "stranger"}
 }"#;
 

@@ -172,6 +172,61 @@ impl Runners {
         Ok(!repo.private)
     }
 
+    /// Who must approve a fork's pull request before its workflows run (Settings → Actions →
+    /// General): `first_time_contributors_new_to_github`, `first_time_contributors` or
+    /// `all_external_contributors`.
+    pub async fn fork_pr_approval_policy(&self) -> Result<String, GithubError> {
+        #[derive(Deserialize)]
+        struct Policy {
+            approval_policy: String,
+        }
+        let path = self.path("permissions/fork-pr-contributor-approval");
+        let policy: Policy = self
+            .retrying("reading the fork pull request approval policy", || {
+                self.crab.get(&path, None::<&()>)
+            })
+            .await?;
+        Ok(policy.approval_policy)
+    }
+
+    /// What `login` may do in the repository: `admin`, `write`, `read` or `none` (GitHub folds
+    /// maintain into write and triage into read here).
+    pub async fn collaborator_permission(&self, login: &str) -> Result<String, GithubError> {
+        #[derive(Deserialize)]
+        struct Permission {
+            permission: String,
+        }
+        let path = format!(
+            "/repos/{}/{}/collaborators/{login}/permission",
+            self.owner, self.repo
+        );
+        let answer: Permission = self
+            .retrying("reading the comment author's permission", || {
+                self.crab.get(&path, None::<&()>)
+            })
+            .await?;
+        Ok(answer.permission)
+    }
+
+    /// The head commit of pull request `number`, as it is now.
+    pub async fn pull_request_head(&self, number: u64) -> Result<String, GithubError> {
+        #[derive(Deserialize)]
+        struct Head {
+            sha: String,
+        }
+        #[derive(Deserialize)]
+        struct Pull {
+            head: Head,
+        }
+        let path = format!("/repos/{}/{}/pulls/{number}", self.owner, self.repo);
+        let pull: Pull = self
+            .retrying("reading the pull request", || {
+                self.crab.get(&path, None::<&()>)
+            })
+            .await?;
+        Ok(pull.head.sha)
+    }
+
     /// Whether workflow run `run_id` is one of this repository's (run ids are unique on GitHub).
     pub async fn run_is_ours(&self, run_id: u64) -> Result<bool, GithubError> {
         let path = self.path(&format!("runs/{run_id}"));

@@ -22,7 +22,7 @@ use crate::github::GithubError;
 use crate::github::groups;
 use crate::github::octo::RunnerGroup;
 use crate::github::{JitRunner, Runner, RunnerRegistry, RunnerStatus};
-use crate::guard;
+use crate::guard::{self, Judgment};
 use crate::inputs::{GroupRef, RunnerScope, StartInputs};
 use crate::modes::Github;
 use crate::modes::post::state;
@@ -76,27 +76,41 @@ pub async fn run(
 
     // Before any credential is asked for: whose code would run on the instance? The job's signed
     // OIDC token must later name the event judged here.
-    let judged = if inputs.allow_untrusted {
+    let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
+    let payload = env
+        .non_empty("GITHUB_EVENT_PATH")
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let public = payload
+        .as_ref()
+        .and_then(|p| p.pointer("/repository/private"))
+        .and_then(serde_json::Value::as_bool)
+        .map(|private| !private);
+    let trust = if inputs.allow_untrusted {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
-        None
+        Trust {
+            judged_event: None,
+            judgment: Judgment::default(),
+            pull_request: guard::pull_request_of(event, payload.as_ref()),
+            public,
+        }
     } else {
-        let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
-        let payload = env
-            .non_empty("GITHUB_EVENT_PATH")
-            .and_then(|path| std::fs::read(path).ok())
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-        guard::check(
-            event,
-            payload.as_ref(),
-            &ctx.repository(),
-            &inputs.allowed_associations,
-        )?;
-        Some(event)
+        Trust {
+            judged_event: Some(event),
+            judgment: guard::check(
+                event,
+                payload.as_ref(),
+                &ctx.repository(),
+                &inputs.allowed_associations,
+            )?,
+            pull_request: guard::pull_request_of(event, payload.as_ref()),
+            public,
+        }
     };
 
     // Nothing exists yet: a cancel here just stops.
     let setup = tokio::select! {
-        setup = connect(inputs, &plan, env, &ctx, actions, judged) => setup?,
+        setup = connect(inputs, &plan, env, &ctx, actions, &trust) => setup?,
         signal = cancel.cancelled() => {
             return Err(Error::Cancelled {
                 signal,
@@ -109,9 +123,14 @@ pub async fn run(
         github,
         cloud,
         image_id,
+        head_sha,
     } = &setup;
     if plan.dry_run {
         return dry_run(&plan, cloud, image_id, &package, actions).await;
+    }
+    if let Some(sha) = head_sha {
+        // What was judged: a push to the pull request after this must not run unreviewed.
+        actions.set_output("head-sha", sha)?;
     }
 
     // Before anything exists, so that the post step and stop can find what this start creates.
@@ -278,21 +297,37 @@ struct Setup {
     github: Github,
     cloud: Ec2,
     image_id: String,
+    /// The head commit of the pull request the run is about, as it was when it was judged.
+    head_sha: Option<String>,
 }
 
-/// `judged_event`: the event the untrusted-trigger guard passed, when it ran.
+/// What the untrusted-trigger guard decided, before any call.
+struct Trust<'a> {
+    /// The event it passed, when it ran: the job's OIDC token must name the same.
+    judged_event: Option<&'a str>,
+    judgment: Judgment,
+    /// The pull request the run is about, if any.
+    pull_request: Option<guard::PullRequest>,
+    /// Whether the repository is public, as the event's payload says.
+    public: Option<bool>,
+}
+
 async fn connect(
     inputs: &StartInputs,
     plan: &LaunchPlan,
     env: &Env,
     ctx: &Context,
     actions: &Actions,
-    judged_event: Option<&str>,
+    trust: &Trust<'_>,
 ) -> Result<Setup, Error> {
     let mut github =
         super::runners(&inputs.common, inputs.common.scope(), ctx, env, actions).await?;
+    let head_sha = confirm_trust(&github, trust, ctx, actions).await?;
+    let mut public = trust.public;
     if inputs.common.scope() == RunnerScope::Org {
         let group = org_group(&github, inputs.runner_group.as_ref(), ctx).await?;
+        public = Some(group.1);
+        let group = group.0;
         actions.info(&format!(
             "Registering in the organization {}'s runner group \"{}\" (id {})",
             ctx.owner, group.name, group.id
@@ -305,7 +340,7 @@ async fn connect(
         &plan.region,
         ctx,
         actions,
-        judged_event,
+        trust.judged_event,
     )
     .await?;
     let cloud = Ec2::new(&aws);
@@ -313,20 +348,115 @@ async fn connect(
         .resolve_image(&plan.image)
         .await
         .map_err(Error::cloud)?;
+    // Warnings only: the payload says whether the repository is public, or GitHub is asked.
+    let public = match public {
+        Some(public) => Some(public),
+        None => github.registry.repository_is_public().await.ok(),
+    };
+    if public == Some(true) {
+        warn_public_exposure(&github, inputs, ctx, actions).await;
+    }
     Ok(Setup {
         github,
         cloud,
         image_id,
+        head_sha,
     })
 }
 
+/// The guard's conditions that GitHub must confirm, before any AWS credential is asked for: a
+/// comment approves only with its author's write access. Then the pull request's head commit as
+/// it is now, which the GPU job should check out.
+async fn confirm_trust(
+    github: &Github,
+    trust: &Trust<'_>,
+    ctx: &Context,
+    actions: &Actions,
+) -> Result<Option<String>, Error> {
+    if let Some(login) = &trust.judgment.approver {
+        let permission = github
+            .registry
+            .collaborator_permission(login)
+            .await
+            .map_err(|e| github.error(e))?;
+        guard::check_approval(login, &permission, &ctx.repository())?;
+        actions.info(&format!(
+            "{login}, who wrote the comment, has {permission} permission on {}",
+            ctx.repository()
+        ));
+    }
+    let Some(pr) = &trust.pull_request else {
+        return Ok(None);
+    };
+    let sha = match &pr.head_sha {
+        Some(sha) => sha.clone(),
+        None => github
+            .registry
+            .pull_request_head(pr.number)
+            .await
+            .map_err(|e| github.error(e))?,
+    };
+    actions.info(&format!(
+        "Judged pull request #{} at its head commit {sha}: check out the head-sha output in the \
+         GPU job, so that a later push does not run unreviewed",
+        pr.number
+    ));
+    Ok(Some(sha))
+}
+
+/// On a public repository anyone can open a pull request. GitHub hands the runner any queued
+/// job its labels cover; the machine refuses jobs of other runs (the boot script's job-started
+/// hook), but a refused job costs this run its machine: say what widens that.
+async fn warn_public_exposure(
+    github: &Github,
+    inputs: &StartInputs,
+    ctx: &Context,
+    actions: &Actions,
+) {
+    let repository = ctx.repository();
+    match github.registry.fork_pr_approval_policy().await {
+        Ok(policy) if policy == "all_external_contributors" => {}
+        Ok(policy) => actions.annotate(
+            &Annotation::warning(format!(
+                "{repository} is public and runs the workflows of some outside contributors' \
+                 fork pull requests without approval (fork pull request approval policy: \
+                 {policy}). Such a job can ask for runs-on: self-hosted and be handed this GPU \
+                 machine while it waits for its job: the machine refuses every job of another \
+                 run and ends, but this run then loses its machine. Under Settings → Actions → \
+                 General, set \"Approval for running fork pull request workflows from \
+                 contributors\" to \"Require approval for all external contributors\"."
+            ))
+            .title("Fork pull requests run without approval"),
+        ),
+        Err(e) => actions.info(&format!(
+            "Could not read {repository}'s approval policy for fork pull requests ({e}); it \
+             needs the Administration permission"
+        )),
+    }
+    if !inputs.labels.is_empty() {
+        actions.annotate(
+            &Annotation::warning(format!(
+                "labels ({}) are extra labels on a runner of the public repository \
+                 {repository}: a queued job of any of its workflow runs, a fork's pull request \
+                 too, whose runs-on asks only for these and self-hosted, Linux, X64 can be \
+                 handed this machine before the GPU job. The machine refuses jobs of other runs, \
+                 but this run then loses its machine. The label output alone is enough for \
+                 runs-on: remove labels.",
+                inputs.labels.join(", ")
+            ))
+            .title("Extra labels on a public repository"),
+        );
+    }
+}
+
 /// The organization's runner group to register in (`runner-group`, else its default group), once
-/// it is known to serve this repository: otherwise the job would wait in the queue for good.
+/// it is known to serve this repository: otherwise the job would wait in the queue for good. With
+/// it, whether the repository is public.
 async fn org_group(
     github: &Github,
     wanted: Option<&GroupRef>,
     ctx: &Context,
-) -> Result<RunnerGroup, Error> {
+) -> Result<(RunnerGroup, bool), Error> {
     let registry = &github.registry;
     let problem = |p: groups::GroupProblem| Error::Github {
         source: GithubError {
@@ -371,7 +501,7 @@ async fn org_group(
         None
     };
     groups::check_serves(group, &ctx.repository(), public, selected).map_err(problem)?;
-    Ok(group.clone())
+    Ok((group.clone(), public))
 }
 
 /// What a start measured, for the outputs and the summary.
