@@ -44,6 +44,223 @@ pub struct Front {
     /// The secret key (and session token) of every STS session handed out here, and of the
     /// world's own IAM user, by access key id.
     pub secrets: Secrets,
+    /// The role's permissions policy, evaluated for what moto cannot: resources and conditions.
+    pub iam: Option<Arc<Enforcer>>,
+}
+
+/// What the front needs to evaluate the role's policy as IAM would.
+pub struct Enforcer {
+    pub policy: serde_json::Value,
+    /// The world's own view of EC2, to read what a request names (tags, images, subnets).
+    pub ec2: aws_sdk_ec2::Client,
+    pub account: String,
+    pub region: String,
+}
+
+/// Numbered members of a form list (`Prefix.1`, `Prefix.2`, ...) until one is missing.
+fn form_list(body: &[u8], prefix: &str, suffix: &str) -> Vec<String> {
+    (1..)
+        .map_while(|n| form_value(body, &format!("{prefix}.{n}{suffix}")))
+        .collect()
+}
+
+/// The role's request, judged as IAM would with the conditions of its policy (moto evaluated
+/// its actions already): EC2's `UnauthorizedOperation` when they refuse it. Only the role's
+/// sessions (requests with a session token) are judged; the world's own user is not.
+async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let enforcer = front.iam.as_ref()?;
+    headers.get("x-amz-security-token")?;
+    let call = form_value(body, "Action")?;
+    let arn = |kind: &str, id: &str| {
+        format!(
+            "arn:aws:ec2:{}:{}:{kind}/{id}",
+            enforcer.region, enforcer.account
+        )
+    };
+    let resources = match call.as_str() {
+        "RunInstances" => run_instances_resources(enforcer, body, &arn).await,
+        "TerminateInstances" | "GetConsoleOutput" => {
+            let ids = if call == "GetConsoleOutput" {
+                form_value(body, "InstanceId").into_iter().collect()
+            } else {
+                form_list(body, "InstanceId", "")
+            };
+            let described = enforcer
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(ids.clone()))
+                .send()
+                .await
+                .ok()?;
+            described
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(|i| {
+                    i.tags().iter().fold(
+                        crate::iam::Resource::new(arn("instance", i.instance_id().unwrap_or(""))),
+                        |r, t| {
+                            r.key(
+                                &format!("aws:ResourceTag/{}", t.key().unwrap_or_default()),
+                                t.value().unwrap_or_default(),
+                            )
+                        },
+                    )
+                })
+                .collect()
+        }
+        _ => return None,
+    };
+    let refusal =
+        crate::iam::evaluate(&enforcer.policy, &format!("ec2:{call}"), &resources).err()?;
+    // EC2's own words, with what refused (EC2 encodes the rest in an authorization message).
+    let why = match refusal.split_once(" on resource: ") {
+        Some((_, rest)) if refusal.starts_with("no statement") => format!(
+            "is not authorized to perform: ec2:{call} on resource: {rest} because no \
+             identity-based policy allows the ec2:{call} action"
+        ),
+        Some((_, rest)) => format!(
+            "is not authorized to perform: ec2:{call} on resource: {} with an explicit deny in \
+             an identity-based policy",
+            rest.split(" is denied by ").next().unwrap_or(rest)
+        ),
+        None => refusal,
+    };
+    Some(service_error(
+        headers,
+        &call,
+        "UnauthorizedOperation",
+        403,
+        &format!(
+            "You are not authorized to perform this operation. User: arn:aws:sts::{}:assumed-role/gpu-ci/gpu-runner {why}.",
+            enforcer.account
+        ),
+    ))
+}
+
+/// The resources of a `RunInstances` and the condition keys IAM gives each.
+async fn run_instances_resources(
+    enforcer: &Enforcer,
+    body: &[u8],
+    arn: &impl Fn(&str, &str) -> String,
+) -> Vec<crate::iam::Resource> {
+    use crate::iam::Resource;
+    let tags_of = |kind: &str| -> Vec<(String, String)> {
+        (1..)
+            .map_while(|n| {
+                form_value(body, &format!("TagSpecification.{n}.ResourceType")).map(|t| (n, t))
+            })
+            .filter(|(_, t)| t == kind)
+            .flat_map(|(n, _)| {
+                let keys = form_list(body, &format!("TagSpecification.{n}.Tag"), ".Key");
+                let values = form_list(body, &format!("TagSpecification.{n}.Tag"), ".Value");
+                keys.into_iter().zip(values).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let with_tags = |r: Resource, kind: &str| {
+        tags_of(kind).into_iter().fold(r, |r, (k, v)| {
+            r.key(&format!("aws:RequestTag/{k}"), v)
+                .key("aws:TagKeys", k)
+        })
+    };
+    let mut instance = Resource::new(arn("instance", "*"))
+        .key(
+            "ec2:InstanceType",
+            form_value(body, "InstanceType").unwrap_or_default(),
+        )
+        .key(
+            "ec2:MetadataHttpTokens",
+            form_value(body, "MetadataOptions.HttpTokens").unwrap_or_else(|| "optional".into()),
+        );
+    instance = with_tags(instance, "instance");
+
+    // The image: EC2 gives `ec2:Owner` as `amazon` for Amazon's public images (the Deep Learning
+    // AMIs' owner account is Amazon's), else the owner's account id.
+    let image_id = form_value(body, "ImageId").unwrap_or_default();
+    let images = enforcer
+        .ec2
+        .describe_images()
+        .image_ids(&image_id)
+        .send()
+        .await
+        .ok();
+    let image = images.as_ref().and_then(|i| i.images().first());
+    let owner = image
+        .and_then(|i| i.image_owner_alias().or(i.owner_id()))
+        .map(|o| if o == "898082745236" { "amazon" } else { o })
+        .unwrap_or_default()
+        .to_owned();
+    let image = Resource::new(format!("arn:aws:ec2:{}::image/{image_id}", enforcer.region))
+        .key("ec2:Owner", owner);
+
+    // The root volume: its size as asked, else the image's.
+    let size = form_value(body, "BlockDeviceMapping.1.Ebs.VolumeSize").or_else(|| {
+        images
+            .as_ref()
+            .and_then(|i| i.images().first())
+            .and_then(|i| i.block_device_mappings().first())
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .map(|s| s.to_string())
+    });
+    let mut volume = Resource::new(arn("volume", "*"));
+    if let Some(size) = size {
+        volume = volume.key("ec2:VolumeSize", size);
+    }
+    volume = with_tags(volume, "volume");
+
+    // The network: the subnet asked for, or the default VPC's; its VPC for every network resource.
+    let subnet_id = form_value(body, "SubnetId");
+    let subnets = enforcer.ec2.describe_subnets();
+    let subnets = match &subnet_id {
+        Some(id) => subnets.subnet_ids(id),
+        None => subnets.filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        ),
+    };
+    let subnet = subnets
+        .send()
+        .await
+        .ok()
+        .and_then(|s| s.subnets().first().cloned());
+    let vpc = subnet
+        .as_ref()
+        .and_then(|s| s.vpc_id())
+        .map(|v| arn("vpc", v))
+        .unwrap_or_default();
+    let subnet_arn = arn(
+        "subnet",
+        subnet
+            .as_ref()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or("unknown"),
+    );
+    let mut resources = vec![
+        instance,
+        image,
+        volume,
+        Resource::new(subnet_arn).key("ec2:Vpc", vpc.clone()),
+        Resource::new(arn("network-interface", "*")).key("ec2:Vpc", vpc.clone()),
+    ];
+    let groups = form_list(body, "SecurityGroupId", "");
+    for group in if groups.is_empty() {
+        vec!["default".to_owned()]
+    } else {
+        groups
+    } {
+        resources.push(Resource::new(arn("security-group", &group)).key("ec2:Vpc", vpc.clone()));
+    }
+    if form_value(body, "InstanceMarketOptions.MarketType").as_deref() == Some("spot") {
+        resources.push(with_tags(
+            Resource::new(arn("spot-instances-request", "*")),
+            "spot-instances-request",
+        ));
+    }
+    resources
 }
 
 /// The AWS action a request calls: `Action=` of the query protocols (EC2, STS), or the
@@ -509,6 +726,9 @@ async fn handle(
         return refusal;
     }
     if let Some(refusal) = no_spot_role(&front, &headers, &body) {
+        return refusal;
+    }
+    if let Some(refusal) = iam_refusal(&front, &headers, &body).await {
         return refusal;
     }
     match web_identity(&front, &headers, &body).await {

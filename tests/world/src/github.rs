@@ -169,6 +169,8 @@ pub struct GithubState {
     pub app_installed_on_org: bool,
     pub seen_app_jwts: Vec<String>,
     pub issued_installation_tokens: Vec<String>,
+    /// What each installation token request asked for (its JSON body, `{}` without one).
+    pub token_requests: Vec<serde_json::Value>,
     /// Runs cancelled through the API.
     pub cancelled_runs: Vec<u64>,
     /// The repository's approval policy for fork pull requests' workflows, as GitHub names it.
@@ -1102,10 +1104,15 @@ async fn org_installation(
         .into_response()
 }
 
+/// `POST /app/installations/{id}/access_tokens`. As on GitHub, a body may narrow the token to
+/// some of the installation's `repositories` (by name) and `permissions`; one that asks for a
+/// repository or a permission the installation does not have is refused with 422. Without a
+/// body the token has everything the installation has, on every repository it covers.
 async fn installation_token(
     State(s): State<Shared>,
     Path(id): Path<u64>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let mut st = lock(&s);
     if let Some(denied) = check_app_jwt(&mut st, &headers) {
@@ -1115,18 +1122,79 @@ async fn installation_token(
     if !on_org && (id != INSTALLATION_ID || !st.app_installed) {
         return error(StatusCode::NOT_FOUND, "Not Found");
     }
-    let token = format!("ghs_inst{}", uuid::Uuid::new_v4().simple());
-    st.admin_tokens.push(token.clone());
-    st.actions_tokens.push(token.clone());
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    st.token_requests.push(request.clone());
+    // What the installation was granted when it was installed.
+    let mut granted = vec![
+        ("administration", "write"),
+        ("actions", "write"),
+        ("pull_requests", "read"),
+        ("metadata", "read"),
+    ];
     if on_org {
+        granted.push(("organization_self_hosted_runners", "write"));
+    }
+    if let Some(repos) = request.get("repositories").and_then(|r| r.as_array())
+        && repos.iter().any(|r| r.as_str() != Some(st.repo.as_str()))
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "There is at least one repository that does not exist or is not accessible to the \
+             parent installation.",
+        );
+    }
+    let asked: Vec<(String, String)> = match request.get("permissions").and_then(|p| p.as_object())
+    {
+        Some(p) => p
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect(),
+        None => granted
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let level = |l: &str| match l {
+        "write" => 2,
+        "read" => 1,
+        _ => 0,
+    };
+    for (name, wanted) in &asked {
+        let has = granted
+            .iter()
+            .find(|(g, _)| g == name)
+            .map(|(_, l)| level(l));
+        if has.is_none_or(|has| has < level(wanted)) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The permissions requested are not granted to this installation.",
+            );
+        }
+    }
+    let gets = |name: &str| asked.iter().any(|(k, _)| k == name);
+    let token = format!("ghs_inst{}", uuid::Uuid::new_v4().simple());
+    if gets("administration") {
+        st.admin_tokens.push(token.clone());
+    } else {
+        // Metadata alone: it can read the repository, nothing more.
+        st.weak_tokens.push(token.clone());
+    }
+    if gets("actions") {
+        st.actions_tokens.push(token.clone());
+    }
+    if gets("organization_self_hosted_runners") {
         st.org_admin_tokens.push(token.clone());
     }
     st.issued_installation_tokens.push(token.clone());
     let expires = (chrono::Utc::now() + chrono::TimeDelta::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let permissions: serde_json::Map<String, serde_json::Value> = asked
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
     (
         StatusCode::CREATED,
-        Json(json!({"token": token, "expires_at": expires, "permissions": {"administration": "write", "actions": "write"}})),
+        Json(json!({"token": token, "expires_at": expires, "permissions": permissions})),
     )
         .into_response()
 }

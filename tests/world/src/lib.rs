@@ -6,6 +6,7 @@ pub mod aws_front;
 pub mod bench;
 pub mod faults;
 pub mod github;
+pub mod iam;
 pub mod log;
 pub mod matrix;
 pub mod moto;
@@ -207,6 +208,7 @@ impl World {
             sts: None,
             oidc_key: oidc::public_key(),
             secrets: Arc::default(),
+            iam: None,
         };
         let oidc = oidc::Oidc {
             request_token: format!("oidc-request-{}", uuid::Uuid::new_v4().simple()),
@@ -282,6 +284,12 @@ impl World {
             let ec2 = aws_sdk_ec2::Client::new(&config);
             let front = aws_front::Front {
                 sts: Some(aws_sdk_sts::Client::new(&config)),
+                iam: Some(Arc::new(aws_front::Enforcer {
+                    policy: permissions.clone(),
+                    ec2: ec2.clone(),
+                    account: account.clone(),
+                    region: region.clone(),
+                })),
                 ..front
             };
             let aws_url = serve(aws_front::router(front)).await?;
@@ -718,10 +726,14 @@ impl World {
         secrets
     }
 
-    /// What a start that was cancelled after launch leaves: a tagged instance and its runner.
+    /// What a start that was cancelled after launch leaves: an instance tagged as start tags it
+    /// at launch (its label and this repository), and its runner.
     pub fn leave_behind(&self, label: &str) -> String {
         self.offline_runner(label);
-        self.launch_tagged(&[("gpu-runner:label", label)])
+        self.launch_tagged(&[
+            ("gpu-runner:label", label),
+            ("gpu-runner:repository", "octo/ml"),
+        ])
     }
 
     /// A registered runner that never connected (or whose machine is gone).
