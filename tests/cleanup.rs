@@ -148,3 +148,88 @@ fn a_token_without_actions_permission_is_told_to_add_it() {
         out.summary
     );
 }
+
+/// Two repositories share one AWS account. One's janitor, however short its max-age-minutes, and
+/// one's stop, even handed the other's instance id, never end the other's GPU jobs.
+#[test]
+fn one_repositorys_cleanup_and_stop_never_touch_anothers_instances() {
+    let world = World::start(Options::default()).unwrap();
+    let theirs = world.launch_tagged(&[
+        ("gpu-runner:label", "gpu-runner-31-1-web"),
+        ("gpu-runner:repository", "octo/web"),
+        ("gpu-runner:expires-at", "2026-01-01T00:00:00Z"),
+    ]);
+    let ours = world.launch_tagged(&[
+        ("gpu-runner:label", "gpu-runner-32-1-ml"),
+        ("gpu-runner:repository", "octo/ml"),
+        ("gpu-runner:expires-at", "2026-01-01T00:00:00Z"),
+    ]);
+    let out = Step::mode("cleanup")
+        .in_world(&world)
+        .input("max-age-minutes", "10")
+        .run();
+    out.success();
+    assert!(
+        out.summary.contains(&format!(
+            "| terminate instance | {ours} | past its expires-at"
+        )),
+        "{}",
+        out.summary
+    );
+    assert!(!out.summary.contains(&theirs), "{}", out.summary);
+    assert_eq!(world.live_instances(), std::slice::from_ref(&theirs));
+
+    let stopped = Step::stop()
+        .in_world(&world)
+        .input("instance-ids", &theirs)
+        .input("region", &world.region)
+        .run();
+    stopped.success();
+    assert!(
+        stopped.summary.contains(&format!(
+            "| {theirs} | instance | left alone: it was launched for octo/web |"
+        )),
+        "{}",
+        stopped.summary
+    );
+    assert_eq!(world.live_instances(), [theirs]);
+}
+
+/// A job's name is the workflow author's, a stranger's too: in the summary it is text (no link,
+/// no image), and in the log it cannot act as a workflow command.
+#[test]
+fn a_hostile_job_name_stays_text_in_the_summary_and_the_log() {
+    let world = World::start(Options::default()).unwrap();
+    {
+        let mut gh = world.github.lock().unwrap();
+        let id = gh.queue_job(556, vec!["gpu-runner-556-1-lost".to_owned()], "true");
+        let job = gh.jobs.iter_mut().find(|j| j.id == id).unwrap();
+        job.created_at = chrono::Utc::now() - chrono::TimeDelta::minutes(45);
+        job.name = "[free GPUs](https://evil.example) <img src=x>\n::add-mask::visible".to_owned();
+    }
+    let out = Step::mode("cleanup").in_world(&world).run();
+    out.success();
+    assert!(
+        out.summary.contains(
+            "its job \"\\[free GPUs\\](https://evil.example) \\<img src=x\\> ::add-mask::visible\""
+        ),
+        "{}",
+        out.summary
+    );
+    // The one line that would read as a command is inside stop-commands.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("::add-mask::visible"))
+        .expect("the job's name is in the log");
+    let stop = lines[..at]
+        .iter()
+        .rposition(|l| l.starts_with("::stop-commands::"))
+        .expect("inside stop-commands");
+    let token = lines[stop].trim_start_matches("::stop-commands::");
+    assert!(
+        lines[at..].iter().any(|l| *l == format!("::{token}::")),
+        "{}",
+        out.stdout
+    );
+}

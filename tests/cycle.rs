@@ -545,7 +545,19 @@ fn a_github_app_registers_and_removes_the_runner() {
     let stopped = as_app(stop(&world)).outputs_of(&started).run();
     stopped.success();
     nothing_left(&world);
-    no_secret_leaked(&world, &[&started, &stopped]);
+    let cleaned = as_app(Step::mode("cleanup").in_world(&world)).run();
+    cleaned.success();
+    // Each installation token is for this repository only, with what its mode needs: runners,
+    // and for cleanup the workflow runs it reads and cancels.
+    let runners = serde_json::json!({"repositories": ["ml"],
+                                     "permissions": {"administration": "write"}});
+    let cleanup = serde_json::json!({"repositories": ["ml"],
+        "permissions": {"administration": "write", "actions": "write"}});
+    assert_eq!(
+        world.github.lock().unwrap().token_requests,
+        [runners.clone(), runners, cleanup]
+    );
+    no_secret_leaked(&world, &[&started, &stopped, &cleaned]);
 }
 
 #[test]

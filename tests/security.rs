@@ -176,6 +176,15 @@ fn an_app_installed_on_the_organization_manages_its_runners() {
         .run()
         .success();
     nothing_left(&world);
+    // The organization's runners, and this repository only: not every repository of the
+    // installation, and not Administration of any.
+    for request in &world.github.lock().unwrap().token_requests {
+        assert_eq!(
+            request,
+            &serde_json::json!({"repositories": ["ml"],
+                "permissions": {"organization_self_hosted_runners": "write"}})
+        );
+    }
 
     // Installed on the repository only, the App cannot reach the organization's runners.
     {
@@ -495,11 +504,18 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         .iter()
         .filter(|s| s["Effect"] == "Deny")
         .collect();
-    let label_rule = &denies[0]["Condition"]["StringNotLike"]["aws:RequestTag/gpu-runner:label"];
+    let deny = |sid: &str| {
+        *denies
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .unwrap_or_else(|| panic!("no statement {sid}"))
+    };
+    let label_rule = &deny("NeverLaunchAnInstanceWithoutGpuRunnersTags")["Condition"]["StringNotLike"]
+        ["aws:RequestTag/gpu-runner:label"];
     assert_eq!(label_rule, "gpu-runner-*");
     assert!(tag("gpu-runner:label").starts_with("gpu-runner-"));
     assert_eq!(
-        denies[1]["Condition"]["StringNotEquals"]["aws:RequestTag/gpu-runner:repository"],
+        deny("NeverLaunchForAnotherRepository")["Condition"]["StringNotEquals"]["aws:RequestTag/gpu-runner:repository"],
         "octo/ml"
     );
     assert_eq!(tag("gpu-runner:repository"), "octo/ml");
@@ -512,9 +528,44 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         "gpu-runner-*"
     );
     assert_eq!(
+        terminate["Condition"]["StringEquals"]["aws:ResourceTag/gpu-runner:repository"],
+        "octo/ml"
+    );
+    assert_eq!(
         list(&terminate["Resource"]),
         ["arn:aws:ec2:*:123456789012:instance/*"]
     );
+    // IAM's verdict, as the world's AWS front evaluates it: the instance start launched may be
+    // terminated; the same instance tagged for another repository of the account may not.
+    let as_tagged = |repository: &str| {
+        instance.tags().iter().fold(
+            world::iam::Resource::new(format!(
+                "arn:aws:ec2:us-east-1:123456789012:instance/{}",
+                instance.instance_id().unwrap()
+            )),
+            |r, t| {
+                let value = match t.key() {
+                    Some("gpu-runner:repository") => repository,
+                    _ => t.value().unwrap_or_default(),
+                };
+                r.key(
+                    &format!("aws:ResourceTag/{}", t.key().unwrap_or_default()),
+                    value,
+                )
+            },
+        )
+    };
+    for action in ["ec2:TerminateInstances", "ec2:GetConsoleOutput"] {
+        assert_eq!(
+            world::iam::evaluate(&permissions, action, &[as_tagged("octo/ml")]),
+            Ok(())
+        );
+        assert!(
+            world::iam::evaluate(&permissions, action, &[as_tagged("octo/web")])
+                .is_err_and(|e| e.starts_with("no statement allows")),
+            "{action}"
+        );
+    }
 
     // PassRole, for iam-instance-profile only: one role, to EC2 only.
     let pass = policy("pass-role-policy.json");
@@ -986,4 +1037,108 @@ fn a_public_repository_is_warned_about_unapproved_forks_and_extra_labels() {
     started.success();
     assert_eq!(started.commands("warning"), Vec::<&str>::new());
     stop_cleanly(&world, &started);
+}
+
+/// The permissions policy narrows RunInstances: GPU instance families only, IMDSv2 required,
+/// Amazon's images or the account's own, the account's VPCs, a root volume of at most 1024 GiB.
+/// The world's AWS front evaluates those conditions as IAM does, so a launch outside them is
+/// refused there as it would be on AWS, and start says so and leaves nothing.
+#[test]
+fn the_policy_refuses_launches_outside_its_conditions() {
+    let world = world();
+    let out = Step::start()
+        .in_world(&world)
+        .input("root-volume-size", "2000")
+        .run();
+    out.failure();
+    let error = out.errors()[0];
+    assert!(
+        error.contains("RunInstances failed (UnauthorizedOperation)")
+            && error.contains(":volume/* with an explicit deny")
+            && error.contains("root volumes of at most 1024 GiB"),
+        "{error}"
+    );
+    nothing_left(&world);
+
+    let permissions = policy("permissions-policy.json");
+    let launch = |instance_type: &str, tokens: &str, owner: &str, size: &str| {
+        use world::iam::Resource;
+        let tags = |r: Resource| {
+            r.key("aws:RequestTag/gpu-runner:label", "gpu-runner-1-1-a")
+                .key("aws:RequestTag/gpu-runner:repository", "octo/ml")
+        };
+        let vpc = "arn:aws:ec2:us-east-1:123456789012:vpc/vpc-1";
+        world::iam::evaluate(
+            &permissions,
+            "ec2:RunInstances",
+            &[
+                tags(Resource::new(
+                    "arn:aws:ec2:us-east-1:123456789012:instance/*",
+                ))
+                .key("ec2:InstanceType", instance_type)
+                .key("ec2:MetadataHttpTokens", tokens),
+                Resource::new("arn:aws:ec2:us-east-1::image/ami-1").key("ec2:Owner", owner),
+                Resource::new("arn:aws:ec2:us-east-1:123456789012:volume/*")
+                    .key("ec2:VolumeSize", size),
+                Resource::new("arn:aws:ec2:us-east-1:123456789012:subnet/subnet-1")
+                    .key("ec2:Vpc", vpc),
+                Resource::new("arn:aws:ec2:us-east-1:123456789012:network-interface/*")
+                    .key("ec2:Vpc", vpc),
+                Resource::new("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1")
+                    .key("ec2:Vpc", vpc),
+            ],
+        )
+    };
+    assert_eq!(launch("g5.xlarge", "required", "amazon", "200"), Ok(()));
+    assert_eq!(
+        launch("p5.48xlarge", "required", "123456789012", "1024"),
+        Ok(())
+    );
+    for (refused, by) in [
+        (
+            launch("c5.24xlarge", "required", "amazon", "200"),
+            "NeverLaunchOtherThanGpuInstanceTypes",
+        ),
+        (
+            launch("g5.xlarge", "optional", "amazon", "200"),
+            "NeverLaunchWithoutImdsv2",
+        ),
+        (
+            launch("g5.xlarge", "required", "999999999999", "200"),
+            "NeverLaunchFromImagesOfOthers",
+        ),
+        (
+            launch("g5.xlarge", "required", "amazon", "1025"),
+            "NeverLaunchRootVolumesOver1024GiB",
+        ),
+    ] {
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.ends_with(&format!("is denied by {by}"))),
+            "{refused:?}"
+        );
+    }
+    // A policy tailored to one VPC refuses a subnet of another.
+    let mut one_vpc = permissions.clone();
+    for s in one_vpc["Statement"].as_array_mut().unwrap() {
+        if s["Sid"] == "NeverLaunchOutsideYourVpcs" {
+            s["Condition"]["ArnNotLike"]["ec2:Vpc"] = "arn:aws:ec2:*:123456789012:vpc/vpc-1".into();
+        }
+    }
+    let subnet_in = |vpc: &str| {
+        world::iam::evaluate(
+            &one_vpc,
+            "ec2:RunInstances",
+            &[
+                world::iam::Resource::new("arn:aws:ec2:us-east-1:123456789012:subnet/subnet-9")
+                    .key(
+                        "ec2:Vpc",
+                        format!("arn:aws:ec2:us-east-1:123456789012:vpc/{vpc}"),
+                    ),
+            ],
+        )
+    };
+    assert_eq!(subnet_in("vpc-1"), Ok(()));
+    assert!(subnet_in("vpc-2").is_err_and(|e| e.ends_with("NeverLaunchOutsideYourVpcs")));
 }

@@ -315,13 +315,18 @@ impl Cloud for Ec2 {
 
     async fn find(&self, tagged: Tagged<'_>) -> Result<Vec<Instance>, CloudError> {
         let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
+        let of = |repository: &str| filter(format!("tag:{}", tag::REPOSITORY), repository);
         let filters = match tagged {
-            Tagged::Label(label) => vec![filter(format!("tag:{}", tag::LABEL), label)],
+            Tagged::Label { repository, label } => {
+                vec![of(repository), filter(format!("tag:{}", tag::LABEL), label)]
+            }
             Tagged::Run { repository, run_id } => vec![
-                filter(format!("tag:{}", tag::REPOSITORY), repository),
+                of(repository),
                 filter(format!("tag:{}", tag::RUN_ID), &run_id.to_string()),
             ],
-            Tagged::Any => vec![filter("tag-key".to_owned(), tag::LABEL)],
+            Tagged::Repository(repository) => {
+                vec![of(repository), filter("tag-key".to_owned(), tag::LABEL)]
+            }
         };
         let mut found = Vec::new();
         let mut next: Option<String> = None;

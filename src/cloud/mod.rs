@@ -60,6 +60,17 @@ pub struct Instance {
 
 impl Instance {
     /// The `gpu-runner:label` tag: the label of the start that launched it.
+    /// The repository whose start launched it (`gpu-runner:repository`).
+    pub fn repository(&self) -> Option<&str> {
+        self.tags.get(tag::REPOSITORY).map(String::as_str)
+    }
+
+    /// Whether `repository` launched it. GitHub's repository names are not case-sensitive.
+    pub fn belongs_to(&self, repository: &str) -> bool {
+        self.repository()
+            .is_some_and(|r| r.eq_ignore_ascii_case(repository))
+    }
+
     pub fn label(&self) -> Option<&str> {
         self.tags.get(tag::LABEL).map(String::as_str)
     }
@@ -81,15 +92,16 @@ impl Instance {
     }
 }
 
-/// Which gpu-runner instances to find by their tags.
+/// Which gpu-runner instances to find by their tags: always one repository's, so that nothing
+/// one repository runs can touch another's instances in the same account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tagged<'a> {
     /// Launched by the start that made this label.
-    Label(&'a str),
+    Label { repository: &'a str, label: &'a str },
     /// Launched by any start of this workflow run.
     Run { repository: &'a str, run_id: u64 },
-    /// Every instance gpu-runner launched in the region.
-    Any,
+    /// Every instance gpu-runner launched in the region for this repository.
+    Repository(&'a str),
 }
 
 /// One launch attempt: a candidate of the plan, with the rendered boot script.
@@ -138,6 +150,17 @@ impl CloudError {
                 job permissions: id-token: write), or set AWS credentials in the environment in \
                 an earlier step (such as aws-actions/configure-aws-credentials)."
                 .to_owned(),
+            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException"
+                if self.operation == "RunInstances" =>
+            {
+                "The role may not launch this instance: the resource AWS names above tells which \
+                 rule refused it. The README's permissions policy (What AWS needs) launches only \
+                 GPU instance types with IMDSv2, from Amazon's images or the account's own, into \
+                 the account's VPCs, with root volumes of at most 1024 GiB, tagged for this \
+                 repository: change the request (instance-type, image-id, subnet-id, \
+                 root-volume-size), or tailor that NeverLaunch statement of the role's policy."
+                    .to_owned()
+            }
             "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => format!(
                 "The role is missing a permission for {}: compare its policy with the one in the \
                  README (What AWS needs).",

@@ -60,14 +60,44 @@ pub fn app_jwt(app_id: &str, private_key: &Secret, now: i64) -> Result<Secret, A
         })
 }
 
+/// What a mode does with GitHub besides managing runners: the installation token asks for that
+/// and nothing more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenNeeds {
+    /// Read and cancel workflow runs (cleanup).
+    pub actions: bool,
+    /// Read a pull request's head commit (a start approved by a comment).
+    pub pull_requests: bool,
+}
+
+/// The body of the installation token request: this repository only, and only the permissions
+/// the mode needs. Without it, the token covers every repository of the installation with every
+/// permission the App has.
+pub fn token_request(repo: &str, scope: RunnerScope, needs: TokenNeeds) -> serde_json::Value {
+    let mut permissions = serde_json::Map::new();
+    let runners = match scope {
+        RunnerScope::Repo => "administration",
+        RunnerScope::Org => "organization_self_hosted_runners",
+    };
+    permissions.insert(runners.to_owned(), "write".into());
+    if needs.actions {
+        permissions.insert("actions".to_owned(), "write".into());
+    }
+    if needs.pull_requests {
+        permissions.insert("pull_requests".to_owned(), "read".into());
+    }
+    serde_json::json!({"repositories": [repo], "permissions": permissions})
+}
+
 /// An installation token for the repository of `ctx`, or (with `RunnerScope::Org`) for the
-/// organization that owns it.
+/// organization that owns it, limited to this repository and to what `needs` names.
 pub async fn installation_token(
     api_url: &str,
     app_id: &str,
     private_key: &Secret,
     ctx: &Context,
     scope: RunnerScope,
+    needs: TokenNeeds,
 ) -> Result<(Secret, Secret), AppFailure> {
     let (owner, repo) = (&ctx.owner, &ctx.repo);
     let (installation_url, installed_on, permission) = match scope {
@@ -136,20 +166,31 @@ pub async fn installation_token(
             ));
         }
     };
-    let answer = call(http.post(format!(
-        "{api_url}/app/installations/{}/access_tokens",
-        installation.id
-    )))
+    let answer = call(
+        http.post(format!(
+            "{api_url}/app/installations/{}/access_tokens",
+            installation.id
+        ))
+        .json(&token_request(repo, scope, needs)),
+    )
     .await
     .map_err(|e| failure(None, e.without_url().to_string(), "Re-run the job."))?;
     let status = answer.status().as_u16();
     if status != 201 {
+        let message = answer
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let wanted = token_request(repo, scope, needs)["permissions"].to_string();
         return Err(failure(
             Some(status),
-            format!("GitHub refused an installation token (HTTP {status})"),
+            format!("GitHub refused an installation token (HTTP {status}): {message}"),
             &format!(
-                "Check the App's installation on {installed_on} and its permissions \
-                 ({permission})."
+                "gpu-runner asks for a token for {owner}/{repo} only, with the permissions \
+                 {wanted}. Check that the App's installation on {installed_on} includes this \
+                 repository and grants them ({permission})."
             ),
         ));
     }
@@ -163,6 +204,28 @@ pub async fn installation_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_asks_for_one_repository_and_only_what_the_mode_needs() {
+        assert_eq!(
+            token_request("ml", RunnerScope::Repo, TokenNeeds::default()),
+            serde_json::json!({"repositories": ["ml"],
+                               "permissions": {"administration": "write"}})
+        );
+        assert_eq!(
+            token_request(
+                "ml",
+                RunnerScope::Org,
+                TokenNeeds {
+                    actions: true,
+                    pull_requests: true
+                }
+            ),
+            serde_json::json!({"repositories": ["ml"], "permissions": {
+                "organization_self_hosted_runners": "write", "actions": "write",
+                "pull_requests": "read"}})
+        );
+    }
 
     #[test]
     fn the_app_jwt_is_rs256_with_a_short_life() {

@@ -13,10 +13,11 @@ use crate::cloud::{Cloud, Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
+use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{Job, Removal, Runner, RunnerRegistry, RunnerStatus};
 use crate::inputs::{CleanupInputs, RunnerScope};
-use crate::plan::{LABEL_PREFIX, tag};
+use crate::plan::LABEL_PREFIX;
 
 /// An instance younger than this is never judged by its runner: its start may be registering it.
 const GRACE_MINUTES: i64 = 10;
@@ -93,11 +94,14 @@ fn serves<'a>(live: &'a [&'a Instance], label: &str) -> bool {
 /// a queued job without a gpu-runner label, never anything of a job that is running.
 pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
     let now = policy.now;
+    // Only this repository's: a short max-age-minutes in one repository must never end another
+    // repository's jobs in the same account.
     let live: Vec<&Instance> = seen
         .instances
         .iter()
         .filter(|i| !i.state.is_ending())
         .filter(|i| i.label().is_some_and(|l| l.starts_with(LABEL_PREFIX)))
+        .filter(|i| i.belongs_to(&policy.repository))
         .collect();
     let running_on = |label: &str| {
         seen.jobs.as_ref().is_some_and(|jobs| {
@@ -121,7 +125,6 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
                 age.num_minutes()
             )
         } else if let Some(runners) = &seen.runners
-            && i.tags.get(tag::REPOSITORY) == Some(&policy.repository)
             && age.is_some_and(|a| a > TimeDelta::minutes(GRACE_MINUTES))
             && !runners.iter().any(|r| r.name == label)
             && !running_on(label)
@@ -217,16 +220,31 @@ pub async fn run(
     let ctx = Context::from_env(env)?;
     let aws = super::aws_config(env, &inputs.common, &inputs.region, &ctx, actions, None).await?;
     let cloud = Ec2::new(&aws);
-    let instances = cloud.find(Tagged::Any).await.map_err(Error::cloud)?;
+    let repository = ctx.repository();
+    let instances = cloud
+        .find(Tagged::Repository(&repository))
+        .await
+        .map_err(Error::cloud)?;
     let mut errors: Vec<Error> = Vec::new();
-    let github =
-        match super::runners(&inputs.common, inputs.common.scope(), &ctx, env, actions).await {
-            Ok(g) => Some(g),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
+    let github = match super::runners(
+        &inputs.common,
+        inputs.common.scope(),
+        TokenNeeds {
+            actions: true,
+            pull_requests: false,
+        },
+        &ctx,
+        env,
+        actions,
+    )
+    .await
+    {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
     let mut seen = Seen {
         instances,
         ..Seen::default()
@@ -273,7 +291,8 @@ pub async fn run(
         .filter(|i| !i.state.is_ending())
         .count();
     let looked = format!(
-        "Looked at {live} live gpu-runner instance(s) in {}{}{}.",
+        "Looked at {live} live gpu-runner instance(s) of {} in {}{}{}.",
+        policy.repository,
         inputs.region,
         seen.runners
             .as_ref()
@@ -405,7 +424,7 @@ mod tests {
 
     use super::*;
     use crate::cloud::InstanceState;
-    use crate::plan::Market;
+    use crate::plan::{Market, tag};
 
     const REPO: &str = "octo/ml";
 
@@ -443,6 +462,32 @@ mod tests {
             launched_at: Some(now() - TimeDelta::minutes(age)),
             tags,
         }
+    }
+
+    #[test]
+    fn another_repositorys_instances_are_never_touched_however_old() {
+        let mut theirs = instance("i-theirs", "gpu-runner-9-1-b", 2000, -600);
+        theirs
+            .tags
+            .insert(tag::REPOSITORY.to_owned(), "octo/web".to_owned());
+        let mut untagged = instance("i-untagged", "gpu-runner-9-1-c", 2000, -600);
+        untagged.tags.remove(tag::REPOSITORY);
+        let ours = instance("i-ours", "gpu-runner-9-1-a", 2000, -600);
+        let chosen = select(
+            &Policy {
+                max_age_minutes: 10,
+                ..policy()
+            },
+            &seen(vec![theirs, untagged, ours], vec![], vec![]),
+        );
+        let ids: Vec<&str> = chosen
+            .iter()
+            .filter_map(|a| match a {
+                Action::Terminate { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["i-ours"]);
     }
 
     fn runner(id: u64, label: &str, status: RunnerStatus, busy: bool) -> Runner {
@@ -514,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn instances_past_their_expiry_or_max_age_are_terminated_whoever_launched_them() {
+    fn instances_past_their_expiry_or_max_age_are_terminated_if_this_repository_launched_them() {
         let mut other_repo = instance("i-other", "gpu-runner-9-1-dddd", 30, -5);
         other_repo
             .tags
@@ -532,7 +577,8 @@ mod tests {
             vec![],
         );
         let actions = select(&policy(), &s);
-        assert_eq!(terminated(&actions), ["i-expired", "i-old", "i-other"]);
+        // Another repository's expired instance is its own janitor's (and its own max lifetime's).
+        assert_eq!(terminated(&actions), ["i-expired", "i-old"]);
         let Action::Terminate { reason, .. } = &actions[1] else {
             panic!("{actions:?}")
         };

@@ -150,10 +150,12 @@ fn explained(
     Error::Github { source, hint }
 }
 
-/// The runners of `scope`, with the token the user gave or one minted for the App.
+/// The runners of `scope`, with the token the user gave or one minted for the App (for this
+/// repository, with what `needs` names besides the runners).
 pub(crate) async fn runners(
     common: &Common,
     scope: RunnerScope,
+    needs: app::TokenNeeds,
     ctx: &Context,
     env: &Env,
     actions: &Actions,
@@ -165,7 +167,7 @@ pub(crate) async fn runners(
             private_key,
         } => {
             let (token, jwt) =
-                app::installation_token(&ctx.api_url, app_id, private_key, ctx, scope)
+                app::installation_token(&ctx.api_url, app_id, private_key, ctx, scope, needs)
                     .await
                     .map_err(|f| Error::Github {
                         source: f.source,

@@ -8,6 +8,7 @@ use crate::cloud::aws::Ec2;
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
+use crate::github::app::TokenNeeds;
 use crate::inputs::{self, Inputs};
 use crate::modes::teardown::{self, Teardown};
 
@@ -58,12 +59,26 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     // AWS first: a GitHub problem must not keep the instance running.
     let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions, None).await?;
     let cloud = Ec2::new(&aws);
-    let found = teardown::find(&cloud, &ids, Some(Tagged::Label(label)))
+    let repository = ctx.repository();
+    let tagged = Tagged::Label {
+        repository: &repository,
+        label,
+    };
+    let found = teardown::find(&cloud, &ids, Some(tagged), &repository)
         .await
         .map_err(Error::cloud)?;
     t.terminate(&cloud, &ids, &found).await;
     let labels = [label.to_owned()];
-    match super::runners(&inputs.common, inputs.common.scope(), &ctx, env, actions).await {
+    match super::runners(
+        &inputs.common,
+        inputs.common.scope(),
+        TokenNeeds::default(),
+        &ctx,
+        env,
+        actions,
+    )
+    .await
+    {
         Ok(github) => t.remove_runners(&github, &labels, None).await,
         Err(e) => t.github_unreachable(&labels, e),
     }

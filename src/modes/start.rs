@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::env::Env;
 use crate::error::{Error, Refusal};
 use crate::github::GithubError;
+use crate::github::app::TokenNeeds;
 use crate::github::groups;
 use crate::github::octo::RunnerGroup;
 use crate::github::{JitRunner, Runner, RunnerRegistry, RunnerStatus};
@@ -258,18 +259,22 @@ async fn keep_partial(
     actions: &Actions,
 ) -> Result<(), Error> {
     let mut t = Teardown::default();
-    let found = cloud
-        .find(Tagged::Label(&plan.label))
-        .await
-        .map_err(Error::cloud)?;
+    let tagged = Tagged::Label {
+        repository: &plan.binding.repository,
+        label: &plan.label,
+    };
+    let found = cloud.find(tagged).await.map_err(Error::cloud)?;
     let names: Vec<String> = failed.iter().map(|(name, _)| name.clone()).collect();
-    let theirs: Vec<Instance> = found
-        .into_iter()
-        .filter(|i| {
-            i.runner_name()
-                .is_some_and(|r| names.iter().any(|n| n == r))
-        })
-        .collect();
+    let theirs = teardown::Found {
+        ours: found
+            .into_iter()
+            .filter(|i| {
+                i.runner_name()
+                    .is_some_and(|r| names.iter().any(|n| n == r))
+            })
+            .collect(),
+        foreign: Vec::new(),
+    };
     t.terminate(cloud, &[], &theirs).await;
     t.remove_runners(github, &names, None).await;
     let why: Vec<String> = failed
@@ -320,8 +325,22 @@ async fn connect(
     actions: &Actions,
     trust: &Trust<'_>,
 ) -> Result<Setup, Error> {
-    let mut github =
-        super::runners(&inputs.common, inputs.common.scope(), ctx, env, actions).await?;
+    let mut github = super::runners(
+        &inputs.common,
+        inputs.common.scope(),
+        TokenNeeds {
+            actions: false,
+            // A comment's pull request has no head commit in its payload: GitHub is asked.
+            pull_requests: trust
+                .pull_request
+                .as_ref()
+                .is_some_and(|p| p.head_sha.is_none()),
+        },
+        ctx,
+        env,
+        actions,
+    )
+    .await?;
     let head_sha = confirm_trust(&github, trust, ctx, actions).await?;
     let mut public = trust.public;
     if inputs.common.scope() == RunnerScope::Org {
@@ -1036,7 +1055,12 @@ async fn roll_back(
     let _group = actions.group("Rolling back");
     let ids: Vec<String> = launched.iter().map(|i| i.id.clone()).collect();
     let mut t = Teardown::default();
-    match teardown::find(cloud, &ids, Some(Tagged::Label(&plan.label))).await {
+    let repository = &plan.binding.repository;
+    let tagged = Tagged::Label {
+        repository,
+        label: &plan.label,
+    };
+    match teardown::find(cloud, &ids, Some(tagged), repository).await {
         Ok(found) => t.terminate(cloud, &ids, &found).await,
         Err(e) => t.error = Some(Error::cloud(e)),
     }

@@ -9,6 +9,7 @@ use crate::cloud::{Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
+use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
@@ -30,7 +31,10 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     // Without the start's outputs, whatever this run's starts launched.
     let run_scope = !inputs.has_work();
     let tagged = match &inputs.label {
-        Some(label) => Some(Tagged::Label(label)),
+        Some(label) => Some(Tagged::Label {
+            repository: &repository,
+            label,
+        }),
         None if run_scope => Some(Tagged::Run {
             repository: &repository,
             run_id: ctx.run_id,
@@ -43,10 +47,10 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     let found = match super::aws_config(env, &inputs.common, region, &ctx, actions, None).await {
         Ok(aws) => {
             let cloud = Ec2::new(&aws);
-            match teardown::find(&cloud, &inputs.instance_ids, tagged).await {
+            match teardown::find(&cloud, &inputs.instance_ids, tagged, &repository).await {
                 Ok(found) => {
                     t.terminate(&cloud, &inputs.instance_ids, &found).await;
-                    found
+                    found.ours
                 }
                 Err(e) => {
                     t.error = Some(Error::cloud(e));
@@ -68,7 +72,16 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     }
     let prefix = run_scope.then(|| plan::run_label_prefix(ctx.run_id));
     let scope = runner_scope(inputs.common.runner_scope, &found, actions);
-    match super::runners(&inputs.common, scope, &ctx, env, actions).await {
+    match super::runners(
+        &inputs.common,
+        scope,
+        TokenNeeds::default(),
+        &ctx,
+        env,
+        actions,
+    )
+    .await
+    {
         Ok(github) => t.remove_runners(&github, &labels, prefix.as_deref()).await,
         Err(e) => t.github_unreachable(&labels, e),
     }

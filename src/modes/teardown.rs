@@ -32,12 +32,23 @@ pub struct Teardown {
     instances_ending: bool,
 }
 
-/// Instances by id, and by tag: a start that was cancelled may never have reported its ids.
+/// What a teardown found: this repository's instances, and any it was asked about by id that
+/// another repository launched (or that gpu-runner did not launch at all).
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub ours: Vec<Instance>,
+    pub foreign: Vec<Instance>,
+}
+
+/// Instances by id, and by tag: a start that was cancelled may never have reported its ids. Only
+/// `repository`'s are ever touched: an id given by mistake (or on purpose) that names another
+/// repository's instance in the same account is left alone.
 pub async fn find(
     cloud: &impl Cloud,
     ids: &[String],
     tagged: Option<Tagged<'_>>,
-) -> Result<Vec<Instance>, CloudError> {
+    repository: &str,
+) -> Result<Found, CloudError> {
     let mut found = cloud.describe(ids).await?;
     if let Some(tagged) = tagged {
         for i in cloud.find(tagged).await? {
@@ -46,7 +57,8 @@ pub async fn find(
             }
         }
     }
-    Ok(found)
+    let (ours, foreign) = found.into_iter().partition(|i| i.belongs_to(repository));
+    Ok(Found { ours, foreign })
 }
 
 impl Teardown {
@@ -59,10 +71,19 @@ impl Teardown {
         });
     }
 
-    /// Terminates the live ones of `found`; `asked` ids that were not found are reported gone.
-    pub async fn terminate(&mut self, cloud: &impl Cloud, asked: &[String], found: &[Instance]) {
+    /// Terminates the live instances of this repository that were found; `asked` ids that were
+    /// not found are reported gone, another repository's are left alone.
+    pub async fn terminate(&mut self, cloud: &impl Cloud, asked: &[String], found: &Found) {
+        for i in &found.foreign {
+            let whose = match i.repository() {
+                Some(r) => format!("it was launched for {r}"),
+                None => "it carries no gpu-runner:repository tag".to_owned(),
+            };
+            self.row(&i.id, "instance", format!("left alone: {whose}"), true);
+        }
+        let found = &found.ours;
         for id in asked {
-            if !found.iter().any(|i| &i.id == id) {
+            if !found.iter().any(|i| &i.id == id) && !self.rows.iter().any(|r| &r.what == id) {
                 self.row(id, "instance", "already gone", true);
             }
         }
