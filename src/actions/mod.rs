@@ -114,9 +114,15 @@ impl Actions {
         let _ = out.flush();
     }
 
-    /// A line for the log.
+    /// A line for the log. Values in it may come from strangers (a job's name, a branch): a line
+    /// of it that would read as a workflow command (the runner trims leading blanks, then looks
+    /// for `::`) is shown as text instead.
     pub fn info(&self, line: &str) {
-        self.emit(line);
+        if line.lines().any(|l| l.trim_start().starts_with("::")) {
+            self.verbatim(line);
+        } else {
+            self.emit(line);
+        }
     }
 
     /// Text that may contain anything (a user's script, a rendered file): workflow commands inside it
@@ -338,6 +344,18 @@ mod tests {
         let token = lines[0].strip_prefix("::stop-commands::").unwrap();
         assert_eq!(lines[1], "::add-mask::x");
         assert_eq!(lines[2], format!("::{token}::"));
+    }
+
+    #[test]
+    fn a_log_line_with_a_strangers_text_cannot_issue_commands() {
+        let (a, out) = actions(&[("GITHUB_ACTIONS", "true")]);
+        a.info("cancel run 7: its job \"x\n  ::add-mask::github_pat\" waited");
+        let text = out.text();
+        let lines: Vec<_> = text.lines().collect();
+        assert!(lines[0].starts_with("::stop-commands::"), "{text}");
+        assert_eq!(lines[2], "  ::add-mask::github_pat\" waited");
+        a.info("plain: a::b");
+        assert!(out.text().ends_with("\nplain: a::b\n"));
     }
 
     #[test]

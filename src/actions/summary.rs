@@ -96,9 +96,10 @@ pub fn inline(text: &str) -> String {
     out
 }
 
-/// A table cell: pipes escaped and lines joined, so that a value stays in its cell.
+/// A table cell: escaped as [`inline`] text, so that a value stays in its cell and renders as
+/// itself (a job name of `[x](https://…)` is no link).
 fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+    inline(text)
 }
 
 #[cfg(test)]
@@ -129,6 +130,22 @@ mod tests {
     #[test]
     fn no_room_for_the_note_means_nothing() {
         assert_eq!(fit("abcdef", 3), None);
+    }
+
+    #[test]
+    fn strangers_text_in_a_cell_is_no_link_no_html_and_no_new_row() {
+        let md = Markdown::new()
+            .table(
+                &["Job"],
+                &[vec![
+                    "[free GPUs](https://evil.example) <img src=x> |\n| x".to_owned(),
+                ]],
+            )
+            .build();
+        assert_eq!(
+            md.lines().nth(2),
+            Some("| \\[free GPUs\\](https://evil.example) \\<img src=x\\> \\| \\| x |")
+        );
     }
 
     #[test]
