@@ -271,14 +271,7 @@ fn an_environment_that_names_another_event_than_the_signed_token_gets_no_credent
         "{:?}",
         out.errors()
     );
-    let aws: Vec<String> = world
-        .faults
-        .take_calls()
-        .into_iter()
-        .filter(|(service, _, _)| *service == world::faults::Service::Aws)
-        .map(|(_, call, _)| call)
-        .collect();
-    assert_eq!(aws, Vec::<String>::new(), "AWS was called");
+    assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
     nothing_left(&world);
 
     // allow-untrusted turns the guard off, this check with it.
@@ -857,12 +850,7 @@ fn a_strangers_job_handed_the_runner_runs_no_step_and_the_machine_ends_itself() 
             "{error}"
         );
     }
-    Step::stop()
-        .in_world(&world)
-        .outputs_of(&started)
-        .run()
-        .success();
-    nothing_left(&world);
+    stop_cleanly(&world, &started);
 }
 
 /// An organization's runner is handed the jobs of every repository its group serves: a job of

@@ -541,6 +541,21 @@ async fn org_group_repositories(
     Json(json!({"total_count": repos.len(), "repositories": repos})).into_response()
 }
 
+/// GitHub's answer to a read of the repository (Metadata, which every token that can see it
+/// has), or `None` when the caller may proceed: 401 for an unknown token, 404 for another
+/// repository.
+fn check_readable(
+    state: &GithubState,
+    headers: &HeaderMap,
+    (owner, repo): (&str, &str),
+) -> Option<Response> {
+    if !known_token(state, bearer(headers)) {
+        return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
+    }
+    (owner != state.owner || repo != state.repo)
+        .then(|| error(StatusCode::NOT_FOUND, "Not Found"))
+}
+
 /// The repository itself, as far as a token with access to it can see it.
 async fn get_repository(
     State(s): State<Shared>,
@@ -548,11 +563,8 @@ async fn get_repository(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if !known_token(&st, bearer(&headers)) {
-        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
-    }
-    if owner != st.owner || repo != st.repo {
-        return error(StatusCode::NOT_FOUND, "Not Found");
+    if let Some(denied) = check_readable(&st, &headers, (&owner, &repo)) {
+        return denied;
     }
     Json(json!({
         "full_name": format!("{owner}/{repo}"), "private": !st.public,
@@ -581,11 +593,8 @@ async fn collaborator_permission(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if !known_token(&st, bearer(&headers)) {
-        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
-    }
-    if owner != st.owner || repo != st.repo {
-        return error(StatusCode::NOT_FOUND, "Not Found");
+    if let Some(denied) = check_readable(&st, &headers, (&owner, &repo)) {
+        return denied;
     }
     let permission = st
         .collaborators
@@ -603,11 +612,11 @@ async fn get_pull(
     headers: HeaderMap,
 ) -> Response {
     let st = lock(&s);
-    if !known_token(&st, bearer(&headers)) {
-        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    if let Some(denied) = check_readable(&st, &headers, (&owner, &repo)) {
+        return denied;
     }
     match st.pulls.get(&number) {
-        Some(sha) if owner == st.owner && repo == st.repo => Json(json!({
+        Some(sha) => Json(json!({
             "number": number, "state": "open",
             "head": {"sha": sha, "ref": "feature"},
         }))
