@@ -59,7 +59,6 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The `gpu-runner:label` tag: the label of the start that launched it.
     /// The repository whose start launched it (`gpu-runner:repository`).
     pub fn repository(&self) -> Option<&str> {
         self.tags.get(tag::REPOSITORY).map(String::as_str)
@@ -71,6 +70,7 @@ impl Instance {
             .is_some_and(|r| r.eq_ignore_ascii_case(repository))
     }
 
+    /// The `gpu-runner:label` tag: the label of the start that launched it.
     pub fn label(&self) -> Option<&str> {
         self.tags.get(tag::LABEL).map(String::as_str)
     }

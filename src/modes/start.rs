@@ -87,26 +87,23 @@ pub async fn run(
         .and_then(|p| p.pointer("/repository/private"))
         .and_then(serde_json::Value::as_bool)
         .map(|private| !private);
-    let trust = if inputs.allow_untrusted {
+    let (judged_event, judgment) = if inputs.allow_untrusted {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
-        Trust {
-            judged_event: None,
-            judgment: Judgment::default(),
-            pull_request: guard::pull_request_of(event, payload.as_ref()),
-            public,
-        }
+        (None, Judgment::default())
     } else {
-        Trust {
-            judged_event: Some(event),
-            judgment: guard::check(
-                event,
-                payload.as_ref(),
-                &ctx.repository(),
-                &inputs.allowed_associations,
-            )?,
-            pull_request: guard::pull_request_of(event, payload.as_ref()),
-            public,
-        }
+        let judgment = guard::check(
+            event,
+            payload.as_ref(),
+            &ctx.repository(),
+            &inputs.allowed_associations,
+        )?;
+        (Some(event), judgment)
+    };
+    let trust = Trust {
+        judged_event,
+        judgment,
+        pull_request: guard::pull_request_of(event, payload.as_ref()),
+        public,
     };
 
     // Nothing exists yet: a cancel here just stops.

@@ -81,12 +81,12 @@ impl Teardown {
             };
             self.row(&i.id, "instance", format!("left alone: {whose}"), true);
         }
-        let found = &found.ours;
         for id in asked {
-            if !found.iter().any(|i| &i.id == id) && !self.rows.iter().any(|r| &r.what == id) {
+            if !found.ours.iter().chain(&found.foreign).any(|i| &i.id == id) {
                 self.row(id, "instance", "already gone", true);
             }
         }
+        let found = &found.ours;
         let (ended, live): (Vec<&Instance>, Vec<&Instance>) =
             found.iter().partition(|i| i.state.is_ending());
         self.instances_ending |= !ended.is_empty();

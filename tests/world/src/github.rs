@@ -552,8 +552,7 @@ fn check_readable(
     if !known_token(state, bearer(headers)) {
         return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
     }
-    (owner != state.owner || repo != state.repo)
-        .then(|| error(StatusCode::NOT_FOUND, "Not Found"))
+    (owner != state.owner || repo != state.repo).then(|| error(StatusCode::NOT_FOUND, "Not Found"))
 }
 
 /// The repository itself, as far as a token with access to it can see it.
