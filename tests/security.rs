@@ -1130,3 +1130,39 @@ fn the_policy_refuses_launches_outside_its_conditions() {
     assert_eq!(subnet_in("vpc-1"), Ok(()));
     assert!(subnet_in("vpc-2").is_err_and(|e| e.ends_with("NeverLaunchOutsideYourVpcs")));
 }
+
+/// The label pattern: a maintainer labels a fork's pull request, `pull_request_target` runs the
+/// start with allow-untrusted, and head-sha names the head the label was put on.
+#[test]
+fn a_label_approved_start_records_the_labelled_head() {
+    let world = world();
+    let labelled = serde_json::json!({
+        "action": "labeled",
+        "label": {"name": "gpu-ok"},
+        "pull_request": {
+            "number": 9, "user": {"login": "stranger"}, "author_association": "NONE",
+            "head": {"sha": "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e",
+                     "repo": {"full_name": "stranger/ml", "fork": true}},
+            "base": {"repo": {"full_name": "octo/ml", "fork": false}},
+        },
+        "repository": {"full_name": "octo/ml", "private": true},
+        "sender": {"login": "alice"},
+    });
+    let refused = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("pull_request_target", &labelled))
+        .run();
+    refused.failure();
+    assert!(refused.errors()[0].contains("from the fork stranger/ml"));
+    let started = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("pull_request_target", &labelled))
+        .input("allow-untrusted", "true")
+        .run();
+    started.success();
+    assert_eq!(
+        started.outputs()["head-sha"],
+        "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"
+    );
+    stop_cleanly(&world, &started);
+}
