@@ -166,12 +166,13 @@ pub async fn installation_token(
             ));
         }
     };
+    let request = token_request(repo, scope, needs);
     let answer = call(
         http.post(format!(
             "{api_url}/app/installations/{}/access_tokens",
             installation.id
         ))
-        .json(&token_request(repo, scope, needs)),
+        .json(&request),
     )
     .await
     .map_err(|e| failure(None, e.without_url().to_string(), "Re-run the job."))?;
@@ -183,7 +184,7 @@ pub async fn installation_token(
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let wanted = token_request(repo, scope, needs)["permissions"].to_string();
+        let wanted = request["permissions"].to_string();
         return Err(failure(
             Some(status),
             format!("GitHub refused an installation token (HTTP {status}): {message}"),

@@ -261,7 +261,7 @@ pub async fn run(
     }
     let policy = Policy {
         now,
-        repository: ctx.repository(),
+        repository,
         max_age_minutes: inputs.max_age_minutes,
         queued_timeout_minutes: inputs.queued_timeout_minutes,
     };

@@ -185,8 +185,8 @@ async fn run_instances_resources(
         .send()
         .await
         .ok();
-    let image = images.as_ref().and_then(|i| i.images().first());
-    let owner = image
+    let described = images.as_ref().and_then(|i| i.images().first());
+    let owner = described
         .and_then(|i| i.image_owner_alias().or(i.owner_id()))
         .map(|o| if o == "898082745236" { "amazon" } else { o })
         .unwrap_or_default()
@@ -196,9 +196,7 @@ async fn run_instances_resources(
 
     // The root volume: its size as asked, else the image's.
     let size = form_value(body, "BlockDeviceMapping.1.Ebs.VolumeSize").or_else(|| {
-        images
-            .as_ref()
-            .and_then(|i| i.images().first())
+        described
             .and_then(|i| i.block_device_mappings().first())
             .and_then(|m| m.ebs())
             .and_then(|e| e.volume_size())
