@@ -2,10 +2,11 @@
 //! `::error title=<what failed>::<what happened>. <how to fix it>`.
 
 use crate::actions::{Annotation, ProtocolError};
-use crate::cloud::CloudError;
 use crate::context::ContextError;
 use crate::github::GithubError;
 use crate::inputs::InputErrors;
+use crate::machine::MachineError;
+use crate::modes::teardown::Rollback;
 use crate::oidc::OidcError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +22,9 @@ pub enum Error {
     Unsupported { what: String, fix: String },
     #[error(transparent)]
     Oidc(#[from] OidcError),
-    #[error("{source}")]
-    Cloud { source: CloudError, hint: String },
+    /// A call to the machine provider failed; its hint is worked out when it is shown.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
     #[error("{source}")]
     Github { source: GithubError, hint: String },
     /// The instance was launched but its runner did not come online.
@@ -35,7 +37,10 @@ pub enum Error {
     },
     /// A failure after launch, and what was done about what had been launched.
     #[error("{cause} {rollback}")]
-    AfterLaunch { cause: Box<Error>, rollback: String },
+    AfterLaunch {
+        cause: Box<Error>,
+        rollback: Box<Rollback>,
+    },
     /// The run's code may come from a stranger: start refused before any credential was asked for.
     #[error("{0}")]
     Untrusted(#[from] crate::guard::Untrusted),
@@ -50,11 +55,12 @@ pub enum Error {
     )]
     UserDataTooLarge(crate::boot::TooLarge),
     /// The workflow was cancelled while this step ran.
-    #[error("cancelled ({signal}) {stage}. {rollback}")]
+    #[error("cancelled ({signal}) {stage}. {}", rolled_back(rollback.as_deref()))]
     Cancelled {
         signal: &'static str,
         stage: &'static str,
-        rollback: String,
+        /// `None` when nothing had been created yet.
+        rollback: Option<Box<Rollback>>,
     },
 }
 
@@ -66,10 +72,10 @@ pub struct Refusal {
     pub advice: String,
 }
 
-impl Error {
-    pub fn cloud(source: CloudError) -> Self {
-        let hint = source.hint();
-        Error::Cloud { source, hint }
+fn rolled_back(rollback: Option<&Rollback>) -> String {
+    match rollback {
+        Some(r) => r.to_string(),
+        None => "Nothing was registered or launched.".to_owned(),
     }
 }
 
@@ -89,10 +95,10 @@ impl Error {
             Error::Protocol(e) => one("Could not talk to the runner", e.to_string(), e.hint()),
             Error::Unsupported { what, fix } => one("Not supported", what.clone(), fix.clone()),
             Error::Oidc(e) => one("No AWS credentials", e.to_string(), e.hint()),
-            Error::Cloud { source, hint } => one(
-                &format!("AWS {} failed", source.operation),
-                source.to_string(),
-                hint.clone(),
+            Error::Machine(e) => one(
+                &format!("{} {} failed", e.provider.service(), e.operation),
+                e.to_string(),
+                e.hint(),
             ),
             Error::Github { source, hint } => one(
                 &format!("GitHub: {} failed", source.operation),
@@ -156,7 +162,10 @@ impl Error {
                 rollback,
             } => one(
                 "gpu-runner was cancelled",
-                format!("The job was cancelled ({signal}) {stage}. {rollback}"),
+                format!(
+                    "The job was cancelled ({signal}) {stage}. {}",
+                    rolled_back(rollback.as_deref())
+                ),
                 "Nothing to fix: re-run the workflow when you want the GPU job.".to_owned(),
             ),
             Error::AfterLaunch { cause, rollback } => cause

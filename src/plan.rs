@@ -22,6 +22,9 @@ pub mod tag {
     pub const VERSION: &str = "gpu-runner:version";
     /// `repo` or `org`: where the runner was registered, for a stop that was not told.
     pub const RUNNER_SCOPE: &str = "gpu-runner:runner-scope";
+    /// `ephemeral`, `pooled` or `attached`: how the machine ends (see `machine::Lifecycle`).
+    /// Absent on ephemeral machines.
+    pub const LIFECYCLE: &str = "gpu-runner:lifecycle";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,7 +61,7 @@ fn cleanup_removes_only_what_gpu_runner_left_and_says_why() {
     let summary = &out.summary;
     for row in [
         format!(
-            "| terminate instance | {expired} | past its expires-at (2026-01-01T00:00:00Z) | terminated |"
+            "| terminate instance | {expired} | past its expires-at (2026-01-01T00:00:00Z) | terminated after 0 min (≈ $0.00 at $0.526/h (on-demand list price in us-east-1)) |"
         ),
         "| remove runner | gpu-runner-12-1-gone | offline, its run 12 is over and no instance serves it | removed |".to_owned(),
         format!(

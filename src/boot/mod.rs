@@ -1,6 +1,8 @@
 //! The instance's boot script: a template (`boot.sh`) and the values it needs, rendered so that
 //! every value stays data. The rendered script carries the runner's JIT config: it is a `Secret`.
 
+pub mod phases;
+
 use crate::plan::JobBinding;
 use crate::secret::Secret;
 

@@ -8,15 +8,15 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::actions::{Actions, Markdown};
-use crate::cloud::aws::Ec2;
-use crate::cloud::{Cloud, Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
-use crate::github::{Job, Removal, Runner, RunnerRegistry, RunnerStatus};
+use crate::github::{Job, Runner, RunnerRegistry, RunnerStatus};
 use crate::inputs::{CleanupInputs, RunnerScope};
+use crate::machine::{self, Lifecycle, Machine, Owner, Provider, Purpose, Release};
+use crate::modes::teardown::{Found, Teardown};
 use crate::plan::LABEL_PREFIX;
 
 /// An instance younger than this is never judged by its runner: its start may be registering it.
@@ -36,7 +36,7 @@ pub struct Policy {
 /// rule that needs them is applied.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    pub instances: Vec<Instance>,
+    pub instances: Vec<Machine>,
     pub runners: Option<Vec<Runner>>,
     /// The jobs of the repository's queued and in-progress runs.
     pub jobs: Option<Vec<Job>>,
@@ -44,8 +44,10 @@ pub struct Seen {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Terminate {
+    /// Let the machine go as its lifecycle asks: end an ephemeral one, pause a pooled one.
+    Release {
         id: String,
+        how: Release,
         reason: String,
     },
     RemoveRunner {
@@ -62,7 +64,17 @@ pub enum Action {
 impl Action {
     fn what(&self) -> (&'static str, String, &str) {
         match self {
-            Action::Terminate { id, reason } => ("terminate instance", id.clone(), reason),
+            Action::Release {
+                id,
+                how: Release::Terminate,
+                reason,
+            } => ("terminate instance", id.clone(), reason),
+            Action::Release {
+                id,
+                how: Release::ReturnToPool,
+                reason,
+            } => ("return instance to its pool", id.clone(), reason),
+            Action::Release { id, reason, .. } => ("detach instance", id.clone(), reason),
             Action::RemoveRunner { name, reason, .. } => ("remove runner", name.clone(), reason),
             Action::CancelRun { run_id, reason } => {
                 ("cancel workflow run", run_id.to_string(), reason)
@@ -86,22 +98,25 @@ fn run_of(label: &str) -> Option<u64> {
 }
 
 /// Live gpu-runner instances (not ending), by the label they serve.
-fn serves<'a>(live: &'a [&'a Instance], label: &str) -> bool {
+fn serves<'a>(live: &'a [&'a Machine], label: &str) -> bool {
     live.iter().any(|i| i.label() == Some(label))
 }
 
 /// What to remove, with why. Never an instance without gpu-runner's label tag, never a runner or
-/// a queued job without a gpu-runner label, never anything of a job that is running.
+/// a queued job without a gpu-runner label, never anything of a job that is running. Machines go
+/// as their lifecycle asks: a pooled one waiting stopped in its pool is left there, a running one
+/// is paused, not ended; an attached one is the user's and never released here.
 pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
     let now = policy.now;
     // Only this repository's: a short max-age-minutes in one repository must never end another
     // repository's jobs in the same account.
-    let live: Vec<&Instance> = seen
+    let live: Vec<&Machine> = seen
         .instances
         .iter()
         .filter(|i| !i.state.is_ending())
         .filter(|i| i.label().is_some_and(|l| l.starts_with(LABEL_PREFIX)))
         .filter(|i| i.belongs_to(&policy.repository))
+        .filter(|i| i.lifecycle() != Lifecycle::Attached)
         .collect();
     let running_on = |label: &str| {
         seen.jobs.as_ref().is_some_and(|jobs| {
@@ -112,6 +127,9 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
     let mut actions = Vec::new();
 
     for i in &live {
+        if i.lifecycle() == Lifecycle::Pooled && i.state.is_paused() {
+            continue;
+        }
         let label = i.runner_name().unwrap_or_default();
         let age = i.launched_at.map(|t| now - t);
         let reason = if let Some(expires) = i.expires_at().filter(|e| *e < now) {
@@ -133,19 +151,20 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
         } else {
             continue;
         };
-        actions.push(Action::Terminate {
+        actions.push(Action::Release {
             id: i.id.clone(),
+            how: i.lifecycle().release(),
             reason,
         });
     }
     let terminating: Vec<&str> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Terminate { id, .. } => Some(id.as_str()),
+            Action::Release { id, .. } => Some(id.as_str()),
             _ => None,
         })
         .collect();
-    let staying: Vec<&Instance> = live
+    let staying: Vec<&Machine> = live
         .iter()
         .copied()
         .filter(|i| !terminating.contains(&i.id.as_str()))
@@ -218,13 +237,20 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let ctx = Context::from_env(env)?;
-    let aws = super::aws_config(env, &inputs.common, &inputs.region, &ctx, actions, None).await?;
-    let cloud = Ec2::new(&aws);
+    let provider = machine::connect(
+        &inputs.common,
+        &inputs.region,
+        Purpose::Manage,
+        env,
+        &ctx,
+        actions,
+        None,
+    )
+    .await?;
     let repository = ctx.repository();
-    let instances = cloud
-        .find(Tagged::Repository(&repository))
-        .await
-        .map_err(Error::cloud)?;
+    let instances = provider
+        .find(&[], Some(Owner::Repository(&repository)))
+        .await?;
     let mut errors: Vec<Error> = Vec::new();
     let github = match super::runners(
         &inputs.common,
@@ -272,7 +298,7 @@ pub async fn run(
         let done = if inputs.dry_run {
             "would do (dry run)".to_owned()
         } else {
-            match act(action, &cloud, github.as_ref()).await {
+            match act(action, &seen.instances, &provider, github.as_ref()).await {
                 Ok(done) => done,
                 Err(e) => {
                     let text = format!("failed: {e}");
@@ -381,28 +407,27 @@ async fn active_jobs(
     Ok(jobs)
 }
 
+/// Does one chosen action, through the teardown executor stop and rollback use; what it did.
 async fn act(
     action: &Action,
-    cloud: &impl Cloud,
+    seen: &[Machine],
+    provider: &impl Provider,
     github: Option<&super::Github>,
 ) -> Result<String, Error> {
+    let mut t = Teardown::default();
     match action {
-        Action::Terminate { id, .. } => {
-            cloud
-                .terminate(std::slice::from_ref(id))
-                .await
-                .map_err(Error::cloud)?;
-            Ok("terminated".to_owned())
+        Action::Release { id, .. } => {
+            let found = Found {
+                ours: seen.iter().filter(|m| &m.id == id).cloned().collect(),
+                foreign: Vec::new(),
+            };
+            t.release(provider, std::slice::from_ref(id), &found).await;
         }
-        Action::RemoveRunner { id, .. } => {
+        Action::RemoveRunner { id, name, .. } => {
             let Some(github) = github else {
                 return Ok("skipped".to_owned());
             };
-            match github.registry.delete_runner(*id).await {
-                Ok(Removal::Deleted) => Ok("removed".to_owned()),
-                Ok(Removal::AlreadyGone) => Ok("already removed".to_owned()),
-                Err(e) => Err(github.error(e)),
-            }
+            t.remove_runner(github, *id, name).await;
         }
         Action::CancelRun { run_id, .. } => {
             let Some(github) = github else {
@@ -413,8 +438,18 @@ async fn act(
                 .cancel_run(*run_id)
                 .await
                 .map_err(|e| github.error(e))?;
-            Ok("cancelled".to_owned())
+            return Ok("cancelled".to_owned());
         }
+    }
+    let done = t
+        .rows
+        .iter()
+        .map(|r| r.outcome.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match t.error {
+        Some(e) => Err(e),
+        None => Ok(done),
     }
 }
 
@@ -423,7 +458,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cloud::InstanceState;
+    use crate::machine::State;
     use crate::plan::{Market, tag};
 
     const REPO: &str = "octo/ml";
@@ -444,7 +479,7 @@ mod tests {
     }
 
     /// A gpu-runner instance of `label`, launched `age` minutes ago, ending in `expires` minutes.
-    fn instance(id: &str, label: &str, age: i64, expires: i64) -> Instance {
+    fn instance(id: &str, label: &str, age: i64, expires: i64) -> Machine {
         let tags: BTreeMap<String, String> = [
             (tag::LABEL, label.to_owned()),
             (tag::REPOSITORY, REPO.to_owned()),
@@ -453,12 +488,12 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        Instance {
+        Machine {
             id: id.to_owned(),
             instance_type: "g4dn.xlarge".to_owned(),
             availability_zone: None,
             market: Market::OnDemand,
-            state: InstanceState::Running,
+            state: State::Running,
             launched_at: Some(now() - TimeDelta::minutes(age)),
             tags,
         }
@@ -483,7 +518,7 @@ mod tests {
         let ids: Vec<&str> = chosen
             .iter()
             .filter_map(|a| match a {
-                Action::Terminate { id, .. } => Some(id.as_str()),
+                Action::Release { id, .. } => Some(id.as_str()),
                 _ => None,
             })
             .collect();
@@ -512,7 +547,7 @@ mod tests {
         }
     }
 
-    fn seen(instances: Vec<Instance>, runners: Vec<Runner>, jobs: Vec<Job>) -> Seen {
+    fn seen(instances: Vec<Machine>, runners: Vec<Runner>, jobs: Vec<Job>) -> Seen {
         Seen {
             instances,
             runners: Some(runners),
@@ -524,7 +559,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Terminate { id, .. } => Some(id.as_str()),
+                Action::Release { id, .. } => Some(id.as_str()),
                 _ => None,
             })
             .collect()
@@ -579,14 +614,14 @@ mod tests {
         let actions = select(&policy(), &s);
         // Another repository's expired instance is its own janitor's (and its own max lifetime's).
         assert_eq!(terminated(&actions), ["i-expired", "i-old"]);
-        let Action::Terminate { reason, .. } = &actions[1] else {
+        let Action::Release { reason, .. } = &actions[1] else {
             panic!("{actions:?}")
         };
         assert_eq!(
             reason,
             "older than max-age-minutes (720): running for 800 min"
         );
-        let Action::Terminate { reason, .. } = &actions[0] else {
+        let Action::Release { reason, .. } = &actions[0] else {
             panic!("{actions:?}")
         };
         assert_eq!(reason, "past its expires-at (2026-11-25T11:20:00Z)");
@@ -616,14 +651,14 @@ mod tests {
         );
         let actions = select(&policy(), &s);
         assert_eq!(terminated(&actions), ["i-orphan"]);
-        assert!(matches!(&actions[0], Action::Terminate { reason, .. }
+        assert!(matches!(&actions[0], Action::Release { reason, .. }
             if reason == "its runner gpu-runner-7-1-aaaa is gone and no job runs on it"));
     }
 
     #[test]
     fn ending_and_foreign_instances_are_never_touched() {
         let mut ending = instance("i-ending", "gpu-runner-7-1-aaaa", 900, -100);
-        ending.state = InstanceState::ShuttingDown;
+        ending.state = State::ShuttingDown;
         let mut untagged = instance("i-mine", "", 900, -100);
         untagged.tags.clear();
         let mut lookalike = instance("i-look", "my-runner", 900, -100);

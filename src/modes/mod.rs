@@ -2,18 +2,15 @@
 
 pub mod cleanup;
 pub mod post;
-pub mod readiness;
 pub mod signals;
 pub mod start;
 pub mod stop;
-pub(crate) mod teardown;
+pub mod teardown;
 
-use aws_config::SdkConfig;
 use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Annotation};
 use crate::clock::Clock;
-use crate::cloud::credentials::{self, AssumeRole};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
@@ -21,7 +18,6 @@ use crate::github::octo::Runners;
 use crate::github::{GithubError, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
 use crate::retry::Backoff;
-use crate::{guard, oidc};
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -72,54 +68,9 @@ pub async fn run(
     }
 }
 
-/// AWS access for `region`: the role through the job's OIDC token, or the ambient credentials.
-/// `judged_event` is the event the untrusted-trigger guard passed, when it ran: the token must
-/// name the same one, or no credentials are asked for.
-pub(crate) async fn aws_config(
-    env: &Env,
-    common: &Common,
-    region: &str,
-    ctx: &Context,
-    actions: &Actions,
-    judged_event: Option<&str>,
-) -> Result<SdkConfig, Error> {
-    let Some(role_arn) = &common.role_to_assume else {
-        return credentials::sdk_config(region, None, actions)
-            .await
-            .map_err(Error::cloud);
-    };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| oidc::OidcError::Request(e.to_string()))?;
-    let token = oidc::request_token(env, &http, &common.audience).await?;
-    actions.add_mask(token.expose());
-    let claims = oidc::read_claims(&token, &common.audience, &ctx.server_url)?;
-    tracing::debug!(sub = %claims.sub, "read the job's OIDC token");
-    if let Some(event) = judged_event {
-        guard::check_claims(
-            claims.event_name.as_deref(),
-            claims.repository.as_deref(),
-            event,
-            &ctx.repository(),
-        )?;
-    }
-    let session_name = oidc::session_name(&ctx.repository(), ctx.run_id, ctx.run_attempt);
-    let role = AssumeRole {
-        role_arn,
-        web_identity_token: &token,
-        session_name: &session_name,
-        env,
-        audience: &common.audience,
-    };
-    credentials::sdk_config(region, Some(role), actions)
-        .await
-        .map_err(Error::cloud)
-}
-
 /// The runners (the repository's or its organization's), and the GitHub context errors are
 /// explained in.
-pub(crate) struct Github {
+pub struct Github {
     pub registry: Runners,
     ctx: Context,
     /// The user passed a token that looks like one GitHub mints for a workflow (`ghs_`).

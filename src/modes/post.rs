@@ -3,13 +3,12 @@
 //! since its inputs come from outputs a failed start may never have written.
 
 use crate::actions::{Actions, Annotation};
-use crate::cloud::Tagged;
-use crate::cloud::aws::Ec2;
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{self, Inputs};
+use crate::machine::{self, Owner, Purpose};
 use crate::modes::teardown::{self, Teardown};
 
 /// What start saves in `GITHUB_STATE`; the post step reads it back as `STATE_<name>`.
@@ -56,18 +55,24 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let ctx = Context::from_env(env)?;
     let _group = actions.group("Rolling back the unfinished start");
     let mut t = Teardown::default();
-    // AWS first: a GitHub problem must not keep the instance running.
-    let aws = super::aws_config(env, &inputs.common, &region, &ctx, actions, None).await?;
-    let cloud = Ec2::new(&aws);
+    // The machines first: a GitHub problem must not keep them running.
+    let provider = machine::connect(
+        &inputs.common,
+        &region,
+        Purpose::Manage,
+        env,
+        &ctx,
+        actions,
+        None,
+    )
+    .await?;
     let repository = ctx.repository();
-    let tagged = Tagged::Label {
+    let owner = Owner::Label {
         repository: &repository,
         label,
     };
-    let found = teardown::find(&cloud, &ids, Some(tagged), &repository)
-        .await
-        .map_err(Error::cloud)?;
-    t.terminate(&cloud, &ids, &found).await;
+    let found = teardown::find(&provider, &ids, Some(owner), &repository).await?;
+    t.release(&provider, &ids, &found).await;
     let labels = [label.to_owned()];
     match super::runners(
         &inputs.common,

@@ -4,13 +4,12 @@
 //! before it wrote them), it removes what any start of this workflow run left.
 
 use crate::actions::{Actions, Annotation, Markdown};
-use crate::cloud::aws::Ec2;
-use crate::cloud::{Instance, Tagged};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
+use crate::machine::{self, Machine, Owner, Purpose};
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
 
@@ -30,12 +29,12 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     let repository = ctx.repository();
     // Without the start's outputs, whatever this run's starts launched.
     let run_scope = !inputs.has_work();
-    let tagged = match &inputs.label {
-        Some(label) => Some(Tagged::Label {
+    let owner = match &inputs.label {
+        Some(label) => Some(Owner::Label {
             repository: &repository,
             label,
         }),
-        None if run_scope => Some(Tagged::Run {
+        None if run_scope => Some(Owner::Run {
             repository: &repository,
             run_id: ctx.run_id,
         }),
@@ -43,17 +42,26 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     };
     let mut t = Teardown::default();
 
-    // AWS first: what bills is the instance, and a GitHub problem must not keep it running.
-    let found = match super::aws_config(env, &inputs.common, region, &ctx, actions, None).await {
-        Ok(aws) => {
-            let cloud = Ec2::new(&aws);
-            match teardown::find(&cloud, &inputs.instance_ids, tagged, &repository).await {
+    // The machines first: they are what bills, and a GitHub problem must not keep them running.
+    let provider = machine::connect(
+        &inputs.common,
+        region,
+        Purpose::Manage,
+        env,
+        &ctx,
+        actions,
+        None,
+    )
+    .await;
+    let found = match provider {
+        Ok(provider) => {
+            match teardown::find(&provider, &inputs.instance_ids, owner, &repository).await {
                 Ok(found) => {
-                    t.terminate(&cloud, &inputs.instance_ids, &found).await;
+                    t.release(&provider, &inputs.instance_ids, &found).await;
                     found.ours
                 }
                 Err(e) => {
-                    t.error = Some(Error::cloud(e));
+                    t.error = Some(Error::from(e));
                     Vec::new()
                 }
             }
@@ -98,7 +106,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
                 );
             }
         }
-        if t.rows.iter().all(|r| r.done.starts_with("already")) {
+        if t.rows.iter().all(|r| r.outcome.was_gone()) {
             return nothing_to_stop(
                 actions,
                 "Nothing to stop: neither `label` nor `instance-ids` was given, and no instance \
@@ -113,7 +121,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
 
 /// Where start registered the runners: the instances' tag knows, and wins over a `runner-scope`
 /// that says otherwise, since removing from the wrong place would leave the runner behind.
-fn runner_scope(given: Option<RunnerScope>, found: &[Instance], actions: &Actions) -> RunnerScope {
+fn runner_scope(given: Option<RunnerScope>, found: &[Machine], actions: &Actions) -> RunnerScope {
     let tagged = found
         .iter()
         .filter_map(|i| i.tags.get(plan::tag::RUNNER_SCOPE))

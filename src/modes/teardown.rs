@@ -1,25 +1,112 @@
-//! Removing what starts created: instances, found by id and by gpu-runner's tags, and runners,
-//! found by label. Stop, the post step, start's rollback and cancel, and cleanup share it, so that
-//! each of them tolerates the same things: an instance already gone, a runner already removed,
-//! ids that were lost.
+//! The one executor of a planned teardown: machines, found by id and by gpu-runner's tags, are
+//! released as their lifecycle asks, and runners, found by label, are removed. Stop, the post
+//! step, start's rollback, cancel and `allow-partial`, and cleanup share it, so that each of them
+//! tolerates the same things (a machine already gone, a runner already removed, ids that were
+//! lost) and reports the same typed outcomes.
 
-use chrono::Utc;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Markdown};
-use crate::cloud::{Cloud, CloudError, Instance, Tagged};
 use crate::error::Error;
-use crate::github::{Removal, Runner, RunnerRegistry};
+use crate::github::{GithubError, Removal, RunnerRegistry};
+use crate::machine::{Lifecycle, Machine, MachineError, Owner, Provider, Release, Released};
 use crate::modes::Github;
-use crate::pricing;
+
+/// What was done to one machine or runner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The machine was let go as its lifecycle asks.
+    Released(Released),
+    /// Letting the machine go this way failed: it may still exist, and bill.
+    NotReleased(Release),
+    /// The machine was ending already.
+    AlreadyEnded,
+    /// Another repository's machine (or one gpu-runner did not launch), named by id: untouched.
+    LeftAlone {
+        owner: Option<String>,
+    },
+    RunnerRemoved,
+    RunnerAlreadyRemoved,
+    /// GitHub would not remove it while it still shows a job on it.
+    RunnerBusy,
+    CouldNotListRunners,
+    CouldNotRemoveRunner,
+    GithubUnreachable,
+}
+
+impl Outcome {
+    /// False when the thing may still exist (and bill, or take a job).
+    pub fn ok(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::Released(Released::Failed)
+                | Outcome::NotReleased(_)
+                | Outcome::RunnerBusy
+                | Outcome::CouldNotListRunners
+                | Outcome::CouldNotRemoveRunner
+                | Outcome::GithubUnreachable
+        )
+    }
+
+    /// It was gone before this teardown looked.
+    pub fn was_gone(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Released(Released::AlreadyGone)
+                | Outcome::AlreadyEnded
+                | Outcome::RunnerAlreadyRemoved
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Released(Released::Terminated { ran, cost }) => match (ran, cost) {
+                (Some(m), Some(cost)) => write!(f, "terminated after {m} min ({cost})"),
+                (Some(m), None) => write!(f, "terminated after {m} min"),
+                _ => f.write_str("terminated"),
+            },
+            Outcome::Released(Released::ReturnedToPool) => {
+                f.write_str("returned to its pool (stopped, its disk kept)")
+            }
+            Outcome::Released(Released::Detached) => {
+                f.write_str("detached (the machine is the user's, and stays)")
+            }
+            Outcome::Released(Released::AlreadyGone) => f.write_str("already gone"),
+            Outcome::Released(Released::Failed) | Outcome::NotReleased(Release::Terminate) => {
+                f.write_str("could not terminate")
+            }
+            Outcome::NotReleased(Release::ReturnToPool) => {
+                f.write_str("could not return to its pool")
+            }
+            Outcome::NotReleased(Release::Detach) => f.write_str("could not detach"),
+            Outcome::AlreadyEnded => f.write_str("already ended"),
+            Outcome::LeftAlone { owner: Some(r) } => {
+                write!(f, "left alone: it was launched for {r}")
+            }
+            Outcome::LeftAlone { owner: None } => {
+                f.write_str("left alone: it carries no gpu-runner:repository tag")
+            }
+            Outcome::RunnerRemoved => f.write_str("removed"),
+            Outcome::RunnerAlreadyRemoved => f.write_str("already removed"),
+            Outcome::RunnerBusy => f.write_str("still running a job"),
+            Outcome::CouldNotListRunners => f.write_str("could not list"),
+            Outcome::CouldNotRemoveRunner => f.write_str("could not remove"),
+            Outcome::GithubUnreachable => f.write_str("could not reach GitHub"),
+        }
+    }
+}
 
 /// One thing looked at, and what was done to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub what: String,
+    /// The provider's noun for a machine ("instance"), or "runner".
     pub kind: &'static str,
-    pub done: String,
-    /// False when it may still exist (and bill).
-    pub ok: bool,
+    pub outcome: Outcome,
 }
 
 /// What a teardown did, and its first error: every item is tried even when one fails.
@@ -27,98 +114,84 @@ pub struct Row {
 pub struct Teardown {
     pub rows: Vec<Row>,
     pub error: Option<Error>,
-    /// Instances were terminated (or found ended): a runner GitHub still shows busy is about to
-    /// lose its job, so its removal is worth waiting for.
-    instances_ending: bool,
+    /// Machines were let go (or found ended): a runner GitHub still shows busy is about to lose
+    /// its job, so its removal is worth waiting for.
+    machines_released: bool,
 }
 
-/// What a teardown found: this repository's instances, and any it was asked about by id that
-/// another repository launched (or that gpu-runner did not launch at all).
+/// What a teardown found: this repository's machines, and any it was asked about by id that
+/// another repository acquired (or that gpu-runner did not launch at all).
 #[derive(Debug, Clone, Default)]
 pub struct Found {
-    pub ours: Vec<Instance>,
-    pub foreign: Vec<Instance>,
+    pub ours: Vec<Machine>,
+    pub foreign: Vec<Machine>,
 }
 
-/// Instances by id, and by tag: a start that was cancelled may never have reported its ids. Only
-/// `repository`'s are ever touched: an id given by mistake (or on purpose) that names another
-/// repository's instance in the same account is left alone.
+/// Machines by id, and by owner: a start that was cancelled may never have reported its ids.
+/// Only `repository`'s are ever touched: an id given by mistake (or on purpose) that names
+/// another repository's machine in the same account is left alone.
 pub async fn find(
-    cloud: &impl Cloud,
+    provider: &impl Provider,
     ids: &[String],
-    tagged: Option<Tagged<'_>>,
+    owner: Option<Owner<'_>>,
     repository: &str,
-) -> Result<Found, CloudError> {
-    let mut found = cloud.describe(ids).await?;
-    if let Some(tagged) = tagged {
-        for i in cloud.find(tagged).await? {
-            if !found.iter().any(|f| f.id == i.id) {
-                found.push(i);
-            }
-        }
-    }
-    let (ours, foreign) = found.into_iter().partition(|i| i.belongs_to(repository));
+) -> Result<Found, MachineError> {
+    let found = provider.find(ids, owner).await?;
+    let (ours, foreign) = found.into_iter().partition(|m| m.belongs_to(repository));
     Ok(Found { ours, foreign })
 }
 
 impl Teardown {
-    fn row(&mut self, what: &str, kind: &'static str, done: impl Into<String>, ok: bool) {
+    fn row(&mut self, what: &str, kind: &'static str, outcome: Outcome) {
         self.rows.push(Row {
             what: what.to_owned(),
             kind,
-            done: done.into(),
-            ok,
+            outcome,
         });
     }
 
-    /// Terminates the live instances of this repository that were found; `asked` ids that were
-    /// not found are reported gone, another repository's are left alone.
-    pub async fn terminate(&mut self, cloud: &impl Cloud, asked: &[String], found: &Found) {
-        for i in &found.foreign {
-            let whose = match i.repository() {
-                Some(r) => format!("it was launched for {r}"),
-                None => "it carries no gpu-runner:repository tag".to_owned(),
-            };
-            self.row(&i.id, "instance", format!("left alone: {whose}"), true);
+    /// Releases this repository's live machines that were found, each as its lifecycle asks;
+    /// `asked` ids that were not found are reported gone, another repository's are left alone.
+    pub async fn release(&mut self, provider: &impl Provider, asked: &[String], found: &Found) {
+        let noun = provider.noun();
+        for m in &found.foreign {
+            let owner = m.repository().map(str::to_owned);
+            self.row(&m.id, noun, Outcome::LeftAlone { owner });
         }
         for id in asked {
-            if !found.ours.iter().chain(&found.foreign).any(|i| &i.id == id) {
-                self.row(id, "instance", "already gone", true);
+            if !found.ours.iter().chain(&found.foreign).any(|m| &m.id == id) {
+                self.row(id, noun, Outcome::Released(Released::AlreadyGone));
             }
         }
-        let found = &found.ours;
-        let (ended, live): (Vec<&Instance>, Vec<&Instance>) =
-            found.iter().partition(|i| i.state.is_ending());
-        self.instances_ending |= !ended.is_empty();
-        for i in ended {
-            self.row(&i.id, "instance", "already ended", true);
+        let (ended, live): (Vec<&Machine>, Vec<&Machine>) =
+            found.ours.iter().partition(|m| m.state.is_ending());
+        self.machines_released |= !ended.is_empty();
+        for m in ended {
+            self.row(&m.id, noun, Outcome::AlreadyEnded);
         }
-        let ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
-        match cloud.terminate(&ids).await {
-            Ok(()) => {
-                self.instances_ending |= !live.is_empty();
-                for i in live {
-                    let minutes = i.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
-                    let price = pricing::price(
-                        cloud,
-                        &i.instance_type,
-                        i.market,
-                        i.availability_zone.as_deref(),
-                    )
-                    .await;
-                    let ran = match (minutes, price) {
-                        (Some(m), Some(p)) => format!(" after {m} min ({})", p.cost(m)),
-                        (Some(m), None) => format!(" after {m} min"),
-                        _ => String::new(),
-                    };
-                    self.row(&i.id, "instance", format!("terminated{ran}"), true);
-                }
+        for lifecycle in [Lifecycle::Ephemeral, Lifecycle::Pooled, Lifecycle::Attached] {
+            let these: Vec<Machine> = live
+                .iter()
+                .filter(|m| m.lifecycle() == lifecycle)
+                .map(|m| (*m).clone())
+                .collect();
+            if these.is_empty() {
+                continue;
             }
-            Err(e) => {
-                for id in &ids {
-                    self.row(id, "instance", "could not terminate", false);
+            let how = lifecycle.release();
+            let (released, error) = provider.release(&these, how).await;
+            for (m, r) in these.iter().zip(released) {
+                let outcome = match r {
+                    Released::Failed => Outcome::NotReleased(how),
+                    r => Outcome::Released(r),
+                };
+                self.row(&m.id, noun, outcome);
+            }
+            match error {
+                Some(e) => {
+                    self.error.get_or_insert(e.into());
                 }
-                self.error.get_or_insert(Error::cloud(e));
+                None => self.machines_released = true,
             }
         }
     }
@@ -134,7 +207,7 @@ impl Teardown {
             Ok(runners) => runners,
             Err(e) => {
                 for label in labels {
-                    self.row(label, "runner", "could not list", false);
+                    self.row(label, "runner", Outcome::CouldNotListRunners);
                 }
                 self.error.get_or_insert(github.error(e));
                 return;
@@ -142,7 +215,7 @@ impl Teardown {
         };
         for label in labels {
             if !runners.iter().any(|r| r.labels.contains(label)) {
-                self.row(label, "runner", "already removed", true);
+                self.row(label, "runner", Outcome::RunnerAlreadyRemoved);
             }
         }
         let chosen = runners.iter().filter(|r| {
@@ -151,20 +224,20 @@ impl Teardown {
                 .any(|l| labels.contains(l) || prefix.is_some_and(|p| l.starts_with(p)))
         });
         for r in chosen {
-            self.remove(github, r).await;
+            self.remove_runner(github, r.id, &r.name).await;
         }
     }
 
-    async fn remove(&mut self, github: &Github, runner: &Runner) {
-        let delete = || github.registry.delete_runner(runner.id);
+    /// Removes one runner by id.
+    pub async fn remove_runner(&mut self, github: &Github, id: u64, name: &str) {
+        let delete = || github.registry.delete_runner(id);
         let removed = match delete().await {
-            // GitHub answers 422 while it still sees the runner's job; once the instance is
+            // GitHub answers 422 while it still sees the runner's job; once the machine is
             // gone, it fails that job within moments to minutes, so wait for it a while.
-            Err(e) if e.runner_busy() && self.instances_ending => {
-                tracing::info!(runner = %runner.name, "GitHub still shows a job on the runner; waiting");
-                let busy = |e: &crate::github::GithubError| {
-                    e.runner_busy().then_some(None).or_else(|| e.retryable())
-                };
+            Err(e) if e.runner_busy() && self.machines_released => {
+                tracing::info!(runner = %name, "GitHub still shows a job on the runner; waiting");
+                let busy =
+                    |e: &GithubError| e.runner_busy().then_some(None).or_else(|| e.retryable());
                 github
                     .registry
                     .backoff()
@@ -177,24 +250,26 @@ impl Teardown {
             }
             other => other,
         };
-        match removed {
-            Ok(Removal::Deleted) => self.row(&runner.name, "runner", "removed", true),
-            Ok(Removal::AlreadyGone) => self.row(&runner.name, "runner", "already removed", true),
-            Err(e) if e.runner_busy() => {
-                self.row(&runner.name, "runner", "still running a job", false);
-                self.error.get_or_insert(github.error(e));
-            }
+        let outcome = match removed {
+            Ok(Removal::Deleted) => Outcome::RunnerRemoved,
+            Ok(Removal::AlreadyGone) => Outcome::RunnerAlreadyRemoved,
             Err(e) => {
-                self.row(&runner.name, "runner", "could not remove", false);
+                let outcome = if e.runner_busy() {
+                    Outcome::RunnerBusy
+                } else {
+                    Outcome::CouldNotRemoveRunner
+                };
                 self.error.get_or_insert(github.error(e));
+                outcome
             }
-        }
+        };
+        self.row(name, "runner", outcome);
     }
 
     /// GitHub could not be reached at all: say which runners stay.
     pub fn github_unreachable(&mut self, labels: &[String], error: Error) {
         for label in labels {
-            self.row(label, "runner", "could not reach GitHub", false);
+            self.row(label, "runner", Outcome::GithubUnreachable);
         }
         self.error.get_or_insert(error);
     }
@@ -203,29 +278,29 @@ impl Teardown {
     pub fn left(&self) -> Vec<String> {
         self.rows
             .iter()
-            .filter(|r| !r.ok)
-            .map(|r| format!("{} {} ({})", r.kind, r.what, r.done))
+            .filter(|r| !r.outcome.ok())
+            .map(|r| format!("{} {} ({})", r.kind, r.what, r.outcome))
             .collect()
     }
 
-    /// One sentence: what was removed.
+    /// What was removed, one phrase each.
     pub fn done(&self) -> Vec<String> {
         self.rows
             .iter()
-            .filter(|r| r.ok)
-            .map(|r| format!("{} {} {}", r.kind, r.what, r.done))
+            .filter(|r| r.outcome.ok())
+            .map(|r| format!("{} {} {}", r.kind, r.what, r.outcome))
             .collect()
     }
 
     /// Every row in the log and, under `heading`, as a table in the summary.
     pub fn report(&self, heading: &str, actions: &Actions) -> Result<(), Error> {
         for r in &self.rows {
-            actions.info(&format!("{} {}: {}", r.kind, r.what, r.done));
+            actions.info(&format!("{} {}: {}", r.kind, r.what, r.outcome));
         }
         let rows: Vec<Vec<String>> = self
             .rows
             .iter()
-            .map(|r| vec![r.what.clone(), r.kind.to_owned(), r.done.clone()])
+            .map(|r| vec![r.what.clone(), r.kind.to_owned(), r.outcome.to_string()])
             .collect();
         actions.append_summary(
             &Markdown::new()
@@ -242,5 +317,172 @@ impl Teardown {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// A start's rollback, as its error tells it: what was removed and what is left.
+    pub fn rollback(self, label: &str, ends_by: DateTime<Utc>) -> Rollback {
+        let removed = self.done();
+        let remaining = self.left();
+        let why = self.error.map(|e| e.to_string());
+        let left = match (remaining.is_empty(), why) {
+            (true, None) => Left::Clear,
+            (true, Some(why)) => Left::Unknown { why },
+            (false, why) => Left::Remaining {
+                what: remaining,
+                why,
+            },
+        };
+        Rollback {
+            removed,
+            left,
+            label: label.to_owned(),
+            ends_by,
+        }
+    }
+}
+
+/// What a failed or cancelled start did about what it had created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollback {
+    /// What was removed (or found gone), one phrase each.
+    pub removed: Vec<String>,
+    pub left: Left,
+    /// The start's label, for `mode: stop`.
+    pub label: String,
+    /// When the machines end themselves at the latest.
+    pub ends_by: DateTime<Utc>,
+}
+
+/// What a rollback left behind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Left {
+    /// Nothing: everything created is gone.
+    Clear,
+    /// These may still exist (and bill), and why.
+    Remaining {
+        what: Vec<String>,
+        why: Option<String>,
+    },
+    /// The rollback could not look.
+    Unknown { why: String },
+    /// `keep-on-failure`: the machines stay for debugging; their runners were meant to go.
+    Kept {
+        ids: Vec<String>,
+        runner_error: Option<String>,
+    },
+}
+
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ends_by = self
+            .ends_by
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let label = &self.label;
+        if let Left::Kept { ids, runner_error } = &self.left {
+            write!(
+                f,
+                "Left behind: kept {} for debugging (keep-on-failure); it ends itself by \
+                 {ends_by}, or run mode: stop with label {label}.",
+                ids.join(", ")
+            )?;
+            if let Some(e) = runner_error {
+                write!(
+                    f,
+                    " Its runner could not be removed ({e}): delete it under Settings → Actions \
+                     → Runners."
+                )?;
+            }
+            return Ok(());
+        }
+        if self.removed.is_empty() {
+            f.write_str("Rolled back: nothing had been created.")?;
+        } else {
+            write!(f, "Rolled back: {}.", self.removed.join(", "))?;
+        }
+        let what = match &self.left {
+            Left::Clear | Left::Kept { .. } => return Ok(()),
+            Left::Remaining { what, why } => {
+                let why = why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default();
+                format!("Left behind: {}{why}", what.join(", "))
+            }
+            Left::Unknown { why } => format!("What is left could not be seen ({why})"),
+        };
+        write!(
+            f,
+            " {what}; the instance ends itself by {ends_by}, or run mode: stop with label \
+             {label}, or remove the runner under Settings → Actions → Runners."
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollback(removed: &[&str], left: Left) -> String {
+        Rollback {
+            removed: removed.iter().map(|r| (*r).to_owned()).collect(),
+            left,
+            label: "gpu-runner-1-1-abc".into(),
+            ends_by: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_rollback_says_what_was_removed_and_what_is_left() {
+        assert_eq!(
+            rollback(&["instance i-1 terminated"], Left::Clear),
+            "Rolled back: instance i-1 terminated."
+        );
+        assert_eq!(
+            rollback(&[], Left::Clear),
+            "Rolled back: nothing had been created."
+        );
+        let left = rollback(
+            &["runner r removed"],
+            Left::Remaining {
+                what: vec!["instance i-1 (could not terminate)".into()],
+                why: Some("AWS TerminateInstances failed".into()),
+            },
+        );
+        assert!(left.starts_with(
+            "Rolled back: runner r removed. Left behind: instance i-1 (could not terminate) \
+             (AWS TerminateInstances failed); the instance ends itself by 1970-01-01T00:00:00Z, \
+             or run mode: stop with label gpu-runner-1-1-abc"
+        ));
+        let unknown = rollback(
+            &[],
+            Left::Unknown {
+                why: "throttled".into(),
+            },
+        );
+        assert!(unknown.contains("What is left could not be seen (throttled)"));
+        let kept = rollback(
+            &[],
+            Left::Kept {
+                ids: vec!["i-1".into()],
+                runner_error: None,
+            },
+        );
+        assert!(kept.starts_with("Left behind: kept i-1 for debugging (keep-on-failure)"));
+    }
+
+    #[test]
+    fn outcomes_read_as_before_and_know_what_may_still_bill() {
+        let terminated = Outcome::Released(Released::Terminated {
+            ran: Some(3),
+            cost: Some("≈ $0.05".into()),
+        });
+        assert_eq!(terminated.to_string(), "terminated after 3 min (≈ $0.05)");
+        assert!(terminated.ok());
+        assert!(!Outcome::NotReleased(Release::Terminate).ok());
+        assert_eq!(
+            Outcome::NotReleased(Release::Terminate).to_string(),
+            "could not terminate"
+        );
+        assert!(Outcome::AlreadyEnded.was_gone());
+        assert!(!Outcome::RunnerRemoved.was_gone());
+        assert!(!Outcome::RunnerBusy.ok());
     }
 }

@@ -10,10 +10,14 @@ use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use aws_sdk_sts::config::Credentials;
 
-use super::CloudError;
-use super::aws::cloud_error;
+use super::api::cloud_error;
 use crate::actions::{Actions, Masker};
+use crate::context::Context;
 use crate::env::Env;
+use crate::error::Error;
+use crate::guard;
+use crate::inputs::Common;
+use crate::machine::{Kind, MachineError};
 use crate::oidc;
 use crate::secret::Secret;
 
@@ -79,7 +83,7 @@ impl std::fmt::Debug for WebIdentity {
 
 impl WebIdentity {
     /// One `AssumeRoleWithWebIdentity` with `token`.
-    async fn exchange(&self, token: &Secret) -> Result<Credentials, CloudError> {
+    async fn exchange(&self, token: &Secret) -> Result<Credentials, MachineError> {
         let out = self
             .sts
             .assume_role_with_web_identity()
@@ -91,7 +95,8 @@ impl WebIdentity {
             .await
             .map_err(|e| cloud_error("AssumeRoleWithWebIdentity", e))?;
         let Some(c) = out.credentials() else {
-            return Err(CloudError {
+            return Err(MachineError {
+                provider: Kind::Ec2,
                 operation: "AssumeRoleWithWebIdentity",
                 code: None,
                 message: "STS answered without credentials".to_owned(),
@@ -146,7 +151,7 @@ pub async fn sdk_config(
     region: &str,
     role: Option<AssumeRole<'_>>,
     actions: &Actions,
-) -> Result<SdkConfig, CloudError> {
+) -> Result<SdkConfig, MachineError> {
     let region = Region::new(region.to_owned());
     let Some(role) = role else {
         return Ok(loader(&region).load().await);
@@ -171,4 +176,45 @@ pub async fn sdk_config(
         "assumed the AWS role"
     );
     Ok(loader(&region).credentials_provider(provider).load().await)
+}
+
+/// AWS access for `region`: the role through the job's OIDC token, or the ambient credentials.
+/// `judged_event` is the event the untrusted-trigger guard passed, when it ran: the token must
+/// name the same one, or no credentials are asked for.
+pub async fn connect(
+    env: &Env,
+    common: &Common,
+    region: &str,
+    ctx: &Context,
+    actions: &Actions,
+    judged_event: Option<&str>,
+) -> Result<SdkConfig, Error> {
+    let Some(role_arn) = &common.role_to_assume else {
+        return Ok(sdk_config(region, None, actions).await?);
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| oidc::OidcError::Request(e.to_string()))?;
+    let token = oidc::request_token(env, &http, &common.audience).await?;
+    actions.add_mask(token.expose());
+    let claims = oidc::read_claims(&token, &common.audience, &ctx.server_url)?;
+    tracing::debug!(sub = %claims.sub, "read the job's OIDC token");
+    if let Some(event) = judged_event {
+        guard::check_claims(
+            claims.event_name.as_deref(),
+            claims.repository.as_deref(),
+            event,
+            &ctx.repository(),
+        )?;
+    }
+    let session_name = oidc::session_name(&ctx.repository(), ctx.run_id, ctx.run_attempt);
+    let role = AssumeRole {
+        role_arn,
+        web_identity_token: &token,
+        session_name: &session_name,
+        env,
+        audience: &common.audience,
+    };
+    Ok(sdk_config(region, Some(role), actions).await?)
 }

@@ -2,7 +2,8 @@
 //! list prices, spot from EC2's current spot price. A price is information, never a reason to
 //! fail: when none is known, the summary says so.
 
-use crate::cloud::Cloud;
+use super::api::Api;
+use crate::machine::Price;
 use crate::plan::Market;
 
 /// On-demand list prices in us-east-1, Linux, USD per hour, as AWS published them (2025). Other
@@ -36,25 +37,6 @@ const ON_DEMAND_US_EAST_1: &[(&str, f64)] = &[
     ("p3.16xlarge", 24.48),
 ];
 
-/// An hourly price and where it comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Price {
-    pub usd_per_hour: f64,
-    pub source: String,
-}
-
-impl Price {
-    pub fn describe(&self) -> String {
-        format!("${:.3}/h ({})", self.usd_per_hour, self.source)
-    }
-
-    /// The estimated cost of `minutes` at this price.
-    pub fn cost(&self, minutes: i64) -> String {
-        let usd = self.usd_per_hour * minutes.max(0) as f64 / 60.0;
-        format!("≈ ${usd:.2} at {}", self.describe())
-    }
-}
-
 pub fn on_demand_list_price(instance_type: &str) -> Option<Price> {
     ON_DEMAND_US_EAST_1
         .iter()
@@ -67,7 +49,7 @@ pub fn on_demand_list_price(instance_type: &str) -> Option<Price> {
 
 /// The price of an instance of this type and market, in this zone.
 pub async fn price(
-    cloud: &impl Cloud,
+    api: &Api,
     instance_type: &str,
     market: Market,
     zone: Option<&str>,
@@ -75,7 +57,7 @@ pub async fn price(
     match market {
         Market::OnDemand => on_demand_list_price(instance_type),
         Market::Spot => {
-            let usd = cloud.spot_price(instance_type, zone?).await?;
+            let usd = api.spot_price(instance_type, zone?).await?;
             Some(Price {
                 usd_per_hour: usd,
                 source: format!("current spot price in {}", zone.unwrap_or_default()),

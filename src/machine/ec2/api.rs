@@ -1,4 +1,5 @@
-//! `Cloud` on EC2, with SSM for image parameters.
+//! The EC2 and SSM calls the provider makes, each turning the SDK's answer into gpu-runner's
+//! types and keeping the AWS error code.
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
@@ -15,16 +16,35 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-use super::{Cloud, CloudError, Instance, InstanceState, LaunchRequest, Tagged, capacity_advice};
+use super::errors::{NO_CREDENTIALS, capacity_advice};
 use crate::inputs::ImageRef;
-use crate::plan::{Market, tag};
+use crate::machine::{Kind, Machine, MachineError, Owner, State};
+use crate::plan::{Candidate, LaunchPlan, Market, tag};
+use crate::secret::Secret;
 
-pub struct Ec2 {
+/// One launch attempt: a candidate of the plan, with the rendered boot script.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchRequest<'a> {
+    pub plan: &'a LaunchPlan,
+    /// The runner the instance is for (tagged `gpu-runner:runner`).
+    pub runner_name: &'a str,
+    pub candidate: &'a Candidate,
+    pub image_id: &'a str,
+    /// The boot script; it carries the runner's JIT config, so it is never logged.
+    pub user_data: &'a Secret,
+    /// Ask EC2 to check permissions only (`DryRun`).
+    pub dry_run: bool,
+    /// Makes a retried launch idempotent: EC2 answers a repeated `RunInstances` with the same
+    /// token with the instance it launched the first time, so a lost answer never launches twice.
+    pub client_token: &'a str,
+}
+
+pub struct Api {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
 }
 
-impl Ec2 {
+impl Api {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
             ec2: aws_sdk_ec2::Client::new(config),
@@ -34,19 +54,21 @@ impl Ec2 {
 }
 
 /// Keeps the AWS error code, which decides retries, fallbacks and hints.
-pub fn cloud_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
+pub fn cloud_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> MachineError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
 {
     if let Some(why) = no_credentials(&err) {
-        return CloudError {
+        return MachineError {
+            provider: Kind::Ec2,
             operation,
-            code: Some(super::NO_CREDENTIALS.to_owned()),
+            code: Some(NO_CREDENTIALS.to_owned()),
             message: format!("no AWS credentials were found ({why})"),
         };
     }
-    CloudError {
+    MachineError {
+        provider: Kind::Ec2,
         operation,
         code: err.code().map(str::to_owned),
         message: err
@@ -109,25 +131,25 @@ impl ClassifyRetry for NoRetryOnCapacity {
     }
 }
 
-fn is_not_found(e: &CloudError) -> bool {
+fn is_not_found(e: &MachineError) -> bool {
     e.code().starts_with("InvalidInstanceID.NotFound")
 }
 
-fn state(s: Option<&InstanceStateName>) -> InstanceState {
+fn state(s: Option<&InstanceStateName>) -> State {
     match s {
-        Some(InstanceStateName::Pending) => InstanceState::Pending,
-        Some(InstanceStateName::Running) => InstanceState::Running,
-        Some(InstanceStateName::ShuttingDown) => InstanceState::ShuttingDown,
-        Some(InstanceStateName::Stopping) => InstanceState::Stopping,
-        Some(InstanceStateName::Stopped) => InstanceState::Stopped,
-        Some(InstanceStateName::Terminated) => InstanceState::Terminated,
-        Some(other) => InstanceState::Other(other.as_str().to_owned()),
-        None => InstanceState::Other("unknown".to_owned()),
+        Some(InstanceStateName::Pending) => State::Pending,
+        Some(InstanceStateName::Running) => State::Running,
+        Some(InstanceStateName::ShuttingDown) => State::ShuttingDown,
+        Some(InstanceStateName::Stopping) => State::Stopping,
+        Some(InstanceStateName::Stopped) => State::Stopped,
+        Some(InstanceStateName::Terminated) => State::Terminated,
+        Some(other) => State::Other(other.as_str().to_owned()),
+        None => State::Other("unknown".to_owned()),
     }
 }
 
-fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
-    Instance {
+fn instance(i: &aws_sdk_ec2::types::Instance) -> Machine {
+    Machine {
         id: i.instance_id().unwrap_or_default().to_owned(),
         instance_type: i
             .instance_type()
@@ -153,8 +175,8 @@ fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
     }
 }
 
-impl Cloud for Ec2 {
-    async fn resolve_image(&self, image: &ImageRef) -> Result<String, CloudError> {
+impl Api {
+    pub async fn resolve_image(&self, image: &ImageRef) -> Result<String, MachineError> {
         match image {
             ImageRef::Ami(id) => Ok(id.clone()),
             ImageRef::Ssm(name) => {
@@ -168,7 +190,8 @@ impl Cloud for Ec2 {
                 out.parameter()
                     .and_then(|p| p.value())
                     .map(str::to_owned)
-                    .ok_or_else(|| CloudError {
+                    .ok_or_else(|| MachineError {
+                        provider: Kind::Ec2,
                         operation: "GetParameter",
                         code: None,
                         message: format!("the SSM parameter {name} has no value"),
@@ -177,7 +200,7 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn gpu_count(&self, instance_type: &str) -> Option<u32> {
+    pub async fn gpu_count(&self, instance_type: &str) -> Option<u32> {
         let out = self
             .ec2
             .describe_instance_types()
@@ -198,7 +221,7 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn launch(&self, request: LaunchRequest<'_>) -> Result<Instance, CloudError> {
+    pub async fn launch(&self, request: LaunchRequest<'_>) -> Result<Machine, MachineError> {
         let plan = request.plan;
         let tags: Vec<Tag> = plan
             .tags
@@ -283,14 +306,15 @@ impl Cloud for Ec2 {
         out.instances()
             .first()
             .map(instance)
-            .ok_or_else(|| CloudError {
+            .ok_or_else(|| MachineError {
+                provider: Kind::Ec2,
                 operation: "RunInstances",
                 code: None,
                 message: "EC2 answered without an instance".to_owned(),
             })
     }
 
-    async fn describe(&self, ids: &[String]) -> Result<Vec<Instance>, CloudError> {
+    pub async fn describe(&self, ids: &[String]) -> Result<Vec<Machine>, MachineError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -313,18 +337,18 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn find(&self, tagged: Tagged<'_>) -> Result<Vec<Instance>, CloudError> {
+    pub async fn find(&self, owner: Owner<'_>) -> Result<Vec<Machine>, MachineError> {
         let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
         let of = |repository: &str| filter(format!("tag:{}", tag::REPOSITORY), repository);
-        let filters = match tagged {
-            Tagged::Label { repository, label } => {
+        let filters = match owner {
+            Owner::Label { repository, label } => {
                 vec![of(repository), filter(format!("tag:{}", tag::LABEL), label)]
             }
-            Tagged::Run { repository, run_id } => vec![
+            Owner::Run { repository, run_id } => vec![
                 of(repository),
                 filter(format!("tag:{}", tag::RUN_ID), &run_id.to_string()),
             ],
-            Tagged::Repository(repository) => {
+            Owner::Repository(repository) => {
                 vec![of(repository), filter("tag-key".to_owned(), tag::LABEL)]
             }
         };
@@ -352,7 +376,7 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
+    pub async fn terminate(&self, ids: &[String]) -> Result<(), MachineError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -370,7 +394,26 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn spot_price(&self, instance_type: &str, zone: &str) -> Option<f64> {
+    /// Stops, keeping the disk; instances already gone are not an error.
+    pub async fn stop(&self, ids: &[String]) -> Result<(), MachineError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .ec2
+            .stop_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| cloud_error("StopInstances", e));
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn spot_price(&self, instance_type: &str, zone: &str) -> Option<f64> {
         let out = self
             .ec2
             .describe_spot_price_history()
@@ -397,7 +440,7 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn console_output(&self, id: &str) -> Result<Option<String>, CloudError> {
+    pub async fn console_output(&self, id: &str) -> Result<Option<String>, MachineError> {
         let out = self
             .ec2
             .get_console_output()
@@ -415,9 +458,9 @@ impl Cloud for Ec2 {
     }
 }
 
-impl Ec2 {
+impl Api {
     /// The image's root device name, which a root volume size must be attached to.
-    async fn root_device(&self, image_id: &str) -> Result<String, CloudError> {
+    async fn root_device(&self, image_id: &str) -> Result<String, MachineError> {
         let out = self
             .ec2
             .describe_images()

@@ -1,0 +1,262 @@
+//! EC2: a new instance per runner, launched from the plan's capacity candidates in order, with the
+//! boot script (and so the runner's configuration) in its user data; SSM for image parameters,
+//! STS for the role.
+
+pub mod api;
+pub mod credentials;
+pub mod errors;
+pub mod pricing;
+pub mod user_data;
+
+use aws_config::SdkConfig;
+use chrono::Utc;
+
+use crate::actions::Actions;
+use crate::boot::phases;
+use crate::error::{Error, Refusal};
+use crate::machine::{
+    Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
+    Released, State,
+};
+use crate::plan::{LaunchPlan, Market};
+use api::{Api, LaunchRequest};
+use errors::{SPOT_ROLE_MISSING, capacity_advice};
+
+/// Lines of the instance's console shown when it ends while booting.
+const CONSOLE_LINES: usize = 15;
+
+pub struct Ec2 {
+    api: Api,
+    /// The AMI a start launches from, resolved once (an `ssm:` parameter read).
+    image_id: Option<String>,
+}
+
+impl Ec2 {
+    pub async fn new(config: &SdkConfig, purpose: Purpose<'_>) -> Result<Self, Error> {
+        let api = Api::new(config);
+        let image_id = match purpose {
+            Purpose::Acquire(plan) => Some(api.resolve_image(&plan.image).await?),
+            Purpose::Manage => None,
+        };
+        Ok(Self { api, image_id })
+    }
+
+    fn image_id(&self) -> Result<&str, Error> {
+        self.image_id.as_deref().ok_or_else(|| Error::Unsupported {
+            what: "gpu-runner tried to launch without an image (a bug)".to_owned(),
+            fix: "Re-run the job, and report this at the project's issues.".to_owned(),
+        })
+    }
+}
+
+impl Provider for Ec2 {
+    fn noun(&self) -> &'static str {
+        "instance"
+    }
+
+    /// Shows the boot script (its JIT config redacted), then asks EC2 with `DryRun` whether the
+    /// role may launch the first candidate.
+    async fn preflight(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<String, Error> {
+        let Some(candidate) = plan.candidates.first() else {
+            return Ok("The plan has no candidate to check.".to_owned());
+        };
+        let image_id = self.image_id()?;
+        let gpus = self
+            .api
+            .gpu_count(&candidate.instance_type)
+            .await
+            .unwrap_or(0);
+        let params = handoff.boot_params(plan, &candidate.instance_type, gpus);
+        {
+            let _group = actions.group("Boot script (JIT config redacted)");
+            actions.verbatim(crate::boot::render_redacted(&params).trim_end());
+        }
+        let user_data = crate::boot::render(&params);
+        let request = LaunchRequest {
+            plan,
+            runner_name: &handoff.runner.name,
+            candidate,
+            image_id,
+            user_data: &user_data,
+            dry_run: true,
+            client_token: &format!("{}-dry-run", plan.label),
+        };
+        match self.api.launch(request).await {
+            Err(e) if e.code() == "DryRunOperation" => Ok(format!(
+                "EC2 confirmed that the role may launch {} from {image_id} (DryRun).",
+                candidate.describe()
+            )),
+            Err(e) => Err(e.into()),
+            Ok(instance) => {
+                // An endpoint that ignores DryRun must not leave an instance behind.
+                self.api
+                    .terminate(std::slice::from_ref(&instance.id))
+                    .await?;
+                Ok(format!(
+                    "The cloud ignored DryRun and launched {}; it was terminated.",
+                    instance.id
+                ))
+            }
+        }
+    }
+
+    async fn acquire(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<Acquired, Error> {
+        let image_id = self.image_id()?;
+        let mut refused: Vec<Refusal> = Vec::new();
+        let mut no_spot = false;
+        for (n, candidate) in plan.candidates.iter().enumerate() {
+            // Without the spot service-linked role no spot candidate launches: go on to on-demand.
+            if no_spot && candidate.market == Market::Spot {
+                continue;
+            }
+            let gpus = self
+                .api
+                .gpu_count(&candidate.instance_type)
+                .await
+                .unwrap_or(0);
+            let user_data = user_data::render(plan, handoff, &candidate.instance_type, gpus)?;
+            let request = LaunchRequest {
+                plan,
+                runner_name: &handoff.runner.name,
+                candidate,
+                image_id,
+                user_data: &user_data,
+                dry_run: false,
+                client_token: &format!("{}-{n}", handoff.runner.name),
+            };
+            match self.api.launch(request).await {
+                Ok(machine) => {
+                    actions.info(&format!(
+                        "Launched {} ({})",
+                        machine.id,
+                        candidate.describe()
+                    ));
+                    return Ok(Acquired { machine, refused });
+                }
+                Err(e) => {
+                    let Some(advice) =
+                        capacity_advice(e.code(), &candidate.instance_type, candidate.market)
+                    else {
+                        return Err(e.into());
+                    };
+                    no_spot |= e.code() == SPOT_ROLE_MISSING;
+                    actions.info(&format!(
+                        "No capacity: {} ({}); trying the next candidate",
+                        candidate.describe(),
+                        e.code()
+                    ));
+                    refused.push(Refusal {
+                        candidate: candidate.describe(),
+                        code: e.code().to_owned(),
+                        advice,
+                    });
+                }
+            }
+        }
+        Err(Error::NoCapacity { tried: refused })
+    }
+
+    async fn health(&self, ids: &[String]) -> Result<Vec<(String, Health)>, MachineError> {
+        let found = self.api.describe(ids).await?;
+        let mut health = Vec::new();
+        for id in ids {
+            let h = match found.iter().find(|i| &i.id == id).map(|i| &i.state) {
+                Some(State::Running) => Health::Ready,
+                Some(s) if s.is_ending() || s.is_paused() => Health::Gone {
+                    why: s.name().to_owned(),
+                    last_words: self.last_words(id).await,
+                },
+                // Not listed yet: EC2's reads lag its writes by a moment.
+                _ => Health::Booting,
+            };
+            health.push((id.clone(), h));
+        }
+        Ok(health)
+    }
+
+    async fn last_words(&self, id: &str) -> Vec<String> {
+        match self.api.console_output(id).await {
+            Ok(Some(text)) => phases::last_words(&text, CONSOLE_LINES),
+            _ => Vec::new(),
+        }
+    }
+
+    async fn find(
+        &self,
+        ids: &[String],
+        owner: Option<Owner<'_>>,
+    ) -> Result<Vec<Machine>, MachineError> {
+        let mut found = self.api.describe(ids).await?;
+        if let Some(owner) = owner {
+            for i in self.api.find(owner).await? {
+                if !found.iter().any(|f| f.id == i.id) {
+                    found.push(i);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn release(
+        &self,
+        machines: &[Machine],
+        how: Release,
+    ) -> (Vec<Released>, Option<MachineError>) {
+        let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+        let done = match how {
+            Release::Terminate => self.api.terminate(&ids).await,
+            Release::ReturnToPool => self.api.stop(&ids).await,
+            Release::Detach => Ok(()),
+        };
+        if let Err(e) = done {
+            return (vec![Released::Failed; machines.len()], Some(e));
+        }
+        let mut released = Vec::new();
+        for m in machines {
+            released.push(match how {
+                Release::Terminate => {
+                    let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
+                    let price = pricing::price(
+                        &self.api,
+                        &m.instance_type,
+                        m.market,
+                        m.availability_zone.as_deref(),
+                    )
+                    .await;
+                    let cost = ran.zip(price).map(|(ran, p)| p.cost(ran));
+                    Released::Terminated { ran, cost }
+                }
+                Release::ReturnToPool => Released::ReturnedToPool,
+                Release::Detach => Released::Detached,
+            });
+        }
+        (released, None)
+    }
+
+    /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
+    /// publish the console minutes late.
+    async fn facts(&self, machine: &Machine) -> Facts {
+        let price = pricing::price(
+            &self.api,
+            &machine.instance_type,
+            machine.market,
+            machine.availability_zone.as_deref(),
+        )
+        .await;
+        let gpu = match self.api.console_output(&machine.id).await {
+            Ok(Some(text)) => phases::gpu_found(&text),
+            _ => None,
+        };
+        Facts { price, gpu }
+    }
+}

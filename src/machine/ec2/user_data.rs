@@ -1,0 +1,50 @@
+//! EC2's runner handoff: the boot script, with the runner's configuration, in a new instance's
+//! user data, which EC2 caps at 16 KB.
+
+use crate::boot::{self, RunnerPackage};
+use crate::error::Error;
+use crate::machine::Handoff;
+use crate::plan::LaunchPlan;
+use crate::secret::Secret;
+
+/// The boot script for this runner on an instance of `instance_type` with `gpus` GPUs, once it is
+/// known to fit EC2's user data with the JIT config GitHub issued.
+pub fn render(
+    plan: &LaunchPlan,
+    handoff: &Handoff<'_>,
+    instance_type: &str,
+    gpus: u32,
+) -> Result<Secret, Error> {
+    let params = handoff.boot_params(plan, instance_type, gpus);
+    boot::check_size(&params, handoff.jit_config.expose().len())
+        .map_err(Error::UserDataTooLarge)?;
+    Ok(boot::render(&params))
+}
+
+/// Whether the boot script of every runner and candidate fits EC2's user data, with room kept for
+/// the JIT config GitHub has not issued yet: the largest of them is checked (the longest name and
+/// instance type, a two-digit GPU count).
+pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Error> {
+    let instance_type = plan
+        .candidates
+        .iter()
+        .map(|c| c.instance_type.as_str())
+        .max_by_key(|t| t.len())
+        .unwrap_or_default();
+    let Some(runner) = plan
+        .runners
+        .iter()
+        .max_by_key(|r| r.name.len() + r.labels.join(",").len())
+    else {
+        return Ok(());
+    };
+    let handoff = Handoff {
+        runner,
+        jit_config: Secret::new(""),
+        package,
+    };
+    let params = handoff.boot_params(plan, instance_type, 99);
+    boot::check_size(&params, boot::JIT_CONFIG_ROOM)
+        .map(|_| ())
+        .map_err(Error::UserDataTooLarge)
+}

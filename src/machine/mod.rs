@@ -1,0 +1,477 @@
+//! What the modes need from a provider of GPU machines, whatever it is: EC2 instances today, a
+//! pool of stopped instances, a Kubernetes pod or a machine the user already has next. The modes
+//! see only [`Provider`]; each provider lives in its own folder here, and [`connect`] is the one
+//! place that turns the inputs into one.
+//!
+//! A provider acquires a machine for one runner (handing it the runner's single-use
+//! configuration, see [`handoff`]), says how it is doing while it boots, finds the machines a
+//! repository's starts acquired, and releases them as their [`Lifecycle`] asks: an ephemeral
+//! machine ends, a pooled one goes back to its pool, an attached one is only detached.
+
+pub mod ec2;
+pub mod handoff;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::actions::Actions;
+use crate::context::Context;
+use crate::env::Env;
+use crate::error::{Error, Refusal};
+use crate::inputs::Common;
+use crate::plan::{LaunchPlan, Market, tag};
+
+pub use handoff::Handoff;
+
+/// Where a machine is in its life, as its provider says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Running,
+    ShuttingDown,
+    Stopping,
+    Stopped,
+    Terminated,
+    Other(String),
+}
+
+impl State {
+    /// The state as the provider names it.
+    pub fn name(&self) -> &str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::ShuttingDown => "shutting-down",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Terminated => "terminated",
+            State::Other(name) => name,
+        }
+    }
+
+    /// The machine is gone or on its way: nothing more is billed for it.
+    pub fn is_ending(&self) -> bool {
+        matches!(self, State::ShuttingDown | State::Terminated)
+    }
+
+    /// Stopped or stopping: its disk is kept, its compute is not billed.
+    pub fn is_paused(&self) -> bool {
+        matches!(self, State::Stopping | State::Stopped)
+    }
+}
+
+/// How a machine is meant to end once its job is over, from its `gpu-runner:lifecycle` tag
+/// (machines without one are ephemeral: every machine gpu-runner launched before the tag
+/// existed was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Launched for one job and ended after it.
+    Ephemeral,
+    /// Kept stopped between jobs, with its disk: it is paused after its job, never ended by
+    /// cleanup for waiting in its pool.
+    Pooled,
+    /// The user's own machine: gpu-runner only takes its runner away, never the machine.
+    Attached,
+}
+
+impl Lifecycle {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Ephemeral => "ephemeral",
+            Lifecycle::Pooled => "pooled",
+            Lifecycle::Attached => "attached",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Lifecycle::Ephemeral, Lifecycle::Pooled, Lifecycle::Attached]
+            .into_iter()
+            .find(|l| l.name() == name)
+    }
+
+    /// What ending its turn means for a machine of this lifecycle.
+    pub fn release(self) -> Release {
+        match self {
+            Lifecycle::Ephemeral => Release::Terminate,
+            Lifecycle::Pooled => Release::ReturnToPool,
+            Lifecycle::Attached => Release::Detach,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    /// The provider's name for its size (an EC2 instance type).
+    pub instance_type: String,
+    /// Where it runs (an availability zone), when the provider says.
+    pub availability_zone: Option<String>,
+    pub market: Market,
+    pub state: State,
+    pub launched_at: Option<DateTime<Utc>>,
+    /// gpu-runner's tags (`gpu-runner:*`), and any others it carries.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Machine {
+    /// The repository whose start acquired it (`gpu-runner:repository`).
+    pub fn repository(&self) -> Option<&str> {
+        self.tags.get(tag::REPOSITORY).map(String::as_str)
+    }
+
+    /// Whether `repository` acquired it. GitHub's repository names are not case-sensitive.
+    pub fn belongs_to(&self, repository: &str) -> bool {
+        self.repository()
+            .is_some_and(|r| r.eq_ignore_ascii_case(repository))
+    }
+
+    /// The `gpu-runner:label` tag: the label of the start that acquired it.
+    pub fn label(&self) -> Option<&str> {
+        self.tags.get(tag::LABEL).map(String::as_str)
+    }
+
+    /// The name of the runner it serves: its `gpu-runner:runner` tag, else (one runner) the label.
+    pub fn runner_name(&self) -> Option<&str> {
+        self.tags
+            .get(tag::RUNNER)
+            .map(String::as_str)
+            .or_else(|| self.label())
+    }
+
+    /// The `gpu-runner:expires-at` tag: when its boot script ends it at the latest.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.tags
+            .get(tag::EXPIRES_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// How it is meant to end: its `gpu-runner:lifecycle` tag, ephemeral without one. A value
+    /// this build does not know is taken for the kindest reading, attached: never ended.
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.tags.get(tag::LIFECYCLE) {
+            None => Lifecycle::Ephemeral,
+            Some(name) => Lifecycle::from_name(name).unwrap_or(Lifecycle::Attached),
+        }
+    }
+}
+
+/// Whose machines to find: always one repository's, so that nothing one repository runs can
+/// touch another's machines in the same account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// Acquired by the start that made this label.
+    Label { repository: &'a str, label: &'a str },
+    /// Acquired by any start of this workflow run.
+    Run { repository: &'a str, run_id: u64 },
+    /// Every machine gpu-runner acquired in the region for this repository.
+    Repository(&'a str),
+}
+
+/// A machine's turn is over: how to let it go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// End it: nothing of it is billed any more.
+    Terminate,
+    /// Stop it with its disk, for the next job to resume.
+    ReturnToPool,
+    /// Leave the machine as it is: it is the user's.
+    Detach,
+}
+
+/// What releasing one machine did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Released {
+    /// Ended after `ran` minutes, at about `cost`, when they are known.
+    Terminated {
+        ran: Option<i64>,
+        cost: Option<String>,
+    },
+    ReturnedToPool,
+    Detached,
+    /// It was gone before it was asked for.
+    AlreadyGone,
+    /// It may still exist, and bill.
+    Failed,
+}
+
+/// How a booting machine is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Not running yet.
+    Booting,
+    /// Running: its runner comes online next.
+    Ready,
+    /// It ended, or was stopped, while it booted: `why` names its state, `last_words` are the
+    /// last lines it printed (its boot phases).
+    Gone {
+        why: String,
+        last_words: Vec<String>,
+    },
+}
+
+/// What the summary shows of a machine once its runner is online.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    pub price: Option<Price>,
+    /// What the boot script's GPU probe found, when the machine has shown it yet.
+    pub gpu: Option<String>,
+}
+
+/// An hourly price and where it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub usd_per_hour: f64,
+    pub source: String,
+}
+
+impl Price {
+    pub fn describe(&self) -> String {
+        format!("${:.3}/h ({})", self.usd_per_hour, self.source)
+    }
+
+    /// The estimated cost of `minutes` at this price.
+    pub fn cost(&self, minutes: i64) -> String {
+        let usd = self.usd_per_hour * minutes.max(0) as f64 / 60.0;
+        format!("≈ ${usd:.2} at {}", self.describe())
+    }
+}
+
+/// A machine acquired for a runner, and the capacity candidates tried before it.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    pub machine: Machine,
+    pub refused: Vec<Refusal>,
+}
+
+/// Which provider gave an error: it decides the words of the hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ec2,
+}
+
+impl Kind {
+    /// The service named in the error's title.
+    pub fn service(self) -> &'static str {
+        match self {
+            Kind::Ec2 => "AWS",
+        }
+    }
+}
+
+/// A provider's call that failed, with the provider's error code (for EC2,
+/// `InsufficientInstanceCapacity` and the like), which decides whether to try the next candidate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed{}: {message}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+pub struct MachineError {
+    pub provider: Kind,
+    pub operation: &'static str,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl MachineError {
+    pub fn code(&self) -> &str {
+        self.code.as_deref().unwrap_or("")
+    }
+
+    /// What to do about it: the provider's words for its error code, worked out when the error is
+    /// shown.
+    pub fn hint(&self) -> String {
+        match self.provider {
+            Kind::Ec2 => ec2::errors::hint(self),
+        }
+    }
+}
+
+/// What start, stop, the post step and cleanup need from a provider of GPU machines.
+pub trait Provider: Sync {
+    /// What its machines are called in the log and the summaries ("instance").
+    fn noun(&self) -> &'static str;
+
+    /// What a dry run proves: that the machine could be acquired, with nothing acquired. Shows
+    /// what the machine would be handed, then says in one sentence what was proven.
+    fn preflight(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
+
+    /// A machine for one runner, handed its configuration: the first capacity candidate that has
+    /// room. Saying what it tries in the log.
+    fn acquire(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> impl Future<Output = Result<Acquired, Error>> + Send;
+
+    /// How each of these booting machines is doing, in one look (one call, however many).
+    fn health(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Health)>, MachineError>> + Send;
+
+    /// The last lines the machine printed, its boot phases first: why a boot went wrong.
+    fn last_words(&self, id: &str) -> impl Future<Output = Vec<String>> + Send;
+
+    /// The machines with these ids, and those of `owner`, in any state: how stop and rollback
+    /// find what they lost the ids of, and how cleanup finds everything gpu-runner acquired.
+    /// Ids that are gone are left out.
+    fn find(
+        &self,
+        ids: &[String],
+        owner: Option<Owner<'_>>,
+    ) -> impl Future<Output = Result<Vec<Machine>, MachineError>> + Send;
+
+    /// Lets these machines go, one result each in their order; a machine already gone is not an
+    /// error. The first error, if any, comes with the results.
+    fn release(
+        &self,
+        machines: &[Machine],
+        how: Release,
+    ) -> impl Future<Output = (Vec<Released>, Option<MachineError>)> + Send;
+
+    /// What the summary says of a machine whose runner came online.
+    fn facts(&self, machine: &Machine) -> impl Future<Output = Facts> + Send;
+}
+
+/// What a mode will use the provider for: a start launches from the plan and needs its image,
+/// the other modes only find and release.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose<'a> {
+    Acquire(&'a LaunchPlan),
+    Manage,
+}
+
+/// The provider the inputs ask for, with its credentials; for a start, with what it launches
+/// from. A new provider is a folder here and a variant of [`Connected`].
+pub async fn connect(
+    common: &Common,
+    region: &str,
+    purpose: Purpose<'_>,
+    env: &Env,
+    ctx: &Context,
+    actions: &Actions,
+    judged_event: Option<&str>,
+) -> Result<Connected, Error> {
+    let config = ec2::credentials::connect(env, common, region, ctx, actions, judged_event).await?;
+    Ok(Connected::Ec2(ec2::Ec2::new(&config, purpose).await?))
+}
+
+/// Checks what can be checked of a plan before any credential is asked for and anything is
+/// registered, such as whether the runner's configuration will fit the way it is handed over.
+pub fn check_plan(plan: &LaunchPlan, package: &crate::boot::RunnerPackage) -> Result<(), Error> {
+    ec2::user_data::check_fits(plan, package)
+}
+
+/// The provider [`connect`] chose.
+pub enum Connected {
+    Ec2(ec2::Ec2),
+}
+
+impl Provider for Connected {
+    fn noun(&self) -> &'static str {
+        match self {
+            Connected::Ec2(p) => p.noun(),
+        }
+    }
+
+    async fn preflight(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<String, Error> {
+        match self {
+            Connected::Ec2(p) => p.preflight(plan, handoff, actions).await,
+        }
+    }
+
+    async fn acquire(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<Acquired, Error> {
+        match self {
+            Connected::Ec2(p) => p.acquire(plan, handoff, actions).await,
+        }
+    }
+
+    async fn health(&self, ids: &[String]) -> Result<Vec<(String, Health)>, MachineError> {
+        match self {
+            Connected::Ec2(p) => p.health(ids).await,
+        }
+    }
+
+    async fn last_words(&self, id: &str) -> Vec<String> {
+        match self {
+            Connected::Ec2(p) => p.last_words(id).await,
+        }
+    }
+
+    async fn find(
+        &self,
+        ids: &[String],
+        owner: Option<Owner<'_>>,
+    ) -> Result<Vec<Machine>, MachineError> {
+        match self {
+            Connected::Ec2(p) => p.find(ids, owner).await,
+        }
+    }
+
+    async fn release(
+        &self,
+        machines: &[Machine],
+        how: Release,
+    ) -> (Vec<Released>, Option<MachineError>) {
+        match self {
+            Connected::Ec2(p) => p.release(machines, how).await,
+        }
+    }
+
+    async fn facts(&self, machine: &Machine) -> Facts {
+        match self {
+            Connected::Ec2(p) => p.facts(machine).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tagged(tags: &[(&str, &str)]) -> Machine {
+        Machine {
+            id: "i-1".into(),
+            instance_type: "g5.xlarge".into(),
+            availability_zone: None,
+            market: Market::OnDemand,
+            state: State::Running,
+            launched_at: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_machine_without_a_lifecycle_tag_is_ephemeral_and_an_unknown_one_is_never_ended() {
+        assert_eq!(tagged(&[]).lifecycle(), Lifecycle::Ephemeral);
+        assert_eq!(
+            tagged(&[(tag::LIFECYCLE, "pooled")]).lifecycle(),
+            Lifecycle::Pooled
+        );
+        assert_eq!(
+            tagged(&[(tag::LIFECYCLE, "from-the-future")]).lifecycle(),
+            Lifecycle::Attached
+        );
+        assert_eq!(Lifecycle::Pooled.release(), Release::ReturnToPool);
+        assert_eq!(Lifecycle::Attached.release(), Release::Detach);
+    }
+}

@@ -1,0 +1,240 @@
+//! `mode: start`: register a one-job runner, acquire its GPU machine, wait until the runner is
+//! online. Any failure after registration removes what was created, unless `keep-on-failure`.
+//!
+//! The sequence is here; setup (trust, GitHub, the provider), waiting, the report, rollback and
+//! dry run have their own files.
+
+mod dry_run;
+mod report;
+mod rollback;
+mod setup;
+pub mod wait;
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+
+use crate::actions::Actions;
+use crate::boot::{self, RunnerPackage};
+use crate::clock::Clock;
+use crate::context::Context;
+use crate::env::Env;
+use crate::error::Error;
+use crate::github::RunnerRegistry;
+use crate::inputs::StartInputs;
+use crate::machine::{self, Handoff, Machine, Provider};
+use crate::modes::Github;
+use crate::modes::post::state;
+use crate::modes::signals::Cancel;
+use crate::plan::{self, LaunchPlan};
+use report::{Online, report_online, save_launch};
+use setup::Setup;
+use wait::{Booting, wait_online};
+
+/// Where the machine downloads the runner package: `{version}` and `{arch}` are filled in.
+/// `GPU_RUNNER_RUNNER_DOWNLOAD_URL` names a mirror.
+fn runner_package(env: &Env, inputs: &StartInputs) -> RunnerPackage {
+    let template = env
+        .non_empty("GPU_RUNNER_RUNNER_DOWNLOAD_URL")
+        .unwrap_or(boot::DEFAULT_RUNNER_URL);
+    RunnerPackage::new(
+        template,
+        &inputs.runner_version,
+        inputs.arch,
+        &inputs.runner_sha256,
+    )
+}
+
+pub async fn run(
+    inputs: &StartInputs,
+    env: &Env,
+    actions: &Actions,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let mut cancel = Cancel::install().map_err(|e| Error::Unsupported {
+        what: format!("could not listen for the runner's cancel signals: {e}"),
+        fix: "The container cannot handle signals; re-run the job.".to_owned(),
+    })?;
+    let ctx = Context::from_env(env)?;
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let plan = plan::launch_plan(inputs, &ctx, now, &nonce[..8]);
+    tracing::info!(label = %plan.label, candidates = plan.candidates.len(), "planned the GPU runner");
+    {
+        let _group = actions.group("Plan");
+        actions.verbatim(plan.to_text().trim_end());
+    }
+
+    // Before anything is registered: will the runner's configuration reach the machine?
+    let package = runner_package(env, inputs);
+    machine::check_plan(&plan, &package)?;
+    let trust = setup::judge(inputs, env, &ctx, actions)?;
+
+    // Nothing exists yet: a cancel here just stops.
+    let setup = tokio::select! {
+        setup = setup::connect(inputs, &plan, env, &ctx, actions, &trust) => setup?,
+        signal = cancel.cancelled() => {
+            return Err(Error::Cancelled {
+                signal,
+                stage: "before gpu-runner created anything",
+                rollback: None,
+            });
+        }
+    };
+    let Setup {
+        github,
+        provider,
+        head_sha,
+    } = &setup;
+    if plan.dry_run {
+        return dry_run::run(&plan, provider, &package, actions).await;
+    }
+    if let Some(sha) = head_sha {
+        // What was judged: a push to the pull request after this must not run unreviewed.
+        actions.set_output("head-sha", sha)?;
+    }
+
+    // Before anything exists, so that the post step and stop can find what this start creates.
+    actions.save_state(state::LABEL, &plan.label)?;
+    actions.save_state(state::REGION, &plan.region)?;
+    let clock = Clock::from_env(env);
+    let acquired = Acquired::default();
+    let outcome = tokio::select! {
+        results = bring_online(&plan, provider, github, &package, actions, &acquired, clock) => Ok(results),
+        signal = cancel.cancelled() => Err(signal),
+    };
+    let acquired = acquired.take();
+    let results = match outcome {
+        Ok(results) => results,
+        Err(signal) => {
+            // A cancel removes everything, keep-on-failure or not: the user asked for it to end.
+            let rollback = rollback::roll_back(&plan, provider, github, &acquired, actions).await;
+            return Err(Error::Cancelled {
+                signal,
+                stage: if acquired.is_empty() {
+                    "while gpu-runner registered the runner and launched its instance"
+                } else {
+                    "while the GPU runner was starting"
+                },
+                rollback: Some(Box::new(rollback)),
+            });
+        }
+    };
+    let (online, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let online: Vec<Online> = online.into_iter().filter_map(Result::ok).collect();
+    let mut failed: Vec<(String, Error)> = failed.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        return report_online(&plan, &online, actions);
+    }
+    if plan.allow_partial && !online.is_empty() {
+        return rollback::keep_partial(&plan, provider, github, online, failed, actions).await;
+    }
+    let (_, cause) = failed.remove(0);
+    let rollback = if plan.keep_on_failure && !acquired.is_empty() {
+        rollback::keep_for_debugging(&plan, github, &acquired).await
+    } else {
+        rollback::roll_back(&plan, provider, github, &acquired, actions).await
+    };
+    Err(Error::AfterLaunch {
+        cause: Box::new(cause),
+        rollback: Box::new(rollback),
+    })
+}
+
+/// Every runner of the plan registered, its machine acquired and waited for, in parallel. Each
+/// result names its runner, in the plan's order, for `allow-partial` to remove the failed ones.
+async fn bring_online(
+    plan: &LaunchPlan,
+    provider: &impl Provider,
+    github: &Github,
+    package: &RunnerPackage,
+    actions: &Actions,
+    acquired: &Acquired,
+    clock: Clock,
+) -> Vec<Result<Online, (String, Error)>> {
+    let _group = actions.group(&format!(
+        "Launching {} GPU runner(s) and waiting for them",
+        plan.runners.len()
+    ));
+    let launches = join_all((0..plan.runners.len()).map(|n| async move {
+        register_and_acquire(plan, n, provider, github, package, actions, acquired)
+            .await
+            .map_err(|e| (n, e))
+    }))
+    .await;
+    let (booting, failed): (Vec<_>, Vec<_>) = launches.into_iter().partition(Result::is_ok);
+    let booting: Vec<Booting> = booting.into_iter().filter_map(Result::ok).collect();
+    let mut results: Vec<(usize, Result<Online, Error>)> = failed
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|(n, e)| (n, Err(e)))
+        .collect();
+    results.extend(wait_online(plan, provider, github, booting, actions, clock).await);
+    results.sort_by_key(|(n, _)| *n);
+    results
+        .into_iter()
+        .map(|(n, r)| r.map_err(|e| (plan.runners[n].name.clone(), e)))
+        .collect()
+}
+
+/// The machines acquired so far, shared by the runners that start in parallel: outputs, state
+/// and rollback need all of them.
+#[derive(Default)]
+struct Acquired(Mutex<Vec<Machine>>);
+
+impl Acquired {
+    /// Adds one and saves them all at once, so that the stop job and the post step can always
+    /// find every machine.
+    fn add(&self, plan: &LaunchPlan, machine: Machine, actions: &Actions) -> Result<(), Error> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(machine);
+        save_launch(plan, &all, actions)
+    }
+
+    fn take(&self) -> Vec<Machine> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Registers one runner and acquires its machine, handing it the runner's configuration. The
+/// machine joins `acquired` as soon as it exists.
+async fn register_and_acquire(
+    plan: &LaunchPlan,
+    n: usize,
+    provider: &impl Provider,
+    github: &Github,
+    package: &RunnerPackage,
+    actions: &Actions,
+    acquired: &Acquired,
+) -> Result<Booting, Error> {
+    let runner = &plan.runners[n];
+    let jit = github
+        .registry
+        .create_jit_runner(&runner.name, &runner.labels)
+        .await
+        .map_err(|e| github.error(e))?;
+    actions.add_mask(jit.encoded_jit_config.expose());
+    actions.info(&format!(
+        "Registered runner {} (id {}) with labels {}",
+        jit.runner.name,
+        jit.runner.id,
+        runner.labels.join(", ")
+    ));
+    let handoff = Handoff {
+        runner,
+        jit_config: jit.encoded_jit_config.clone(),
+        package,
+    };
+    let got = provider.acquire(plan, &handoff, actions).await?;
+    let launched_at = Instant::now();
+    acquired.add(plan, got.machine.clone(), actions)?;
+    Ok(Booting {
+        n,
+        jit,
+        machine: got.machine,
+        refused: got.refused,
+        launched_at,
+        running_after: None,
+    })
+}
