@@ -3,7 +3,7 @@
 
 use crate::actions::{Annotation, ProtocolError};
 use crate::context::ContextError;
-use crate::github::GithubError;
+use crate::github::{GithubError, Whose};
 use crate::inputs::InputErrors;
 use crate::machine::MachineError;
 use crate::modes::teardown::Rollback;
@@ -25,8 +25,12 @@ pub enum Error {
     /// A call to the machine provider failed; its hint is worked out when it is shown.
     #[error(transparent)]
     Machine(#[from] MachineError),
+    /// A GitHub call failed; its hint is worked out when it is shown.
     #[error("{source}")]
-    Github { source: GithubError, hint: String },
+    Github {
+        source: GithubError,
+        whose: Box<Whose>,
+    },
     /// The instance was launched but its runner did not come online.
     #[error("{what}")]
     Startup {
@@ -100,10 +104,10 @@ impl Error {
                 e.to_string(),
                 e.hint(),
             ),
-            Error::Github { source, hint } => one(
+            Error::Github { source, whose } => one(
                 &format!("GitHub: {} failed", source.operation),
                 source.to_string(),
-                hint.clone(),
+                whose.hint(source),
             ),
             Error::Startup { what, console, fix } => {
                 let mut what = what.clone();

@@ -195,4 +195,34 @@ pub trait RunnerRegistry {
     fn run_jobs(&self, run_id: u64) -> impl Future<Output = Result<Vec<Job>, GithubError>> + Send;
 
     fn cancel_run(&self, run_id: u64) -> impl Future<Output = Result<(), GithubError>> + Send;
+
+    /// How calls that GitHub may answer later (a busy runner's removal) are retried.
+    fn backoff(&self) -> crate::retry::Backoff;
+}
+
+/// What a GitHub failure was about, for its hint, which is worked out when the error is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whose {
+    /// The self-hosted runners of `repository`, or of its organization `org`.
+    Runners {
+        repository: String,
+        org: Option<String>,
+        /// The token looks like one GitHub mints for a workflow (`ghs_`).
+        workflow_token: bool,
+    },
+    /// A failure that knows its own fix (an App token, a runner group).
+    Fix(String),
+}
+
+impl Whose {
+    pub fn hint(&self, source: &GithubError) -> String {
+        match self {
+            Whose::Runners {
+                repository,
+                org,
+                workflow_token,
+            } => source.hint(repository, org.as_deref(), *workflow_token),
+            Whose::Fix(fix) => fix.clone(),
+        }
+    }
 }

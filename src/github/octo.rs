@@ -106,10 +106,6 @@ impl Runners {
     }
 
     /// How this registry retries, for callers that wait on GitHub too.
-    pub fn backoff(&self) -> Backoff {
-        self.backoff
-    }
-
     /// Registers runners in `group` (an organization's) from now on.
     pub fn use_group(&mut self, group: u64) {
         self.group = group;
@@ -335,6 +331,10 @@ fn runner(r: &SelfHostedRunner) -> Runner {
 }
 
 impl RunnerRegistry for Runners {
+    fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
     async fn create_jit_runner(
         &self,
         name: &str,

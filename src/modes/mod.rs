@@ -15,7 +15,7 @@ use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
 use crate::github::octo::Runners;
-use crate::github::{GithubError, app};
+use crate::github::{GithubError, Whose, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
 use crate::retry::Backoff;
 
@@ -68,37 +68,33 @@ pub async fn run(
     }
 }
 
-/// The runners (the repository's or its organization's), and the GitHub context errors are
-/// explained in.
-pub struct Github {
-    pub registry: Runners,
-    ctx: Context,
-    /// The user passed a token that looks like one GitHub mints for a workflow (`ghs_`).
-    workflow_token: bool,
+/// The runners (the repository's or its organization's), and what GitHub's errors are about.
+pub struct Github<R = Runners> {
+    pub registry: R,
+    whose: Whose,
 }
 
-impl Github {
-    pub fn error(&self, source: GithubError) -> Error {
-        explained(
-            source,
-            &self.ctx,
-            self.registry.scope(),
-            self.workflow_token,
-        )
+impl<R> Github<R> {
+    /// `registry` holds the runners of `ctx`'s repository, or with `runner-scope: org` of its
+    /// organization.
+    pub fn new(registry: R, ctx: &Context, scope: RunnerScope, workflow_token: bool) -> Self {
+        Self {
+            registry,
+            whose: Whose::Runners {
+                repository: ctx.repository(),
+                org: (scope == RunnerScope::Org).then(|| ctx.owner.clone()),
+                workflow_token,
+            },
+        }
     }
-}
 
-/// A GitHub failure with the hint for this repository, or for its organization with
-/// `runner-scope: org`.
-fn explained(
-    source: GithubError,
-    ctx: &Context,
-    scope: RunnerScope,
-    workflow_token: bool,
-) -> Error {
-    let org = (scope == RunnerScope::Org).then_some(ctx.owner.as_str());
-    let hint = source.hint(&ctx.repository(), org, workflow_token);
-    Error::Github { source, hint }
+    /// A GitHub failure, with what it was about.
+    pub fn error(&self, source: GithubError) -> Error {
+        Error::Github {
+            source,
+            whose: Box::new(self.whose.clone()),
+        }
+    }
 }
 
 /// The runners of `scope`, with the token the user gave or one minted for the App (for this
@@ -122,22 +118,17 @@ pub(crate) async fn runners(
                     .await
                     .map_err(|f| Error::Github {
                         source: f.source,
-                        hint: f.hint,
+                        whose: Box::new(Whose::Fix(f.hint)),
                     })?;
             actions.add_mask(jwt.expose());
             actions.add_mask(token.expose());
             (token, false)
         }
     };
-    let github = |registry| Github {
-        registry,
-        ctx: ctx.clone(),
-        workflow_token,
-    };
     let backoff = Backoff::new(Clock::from_env(env));
     let target = (ctx.owner.as_str(), ctx.repo.as_str());
     match Runners::new(&ctx.api_url, &token, target, scope, backoff) {
-        Ok(registry) => Ok(github(registry)),
-        Err(e) => Err(explained(e, ctx, scope, workflow_token)),
+        Ok(registry) => Ok(Github::new(registry, ctx, scope, workflow_token)),
+        Err(e) => Err(Github::new((), ctx, scope, workflow_token).error(e)),
     }
 }

@@ -199,7 +199,7 @@ impl Teardown {
     /// Removes every runner that carries one of `labels`, or a label that starts with `prefix`.
     pub async fn remove_runners(
         &mut self,
-        github: &Github,
+        github: &Github<impl RunnerRegistry + Sync>,
         labels: &[String],
         prefix: Option<&str>,
     ) {
@@ -229,7 +229,12 @@ impl Teardown {
     }
 
     /// Removes one runner by id.
-    pub async fn remove_runner(&mut self, github: &Github, id: u64, name: &str) {
+    pub async fn remove_runner(
+        &mut self,
+        github: &Github<impl RunnerRegistry + Sync>,
+        id: u64,
+        name: &str,
+    ) {
         let delete = || github.registry.delete_runner(id);
         let removed = match delete().await {
             // GitHub answers 422 while it still sees the runner's job; once the machine is

@@ -10,6 +10,10 @@ mod rollback;
 mod setup;
 pub mod wait;
 
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -31,7 +35,7 @@ use crate::modes::signals::Cancel;
 use crate::plan::{self, LaunchPlan};
 use report::{Online, report_online, save_launch};
 use setup::Setup;
-use wait::{Booting, wait_online};
+use wait::{Booting, Readiness, wait_online};
 
 /// Where the machine downloads the runner package: `{version}` and `{arch}` are filled in.
 /// `GPU_RUNNER_RUNNER_DOWNLOAD_URL` names a mirror.
@@ -98,18 +102,43 @@ pub async fn run(
     // Before anything exists, so that the post step and stop can find what this start creates.
     actions.save_state(state::LABEL, &plan.label)?;
     actions.save_state(state::REGION, &plan.region)?;
-    let clock = Clock::from_env(env);
+    let readiness = Readiness::of(&plan, Clock::from_env(env));
+    drive(
+        &plan,
+        provider,
+        github,
+        &package,
+        actions,
+        &readiness,
+        cancel.cancelled(),
+    )
+    .await
+}
+
+/// Start's state machine once nothing stands in the way: every runner registered and its machine
+/// acquired, then waited for, until all are online, or some failed (rolled back, or kept with
+/// `keep-on-failure` or `allow-partial`), or `cancelled` resolves with the signal's name (all
+/// rolled back).
+async fn drive(
+    plan: &LaunchPlan,
+    provider: &impl Provider,
+    github: &Github<impl RunnerRegistry + Sync>,
+    package: &RunnerPackage,
+    actions: &Actions,
+    readiness: &Readiness,
+    cancelled: impl Future<Output = &'static str>,
+) -> Result<(), Error> {
     let acquired = Acquired::default();
     let outcome = tokio::select! {
-        results = bring_online(&plan, provider, github, &package, actions, &acquired, clock) => Ok(results),
-        signal = cancel.cancelled() => Err(signal),
+        results = bring_online(plan, provider, github, package, actions, &acquired, readiness) => Ok(results),
+        signal = cancelled => Err(signal),
     };
     let acquired = acquired.take();
     let results = match outcome {
         Ok(results) => results,
         Err(signal) => {
             // A cancel removes everything, keep-on-failure or not: the user asked for it to end.
-            let rollback = rollback::roll_back(&plan, provider, github, &acquired, actions).await;
+            let rollback = rollback::roll_back(plan, provider, github, &acquired, actions).await;
             return Err(Error::Cancelled {
                 signal,
                 stage: if acquired.is_empty() {
@@ -125,16 +154,16 @@ pub async fn run(
     let online: Vec<Online> = online.into_iter().filter_map(Result::ok).collect();
     let mut failed: Vec<(String, Error)> = failed.into_iter().filter_map(Result::err).collect();
     if failed.is_empty() {
-        return report_online(&plan, &online, actions);
+        return report_online(plan, &online, actions);
     }
     if plan.allow_partial && !online.is_empty() {
-        return rollback::keep_partial(&plan, provider, github, online, failed, actions).await;
+        return rollback::keep_partial(plan, provider, github, online, failed, actions).await;
     }
     let (_, cause) = failed.remove(0);
     let rollback = if plan.keep_on_failure && !acquired.is_empty() {
-        rollback::keep_for_debugging(&plan, github, &acquired).await
+        rollback::keep_for_debugging(plan, github, &acquired).await
     } else {
-        rollback::roll_back(&plan, provider, github, &acquired, actions).await
+        rollback::roll_back(plan, provider, github, &acquired, actions).await
     };
     Err(Error::AfterLaunch {
         cause: Box::new(cause),
@@ -147,11 +176,11 @@ pub async fn run(
 async fn bring_online(
     plan: &LaunchPlan,
     provider: &impl Provider,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     package: &RunnerPackage,
     actions: &Actions,
     acquired: &Acquired,
-    clock: Clock,
+    readiness: &Readiness,
 ) -> Vec<Result<Online, (String, Error)>> {
     let _group = actions.group(&format!(
         "Launching {} GPU runner(s) and waiting for them",
@@ -170,7 +199,7 @@ async fn bring_online(
         .filter_map(Result::err)
         .map(|(n, e)| (n, Err(e)))
         .collect();
-    results.extend(wait_online(plan, provider, github, booting, actions, clock).await);
+    results.extend(wait_online(plan, provider, github, booting, actions, readiness).await);
     results.sort_by_key(|(n, _)| *n);
     results
         .into_iter()
@@ -203,7 +232,7 @@ async fn register_and_acquire(
     plan: &LaunchPlan,
     n: usize,
     provider: &impl Provider,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     package: &RunnerPackage,
     actions: &Actions,
     acquired: &Acquired,

@@ -4,6 +4,7 @@
 
 use crate::actions::{Actions, Annotation};
 use crate::error::Error;
+use crate::github::RunnerRegistry;
 use crate::machine::{Machine, Owner, Provider};
 use crate::modes::Github;
 use crate::modes::teardown::{self, Found, Left, Rollback, Teardown};
@@ -23,7 +24,7 @@ fn owner(plan: &LaunchPlan) -> Owner<'_> {
 pub(super) async fn roll_back(
     plan: &LaunchPlan,
     provider: &impl Provider,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     acquired: &[Machine],
     actions: &Actions,
 ) -> Rollback {
@@ -46,7 +47,7 @@ pub(super) async fn roll_back(
 /// now, go.
 pub(super) async fn keep_for_debugging(
     plan: &LaunchPlan,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     acquired: &[Machine],
 ) -> Rollback {
     let mut t = Teardown::default();
@@ -68,7 +69,7 @@ pub(super) async fn keep_for_debugging(
 pub(super) async fn keep_partial(
     plan: &LaunchPlan,
     provider: &impl Provider,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     online: Vec<Online>,
     failed: Vec<(String, Error)>,
     actions: &Actions,

@@ -6,10 +6,10 @@ use crate::actions::{Actions, Annotation};
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::GithubError;
 use crate::github::app::TokenNeeds;
 use crate::github::groups;
 use crate::github::octo::RunnerGroup;
+use crate::github::{GithubError, Whose};
 use crate::guard::{self, Judgment};
 use crate::inputs::{GroupRef, RunnerScope, StartInputs};
 use crate::machine::{self, Connected, Purpose};
@@ -234,7 +234,7 @@ async fn org_group(
             status: None,
             message: p.message,
         },
-        hint: p.fix,
+        whose: Box::new(Whose::Fix(p.fix)),
     };
     let all = registry
         .runner_groups()

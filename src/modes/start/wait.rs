@@ -64,6 +64,25 @@ pub(super) struct Booting {
     pub running_after: Option<Duration>,
 }
 
+/// How start waits for its runners: how often it looks, and for how long, on which clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    pub schedule: PollSchedule,
+    /// `startup-timeout-minutes`, of the user's time.
+    pub startup_timeout: Duration,
+    pub clock: Clock,
+}
+
+impl Readiness {
+    pub fn of(plan: &LaunchPlan, clock: Clock) -> Self {
+        Self {
+            schedule: PollSchedule::default(),
+            startup_timeout: Duration::from_secs(u64::from(plan.startup_timeout_minutes) * 60),
+            clock,
+        }
+    }
+}
+
 /// What one look found about a booting runner.
 enum Look {
     Waiting,
@@ -77,15 +96,17 @@ enum Look {
 pub(super) async fn wait_online(
     plan: &LaunchPlan,
     provider: &impl Provider,
-    github: &Github,
+    github: &Github<impl RunnerRegistry + Sync>,
     booting: Vec<Booting>,
     actions: &Actions,
-    clock: Clock,
+    readiness: &Readiness,
 ) -> Vec<(usize, Result<Online, Error>)> {
-    let deadline = clock.scaled(Duration::from_secs(
-        u64::from(plan.startup_timeout_minutes) * 60,
-    ));
-    let schedule = PollSchedule::default();
+    let Readiness {
+        schedule,
+        startup_timeout,
+        clock,
+    } = readiness;
+    let deadline = clock.scaled(*startup_timeout);
     let started = Instant::now();
     let mut pending = booting;
     let mut results = Vec::new();
