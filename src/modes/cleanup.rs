@@ -740,4 +740,51 @@ mod tests {
         };
         assert_eq!(terminated(&select(&policy(), &s)), ["i-expired"]);
     }
+
+    #[test]
+    fn pooled_machines_go_back_to_their_pool_and_attached_ones_are_never_released() {
+        let lifecycle = |mut m: Machine, l: &str, state: State| {
+            m.tags.insert(tag::LIFECYCLE.to_owned(), l.to_owned());
+            m.state = state;
+            m
+        };
+        let s = seen(
+            vec![
+                // Waiting in its pool, stopped, long past what an ephemeral machine may live.
+                lifecycle(
+                    instance("i-waiting", "gpu-runner-7-1-aaaa", 5000, -600),
+                    "pooled",
+                    State::Stopped,
+                ),
+                lifecycle(
+                    instance("i-pool-busy", "gpu-runner-7-1-bbbb", 800, 100),
+                    "pooled",
+                    State::Running,
+                ),
+                lifecycle(
+                    instance("i-workstation", "gpu-runner-7-1-cccc", 5000, -600),
+                    "attached",
+                    State::Running,
+                ),
+                instance("i-ephemeral", "gpu-runner-7-1-dddd", 800, 100),
+            ],
+            vec![],
+            vec![],
+        );
+        let actions = select(&policy(), &s);
+        let chosen: Vec<(&str, Release)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Release { id, how, .. } => Some((id.as_str(), *how)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("i-pool-busy", Release::ReturnToPool),
+                ("i-ephemeral", Release::Terminate)
+            ]
+        );
+    }
 }
