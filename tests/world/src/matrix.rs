@@ -1,6 +1,6 @@
 //! The fault matrix: the whole start → GPU job → stop cycle with one fault at each point, and what
 //! is left afterwards once the world's clock has passed the instances' idle and max-lifetime
-//! limits. `tests/faults.rs` asserts that nothing is left in any row; `cargo run -p world --
+//! limits. `tests/integration/faults.rs` asserts that nothing is left in any row; `cargo run -p world --
 //! faults` prints the same rows as a table.
 
 use std::path::Path;

@@ -105,7 +105,7 @@ pub fn free_port() -> u16 {
 /// `aws:ResourceTag/...`, `ec2:CreateAction`). So each `Allow` statement keeps its actions with
 /// `Resource: *` and no condition, and the `Deny` statements (all of them conditional) go: moto
 /// then refuses every action the document does not allow. The resources and conditions are
-/// checked against what gpu-runner really sends by `tests/security.rs`.
+/// checked against what gpu-runner really sends by `tests/integration/security.rs`.
 pub fn enforceable(policy: &serde_json::Value) -> serde_json::Value {
     let statements: Vec<serde_json::Value> = policy["Statement"]
         .as_array()
@@ -171,7 +171,7 @@ impl Moto {
     ) -> Result<AccessKey, String> {
         let http = reqwest::Client::new();
         // moto cannot check a web identity: the world's AWS front checks the token, and the
-        // trust policy documents are checked by tests/security.rs.
+        // trust policy documents are checked by tests/integration/security.rs.
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Principal": {"AWS": "*"},
             "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"],

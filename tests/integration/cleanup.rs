@@ -1,11 +1,9 @@
 //! `mode: cleanup`, the janitor of a scheduled workflow, against the local world: it removes what
 //! gpu-runner left behind, says why for each, and never touches anything else.
 
-mod support;
-
 use std::time::Duration;
 
-use support::Step;
+use crate::support::Step;
 use world::{Options, World};
 
 #[test]
@@ -111,7 +109,7 @@ fn cleanup_removes_only_what_gpu_runner_left_and_says_why() {
 #[test]
 fn cleanup_needs_a_region_and_says_which_inputs_are_its_own() {
     let out = Step::mode("cleanup")
-        .input("github-token", support::TOKEN)
+        .input("github-token", crate::support::TOKEN)
         .input("max-age-minutes", "5")
         .input("instance-type", "g5.xlarge")
         .run();

@@ -1,11 +1,9 @@
 //! Never an orphan: the fault matrix (the whole cycle with one fault at each point) and
 //! cancellation by real signals. Whatever happens, no instance and no runner is left.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::Step;
+use crate::support::Step;
 use world::matrix;
 use world::{Fault, Options, RunnerBehaviour, Service, World};
 
@@ -141,5 +139,5 @@ fn a_start_that_waits_past_the_sts_session_still_rolls_back() {
         "{}",
         out.stderr
     );
-    support::nothing_left(&world);
+    crate::support::nothing_left(&world);
 }

@@ -1,11 +1,9 @@
 //! Who may run code on the machine and where its runner is registered: organization runners and
 //! their groups, GitHub Enterprise Server, the pinned and checked runner package, arm64.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Outcome, Step, as_app, nothing_left};
+use crate::support::{Outcome, Step, as_app, nothing_left};
 use world::github::FakeGroup;
 use world::{Options, World};
 

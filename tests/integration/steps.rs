@@ -1,9 +1,7 @@
 //! The action's steps as a workflow runs them: inputs in, annotations, outputs, state and summary
 //! out, and an exit code the runner turns into a green or red step.
 
-mod support;
-
-use support::{Step, TOKEN};
+use crate::support::{Step, TOKEN};
 
 #[test]
 fn stop_with_nothing_to_stop_writes_a_summary_and_succeeds() {

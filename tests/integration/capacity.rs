@@ -1,11 +1,9 @@
 //! Finding GPU capacity: start walks its candidates (type × subnet × market) past AWS's capacity
 //! refusals, says what it tried, and stops at once on anything else.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Step, nothing_left};
+use crate::support::{Step, nothing_left};
 use world::{Fault, Options, Service, World};
 
 fn refuse(world: &World, code: &'static str, times: u32) {

@@ -1,11 +1,9 @@
 //! The start → GPU job → stop cycle through the local world: moto for AWS, the fake GitHub and
 //! OIDC service, and instances that run the real boot script in a sandbox.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Outcome, Step, as_app, nothing_left};
+use crate::support::{Outcome, Step, as_app, nothing_left};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {

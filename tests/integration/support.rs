@@ -1,6 +1,4 @@
-//! The step builder from the world crate, bound to this package's binary.
-
-#![allow(dead_code, unused_imports)] // each test binary uses a different part
+//! The one way to build a step: the world crate's builder, bound to this package's binary.
 
 pub use world::step::{Outcome, TOKEN};
 

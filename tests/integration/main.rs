@@ -1,0 +1,13 @@
+//! gpu-runner's integration tests, one binary for every area so that the AWS SDK and the world
+//! are linked once. Each test runs the real binary with `INPUT_*` variables, most of them
+//! against the local world (`tests/world`); `support` builds those steps.
+
+mod support;
+
+mod capacity;
+mod cleanup;
+mod contract;
+mod cycle;
+mod faults;
+mod security;
+mod steps;
