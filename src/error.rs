@@ -109,16 +109,22 @@ impl Error {
                 source.to_string(),
                 whose.hint(source),
             ),
-            Error::Startup { what, console, fix } => {
-                let mut what = what.clone();
-                if !console.is_empty() {
-                    what.push_str(&format!(
-                        ". The instance's last words:\n{}\n",
+            Error::Startup { what, console, fix } if !console.is_empty() => {
+                // The fix reads the last words, so it comes after them, on a line of its own.
+                vec![
+                    Annotation::error(format!(
+                        "{}. The instance's last words:\n{}\n{fix}",
+                        what.trim_end_matches('.'),
                         console.join("\n")
-                    ));
-                }
-                one("The GPU runner did not come online", what, fix.clone())
+                    ))
+                    .title("The GPU runner did not come online"),
+                ]
             }
+            Error::Startup { what, fix, .. } => one(
+                "The GPU runner did not come online",
+                what.clone(),
+                fix.clone(),
+            ),
             Error::Untrusted(why) => one(
                 "Untrusted trigger: no GPU runner started",
                 format!(

@@ -52,7 +52,7 @@ fn start_lands_on_the_first_candidate_with_capacity_and_says_what_it_tried() {
 }
 
 #[test]
-fn no_capacity_anywhere_is_a_table_of_what_was_tried_and_leaves_nothing() {
+fn no_capacity_anywhere_leaves_no_instance_at_all() {
     let world = World::start(Options::default()).unwrap();
     refuse(&world, "InsufficientInstanceCapacity", 2);
     let out = Step::mode("start")
@@ -60,24 +60,7 @@ fn no_capacity_anywhere_is_a_table_of_what_was_tried_and_leaves_nothing() {
         .input("instance-type", "g5.xlarge, g4dn.xlarge")
         .run();
     out.failure();
-    let error = out.errors().join("\n");
-    assert!(
-        error.starts_with(
-            "::error title=No GPU capacity::AWS refused every candidate, in this order:%0A\
-             - g5.xlarge in the default subnet (on-demand) → InsufficientInstanceCapacity → AWS \
-             has no free capacity of this type in this zone right now"
-        ),
-        "{error}"
-    );
-    assert!(
-        error.contains("%0A- g4dn.xlarge in the default subnet (on-demand) →"),
-        "{error}"
-    );
-    assert!(
-        error.contains("market-type: spot-then-on-demand"),
-        "{error}"
-    );
-    assert!(error.contains("Rolled back: runner gpu-runner-"), "{error}");
+    // The error itself, the table of what was tried, is snapshotted in stories.rs.
     assert!(world.instances().is_empty());
     assert_eq!(world.registered_runners(), []);
 }

@@ -67,8 +67,7 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
     assert!(outputs["availability-zone"].starts_with("us-east-1"));
     let id = outputs["instance-id"].clone();
     assert_eq!(outputs["instance-ids"], format!("[\"{id}\"]"));
-    assert!(started.summary.starts_with("### GPU runner online"));
-    assert!(started.summary.contains("| Launch → runner online |"));
+    // The whole summary and log are snapshotted in stories.rs; this one's price is g5's.
     assert!(
         started
             .summary
@@ -106,13 +105,6 @@ fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
             .contains(&format!("readonly RUNNER_NAME='{label}'"))
     );
 
-    assert!(
-        started.summary.contains(
-            "| GPU | 1 × Tesla T4, 15360 MiB, 535.183.01 (name, memory, driver); CUDA 12.2 |"
-        ),
-        "{}",
-        started.summary
-    );
     // The runner user has passwordless sudo (runner-sudo defaults to true).
     assert_eq!(
         world

@@ -11,3 +11,4 @@ mod cycle;
 mod faults;
 mod security;
 mod steps;
+mod stories;
