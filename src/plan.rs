@@ -140,14 +140,14 @@ pub fn launch_plan(
         ctx.run_attempt
     );
     let mut labels = vec![label.clone()];
-    labels.extend(inputs.labels.iter().cloned());
+    labels.extend(inputs.runner.labels.iter().cloned());
 
-    let subnets: Vec<Option<String>> = if inputs.subnet_ids.is_empty() {
+    let subnets: Vec<Option<String>> = if inputs.ec2.subnet_ids.is_empty() {
         vec![None]
     } else {
-        inputs.subnet_ids.iter().cloned().map(Some).collect()
+        inputs.ec2.subnet_ids.iter().cloned().map(Some).collect()
     };
-    let markets: &[Market] = match inputs.market_type {
+    let markets: &[Market] = match inputs.ec2.market_type {
         MarketType::OnDemand => &[Market::OnDemand],
         MarketType::Spot => &[Market::Spot],
         MarketType::SpotThenOnDemand => &[Market::Spot, Market::OnDemand],
@@ -157,18 +157,22 @@ pub fn launch_plan(
         .iter()
         .flat_map(|market| {
             let subnets = &subnets;
-            inputs.instance_types.iter().flat_map(move |instance_type| {
-                subnets.iter().map(move |subnet_id| Candidate {
-                    instance_type: instance_type.clone(),
-                    subnet_id: subnet_id.clone(),
-                    market: *market,
+            inputs
+                .ec2
+                .instance_types
+                .iter()
+                .flat_map(move |instance_type| {
+                    subnets.iter().map(move |subnet_id| Candidate {
+                        instance_type: instance_type.clone(),
+                        subnet_id: subnet_id.clone(),
+                        market: *market,
+                    })
                 })
-            })
         })
         .collect();
 
-    let expires_at = now + TimeDelta::minutes(i64::from(inputs.max_lifetime_minutes));
-    let mut tags = inputs.tags.clone();
+    let expires_at = now + TimeDelta::minutes(i64::from(inputs.limits.max_lifetime_minutes));
+    let mut tags = inputs.ec2.tags.clone();
     tags.entry(tag::NAME.to_owned())
         .or_insert_with(|| format!("gpu-runner {}", ctx.repository()));
     for (key, value) in [
@@ -186,17 +190,17 @@ pub fn launch_plan(
         tags.insert(key.to_owned(), value);
     }
 
-    let runners = if inputs.count <= 1 {
+    let runners = if inputs.limits.count <= 1 {
         vec![RunnerSpec {
             name: label.clone(),
             labels: labels.clone(),
         }]
     } else {
-        (1..=inputs.count)
+        (1..=inputs.limits.count)
             .map(|n| {
                 let name = format!("{label}-{n}");
                 let mut own = vec![label.clone(), name.clone()];
-                own.extend(inputs.labels.iter().cloned());
+                own.extend(inputs.runner.labels.iter().cloned());
                 RunnerSpec { name, labels: own }
             })
             .collect()
@@ -209,26 +213,26 @@ pub fn launch_plan(
             run_id: ctx.run_id,
             workflow_ref: ctx.workflow_ref.clone(),
         },
-        allow_partial: inputs.allow_partial,
+        allow_partial: inputs.limits.allow_partial,
         label,
         labels,
-        region: inputs.region.clone(),
-        image: inputs.image.clone(),
+        region: inputs.ec2.region.clone(),
+        image: inputs.ec2.image.clone(),
         candidates,
-        security_group_ids: inputs.security_group_ids.clone(),
-        iam_instance_profile: inputs.iam_instance_profile.clone(),
-        root_volume_size_gib: inputs.root_volume_size_gib,
+        security_group_ids: inputs.ec2.security_group_ids.clone(),
+        iam_instance_profile: inputs.ec2.iam_instance_profile.clone(),
+        root_volume_size_gib: inputs.ec2.root_volume_size_gib,
         tags,
-        runner_user: inputs.runner_user.clone(),
-        runner_sudo: inputs.runner_sudo,
-        pre_runner_script: inputs.pre_runner_script.clone(),
-        startup_timeout_minutes: inputs.startup_timeout_minutes,
-        idle_timeout_minutes: inputs.idle_timeout_minutes,
-        max_lifetime_minutes: inputs.max_lifetime_minutes,
+        runner_user: inputs.runner.user.clone(),
+        runner_sudo: inputs.runner.sudo,
+        pre_runner_script: inputs.runner.pre_runner_script.clone(),
+        startup_timeout_minutes: inputs.limits.startup_timeout_minutes,
+        idle_timeout_minutes: inputs.limits.idle_timeout_minutes,
+        max_lifetime_minutes: inputs.limits.max_lifetime_minutes,
         expires_at,
-        keep_on_failure: inputs.keep_on_failure,
+        keep_on_failure: inputs.limits.keep_on_failure,
         dry_run: inputs.dry_run,
-        registered_in: match (inputs.common.scope(), &inputs.runner_group) {
+        registered_in: match (inputs.common.scope(), &inputs.runner.group) {
             (RunnerScope::Repo, _) => format!("the repository {}", ctx.repository()),
             (RunnerScope::Org, None) => {
                 format!("the organization {}, its default group", ctx.owner)
@@ -242,9 +246,9 @@ pub fn launch_plan(
         },
         runner_package: format!(
             "{} for {}, SHA-256 {}",
-            inputs.runner_version,
-            inputs.arch.name(),
-            inputs.runner_sha256
+            inputs.runner.version,
+            inputs.runner.arch.name(),
+            inputs.runner.sha256
         ),
     }
 }

@@ -113,9 +113,28 @@ impl Common {
     }
 }
 
+/// `mode: start`'s inputs, split as the code uses them: the provider's own (EC2's), the runner,
+/// the limits, the trust, and what every mode shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartInputs {
     pub common: Common,
+    pub ec2: Ec2Inputs,
+    pub runner: RunnerInputs,
+    pub limits: Limits,
+    pub trust: TrustInputs,
+    pub dry_run: bool,
+}
+
+impl StartInputs {
+    /// Where the machines are acquired (for EC2, the region).
+    pub fn region(&self) -> &str {
+        &self.ec2.region
+    }
+}
+
+/// What EC2 launches, where and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2Inputs {
     pub region: String,
     /// In order of preference.
     pub instance_types: Vec<String>,
@@ -123,36 +142,50 @@ pub struct StartInputs {
     /// Tried in order; empty means the default VPC's choice.
     pub subnet_ids: Vec<String>,
     pub market_type: MarketType,
-    /// How many instances, each with its own runner.
-    pub count: u32,
-    /// With several instances: keep the ones that came online when others failed.
-    pub allow_partial: bool,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
     pub root_volume_size_gib: Option<u32>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The runner the machine runs, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerInputs {
     /// Extra runner labels, besides the unique one gpu-runner makes.
     pub labels: Vec<String>,
-    pub tags: BTreeMap<String, String>,
-    pub runner_user: String,
+    pub user: String,
     /// Passwordless sudo for the runner user, as on GitHub-hosted runners.
-    pub runner_sudo: bool,
+    pub sudo: bool,
     pub pre_runner_script: Option<String>,
+    /// The organization's runner group (with `runner-scope: org`); `None`: its default group.
+    pub group: Option<GroupRef>,
+    /// Of every machine: one image and one runner package serve all candidates.
+    pub arch: Arch,
+    /// The Actions runner version the machine installs, and its package's SHA-256.
+    pub version: String,
+    pub sha256: String,
+}
+
+/// How many machines, how long each may take and live, and what a failure keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// How many machines, each with its own runner.
+    pub count: u32,
+    /// With several machines: keep the ones that came online when others failed.
+    pub allow_partial: bool,
     pub startup_timeout_minutes: u32,
     pub max_lifetime_minutes: u32,
     pub idle_timeout_minutes: u32,
-    /// The organization's runner group (with `runner-scope: org`); `None`: its default group.
-    pub runner_group: Option<GroupRef>,
-    /// Of every instance type: one image and one runner package serve all candidates.
-    pub arch: Arch,
-    /// The Actions runner version the instance installs, and its package's SHA-256.
-    pub runner_version: String,
-    pub runner_sha256: String,
-    /// Pull-request authors (and commenters) whose code may run on the instance.
+    pub keep_on_failure: bool,
+}
+
+/// Whose code may run on the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustInputs {
+    /// Pull-request authors (and commenters) whose code may run on the machine.
     pub allowed_associations: Vec<String>,
     /// Skip the untrusted-trigger guard (behind a reviewed environment, say).
     pub allow_untrusted: bool,
-    pub keep_on_failure: bool,
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -626,31 +659,39 @@ impl Reader<'_> {
         let (runner_version, runner_sha256) = runner?;
         Some(StartInputs {
             common: common?,
-            region: region?,
-            instance_types,
-            image: image?,
-            subnet_ids,
-            market_type: market_type?,
-            count: count?,
-            allow_partial,
-            security_group_ids,
-            iam_instance_profile,
-            root_volume_size_gib,
-            labels,
-            tags: tags?,
-            runner_user: runner_user?,
-            runner_sudo,
-            pre_runner_script,
-            startup_timeout_minutes: startup?,
-            max_lifetime_minutes: lifetime?,
-            idle_timeout_minutes: idle?,
-            runner_group,
-            arch: arch?,
-            runner_version,
-            runner_sha256,
-            allowed_associations,
-            allow_untrusted,
-            keep_on_failure,
+            ec2: Ec2Inputs {
+                region: region?,
+                instance_types,
+                image: image?,
+                subnet_ids,
+                market_type: market_type?,
+                security_group_ids,
+                iam_instance_profile,
+                root_volume_size_gib,
+                tags: tags?,
+            },
+            runner: RunnerInputs {
+                labels,
+                user: runner_user?,
+                sudo: runner_sudo,
+                pre_runner_script,
+                group: runner_group,
+                arch: arch?,
+                version: runner_version,
+                sha256: runner_sha256,
+            },
+            limits: Limits {
+                count: count?,
+                allow_partial,
+                startup_timeout_minutes: startup?,
+                max_lifetime_minutes: lifetime?,
+                idle_timeout_minutes: idle?,
+                keep_on_failure,
+            },
+            trust: TrustInputs {
+                allowed_associations,
+                allow_untrusted,
+            },
             dry_run,
         })
     }
@@ -854,14 +895,14 @@ fn unknown_inputs(env: &Env) -> Vec<String> {
 
 fn start_warnings(s: &StartInputs) -> Vec<String> {
     let mut warnings = Vec::new();
-    if s.idle_timeout_minutes >= s.max_lifetime_minutes {
+    if s.limits.idle_timeout_minutes >= s.limits.max_lifetime_minutes {
         warnings.push(format!(
             "idle-timeout-minutes ({}) is not shorter than max-lifetime-minutes ({}), so it never \
              takes effect: the instance ends at its max lifetime first.",
-            s.idle_timeout_minutes, s.max_lifetime_minutes
+            s.limits.idle_timeout_minutes, s.limits.max_lifetime_minutes
         ));
     }
-    if s.runner_user == "root" {
+    if s.runner.user == "root" {
         warnings.push(
             "runner-user is root: every job step will run as root on the instance. Use an \
              unprivileged user (the default, runner) unless a job really needs root."

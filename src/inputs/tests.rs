@@ -66,27 +66,30 @@ fn warnings(vars: &[(&str, &str)]) -> Vec<String> {
 #[test]
 fn start_defaults() {
     let s = start(&[]);
-    assert_eq!(s.instance_types, ["g4dn.xlarge"]);
+    assert_eq!(s.ec2.instance_types, ["g4dn.xlarge"]);
     assert_eq!(
-        s.image,
+        s.ec2.image,
         ImageRef::Ssm(spec::DEFAULT_IMAGE["ssm:".len()..].to_owned())
     );
-    assert_eq!(s.region, "us-east-1");
+    assert_eq!(s.ec2.region, "us-east-1");
     assert_eq!(s.common.audience, "sts.amazonaws.com");
     assert_eq!(s.common.role_to_assume, None);
     assert_eq!(s.common.github, GithubAuth::Token(Secret::new(TOKEN)));
-    assert_eq!(s.runner_user, "runner");
+    assert_eq!(s.runner.user, "runner");
     assert_eq!(
         (
-            s.startup_timeout_minutes,
-            s.max_lifetime_minutes,
-            s.idle_timeout_minutes
+            s.limits.startup_timeout_minutes,
+            s.limits.max_lifetime_minutes,
+            s.limits.idle_timeout_minutes
         ),
         (10, 360, 15)
     );
-    assert!(!s.keep_on_failure && !s.dry_run);
-    assert!(s.labels.is_empty() && s.tags.is_empty() && s.subnet_ids.is_empty());
-    assert_eq!((s.root_volume_size_gib, s.pre_runner_script), (None, None));
+    assert!(!s.limits.keep_on_failure && !s.dry_run);
+    assert!(s.runner.labels.is_empty() && s.ec2.tags.is_empty() && s.ec2.subnet_ids.is_empty());
+    assert_eq!(
+        (s.ec2.root_volume_size_gib, s.runner.pre_runner_script),
+        (None, None)
+    );
 }
 
 #[test]
@@ -97,8 +100,8 @@ fn values_are_trimmed_and_empty_means_unset() {
         ("INPUT_DRY-RUN", "\ttrue\n"),
         ("INPUT_ROLE-TO-ASSUME", ""),
     ]);
-    assert_eq!(s.instance_types, ["g4dn.xlarge"]);
-    assert_eq!(s.runner_user, "ci");
+    assert_eq!(s.ec2.instance_types, ["g4dn.xlarge"]);
+    assert_eq!(s.runner.user, "ci");
     assert!(s.dry_run);
     assert_eq!(s.common.role_to_assume, None);
 }
@@ -156,7 +159,7 @@ fn lists_take_commas_and_or_newlines() {
         "g5.xlarge, g4dn.xlarge\n  g6.xlarge",
     ] {
         assert_eq!(
-            start(&[("INPUT_INSTANCE-TYPE", v)]).instance_types,
+            start(&[("INPUT_INSTANCE-TYPE", v)]).ec2.instance_types,
             ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"],
             "{v:?}"
         );
@@ -219,7 +222,7 @@ fn instance_types_are_checked() {
         "INPUT_INSTANCE-TYPE",
         "p5.48xlarge, g6e.12xlarge, u-6tb1.metal",
     )]);
-    assert_eq!(s.instance_types.len(), 3);
+    assert_eq!(s.ec2.instance_types.len(), 3);
 }
 
 #[test]
@@ -255,12 +258,12 @@ fn minutes_and_sizes_are_range_checked() {
         ("INPUT_MAX-LIFETIME-MINUTES", "10080"),
         ("INPUT_IDLE-TIMEOUT-MINUTES", "1"),
     ]);
-    assert_eq!(s.root_volume_size_gib, Some(200));
+    assert_eq!(s.ec2.root_volume_size_gib, Some(200));
     assert_eq!(
         (
-            s.startup_timeout_minutes,
-            s.max_lifetime_minutes,
-            s.idle_timeout_minutes
+            s.limits.startup_timeout_minutes,
+            s.limits.max_lifetime_minutes,
+            s.limits.idle_timeout_minutes
         ),
         (120, 10080, 1)
     );
@@ -296,7 +299,7 @@ fn idle_timeout_beyond_the_lifetime_is_a_warning() {
 
 /// The tags parsed from `value` as `key=value`, in key order.
 fn tags(value: &str) -> Vec<String> {
-    let tags = start(&[("INPUT_TAGS", value)]).tags;
+    let tags = start(&[("INPUT_TAGS", value)]).ec2.tags;
     tags.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
@@ -313,7 +316,7 @@ fn tags_take_a_yaml_mapping() {
         ]
     );
     let s = start(&[("INPUT_TAGS", "{team: ml, project: llm}")]);
-    assert_eq!(s.tags.len(), 2);
+    assert_eq!(s.ec2.tags.len(), 2);
 }
 
 #[test]
@@ -470,11 +473,13 @@ fn raw_secrets_lists_every_secret_input() {
 #[test]
 fn region_comes_from_the_input_or_the_environment() {
     assert_eq!(
-        start(&[("INPUT_AWS-REGION", "eu-west-1")]).region,
+        start(&[("INPUT_AWS-REGION", "eu-west-1")]).ec2.region,
         "eu-west-1"
     );
     assert_eq!(
-        start(&[("INPUT_AWS-REGION", ""), ("AWS_REGION", "us-gov-west-1")]).region,
+        start(&[("INPUT_AWS-REGION", ""), ("AWS_REGION", "us-gov-west-1")])
+            .ec2
+            .region,
         "us-gov-west-1"
     );
     assert_eq!(
@@ -482,6 +487,7 @@ fn region_comes_from_the_input_or_the_environment() {
             ("INPUT_AWS-REGION", ""),
             ("AWS_DEFAULT_REGION", "ap-southeast-2")
         ])
+        .ec2
         .region,
         "ap-southeast-2"
     );
@@ -506,15 +512,19 @@ fn region_comes_from_the_input_or_the_environment() {
 #[test]
 fn images_are_ami_ids_or_ssm_parameters() {
     assert_eq!(
-        start(&[("INPUT_IMAGE-ID", "ami-0123456789abcdef0")]).image,
+        start(&[("INPUT_IMAGE-ID", "ami-0123456789abcdef0")])
+            .ec2
+            .image,
         ImageRef::Ami("ami-0123456789abcdef0".into())
     );
     assert_eq!(
-        start(&[("INPUT_IMAGE-ID", "ssm:/my/ami")]).image,
+        start(&[("INPUT_IMAGE-ID", "ssm:/my/ami")]).ec2.image,
         ImageRef::Ssm("/my/ami".into())
     );
     assert_eq!(
-        start(&[("INPUT_IMAGE-ID", "resolve:ssm:/my/ami")]).image,
+        start(&[("INPUT_IMAGE-ID", "resolve:ssm:/my/ami")])
+            .ec2
+            .image,
         ImageRef::Ssm("/my/ami".into())
     );
     assert_eq!(
@@ -539,10 +549,10 @@ fn network_ids_are_checked() {
         ("INPUT_SECURITY-GROUP-ID", "sg-0123456789abcdef0"),
     ]);
     assert_eq!(
-        s.subnet_ids,
+        s.ec2.subnet_ids,
         ["subnet-0123456789abcdef0", "subnet-1234abcd"]
     );
-    assert_eq!(s.security_group_ids, ["sg-0123456789abcdef0"]);
+    assert_eq!(s.ec2.security_group_ids, ["sg-0123456789abcdef0"]);
     assert_eq!(
         error(&[("INPUT_SUBNET-ID", "subnet-0123456789abcdef0, my-subnet")]),
         "Invalid input: subnet-id: subnet-id entry \"my-subnet\" is not a subnet id. Use subnet ids \
@@ -568,7 +578,10 @@ fn iam_names_are_checked() {
         s.common.role_to_assume.as_deref(),
         Some("arn:aws:iam::123456789012:role/ci/gpu-ci")
     );
-    assert_eq!(s.iam_instance_profile.as_deref(), Some("gpu-ci-instance"));
+    assert_eq!(
+        s.ec2.iam_instance_profile.as_deref(),
+        Some("gpu-ci-instance")
+    );
     start(&[(
         "INPUT_IAM-INSTANCE-PROFILE",
         "arn:aws-us-gov:iam::123456789012:instance-profile/gpu",
@@ -598,7 +611,7 @@ fn iam_names_are_checked() {
 #[test]
 fn labels_users_and_audience_are_checked() {
     assert_eq!(
-        start(&[("INPUT_LABELS", "gpu\ncuda-12.4")]).labels,
+        start(&[("INPUT_LABELS", "gpu\ncuda-12.4")]).runner.labels,
         ["gpu", "cuda-12.4"]
     );
     assert_eq!(
@@ -620,7 +633,7 @@ fn labels_users_and_audience_are_checked() {
 
 #[test]
 fn root_runner_user_is_allowed_with_a_warning() {
-    assert_eq!(start(&[("INPUT_RUNNER-USER", "root")]).runner_user, "root");
+    assert_eq!(start(&[("INPUT_RUNNER-USER", "root")]).runner.user, "root");
     assert!(warnings(&[("INPUT_RUNNER-USER", "root")])[0].starts_with("runner-user is root"));
 }
 
@@ -628,7 +641,7 @@ fn root_runner_user_is_allowed_with_a_warning() {
 fn pre_runner_script_is_kept_as_written() {
     let s = start(&[("INPUT_PRE-RUNNER-SCRIPT", "set -x\n  apt-get update\n")]);
     assert_eq!(
-        s.pre_runner_script.as_deref(),
+        s.runner.pre_runner_script.as_deref(),
         Some("set -x\n  apt-get update")
     );
 }
@@ -777,7 +790,7 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
     let pin = crate::boot::PINNED_RUNNERS[0];
     let s = start(&[]);
     assert_eq!(
-        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        (s.runner.version.as_str(), s.runner.sha256.as_str()),
         (pin.version, pin.sha256)
     );
     let s = start(&[
@@ -785,7 +798,7 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
         ("INPUT_RUNNER-SHA256", &"AB".repeat(32)),
     ]);
     assert_eq!(
-        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        (s.runner.version.as_str(), s.runner.sha256.as_str()),
         ("2.400.1", "ab".repeat(32).as_str())
     );
     assert!(error(&[("INPUT_RUNNER-VERSION", "2.400.1")]).starts_with(
@@ -808,19 +821,20 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
 #[test]
 fn arm64_instance_types_get_the_arm64_runner_and_image() {
     let s = start(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge, g5g.2xlarge")]);
-    assert_eq!(s.arch, Arch::Arm64);
+    assert_eq!(s.runner.arch, Arch::Arm64);
     let newest = crate::boot::pinned(spec::RUNNER_VERSION.default, Arch::Arm64);
-    assert_eq!(Some(s.runner_sha256.as_str()), newest.map(|p| p.sha256));
+    assert_eq!(Some(s.runner.sha256.as_str()), newest.map(|p| p.sha256));
     assert_eq!(
         start(&[
             ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
             ("INPUT_RUNNER-VERSION", "2.337.0"),
         ])
-        .runner_sha256,
+        .runner
+        .sha256,
         "9b1dc70626422526e3c94767cf024896beb15da5342a3f4819bf2feac13e0393"
     );
     assert_eq!(
-        s.image,
+        s.ec2.image,
         ImageRef::Ssm(spec::DEFAULT_IMAGE_ARM64["ssm:".len()..].to_owned())
     );
     // Another pinned version, for its architecture; a chosen image stays as given.
@@ -830,15 +844,18 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
         ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
     ]);
     assert_eq!(
-        (s.runner_version.as_str(), s.runner_sha256.as_str()),
+        (s.runner.version.as_str(), s.runner.sha256.as_str()),
         (
             "2.336.0",
             "58b758e420b87093fbd4bfddd368074960053e2f1388f01848c82624b90f27d1"
         )
     );
-    assert_eq!(s.image, ImageRef::Ami("ami-0123456789abcdef0".to_owned()));
     assert_eq!(
-        start(&[("INPUT_RUNNER-VERSION", "2.336.0")]).runner_sha256,
+        s.ec2.image,
+        ImageRef::Ami("ami-0123456789abcdef0".to_owned())
+    );
+    assert_eq!(
+        start(&[("INPUT_RUNNER-VERSION", "2.336.0")]).runner.sha256,
         "04cf0be1aff4c3ec3554466c39124ca250e3effd8873bb7e8d68535aa9505d5d"
     );
     // The x64 hash is not the arm64 one.
@@ -877,7 +894,7 @@ fn instance_types_of_two_architectures_are_refused() {
 fn runner_scope_and_group() {
     let s = start(&[]);
     assert_eq!(
-        (s.common.scope(), &s.runner_group),
+        (s.common.scope(), &s.runner.group),
         (RunnerScope::Repo, &None)
     );
     let s = start(&[
@@ -886,11 +903,11 @@ fn runner_scope_and_group() {
     ]);
     assert_eq!(s.common.runner_scope, Some(RunnerScope::Org));
     assert_eq!(
-        s.runner_group,
+        s.runner.group,
         Some(GroupRef::Name("GPU runners".to_owned()))
     );
     let s = start(&[("INPUT_RUNNER-SCOPE", "org"), ("INPUT_RUNNER-GROUP", "42")]);
-    assert_eq!(s.runner_group, Some(GroupRef::Id(42)));
+    assert_eq!(s.runner.group, Some(GroupRef::Id(42)));
     assert!(
         error(&[("INPUT_RUNNER-GROUP", "GPU runners")])
             .contains("Runner groups belong to organizations: set runner-scope: org as well")
@@ -937,7 +954,7 @@ fn a_declared_default_that_arrives_counts_as_not_set() {
     let with_defaults = |extra: &[(&'static str, &'static str)]| with(&every_default, extra);
     let arm = start(&with_defaults(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge")]));
     assert_eq!(
-        Some(arm.image),
+        Some(arm.ec2.image),
         values::image(spec::DEFAULT_IMAGE_ARM64).ok()
     );
     let given = start(&with_defaults(&[
@@ -945,7 +962,7 @@ fn a_declared_default_that_arrives_counts_as_not_set() {
         ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
     ]));
     assert_eq!(
-        given.image,
+        given.ec2.image,
         ImageRef::Ami("ami-0123456789abcdef0".to_owned())
     );
     assert_eq!(stop(&with_defaults(&[])).common.runner_scope, None);

@@ -38,7 +38,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let Inputs::Start(inputs) = inputs::parse(env)?.inputs else {
         return Ok(());
     };
-    if inputs.keep_on_failure {
+    if inputs.limits.keep_on_failure {
         actions.info(&format!(
             "post: keeping {label} for debugging (keep-on-failure)"
         ));
@@ -46,7 +46,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     }
     let region = env
         .non_empty(&state::var(state::REGION))
-        .unwrap_or(&inputs.region)
+        .unwrap_or(inputs.region())
         .to_owned();
     let ids: Vec<String> = env
         .non_empty(&state::var(state::INSTANCE_IDS))

@@ -45,9 +45,9 @@ fn runner_package(env: &Env, inputs: &StartInputs) -> RunnerPackage {
         .unwrap_or(boot::DEFAULT_RUNNER_URL);
     RunnerPackage::new(
         template,
-        &inputs.runner_version,
-        inputs.arch,
-        &inputs.runner_sha256,
+        &inputs.runner.version,
+        inputs.runner.arch,
+        &inputs.runner.sha256,
     )
 }
 

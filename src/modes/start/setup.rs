@@ -53,7 +53,7 @@ pub(super) fn judge<'e>(
         .and_then(|p| p.pointer("/repository/private"))
         .and_then(serde_json::Value::as_bool)
         .map(|private| !private);
-    let (judged_event, judgment) = if inputs.allow_untrusted {
+    let (judged_event, judgment) = if inputs.trust.allow_untrusted {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
         (None, Judgment::default())
     } else {
@@ -61,7 +61,7 @@ pub(super) fn judge<'e>(
             event,
             payload.as_ref(),
             &ctx.repository(),
-            &inputs.allowed_associations,
+            &inputs.trust.allowed_associations,
         )?;
         (Some(event), judgment)
     };
@@ -100,7 +100,7 @@ pub(super) async fn connect(
     let head_sha = confirm_trust(&github, trust, ctx, actions).await?;
     let mut public = trust.public;
     if inputs.common.scope() == RunnerScope::Org {
-        let group = org_group(&github, inputs.runner_group.as_ref(), ctx).await?;
+        let group = org_group(&github, inputs.runner.group.as_ref(), ctx).await?;
         public = Some(group.1);
         let group = group.0;
         actions.info(&format!(
@@ -203,7 +203,7 @@ async fn warn_public_exposure(
              needs the Administration permission"
         )),
     }
-    if !inputs.labels.is_empty() {
+    if !inputs.runner.labels.is_empty() {
         actions.annotate(
             &Annotation::warning(format!(
                 "labels ({}) are extra labels on a runner of the public repository \
@@ -212,7 +212,7 @@ async fn warn_public_exposure(
                  handed this machine before the GPU job. The machine refuses jobs of other runs, \
                  but this run then loses its machine. The label output alone is enough for \
                  runs-on: remove labels.",
-                inputs.labels.join(", ")
+                inputs.runner.labels.join(", ")
             ))
             .title("Extra labels on a public repository"),
         );
