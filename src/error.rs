@@ -6,6 +6,7 @@ use crate::context::ContextError;
 use crate::github::{GithubError, Whose};
 use crate::inputs::InputErrors;
 use crate::machine::MachineError;
+use crate::modes::start::wait::Stalled;
 use crate::modes::teardown::Rollback;
 use crate::oidc::OidcError;
 
@@ -31,13 +32,12 @@ pub enum Error {
         source: GithubError,
         whose: Box<Whose>,
     },
-    /// The instance was launched but its runner did not come online.
-    #[error("{what}")]
+    /// The machine was acquired but its runner did not come online.
+    #[error("{stalled}")]
     Startup {
-        what: String,
-        /// The last lines the instance printed (its boot phases).
+        stalled: Stalled,
+        /// The last lines the machine printed (its boot phases).
         console: Vec<String>,
-        fix: String,
     },
     /// A failure after launch, and what was done about what had been launched.
     #[error("{cause} {rollback}")]
@@ -109,21 +109,21 @@ impl Error {
                 source.to_string(),
                 whose.hint(source),
             ),
-            Error::Startup { what, console, fix } if !console.is_empty() => {
+            Error::Startup { stalled, console } if !console.is_empty() => {
                 // The fix reads the last words, so it comes after them, on a line of its own.
                 vec![
                     Annotation::error(format!(
-                        "{}. The instance's last words:\n{}\n{fix}",
-                        what.trim_end_matches('.'),
-                        console.join("\n")
+                        "{stalled}. The instance's last words:\n{}\n{}",
+                        console.join("\n"),
+                        stalled.fix()
                     ))
                     .title("The GPU runner did not come online"),
                 ]
             }
-            Error::Startup { what, fix, .. } => one(
+            Error::Startup { stalled, .. } => one(
                 "The GPU runner did not come online",
-                what.clone(),
-                fix.clone(),
+                stalled.to_string(),
+                stalled.fix().to_owned(),
             ),
             Error::Untrusted(why) => one(
                 "Untrusted trigger: no GPU runner started",

@@ -455,10 +455,13 @@ async fn a_machine_that_ends_while_booting_rolls_back_every_runner_and_machine()
     let Err(Error::AfterLaunch { cause, rollback }) = &run.outcome else {
         panic!("{:?}", run.outcome)
     };
-    let Error::Startup { what, console, .. } = cause.as_ref() else {
+    let Error::Startup { stalled, console } = cause.as_ref() else {
         panic!("{cause:?}")
     };
-    assert_eq!(what, "m-1 ended while it booted (terminated)");
+    assert_eq!(
+        stalled.to_string(),
+        "m-1 ended while it booted (terminated)"
+    );
     assert!(console[0].contains("phase=gpu-probe status=failed"));
     assert_eq!(rollback.left, Left::Clear);
     let mut released = run.released.clone();

@@ -83,6 +83,72 @@ impl Readiness {
     }
 }
 
+/// Why a runner did not come online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stalled {
+    /// GitHub stopped listing the runner while its machine booted: the machine refused a job of
+    /// another run and ended (`refused_a_job`), or someone deleted the runner.
+    RunnerRemoved {
+        runner: String,
+        noun: &'static str,
+        refused_a_job: bool,
+    },
+    /// The machine ended (or was stopped) while it booted.
+    MachineEnded { id: String, state: String },
+    /// `startup-timeout-minutes` passed.
+    TimedOut { id: String, minutes: u32 },
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stalled::RunnerRemoved { runner, noun, .. } => write!(
+                f,
+                "the runner {runner} was removed from GitHub while its {noun} booted"
+            ),
+            Stalled::MachineEnded { id, state } => {
+                write!(f, "{id} ended while it booted ({state})")
+            }
+            Stalled::TimedOut { id, minutes } => write!(
+                f,
+                "the runner of {id} did not come online within startup-timeout-minutes \
+                 ({minutes})"
+            ),
+        }
+    }
+}
+
+impl Stalled {
+    /// What to do about it.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            Stalled::RunnerRemoved {
+                refused_a_job: true,
+                ..
+            } => {
+                "GitHub handed the runner a queued job of another workflow run whose runs-on \
+                 its labels cover (self-hosted alone does), and the machine refused it and \
+                 ended. Find that job (its run failed with \"gpu-runner refused this job\"), \
+                 give such jobs labels no gpu-runner machine has, and re-run this job."
+            }
+            Stalled::RunnerRemoved { .. } => {
+                "Someone or something deleted the runner; re-run the job."
+            }
+            Stalled::MachineEnded { .. } => {
+                "The boot phases above say why. A failed GPU probe means the image has no \
+                 working NVIDIA driver for this instance type: use the default image-id or one \
+                 with the driver installed."
+            }
+            Stalled::TimedOut { .. } => {
+                "The boot phases above show how far the machine got. If it was still \
+                 installing, raise startup-timeout-minutes; if it never reached the runner \
+                 phase, check that the machine can reach github.com (a subnet with a NAT \
+                 gateway or a public IP)."
+            }
+        }
+    }
+}
+
 /// What one look found about a booting runner.
 enum Look {
     Waiting,
@@ -182,22 +248,13 @@ async fn look(
                 // An ephemeral runner is removed after its one job: the machine's last words
                 // say whether it refused a job of another run.
                 let last_words = provider.last_words(id).await;
-                let fix = if phases::refused_a_job(&last_words) {
-                    "GitHub handed the runner a queued job of another workflow run whose runs-on \
-                     its labels cover (self-hosted alone does), and the machine refused it and \
-                     ended. Find that job (its run failed with \"gpu-runner refused this job\"), \
-                     give such jobs labels no gpu-runner machine has, and re-run this job."
-                } else {
-                    "Someone or something deleted the runner; re-run the job."
-                };
                 return Look::Failed(Error::Startup {
-                    what: format!(
-                        "the runner {} was removed from GitHub while its {} booted",
-                        b.jit.runner.name,
-                        provider.noun()
-                    ),
+                    stalled: Stalled::RunnerRemoved {
+                        runner: b.jit.runner.name.clone(),
+                        noun: provider.noun(),
+                        refused_a_job: phases::refused_a_job(&last_words),
+                    },
                     console: last_words,
-                    fix: fix.to_owned(),
                 });
             }
         }
@@ -209,28 +266,22 @@ async fn look(
         }
         Some(Health::Gone { why, last_words }) => {
             return Look::Failed(Error::Startup {
-                what: format!("{id} ended while it booted ({why})"),
+                stalled: Stalled::MachineEnded {
+                    id: id.clone(),
+                    state: why.clone(),
+                },
                 console: last_words.clone(),
-                fix: "The boot phases above say why. A failed GPU probe means the image has no \
-                      working NVIDIA driver for this instance type: use the default image-id or \
-                      one with the driver installed."
-                    .to_owned(),
             });
         }
         _ => {}
     }
     if b.launched_at.elapsed() >= deadline {
         return Look::Failed(Error::Startup {
-            what: format!(
-                "the runner of {id} did not come online within startup-timeout-minutes ({})",
-                plan.startup_timeout_minutes
-            ),
+            stalled: Stalled::TimedOut {
+                id: id.clone(),
+                minutes: plan.startup_timeout_minutes,
+            },
             console: provider.last_words(id).await,
-            fix: "The boot phases above show how far the machine got. If it was still \
-                  installing, raise startup-timeout-minutes; if it never reached the runner \
-                  phase, check that the machine can reach github.com (a subnet with a NAT \
-                  gateway or a public IP)."
-                .to_owned(),
         });
     }
     Look::Waiting
