@@ -362,6 +362,18 @@ pub async fn connect(
     Ok(Connected::Ec2(ec2::Ec2::new(&config, purpose).await?))
 }
 
+/// The provider for finding and releasing what starts acquired in `region`: stop, the post step
+/// and cleanup.
+pub async fn manage(
+    common: &Common,
+    region: &str,
+    env: &Env,
+    ctx: &Context,
+    actions: &Actions,
+) -> Result<Connected, Error> {
+    connect(common, region, Purpose::Manage, env, ctx, actions, None).await
+}
+
 /// Checks what can be checked of a plan before any credential is asked for and anything is
 /// registered, such as whether the runner's configuration will fit the way it is handed over.
 pub fn check_plan(plan: &LaunchPlan, package: &crate::boot::RunnerPackage) -> Result<(), Error> {

@@ -15,7 +15,7 @@ use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{Job, Runner, RunnerRegistry, RunnerStatus};
 use crate::inputs::{CleanupInputs, RunnerScope};
-use crate::machine::{self, Lifecycle, Machine, Owner, Provider, Purpose, Release};
+use crate::machine::{self, Lifecycle, Machine, Owner, Provider, Release};
 use crate::modes::teardown::{Found, Teardown};
 use crate::plan::LABEL_PREFIX;
 
@@ -237,16 +237,7 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let ctx = Context::from_env(env)?;
-    let provider = machine::connect(
-        &inputs.common,
-        &inputs.region,
-        Purpose::Manage,
-        env,
-        &ctx,
-        actions,
-        None,
-    )
-    .await?;
+    let provider = machine::manage(&inputs.common, &inputs.region, env, &ctx, actions).await?;
     let repository = ctx.repository();
     let instances = provider
         .find(&[], Some(Owner::Repository(&repository)))

@@ -8,7 +8,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{self, Inputs};
-use crate::machine::{self, Owner, Purpose};
+use crate::machine::{self, Owner};
 use crate::modes::teardown::{self, Teardown};
 
 /// What start saves in `GITHUB_STATE`; the post step reads it back as `STATE_<name>`.
@@ -56,16 +56,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     let _group = actions.group("Rolling back the unfinished start");
     let mut t = Teardown::default();
     // The machines first: a GitHub problem must not keep them running.
-    let provider = machine::connect(
-        &inputs.common,
-        &region,
-        Purpose::Manage,
-        env,
-        &ctx,
-        actions,
-        None,
-    )
-    .await?;
+    let provider = machine::manage(&inputs.common, &region, env, &ctx, actions).await?;
     let repository = ctx.repository();
     let owner = Owner::Label {
         repository: &repository,

@@ -9,7 +9,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
-use crate::machine::{self, Machine, Owner, Purpose};
+use crate::machine::{self, Machine, Owner};
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
 
@@ -43,16 +43,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     let mut t = Teardown::default();
 
     // The machines first: they are what bills, and a GitHub problem must not keep them running.
-    let provider = machine::connect(
-        &inputs.common,
-        region,
-        Purpose::Manage,
-        env,
-        &ctx,
-        actions,
-        None,
-    )
-    .await;
+    let provider = machine::manage(&inputs.common, region, env, &ctx, actions).await;
     let found = match provider {
         Ok(provider) => {
             match teardown::find(&provider, &inputs.instance_ids, owner, &repository).await {

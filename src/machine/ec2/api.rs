@@ -131,6 +131,15 @@ impl ClassifyRetry for NoRetryOnCapacity {
     }
 }
 
+/// An instance that is gone needs no ending.
+fn gone_is_done<T>(out: Result<T, MachineError>) -> Result<(), MachineError> {
+    match out {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn is_not_found(e: &MachineError) -> bool {
     e.code().starts_with("InvalidInstanceID.NotFound")
 }
@@ -376,41 +385,30 @@ impl Api {
         }
     }
 
+    /// Terminates; instances already gone are not an error.
     pub async fn terminate(&self, ids: &[String]) -> Result<(), MachineError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let out = self
+        let call = self
             .ec2
             .terminate_instances()
-            .set_instance_ids(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| cloud_error("TerminateInstances", e));
-        match out {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .set_instance_ids(Some(ids.to_vec()));
+        let out = match ids {
+            [] => return Ok(()),
+            _ => call.send().await,
+        };
+        gone_is_done(out.map_err(|e| cloud_error("TerminateInstances", e)))
     }
 
     /// Stops, keeping the disk; instances already gone are not an error.
     pub async fn stop(&self, ids: &[String]) -> Result<(), MachineError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let out = self
+        let call = self
             .ec2
             .stop_instances()
-            .set_instance_ids(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| cloud_error("StopInstances", e));
-        match out {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .set_instance_ids(Some(ids.to_vec()));
+        let out = match ids {
+            [] => return Ok(()),
+            _ => call.send().await,
+        };
+        gone_is_done(out.map_err(|e| cloud_error("StopInstances", e)))
     }
 
     pub async fn spot_price(&self, instance_type: &str, zone: &str) -> Option<f64> {

@@ -226,13 +226,7 @@ impl Provider for Ec2 {
             released.push(match how {
                 Release::Terminate => {
                     let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
-                    let price = pricing::price(
-                        &self.api,
-                        &m.instance_type,
-                        m.market,
-                        m.availability_zone.as_deref(),
-                    )
-                    .await;
+                    let price = pricing::of(&self.api, m).await;
                     let cost = ran.zip(price).map(|(ran, p)| p.cost(ran));
                     Released::Terminated { ran, cost }
                 }
@@ -246,13 +240,7 @@ impl Provider for Ec2 {
     /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
     /// publish the console minutes late.
     async fn facts(&self, machine: &Machine) -> Facts {
-        let price = pricing::price(
-            &self.api,
-            &machine.instance_type,
-            machine.market,
-            machine.availability_zone.as_deref(),
-        )
-        .await;
+        let price = pricing::of(&self.api, machine).await;
         let gpu = match self.api.console_output(&machine.id).await {
             Ok(Some(text)) => phases::gpu_found(&text),
             _ => None,

@@ -3,7 +3,7 @@
 //! fail: when none is known, the summary says so.
 
 use super::api::Api;
-use crate::machine::Price;
+use crate::machine::{Machine, Price};
 use crate::plan::Market;
 
 /// On-demand list prices in us-east-1, Linux, USD per hour, as AWS published them (2025). Other
@@ -45,6 +45,17 @@ pub fn on_demand_list_price(instance_type: &str) -> Option<Price> {
             usd_per_hour: *usd,
             source: "on-demand list price in us-east-1".to_owned(),
         })
+}
+
+/// The price of this instance: of its type and market, in its zone.
+pub async fn of(api: &Api, instance: &Machine) -> Option<Price> {
+    price(
+        api,
+        &instance.instance_type,
+        instance.market,
+        instance.availability_zone.as_deref(),
+    )
+    .await
 }
 
 /// The price of an instance of this type and market, in this zone.
