@@ -12,3 +12,4 @@ mod faults;
 mod security;
 mod steps;
 mod stories;
+mod world_ec2;

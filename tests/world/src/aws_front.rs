@@ -44,6 +44,8 @@ pub struct Front {
     /// The secret key (and session token) of every STS session handed out here, and of the
     /// world's own IAM user, by access key id.
     pub secrets: Secrets,
+    /// Instances stopped through a front, and until when each is `stopping`: moto stops at once.
+    pub stops: crate::stopping::Stops,
     /// The role's permissions policy, evaluated for what moto cannot: resources and conditions.
     pub iam: Option<Arc<Enforcer>>,
 }
@@ -259,6 +261,36 @@ async fn run_instances_resources(
         ));
     }
     resources
+}
+
+/// `ModifyInstanceAttribute`'s `UserData.Value` is a blob: the SDK sends it base64-encoded once,
+/// and EC2 decodes it once. moto decodes it and then reads what is left as base64 again (it
+/// wants it encoded twice), so the front encodes it once more for moto alone. (The front re-signs
+/// the request for moto.)
+fn user_data_for_moto(call: &str, body: Bytes) -> Bytes {
+    if call != "ModifyInstanceAttribute" {
+        return body;
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return body;
+    };
+    let pairs: Vec<String> = text
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("UserData.Value", v)) => {
+                let twice = base64::engine::general_purpose::STANDARD.encode(percent_decode(v));
+                format!(
+                    "UserData.Value={}",
+                    twice
+                        .replace('+', "%2B")
+                        .replace('/', "%2F")
+                        .replace('=', "%3D")
+                )
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    Bytes::from(pairs.join("&"))
 }
 
 /// The AWS action a request calls: `Action=` of the query protocols (EC2, STS), or the
@@ -729,6 +761,16 @@ async fn handle(
     if let Some(refusal) = iam_refusal(&front, &headers, &body).await {
         return refusal;
     }
+    let instance_ids = form_list(&body, "InstanceId", "");
+    let instance_ids = match form_value(&body, "InstanceId") {
+        Some(one) if instance_ids.is_empty() => vec![one],
+        _ => instance_ids,
+    };
+    let user_data = form_value(&body, "UserData.Value").is_some()
+        || form_value(&body, "Attribute").as_deref() == Some("userData");
+    if let Some(why) = crate::stopping::refusal(&front.stops, &call, &instance_ids, user_data) {
+        return service_error(&headers, &call, "IncorrectInstanceState", 400, &why);
+    }
     match web_identity(&front, &headers, &body).await {
         Some(Ok(xml)) => {
             return ([("content-type", "text/xml")], issued(&front, &xml)).into_response();
@@ -757,6 +799,7 @@ async fn handle(
         front.moto_url,
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
     );
+    let body = user_data_for_moto(&call, body);
     // The Host header stays the one the caller signed (moto checks SigV4 signatures).
     let request = match for_moto(&front, &headers, &body) {
         Some((signed, encoded)) => {
@@ -797,6 +840,14 @@ async fn handle(
                 && text.contains("<SecretAccessKey>")
             {
                 bytes = Bytes::from(issued(&front, text));
+            }
+            if status.is_success() {
+                crate::stopping::record(&front.stops, &call, &instance_ids, front.clock_scale);
+                if let Ok(text) = std::str::from_utf8(&bytes)
+                    && text.contains("<instanceId>")
+                {
+                    bytes = Bytes::from(crate::stopping::as_ec2_shows(&front.stops, text));
+                }
             }
             out.body(Body::from(bytes))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())

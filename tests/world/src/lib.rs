@@ -14,14 +14,17 @@ pub mod oidc;
 pub mod package;
 pub mod simulator;
 pub mod step;
+pub mod stopping;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
+use base64::Engine;
 
 pub use faults::{Fault, Faults, Service};
 pub use simulator::{Gpu, RunnerBehaviour};
@@ -137,6 +140,17 @@ fn random_digits(n: usize) -> String {
     format!("{digits:0>n$}")
 }
 
+/// The AWS error code of a failed call, or its words when it has none.
+fn code_of<E, R>(e: &aws_sdk_ec2::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    e.code()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
 async fn serve(router: axum::Router) -> Result<String, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -158,9 +172,29 @@ struct Control {
     fetched: Arc<Mutex<Vec<String>>>,
 }
 
-async fn terminate(State(c): State<Control>, Path(id): Path<String>) -> &'static str {
-    let _ = c.ec2.terminate_instances().instance_ids(id).send().await;
-    "terminated"
+/// An instance shut itself down: EC2 stops or terminates it as its
+/// `InstanceInitiatedShutdownBehavior` says (`stop` unless its launch said otherwise).
+async fn shutdown(State(c): State<Control>, Path(id): Path<String>) -> &'static str {
+    let behaviour = c
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .ok()
+        .and_then(|a| {
+            a.instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value())
+                .map(str::to_owned)
+        });
+    if behaviour.as_deref() == Some("terminate") {
+        let _ = c.ec2.terminate_instances().instance_ids(id).send().await;
+        "terminated"
+    } else {
+        let _ = c.ec2.stop_instances().instance_ids(id).send().await;
+        "stopped"
+    }
 }
 
 /// The stand-in runner package, whatever its file name; the name is recorded.
@@ -189,6 +223,7 @@ impl World {
         let faults = Faults::default();
         let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let front = aws_front::Front {
+            stops: Arc::default(),
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
             http: reqwest::Client::new(),
@@ -312,7 +347,7 @@ impl World {
                 .merge(oidc::router(oidc.clone()))
                 .merge(
                     axum::Router::new()
-                        .route("/_sim/terminate/{id}", post(terminate))
+                        .route("/_sim/shutdown/{id}", post(shutdown))
                         .route("/_package/{file}", get(runner_package))
                         .with_state(control),
                 );
@@ -771,6 +806,75 @@ impl World {
                 .unwrap_or_default()
                 .to_owned()
         })
+    }
+
+    /// An instance launched behind the product's back, with this user data and shutdown
+    /// behaviour (`stop` or `terminate`).
+    pub fn launch_with(&self, user_data: &str, shutdown_behaviour: &str) -> String {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id(WORLD_AMI)
+                .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
+                .min_count(1)
+                .max_count(1)
+                .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+                .instance_initiated_shutdown_behavior(shutdown_behaviour.into())
+                .send()
+                .await
+                .expect("launch");
+            out.instances()[0]
+                .instance_id()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
+    /// Stops the instance as a user would; the error code EC2 answers, if any.
+    pub fn stop_instance(&self, id: &str) -> Result<(), String> {
+        self.rt.block_on(async {
+            let out = self.ec2.stop_instances().instance_ids(id).send().await;
+            out.map(|_| ()).map_err(|e| code_of(&e))
+        })
+    }
+
+    /// Starts the instance as a user would; the error code EC2 answers, if any.
+    pub fn start_instance(&self, id: &str) -> Result<(), String> {
+        self.rt.block_on(async {
+            let out = self.ec2.start_instances().instance_ids(id).send().await;
+            out.map(|_| ()).map_err(|e| code_of(&e))
+        })
+    }
+
+    /// Replaces the instance's user data; the error code EC2 answers, if any.
+    pub fn set_user_data(&self, id: &str, user_data: &str) -> Result<(), String> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .modify_instance_attribute()
+                .instance_id(id)
+                .user_data(
+                    aws_sdk_ec2::types::BlobAttributeValue::builder()
+                        .value(aws_sdk_ec2::primitives::Blob::new(user_data.as_bytes()))
+                        .build(),
+                )
+                .send()
+                .await;
+            out.map(|_| ()).map_err(|e| code_of(&e))
+        })
+    }
+
+    /// The instance's state as EC2 shows it (`pending`, `running`, `stopping`, ...).
+    pub fn state_of(&self, id: &str) -> Option<String> {
+        self.instances()
+            .into_iter()
+            .find(|i| i.instance_id() == Some(id))
+            .and_then(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+            })
     }
 
     pub fn instance_log(&self) -> Vec<String> {

@@ -86,6 +86,56 @@ chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sb
 while :; do /usr/bin/sleep 3600; done
 "#;
 
+/// User data as cloud-init reads it: a script, or a MIME multi-part message with a
+/// `text/x-shellscript` part and a `text/cloud-config` part. cloud-init runs user scripts once
+/// per instance unless the cloud-config moves `scripts-user` to `always`
+/// (`cloud_final_modules: [[scripts-user, always]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserData {
+    pub script: Vec<u8>,
+    pub every_boot: bool,
+}
+
+impl UserData {
+    pub fn read(data: &[u8]) -> UserData {
+        let text = String::from_utf8_lossy(data);
+        let boundary = text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("content-type: multipart/")
+            })
+            .and_then(|l| l.split("boundary=").nth(1))
+            .map(|b| b.trim().trim_matches('"').to_owned());
+        let Some(boundary) = boundary else {
+            return UserData {
+                script: data.to_vec(),
+                every_boot: false,
+            };
+        };
+        let mut script = Vec::new();
+        let mut every_boot = false;
+        for part in text.split(&format!("--{boundary}")).skip(1) {
+            let part = part.trim_start_matches(['\r', '\n']);
+            let Some((headers, body)) = part.split_once("\n\n") else {
+                continue;
+            };
+            let headers = headers.to_ascii_lowercase();
+            if headers.contains("content-type: text/x-shellscript") {
+                script = body.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+                script.push(b'\n');
+            } else if headers.contains("content-type: text/cloud-config") {
+                every_boot |= body.lines().any(|l| {
+                    let l = l.replace(' ', "");
+                    l.contains("[scripts-user,always]") || l.contains("scripts-user,always")
+                });
+            }
+        }
+        UserData { script, every_boot }
+    }
+}
+
 /// Kills every process running `script` (the boot script and its subshells) at once, as a crash
 /// would: no trap of the script runs.
 fn kill_script(script: &Path) {
@@ -138,6 +188,9 @@ impl Simulator {
             }
         };
         let mut booted: HashMap<String, Child> = HashMap::new();
+        // How many times each instance booted: a restart runs its user data only when cloud-init
+        // was told to.
+        let mut boots: HashMap<String, u32> = HashMap::new();
         loop {
             if let Ok(out) = self.ec2.describe_instances().send().await {
                 for i in out.reservations().iter().flat_map(|r| r.instances()) {
@@ -145,20 +198,34 @@ impl Simulator {
                     let state = i.state().and_then(|s| s.name());
                     match state {
                         Some(InstanceStateName::Running) if !booted.contains_key(id) => {
-                            if let Some(child) = self.boot(id, &bin).await {
+                            let n = boots.entry(id.to_owned()).or_default();
+                            *n += 1;
+                            if let Some(child) = self.boot(id, &bin, *n == 1).await {
                                 booted.insert(id.to_owned(), child);
                             }
                         }
                         Some(
-                            InstanceStateName::Terminated
+                            s @ (InstanceStateName::Terminated
                             | InstanceStateName::ShuttingDown
-                            | InstanceStateName::Stopped,
+                            | InstanceStateName::Stopping
+                            | InstanceStateName::Stopped),
                         ) => {
+                            let stopped = matches!(
+                                s,
+                                InstanceStateName::Stopping | InstanceStateName::Stopped
+                            );
                             if let Some(child) = booted.get_mut(id)
                                 && child.try_wait().ok().flatten().is_none()
                             {
                                 let _ = child.start_kill();
-                                self.note(id, "(instance terminated: the machine is gone)");
+                                self.note(
+                                    id,
+                                    if stopped {
+                                        "(instance stopped: its processes are gone, its disk stays)"
+                                    } else {
+                                        "(instance terminated: the machine is gone)"
+                                    },
+                                );
                                 let label = i
                                     .tags()
                                     .iter()
@@ -179,6 +246,10 @@ impl Simulator {
                                     });
                                 }
                             }
+                            if stopped {
+                                // Started again, it boots again.
+                                booted.remove(id);
+                            }
                         }
                         _ => {}
                     }
@@ -195,7 +266,9 @@ impl Simulator {
             .push(format!("[{id}] {line}"));
     }
 
-    async fn boot(&self, id: &str, bin: &Path) -> Option<Child> {
+    /// Boots the instance: its image, then, as cloud-init does, its user data's script at the
+    /// first boot, and at later ones only when the user data asks for every boot.
+    async fn boot(&self, id: &str, bin: &Path, first: bool) -> Option<Child> {
         let attr = self
             .ec2
             .describe_instance_attribute()
@@ -205,12 +278,17 @@ impl Simulator {
             .await
             .ok()?;
         let encoded = attr.user_data().and_then(|v| v.value()).unwrap_or_default();
-        let script = base64::engine::general_purpose::STANDARD
+        let data = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()?;
+        let user_data = UserData::read(&data);
+        let runs = first || user_data.every_boot;
         let home = self.dir.join(id);
         std::fs::create_dir_all(&home).ok()?;
+        // The overlay's work folder is the kernel's scratch space; the upper layer is the disk.
+        let _ = std::fs::remove_dir_all(home.join("work"));
         let script_path = home.join("user-data.sh");
+        let script = if runs { user_data.script } else { Vec::new() };
         std::fs::write(&script_path, script).ok()?;
         let (gpu_mode, gpus) = match self.gpu {
             Gpu::Healthy(n) => ("healthy", n),
@@ -239,7 +317,7 @@ impl Simulator {
             .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.scale))
             .arg(format!("GPU_SIM_RUNNER={}", self.runner.env()))
             .arg(format!(
-                "GPU_SIM_TERMINATE_URL={}/_sim/terminate/{id}",
+                "GPU_SIM_SHUTDOWN_URL={}/_sim/shutdown/{id}",
                 self.control_url
             ))
             .stdin(Stdio::null())
@@ -248,7 +326,18 @@ impl Simulator {
             .kill_on_drop(true)
             .spawn()
             .ok()?;
-        self.note(id, "(instance booting: running its user data)");
+        self.note(
+            id,
+            match (first, runs) {
+                (true, _) => "(instance booting: running its user data)",
+                (false, true) => {
+                    "(instance booting again: running its user data, as it asks at every boot)"
+                }
+                (false, false) => {
+                    "(instance booting again: cloud-init ran its user data at the first boot only)"
+                }
+            },
+        );
         for stream in [
             child
                 .stdout
@@ -292,5 +381,27 @@ impl Simulator {
             });
         }
         Some(child)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserData;
+
+    #[test]
+    fn cloud_init_reads_a_script_or_a_multipart_message_and_its_per_boot_setting() {
+        let plain = UserData::read(b"#!/bin/bash\necho hi\n");
+        assert_eq!(plain.script, b"#!/bin/bash\necho hi\n");
+        assert!(!plain.every_boot);
+        let mime = "Content-Type: multipart/mixed; boundary=\"//\"\nMIME-Version: 1.0\n\n\
+                    --//\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n\
+                    #cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n\n\
+                    --//\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n\
+                    #!/bin/bash\necho hi\n\n--//--\n";
+        let read = UserData::read(mime.as_bytes());
+        assert_eq!(read.script, b"#!/bin/bash\necho hi\n");
+        assert!(read.every_boot);
+        let once = UserData::read(mime.replace("always", "once-per-instance").as_bytes());
+        assert!(!once.every_boot);
     }
 }
