@@ -16,7 +16,7 @@ use crate::error::Refusal;
 use crate::github::{GithubError, JitRunner, Removal, Runner, RunnerStatus};
 use crate::inputs::{Inputs, RunnerScope, parse};
 use crate::machine::{
-    Acquired as Got, Facts, Health, MachineError, Owner, Release, Released, State,
+    Acquired as Got, Facts, Handoff, Health, Machine, MachineError, Owner, Release, Released, State,
 };
 use crate::modes::teardown::Left;
 use crate::plan::{Market, tag};
