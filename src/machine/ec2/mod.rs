@@ -18,7 +18,7 @@ use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
     Released, State,
 };
-use crate::plan::{LaunchPlan, Market};
+use crate::plan::{Candidate, LaunchPlan, Market};
 use api::{Api, LaunchRequest};
 use errors::{SPOT_ROLE_MISSING, capacity_advice};
 
@@ -39,6 +39,15 @@ impl Ec2 {
             Purpose::Manage => None,
         };
         Ok(Self { api, image_id })
+    }
+
+    /// The GPUs an instance of the candidate's type has, which the boot script's probe checks;
+    /// 0 (any) when EC2 does not say.
+    async fn gpus(&self, candidate: &Candidate) -> u32 {
+        self.api
+            .gpu_count(&candidate.instance_type)
+            .await
+            .unwrap_or(0)
     }
 
     fn image_id(&self) -> Result<&str, Error> {
@@ -66,12 +75,8 @@ impl Provider for Ec2 {
             return Ok("The plan has no candidate to check.".to_owned());
         };
         let image_id = self.image_id()?;
-        let gpus = self
-            .api
-            .gpu_count(&candidate.instance_type)
-            .await
-            .unwrap_or(0);
-        let params = handoff.boot_params(plan, &candidate.instance_type, gpus);
+        let params =
+            handoff.boot_params(plan, &candidate.instance_type, self.gpus(candidate).await);
         {
             let _group = actions.group("Boot script (JIT config redacted)");
             actions.verbatim(crate::boot::render_redacted(&params).trim_end());
@@ -119,11 +124,7 @@ impl Provider for Ec2 {
             if no_spot && candidate.market == Market::Spot {
                 continue;
             }
-            let gpus = self
-                .api
-                .gpu_count(&candidate.instance_type)
-                .await
-                .unwrap_or(0);
+            let gpus = self.gpus(candidate).await;
             let user_data = user_data::render(plan, handoff, &candidate.instance_type, gpus)?;
             let request = LaunchRequest {
                 plan,

@@ -781,54 +781,49 @@ impl World {
 
     /// An instance with these tags, launched behind the product's back.
     pub fn launch_tagged(&self, tags: &[(&str, &str)]) -> String {
-        self.rt.block_on(async {
-            let tags = aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .set_tags(Some(
-                    tags.iter()
-                        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
-                        .collect(),
-                ))
-                .build();
-            let out = self
-                .ec2
-                .run_instances()
-                .image_id(WORLD_AMI)
-                .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(tags)
-                .send()
-                .await
-                .expect("launch");
-            out.instances()[0]
-                .instance_id()
-                .unwrap_or_default()
-                .to_owned()
-        })
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+                    .collect(),
+            ))
+            .build();
+        self.launch(|run| run.tag_specifications(tags))
     }
 
     /// An instance launched behind the product's back, with this user data and shutdown
     /// behaviour (`stop` or `terminate`).
     pub fn launch_with(&self, user_data: &str, shutdown_behaviour: &str) -> String {
-        self.rt.block_on(async {
-            let out = self
-                .ec2
-                .run_instances()
-                .image_id(WORLD_AMI)
-                .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
-                .min_count(1)
-                .max_count(1)
-                .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+        self.launch(|run| {
+            run.user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
                 .instance_initiated_shutdown_behavior(shutdown_behaviour.into())
-                .send()
-                .await
-                .expect("launch");
-            out.instances()[0]
-                .instance_id()
-                .unwrap_or_default()
-                .to_owned()
         })
+    }
+
+    /// One instance of the world's image, launched behind the product's back as `with` says.
+    fn launch(
+        &self,
+        with: impl FnOnce(
+            aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+        )
+            -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+    ) -> String {
+        let run = self
+            .ec2
+            .run_instances()
+            .image_id(WORLD_AMI)
+            .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
+            .min_count(1)
+            .max_count(1);
+        let out = self
+            .rt
+            .block_on(with(run).send())
+            .expect("the world launches an instance");
+        out.instances()[0]
+            .instance_id()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Stops the instance as a user would; the error code EC2 answers, if any.
