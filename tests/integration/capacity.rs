@@ -304,12 +304,19 @@ fn an_account_without_the_spot_role_falls_back_to_on_demand_and_says_how_to_crea
 /// minute (a GET costs 1): the world's GitHub counts both and refuses as GitHub does. The old
 /// product read each runner on every look, 32 runners every 2 s, and ran into the secondary
 /// limit; one runner list per look, whatever `count` is, stays far inside it.
+///
+/// On AWS the 32 machines boot side by side; here 32 sandboxes share the test machine's cores
+/// with every other test, and at 60 world minutes a second the default 10-minute startup
+/// timeout is 10 real seconds. The timeouts are raised so that a busy CI machine measures the
+/// rate limits, not its own speed.
 #[test]
 fn count_32_stays_inside_githubs_rate_limits() {
     let world = World::start(Options::default()).unwrap();
     let started = Step::mode("start")
         .in_world(&world)
         .input("count", "32")
+        .input("startup-timeout-minutes", "60")
+        .input("idle-timeout-minutes", "120")
         .run();
     started.success();
     let names: Vec<String> = serde_json::from_str(&started.outputs()["runner-names"]).unwrap();
