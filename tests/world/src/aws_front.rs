@@ -81,12 +81,22 @@ async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
     };
     let resources = match call.as_str() {
         "RunInstances" => run_instances_resources(enforcer, body, &arn).await,
-        "TerminateInstances" | "GetConsoleOutput" => {
-            let ids = if call == "GetConsoleOutput" {
-                form_value(body, "InstanceId").into_iter().collect()
-            } else {
-                form_list(body, "InstanceId", "")
+        "TerminateInstances"
+        | "GetConsoleOutput"
+        | "StartInstances"
+        | "StopInstances"
+        | "ModifyInstanceAttribute"
+        | "CreateTags" => {
+            let ids = match call.as_str() {
+                "GetConsoleOutput" | "ModifyInstanceAttribute" => {
+                    form_value(body, "InstanceId").into_iter().collect()
+                }
+                "CreateTags" => form_list(body, "ResourceId", ""),
+                _ => form_list(body, "InstanceId", ""),
             };
+            // What a CreateTags asks to set: `aws:RequestTag/*` and `aws:TagKeys`.
+            let keys = form_list(body, "Tag", ".Key");
+            let values = form_list(body, "Tag", ".Value");
             let described = enforcer
                 .ec2
                 .describe_instances()
@@ -99,7 +109,7 @@ async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
                 .iter()
                 .flat_map(|r| r.instances())
                 .map(|i| {
-                    i.tags().iter().fold(
+                    let resource = i.tags().iter().fold(
                         crate::iam::Resource::new(arn("instance", i.instance_id().unwrap_or(""))),
                         |r, t| {
                             r.key(
@@ -107,7 +117,11 @@ async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
                                 t.value().unwrap_or_default(),
                             )
                         },
-                    )
+                    );
+                    keys.iter().zip(&values).fold(resource, |r, (k, v)| {
+                        r.key(&format!("aws:RequestTag/{k}"), v.as_str())
+                            .key("aws:TagKeys", k.as_str())
+                    })
                 })
                 .collect()
         }

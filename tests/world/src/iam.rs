@@ -73,6 +73,21 @@ fn condition_holds(op: &str, block: &Value, resource: &Resource) -> Result<bool,
     let Some(block) = block.as_object() else {
         return Err(format!("condition {op} is not an object"));
     };
+    // `ForAllValues:`: every value the request has for the key must match (IAM: and it holds
+    // when the key is absent).
+    if let Some(op) = op.strip_prefix("ForAllValues:") {
+        for (key, wanted) in block.iter() {
+            let got = resource.keys.get(key).cloned().unwrap_or_default();
+            for value in got {
+                let one = Resource::new("").key(key, value);
+                let single = serde_json::json!({ key.as_str(): wanted });
+                if !condition_holds(op, &single, &one)? {
+                    return Ok(false);
+                }
+            }
+        }
+        return Ok(true);
+    }
     for (key, wanted) in block {
         let wanted = strings(wanted);
         let got = resource.keys.get(key);
@@ -178,5 +193,18 @@ mod tests {
         assert!(condition_holds("StringNotEquals", &block, &r).unwrap());
         assert!(!condition_holds("StringEquals", &block, &r).unwrap());
         assert!(condition_holds("ForAnyValue:StringEquals", &block, &r).is_err());
+    }
+
+    #[test]
+    fn for_all_values_needs_every_value_to_match_and_holds_without_the_key() {
+        let block = serde_json::json!({"aws:TagKeys": ["gpu-runner:label", "gpu-runner:uses"]});
+        let none = Resource::new("x");
+        assert!(condition_holds("ForAllValues:StringEquals", &block, &none).unwrap());
+        let ok = Resource::new("x")
+            .key("aws:TagKeys", "gpu-runner:label")
+            .key("aws:TagKeys", "gpu-runner:uses");
+        assert!(condition_holds("ForAllValues:StringEquals", &block, &ok).unwrap());
+        let sneaky = ok.clone().key("aws:TagKeys", "gpu-runner:repository");
+        assert!(!condition_holds("ForAllValues:StringEquals", &block, &sneaky).unwrap());
     }
 }

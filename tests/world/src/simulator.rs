@@ -290,6 +290,11 @@ impl Simulator {
         let script_path = home.join("user-data.sh");
         let script = if runs { user_data.script } else { Vec::new() };
         std::fs::write(&script_path, script).ok()?;
+        // cloud-init writes the script anew at each boot that runs it; a boot script that removed
+        // its copy last time left a whiteout on the disk, which would hide the new one.
+        if let Ok(inside) = script_path.strip_prefix("/") {
+            let _ = std::fs::remove_file(home.join("upper").join(inside));
+        }
         let (gpu_mode, gpus) = match self.gpu {
             Gpu::Healthy(n) => ("healthy", n),
             Gpu::NoDriver => ("no-driver", 0),

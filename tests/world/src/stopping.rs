@@ -1,7 +1,9 @@
 //! What EC2 does around stopping and starting an instance that moto does not: `StopInstances`
 //! leaves the instance `stopping` for a while before it is `stopped` (moto stops it at once), an
 //! instance can be started only once it is `stopped`, and its user data can be changed only while
-//! it is stopped (`IncorrectInstanceState` otherwise; moto changes it in any state). The fronts
+//! it is stopped (`IncorrectInstanceState` otherwise; moto changes it in any state), and a start
+//! moves its `launchTime` to now (EC2: "the time the instance was last launched"; moto keeps the
+//! first). The fronts
 //! (the product's and the world's own) share one `Stops`, so the simulator sees what the product
 //! does.
 
@@ -14,14 +16,21 @@ use std::time::{Duration, Instant};
 /// the least a product may count on.
 pub const STOPPING_TAKES: Duration = Duration::from_secs(30);
 
-/// The instances stopped through a front, with when each is `stopped` (on the real clock).
-pub type Stops = Arc<Mutex<HashMap<String, Instant>>>;
+/// The instances stopped through a front, with when each is `stopped` (on the real clock), and
+/// when those started through a front were last started.
+pub type Stops = Arc<Mutex<Ledger>>;
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    stopped_at: HashMap<String, Instant>,
+    started_at: HashMap<String, String>,
+}
 
 /// Whether the instance is stopped, and since when: `None` when it was not stopped through a
 /// front (running, pending, or ended), `Some(false)` while it is still stopping.
 pub fn stopped(stops: &Stops, id: &str) -> Option<bool> {
     let stops = stops.lock().unwrap_or_else(|e| e.into_inner());
-    stops.get(id).map(|at| Instant::now() >= *at)
+    stops.stopped_at.get(id).map(|at| Instant::now() >= *at)
 }
 
 /// The refusal EC2 gives `action` on these instances in their state, if any.
@@ -53,40 +62,56 @@ pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
         match action {
             "StopInstances" => {
                 stops
+                    .stopped_at
                     .entry(id.clone())
                     .or_insert_with(|| Instant::now() + STOPPING_TAKES.div_f64(scale));
             }
-            "StartInstances" | "TerminateInstances" => {
-                stops.remove(id);
+            "StartInstances" => {
+                stops.stopped_at.remove(id);
+                let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S.000Z");
+                stops.started_at.insert(id.clone(), now.to_string());
+            }
+            "TerminateInstances" => {
+                stops.stopped_at.remove(id);
             }
             _ => {}
         }
     }
 }
 
-/// moto's answer with the instances that are still stopping shown as EC2 shows them: `stopping`
-/// (code 64), not `stopped` (code 80), in `DescribeInstances` and `StopInstances` answers.
+/// moto's answer as EC2 gives it: the instances that are still stopping shown `stopping` (code
+/// 64), not `stopped` (code 80), in `DescribeInstances` and `StopInstances` answers, and each
+/// restarted instance with the `launchTime` of its last start.
 pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
-    let stopping: Vec<String> = {
+    let (stopping, started): (Vec<String>, Vec<(String, String)>) = {
         let stops = stops.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        stops
-            .iter()
-            .filter(|(_, at)| now < **at)
-            .map(|(id, _)| id.clone())
-            .collect()
+        (
+            stops
+                .stopped_at
+                .iter()
+                .filter(|(_, at)| now < **at)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            stops
+                .started_at
+                .iter()
+                .map(|(id, t)| (id.clone(), t.clone()))
+                .collect(),
+        )
     };
     let mut out = xml.to_owned();
+    for (id, at) in started {
+        rewrite(&mut out, &id, |part| {
+            if let Some(a) = part.find("<launchTime>")
+                && let Some(b) = part[a..].find("</launchTime>").map(|b| b + a)
+            {
+                part.replace_range(a + "<launchTime>".len()..b, &at);
+            }
+        });
+    }
     for id in stopping {
-        let mut from = 0;
-        let marker = format!("<instanceId>{id}</instanceId>");
-        while let Some(at) = out[from..].find(&marker).map(|i| i + from) {
-            // The instance's own state follows its id, before the next instance's id.
-            let end = out[at + marker.len()..]
-                .find("<instanceId>")
-                .map(|i| i + at + marker.len())
-                .unwrap_or(out.len());
-            let mut part = out[at..end].to_owned();
+        rewrite(&mut out, &id, |part| {
             for tag in ["instanceState", "currentState"] {
                 let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
                 if let Some(a) = part.find(&open)
@@ -96,11 +121,26 @@ pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
                     part.replace_range(a + open.len()..b, "<code>64</code><name>stopping</name>");
                 }
             }
-            out.replace_range(at..end, &part);
-            from = at + marker.len();
-        }
+        });
     }
     out
+}
+
+/// Applies `change` to each part of `xml` about instance `id`: from its id to the next id.
+fn rewrite(out: &mut String, id: &str, change: impl Fn(&mut String)) {
+    let mut from = 0;
+    let marker = format!("<instanceId>{id}</instanceId>");
+    while let Some(at) = out[from..].find(&marker).map(|i| i + from) {
+        // The instance's own fields follow its id, before the next instance's id.
+        let end = out[at + marker.len()..]
+            .find("<instanceId>")
+            .map(|i| i + at + marker.len())
+            .unwrap_or(out.len());
+        let mut part = out[at..end].to_owned();
+        change(&mut part);
+        out.replace_range(at..end, &part);
+        from = at + marker.len();
+    }
 }
 
 #[cfg(test)]
