@@ -1,5 +1,6 @@
 #!/bin/bash
 # gpu-runner boot script: turns this instance into a one-job GitHub Actions runner, then ends it.
+# A pool instance runs it at every boot, each time with a new runner: it must hold for a rerun.
 # Rendered by gpu-runner. Every value below is single-quoted data, never code.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ set -euo pipefail
 readonly LOG_FILE=/var/log/gpu-runner.log
 readonly STATE_DIR=/var/lib/gpu-runner
 readonly RUNNER_DIR=/opt/actions-runner
+readonly CACHE_DIR=/var/cache/gpu-runner
 CURRENT_PHASE=boot
 
 # One line per event, to the console (EC2 keeps it as the console output) and to the log file.
@@ -17,7 +19,8 @@ log() {
   printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$line" >> "$LOG_FILE" 2> /dev/null || true
 }
 
-# Shutdown means terminate (the instance is launched that way): nothing is left billing.
+# Shutdown means terminate (the instance is launched that way): nothing is left billing. A pool
+# instance is launched to stop instead: its disk waits, unbilled, for the next job.
 end_instance() {
   log shutdown "reason=\"$1\""
   shutdown -h now "gpu-runner: $1" || true
@@ -33,6 +36,8 @@ fail() {
 trap 'fail "$CURRENT_PHASE" "the boot script stopped at line $LINENO"' ERR
 
 mkdir -p "$STATE_DIR"
+# What the last boot's job left behind must not speak for this boot's.
+rm -f "$STATE_DIR/job-started" "$STATE_DIR/job-refused"
 
 # 1. The max lifetime, armed first: the instance ends by then even if this script dies.
 CURRENT_PHASE=watchdog
@@ -99,7 +104,7 @@ log runner-user "status=ok user=$RUNNER_USER sudo=$sudo docker=$docker"
 # 4. The runner: kept when the image has it, else the pinned version, checked against its SHA-256.
 CURRENT_PHASE=runner-fetch
 if [ -x "$RUNNER_DIR/run.sh" ]; then
-  log runner-fetch "status=skipped reason=\"already installed in the image\""
+  log runner-fetch "status=skipped reason=\"already installed\""
 else
   tarball="$(mktemp)"
   curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
@@ -114,7 +119,10 @@ else
   rm -f "$tarball"
   log runner-fetch "status=ok version=$RUNNER_VERSION"
 fi
-# The runner adds its .env to every job's environment.
+# The runner adds its .env to every job's environment; a rerun replaces gpu-runner's lines.
+touch "$RUNNER_DIR/.env"
+env_kept="$(grep -v '^GPU_RUNNER_' "$RUNNER_DIR/.env" || true)"
+printf '%s\n' "$env_kept" | sed '/^$/d' > "$RUNNER_DIR/.env"
 {
   printf 'GPU_RUNNER_GPU_NAME=%s\n' "$gpu_name"
   printf 'GPU_RUNNER_GPU_COUNT=%s\n' "$gpu_count"
@@ -122,7 +130,18 @@ fi
   printf 'GPU_RUNNER_DRIVER_VERSION=%s\n' "$driver_version"
   printf 'GPU_RUNNER_CUDA_VERSION=%s\n' "$cuda_version"
   printf 'GPU_RUNNER_GPU_JSON=%s\n' "$STATE_DIR/gpu.json"
+  if [ "$POOLED" = true ]; then
+    printf 'GPU_RUNNER_CACHE=%s\n' "$CACHE_DIR"
+  fi
 } >> "$RUNNER_DIR/.env"
+if [ "$POOLED" = true ]; then
+  # What persists from job to job on a pool instance is this cache, which the jobs fill; the
+  # work folder (every checkout) and the last runner's configuration do not.
+  mkdir -p "$CACHE_DIR"
+  chown "$RUNNER_USER:" "$CACHE_DIR"
+  rm -rf "$RUNNER_DIR/_work" "$RUNNER_DIR/.runner" "$RUNNER_DIR/.credentials" \
+    "$RUNNER_DIR/.credentials_rsaparams"
+fi
 chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$STATE_DIR"
 
 # 5. The user's own preparation, as root.

@@ -12,15 +12,32 @@ const VALUES_MARKER: &str = "# @VALUES@";
 const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
 
+/// A line that is only a comment, and not one of the template's markers.
+fn comment_only(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with('#') && line != VALUES_MARKER && line != HOOK_MARKER
+}
+
 /// The boot script with `values` in it.
 fn script(values: &str) -> String {
-    // The boot script writes its own `#!` line and the expected values before the hook's code;
-    // its comments stay in the source, as user data has room for 16 KB only.
+    // User data has room for 16 KB only: the comments stay in the source, except the header that
+    // says what the script is. The hook's `#!` line is written by the boot script, with the
+    // values the hook expects.
     let hook: Vec<&str> = JOB_STARTED_HOOK
         .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| !comment_only(l))
         .collect();
-    TEMPLATE
+    let mut header = true;
+    let template: Vec<&str> = TEMPLATE
+        .lines()
+        .filter(|l| {
+            header &= l.starts_with('#');
+            header || !comment_only(l)
+        })
+        .collect();
+    let mut template = template.join("\n");
+    template.push('\n');
+    template
         .replacen(HOOK_MARKER, &hook.join("\n"), 1)
         .replacen(VALUES_MARKER, values, 1)
 }
@@ -140,6 +157,9 @@ pub struct BootParams {
     pub pre_runner_script: Option<String>,
     /// The only jobs the runner may run.
     pub binding: JobBinding,
+    /// A pool instance: the script runs at every boot (each resume brings a new runner
+    /// configuration), shutting down stops the instance, and a cache folder outlives the job.
+    pub pooled: bool,
 }
 
 /// Quotes a value for bash: inside single quotes nothing is special, and a single quote is
@@ -173,6 +193,7 @@ fn values(p: &BootParams, jit_config: &str) -> String {
             "JOB_WORKFLOW_REF",
             p.binding.workflow_ref.clone().unwrap_or_default(),
         ),
+        ("POOLED", p.pooled.to_string()),
         ("JIT_CONFIG", jit_config.to_owned()),
     ];
     vars.iter()
@@ -198,9 +219,44 @@ pub struct TooLarge {
     pub jit_config: usize,
 }
 
-/// Checks that the script, with a JIT config of `jit_len` bytes, fits EC2's user data; its size.
+/// Where MIME parts of the user data begin and end.
+const BOUNDARY: &str = "//gpu-runner-boundary//";
+
+/// cloud-init runs a user-data script once, at an instance's first boot. A pool instance needs it
+/// at every boot, each with the configuration of a new runner: AWS's documented way is a MIME
+/// multi-part user data whose cloud-config runs `scripts-user` always.
+fn every_boot(script: &str) -> String {
+    let part = |kind: &str, file: &str, body: &str| {
+        format!(
+            "--{BOUNDARY}\nContent-Type: {kind}; charset=\"us-ascii\"\nMIME-Version: 1.0\n\
+             Content-Transfer-Encoding: 7bit\n\
+             Content-Disposition: attachment; filename=\"{file}\"\n\n{body}\n"
+        )
+    };
+    format!(
+        "Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n{}{}--{BOUNDARY}--\n",
+        part(
+            "text/cloud-config",
+            "cloud-config.txt",
+            "#cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n"
+        ),
+        part("text/x-shellscript", "gpu-runner.sh", script.trim_end()),
+    )
+}
+
+/// What the instance's user data holds: the script, in its MIME envelope for a pool instance.
+fn user_data(p: &BootParams, jit_config: &str) -> String {
+    let script = script(&values(p, jit_config));
+    if p.pooled {
+        every_boot(&script)
+    } else {
+        script
+    }
+}
+
+/// Checks that the user data, with a JIT config of `jit_len` bytes, fits EC2's; its size.
 pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
-    let size = script(&values(p, &"x".repeat(jit_len))).len();
+    let size = user_data(p, &"x".repeat(jit_len)).len();
     if size <= USER_DATA_LIMIT {
         return Ok(size);
     }
@@ -211,9 +267,9 @@ pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
     })
 }
 
-/// The script as the instance receives it.
+/// The user data as the instance receives it.
 pub fn render(p: &BootParams) -> Secret {
-    Secret::new(script(&values(p, p.jit_config.expose())))
+    Secret::new(user_data(p, p.jit_config.expose()))
 }
 
 /// The script with the JIT config replaced, for the log and the dry-run plan.
@@ -309,7 +365,37 @@ mod tests {
                 run_id: 4242,
                 workflow_ref: Some("octo/ml/.github/workflows/gpu.yml@refs/heads/main".into()),
             },
+            pooled: false,
         }
+    }
+
+    #[test]
+    fn a_pool_instance_runs_its_script_at_every_boot_and_the_envelope_counts_toward_16_kb() {
+        let p = BootParams {
+            pooled: true,
+            ..params()
+        };
+        let data = render(&p);
+        let data = data.expose();
+        assert!(data.starts_with("Content-Type: multipart/mixed; boundary="));
+        assert!(data.contains("Content-Type: text/cloud-config"));
+        assert!(data.contains("- [scripts-user, always]"));
+        let script_at = data.find("#!/bin/bash").expect("the script part");
+        assert!(data[..script_at].contains("Content-Type: text/x-shellscript"));
+        assert!(data.contains("readonly POOLED='true'"));
+        assert!(data.trim_end().ends_with(&format!("--{BOUNDARY}--")));
+        let plain = check_size(&params(), JIT_CONFIG_ROOM).expect("fits");
+        let enveloped = check_size(&p, JIT_CONFIG_ROOM).expect("fits");
+        assert!(enveloped > plain + 300, "{enveloped} vs {plain}");
+        assert_eq!(
+            enveloped,
+            render(&BootParams {
+                jit_config: Secret::new("y".repeat(JIT_CONFIG_ROOM)),
+                ..p
+            })
+            .expose()
+            .len()
+        );
     }
 
     #[test]
