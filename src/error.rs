@@ -51,6 +51,10 @@ pub enum Error {
     /// Every capacity candidate was refused.
     #[error("no candidate had capacity")]
     NoCapacity { tried: Vec<Refusal> },
+    /// The pool had no instance to give: all busy and the pool full, or the one named is not a
+    /// member.
+    #[error("{what}")]
+    Pool { what: String, fix: String },
     /// The boot script, with the runner's configuration, would not fit EC2's user data.
     #[error(
         "the instance's boot script would be {} bytes, and EC2 takes at most {} bytes of user data",
@@ -150,6 +154,7 @@ impl Error {
                         .to_owned(),
                 )
             }
+            Error::Pool { what, fix } => one("No pool instance", what.clone(), fix.clone()),
             Error::UserDataTooLarge(t) => one(
                 "Boot script too large for EC2",
                 format!(

@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
-use crate::inputs::{GroupRef, ImageRef, MarketType, RunnerScope, StartInputs};
+use crate::inputs::{GroupRef, ImageRef, MarketType, PoolInputs, RunnerScope, StartInputs};
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
 pub mod tag {
@@ -25,6 +25,29 @@ pub mod tag {
     /// `ephemeral`, `pooled` or `attached`: how the machine ends (see `machine::Lifecycle`).
     /// Absent on ephemeral machines.
     pub const LIFECYCLE: &str = "gpu-runner:lifecycle";
+    /// The pool a pooled machine belongs to (the `pool` input).
+    pub const POOL: &str = "gpu-runner:pool";
+    /// When a pooled machine was first launched: EC2's launch time moves with every start.
+    pub const POOLED_AT: &str = "gpu-runner:pooled-at";
+    /// The image a pooled machine was launched from: a newer one retires it.
+    pub const IMAGE: &str = "gpu-runner:image";
+    /// How many jobs a pooled machine has been resumed for, this one included.
+    pub const USES: &str = "gpu-runner:uses";
+    /// Why a pooled machine serves no job after this one: its stop terminates it.
+    pub const RETIRE: &str = "gpu-runner:retire";
+    /// The tags a start rewrites on a pooled machine it resumes: whose it is now. Its pool,
+    /// repository, lifecycle, image and age never change (the IAM policy allows only these).
+    pub const PER_RUN: &[&str] = &[
+        LABEL,
+        RUNNER,
+        RUN_ID,
+        RUN_ATTEMPT,
+        EXPIRES_AT,
+        VERSION,
+        RUNNER_SCOPE,
+        USES,
+        RETIRE,
+    ];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +134,9 @@ pub struct LaunchPlan {
     /// The instance ends itself by then at the latest; cleanup treats it as expired after.
     pub expires_at: DateTime<Utc>,
     pub keep_on_failure: bool,
+    /// Resume stopped instances of a pool: its machines are tagged `pooled` and stop, not
+    /// terminate, when they shut down.
+    pub pool: Option<PoolInputs>,
     pub dry_run: bool,
     /// Where the runners are registered, in words: the repository, or the organization and group.
     pub registered_in: String,
@@ -189,6 +215,12 @@ pub fn launch_plan(
     ] {
         tags.insert(key.to_owned(), value);
     }
+    if let Some(pool) = &inputs.pool {
+        tags.insert(tag::LIFECYCLE.to_owned(), "pooled".to_owned());
+        if let Some(name) = &pool.name {
+            tags.insert(tag::POOL.to_owned(), name.clone());
+        }
+    }
 
     let runners = if inputs.limits.count <= 1 {
         vec![RunnerSpec {
@@ -231,6 +263,7 @@ pub fn launch_plan(
         max_lifetime_minutes: inputs.limits.max_lifetime_minutes,
         expires_at,
         keep_on_failure: inputs.limits.keep_on_failure,
+        pool: inputs.pool.clone(),
         dry_run: inputs.dry_run,
         registered_in: match (inputs.common.scope(), &inputs.runner.group) {
             (RunnerScope::Repo, _) => format!("the repository {}", ctx.repository()),
@@ -267,7 +300,7 @@ impl Candidate {
 impl LaunchPlan {
     fn facts(&self) -> Vec<(&'static str, String)> {
         let or = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_owned());
-        vec![
+        let mut facts = vec![
             ("Label", self.label.clone()),
             ("All labels", self.labels.join(", ")),
             (
@@ -339,11 +372,17 @@ impl LaunchPlan {
                 "On failure",
                 if self.keep_on_failure {
                     "keep the instance for debugging (keep-on-failure)".to_owned()
+                } else if self.pool.is_some() {
+                    "stop the instance (back to its pool) and remove the runner".to_owned()
                 } else {
                     "terminate the instance and remove the runner".to_owned()
                 },
             ),
-        ]
+        ];
+        if let Some(pool) = &self.pool {
+            facts.push(("Pool", pool.describe()));
+        }
+        facts
     }
 
     /// The plan as the log shows it.

@@ -122,7 +122,50 @@ pub struct StartInputs {
     pub runner: RunnerInputs,
     pub limits: Limits,
     pub trust: TrustInputs,
+    /// Resume stopped instances of a pool instead of launching new ones.
+    pub pool: Option<PoolInputs>,
     pub dry_run: bool,
+}
+
+/// A pool of stopped instances that starts resume and stops pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInputs {
+    /// `None` with `instance-id` alone: the instance's `gpu-runner:pool` tag names its pool.
+    pub name: Option<String>,
+    /// The most instances the pool holds, in any state but ended.
+    pub size: u32,
+    /// Every member busy and the pool full: wait for one (until the startup timeout), or fail.
+    pub wait_when_full: bool,
+    /// Resume this one instance (a pool of one), nothing else.
+    pub instance_id: Option<String>,
+    /// Jobs one instance serves before it is replaced; 0: no limit.
+    pub max_uses: u32,
+    /// Days an instance serves before it is replaced; 0: no limit.
+    pub max_age_days: u32,
+}
+
+impl PoolInputs {
+    /// The pool in words, for the plan.
+    pub fn describe(&self) -> String {
+        let which = match (&self.instance_id, &self.name) {
+            (Some(id), _) => format!("the instance {id} only"),
+            (None, Some(name)) => format!(
+                "\"{name}\", at most {} instance(s); when full, {}",
+                self.size,
+                if self.wait_when_full { "wait" } else { "fail" }
+            ),
+            (None, None) => String::new(),
+        };
+        let limit = |n: u32, unit: &str| match n {
+            0 => "no limit".to_owned(),
+            n => format!("{n} {unit}"),
+        };
+        format!(
+            "{which}; each serves {} and {}",
+            limit(self.max_uses, "job(s)"),
+            limit(self.max_age_days, "day(s)")
+        )
+    }
 }
 
 impl StartInputs {
@@ -653,6 +696,11 @@ impl Reader<'_> {
         let allow_untrusted = self.boolean(&spec::ALLOW_UNTRUSTED);
         let keep_on_failure = self.boolean(&spec::KEEP_ON_FAILURE);
         let dry_run = self.boolean(&spec::DRY_RUN);
+        let spot = matches!(
+            market_type,
+            Some(MarketType::Spot | MarketType::SpotThenOnDemand)
+        );
+        let pool = self.pool(count, spot);
         if !self.errors.is_empty() {
             return None;
         }
@@ -692,7 +740,78 @@ impl Reader<'_> {
                 allowed_associations,
                 allow_untrusted,
             },
+            pool,
             dry_run,
+        })
+    }
+
+    /// `pool` and its companions; `None` when neither `pool` nor `instance-id` is set.
+    fn pool(&mut self, count: Option<u32>, spot: bool) -> Option<PoolInputs> {
+        let name = self.one(&spec::POOL, values::pool);
+        let instance_id = self.one(&spec::INSTANCE_ID, values::instance_id);
+        let size = self.number(&spec::POOL_SIZE, 1, 100, "instances");
+        let full = self.one(&spec::POOL_FULL, values::pool_full);
+        let max_uses = self.number(&spec::POOL_MAX_USES, 0, 100_000, "jobs");
+        let max_age_days = self.number(&spec::POOL_MAX_AGE_DAYS, 0, 3650, "days");
+        if name.is_none() && instance_id.is_none() {
+            return None;
+        }
+        let what = name
+            .as_deref()
+            .or(instance_id.as_deref())
+            .unwrap_or_default();
+        let named = if name.is_some() {
+            &spec::POOL
+        } else {
+            &spec::INSTANCE_ID
+        };
+        if spot {
+            self.fail(
+                named,
+                Some(what),
+                Problem::Conflict {
+                    other: spec::MARKET_TYPE.name,
+                    fix: "A pool keeps its instances stopped between jobs, and a one-time spot \
+                          instance cannot be stopped: remove market-type (pools are on-demand), \
+                          or remove pool to launch a new spot instance per job.",
+                },
+            );
+        }
+        if instance_id.is_some() && count.is_some_and(|c| c > 1) {
+            self.fail(
+                &spec::INSTANCE_ID,
+                instance_id.as_deref(),
+                Problem::Conflict {
+                    other: spec::COUNT.name,
+                    fix: "instance-id resumes one instance: remove count, or use pool with \
+                          pool-size to resume several.",
+                },
+            );
+        }
+        if let (Some(size), Some(count)) = (size, count)
+            && count > size
+            && instance_id.is_none()
+        {
+            self.fail(
+                &spec::POOL_SIZE,
+                Some(&size.to_string()),
+                Problem::Invalid {
+                    entry: None,
+                    expected: format!("at least count ({count})"),
+                    fix: format!(
+                        "A start takes count instances from its pool: raise pool-size to \
+                         {count} or more, or lower count."
+                    ),
+                },
+            );
+        }
+        Some(PoolInputs {
+            name,
+            size: size?,
+            wait_when_full: full? == "wait",
+            instance_id,
+            max_uses: max_uses?,
+            max_age_days: max_age_days?,
         })
     }
 

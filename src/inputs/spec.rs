@@ -106,6 +106,12 @@ pub const ALLOWED_ASSOCIATIONS: Spec =
 pub const ALLOW_UNTRUSTED: Spec = Spec::new("allow-untrusted", Start, "false");
 pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
 pub const DRY_RUN: Spec = Spec::new("dry-run", StartAndCleanup, "false");
+pub const POOL: Spec = Spec::new("pool", Start, "");
+pub const POOL_SIZE: Spec = Spec::new("pool-size", Start, "4");
+pub const POOL_FULL: Spec = Spec::new("pool-full", Start, "wait");
+pub const INSTANCE_ID: Spec = Spec::new("instance-id", Start, "");
+pub const POOL_MAX_USES: Spec = Spec::new("pool-max-uses", Start, "0");
+pub const POOL_MAX_AGE_DAYS: Spec = Spec::new("pool-max-age-days", Start, "30");
 
 pub const LABEL: Spec = Spec::new("label", Stop, "");
 pub const INSTANCE_IDS: Spec = Spec::new("instance-ids", Stop, "");
@@ -147,6 +153,12 @@ pub const ALL: &[Spec] = &[
     ALLOW_UNTRUSTED,
     KEEP_ON_FAILURE,
     DRY_RUN,
+    POOL,
+    POOL_SIZE,
+    POOL_FULL,
+    INSTANCE_ID,
+    POOL_MAX_USES,
+    POOL_MAX_AGE_DAYS,
     LABEL,
     INSTANCE_IDS,
     REGION,

@@ -309,6 +309,32 @@ pub fn association(v: &str) -> Result<(), Expect> {
     Err(Expect::new("a GitHub author association", fix))
 }
 
+/// A pool's name: what its members are tagged with (`gpu-runner:pool`).
+pub fn pool(v: &str) -> Result<(), Expect> {
+    let ok = (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a pool name",
+            "Pool names are 1 to 64 letters, digits, '.', '_' or '-', such as cuda-12 or train.",
+        )
+    })
+}
+
+/// What a start does when every member of its pool is busy and the pool is at `pool-size`.
+pub fn pool_full(v: &str) -> Result<(), Expect> {
+    const NAMES: [&str; 2] = ["wait", "fail"];
+    if NAMES.contains(&v) {
+        return Ok(());
+    }
+    let mut fix = format!("Use one of: {}.", NAMES.join(", "));
+    if let Some(s) = closest(v, NAMES) {
+        fix.push_str(&format!(" Did you mean {s}?"));
+    }
+    Err(Expect::new("wait or fail", fix))
+}
+
 /// How to buy the instance: `on-demand`, `spot`, or spot first and on-demand when spot has none.
 pub fn market_type(v: &str) -> Result<(), Expect> {
     const NAMES: [&str; 3] = ["on-demand", "spot", "spot-then-on-demand"];

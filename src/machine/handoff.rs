@@ -40,6 +40,7 @@ impl Handoff<'_> {
             runner: self.package.clone(),
             pre_runner_script: plan.pre_runner_script.clone(),
             binding: plan.binding.clone(),
+            pooled: plan.pool.is_some(),
         }
     }
 }

@@ -189,7 +189,21 @@ pub enum Released {
         ran: Option<i64>,
         cost: Option<String>,
     },
-    ReturnedToPool,
+    /// Stopped after `ran` minutes (at about `cost`), its disk kept for the next job; EC2 still
+    /// showed it stopping when the wait for it gave up.
+    ReturnedToPool {
+        ran: Option<i64>,
+        cost: Option<String>,
+        still_stopping: bool,
+    },
+    /// A pooled machine found stopped already (it shut itself down after its job).
+    AlreadyInPool,
+    /// A pooled machine that served its last job (`why`): ended, not paused.
+    Retired {
+        why: String,
+        ran: Option<i64>,
+        cost: Option<String>,
+    },
     Detached,
     /// It was gone before it was asked for.
     AlreadyGone,
@@ -359,7 +373,10 @@ pub async fn connect(
     judged_event: Option<&str>,
 ) -> Result<Connected, Error> {
     let config = ec2::credentials::connect(env, common, region, ctx, actions, judged_event).await?;
-    Ok(Connected::Ec2(ec2::Ec2::new(&config, purpose).await?))
+    let clock = crate::clock::Clock::from_env(env);
+    Ok(Connected::Ec2(
+        ec2::Ec2::new(&config, purpose, clock).await?,
+    ))
 }
 
 /// The provider for finding and releasing what starts acquired in `region`: stop, the post step

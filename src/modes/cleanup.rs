@@ -15,9 +15,9 @@ use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{Job, Runner, RunnerRegistry, RunnerStatus};
 use crate::inputs::{CleanupInputs, RunnerScope};
-use crate::machine::{self, Lifecycle, Machine, Owner, Provider, Release};
+use crate::machine::{self, Lifecycle, Machine, Owner, Provider, Release, State};
 use crate::modes::teardown::{Found, Teardown};
-use crate::plan::LABEL_PREFIX;
+use crate::plan::{LABEL_PREFIX, tag};
 
 /// An instance younger than this is never judged by its runner: its start may be registering it.
 const GRACE_MINUTES: i64 = 10;
@@ -128,6 +128,17 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
 
     for i in &live {
         if i.lifecycle() == Lifecycle::Pooled && i.state.is_paused() {
+            // Waiting in its pool is what it is for, unless it served its last job: its stop
+            // would have ended it, so a stop that never ran leaves it to cleanup.
+            if let Some(why) = i.tags.get(tag::RETIRE)
+                && i.state == State::Stopped
+            {
+                actions.push(Action::Release {
+                    id: i.id.clone(),
+                    how: Release::Terminate,
+                    reason: format!("retired from its pool: {why}"),
+                });
+            }
             continue;
         }
         let label = i.runner_name().unwrap_or_default();

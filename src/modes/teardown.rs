@@ -69,8 +69,33 @@ impl fmt::Display for Outcome {
                 (Some(m), None) => write!(f, "terminated after {m} min"),
                 _ => f.write_str("terminated"),
             },
-            Outcome::Released(Released::ReturnedToPool) => {
-                f.write_str("returned to its pool (stopped, its disk kept)")
+            Outcome::Released(Released::ReturnedToPool {
+                ran,
+                cost,
+                still_stopping,
+            }) => {
+                f.write_str("returned to its pool")?;
+                match (ran, cost) {
+                    (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})")?,
+                    (Some(m), None) => write!(f, " after {m} min")?,
+                    _ => {}
+                }
+                if *still_stopping {
+                    f.write_str(" (still stopping; its disk kept)")
+                } else {
+                    f.write_str(" (stopped, its disk kept)")
+                }
+            }
+            Outcome::Released(Released::AlreadyInPool) => {
+                f.write_str("already back in its pool (stopped, its disk kept)")
+            }
+            Outcome::Released(Released::Retired { why, ran, cost }) => {
+                write!(f, "retired from its pool ({why}): terminated")?;
+                match (ran, cost) {
+                    (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})"),
+                    (Some(m), None) => write!(f, " after {m} min"),
+                    _ => Ok(()),
+                }
             }
             Outcome::Released(Released::Detached) => {
                 f.write_str("detached (the machine is the user's, and stays)")

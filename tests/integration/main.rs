@@ -9,6 +9,7 @@ mod cleanup;
 mod contract;
 mod cycle;
 mod faults;
+mod pools;
 mod security;
 mod steps;
 mod stories;

@@ -434,6 +434,16 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         .run()
         .success();
     Step::mode("cleanup").in_world(&world).run().success();
+    // A pool: launched into it, paused, resumed (new user data, this run's tags), paused again.
+    for _ in 0..2 {
+        let pooled = Step::start().in_world(&world).input("pool", "iam").run();
+        pooled.success();
+        Step::stop()
+            .in_world(&world)
+            .outputs_of(&pooled)
+            .run()
+            .success();
+    }
     Step::start()
         .in_world(&world)
         .input("dry-run", "true")
@@ -452,6 +462,10 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         "ec2:RunInstances",
         "ec2:TerminateInstances",
         "ec2:DescribeSpotPriceHistory",
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:ModifyInstanceAttribute",
+        "ec2:CreateTags",
     ] {
         assert!(needed.iter().any(|a| a == action), "{needed:?}");
     }
@@ -471,10 +485,10 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
             "gpu-runner calls {action}, which docs/iam does not allow"
         );
     }
-    // Nothing is allowed that gpu-runner does not call (CreateTags rides on RunInstances).
+    // Nothing is allowed that gpu-runner does not call.
     for action in &allowed {
         assert!(
-            needed.contains(action) || action == "ec2:CreateTags",
+            needed.contains(action),
             "docs/iam allows {action}, which gpu-runner never calls"
         );
     }
@@ -1163,4 +1177,67 @@ fn a_label_approved_start_records_the_labelled_head() {
         "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"
     );
     stop_cleanly(&world, &started);
+}
+
+/// The pool's permissions reach only this repository's pool instances, and a retag can only say
+/// whose run a member serves now: never move it to another repository, pool or lifecycle.
+#[test]
+fn the_pool_permissions_touch_only_this_repositorys_pool_instances_and_only_their_run_tags() {
+    use world::iam::{Resource, evaluate};
+    let permissions = policy("permissions-policy.json");
+    let instance = |tags: &[(&str, &str)]| {
+        tags.iter().fold(
+            Resource::new("arn:aws:ec2:us-east-1:123456789012:instance/i-1"),
+            |r, (k, v)| r.key(&format!("aws:ResourceTag/{k}"), *v),
+        )
+    };
+    let ours = [
+        ("gpu-runner:repository", "octo/ml"),
+        ("gpu-runner:lifecycle", "pooled"),
+        ("gpu-runner:pool", "train"),
+    ];
+    let theirs = [
+        ("gpu-runner:repository", "someone/else"),
+        ("gpu-runner:lifecycle", "pooled"),
+        ("gpu-runner:pool", "train"),
+    ];
+    let ephemeral = [("gpu-runner:repository", "octo/ml")];
+    for action in [
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:ModifyInstanceAttribute",
+    ] {
+        assert_eq!(evaluate(&permissions, action, &[instance(&ours)]), Ok(()));
+        assert!(evaluate(&permissions, action, &[instance(&theirs)]).is_err());
+        assert!(evaluate(&permissions, action, &[instance(&ephemeral)]).is_err());
+    }
+    let retag = |keys: &[&str]| {
+        keys.iter().fold(instance(&ours), |r, k| {
+            r.key(&format!("aws:RequestTag/{k}"), "x")
+                .key("aws:TagKeys", *k)
+        })
+    };
+    let run_tags: Vec<&str> = gpu_runner::plan::tag::PER_RUN.to_vec();
+    assert_eq!(
+        evaluate(&permissions, "ec2:CreateTags", &[retag(&run_tags)]),
+        Ok(())
+    );
+    for key in [
+        "gpu-runner:repository",
+        "gpu-runner:lifecycle",
+        "gpu-runner:pool",
+        "gpu-runner:image",
+        "gpu-runner:pooled-at",
+    ] {
+        assert!(
+            evaluate(
+                &permissions,
+                "ec2:CreateTags",
+                &[retag(&["gpu-runner:label", key])]
+            )
+            .is_err(),
+            "{key} can be rewritten"
+        );
+    }
+    assert!(evaluate(&permissions, "ec2:CreateTags", &[instance(&theirs)]).is_err());
 }

@@ -32,6 +32,21 @@ pub fn nothing_left(world: &world::World) {
     assert_eq!(world.registered_runners(), [], "runners still registered");
 }
 
+/// Nothing bills for compute and no runner is registered: what a pool leaves between jobs (its
+/// stopped instances are kept on purpose).
+#[track_caller]
+pub fn nothing_running(world: &world::World) {
+    let paused = world.wait_until(std::time::Duration::from_secs(20), |w| {
+        w.running_instances().is_empty()
+    });
+    assert!(
+        paused,
+        "instances still running: {:?}",
+        world.running_instances()
+    );
+    assert_eq!(world.registered_runners(), [], "runners still registered");
+}
+
 /// The step authenticates as the world's GitHub App instead of with a token.
 pub fn as_app(step: world::step::Step) -> world::step::Step {
     step.unset("INPUT_GITHUB-TOKEN")

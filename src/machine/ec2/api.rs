@@ -232,10 +232,14 @@ impl Api {
 
     pub async fn launch(&self, request: LaunchRequest<'_>) -> Result<Machine, MachineError> {
         let plan = request.plan;
+        let mut own = vec![(tag::RUNNER.to_owned(), request.runner_name.to_owned())];
+        if let Some(pool) = &plan.pool {
+            own.extend(super::pool::first_tags(pool, request.image_id, Utc::now()));
+        }
         let tags: Vec<Tag> = plan
             .tags
             .iter()
-            .chain([(&tag::RUNNER.to_owned(), &request.runner_name.to_owned())])
+            .chain(own.iter().map(|(k, v)| (k, v)))
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         let tag_specs = [ResourceType::Instance, ResourceType::Volume].map(|kind| {
@@ -260,7 +264,12 @@ impl Api {
                     .http_put_response_hop_limit(1)
                     .build(),
             )
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            // A pool instance shuts down into its pool: stopped, its disk kept.
+            .instance_initiated_shutdown_behavior(if plan.pool.is_some() {
+                ShutdownBehavior::Stop
+            } else {
+                ShutdownBehavior::Terminate
+            })
             .set_subnet_id(request.candidate.subnet_id.clone())
             .client_token(request.client_token)
             .dry_run(request.dry_run);
@@ -396,6 +405,107 @@ impl Api {
             _ => call.send().await,
         };
         gone_is_done(out.map_err(|e| cloud_error("TerminateInstances", e)))
+    }
+
+    /// The members of `repository`'s pool `pool`, in any state but ended.
+    pub async fn pool_members(
+        &self,
+        repository: &str,
+        pool: &str,
+    ) -> Result<Vec<Machine>, MachineError> {
+        let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
+        let filters = vec![
+            filter(format!("tag:{}", tag::REPOSITORY), repository),
+            filter(format!("tag:{}", tag::POOL), pool),
+            filter(format!("tag:{}", tag::LIFECYCLE), "pooled"),
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["pending", "running", "stopping", "stopped"]
+                        .map(str::to_owned)
+                        .to_vec(),
+                ))
+                .build(),
+        ];
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| cloud_error("DescribeInstances", e))?;
+            found.extend(
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .map(instance),
+            );
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// Gives a stopped instance the boot script of its next boot. EC2 takes user data only while
+    /// the instance is stopped (`IncorrectInstanceState` otherwise).
+    pub async fn set_user_data(&self, id: &str, user_data: &Secret) -> Result<(), MachineError> {
+        self.ec2
+            .modify_instance_attribute()
+            .instance_id(id)
+            .user_data(
+                aws_sdk_ec2::types::BlobAttributeValue::builder()
+                    .value(aws_sdk_ec2::primitives::Blob::new(
+                        user_data.expose().as_bytes().to_vec(),
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| cloud_error("ModifyInstanceAttribute", e))?;
+        Ok(())
+    }
+
+    /// Starts a stopped instance; the state it was in before, as EC2 answers: `stopped` when this
+    /// call is the one that started it.
+    pub async fn start(&self, id: &str) -> Result<State, MachineError> {
+        let out = self
+            .ec2
+            .start_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("StartInstances", e))?;
+        Ok(state(
+            out.starting_instances()
+                .first()
+                .and_then(|c| c.previous_state())
+                .and_then(|s| s.name()),
+        ))
+    }
+
+    /// Sets these tags on an instance (the ones a resumed pool instance carries for its new run).
+    pub async fn create_tags(
+        &self,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), MachineError> {
+        self.ec2
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| cloud_error("CreateTags", e))?;
+        Ok(())
     }
 
     /// Stops, keeping the disk; instances already gone are not an error.

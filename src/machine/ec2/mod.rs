@@ -5,6 +5,7 @@
 pub mod api;
 pub mod credentials;
 pub mod errors;
+pub mod pool;
 pub mod pricing;
 pub mod user_data;
 
@@ -13,6 +14,7 @@ use chrono::Utc;
 
 use crate::actions::Actions;
 use crate::boot::phases;
+use crate::clock::Clock;
 use crate::error::{Error, Refusal};
 use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
@@ -29,16 +31,33 @@ pub struct Ec2 {
     api: Api,
     /// The AMI a start launches from, resolved once (an `ssm:` parameter read).
     image_id: Option<String>,
+    region: String,
+    clock: Clock,
+    /// What this start's runners took of their pool: they acquire side by side.
+    claims: tokio::sync::Mutex<pool::Claims>,
 }
 
 impl Ec2 {
-    pub async fn new(config: &SdkConfig, purpose: Purpose<'_>) -> Result<Self, Error> {
+    pub async fn new(
+        config: &SdkConfig,
+        purpose: Purpose<'_>,
+        clock: Clock,
+    ) -> Result<Self, Error> {
         let api = Api::new(config);
         let image_id = match purpose {
             Purpose::Acquire(plan) => Some(api.resolve_image(&plan.image).await?),
             Purpose::Manage => None,
         };
-        Ok(Self { api, image_id })
+        Ok(Self {
+            api,
+            image_id,
+            region: config
+                .region()
+                .map(|r| r.as_ref().to_owned())
+                .unwrap_or_default(),
+            clock,
+            claims: tokio::sync::Mutex::default(),
+        })
     }
 
     /// The GPUs an instance of the candidate's type has, which the boot script's probe checks;
@@ -48,6 +67,64 @@ impl Ec2 {
             .gpu_count(&candidate.instance_type)
             .await
             .unwrap_or(0)
+    }
+
+    /// A new instance from the first capacity candidate that has room.
+    async fn launch_new(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<Acquired, Error> {
+        let image_id = self.image_id()?;
+        let mut refused: Vec<Refusal> = Vec::new();
+        let mut no_spot = false;
+        for (n, candidate) in plan.candidates.iter().enumerate() {
+            // Without the spot service-linked role no spot candidate launches: go on to on-demand.
+            if no_spot && candidate.market == Market::Spot {
+                continue;
+            }
+            let gpus = self.gpus(candidate).await;
+            let user_data = user_data::render(plan, handoff, &candidate.instance_type, gpus)?;
+            let request = LaunchRequest {
+                plan,
+                runner_name: &handoff.runner.name,
+                candidate,
+                image_id,
+                user_data: &user_data,
+                dry_run: false,
+                client_token: &format!("{}-{n}", handoff.runner.name),
+            };
+            match self.api.launch(request).await {
+                Ok(machine) => {
+                    actions.info(&format!(
+                        "Launched {} ({})",
+                        machine.id,
+                        candidate.describe()
+                    ));
+                    return Ok(Acquired { machine, refused });
+                }
+                Err(e) => {
+                    let Some(advice) =
+                        capacity_advice(e.code(), &candidate.instance_type, candidate.market)
+                    else {
+                        return Err(e.into());
+                    };
+                    no_spot |= e.code() == SPOT_ROLE_MISSING;
+                    actions.info(&format!(
+                        "No capacity: {} ({}); trying the next candidate",
+                        candidate.describe(),
+                        e.code()
+                    ));
+                    refused.push(Refusal {
+                        candidate: candidate.describe(),
+                        code: e.code().to_owned(),
+                        advice,
+                    });
+                }
+            }
+        }
+        Err(Error::NoCapacity { tried: refused })
     }
 
     fn image_id(&self) -> Result<&str, Error> {
@@ -116,55 +193,10 @@ impl Provider for Ec2 {
         handoff: &Handoff<'_>,
         actions: &Actions,
     ) -> Result<Acquired, Error> {
-        let image_id = self.image_id()?;
-        let mut refused: Vec<Refusal> = Vec::new();
-        let mut no_spot = false;
-        for (n, candidate) in plan.candidates.iter().enumerate() {
-            // Without the spot service-linked role no spot candidate launches: go on to on-demand.
-            if no_spot && candidate.market == Market::Spot {
-                continue;
-            }
-            let gpus = self.gpus(candidate).await;
-            let user_data = user_data::render(plan, handoff, &candidate.instance_type, gpus)?;
-            let request = LaunchRequest {
-                plan,
-                runner_name: &handoff.runner.name,
-                candidate,
-                image_id,
-                user_data: &user_data,
-                dry_run: false,
-                client_token: &format!("{}-{n}", handoff.runner.name),
-            };
-            match self.api.launch(request).await {
-                Ok(machine) => {
-                    actions.info(&format!(
-                        "Launched {} ({})",
-                        machine.id,
-                        candidate.describe()
-                    ));
-                    return Ok(Acquired { machine, refused });
-                }
-                Err(e) => {
-                    let Some(advice) =
-                        capacity_advice(e.code(), &candidate.instance_type, candidate.market)
-                    else {
-                        return Err(e.into());
-                    };
-                    no_spot |= e.code() == SPOT_ROLE_MISSING;
-                    actions.info(&format!(
-                        "No capacity: {} ({}); trying the next candidate",
-                        candidate.describe(),
-                        e.code()
-                    ));
-                    refused.push(Refusal {
-                        candidate: candidate.describe(),
-                        code: e.code().to_owned(),
-                        advice,
-                    });
-                }
-            }
+        match &plan.pool {
+            Some(pool) => self.acquire_pooled(plan, pool, handoff, actions).await,
+            None => self.launch_new(plan, handoff, actions).await,
         }
-        Err(Error::NoCapacity { tried: refused })
     }
 
     async fn health(&self, ids: &[String]) -> Result<Vec<(String, Health)>, MachineError> {
@@ -213,11 +245,13 @@ impl Provider for Ec2 {
         machines: &[Machine],
         how: Release,
     ) -> (Vec<Released>, Option<MachineError>) {
+        if how == Release::ReturnToPool {
+            return self.return_to_pool(machines).await;
+        }
         let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
         let done = match how {
             Release::Terminate => self.api.terminate(&ids).await,
-            Release::ReturnToPool => self.api.stop(&ids).await,
-            Release::Detach => Ok(()),
+            Release::ReturnToPool | Release::Detach => Ok(()),
         };
         if let Err(e) = done {
             return (vec![Released::Failed; machines.len()], Some(e));
@@ -231,8 +265,7 @@ impl Provider for Ec2 {
                     let cost = ran.zip(price).map(|(ran, p)| p.cost(ran));
                     Released::Terminated { ran, cost }
                 }
-                Release::ReturnToPool => Released::ReturnedToPool,
-                Release::Detach => Released::Detached,
+                Release::ReturnToPool | Release::Detach => Released::Detached,
             });
         }
         (released, None)

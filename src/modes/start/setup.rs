@@ -53,6 +53,24 @@ pub(super) fn judge<'e>(
         .and_then(|p| p.pointer("/repository/private"))
         .and_then(serde_json::Value::as_bool)
         .map(|private| !private);
+    // A pool instance's disk outlives its job: what one job leaves there, the next runs with. A
+    // trigger the guard refuses never gets one, allow-untrusted or not.
+    if inputs.trust.allow_untrusted && inputs.pool.is_some() {
+        guard::check(
+            event,
+            payload.as_ref(),
+            &ctx.repository(),
+            &inputs.trust.allowed_associations,
+        )
+        .map_err(|guard::Untrusted(why)| {
+            guard::Untrusted(format!(
+                "{why}. allow-untrusted does not lift this for a pool: a job can leave anything \
+                 on a pool instance's disk for the jobs after it, so a pool serves only runs the \
+                 guard trusts. Remove pool (and instance-id) from this start to launch a fresh \
+                 instance for it"
+            ))
+        })?;
+    }
     let (judged_event, judgment) = if inputs.trust.allow_untrusted {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
         (None, Judgment::default())

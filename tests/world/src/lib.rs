@@ -476,6 +476,16 @@ impl World {
             .collect()
     }
 
+    /// Instances that are pending or running: what bills for compute.
+    pub fn running_instances(&self) -> Vec<String> {
+        use aws_sdk_ec2::types::InstanceStateName::{Pending, Running};
+        self.instances()
+            .iter()
+            .filter(|i| matches!(i.state().and_then(|s| s.name()), Some(Pending | Running)))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    }
+
     /// Creates a security group in the default VPC as `aws ec2 create-security-group
     /// --cli-input-json` would from `json` (GroupName, Description, TagSpecifications); its id.
     pub fn create_security_group(&self, json: &serde_json::Value) -> String {

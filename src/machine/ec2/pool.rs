@@ -1,0 +1,628 @@
+//! EC2's warm pools: a start resumes a stopped instance of its repository's pool (handing it the
+//! new runner's boot script while it is stopped), or launches one into the pool while the pool has
+//! room; a stop pauses it again and waits until it is `stopped`, so that the next start finds it.
+//! An instance past `pool-max-uses` or `pool-max-age-days`, or launched from an image that
+//! `image-id` no longer resolves to, is retired: terminated, and replaced on demand.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use crate::actions::Actions;
+use crate::boot::Arch;
+use crate::error::Error;
+use crate::inputs::PoolInputs;
+use crate::machine::{Acquired, Handoff, Lifecycle, Machine, MachineError, Released, State};
+use crate::plan::{LaunchPlan, tag};
+
+/// How often a start waiting for a member of a full pool looks again, and a stop for its
+/// instance to be `stopped` (on the user's clock).
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for its instance to be `stopped`: EC2 documents no bound, and a GPU
+/// instance with a large root volume can take minutes.
+pub const STOPPING_AT_MOST: Duration = Duration::from_secs(10 * 60);
+
+/// What one start's runners have taken of the pool so far: instances claimed (being resumed or
+/// retired by a sibling runner of the same start) and launches under way, which EC2 may not list
+/// yet.
+#[derive(Debug, Default)]
+pub struct Claims {
+    pub taken: HashSet<String>,
+    pub launching: u32,
+}
+
+/// The tags a new pool instance is launched with besides the plan's.
+pub fn first_tags(pool: &PoolInputs, image_id: &str, now: DateTime<Utc>) -> Vec<(String, String)> {
+    let mut tags = vec![
+        (tag::IMAGE.to_owned(), image_id.to_owned()),
+        (
+            tag::POOLED_AT.to_owned(),
+            now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        ),
+        (tag::USES.to_owned(), "1".to_owned()),
+    ];
+    if let Some(why) = last_use(pool, 1) {
+        tags.push((tag::RETIRE.to_owned(), why));
+    }
+    tags
+}
+
+/// Why the `uses`th job is an instance's last, if it is.
+fn last_use(pool: &PoolInputs, uses: u32) -> Option<String> {
+    (pool.max_uses > 0 && uses >= pool.max_uses)
+        .then(|| format!("it served pool-max-uses ({}) jobs", pool.max_uses))
+}
+
+/// How many jobs the instance has been resumed or launched for.
+pub fn uses(m: &Machine) -> u32 {
+    m.tags
+        .get(tag::USES)
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The tags a start rewrites on the pool instance it resumes for `runner`: this run's.
+pub fn run_tags(plan: &LaunchPlan, runner: &str, uses: u32) -> Vec<(String, String)> {
+    let mut tags: Vec<(String, String)> = plan
+        .tags
+        .iter()
+        .filter(|(k, _)| tag::PER_RUN.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tags.push((tag::RUNNER.to_owned(), runner.to_owned()));
+    tags.push((tag::USES.to_owned(), uses.to_string()));
+    if let Some(why) = plan.pool.as_ref().and_then(|p| last_use(p, uses)) {
+        tags.push((tag::RETIRE.to_owned(), why));
+    }
+    tags
+}
+
+/// Why a stopped member must serve no more jobs, if it must not.
+pub fn retired(
+    m: &Machine,
+    pool: &PoolInputs,
+    image_id: &str,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if let Some(why) = m.tags.get(tag::RETIRE) {
+        return Some(why.clone());
+    }
+    if m.tags.get(tag::IMAGE).is_some_and(|i| i != image_id) {
+        return Some(format!(
+            "its image {} is not the one image-id resolves to now ({image_id})",
+            m.tags.get(tag::IMAGE).map(String::as_str).unwrap_or("")
+        ));
+    }
+    let pooled_at = m
+        .tags
+        .get(tag::POOLED_AT)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    if pool.max_age_days > 0
+        && pooled_at.is_some_and(|t| now - t > TimeDelta::days(i64::from(pool.max_age_days)))
+    {
+        return Some(format!(
+            "it is older than pool-max-age-days ({})",
+            pool.max_age_days
+        ));
+    }
+    last_use(pool, uses(m))
+}
+
+/// What a start does with the pool as it finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Resume this stopped member.
+    Resume(Machine),
+    /// Launch a new member: the pool has room.
+    Launch,
+    /// Nothing free, and no room: `why`, in words.
+    Wait { why: String },
+}
+
+/// Picks a stopped, unclaimed member whose instance type is one of the plan's candidates (in the
+/// plan's order), else room for a new one. `members` are the pool's instances in any state but
+/// ended; `retiring` those about to be terminated (they leave room).
+pub fn choose(
+    plan: &LaunchPlan,
+    pool: &PoolInputs,
+    members: &[Machine],
+    claims: &Claims,
+    retiring: &HashSet<String>,
+) -> Choice {
+    let free = |m: &&Machine| {
+        m.state == State::Stopped && !claims.taken.contains(&m.id) && !retiring.contains(&m.id)
+    };
+    for candidate in &plan.candidates {
+        if let Some(m) = members
+            .iter()
+            .filter(free)
+            .find(|m| m.instance_type == candidate.instance_type)
+        {
+            return Choice::Resume(m.clone());
+        }
+    }
+    let staying = members.iter().filter(|m| !retiring.contains(&m.id)).count() as u32;
+    if staying + claims.launching < pool.size {
+        return Choice::Launch;
+    }
+    let busy = members
+        .iter()
+        .filter(|m| !m.state.is_paused() || claims.taken.contains(&m.id))
+        .count();
+    let stopping = members
+        .iter()
+        .filter(|m| m.state == State::Stopping)
+        .count();
+    Choice::Wait {
+        why: format!(
+            "the pool holds pool-size ({}) instances: {busy} busy, {stopping} still stopping, \
+             and none of the rest is a stopped {}",
+            pool.size,
+            plan.candidates
+                .iter()
+                .map(|c| c.instance_type.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
+}
+
+/// The instance `instance-id` names, checked to be one of `repository`'s pool instances of the
+/// plan's CPU architecture.
+pub fn check_named(
+    found: Option<&Machine>,
+    id: &str,
+    plan: &LaunchPlan,
+    region: &str,
+) -> Result<Machine, Error> {
+    let repository = &plan.binding.repository;
+    let Some(m) = found.filter(|m| !m.state.is_ending()) else {
+        return Err(Error::Pool {
+            what: format!("instance-id {id} names no live instance in {region}"),
+            fix: "Name an instance that exists in this region (a pool start's instance-ids \
+                  output), or use pool: NAME to let start launch one."
+                .to_owned(),
+        });
+    };
+    if !m.belongs_to(repository)
+        || m.lifecycle() != Lifecycle::Pooled
+        || !m.tags.contains_key(tag::POOL)
+    {
+        return Err(Error::Pool {
+            what: format!(
+                "instance-id {id} is not one of {repository}'s pool instances: it lacks \
+                 gpu-runner's pool tags ({}=pooled, {}, {}={repository})",
+                tag::LIFECYCLE,
+                tag::POOL,
+                tag::REPOSITORY
+            ),
+            fix: "gpu-runner resumes only instances a pool start launched for this repository: \
+                  name one of those (a pool start's instance-ids output), or use pool: NAME."
+                .to_owned(),
+        });
+    }
+    let want = plan
+        .candidates
+        .first()
+        .map(|c| Arch::of_instance_type(&c.instance_type));
+    let have = Arch::of_instance_type(&m.instance_type);
+    if want.is_some_and(|w| w != have) {
+        return Err(Error::Pool {
+            what: format!(
+                "instance-id {id} is a {} ({}), but instance-type is {}",
+                m.instance_type,
+                have.name(),
+                want.map(Arch::name).unwrap_or_default()
+            ),
+            fix: format!(
+                "Set instance-type: {} so that start hands it the runner package of its \
+                 architecture.",
+                m.instance_type
+            ),
+        });
+    }
+    Ok(m.clone())
+}
+
+impl super::Ec2 {
+    /// A machine from the plan's pool: a stopped member resumed, else a new one launched into the
+    /// pool while it has room, else (with `pool-full: wait`) the first member returned, until the
+    /// startup timeout.
+    pub(super) async fn acquire_pooled(
+        &self,
+        plan: &LaunchPlan,
+        pool: &PoolInputs,
+        handoff: &Handoff<'_>,
+        actions: &Actions,
+    ) -> Result<Acquired, Error> {
+        let image_id = self.image_id()?.to_owned();
+        let waited_at_most = self.clock.scaled(Duration::from_secs(
+            u64::from(plan.startup_timeout_minutes) * 60,
+        ));
+        let began = std::time::Instant::now();
+        let mut said_waiting = false;
+        loop {
+            let choice = {
+                let mut claims = self.claims.lock().await;
+                let members = self.members(plan, pool).await?;
+                // The named instance is the pool: it is never retired, only resumed.
+                let mut retiring = HashSet::new();
+                if pool.instance_id.is_none() {
+                    let now = Utc::now();
+                    for m in &members {
+                        if m.state != State::Stopped || claims.taken.contains(&m.id) {
+                            continue;
+                        }
+                        if let Some(why) = retired(m, pool, &image_id, now) {
+                            actions.info(&format!(
+                                "Retiring {} from the pool: {why}; terminating it",
+                                m.id
+                            ));
+                            self.api.terminate(std::slice::from_ref(&m.id)).await?;
+                            retiring.insert(m.id.clone());
+                        }
+                    }
+                }
+                let choice = choose(plan, pool, &members, &claims, &retiring);
+                match &choice {
+                    Choice::Resume(m) => {
+                        claims.taken.insert(m.id.clone());
+                    }
+                    Choice::Launch if pool.instance_id.is_none() => claims.launching += 1,
+                    _ => {}
+                }
+                choice
+            };
+            let why = match choice {
+                Choice::Resume(m) => match self.resume(plan, handoff, &m, actions).await? {
+                    Some(machine) => {
+                        return Ok(Acquired {
+                            machine,
+                            refused: Vec::new(),
+                        });
+                    }
+                    // Another start took it first: look again.
+                    None => continue,
+                },
+                Choice::Launch if pool.instance_id.is_none() => {
+                    let launched = self.launch_new(plan, handoff, actions).await;
+                    let mut claims = self.claims.lock().await;
+                    claims.launching = claims.launching.saturating_sub(1);
+                    if let Ok(a) = &launched {
+                        claims.taken.insert(a.machine.id.clone());
+                    }
+                    return launched;
+                }
+                Choice::Launch => "the instance is not stopped".to_owned(),
+                Choice::Wait { why } => why,
+            };
+            let what = match &pool.instance_id {
+                Some(id) => format!("instance-id {id} is busy: {why}"),
+                None => format!(
+                    "no instance of the pool \"{}\" is free: {why}",
+                    pool.name.as_deref().unwrap_or_default()
+                ),
+            };
+            if !pool.wait_when_full || began.elapsed() >= waited_at_most {
+                let waited = if pool.wait_when_full {
+                    format!(
+                        " after waiting startup-timeout-minutes ({})",
+                        plan.startup_timeout_minutes
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Pool {
+                    what: format!("{what}{waited}"),
+                    fix: "Raise pool-size so that more jobs can run at once, or with pool-full: \
+                          wait raise startup-timeout-minutes; a member still running after its \
+                          job ended is paused by its stop job or the next cleanup run."
+                        .to_owned(),
+                });
+            }
+            if !said_waiting {
+                actions.info(&format!("Waiting: {what}"));
+                said_waiting = true;
+            }
+            self.clock.sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// The pool's members as EC2 lists them; for `instance-id`, that one instance, checked.
+    async fn members(&self, plan: &LaunchPlan, pool: &PoolInputs) -> Result<Vec<Machine>, Error> {
+        if let Some(id) = &pool.instance_id {
+            let found = self.api.describe(std::slice::from_ref(id)).await?;
+            let named = check_named(found.iter().find(|m| &m.id == id), id, plan, &self.region)?;
+            return Ok(vec![named]);
+        }
+        let name = pool.name.as_deref().unwrap_or_default();
+        Ok(self
+            .api
+            .pool_members(&plan.binding.repository, name)
+            .await?)
+    }
+
+    /// Hands the stopped member `m` this runner's boot script and starts it; `None` when another
+    /// start changed or started it first.
+    async fn resume(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        m: &Machine,
+        actions: &Actions,
+    ) -> Result<Option<Machine>, Error> {
+        let lost = |e: &MachineError| e.code() == "IncorrectInstanceState";
+        let gpus = self.api.gpu_count(&m.instance_type).await.unwrap_or(0);
+        let user_data = super::user_data::render(plan, handoff, &m.instance_type, gpus)?;
+        match self.api.set_user_data(&m.id, &user_data).await {
+            Err(e) if lost(&e) => return Ok(None),
+            other => other?,
+        }
+        let before = match self.api.start(&m.id).await {
+            Err(e) if lost(&e) => return Ok(None),
+            other => other?,
+        };
+        if before != State::Stopped {
+            actions.info(&format!(
+                "{} was {} already: another start took it; looking again",
+                m.id,
+                before.name()
+            ));
+            return Ok(None);
+        }
+        let uses = uses(m) + 1;
+        let tags = run_tags(plan, &handoff.runner.name, uses);
+        if let Err(e) = self.api.create_tags(&m.id, &tags).await {
+            // Untagged, nothing would find it by this run's label: pause it again.
+            let _ = self.api.stop(std::slice::from_ref(&m.id)).await;
+            return Err(e.into());
+        }
+        actions.info(&format!(
+            "Resumed {} ({} from the pool, its job {uses})",
+            m.id, m.instance_type
+        ));
+        let mut machine = m.clone();
+        machine.state = State::Pending;
+        machine.launched_at = Some(Utc::now());
+        machine.tags.extend(tags);
+        Ok(Some(machine))
+    }
+
+    /// Stops pool instances with their disks and waits until they are `stopped`, so that the next
+    /// start finds them; one whose `gpu-runner:retire` tag says it served its last job is
+    /// terminated instead.
+    pub(super) async fn return_to_pool(
+        &self,
+        machines: &[Machine],
+    ) -> (Vec<Released>, Option<MachineError>) {
+        let (retire, keep): (Vec<&Machine>, Vec<&Machine>) = machines
+            .iter()
+            .partition(|m| m.tags.contains_key(tag::RETIRE));
+        let ids = |ms: &[&Machine]| ms.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let stop: Vec<&Machine> = keep
+            .iter()
+            .copied()
+            .filter(|m| m.state != State::Stopped)
+            .collect();
+        let done = match self.api.terminate(&ids(&retire)).await {
+            Ok(()) => self.api.stop(&ids(&stop)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            return (vec![Released::Failed; machines.len()], Some(e));
+        }
+        let still = self.wait_stopped(&ids(&stop)).await;
+        let mut released = Vec::new();
+        for m in machines {
+            let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
+            let cost = match ran {
+                Some(ran) => super::pricing::of(&self.api, m).await.map(|p| p.cost(ran)),
+                None => None,
+            };
+            released.push(if let Some(why) = m.tags.get(tag::RETIRE) {
+                Released::Retired {
+                    why: why.clone(),
+                    ran,
+                    cost,
+                }
+            } else if m.state == State::Stopped {
+                Released::AlreadyInPool
+            } else {
+                Released::ReturnedToPool {
+                    ran,
+                    cost,
+                    still_stopping: still.contains(&m.id),
+                }
+            });
+        }
+        (released, None)
+    }
+
+    /// Waits until these instances are `stopped`; the ids still stopping when the wait gives up.
+    async fn wait_stopped(&self, ids: &[String]) -> Vec<String> {
+        let began = std::time::Instant::now();
+        let mut left: Vec<String> = ids.to_vec();
+        while !left.is_empty() {
+            if let Ok(found) = self.api.describe(&left).await {
+                left.retain(|id| {
+                    found.iter().any(|m| {
+                        &m.id == id && !matches!(m.state, State::Stopped) && !m.state.is_ending()
+                    })
+                });
+            }
+            if left.is_empty() || began.elapsed() >= self.clock.scaled(STOPPING_AT_MOST) {
+                break;
+            }
+            self.clock.sleep(LOOK_EVERY).await;
+        }
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Market;
+
+    fn pool(size: u32, max_uses: u32) -> PoolInputs {
+        PoolInputs {
+            name: Some("train".into()),
+            size,
+            wait_when_full: true,
+            instance_id: None,
+            max_uses,
+            max_age_days: 30,
+        }
+    }
+
+    fn member(id: &str, state: State, tags: &[(&str, &str)]) -> Machine {
+        Machine {
+            id: id.into(),
+            instance_type: "g5.xlarge".into(),
+            availability_zone: None,
+            market: Market::OnDemand,
+            state,
+            launched_at: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain([
+                    (tag::REPOSITORY.to_owned(), "octo/ml".to_owned()),
+                    (tag::LIFECYCLE.to_owned(), "pooled".to_owned()),
+                    (tag::POOL.to_owned(), "train".to_owned()),
+                ])
+                .collect(),
+        }
+    }
+
+    fn plan(types: &[&str], pool: PoolInputs) -> LaunchPlan {
+        let types = types.join(",");
+        let env: crate::env::Env = [
+            ("INPUT_MODE", "start"),
+            ("INPUT_GITHUB-TOKEN", "ghp_pool"),
+            ("INPUT_AWS-REGION", "us-east-1"),
+            ("INPUT_INSTANCE-TYPE", types.as_str()),
+            ("GITHUB_REPOSITORY", "octo/ml"),
+            ("GITHUB_RUN_ID", "42"),
+            ("GITHUB_RUN_ATTEMPT", "1"),
+        ]
+        .into_iter()
+        .collect();
+        let crate::inputs::Inputs::Start(inputs) = crate::inputs::parse(&env).unwrap().inputs
+        else {
+            unreachable!()
+        };
+        let ctx = crate::context::Context::from_env(&env).unwrap();
+        let mut plan = crate::plan::launch_plan(&inputs, &ctx, Utc::now(), "abcd1234");
+        plan.pool = Some(pool);
+        plan
+    }
+
+    #[test]
+    fn a_stopped_member_of_a_wanted_type_is_resumed_before_anything_is_launched() {
+        let p = pool(3, 0);
+        let plan = plan(&["g6.xlarge", "g5.xlarge"], p.clone());
+        let members = vec![
+            member("i-run", State::Running, &[]),
+            member("i-stop", State::Stopped, &[]),
+        ];
+        let none = HashSet::new();
+        assert_eq!(
+            choose(&plan, &p, &members, &Claims::default(), &none),
+            Choice::Resume(members[1].clone())
+        );
+        let claimed = Claims {
+            taken: ["i-stop".to_owned()].into(),
+            launching: 0,
+        };
+        assert_eq!(choose(&plan, &p, &members, &claimed, &none), Choice::Launch);
+        let full = Claims {
+            taken: ["i-stop".to_owned()].into(),
+            launching: 1,
+        };
+        assert!(matches!(
+            choose(&plan, &p, &members, &full, &none),
+            Choice::Wait { why } if why.contains("pool-size (3)") && why.contains("2 busy")
+        ));
+        // A member being retired leaves room for a new one.
+        let retiring: HashSet<String> = ["i-run".to_owned()].into();
+        assert_eq!(
+            choose(&plan, &p, &members, &full, &retiring),
+            Choice::Launch
+        );
+    }
+
+    #[test]
+    fn a_member_is_retired_by_its_uses_its_age_its_image_or_its_tag() {
+        let now = Utc::now();
+        let p = pool(4, 3);
+        let fresh = member(
+            "i-1",
+            State::Stopped,
+            &[
+                (tag::IMAGE, "ami-1"),
+                (tag::USES, "2"),
+                (tag::POOLED_AT, &now.to_rfc3339()),
+            ],
+        );
+        assert_eq!(retired(&fresh, &p, "ami-1", now), None);
+        assert!(
+            retired(&fresh, &p, "ami-2", now)
+                .is_some_and(|w| w.contains("ami-1") && w.contains("ami-2"))
+        );
+        let old = now + TimeDelta::days(31);
+        assert!(retired(&fresh, &p, "ami-1", old).is_some_and(|w| w.contains("max-age-days")));
+        let mut used = fresh.clone();
+        used.tags.insert(tag::USES.into(), "3".into());
+        assert!(retired(&used, &p, "ami-1", now).is_some_and(|w| w.contains("pool-max-uses (3)")));
+        assert_eq!(last_use(&p, 2), None);
+        assert!(last_use(&p, 3).is_some());
+        let tags = run_tags(&plan(&["g5.xlarge"], p.clone()), "runner-1", 3);
+        assert!(tags.iter().any(|(k, _)| k == tag::RETIRE));
+        assert!(
+            tags.iter()
+                .all(|(k, _)| k != tag::REPOSITORY && k != tag::POOL && k != tag::LIFECYCLE)
+        );
+    }
+
+    #[test]
+    fn instance_id_must_name_one_of_this_repositorys_pool_instances() {
+        let p = PoolInputs {
+            name: None,
+            instance_id: Some("i-0123456789abcdef0".into()),
+            ..pool(1, 0)
+        };
+        let plan = plan(&["g5.xlarge"], p);
+        let ours = member("i-0123456789abcdef0", State::Stopped, &[]);
+        assert!(check_named(Some(&ours), &ours.id, &plan, "us-east-1").is_ok());
+        let mut theirs = ours.clone();
+        theirs
+            .tags
+            .insert(tag::REPOSITORY.into(), "someone/else".into());
+        let err = check_named(Some(&theirs), &ours.id, &plan, "us-east-1").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not one of octo/ml's pool instances")
+        );
+        let mut plain = ours.clone();
+        plain.tags.remove(tag::LIFECYCLE);
+        assert!(check_named(Some(&plain), &ours.id, &plan, "us-east-1").is_err());
+        assert!(
+            check_named(None, &ours.id, &plan, "us-east-1")
+                .unwrap_err()
+                .to_string()
+                .contains("names no live instance")
+        );
+        let mut arm = ours;
+        arm.instance_type = "g5g.xlarge".into();
+        assert!(
+            check_named(Some(&arm), &arm.id, &plan, "us-east-1")
+                .unwrap_err()
+                .to_string()
+                .contains("is a g5g.xlarge (arm64)")
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Warm pools: a start resumes a stopped instance of the repository's pool with its disk, a stop
+//! (or the machine itself, after its job) pauses it again, and nothing runs or stays registered
+//! in between. The world stops instances as EC2 does (a while `stopping`, user data only while
+//! stopped) and runs the boot script again at each start.
+
+use std::time::Duration;
+
+use crate::support::{Step, nothing_left, nothing_running};
+use world::{Options, World};
+
+fn world() -> World {
+    World::start(Options::default()).expect("the local world starts")
+}
+
+fn start(world: &World, pool: &str) -> world::step::Step {
+    Step::mode("start").in_world(world).input("pool", pool)
+}
+
+fn stop(world: &World) -> world::step::Step {
+    Step::mode("stop").in_world(world)
+}
+
+fn tag(world: &World, id: &str, key: &str) -> Option<String> {
+    world
+        .instances()
+        .into_iter()
+        .find(|i| i.instance_id() == Some(id))?
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_owned)
+}
+
+/// Runs `script` as the job of `label` and waits until it is done; its output.
+#[track_caller]
+fn job(world: &World, label: &str, id: &str, script: &str) -> String {
+    let job = world.queue_job(&[label], script);
+    let done = world.wait_until(Duration::from_secs(40), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    assert!(
+        done,
+        "the job never finished; console:\n{}",
+        world.console(id)
+    );
+    let job = world.job(job).unwrap();
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    job.output
+}
+
+#[test]
+fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_the_old_checkout() {
+    let world = world();
+    let first = start(&world, "train").run();
+    first.success();
+    let id = first.outputs()["instance-id"].clone();
+    let label = first.outputs()["label"].clone();
+    assert_eq!(
+        tag(&world, &id, "gpu-runner:lifecycle").as_deref(),
+        Some("pooled")
+    );
+    assert_eq!(
+        tag(&world, &id, "gpu-runner:pool").as_deref(),
+        Some("train")
+    );
+    assert_eq!(tag(&world, &id, "gpu-runner:uses").as_deref(), Some("1"));
+    assert!(tag(&world, &id, "gpu-runner:image").is_some_and(|i| i.starts_with("ami-")));
+    assert!(
+        first.stdout.contains(&format!("Launched {id}")),
+        "{}",
+        first.stdout
+    );
+
+    let output = job(
+        &world,
+        &label,
+        &id,
+        "echo \"cache=$GPU_RUNNER_CACHE\" && echo weights > \"$GPU_RUNNER_CACHE/model.bin\" && \
+         echo checkout > \"$GITHUB_WORKSPACE/secret-of-job-1\"",
+    );
+    assert!(output.contains("cache=/var/cache/gpu-runner\n"), "{output}");
+    // After its one job the machine shuts itself down, which stops a pool instance.
+    assert!(
+        world.wait_until(Duration::from_secs(20), |w| w.state_of(&id).as_deref()
+            == Some("stopped")),
+        "{:?}",
+        world.state_of(&id)
+    );
+    let stopped = stop(&world).outputs_of(&first).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {id} | instance | already back in its pool")),
+        "{}",
+        stopped.summary
+    );
+    nothing_running(&world);
+    assert_eq!(
+        world.live_instances(),
+        std::slice::from_ref(&id),
+        "the pool keeps it"
+    );
+
+    let second = start(&world, "train").run();
+    second.success();
+    assert_eq!(
+        second.outputs()["instance-id"],
+        id,
+        "the same instance, resumed"
+    );
+    let label2 = second.outputs()["label"].clone();
+    assert_ne!(label, label2);
+    assert!(
+        second.stdout.contains(&format!(
+            "Resumed {id} (g4dn.xlarge from the pool, its job 2)"
+        )),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(tag(&world, &id, "gpu-runner:label"), Some(label2.clone()));
+    assert_eq!(tag(&world, &id, "gpu-runner:uses").as_deref(), Some("2"));
+    // The new boot ran the new script: the new runner's name, never the old one's.
+    assert!(
+        world
+            .user_data(&id)
+            .contains(&format!("readonly RUNNER_NAME='{label2}'"))
+    );
+    let console = world.console(&id);
+    assert!(
+        console.contains(&format!("status=starting name={label2}")),
+        "{console}"
+    );
+    let output = job(
+        &world,
+        &label2,
+        &id,
+        "cat \"$GPU_RUNNER_CACHE/model.bin\" && \
+         if [ -e \"$GITHUB_WORKSPACE/secret-of-job-1\" ]; then echo old-checkout-seen; \
+         else echo old-checkout-gone; fi && grep -c '^GPU_RUNNER_GPU_NAME=' /opt/actions-runner/.env",
+    );
+    assert!(output.contains("weights\n"), "the cache survives: {output}");
+    assert!(output.contains("old-checkout-gone\n"), "{output}");
+    assert!(
+        output.ends_with("1\n"),
+        "one set of gpu-runner's variables: {output}"
+    );
+
+    // Stopped by the stop job while it still runs: stop pauses it and waits until it is stopped.
+    let stopped = stop(&world).outputs_of(&second).run();
+    stopped.success();
+    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
+    nothing_running(&world);
+
+    // The next cleanup leaves a stopped pool member alone.
+    let cleanup = Step::mode("cleanup").in_world(&world).run();
+    cleanup.success();
+    assert_eq!(world.live_instances(), [id]);
+}
+
+#[test]
+fn a_stop_that_finds_its_instance_still_stopping_waits_until_it_is_stopped() {
+    let world = world();
+    let started = start(&world, "train").run();
+    started.success();
+    let id = started.outputs()["instance-id"].clone();
+    world.stop_instance(&id).unwrap();
+    assert_eq!(world.state_of(&id).as_deref(), Some("stopping"));
+    let stopped = stop(&world).outputs_of(&started).run();
+    stopped.success();
+    assert_eq!(
+        world.state_of(&id).as_deref(),
+        Some("stopped"),
+        "{}",
+        stopped.stdout
+    );
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {id} | instance | returned to its pool after")),
+        "{}",
+        stopped.summary
+    );
+    nothing_running(&world);
+    // At once: the instance is there to be resumed.
+    let again = start(&world, "train").run();
+    again.success();
+    assert_eq!(again.outputs()["instance-id"], id);
+    stop(&world).outputs_of(&again).run().success();
+    nothing_running(&world);
+}
+
+#[test]
+fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says() {
+    let world = world();
+    let both = start(&world, "pair")
+        .input("count", "2")
+        .input("pool-size", "2")
+        .run();
+    both.success();
+    let ids: Vec<String> = serde_json::from_str(&both.outputs()["instance-ids"]).unwrap();
+    assert_eq!(ids.len(), 2);
+
+    // Both busy and the pool full.
+    let full = start(&world, "pair")
+        .input("pool-size", "2")
+        .input("pool-full", "fail")
+        .run();
+    full.failure();
+    let error = full.errors().join("\n");
+    assert!(
+        error.contains("no instance of the pool \"pair\" is free")
+            && error.contains("pool-size (2)")
+            && error.contains("Raise pool-size"),
+        "{error}"
+    );
+    assert_eq!(
+        world.live_instances().len(),
+        2,
+        "nothing launched past pool-size"
+    );
+
+    // pool-full: wait (the default) takes the first instance returned.
+    let waiting = start(&world, "pair").input("pool-size", "2").spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(&world).outputs_of(&both).run().success();
+    let waited = waiting.wait();
+    waited.success();
+    assert!(
+        waited
+            .stdout
+            .contains("Waiting: no instance of the pool \"pair\" is free"),
+        "{}",
+        waited.stdout
+    );
+    assert!(ids.contains(&waited.outputs()["instance-id"]));
+    assert_eq!(world.live_instances().len(), 2);
+    stop(&world).outputs_of(&waited).run().success();
+    nothing_running(&world);
+    let again = start(&world, "pair")
+        .input("count", "2")
+        .input("pool-size", "2")
+        .run();
+    again.success();
+    let mut resumed: Vec<String> = serde_json::from_str(&again.outputs()["instance-ids"]).unwrap();
+    let mut ids = ids;
+    resumed.sort();
+    ids.sort();
+    assert_eq!(resumed, ids, "both resumed, nothing new");
+    stop(&world).outputs_of(&again).run().success();
+    nothing_running(&world);
+}
+
+#[test]
+fn pool_max_uses_retires_an_instance_after_its_last_job() {
+    let world = world();
+    let first = start(&world, "short").input("pool-max-uses", "2").run();
+    first.success();
+    let id = first.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&first).run().success();
+    let second = start(&world, "short").input("pool-max-uses", "2").run();
+    second.success();
+    assert_eq!(second.outputs()["instance-id"], id);
+    assert!(tag(&world, &id, "gpu-runner:retire").is_some_and(|w| w.contains("pool-max-uses (2)")));
+    let stopped = stop(&world).outputs_of(&second).run();
+    stopped.success();
+    assert!(
+        stopped.summary.contains(&format!(
+            "| {id} | instance | retired from its pool (it served pool-max-uses (2) jobs): terminated"
+        )),
+        "{}",
+        stopped.summary
+    );
+    nothing_left(&world);
+    // The next start launches its replacement.
+    let third = start(&world, "short").input("pool-max-uses", "2").run();
+    third.success();
+    assert_ne!(third.outputs()["instance-id"], id);
+    stop(&world).outputs_of(&third).run().success();
+    nothing_running(&world);
+}
+
+#[test]
+fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
+    let world = world();
+    let seeded = start(&world, "seed").run();
+    seeded.success();
+    let id = seeded.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&seeded).run().success();
+
+    let resumed = Step::mode("start")
+        .in_world(&world)
+        .input("instance-id", &id)
+        .run();
+    resumed.success();
+    assert_eq!(resumed.outputs()["instance-id"], id);
+    stop(&world).outputs_of(&resumed).run().success();
+    nothing_running(&world);
+
+    // An instance gpu-runner did not launch into a pool of this repository is never touched.
+    let stranger = world.launch_tagged(&[("Name", "someone's box")]);
+    let refused = Step::mode("start")
+        .in_world(&world)
+        .input("instance-id", &stranger)
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    assert!(
+        error.contains(&format!(
+            "instance-id {stranger} is not one of octo/ml's pool instances"
+        )),
+        "{error}"
+    );
+    assert_eq!(world.state_of(&stranger).as_deref(), Some("running"));
+    assert_eq!(
+        world.registered_runners(),
+        [],
+        "its runner was removed again"
+    );
+}
+
+#[test]
+fn cancel_during_a_warm_start_stops_the_instance_again_and_removes_the_runner() {
+    let world = world();
+    let first = start(&world, "train").run();
+    first.success();
+    let id = first.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&first).run().success();
+
+    let running = start(&world, "train").spawn();
+    // Cancelled once the instance is resumed, while start waits for its runner.
+    let resumed = world.wait_until(Duration::from_secs(20), |w| {
+        w.state_of(&id).as_deref() == Some("running")
+    });
+    running.signal("TERM");
+    let cancelled = running.wait();
+    assert!(resumed, "{}", cancelled.stdout);
+    cancelled.failure();
+    let error = cancelled.errors().join("\n");
+    assert!(
+        error.contains("cancelled (SIGTERM)")
+            && error.contains(&format!("instance {id} returned to its pool")),
+        "{error}"
+    );
+    nothing_running(&world);
+    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
+}
+
+#[test]
+fn a_pool_never_serves_a_trigger_the_guard_refuses_even_with_allow_untrusted() {
+    let world = world();
+    let payload = serde_json::json!({
+        "pull_request": {
+            "number": 7,
+            "head": {"sha": "abc", "repo": {"full_name": "stranger/ml", "fork": true}},
+            "user": {"login": "stranger"},
+            "author_association": "NONE"
+        },
+        "repository": {"private": false}
+    });
+    let refused = start(&world, "train")
+        .input("allow-untrusted", "true")
+        .envs(&world.triggered_by("pull_request_target", &payload))
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    assert!(
+        error.contains("allow-untrusted does not lift this for a pool"),
+        "{error}"
+    );
+    assert_eq!(world.live_instances(), Vec::<String>::new());
+}
