@@ -156,15 +156,15 @@ impl PoolInputs {
             ),
             (None, None) => String::new(),
         };
-        let limit = |n: u32, unit: &str| match n {
-            0 => "no limit".to_owned(),
-            n => format!("{n} {unit}"),
+        let jobs = match self.max_uses {
+            0 => "any number of jobs".to_owned(),
+            n => format!("up to {n} job(s)"),
         };
-        format!(
-            "{which}; each serves {} and {}",
-            limit(self.max_uses, "job(s)"),
-            limit(self.max_age_days, "day(s)")
-        )
+        let days = match self.max_age_days {
+            0 => "however old".to_owned(),
+            n => format!("for up to {n} day(s)"),
+        };
+        format!("{which}; each instance serves {jobs} {days}")
     }
 }
 

@@ -769,6 +769,16 @@ mod tests {
                     State::Running,
                 ),
                 instance("i-ephemeral", "gpu-runner-7-1-dddd", 800, 100),
+                // Served its last job; its stop never ran.
+                {
+                    let mut m = lifecycle(
+                        instance("i-retired", "gpu-runner-7-1-eeee", 60, 300),
+                        "pooled",
+                        State::Stopped,
+                    );
+                    m.tags.insert(tag::RETIRE.to_owned(), "it served 3 jobs".to_owned());
+                    m
+                },
             ],
             vec![],
             vec![],
@@ -785,7 +795,8 @@ mod tests {
             chosen,
             [
                 ("i-pool-busy", Release::ReturnToPool),
-                ("i-ephemeral", Release::Terminate)
+                ("i-ephemeral", Release::Terminate),
+                ("i-retired", Release::Terminate)
             ]
         );
     }

@@ -371,3 +371,65 @@ fn a_pool_never_serves_a_trigger_the_guard_refuses_even_with_allow_untrusted() {
     );
     assert_eq!(world.live_instances(), Vec::<String>::new());
 }
+
+#[test]
+fn cleanup_leaves_stopped_members_pauses_a_running_orphan_and_ends_a_retired_one() {
+    let world = world();
+    let kept = start(&world, "c").run();
+    kept.success();
+    let stopped_id = kept.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&kept).run().success();
+    let member = |label: &str, extra: &[(&str, &str)]| {
+        let mut tags = vec![
+            ("gpu-runner:label", label),
+            ("gpu-runner:repository", "octo/ml"),
+            ("gpu-runner:lifecycle", "pooled"),
+            ("gpu-runner:pool", "c"),
+        ];
+        tags.extend_from_slice(extra);
+        world.launch_tagged(&tags)
+    };
+    // A member whose start and stop were lost: running past its expires-at, no runner.
+    let orphan = member(
+        "gpu-runner-11-1-orphan",
+        &[("gpu-runner:expires-at", "2026-01-01T00:00:00Z")],
+    );
+    // A member that served its last job, whose stop never ran: stopped, tagged retire.
+    let retired = member(
+        "gpu-runner-12-1-retired",
+        &[("gpu-runner:retire", "it served pool-max-uses (3) jobs")],
+    );
+    world.stop_instance(&retired).unwrap();
+    assert!(world.wait_until(Duration::from_secs(10), |w| {
+        w.state_of(&retired).as_deref() == Some("stopped")
+    }));
+
+    let dry = Step::mode("cleanup")
+        .in_world(&world)
+        .input("dry-run", "true")
+        .run();
+    dry.success();
+    assert_eq!(
+        dry.summary.matches("| would do (dry run) |").count(),
+        2,
+        "{}",
+        dry.summary
+    );
+    let out = Step::mode("cleanup").in_world(&world).run();
+    out.success();
+    for row in [
+        format!(
+            "| return instance to its pool | {orphan} | past its expires-at (2026-01-01T00:00:00Z) | returned to its pool after"
+        ),
+        format!(
+            "| terminate instance | {retired} | retired from its pool: it served pool-max-uses (3) jobs | retired from its pool (it served pool-max-uses (3) jobs): terminated"
+        ),
+    ] {
+        assert!(out.summary.contains(&row), "missing {row}\n{}", out.summary);
+    }
+    assert!(!out.summary.contains(&stopped_id), "{}", out.summary);
+    nothing_running(&world);
+    assert_eq!(world.state_of(&stopped_id).as_deref(), Some("stopped"));
+    assert_eq!(world.state_of(&orphan).as_deref(), Some("stopped"));
+    assert_eq!(world.state_of(&retired).as_deref(), Some("terminated"));
+}

@@ -1,5 +1,6 @@
 //! `cargo run -p world -- demo`: the whole start → GPU job → stop cycle through the local world,
-//! printed as a user would see it in the GitHub log.
+//! printed as a user would see it in the GitHub log; `demo --pool`: the same twice with a warm
+//! pool, the second start resuming the first one's instance and disk.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -10,6 +11,13 @@ use world::{Options, World, log, matrix};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
+        Some("demo") if std::env::args().nth(2).as_deref() == Some("--pool") => match demo_pool() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("demo") => match demo() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -33,7 +41,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo run -p world -- demo | faults [part of a scenario's name] | bench [--runs N]"
+                "usage: cargo run -p world -- demo [--pool] | faults [part of a scenario's name] | bench [--runs N]"
             );
             ExitCode::from(2)
         }
@@ -189,6 +197,118 @@ fn demo() -> Result<(), String> {
         Ok(())
     } else {
         Err("the cycle left something behind or a step failed".to_owned())
+    }
+}
+
+/// Queues `script` as the job of `label`, waits for it and prints it as the job's log would.
+fn gpu_job(world: &World, label: &str, script: &str) -> Result<(), String> {
+    let job = world.queue_job(&[label], script);
+    let finished = world.wait_until(Duration::from_secs(60), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    let job = world.job(job).ok_or("the job vanished")?;
+    if !finished {
+        return Err("the GPU job did not finish within a minute".to_owned());
+    }
+    println!(
+        "  Run the job's script   (on runner {})",
+        job.runner_name.unwrap_or_default()
+    );
+    for line in job.output.lines() {
+        println!("  {line}");
+    }
+    let conclusion = job.conclusion.unwrap_or_default();
+    println!("  Job conclusion: {conclusion}");
+    if conclusion == "success" {
+        Ok(())
+    } else {
+        Err("the GPU job failed".to_owned())
+    }
+}
+
+/// Two runs of a workflow with `pool: demo`: a cold start into the empty pool, whose job fills the
+/// cache; a stop that returns the instance; a warm start of the same instance, whose job finds
+/// the cache and not the first job's checkout. Ends listing the pool (stopped) and what runs.
+fn demo_pool() -> Result<(), String> {
+    let bin = gpu_runner()?;
+    println!(
+        "Starting the local world: moto (EC2, STS, SSM), a fake GitHub and OIDC service, and instances that run their boot script in a sandbox."
+    );
+    let world = World::start(Options::default())?;
+    let mut ok = true;
+    let mut first_id = String::new();
+    for (n, script) in [
+        (
+            1,
+            "echo \"cache: $GPU_RUNNER_CACHE\"; ls \"$GPU_RUNNER_CACHE\"; \
+             echo 'pretend these are 10 GB of weights' > \"$GPU_RUNNER_CACHE/weights.bin\"; \
+             echo checkout > \"$GITHUB_WORKSPACE/train.py\"; echo 'wrote weights.bin to the cache'",
+        ),
+        (
+            2,
+            "echo \"cache: $GPU_RUNNER_CACHE\"; ls \"$GPU_RUNNER_CACHE\"; \
+             cat \"$GPU_RUNNER_CACHE/weights.bin\"; \
+             ls \"$GITHUB_WORKSPACE\" | grep -q . && echo 'the last checkout is here' \
+             || echo 'the workspace is empty: the last checkout was wiped'",
+        ),
+    ] {
+        let run = if n == 1 { "cold" } else { "warm" };
+        banner(&format!("Run {n} ({run}), job `start`: mode: start, pool: demo"));
+        let start = Step::mode(&bin, "start")
+            .in_world(&world)
+            .input("pool", "demo")
+            .env("GITHUB_JOB", "start")
+            .run();
+        show(&start);
+        if start.code != Some(0) {
+            return Err("start failed".to_owned());
+        }
+        let outputs = start.outputs();
+        let label = outputs.get("label").cloned().ok_or("no label output")?;
+        let id = outputs.get("instance-id").cloned().unwrap_or_default();
+        if n == 1 {
+            first_id = id;
+        } else if id != first_id {
+            return Err(format!("the warm start took {id}, not {first_id}"));
+        }
+        banner(&format!("Run {n}, job `test`: runs-on: {label}"));
+        ok &= gpu_job(&world, &label, script).is_ok();
+        banner(&format!("Run {n}, job `stop` (if: always()): mode: stop"));
+        let stop = Step::mode(&bin, "stop")
+            .in_world(&world)
+            .outputs_of(&start)
+            .env("GITHUB_JOB", "stop")
+            .run();
+        show(&stop);
+        ok &= stop.code == Some(0);
+    }
+
+    banner("The instance's boot phases (its console), both boots");
+    for line in world
+        .instance_log()
+        .iter()
+        .filter(|l| l.contains("phase=") || l.contains("(instance"))
+    {
+        println!("  {line}");
+    }
+    banner("The pool \"demo\"");
+    for id in world.live_instances() {
+        println!(
+            "  {id}: {}",
+            world.state_of(&id).unwrap_or_else(|| "unknown".to_owned())
+        );
+    }
+    world.wait_until(Duration::from_secs(5), |w| w.running_instances().is_empty());
+    let running = world.running_instances().len();
+    let runners = world.registered_runners().len();
+    println!(
+        "\nPool members stopped: {}. Instances running: {running}. Runners still registered: {runners}.",
+        world.live_instances().len() - running
+    );
+    if ok && running == 0 && runners == 0 {
+        Ok(())
+    } else {
+        Err("the pool left something running or a step failed".to_owned())
     }
 }
 
