@@ -493,6 +493,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_start_tags_its_machines_pooled_and_says_what_a_failure_does() {
+        let inputs = start_inputs(&[("INPUT_POOL", "train"), ("INPUT_POOL-SIZE", "2")]);
+        let plan = launch_plan(&inputs, &ctx(), now(), "abcd1234");
+        assert_eq!(
+            plan.tags.get(tag::LIFECYCLE).map(String::as_str),
+            Some("pooled")
+        );
+        assert_eq!(plan.tags.get(tag::POOL).map(String::as_str), Some("train"));
+        let text = plan.to_text();
+        assert!(
+            text.contains(
+                "On failure         stop the instance (back to its pool) and remove the runner"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Pool               \"train\", at most 2 instance(s); when full, wait"),
+            "{text}"
+        );
+        // Every tag a resume rewrites is one the plan sets, or the provider's own.
+        for key in tag::PER_RUN {
+            assert!(
+                plan.tags.contains_key(*key) || [tag::RUNNER, tag::USES, tag::RETIRE].contains(key),
+                "{key}"
+            );
+        }
+        let plain = launch_plan(&start_inputs(&[]), &ctx(), now(), "abcd1234");
+        assert!(!plain.tags.contains_key(tag::LIFECYCLE) && plain.pool.is_none());
+    }
+
+    #[test]
     fn spot_then_on_demand_tries_every_spot_candidate_first() {
         let inputs = start_inputs(&[
             ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),

@@ -975,3 +975,48 @@ fn a_declared_default_that_arrives_counts_as_not_set() {
         "the defaults of other modes' inputs are no reason to warn"
     );
 }
+
+#[test]
+fn a_pool_is_read_with_its_limits_and_refused_where_it_cannot_work() {
+    assert_eq!(start(&[]).pool, None);
+    let pool = start(&[("INPUT_POOL", "train"), ("INPUT_POOL-MAX-USES", "20")])
+        .pool
+        .expect("a pool");
+    assert_eq!(pool.name.as_deref(), Some("train"));
+    assert_eq!((pool.size, pool.max_uses, pool.max_age_days), (4, 20, 30));
+    assert!(pool.wait_when_full);
+    assert_eq!(
+        pool.describe(),
+        "\"train\", at most 4 instance(s); when full, wait; each instance serves up to 20 job(s) \
+         for up to 30 day(s)"
+    );
+    let one = start(&[("INPUT_INSTANCE-ID", "i-0123456789abcdef0")])
+        .pool
+        .expect("a pool of one");
+    assert_eq!(one.instance_id.as_deref(), Some("i-0123456789abcdef0"));
+    assert_eq!(one.name, None);
+
+    let e = error(&[("INPUT_POOL", "train"), ("INPUT_MARKET-TYPE", "spot")]);
+    assert!(
+        e.contains("pool") && e.contains("market-type") && e.contains("pools are on-demand"),
+        "{e}"
+    );
+    let e = error(&[
+        ("INPUT_INSTANCE-ID", "i-0123456789abcdef0"),
+        ("INPUT_COUNT", "2"),
+    ]);
+    assert!(e.contains("instance-id resumes one instance"), "{e}");
+    let e = error(&[
+        ("INPUT_POOL", "train"),
+        ("INPUT_COUNT", "8"),
+        ("INPUT_POOL-SIZE", "4"),
+    ]);
+    assert!(
+        e.contains("at least count (8)") && e.contains("raise pool-size to 8"),
+        "{e}"
+    );
+    let e = error(&[("INPUT_POOL", "my pool!")]);
+    assert!(e.contains("Pool names are 1 to 64 letters"), "{e}");
+    let e = error(&[("INPUT_POOL", "train"), ("INPUT_POOL-FULL", "wiat")]);
+    assert!(e.contains("Did you mean wait?"), "{e}");
+}

@@ -776,7 +776,8 @@ mod tests {
                         "pooled",
                         State::Stopped,
                     );
-                    m.tags.insert(tag::RETIRE.to_owned(), "it served 3 jobs".to_owned());
+                    m.tags
+                        .insert(tag::RETIRE.to_owned(), "it served 3 jobs".to_owned());
                     m
                 },
             ],

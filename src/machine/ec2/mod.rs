@@ -35,6 +35,8 @@ pub struct Ec2 {
     clock: Clock,
     /// What this start's runners took of their pool: they acquire side by side.
     claims: tokio::sync::Mutex<pool::Claims>,
+    /// Pool instances this start resumed, and when.
+    resumed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Ec2 {
@@ -57,6 +59,7 @@ impl Ec2 {
                 .unwrap_or_default(),
             clock,
             claims: tokio::sync::Mutex::default(),
+            resumed: std::sync::Mutex::default(),
         })
     }
 
@@ -205,6 +208,7 @@ impl Provider for Ec2 {
         for id in ids {
             let h = match found.iter().find(|i| &i.id == id).map(|i| &i.state) {
                 Some(State::Running) => Health::Ready,
+                Some(s) if s.is_paused() && self.just_resumed(id) => Health::Booting,
                 Some(s) if s.is_ending() || s.is_paused() => Health::Gone {
                     why: s.name().to_owned(),
                     last_words: self.last_words(id).await,

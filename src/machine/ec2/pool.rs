@@ -24,6 +24,13 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// instance with a large root volume can take minutes.
 pub const STOPPING_AT_MOST: Duration = Duration::from_secs(10 * 60);
 
+/// How long a stop asks again while its instance is still `pending` (just started).
+const PENDING_AT_MOST: Duration = Duration::from_secs(2 * 60);
+
+/// How long after `StartInstances` a `stopped` in EC2's answer is taken for its lag, not for a
+/// machine that shut itself down.
+const SHOWN_STOPPED_AT_MOST: Duration = Duration::from_secs(20);
+
 /// What one start's runners have taken of the pool so far: instances claimed (being resumed or
 /// retired by a sibling runner of the same start) and launches under way, which EC2 may not list
 /// yet.
@@ -187,6 +194,15 @@ pub fn check_named(
                 .to_owned(),
         });
     };
+    let named_pool = plan.pool.as_ref().and_then(|p| p.name.as_deref());
+    if let (Some(want), Some(have)) = (named_pool, m.tags.get(tag::POOL))
+        && want != have
+    {
+        return Err(Error::Pool {
+            what: format!("instance-id {id} is a member of the pool \"{have}\", not of \"{want}\""),
+            fix: format!("Set pool: {have}, or leave pool out and name the instance alone."),
+        });
+    }
     if !m.belongs_to(repository)
         || m.lifecycle() != Lifecycle::Pooled
         || !m.tags.contains_key(tag::POOL)
@@ -361,6 +377,10 @@ impl super::Ec2 {
             Err(e) if lost(&e) => return Ok(None),
             other => other?,
         }
+        // Tagged for this run before it starts, so that a cancel from here on finds it by label.
+        let uses = uses(m) + 1;
+        let tags = run_tags(plan, &handoff.runner.name, uses);
+        self.api.create_tags(&m.id, &tags).await?;
         let before = match self.api.start(&m.id).await {
             Err(e) if lost(&e) => return Ok(None),
             other => other?,
@@ -373,13 +393,10 @@ impl super::Ec2 {
             ));
             return Ok(None);
         }
-        let uses = uses(m) + 1;
-        let tags = run_tags(plan, &handoff.runner.name, uses);
-        if let Err(e) = self.api.create_tags(&m.id, &tags).await {
-            // Untagged, nothing would find it by this run's label: pause it again.
-            let _ = self.api.stop(std::slice::from_ref(&m.id)).await;
-            return Err(e.into());
-        }
+        self.resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.id.clone(), std::time::Instant::now());
         actions.info(&format!(
             "Resumed {} ({} from the pool, its job {uses})",
             m.id, m.instance_type
@@ -408,7 +425,7 @@ impl super::Ec2 {
             .filter(|m| m.state != State::Stopped)
             .collect();
         let done = match self.api.terminate(&ids(&retire)).await {
-            Ok(()) => self.api.stop(&ids(&stop)).await,
+            Ok(()) => self.stop_when_stoppable(&ids(&stop)).await,
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -439,6 +456,33 @@ impl super::Ec2 {
             });
         }
         (released, None)
+    }
+
+    /// Stops these instances. One that was started a moment ago is `pending`, which EC2 does not
+    /// stop (`IncorrectInstanceState`): that is asked again until it is running.
+    async fn stop_when_stoppable(&self, ids: &[String]) -> Result<(), MachineError> {
+        let began = std::time::Instant::now();
+        loop {
+            match self.api.stop(ids).await {
+                Err(e)
+                    if e.code() == "IncorrectInstanceState"
+                        && began.elapsed() < self.clock.scaled(PENDING_AT_MOST) =>
+                {
+                    self.clock.sleep(LOOK_EVERY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the instance was resumed so lately that EC2 may still show it stopped: its reads
+    /// lag its writes by a moment.
+    pub(super) fn just_resumed(&self, id: &str) -> bool {
+        self.resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|at| at.elapsed() < self.clock.scaled(SHOWN_STOPPED_AT_MOST))
     }
 
     /// Waits until these instances are `stopped`; the ids still stopping when the wait gives up.

@@ -106,6 +106,10 @@ impl std::fmt::Display for Stalled {
                 f,
                 "the runner {runner} was removed from GitHub while its {noun} booted"
             ),
+            // A pool instance shuts down into its pool: stopped, not ended.
+            Stalled::MachineEnded { id, state } if state == "stopping" || state == "stopped" => {
+                write!(f, "{id} shut down while it booted ({state})")
+            }
             Stalled::MachineEnded { id, state } => {
                 write!(f, "{id} ended while it booted ({state})")
             }

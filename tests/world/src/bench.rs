@@ -1,7 +1,8 @@
 //! The benchmark: the whole start → GPU job(s) → stop cycle through the local world, repeated,
-//! with `count` 1, 4 and 16. It measures what gpu-runner itself costs on top of the instance's
-//! boot: the world's clock runs at real speed here, so start looks as it would on GitHub (every
-//! half second for the first two minutes).
+//! with `count` 1, 4 and 16, cold (new instances) and warm (a pool's stopped instances resumed).
+//! It measures what gpu-runner itself costs on top of the instance's boot: the world's clock runs
+//! at real speed here, so start looks as it would on GitHub (every half second for the first two
+//! minutes), and a stop waits as long as EC2 keeps an instance `stopping`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +15,9 @@ use crate::{Options, World};
 /// One cycle's figures.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// Start's duration minus the simulated boot (first `RunInstances` → last runner online).
+    /// The simulated boot: first `RunInstances` (or `StartInstances`) → last runner online.
+    pub boot: Duration,
+    /// Start's duration minus the simulated boot.
     pub overhead: Duration,
     /// From the last runner going online until start returned.
     pub noticed: Duration,
@@ -36,15 +39,20 @@ fn count_calls(calls: &[(Service, String, Instant)], into: &mut BTreeMap<String,
     }
 }
 
-/// One cycle with `count` instances in `world`.
-pub fn cycle(world: &World, bin: &Path, count: u32) -> Result<Sample, String> {
+/// One cycle with `count` instances in `world`, from the pool `pool` when there is one.
+pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Result<Sample, String> {
     world.faults.take_calls();
     let began = Instant::now();
-    let (start, start_peak_kib) = Step::mode(bin, "start")
+    let step = Step::mode(bin, "start")
         .in_world(world)
-        .input("count", &count.to_string())
-        .spawn()
-        .wait_measured();
+        .input("count", &count.to_string());
+    let step = match pool {
+        Some(name) => step
+            .input("pool", name)
+            .input("pool-size", &count.to_string()),
+        None => step,
+    };
+    let (start, start_peak_kib) = step.spawn().wait_measured();
     let start_took = began.elapsed();
     let ended = Instant::now();
     if start.code != Some(0) {
@@ -54,10 +62,10 @@ pub fn cycle(world: &World, bin: &Path, count: u32) -> Result<Sample, String> {
     let label = start.outputs().get("label").cloned().unwrap_or_default();
     let first_launch = start_calls
         .iter()
-        .filter(|(_, call, _)| call == "RunInstances")
+        .filter(|(_, call, _)| call == "RunInstances" || call == "StartInstances")
         .map(|(_, _, at)| *at)
         .min()
-        .ok_or("start sent no RunInstances")?;
+        .ok_or("start sent no RunInstances or StartInstances")?;
     let last_online = world
         .registered_runners()
         .iter()
@@ -92,8 +100,18 @@ pub fn cycle(world: &World, bin: &Path, count: u32) -> Result<Sample, String> {
     let mut calls = BTreeMap::new();
     count_calls(&start_calls, &mut calls);
     count_calls(&world.faults.take_calls(), &mut calls);
-    world.wait_until(Duration::from_secs(10), |w| w.live_instances().is_empty());
+    // The next cycle starts from a quiet world: a pool's instances stopped, others ended.
+    world.wait_until(Duration::from_secs(120), |w| match pool {
+        Some(_) => {
+            w.running_instances().is_empty()
+                && w.live_instances()
+                    .iter()
+                    .all(|id| w.state_of(id).as_deref() == Some("stopped"))
+        }
+        None => w.live_instances().is_empty(),
+    });
     Ok(Sample {
+        boot,
         overhead: start_took.saturating_sub(boot),
         noticed: ended.saturating_duration_since(last_online),
         stop: stop_took,
@@ -117,21 +135,32 @@ fn spread(mut values: Vec<f64>, unit: &str) -> String {
     )
 }
 
-/// Runs `runs` cycles for each count and returns the report.
-pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
+/// Runs `runs` cycles for each count, cold, then warm for the counts in `warm`, and returns the
+/// report.
+pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String, String> {
     let mut out = String::new();
     out.push_str(
-        "| count | cycles | our overhead: start − simulated boot | runner online → start noticed | stop | start peak memory | stop peak memory |\n|---|---|---|---|---|---|---|\n",
+        "| count | start | cycles | simulated boot | our overhead: start − simulated boot | runner online → start noticed | stop | start peak memory | stop peak memory |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    let mut calls_by_count: Vec<(u32, BTreeMap<String, u32>)> = Vec::new();
-    for &count in counts {
+    let mut calls_by_row: Vec<(String, BTreeMap<String, u32>)> = Vec::new();
+    let mut boots: Vec<(u32, &str, f64)> = Vec::new();
+    let rows = counts
+        .iter()
+        .map(|c| (*c, "cold"))
+        .chain(warm.iter().map(|c| (*c, "warm")));
+    for (count, kind) in rows {
         let world = World::start(Options {
             clock_scale: 1.0,
             ..Options::default()
         })?;
+        let pool = (kind == "warm").then_some("bench");
+        if pool.is_some() {
+            // Fills the pool: the cycles measured resume what this one launched.
+            cycle(&world, bin, count, pool)?;
+        }
         let mut samples = Vec::new();
         for _ in 0..runs {
-            samples.push(cycle(&world, bin, count)?);
+            samples.push(cycle(&world, bin, count, pool)?);
         }
         let secs = |f: fn(&Sample) -> Duration| -> Vec<f64> {
             samples.iter().map(|s| f(s).as_secs_f64()).collect()
@@ -143,9 +172,13 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
                 .map(|k| k as f64 / 1024.0)
                 .collect()
         };
+        let mut boot = secs(|s| s.boot);
+        boot.sort_by(f64::total_cmp);
+        boots.push((count, kind, boot[boot.len() / 2]));
         out.push_str(&format!(
-            "| {count} | {} | {} | {} | {} | {} | {} |\n",
+            "| {count} | {kind} | {} | {} | {} | {} | {} | {} | {} |\n",
             samples.len(),
+            spread(secs(|s| s.boot), "s"),
             spread(secs(|s| s.overhead), "s"),
             spread(secs(|s| s.noticed), "s"),
             spread(secs(|s| s.stop), "s"),
@@ -153,7 +186,7 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
             spread(mib(|s| s.stop_peak_kib), "MiB"),
         ));
         if let Some(first) = samples.first() {
-            calls_by_count.push((count, first.calls.clone()));
+            calls_by_row.push((format!("count {count} {kind}"), first.calls.clone()));
         }
     }
     out.push_str(
@@ -161,10 +194,20 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
          then polls every 10 s, so it first looks 30 s after launch and notices an online runner \
          30–40 s after launch whatever the boot took. gpu-runner looks every 0.5 s for the first \
          two minutes from the launch on (then every 1, 2 and 5 s), with one runner list and one \
-         DescribeInstances per look whatever count is.\n\nAPI calls per cycle (start + stop), by kind:\n\n",
+         DescribeInstances per look whatever count is.\n",
     );
+    for (count, _, warm_boot) in boots.iter().filter(|(_, k, _)| *k == "warm") {
+        if let Some((_, _, cold_boot)) = boots.iter().find(|(c, k, _)| c == count && *k == "cold") {
+            out.push_str(&format!(
+                "\nSimulated boot saved by a warm start, count {count}: {:.2} s of {cold_boot:.2} s \
+                 (median; the world's boot has no image pulls to skip, only the runner download).",
+                cold_boot - warm_boot
+            ));
+        }
+    }
+    out.push_str("\n\nAPI calls per cycle (start + stop), by kind:\n\n");
     let kinds: Vec<String> = {
-        let mut k: Vec<String> = calls_by_count
+        let mut k: Vec<String> = calls_by_row
             .iter()
             .flat_map(|(_, c)| c.keys().cloned())
             .collect();
@@ -174,17 +217,17 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32]) -> Result<String, String> {
     };
     out.push_str(&format!(
         "| call | {} |\n|---|{}\n",
-        calls_by_count
+        calls_by_row
             .iter()
-            .map(|(c, _)| format!("count {c}"))
+            .map(|(row, _)| row.clone())
             .collect::<Vec<_>>()
             .join(" | "),
-        "---|".repeat(calls_by_count.len())
+        "---|".repeat(calls_by_row.len())
     ));
     for kind in kinds {
         out.push_str(&format!(
             "| {kind} | {} |\n",
-            calls_by_count
+            calls_by_row
                 .iter()
                 .map(|(_, c)| c.get(&kind).copied().unwrap_or(0).to_string())
                 .collect::<Vec<_>>()

@@ -253,7 +253,9 @@ fn demo_pool() -> Result<(), String> {
         ),
     ] {
         let run = if n == 1 { "cold" } else { "warm" };
-        banner(&format!("Run {n} ({run}), job `start`: mode: start, pool: demo"));
+        banner(&format!(
+            "Run {n} ({run}), job `start`: mode: start, pool: demo"
+        ));
         let start = Step::mode(&bin, "start")
             .in_world(&world)
             .input("pool", "demo")
@@ -363,7 +365,7 @@ fn bench() -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let started = std::time::Instant::now();
-    let report = world::bench::run(&bin, runs, &[1, 4, 16])?;
+    let report = world::bench::run(&bin, runs, &[1, 4, 16], &[1, 4])?;
     println!(
         "gpu-runner benchmark, {} UTC, Linux {} on {cores} cores, {profile}; {runs} cycles per count \
          through the local world, its clock at real speed.\n",

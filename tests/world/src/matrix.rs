@@ -39,6 +39,15 @@ pub enum StopJob {
     WithoutOutputs,
 }
 
+/// A row that starts from a warm pool: what the pool holds when start runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Empty: start launches into it.
+    Cold,
+    /// One stopped member of the start's type: start resumes it.
+    Warm,
+}
+
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
@@ -51,6 +60,8 @@ pub struct Scenario {
     pub job: bool,
     pub stop: StopJob,
     pub instance_types: &'static str,
+    /// With `pool: matrix`; then "left" means left running: stopped members are the pool.
+    pub pool: Option<Pool>,
 }
 
 impl Scenario {
@@ -65,7 +76,17 @@ impl Scenario {
             job: true,
             stop: StopJob::Runs,
             instance_types: "g4dn.xlarge",
+            pool: None,
         }
+    }
+
+    fn pooled(name: &str, pool: Pool) -> Self {
+        let mut s = Self::new(format!(
+            "pool ({}): {name}",
+            if pool == Pool::Warm { "warm" } else { "cold" }
+        ));
+        s.pool = Some(pool);
+        s
     }
 
     fn fault(mut self, service: Service, call: &'static str, fault: Fault, times: u32) -> Self {
@@ -219,6 +240,38 @@ pub fn scenarios() -> Vec<Scenario> {
             rows.push(if no_job { s.no_job() } else { s });
         }
     }
+    // Warm pools: the same cycle resuming a stopped member; what is left is what runs.
+    rows.push(Scenario::pooled("no fault", Pool::Cold));
+    rows.push(Scenario::pooled("no fault", Pool::Warm));
+    let mut s = Scenario::pooled("cancel while waiting for online", Pool::Warm);
+    s.cancel = Some(CancelAt::WhileWaiting);
+    s.runner = RunnerBehaviour::NeverOnline;
+    rows.push(s);
+    let mut s = Scenario::pooled("runner never comes online", Pool::Warm);
+    s.runner = RunnerBehaviour::NeverOnline;
+    rows.push(s);
+    let mut s = Scenario::pooled("boot script dies after phase runner-fetch", Pool::Warm);
+    s.die_after_phase = Some("runner-fetch");
+    rows.push(s);
+    let mut s = Scenario::pooled("stop job never runs", Pool::Warm);
+    s.stop = StopJob::Never;
+    rows.push(s);
+    for (call, fault, what) in [
+        ("StartInstances", internal, "5xx"),
+        ("ModifyInstanceAttribute", throttled, "throttled"),
+        ("CreateTags", internal, "5xx"),
+    ] {
+        rows.push(
+            Scenario::pooled(&format!("AWS {call} {what} twice"), Pool::Warm)
+                .fault(Aws, call, fault, 2),
+        );
+    }
+    // Stop pauses only an instance that is still running: no job, so it is.
+    rows.push(
+        Scenario::pooled("AWS StopInstances 5xx twice", Pool::Warm)
+            .fault(Aws, "StopInstances", internal, 2)
+            .no_job(),
+    );
     rows.push(
         Scenario::new("terminate fails once (not retryable)")
             .fault(
@@ -272,9 +325,30 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         die_after_phase: s.die_after_phase,
         ..Options::default()
     })?;
+    if s.pool == Some(Pool::Warm) {
+        // A member as a pool start left it: tagged for this repository's pool, then stopped.
+        let id = world.launch_tagged(&[
+            ("gpu-runner:label", "gpu-runner-1-1-seed"),
+            ("gpu-runner:repository", "octo/ml"),
+            ("gpu-runner:lifecycle", "pooled"),
+            ("gpu-runner:pool", "matrix"),
+            ("gpu-runner:uses", "1"),
+        ]);
+        world.stop_instance(&id)?;
+        if !world.wait_until(Duration::from_secs(10), |w| {
+            w.state_of(&id).as_deref() == Some("stopped")
+        }) {
+            return Err(format!("{}: the pool's member never stopped", s.name));
+        }
+    }
     for (service, call, fault, times) in &s.faults {
         world.faults.inject(*service, call, *fault, *times);
     }
+    // What is left: every live instance, or for a pool every running one.
+    let left = |w: &World| match s.pool {
+        Some(_) => w.running_instances(),
+        None => w.live_instances(),
+    };
     let began = Instant::now();
     let step = |mode: &str| Step::mode(bin, mode).in_world(&world);
     let start = step("start")
@@ -282,6 +356,10 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         .input("startup-timeout-minutes", &STARTUP_TIMEOUT.to_string())
         .input("idle-timeout-minutes", &IDLE_TIMEOUT.to_string())
         .input("max-lifetime-minutes", &MAX_LIFETIME.to_string());
+    let start = match s.pool {
+        Some(_) => start.input("pool", "matrix"),
+        None => start,
+    };
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut cancel_note = String::new();
     let started = match s.cancel {
@@ -361,13 +439,13 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
     let limits = Duration::from_secs_f64(f64::from(MAX_LIFETIME) * 60.0 / CLOCK_SCALE + 4.0);
     let remaining = limits.saturating_sub(began.elapsed());
     world.wait_until(remaining.max(Duration::from_secs(3)), |w| {
-        w.live_instances().is_empty()
+        left(w).is_empty()
     });
     // GitHub notices that a machine is gone a moment later (here: the simulator's next look).
     world.wait_until(Duration::from_secs(3), |w| {
         w.registered_runners().iter().all(|r| r.status == "offline")
     });
-    let mut instances_left = world.live_instances().len();
+    let mut instances_left = left(&world).len();
     let mut runners_left = world.registered_runners().len();
     let mut cleanup = String::new();
     if instances_left + runners_left > 0 {
@@ -393,8 +471,8 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
             did.join("; ")
         );
         outcomes.push(out);
-        world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty());
-        instances_left = world.live_instances().len();
+        world.wait_until(Duration::from_secs(5), |w| left(w).is_empty());
+        instances_left = left(&world).len();
         runners_left = world.registered_runners().len();
     }
     let refs: Vec<&Outcome> = outcomes.iter().collect();

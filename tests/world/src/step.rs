@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use gpu_runner::inputs::spec::env_var as input_var;
 
@@ -235,6 +236,29 @@ impl Running {
         let stdout = read_all(self.child.stdout.take().map(|p| Box::new(p) as _));
         let stderr = read_all(self.child.stderr.take().map(|p| Box::new(p) as _));
         let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // The kernel's `ru_maxrss` of a child counts the parent's resident set at the spawn (exec
+        // keeps the highest of the old and new address spaces), so the peak is read from the
+        // child's own address space, `VmHWM`, until it exits.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut peak: Option<u64> = None;
+                let status = format!("/proc/{pid}/status");
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let hwm = std::fs::read_to_string(&status).ok().and_then(|text| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("VmHWM:"))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    });
+                    if let Some(kib) = hwm {
+                        peak = Some(peak.map_or(kib, |p: u64| p.max(kib)));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                peak
+            })
+        };
         let mut status: libc::c_int = 0;
         // SAFETY: rusage is plain data that wait4 fills in; pid is our own child, waited once.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -249,7 +273,10 @@ impl Running {
             state_file: read(&self.files.state),
             summary: read(&self.files.summary),
         };
-        let peak = (waited == pid).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let peak = watcher.join().ok().flatten().filter(|_| waited == pid);
+        // What the kernel counted bounds it from above.
+        let peak = peak.map(|p| p.min(u64::try_from(usage.ru_maxrss).unwrap_or(u64::MAX)));
         (outcome, peak)
     }
 
