@@ -295,6 +295,19 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
         .run();
     resumed.success();
     assert_eq!(resumed.outputs()["instance-id"], id);
+    // While it serves that run, it is busy: nothing else is launched in its place.
+    let busy = Step::mode("start")
+        .in_world(&world)
+        .input("instance-id", &id)
+        .input("pool-full", "fail")
+        .run();
+    busy.failure();
+    let error = busy.errors().join("\n");
+    assert!(
+        error.contains(&format!("instance-id {id} is busy: it is running")),
+        "{error}"
+    );
+    assert_eq!(world.live_instances().len(), 1);
     stop(&world).outputs_of(&resumed).run().success();
     nothing_running(&world);
 

@@ -282,13 +282,22 @@ impl super::Ec2 {
                         }
                     }
                 }
-                let choice = choose(plan, pool, &members, &claims, &retiring);
+                let choice = match choose(plan, pool, &members, &claims, &retiring) {
+                    // The named instance is all there is: nothing to launch.
+                    Choice::Launch if pool.instance_id.is_some() => Choice::Wait {
+                        why: members
+                            .first()
+                            .map(|m| format!("it is {}", m.state.name()))
+                            .unwrap_or_default(),
+                    },
+                    choice => choice,
+                };
                 match &choice {
                     Choice::Resume(m) => {
                         claims.taken.insert(m.id.clone());
                     }
-                    Choice::Launch if pool.instance_id.is_none() => claims.launching += 1,
-                    _ => {}
+                    Choice::Launch => claims.launching += 1,
+                    Choice::Wait { .. } => {}
                 }
                 choice
             };
@@ -303,7 +312,7 @@ impl super::Ec2 {
                     // Another start took it first: look again.
                     None => continue,
                 },
-                Choice::Launch if pool.instance_id.is_none() => {
+                Choice::Launch => {
                     let launched = self.launch_new(plan, handoff, actions).await;
                     let mut claims = self.claims.lock().await;
                     claims.launching = claims.launching.saturating_sub(1);
@@ -312,7 +321,6 @@ impl super::Ec2 {
                     }
                     return launched;
                 }
-                Choice::Launch => "the instance is not stopped".to_owned(),
                 Choice::Wait { why } => why,
             };
             let what = match &pool.instance_id {
