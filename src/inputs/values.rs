@@ -324,28 +324,28 @@ pub fn pool(v: &str) -> Result<(), Expect> {
 
 /// What a start does when every member of its pool is busy and the pool is at `pool-size`.
 pub fn pool_full(v: &str) -> Result<(), Expect> {
-    const NAMES: [&str; 2] = ["wait", "fail"];
-    if NAMES.contains(&v) {
+    one_of(v, &["wait", "fail"], "wait or fail")
+}
+
+/// One of `names`, else the list and the closest name.
+fn one_of(v: &str, names: &[&str], expected: &str) -> Result<(), Expect> {
+    if names.contains(&v) {
         return Ok(());
     }
-    let mut fix = format!("Use one of: {}.", NAMES.join(", "));
-    if let Some(s) = closest(v, NAMES) {
+    let mut fix = format!("Use one of: {}.", names.join(", "));
+    if let Some(s) = closest(v, names.iter().copied()) {
         fix.push_str(&format!(" Did you mean {s}?"));
     }
-    Err(Expect::new("wait or fail", fix))
+    Err(Expect::new(expected, fix))
 }
 
 /// How to buy the instance: `on-demand`, `spot`, or spot first and on-demand when spot has none.
 pub fn market_type(v: &str) -> Result<(), Expect> {
-    const NAMES: [&str; 3] = ["on-demand", "spot", "spot-then-on-demand"];
-    if NAMES.contains(&v) {
-        return Ok(());
-    }
-    let mut fix = format!("Use one of: {}.", NAMES.join(", "));
-    if let Some(s) = closest(v, NAMES) {
-        fix.push_str(&format!(" Did you mean {s}?"));
-    }
-    Err(Expect::new("a market type", fix))
+    one_of(
+        v,
+        &["on-demand", "spot", "spot-then-on-demand"],
+        "a market type",
+    )
 }
 
 /// A GitHub App's numeric id, or its client id (`Iv…`), which GitHub also accepts as the JWT issuer.

@@ -370,6 +370,11 @@ impl Api {
                 vec![of(repository), filter("tag-key".to_owned(), tag::LABEL)]
             }
         };
+        self.described(filters).await
+    }
+
+    /// Every instance these filters match, page by page.
+    async fn described(&self, filters: Vec<Filter>) -> Result<Vec<Machine>, MachineError> {
         let mut found = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -427,28 +432,7 @@ impl Api {
                 ))
                 .build(),
         ];
-        let mut found = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .ec2
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(|e| cloud_error("DescribeInstances", e))?;
-            found.extend(
-                out.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .map(instance),
-            );
-            match out.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
-                _ => return Ok(found),
-            }
-        }
+        self.described(filters).await
     }
 
     /// Gives a stopped instance the boot script of its next boot. EC2 takes user data only while

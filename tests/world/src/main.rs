@@ -2,7 +2,7 @@
 //! printed as a user would see it in the GitHub log; `demo --pool`: the same twice with a warm
 //! pool, the second start resuming the first one's instance and disk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -155,48 +155,44 @@ fn demo() -> Result<(), String> {
         .ok_or("start wrote no label output")?;
 
     banner(&format!("Job `test`: runs-on: {label}"));
-    let job = world.queue_job(&[&label], "nvidia-smi");
-    let finished = world.wait_until(Duration::from_secs(60), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    let job = world.job(job).ok_or("the job vanished")?;
-    if !finished {
-        return Err("the GPU job did not finish within a minute".to_owned());
-    }
-    println!(
-        "  Run nvidia-smi   (on runner {})",
-        job.runner_name.unwrap_or_default()
-    );
-    for line in job.output.lines() {
-        println!("  {line}");
-    }
-    println!("  Job conclusion: {}", job.conclusion.unwrap_or_default());
+    let job_ok = gpu_job(&world, &label, "nvidia-smi").is_ok();
 
     banner("Job `stop` (if: always()): gpu-runner with mode: stop");
-    let stop = Step::mode(&bin, "stop")
-        .in_world(&world)
-        .outputs_of(&start)
+    let stop = stop_job(&bin, &world, &start);
+
+    banner("The instance's boot phases (its console)");
+    boot_phases(&world);
+
+    world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty());
+    let running = world.live_instances().len();
+    let runners = world.registered_runners().len();
+    println!("\nInstances still running: {running}. Runners still registered: {runners}.");
+    if job_ok && running == 0 && runners == 0 && start.code == Some(0) && stop.code == Some(0) {
+        Ok(())
+    } else {
+        Err("the cycle left something behind or a step failed".to_owned())
+    }
+}
+
+/// The stop job of `start`'s run, shown as its log.
+fn stop_job(bin: &Path, world: &World, start: &world::step::Outcome) -> world::step::Outcome {
+    let stop = Step::mode(bin, "stop")
+        .in_world(world)
+        .outputs_of(start)
         .env("GITHUB_JOB", "stop")
         .run();
     show(&stop);
+    stop
+}
 
-    banner("The instance's boot phases (its console)");
+/// The instances' boot phases and the world's notes on them, from their consoles.
+fn boot_phases(world: &World) {
     for line in world
         .instance_log()
         .iter()
         .filter(|l| l.contains("phase=") || l.contains("(instance"))
     {
         println!("  {line}");
-    }
-
-    world.wait_until(Duration::from_secs(5), |w| w.live_instances().is_empty());
-    let running = world.live_instances().len();
-    let runners = world.registered_runners().len();
-    println!("\nInstances still running: {running}. Runners still registered: {runners}.");
-    if running == 0 && runners == 0 && start.code == Some(0) && stop.code == Some(0) {
-        Ok(())
-    } else {
-        Err("the cycle left something behind or a step failed".to_owned())
     }
 }
 
@@ -276,23 +272,11 @@ fn demo_pool() -> Result<(), String> {
         banner(&format!("Run {n}, job `test`: runs-on: {label}"));
         ok &= gpu_job(&world, &label, script).is_ok();
         banner(&format!("Run {n}, job `stop` (if: always()): mode: stop"));
-        let stop = Step::mode(&bin, "stop")
-            .in_world(&world)
-            .outputs_of(&start)
-            .env("GITHUB_JOB", "stop")
-            .run();
-        show(&stop);
-        ok &= stop.code == Some(0);
+        ok &= stop_job(&bin, &world, &start).code == Some(0);
     }
 
     banner("The instance's boot phases (its console), both boots");
-    for line in world
-        .instance_log()
-        .iter()
-        .filter(|l| l.contains("phase=") || l.contains("(instance"))
-    {
-        println!("  {line}");
-    }
+    boot_phases(&world);
     banner("The pool \"demo\"");
     for id in world.live_instances() {
         println!(
