@@ -446,3 +446,57 @@ fn cleanup_leaves_stopped_members_pauses_a_running_orphan_and_ends_a_retired_one
     assert_eq!(world.state_of(&orphan).as_deref(), Some("stopped"));
     assert_eq!(world.state_of(&retired).as_deref(), Some("terminated"));
 }
+
+#[test]
+fn a_member_from_an_older_image_or_past_pool_max_age_days_is_retired_and_replaced() {
+    let world = world();
+    let stopped_member = |extra: &[(&str, &str)]| {
+        let mut tags = vec![
+            ("gpu-runner:label", "gpu-runner-1-1-old"),
+            ("gpu-runner:repository", "octo/ml"),
+            ("gpu-runner:lifecycle", "pooled"),
+            ("gpu-runner:pool", "aging"),
+            ("gpu-runner:uses", "3"),
+        ];
+        tags.extend_from_slice(extra);
+        let id = world.launch_tagged(&tags);
+        world.stop_instance(&id).unwrap();
+        assert!(world.wait_until(Duration::from_secs(10), |w| {
+            w.state_of(&id).as_deref() == Some("stopped")
+        }));
+        id
+    };
+    // Launched from an image that image-id no longer resolves to (a new Deep Learning AMI).
+    let drifted = stopped_member(&[("gpu-runner:image", "ami-0000000000000000a")]);
+    // Launched into the pool 40 days ago.
+    let aged = stopped_member(&[("gpu-runner:pooled-at", "2026-10-24T00:00:00Z")]);
+
+    let started = start(&world, "aging")
+        .input("pool-size", "2")
+        .input("pool-max-age-days", "30")
+        .run();
+    started.success();
+    for (id, why) in [
+        (
+            &drifted,
+            "its image ami-0000000000000000a is not the one image-id resolves to now",
+        ),
+        (&aged, "it is older than pool-max-age-days (30)"),
+    ] {
+        assert!(
+            started
+                .stdout
+                .contains(&format!("Retiring {id} from the pool: {why}")),
+            "{}",
+            started.stdout
+        );
+        assert!(world.wait_until(Duration::from_secs(10), |w| {
+            w.state_of(id).as_deref() == Some("terminated")
+        }));
+    }
+    let id = started.outputs()["instance-id"].clone();
+    assert!(id != drifted && id != aged);
+    assert!(started.stdout.contains(&format!("Launched {id}")));
+    stop(&world).outputs_of(&started).run().success();
+    nothing_running(&world);
+}
