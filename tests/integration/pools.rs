@@ -71,6 +71,13 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
         "{}",
         first.stdout
     );
+    assert!(
+        first
+            .summary
+            .contains("| Pool | train: launched into it now |"),
+        "{}",
+        first.summary
+    );
 
     let output = job(
         &world,
@@ -118,6 +125,13 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
         )),
         "{}",
         second.stdout
+    );
+    assert!(
+        second
+            .summary
+            .contains("| Pool | train: resumed with its disk, for its job 2 |"),
+        "{}",
+        second.summary
     );
     assert_eq!(tag(&world, &id, "gpu-runner:label"), Some(label2.clone()));
     assert_eq!(tag(&world, &id, "gpu-runner:uses").as_deref(), Some("2"));

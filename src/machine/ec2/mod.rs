@@ -1,6 +1,7 @@
 //! EC2: a new instance per runner, launched from the plan's capacity candidates in order, with the
-//! boot script (and so the runner's configuration) in its user data; SSM for image parameters,
-//! STS for the role.
+//! boot script (and so the runner's configuration) in its user data, or with `pool`, a stopped
+//! instance of the repository's pool resumed with a new boot script (`pool.rs`); SSM for image
+//! parameters, STS for the role.
 
 pub mod api;
 pub mod credentials;

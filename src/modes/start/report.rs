@@ -7,7 +7,7 @@ use crate::actions::{Actions, Markdown};
 use crate::error::{Error, Refusal};
 use crate::machine::{Facts, Machine, Price};
 use crate::modes::post::state;
-use crate::plan::LaunchPlan;
+use crate::plan::{LaunchPlan, tag};
 
 /// What a start measured, for the outputs and the summary.
 pub(super) struct Online {
@@ -121,6 +121,7 @@ pub(super) fn report_online(
         ),
     ]
     .into_iter()
+    .chain(pool_row(i))
     .map(|(k, v)| vec![k.to_owned(), v])
     .collect();
     let mut summary = Markdown::new()
@@ -160,4 +161,16 @@ pub(super) fn report_online(
     }
     actions.append_summary(&summary.build())?;
     Ok(())
+}
+
+/// For a pool machine: which pool, and which of its jobs this is (1: launched into the pool now).
+fn pool_row(m: &Machine) -> Option<(&'static str, String)> {
+    let pool = m.tags.get(tag::POOL)?;
+    let uses = m.tags.get(tag::USES).map(String::as_str).unwrap_or("1");
+    let how = if uses == "1" {
+        "launched into it now".to_owned()
+    } else {
+        format!("resumed with its disk, for its job {uses}")
+    };
+    Some(("Pool", format!("{pool}: {how}")))
 }
