@@ -61,25 +61,29 @@ impl Outcome {
     }
 }
 
+/// " after N min (≈ $x at …)", as much of it as is known.
+fn ran_for(f: &mut fmt::Formatter<'_>, ran: Option<i64>, cost: Option<&str>) -> fmt::Result {
+    match (ran, cost) {
+        (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})"),
+        (Some(m), None) => write!(f, " after {m} min"),
+        _ => Ok(()),
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Released(Released::Terminated { ran, cost }) => match (ran, cost) {
-                (Some(m), Some(cost)) => write!(f, "terminated after {m} min ({cost})"),
-                (Some(m), None) => write!(f, "terminated after {m} min"),
-                _ => f.write_str("terminated"),
-            },
+            Outcome::Released(Released::Terminated { ran, cost }) => {
+                f.write_str("terminated")?;
+                ran_for(f, *ran, cost.as_deref())
+            }
             Outcome::Released(Released::ReturnedToPool {
                 ran,
                 cost,
                 still_stopping,
             }) => {
                 f.write_str("returned to its pool")?;
-                match (ran, cost) {
-                    (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})")?,
-                    (Some(m), None) => write!(f, " after {m} min")?,
-                    _ => {}
-                }
+                ran_for(f, *ran, cost.as_deref())?;
                 if *still_stopping {
                     f.write_str(" (still stopping; its disk kept)")
                 } else {
@@ -91,11 +95,7 @@ impl fmt::Display for Outcome {
             }
             Outcome::Released(Released::Retired { why, ran, cost }) => {
                 write!(f, "retired from its pool ({why}): terminated")?;
-                match (ran, cost) {
-                    (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})"),
-                    (Some(m), None) => write!(f, " after {m} min"),
-                    _ => Ok(()),
-                }
+                ran_for(f, *ran, cost.as_deref())
             }
             Outcome::Released(Released::Detached) => {
                 f.write_str("detached (the machine is the user's, and stays)")

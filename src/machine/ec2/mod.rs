@@ -131,6 +131,14 @@ impl Ec2 {
         Err(Error::NoCapacity { tried: refused })
     }
 
+    /// How many minutes the machine has run since its launch (for a pool instance, since its
+    /// last start), and about what that cost.
+    async fn ran_and_cost(&self, m: &Machine) -> (Option<i64>, Option<String>) {
+        let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
+        let price = pricing::of(&self.api, m).await;
+        (ran, ran.zip(price).map(|(ran, p)| p.cost(ran)))
+    }
+
     fn image_id(&self) -> Result<&str, Error> {
         self.image_id.as_deref().ok_or_else(|| Error::Unsupported {
             what: "gpu-runner tried to launch without an image (a bug)".to_owned(),
@@ -265,9 +273,7 @@ impl Provider for Ec2 {
         for m in machines {
             released.push(match how {
                 Release::Terminate => {
-                    let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
-                    let price = pricing::of(&self.api, m).await;
-                    let cost = ran.zip(price).map(|(ran, p)| p.cost(ran));
+                    let (ran, cost) = self.ran_and_cost(m).await;
                     Released::Terminated { ran, cost }
                 }
                 Release::ReturnToPool | Release::Detach => Released::Detached,

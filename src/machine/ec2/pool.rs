@@ -442,25 +442,23 @@ impl super::Ec2 {
         let still = self.wait_stopped(&ids(&stop)).await;
         let mut released = Vec::new();
         for m in machines {
-            let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
-            let cost = match ran {
-                Some(ran) => super::pricing::of(&self.api, m).await.map(|p| p.cost(ran)),
-                None => None,
-            };
-            released.push(if let Some(why) = m.tags.get(tag::RETIRE) {
-                Released::Retired {
+            let retired = m.tags.get(tag::RETIRE);
+            if retired.is_none() && m.state == State::Stopped {
+                released.push(Released::AlreadyInPool);
+                continue;
+            }
+            let (ran, cost) = self.ran_and_cost(m).await;
+            released.push(match retired {
+                Some(why) => Released::Retired {
                     why: why.clone(),
                     ran,
                     cost,
-                }
-            } else if m.state == State::Stopped {
-                Released::AlreadyInPool
-            } else {
-                Released::ReturnedToPool {
+                },
+                None => Released::ReturnedToPool {
                     ran,
                     cost,
                     still_stopping: still.contains(&m.id),
-                }
+                },
             });
         }
         (released, None)
