@@ -258,28 +258,22 @@ impl Provider for Ec2 {
         machines: &[Machine],
         how: Release,
     ) -> (Vec<Released>, Option<MachineError>) {
-        if how == Release::ReturnToPool {
-            return self.return_to_pool(machines).await;
-        }
-        let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
-        let done = match how {
-            Release::Terminate => self.api.terminate(&ids).await,
-            Release::ReturnToPool | Release::Detach => Ok(()),
-        };
-        if let Err(e) = done {
-            return (vec![Released::Failed; machines.len()], Some(e));
-        }
-        let mut released = Vec::new();
-        for m in machines {
-            released.push(match how {
-                Release::Terminate => {
-                    let (ran, cost) = self.ran_and_cost(m).await;
-                    Released::Terminated { ran, cost }
+        match how {
+            Release::ReturnToPool => self.return_to_pool(machines).await,
+            Release::Detach => (vec![Released::Detached; machines.len()], None),
+            Release::Terminate => {
+                let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+                if let Err(e) = self.api.terminate(&ids).await {
+                    return (vec![Released::Failed; machines.len()], Some(e));
                 }
-                Release::ReturnToPool | Release::Detach => Released::Detached,
-            });
+                let mut released = Vec::new();
+                for m in machines {
+                    let (ran, cost) = self.ran_and_cost(m).await;
+                    released.push(Released::Terminated { ran, cost });
+                }
+                (released, None)
+            }
         }
-        (released, None)
     }
 
     /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
