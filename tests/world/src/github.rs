@@ -124,6 +124,10 @@ pub struct Job {
     /// The workflow file the job is in, and its `container:` image, if any.
     pub workflow: String,
     pub container: Option<String>,
+    /// The event that started the run, and its webhook payload: the runner writes the payload to
+    /// the file `GITHUB_EVENT_PATH` names, for the job-started hook and every step.
+    pub event: String,
+    pub payload: serde_json::Value,
     pub status: &'static str,
     pub conclusion: Option<String>,
     pub runner_name: Option<String>,
@@ -947,7 +951,8 @@ async fn runner_online(State(s): State<Shared>, headers: HeaderMap) -> Response 
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Hands the runner the first queued job whose labels it all has: `id`, a newline, the script.
+/// Hands the runner the first queued job whose labels it all has: a line with the job's id, run,
+/// repository, workflow, container and event, a line with the event's payload, then the script.
 async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let mut st = lock(&s);
     let Some(id) = runner_by_secret(&mut st, &headers) else {
@@ -982,12 +987,14 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
     job.status = "in_progress";
     job.runner_name = Some(runner.name.clone());
     let text = format!(
-        "{} {} {repository} {repository}/.github/workflows/{}@{} {}\n{}",
+        "{} {} {repository} {repository}/.github/workflows/{}@{} {} {}\n{}\n{}",
         job.id,
         job.run_id,
         job.workflow,
         job.git_ref,
         job.container.as_deref().unwrap_or("-"),
+        job.event,
+        job.payload,
         job.script,
         repository = job.repository,
     );
@@ -1018,6 +1025,19 @@ async fn runner_complete(
         job.output = body;
     }
     if let Some(r) = st.runners.get_mut(&id) {
+        r.busy = false;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The listener was stopped (SIGINT, SIGTERM) and ended its session: GitHub shows the runner
+/// offline and keeps its registration until someone deletes it.
+async fn runner_session_end(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let mut st = lock(&s);
+    if let Some(id) = runner_by_secret(&mut st, &headers)
+        && let Some(r) = st.runners.get_mut(&id)
+    {
+        r.status = "offline";
         r.busy = false;
     }
     StatusCode::NO_CONTENT.into_response()
@@ -1262,6 +1282,7 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route("/_runner/acquire", post(runner_acquire))
         .route("/_runner/jobs/{id}/complete", post(runner_complete))
         .route("/_runner/offline", post(runner_offline))
+        .route("/_runner/session-end", post(runner_session_end))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -1285,6 +1306,14 @@ impl GithubState {
             git_ref: "refs/heads/main".to_owned(),
             workflow: "gpu.yml".to_owned(),
             container: None,
+            event: "push".to_owned(),
+            payload: json!({
+                "ref": "refs/heads/main",
+                "repository": {
+                    "full_name": format!("{}/{}", self.owner, self.repo),
+                    "private": !self.public,
+                },
+            }),
             status: "queued",
             conclusion: None,
             runner_name: None,
