@@ -2,6 +2,7 @@
 //! API), the runner's OIDC token service, and instances that boot (the project's boot script run in
 //! a sandbox). Tests and the demo run the real `gpu-runner` binary against it.
 
+pub mod attached;
 pub mod aws_front;
 pub mod bench;
 pub mod faults;
@@ -99,6 +100,8 @@ pub struct World {
     /// The file names of the runner packages instances downloaded.
     pub package_fetches: Arc<Mutex<Vec<String>>>,
     pub clock_scale: f64,
+    /// The GPUs of attached machines, by machine name.
+    pub attached_gpus: attached::Gpus,
     /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
@@ -129,7 +132,7 @@ pub fn documented_policy(name: &str, account: &str) -> Result<serde_json::Value,
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn random_digits(n: usize) -> String {
+pub(crate) fn random_digits(n: usize) -> String {
     let digits: String = uuid::Uuid::new_v4()
         .as_u128()
         .to_string()
@@ -170,6 +173,17 @@ struct Control {
     ec2: aws_sdk_ec2::Client,
     package: Arc<package::Package>,
     fetched: Arc<Mutex<Vec<String>>>,
+    gpus: attached::Gpus,
+}
+
+/// What an attached machine's GPU is now, for its stand-in `nvidia-smi`.
+async fn attached_gpu(State(c): State<Control>, Path(machine): Path<String>) -> String {
+    c.gpus
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&machine)
+        .cloned()
+        .unwrap_or_else(|| "no-driver 0".to_owned())
 }
 
 /// An instance shut itself down: EC2 stops or terminates it as its
@@ -285,6 +299,7 @@ impl World {
             .map_err(|e| e.to_string())?;
         let instance_log: Arc<Mutex<Vec<String>>> = Arc::default();
         let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
+        let attached_gpus: attached::Gpus = Arc::default();
 
         let (aws_url, github_url, ec2) = rt.block_on(async {
             // IAM as gpu-runner's README asks for it: the role with the documented permissions
@@ -332,6 +347,7 @@ impl World {
                 ec2: ec2.clone(),
                 package: package.clone(),
                 fetched: fetched.clone(),
+                gpus: attached_gpus.clone(),
             };
             // GitHub Enterprise Server serves the same API under /api/v3.
             let counted = |enterprise: bool| {
@@ -349,6 +365,7 @@ impl World {
                     axum::Router::new()
                         .route("/_sim/shutdown/{id}", post(shutdown))
                         .route("/_package/{file}", get(runner_package))
+                        .route("/_sim/gpu/{machine}", get(attached_gpu))
                         .with_state(control),
                 );
             let github_url = serve(router).await?;
@@ -393,6 +410,7 @@ impl World {
             runner_sha256: package.sha256.clone(),
             package_fetches: fetched,
             clock_scale: options.clock_scale,
+            attached_gpus,
             spot_role,
             issued_credentials,
             ec2,
@@ -631,6 +649,29 @@ impl World {
         if let Some(job) = gh.jobs.iter_mut().find(|j| j.id == id) {
             job.repository = repository.to_owned();
             job.git_ref = git_ref.to_owned();
+        }
+        id
+    }
+
+    /// A job of a run of the world's repository that `event` set off with this webhook payload
+    /// (a fork's pull request, a comment), as the runner hands it to the job-started hook.
+    pub fn queue_job_of_event(
+        &self,
+        event: &str,
+        payload: serde_json::Value,
+        labels: &[&str],
+        script: &str,
+    ) -> u64 {
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        let run_id = self.run_id + 1000 + gh.next_id;
+        let id = gh.queue_job(
+            run_id,
+            labels.iter().map(|l| (*l).to_owned()).collect(),
+            script,
+        );
+        if let Some(job) = gh.jobs.iter_mut().find(|j| j.id == id) {
+            job.event = event.to_owned();
+            job.payload = payload;
         }
         id
     }

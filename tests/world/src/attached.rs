@@ -1,0 +1,235 @@
+//! Attached machines: a machine the user already has, which runs `gpu-runner attach` in the
+//! foreground. In the world it is the instance sandbox without EC2 (an overlay over `/`, its own
+//! PID and UTS namespaces, chroot) with the stand-in `nvidia-smi`, whose GPU the world can take
+//! away, and the stand-in runner package served by the world.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::World;
+
+/// The GPU each attached machine has now, by machine name: `healthy N` or `no-driver 0`, as the
+/// stand-in `nvidia-smi` reads it from the world.
+pub type Gpus = Arc<Mutex<HashMap<String, String>>>;
+
+const SANDBOX: &str = r#"set -e
+root="$1" upper="$2" work="$3" host="$4"
+shift 4
+mkdir -p "$root" "$upper" "$work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+hostname "$host"
+# attach is the machine's foreground process: signals sent to it are the user's.
+exec chroot "$root" /usr/bin/env -i "$@"
+"#;
+
+/// A machine running `gpu-runner attach`.
+pub struct Attached {
+    pub name: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+    gpus: Gpus,
+    dir: PathBuf,
+}
+
+impl World {
+    /// Starts `gpu-runner attach` (the binary at `binary`) on a new machine with a healthy GPU,
+    /// for the world's repository, with `token` in `GITHUB_TOKEN` and `flags` after the world's
+    /// own (the runner package, which gpu-runner has not pinned).
+    pub fn attach(&self, binary: &str, token: &str, flags: &[&str]) -> Attached {
+        let name = format!("workstation-{}", crate::random_digits(4));
+        self.attached_gpus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), "healthy 1".to_owned());
+        let dir = self.dir.path().join(&name);
+        let bin = self.dir.path().join("attached-bin");
+        let _ = std::fs::create_dir_all(&bin);
+        for (file, text) in [
+            ("nvidia-smi", include_str!("standins/nvidia-smi")),
+            ("sleep", include_str!("standins/sleep")),
+        ] {
+            let path = bin.join(file);
+            let _ = std::fs::write(&path, text);
+            let _ = std::fs::set_permissions(
+                &path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            );
+        }
+        let gpu_url = format!("{}/_sim/gpu/{name}", self.github_url);
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--pid", "--fork", "--uts", "--kill-child", "bash", "-c"])
+            .arg(SANDBOX)
+            .arg("sandbox")
+            .arg(dir.join("root"))
+            .arg(dir.join("upper"))
+            .arg(dir.join("work"))
+            .arg(&name)
+            .arg(format!(
+                "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                bin.display()
+            ))
+            .arg("HOME=/root")
+            .arg("LANG=C.UTF-8")
+            .arg(format!("GITHUB_TOKEN={token}"))
+            .arg(format!("GITHUB_API_URL={}", self.github_url))
+            .arg(format!(
+                "GPU_RUNNER_RUNNER_DOWNLOAD_URL={}/_package/actions-runner-linux-{{arch}}-{{version}}.tar.gz",
+                self.github_url
+            ))
+            .arg(format!("GPU_RUNNER_CLOCK_SCALE={}", self.clock_scale))
+            .arg(format!("GPU_SIM_GPU_URL={gpu_url}"))
+            .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale))
+            .arg(binary)
+            .args([
+                "attach",
+                "--repo",
+                "octo/ml",
+                "--runner-version",
+                crate::package::VERSION,
+                "--runner-sha256",
+                &self.runner_sha256,
+                "--pass-env",
+                "GPU_SIM_GPU_URL,GPU_SIM_CLOCK_SCALE",
+            ])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the attached machine");
+        let output: Arc<Mutex<String>> = Arc::default();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(pipe);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                    output
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&line);
+                    line.clear();
+                }
+            });
+        }
+        Attached {
+            name,
+            child,
+            output,
+            gpus: self.attached_gpus.clone(),
+            dir,
+        }
+    }
+}
+
+impl Attached {
+    /// Everything attach printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `limit` until attach printed `text`; true when it did.
+    pub fn wait_for(&self, text: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.output().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.output().contains(text)
+    }
+
+    /// The attach process, as the host sees it: the child `unshare` forked.
+    fn attach_pid(&self) -> Option<u32> {
+        let parent = self.child.id();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to attach, as a user's `kill` or Ctrl-C would.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.attach_pid() {
+            let _ = Command::new("kill")
+                .args(["-s", signal, &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// The GPU is gone from now on: `nvidia-smi` fails as it does without a driver.
+    pub fn lose_gpu(&self) {
+        self.gpus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.name.clone(), "no-driver 0".to_owned());
+    }
+
+    /// Whether attach has ended, with its exit code (`None` inside when a signal ended it).
+    pub fn ended(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// Waits up to `limit` for attach to end: its exit code, `None` if it had to be killed.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A file on the machine (its overlay's upper layer), by its path without the leading `/`.
+    pub fn file(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("upper").join(path)).ok()
+    }
+
+    /// Whether a path exists on the machine's disk (written since it started).
+    pub fn exists(&self, path: &str) -> bool {
+        self.dir.join("upper").join(path).exists()
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
