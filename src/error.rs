@@ -62,6 +62,13 @@ pub enum Error {
         crate::boot::USER_DATA_LIMIT
     )]
     UserDataTooLarge(crate::boot::TooLarge),
+    /// `gpu-runner attach` could not go on: what, and how to fix it.
+    #[error("{what}")]
+    Attach {
+        title: &'static str,
+        what: String,
+        fix: String,
+    },
     /// The workflow was cancelled while this step ran.
     #[error("cancelled ({signal}) {stage}. {}", rolled_back(rollback.as_deref()))]
     Cancelled {
@@ -155,6 +162,7 @@ impl Error {
                 )
             }
             Error::Pool { what, fix } => one("No pool instance", what.clone(), fix.clone()),
+            Error::Attach { title, what, fix } => one(title, what.clone(), fix.clone()),
             Error::UserDataTooLarge(t) => one(
                 "Boot script too large for EC2",
                 format!(

@@ -5,6 +5,7 @@
 //! `actions`, the runner protocol.
 
 pub mod actions;
+pub mod attach;
 pub mod boot;
 pub mod clock;
 pub mod context;

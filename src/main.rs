@@ -32,6 +32,16 @@ fn main() -> ExitCode {
         println!("{}", mask::redact(&text));
     }));
 
+    // `gpu-runner attach-hook SOCKET`: the runner's job-started hook on an attached machine, run
+    // as the job's user; it only asks the attach process for its verdict.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("attach-hook") {
+        let socket = std::path::PathBuf::from(argv.get(1).cloned().unwrap_or_default());
+        return ExitCode::from(
+            u8::try_from(gpu_runner::attach::hook::client(&socket, &env)).unwrap_or(1),
+        );
+    }
+    let attach = argv.first().map(String::as_str) == Some("attach");
     let step = Step::from_program_name(std::env::args_os().next().as_deref());
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -41,7 +51,11 @@ fn main() -> ExitCode {
                 what: format!("could not start the async runtime: {e}"),
                 fix: "The container is out of threads or memory; re-run the job.".to_owned(),
             })?;
-        runtime.block_on(modes::run(&env, &actions, step, chrono::Utc::now()))
+        if attach {
+            runtime.block_on(gpu_runner::attach::run(&argv[1..], &env, &actions))
+        } else {
+            runtime.block_on(modes::run(&env, &actions, step, chrono::Utc::now()))
+        }
     }));
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -265,14 +265,39 @@ pub enum Inputs {
     Start(StartInputs),
     Stop(StopInputs),
     Cleanup(CleanupInputs),
+    /// `mode: start` with `machine: attached`: wait for a machine running `gpu-runner attach`.
+    Attached(AttachedInputs),
+    /// `mode: stop` with `machine: attached`: nothing to stop.
+    Detach,
+}
+
+/// Where the GPU job runs: a machine gpu-runner launches, or one the user attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineKind {
+    Ec2,
+    Attached,
+}
+
+/// `mode: start` with `machine: attached`: which attached machine to wait for, and how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedInputs {
+    pub common: Common,
+    /// The labels the machine was attached with (`gpu-runner attach --labels`): one of its
+    /// runners must carry them all.
+    pub labels: Vec<String>,
+    pub timeout_minutes: u32,
+    pub trust: TrustInputs,
 }
 
 impl Inputs {
-    pub fn common(&self) -> &Common {
+    /// What every mode shares; `None` for a stop of an attached machine, which reads nothing.
+    pub fn common(&self) -> Option<&Common> {
         match self {
-            Inputs::Start(s) => &s.common,
-            Inputs::Stop(s) => &s.common,
-            Inputs::Cleanup(s) => &s.common,
+            Inputs::Start(s) => Some(&s.common),
+            Inputs::Stop(s) => Some(&s.common),
+            Inputs::Cleanup(s) => Some(&s.common),
+            Inputs::Attached(s) => Some(&s.common),
+            Inputs::Detach => None,
         }
     }
 }
@@ -301,16 +326,30 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
         errors: Vec::new(),
     };
     let mode = r.mode();
+    let machine = r.machine();
+    if mode == Some(Mode::Stop) && machine == Some(MachineKind::Attached) && r.errors.is_empty() {
+        return Ok(Parsed {
+            inputs: Inputs::Detach,
+            warnings: Vec::new(),
+        });
+    }
     let common = r.common();
-    let inputs = match mode {
-        Some(Mode::Start) => r.start(common).map(Inputs::Start),
-        Some(Mode::Stop) => r.stop(common).map(Inputs::Stop),
-        Some(Mode::Cleanup) => r.cleanup(common).map(Inputs::Cleanup),
-        None => None,
+    let inputs = match (mode, machine) {
+        (Some(Mode::Start), Some(MachineKind::Attached)) => {
+            r.attached(common).map(Inputs::Attached)
+        }
+        (Some(Mode::Start), _) => r.start(common).map(Inputs::Start),
+        (Some(Mode::Stop), _) => r.stop(common).map(Inputs::Stop),
+        (Some(Mode::Cleanup), _) => r.cleanup(common).map(Inputs::Cleanup),
+        (None, _) => None,
     };
     match inputs {
         Some(inputs) if r.errors.is_empty() => {
-            let mut warnings = mode.map(|m| r.unused(m)).unwrap_or_default();
+            let mut warnings = match (&inputs, mode) {
+                (Inputs::Attached(_), _) => r.unused_when_attached(),
+                (_, Some(m)) => r.unused(m),
+                _ => Vec::new(),
+            };
             warnings.extend(unknown_inputs(env));
             if let Inputs::Start(s) = &inputs {
                 warnings.extend(start_warnings(s));
@@ -471,6 +510,89 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    fn machine(&mut self) -> Option<MachineKind> {
+        let spec = &spec::MACHINE;
+        match self.value(spec).as_deref() {
+            None | Some("ec2") => Some(MachineKind::Ec2),
+            Some("attached") => Some(MachineKind::Attached),
+            Some(other) => {
+                let mut fix = "Use ec2 (the default: gpu-runner launches an instance) or attached \
+                               (a machine that runs gpu-runner attach)."
+                    .to_owned();
+                if let Some(s) = values::closest(other, ["ec2", "attached"]) {
+                    fix.push_str(&format!(" Did you mean {s}?"));
+                }
+                let e = values::Expect {
+                    expected: "a kind of machine".to_owned(),
+                    fix,
+                };
+                self.invalid(spec, other, None, e);
+                None
+            }
+        }
+    }
+
+    /// `mode: start` with `machine: attached`: the labels to wait for are required.
+    fn attached(&mut self, common: Option<Common>) -> Option<AttachedInputs> {
+        let labels = self.list(&spec::LABELS, 100, values::label);
+        if labels.is_empty() && self.raw(&spec::LABELS).is_none() {
+            self.missing(
+                &spec::LABELS,
+                "With machine: attached, name the labels the machine was attached with \
+                 (gpu-runner attach --labels gpu-a10 → labels: gpu-a10): start waits until a \
+                 machine with all of them is online and idle."
+                    .to_owned(),
+            );
+        }
+        let timeout = self.number(&spec::STARTUP_TIMEOUT_MINUTES, 1, 120, "minutes");
+        let allowed_associations: Vec<String> = self
+            .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
+            .iter()
+            .map(|a| a.to_ascii_uppercase())
+            .collect();
+        let allow_untrusted = self.boolean(&spec::ALLOW_UNTRUSTED);
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(AttachedInputs {
+            common: common?,
+            labels,
+            timeout_minutes: timeout?,
+            trust: TrustInputs {
+                allowed_associations,
+                allow_untrusted,
+            },
+        })
+    }
+
+    /// What a start for an attached machine does not read: everything about launching one.
+    fn unused_when_attached(&self) -> Vec<String> {
+        let read = [
+            spec::MODE.name,
+            spec::MACHINE.name,
+            spec::GITHUB_TOKEN.name,
+            spec::GITHUB_APP_ID.name,
+            spec::GITHUB_APP_PRIVATE_KEY.name,
+            spec::RUNNER_SCOPE.name,
+            spec::LABELS.name,
+            spec::STARTUP_TIMEOUT_MINUTES.name,
+            spec::ALLOWED_ASSOCIATIONS.name,
+            spec::ALLOW_UNTRUSTED.name,
+        ];
+        spec::ALL
+            .iter()
+            .filter(|s| !read.contains(&s.name))
+            .filter(|s| self.raw(s).is_some_and(|v| v != s.default))
+            .map(|s| {
+                format!(
+                    "{} has no effect with machine: attached: the machine is yours, and \
+                     gpu-runner attach sets it up.",
+                    s.name
+                )
+            })
+            .collect()
     }
 
     fn common(&mut self) -> Option<Common> {

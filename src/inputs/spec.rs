@@ -80,6 +80,7 @@ pub const AWS_REGION: Spec = Spec::new("aws-region", All, "");
 pub const ROLE_TO_ASSUME: Spec = Spec::new("role-to-assume", All, "");
 pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
 pub const RUNNER_SCOPE: Spec = Spec::new("runner-scope", All, "repo");
+pub const MACHINE: Spec = Spec::new("machine", All, "ec2");
 
 pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
@@ -129,6 +130,7 @@ pub const ALL: &[Spec] = &[
     ROLE_TO_ASSUME,
     AUDIENCE,
     RUNNER_SCOPE,
+    MACHINE,
     INSTANCE_TYPE,
     IMAGE_ID,
     SUBNET_ID,

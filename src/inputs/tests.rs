@@ -1020,3 +1020,55 @@ fn a_pool_is_read_with_its_limits_and_refused_where_it_cannot_work() {
     let e = error(&[("INPUT_POOL", "train"), ("INPUT_POOL-FULL", "wiat")]);
     assert!(e.contains("Did you mean wait?"), "{e}");
 }
+
+#[test]
+fn machine_attached_waits_for_labels_and_reads_no_aws_input() {
+    let parsed = parse(&env(&[
+        ("INPUT_MACHINE", "attached"),
+        ("INPUT_LABELS", "gpu-a10, cuda-12"),
+        ("INPUT_STARTUP-TIMEOUT-MINUTES", "5"),
+        ("INPUT_INSTANCE-TYPE", "g5.xlarge"),
+    ]))
+    .unwrap();
+    let Inputs::Attached(a) = &parsed.inputs else {
+        panic!("expected an attached start, got {parsed:?}")
+    };
+    assert_eq!(a.labels, ["gpu-a10", "cuda-12"]);
+    assert_eq!(a.timeout_minutes, 5);
+    assert!(!a.trust.allow_untrusted);
+    assert_eq!(
+        parsed.warnings,
+        [
+            "aws-region has no effect with machine: attached: the machine is yours, and \
+             gpu-runner attach sets it up.",
+            "instance-type has no effect with machine: attached: the machine is yours, and \
+             gpu-runner attach sets it up."
+        ]
+    );
+    assert_eq!(
+        error(&[("INPUT_MACHINE", "attached")]),
+        "Missing input: labels: labels is not set. With machine: attached, name the labels the \
+         machine was attached with (gpu-runner attach --labels gpu-a10 → labels: gpu-a10): start \
+         waits until a machine with all of them is online and idle."
+    );
+    assert_eq!(
+        error(&[("INPUT_MACHINE", "atached")]),
+        "Invalid input: machine: machine \"atached\" is not a kind of machine. Use ec2 (the \
+         default: gpu-runner launches an instance) or attached (a machine that runs gpu-runner \
+         attach). Did you mean attached?"
+    );
+}
+
+#[test]
+fn a_stop_of_an_attached_machine_reads_nothing_else() {
+    let parsed = parse(
+        &[("INPUT_MODE", "stop"), ("INPUT_MACHINE", "attached")]
+            .into_iter()
+            .collect(),
+    )
+    .unwrap();
+    assert_eq!(parsed.inputs, Inputs::Detach);
+    assert!(parsed.inputs.common().is_none());
+    // machine: ec2 is the default and changes nothing.
+    assert_eq!(stop(&[("INPUT_MACHINE", "ec2")]).label, None);
+}

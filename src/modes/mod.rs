@@ -1,5 +1,6 @@
 //! What each mode does, on top of inputs, plan and the runner protocol.
 
+pub mod attached;
 pub mod cleanup;
 pub mod post;
 pub mod signals;
@@ -56,8 +57,7 @@ pub async fn run(
     for warning in &parsed.warnings {
         actions.annotate(&Annotation::warning(warning).title("gpu-runner input"));
     }
-    let common = parsed.inputs.common();
-    if let GithubAuth::App { private_key, .. } = &common.github {
+    if let Some(GithubAuth::App { private_key, .. }) = parsed.inputs.common().map(|c| &c.github) {
         // Parsing may have turned `\n` into line breaks: mask the key as it will be used too.
         actions.add_mask(private_key.expose());
     }
@@ -65,6 +65,14 @@ pub async fn run(
         Inputs::Start(inputs) => start::run(inputs, env, actions, now).await,
         Inputs::Stop(inputs) => stop::run(inputs, env, actions).await,
         Inputs::Cleanup(inputs) => cleanup::run(inputs, env, actions, now).await,
+        Inputs::Attached(inputs) => attached::run(inputs, env, actions).await,
+        Inputs::Detach => {
+            actions.info(
+                "machine: attached: nothing to stop. The machine is yours, and gpu-runner attach \
+                 removes each job's runner itself once the job is done.",
+            );
+            Ok(())
+        }
     }
 }
 

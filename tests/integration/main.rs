@@ -4,6 +4,7 @@
 
 mod support;
 
+mod attach;
 mod capacity;
 mod cleanup;
 mod contract;

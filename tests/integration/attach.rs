@@ -1,0 +1,542 @@
+//! Attached machines: `gpu-runner attach` on a machine the user already has serves queued jobs
+//! one at a time, each with a fresh just-in-time runner and a wiped work folder, judges every
+//! job in the runner's job-started hook, checks the GPU between jobs, and leaves no runner
+//! registered however it ends. The world runs it in the instance sandbox, without EC2.
+
+use std::time::Duration;
+
+use world::attached::Attached;
+use world::{Options, World};
+
+fn world() -> World {
+    World::start(Options::default()).expect("the local world starts")
+}
+
+fn attach(world: &World, flags: &[&str]) -> Attached {
+    world.attach(env!("CARGO_BIN_EXE_gpu-runner"), &world.admin_token, flags)
+}
+
+/// A job that fails when the work folder holds anything a job before it left, then leaves a file.
+const CHECKS_THE_WORKSPACE: &str = r#"left="$(ls -A)"
+if [ -n "$left" ]; then echo "left over from an earlier job: $left"; exit 1; fi
+echo checkout > checkout.txt
+echo "gpu=$GPU_RUNNER_GPU_NAME user=$(id -un)"
+nvidia-smi --query-gpu=name --format=csv,noheader"#;
+
+#[track_caller]
+fn finished(world: &World, job: u64, limit: Duration) -> world::github::Job {
+    let done = world.wait_until(limit, |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    let job = world.job(job).expect("the job");
+    assert!(done, "the job never finished: {job:?}");
+    job
+}
+
+#[track_caller]
+fn no_runner_left(world: &World) {
+    assert_eq!(world.registered_runners(), [], "runners still registered");
+}
+
+#[test]
+fn three_queued_jobs_run_one_at_a_time_each_on_its_own_runner_in_a_wiped_work_folder() {
+    let world = world();
+    let jobs: Vec<u64> = (0..3)
+        .map(|_| world.queue_job(&["self-hosted", "gpu"], CHECKS_THE_WORKSPACE))
+        .collect();
+    let mut machine = attach(&world, &["--labels", "gpu", "--jobs", "3"]);
+    let code = machine.wait(Duration::from_secs(90));
+    let output = machine.output();
+    assert_eq!(code, Some(0), "{output}");
+    let mut runners = Vec::new();
+    for id in jobs {
+        let job = finished(&world, id, Duration::from_secs(1));
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+        assert!(
+            job.output.contains("gpu=Tesla T4 user=runner"),
+            "{}",
+            job.output
+        );
+        assert!(job.output.contains("phase=job-accepted"), "{}", job.output);
+        runners.push(job.runner_name.expect("a runner"));
+    }
+    runners.sort();
+    runners.dedup();
+    assert_eq!(runners.len(), 3, "each job had its own runner: {runners:?}");
+    assert!(
+        output.contains("GPU: 1 × Tesla T4 (15360 MiB), driver 535.183.01, CUDA 12.2"),
+        "{output}"
+    );
+    assert!(output.contains("✓ job 3: octo/ml · gpu.yml"), "{output}");
+    assert!(
+        output.contains("Done: 3 job(s) served, 0 refused") && output.contains("--jobs 3 served"),
+        "{output}"
+    );
+    // The runner's folder, with every job's checkout, is gone from the disk.
+    assert!(
+        !machine.exists("var/lib/gpu-runner-attach/runner"),
+        "{output}"
+    );
+    no_runner_left(&world);
+    for secret in world.issued_secrets() {
+        assert!(!output.contains(&secret), "a secret was printed");
+    }
+}
+
+#[test]
+fn with_jobs_1_it_serves_one_job_and_leaves_the_next_queued() {
+    let world = world();
+    let first = world.queue_job(&["self-hosted", "gpu"], "echo one");
+    let second = world.queue_job(&["self-hosted", "gpu"], "echo two");
+    let mut machine = attach(&world, &["--labels", "gpu", "--jobs", "1"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    assert_eq!(
+        finished(&world, first, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    assert_eq!(world.job(second).map(|j| j.status), Some("queued"));
+    assert!(
+        machine.output().contains("Done: 1 job(s) served"),
+        "{}",
+        machine.output()
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn with_no_job_the_idle_timeout_ends_it_and_removes_its_runner() {
+    let world = world();
+    // 10 minutes at the world's clock: 10 seconds.
+    let mut machine = attach(&world, &["--idle-timeout", "10m"]);
+    assert!(
+        machine.wait_for("waiting for a job", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    assert_eq!(
+        world.registered_runners().len(),
+        1,
+        "its runner waits for a job"
+    );
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let output = machine.output();
+    assert!(
+        output.contains("Done: 0 job(s) served, 0 refused")
+            && output.contains("no job started for 10m 0s (--idle-timeout)"),
+        "{output}"
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn sigterm_while_idle_ends_it_at_once_with_no_runner_left() {
+    let world = world();
+    let mut machine = attach(&world, &[]);
+    assert!(
+        machine.wait_for("waiting for a job", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    machine.signal("TERM");
+    assert_eq!(
+        machine.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        machine.output().contains("SIGTERM received"),
+        "{}",
+        machine.output()
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn sigterm_while_a_job_runs_lets_it_finish_within_the_grace_period() {
+    let world = world();
+    // Jobs sleep at the world's clock: two minutes.
+    let job = world.queue_job(&["self-hosted"], "sleep 120; echo finished");
+    let mut machine = attach(&world, &["--grace", "5m"]);
+    assert!(
+        machine.wait_for("▶ job 1", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    machine.signal("TERM");
+    assert_eq!(
+        machine.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let job = finished(&world, job, Duration::from_secs(1));
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    let output = machine.output();
+    assert!(output.contains("ending after the running job"), "{output}");
+    assert!(output.contains("Done: 1 job(s) served"), "{output}");
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_job_that_outlasts_the_grace_period_is_cancelled_and_its_runner_removed() {
+    let world = world();
+    let job = world.queue_job(&["self-hosted"], "sleep 3600; echo never");
+    let mut machine = attach(&world, &["--grace", "1m"]);
+    assert!(
+        machine.wait_for("▶ job 1", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    machine.signal("TERM");
+    assert_eq!(
+        machine.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let job = finished(&world, job, Duration::from_secs(1));
+    assert_eq!(
+        job.conclusion.as_deref(),
+        Some("cancelled"),
+        "{}",
+        job.output
+    );
+    assert!(
+        job.output
+            .contains("The runner has received a shutdown signal"),
+        "{}",
+        job.output
+    );
+    assert!(
+        machine.output().contains("The grace period is over"),
+        "{}",
+        machine.output()
+    );
+    // The listener ended its session and kept its registration: attach deleted it.
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_gpu_lost_between_jobs_ends_it_before_the_next_job() {
+    let world = world();
+    let first = world.queue_job(&["self-hosted"], "sleep 120; echo first");
+    let second = world.queue_job(&["self-hosted"], "echo second");
+    let mut machine = attach(&world, &[]);
+    assert!(
+        machine.wait_for("▶ job 1", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    machine.lose_gpu();
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        machine.output()
+    );
+    assert_eq!(
+        finished(&world, first, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    let output = machine.output();
+    assert!(
+        output.contains("The GPU is gone")
+            && output.contains("nvidia-smi failed 3 times: NVIDIA-SMI has failed"),
+        "{output}"
+    );
+    assert_eq!(world.job(second).map(|j| j.status), Some("queued"));
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_forks_pull_request_job_is_refused_by_the_hook_before_any_step_runs() {
+    let world = world();
+    let payload = serde_json::json!({
+        "pull_request": {
+            "number": 7,
+            "head": {"sha": "abc", "repo": {"full_name": "eve/ml", "fork": true}},
+            "user": {"login": "eve"},
+            "author_association": "FIRST_TIME_CONTRIBUTOR",
+        },
+        "repository": {"full_name": "octo/ml", "private": false},
+    });
+    let fork = world.queue_job_of_event(
+        "pull_request",
+        payload,
+        &["self-hosted"],
+        "touch /tmp/pwned; echo ran",
+    );
+    let ours = world.queue_job(&["self-hosted"], "echo ours");
+    let mut machine = attach(&world, &["--jobs", "1"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let refused = finished(&world, fork, Duration::from_secs(1));
+    assert_eq!(refused.conclusion.as_deref(), Some("failure"));
+    assert!(
+        refused.output.contains("::error title=gpu-runner refused this job::the pull_request event carries a pull request from the fork eve/ml"),
+        "{}",
+        refused.output
+    );
+    assert!(
+        !refused.output.contains("ran"),
+        "a step ran: {}",
+        refused.output
+    );
+    assert!(
+        !machine.exists("tmp/pwned"),
+        "the fork's step ran on the machine"
+    );
+    assert_eq!(
+        finished(&world, ours, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    let output = machine.output();
+    assert!(output.contains("✗ refused a job of octo/ml"), "{output}");
+    assert!(
+        output.contains("Done: 1 job(s) served, 1 refused"),
+        "{output}"
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_bad_token_is_named_before_anything_is_registered() {
+    let world = world();
+    let mut machine = world.attach(env!("CARGO_BIN_EXE_gpu-runner"), "github_pat_wrong", &[]);
+    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
+    let output = machine.output();
+    assert!(
+        output.contains("GitHub refused the token (HTTP 401): it is expired, revoked or mistyped"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("github_pat_wrong"),
+        "the token was printed"
+    );
+    no_runner_left(&world);
+    assert!(
+        world.package_fetches.lock().unwrap().is_empty(),
+        "nothing was downloaded"
+    );
+}
+
+#[test]
+fn a_token_without_administration_is_named_before_anything_is_registered() {
+    let world = world();
+    let mut machine = world.attach(env!("CARGO_BIN_EXE_gpu-runner"), &world.weak_token, &[]);
+    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
+    let output = machine.output();
+    assert!(
+        output.contains("The token may not manage the self-hosted runners of octo/ml: a fine-grained token needs Administration: read and write on octo/ml"),
+        "{output}"
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn bad_flags_are_all_named_with_their_fix_and_nothing_starts() {
+    let world = world();
+    let mut machine = attach(&world, &["--jobs", "many", "--gpus", "0"]);
+    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
+    let output = machine.output();
+    assert!(
+        output.contains("--jobs is \"many\", which is not a whole number"),
+        "{output}"
+    );
+    assert!(
+        output.contains("--gpus is \"0\", outside 1 to 64 GPUs"),
+        "{output}"
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_start_for_an_attached_machine_waits_for_it_then_the_job_runs_there_and_stop_does_nothing() {
+    let world = world();
+    let mut machine = attach(&world, &["--labels", "gpu-a10"]);
+    assert!(
+        machine.wait_for("waiting for a job", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    let start = crate::support::Step::start()
+        .in_world(&world)
+        .input("machine", "attached")
+        .input("labels", "gpu-a10")
+        .run();
+    start.success();
+    let outputs = start.outputs();
+    assert_eq!(outputs["label"], "gpu-a10");
+    assert!(
+        outputs["runner-names"].contains(&machine.name),
+        "{outputs:?}"
+    );
+    assert!(
+        start.summary.contains("An attached GPU machine is ready"),
+        "{}",
+        start.summary
+    );
+    // No AWS input is read: the world's role and region are named as having no effect.
+    assert!(
+        start
+            .stdout
+            .contains("role-to-assume has no effect with machine: attached"),
+        "{}",
+        start.stdout
+    );
+    let job = world.queue_job(&["self-hosted", &outputs["label"]], "nvidia-smi");
+    let job = finished(&world, job, Duration::from_secs(30));
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    let stop = crate::support::Step::mode("stop")
+        .input("machine", "attached")
+        .run();
+    stop.success();
+    assert!(
+        stop.stdout.contains("machine: attached: nothing to stop"),
+        "{}",
+        stop.stdout
+    );
+    machine.signal("TERM");
+    assert_eq!(
+        machine.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_start_for_an_attached_machine_fails_fast_when_none_is_attached() {
+    let world = world();
+    // A minute at the world's clock.
+    let start = crate::support::Step::start()
+        .in_world(&world)
+        .input("machine", "attached")
+        .input("labels", "gpu-a10")
+        .input("startup-timeout-minutes", "1")
+        .run();
+    start.failure();
+    let errors = start.errors().join("\n");
+    assert!(
+        errors.contains(
+            "no machine with the labels gpu-a10 was attached (online and idle) within 1 min"
+        ) && errors.contains("gpu-runner attach --repo octo/ml --labels gpu-a10"),
+        "{errors}"
+    );
+    assert!(world.live_instances().is_empty(), "nothing was launched");
+}
+
+#[test]
+fn a_comment_runs_only_when_its_author_has_write_access_as_github_says() {
+    let world = world();
+    {
+        let mut gh = world.github.lock().unwrap();
+        gh.collaborators.insert("alice".into(), "write".into());
+        gh.collaborators.insert("mallory".into(), "read".into());
+    }
+    let comment = |login: &str| {
+        serde_json::json!({
+            "issue": {"number": 7, "pull_request": {}},
+            "comment": {"user": {"login": login}, "author_association": "MEMBER"},
+        })
+    };
+    let refused = world.queue_job_of_event(
+        "issue_comment",
+        comment("mallory"),
+        &["self-hosted"],
+        "echo ran",
+    );
+    let accepted = world.queue_job_of_event(
+        "issue_comment",
+        comment("alice"),
+        &["self-hosted"],
+        "echo ran",
+    );
+    let mut machine = attach(&world, &["--jobs", "1"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let refused = finished(&world, refused, Duration::from_secs(1));
+    assert_eq!(refused.conclusion.as_deref(), Some("failure"));
+    assert!(
+        refused
+            .output
+            .contains("the comment's author mallory has read permission on octo/ml"),
+        "{}",
+        refused.output
+    );
+    let accepted = finished(&world, accepted, Duration::from_secs(1));
+    assert_eq!(
+        accepted.conclusion.as_deref(),
+        Some("success"),
+        "{}",
+        accepted.output
+    );
+    assert!(
+        accepted
+            .output
+            .contains("alice, who wrote the comment, has write permission"),
+        "{}",
+        accepted.output
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn what_a_job_leaves_running_is_killed_before_the_next_job() {
+    let world = world();
+    // Out of the runner's process group, as a daemon would be; an odd duration to find it by.
+    let first = world.queue_job(
+        &["self-hosted"],
+        "setsid /usr/bin/sleep 3599.25 > /dev/null 2>&1 < /dev/null & echo left a daemon",
+    );
+    let second = world.queue_job(
+        &["self-hosted"],
+        "if pgrep -f 'sleep 3599[.]25' > /dev/null; then echo 'the last job left a daemon running'; exit 1; fi",
+    );
+    let mut machine = attach(&world, &["--jobs", "2"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    assert_eq!(
+        finished(&world, first, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    let second = finished(&world, second, Duration::from_secs(1));
+    assert_eq!(
+        second.conclusion.as_deref(),
+        Some("success"),
+        "{}",
+        second.output
+    );
+}
