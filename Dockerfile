@@ -12,6 +12,22 @@ RUN cargo build --release --locked --bin gpu-runner \
  && cp target/release/gpu-runner /out/gpu-runner \
  && ln -s gpu-runner /out/gpu-runner-post
 
+# The attach image (`--target attach`): `gpu-runner attach` runs the Actions runner, which needs
+# bash, tar, git for checkouts and its .NET libraries, and uses runuser, useradd and kill. Run it
+# with --init, so that what jobs leave behind is reaped:
+#   docker run --init --gpus all -e GITHUB_TOKEN ghcr.io/gpu-runner/gpu-runner-attach attach --repo OWNER/REPO
+FROM debian:bookworm-slim AS attach
+# The runner's dependencies as its installdependencies.sh lists them for Debian 12; Debian's
+# security updates, not version pins, keep them current.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl git procps \
+      libicu72 libkrb5-3 liblttng-ust1 libssl3 zlib1g \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/gpu-runner /usr/local/bin/gpu-runner
+ENTRYPOINT ["/usr/local/bin/gpu-runner"]
+CMD ["attach", "--help"]
+
 # Run: glibc, CA certificates and the binary, nothing else. No USER: the runner mounts its
 # file-command files for root, and container actions must run as the image's default user.
 # distroless publishes no versioned tags; Dependabot proposes base image updates.

@@ -1,6 +1,7 @@
 //! `cargo run -p world -- demo`: the whole start → GPU job → stop cycle through the local world,
 //! printed as a user would see it in the GitHub log; `demo --pool`: the same twice with a warm
-//! pool, the second start resuming the first one's instance and disk.
+//! pool, the second start resuming the first one's instance and disk; `demo --attach`: a machine
+//! the user already has serving three queued jobs with `gpu-runner attach`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +19,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("demo") if std::env::args().nth(2).as_deref() == Some("--attach") => {
+            match demo_attach() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("demo") => match demo() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo run -p world -- demo [--pool] | faults [part of a scenario's name] | bench [--runs N]"
+                "usage: cargo run -p world -- demo [--pool | --attach] | faults [part of a scenario's name] | bench [--runs N]"
             );
             ExitCode::from(2)
         }
@@ -295,6 +305,85 @@ fn demo_pool() -> Result<(), String> {
         Ok(())
     } else {
         Err("the pool left something running or a step failed".to_owned())
+    }
+}
+
+/// Three jobs queued for `runs-on: [self-hosted, gpu]`, then a workstation that runs
+/// `gpu-runner attach --repo octo/ml --labels gpu --idle-timeout 10m`: it serves them one at a
+/// time, each with a fresh runner in a wiped work folder, until no job came for ten minutes (ten
+/// seconds at the world's clock). Prints what attach prints, then each job's log.
+fn demo_attach() -> Result<(), String> {
+    let bin = gpu_runner()?;
+    println!(
+        "Starting the local world: a fake GitHub, and a machine (a sandbox with a stand-in nvidia-smi) that runs gpu-runner attach. No cloud is involved."
+    );
+    let world = World::start(Options::default())?;
+    let scripts = [
+        "nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; echo \"GPU_RUNNER_GPU_NAME=$GPU_RUNNER_GPU_NAME\"",
+        "echo \"workspace before: [$(ls -A)]\"; echo weights > model.bin; echo \"runner user: $(id -un)\"",
+        "echo \"workspace before: [$(ls -A)] (the last job's model.bin is gone)\"",
+    ];
+    let jobs: Vec<u64> = scripts
+        .iter()
+        .map(|s| world.queue_job(&["self-hosted", "gpu"], s))
+        .collect();
+    banner("Queued: 3 jobs of octo/ml with runs-on: [self-hosted, gpu]");
+    let flags = ["--labels", "gpu", "--idle-timeout", "10m"];
+    banner(&format!(
+        "On the workstation: GITHUB_TOKEN=*** gpu-runner attach --repo octo/ml {}",
+        flags.join(" ")
+    ));
+    let bin = bin.display().to_string();
+    let mut machine = world.attach(&bin, &world.admin_token, &flags);
+    let mut shown = 0;
+    let started = std::time::Instant::now();
+    let code = loop {
+        // Whole lines only: attach may be halfway through one.
+        let output = machine.output();
+        let upto = output[shown..].rfind('\n').map_or(shown, |i| shown + i + 1);
+        for line in output[shown..upto].lines() {
+            println!("  {line}");
+        }
+        shown = upto;
+        if let Some(code) = machine.ended() {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(120) {
+            break machine.wait(Duration::ZERO);
+        }
+    };
+    let output = machine.output();
+    for line in output[shown..].lines() {
+        println!("  {line}");
+    }
+    let mut ok = code == Some(0);
+    for (n, id) in jobs.iter().enumerate() {
+        let job = world.job(*id).ok_or("a job vanished")?;
+        banner(&format!(
+            "Job {} (runs-on: [self-hosted, gpu]), on runner {}",
+            n + 1,
+            job.runner_name.clone().unwrap_or_default()
+        ));
+        for line in job.output.lines() {
+            println!("  {line}");
+        }
+        let conclusion = job
+            .conclusion
+            .clone()
+            .unwrap_or_else(|| job.status.to_owned());
+        println!("  Job conclusion: {conclusion}");
+        ok &= conclusion == "success";
+    }
+    let runners = world.registered_runners().len();
+    println!(
+        "\nattach exited with code {}. Runners still registered: {runners}.",
+        code.map_or("none (killed)".to_owned(), |c| c.to_string())
+    );
+    if ok && runners == 0 {
+        Ok(())
+    } else {
+        Err("a job failed, attach did not end cleanly, or a runner was left".to_owned())
     }
 }
 
