@@ -21,7 +21,11 @@ const CHECKS_THE_WORKSPACE: &str = r#"left="$(ls -A)"
 if [ -n "$left" ]; then echo "left over from an earlier job: $left"; exit 1; fi
 echo checkout > checkout.txt
 echo "gpu=$GPU_RUNNER_GPU_NAME user=$(id -un)"
-nvidia-smi --query-gpu=name --format=csv,noheader"#;
+nvidia-smi --query-gpu=name --format=csv,noheader
+env | sort
+# attach is the machine's first process: its environment holds the token.
+tr '\0' '\n' < /proc/1/environ || echo "attach's environment is not readable"
+true"#;
 
 #[track_caller]
 fn finished(world: &World, job: u64, limit: Duration) -> world::github::Job {
@@ -58,6 +62,15 @@ fn three_queued_jobs_run_one_at_a_time_each_on_its_own_runner_in_a_wiped_work_fo
             job.output
         );
         assert!(job.output.contains("phase=job-accepted"), "{}", job.output);
+        assert!(
+            job.output.contains("attach's environment is not readable"),
+            "{}",
+            job.output
+        );
+        assert!(
+            !job.output.contains(&world.admin_token),
+            "the token reached a job"
+        );
         runners.push(job.runner_name.expect("a runner"));
     }
     runners.sort();
