@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -468,6 +469,17 @@ impl Session<'_> {
         let mut ending: Option<Ending> = None;
         let mut n = 0u32;
         loop {
+            // Between jobs too: a signal or the max lifetime that came while the GPU was checked
+            // ends the machine before another runner is registered.
+            if ending.is_none() {
+                if interrupt.recv().now_or_never().is_some() {
+                    ending = Some(Ending::Signal("SIGINT"));
+                } else if terminate.recv().now_or_never().is_some() {
+                    ending = Some(Ending::Signal("SIGTERM"));
+                } else if self.since(self.started) >= self.args.max_lifetime {
+                    ending = Some(Ending::MaxLifetime(self.args.max_lifetime));
+                }
+            }
             if let Some(e) = ending.take() {
                 return Ok(e);
             }
@@ -501,7 +513,7 @@ impl Session<'_> {
             let mut process = match started {
                 Ok(p) => p,
                 Err(e) => {
-                    self.remove(&registry, &jit).await;
+                    self.remove(&jit).await;
                     return Err(problem(
                         "Runner start",
                         format!("could not start the runner: {e}"),
@@ -577,7 +589,7 @@ impl Session<'_> {
             }
             // Whatever the job left running goes with its runner.
             process.kill_all(self.run_as).await;
-            self.remove(&registry, &jit).await;
+            self.remove(&jit).await;
             let _ = system::remove_dir(&dir);
             let result = process.result();
             if let Some((facts, began)) = job {
@@ -718,8 +730,30 @@ impl Session<'_> {
     /// Removes the job's runner unless GitHub did already (an ephemeral runner goes after its
     /// job). A runner GitHub still shows busy is waited for: it fails the job soon after the
     /// runner stops answering.
-    async fn remove(&mut self, registry: &Runners, jit: &JitRunner) {
+    async fn remove(&mut self, jit: &JitRunner) {
         let id = jit.runner.id;
+        // Fresh credentials: an App's installation token may have expired during a long job.
+        let registry = match self
+            .credentials
+            .registry(
+                self.api_url,
+                &self.args.target,
+                self.clock,
+                &self.actions.masker(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.tally.left.push(jit.runner.name.clone());
+                self.say(&format!(
+                    "Could not remove the runner {} (id {id}): {e}",
+                    jit.runner.name
+                ));
+                return;
+            }
+        };
+        let registry = &registry;
         let delete = || registry.delete_runner(id);
         let busy = |e: &GithubError| e.runner_busy().then_some(None).or_else(|| e.retryable());
         let mut backoff = registry.backoff();

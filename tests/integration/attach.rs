@@ -553,3 +553,45 @@ fn what_a_job_leaves_running_is_killed_before_the_next_job() {
         second.output
     );
 }
+
+#[test]
+fn at_the_max_lifetime_the_running_job_finishes_within_its_grace_then_it_ends() {
+    let world = world();
+    // Five minutes of the world's clock, past a two-minute lifetime.
+    let job = world.queue_job(&["self-hosted"], "sleep 300; echo finished");
+    let next = world.queue_job(&["self-hosted"], "echo never");
+    let mut machine = attach(
+        &world,
+        &[
+            "--max-lifetime",
+            "2m",
+            "--idle-timeout",
+            "1m",
+            "--grace",
+            "10m",
+        ],
+    );
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    let output = machine.output();
+    assert!(
+        output.contains("Max lifetime reached: the running job has 10m 0s to finish"),
+        "{output}"
+    );
+    assert!(
+        output.contains("the max lifetime of 2m 0s was reached"),
+        "{output}"
+    );
+    assert_eq!(
+        finished(&world, job, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    assert_eq!(world.job(next).map(|j| j.status), Some("queued"));
+    no_runner_left(&world);
+}
