@@ -595,3 +595,138 @@ fn at_the_max_lifetime_the_running_job_finishes_within_its_grace_then_it_ends() 
     assert_eq!(world.job(next).map(|j| j.status), Some("queued"));
     no_runner_left(&world);
 }
+
+#[test]
+fn without_the_gpus_it_asks_for_it_refuses_to_start_unless_no_gpu() {
+    let world = world();
+    let bin = env!("CARGO_BIN_EXE_gpu-runner");
+    let mut machine = world.attach_with_gpu(bin, &world.admin_token, "no-driver 0", &[]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        machine.output()
+    );
+    let output = machine.output();
+    assert!(
+        output.contains("No usable GPU: nvidia-smi failed 3 times: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"),
+        "{output}"
+    );
+    let mut machine = world.attach_with_gpu(bin, &world.admin_token, "healthy 1", &["--gpus", "2"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        machine
+            .output()
+            .contains("nvidia-smi shows 1 GPU(s) but --gpus asks for 2"),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        world.registered_runners().is_empty(),
+        "a runner was registered"
+    );
+    assert!(
+        world.package_fetches.lock().unwrap().is_empty(),
+        "the runner was downloaded"
+    );
+    let job = world.queue_job(&["self-hosted"], "echo on a CPU");
+    let mut machine = world.attach_with_gpu(
+        bin,
+        &world.admin_token,
+        "no-driver 0",
+        &["--no-gpu", "--jobs", "1"],
+    );
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        machine.output().contains("GPU: not checked (--no-gpu)"),
+        "{}",
+        machine.output()
+    );
+    assert_eq!(
+        finished(&world, job, Duration::from_secs(1))
+            .conclusion
+            .as_deref(),
+        Some("success")
+    );
+    no_runner_left(&world);
+}
+
+#[test]
+fn a_runner_package_with_another_hash_is_never_run() {
+    let world = world();
+    let wrong = "0".repeat(64);
+    let mut machine = attach(&world, &["--runner-sha256", &wrong]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        machine.output()
+    );
+    let output = machine.output();
+    assert!(
+        output.contains(&format!("expected {wrong}")) && output.contains(&world.runner_sha256),
+        "{output}"
+    );
+    assert!(output.contains("do not run it"), "{output}");
+    no_runner_left(&world);
+}
+
+#[test]
+fn on_a_public_repository_a_loose_fork_policy_is_named_and_allow_untrusted_is_refused() {
+    let world = world();
+    world.github.lock().unwrap().public = true;
+    let mut machine = attach(&world, &["--allow-untrusted"]);
+    assert_eq!(
+        machine.wait(Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        machine
+            .output()
+            .contains("--allow-untrusted with the public repository octo/ml: anyone's pull request could run its code on this machine"),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        world.registered_runners().is_empty(),
+        "a runner was registered"
+    );
+    let mut machine = attach(&world, &["--jobs", "1"]);
+    assert!(
+        machine.wait_for("waiting for a job", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    let output = machine.output();
+    assert!(
+        output.contains("Fork pull requests run without approval")
+            && output
+                .contains("fork pull request workflows without approval (first_time_contributors)"),
+        "{output}"
+    );
+    machine.signal("INT");
+    assert_eq!(
+        machine.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        machine.output()
+    );
+    assert!(
+        machine.output().contains("SIGINT received"),
+        "{}",
+        machine.output()
+    );
+    no_runner_left(&world);
+}

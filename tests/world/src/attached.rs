@@ -42,11 +42,23 @@ impl World {
     /// for the world's repository, with `token` in `GITHUB_TOKEN` and `flags` after the world's
     /// own (the runner package, which gpu-runner has not pinned).
     pub fn attach(&self, binary: &str, token: &str, flags: &[&str]) -> Attached {
+        self.attach_with_gpu(binary, token, "healthy 1", flags)
+    }
+
+    /// The same on a machine whose GPU is `gpu` (`healthy N`, or `no-driver 0`: `nvidia-smi`
+    /// fails as it does without a driver).
+    pub fn attach_with_gpu(
+        &self,
+        binary: &str,
+        token: &str,
+        gpu: &str,
+        flags: &[&str],
+    ) -> Attached {
         let name = format!("workstation-{}", crate::random_digits(4));
         self.attached_gpus
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), "healthy 1".to_owned());
+            .insert(name.clone(), gpu.to_owned());
         let dir = self.dir.path().join(&name);
         let bin = self.dir.path().join("attached-bin");
         let _ = std::fs::create_dir_all(&bin);
