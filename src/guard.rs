@@ -87,6 +87,18 @@ pub fn pull_request_of(event: &str, payload: Option<&Value>) -> Option<PullReque
     None
 }
 
+/// The event that started the run and its webhook payload, as the runner gives them to a step
+/// (`GITHUB_EVENT_NAME`, the file at `GITHUB_EVENT_PATH`); the payload is `None` when it cannot be
+/// read.
+pub fn event_of(env: &crate::env::Env) -> (&str, Option<Value>) {
+    let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
+    let payload = env
+        .non_empty("GITHUB_EVENT_PATH")
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    (event, payload)
+}
+
 /// Checks the event that started the run. `payload` is the webhook payload at
 /// `GITHUB_EVENT_PATH` (`None` when there is none to read), `repository` is `owner/repo`.
 pub fn check(

@@ -33,16 +33,14 @@ pub struct JobFacts {
 impl JobFacts {
     pub fn from_env(env: &Env) -> Self {
         let var = |name: &str| env.non_empty(name).unwrap_or_default().to_owned();
+        let (event, payload) = guard::event_of(env);
         Self {
             repository: var("GITHUB_REPOSITORY"),
             run_id: var("GITHUB_RUN_ID"),
             workflow_ref: var("GITHUB_WORKFLOW_REF"),
             job: var("GITHUB_JOB"),
-            event: var("GITHUB_EVENT_NAME"),
-            payload: env
-                .non_empty("GITHUB_EVENT_PATH")
-                .and_then(|p| std::fs::read(p).ok())
-                .and_then(|b| serde_json::from_slice(&b).ok()),
+            event: event.to_owned(),
+            payload,
         }
     }
 

@@ -453,6 +453,18 @@ impl Session<'_> {
         self.clock.unscaled(t.elapsed())
     }
 
+    /// The runners of the target, with credentials fresh for this call.
+    async fn registry(&self) -> Result<Runners, Error> {
+        self.credentials
+            .registry(
+                self.api_url,
+                &self.args.target,
+                self.clock,
+                &self.actions.masker(),
+            )
+            .await
+    }
+
     fn say(&mut self, line: &str) {
         self.status.clear();
         self.actions.info(line);
@@ -490,15 +502,7 @@ impl Session<'_> {
                 .map_err(|p| problem("Runner setup", p.what, p.fix))?;
             self.write_gpu_facts(&dir);
             let name = format!("{}-{n}", self.machine);
-            let registry = self
-                .credentials
-                .registry(
-                    self.api_url,
-                    &self.args.target,
-                    self.clock,
-                    &self.actions.masker(),
-                )
-                .await?;
+            let registry = self.registry().await?;
             let jit = registry
                 .create_jit_runner(&name, self.labels)
                 .await
@@ -733,16 +737,7 @@ impl Session<'_> {
     async fn remove(&mut self, jit: &JitRunner) {
         let id = jit.runner.id;
         // Fresh credentials: an App's installation token may have expired during a long job.
-        let registry = match self
-            .credentials
-            .registry(
-                self.api_url,
-                &self.args.target,
-                self.clock,
-                &self.actions.masker(),
-            )
-            .await
-        {
+        let registry = match self.registry().await {
             Ok(r) => r,
             Err(e) => {
                 self.tally.left.push(jit.runner.name.clone());

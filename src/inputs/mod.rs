@@ -547,12 +547,7 @@ impl Reader<'_> {
             );
         }
         let timeout = self.number(&spec::STARTUP_TIMEOUT_MINUTES, 1, 120, "minutes");
-        let allowed_associations: Vec<String> = self
-            .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
-            .iter()
-            .map(|a| a.to_ascii_uppercase())
-            .collect();
-        let allow_untrusted = self.boolean(&spec::ALLOW_UNTRUSTED);
+        let trust = self.trust();
         if !self.errors.is_empty() {
             return None;
         }
@@ -560,11 +555,21 @@ impl Reader<'_> {
             common: common?,
             labels,
             timeout_minutes: timeout?,
-            trust: TrustInputs {
-                allowed_associations,
-                allow_untrusted,
-            },
+            trust,
         })
+    }
+
+    /// Whose pull requests and comments may run code on the machine.
+    fn trust(&mut self) -> TrustInputs {
+        let allowed_associations: Vec<String> = self
+            .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
+            .iter()
+            .map(|a| a.to_ascii_uppercase())
+            .collect();
+        TrustInputs {
+            allowed_associations,
+            allow_untrusted: self.boolean(&spec::ALLOW_UNTRUSTED),
+        }
     }
 
     /// What a start for an attached machine does not read: everything about launching one.
@@ -810,12 +815,7 @@ impl Reader<'_> {
             );
         }
         let runner = arch.and_then(|arch| self.runner(arch));
-        let allowed_associations: Vec<String> = self
-            .list(&spec::ALLOWED_ASSOCIATIONS, 8, values::association)
-            .iter()
-            .map(|a| a.to_ascii_uppercase())
-            .collect();
-        let allow_untrusted = self.boolean(&spec::ALLOW_UNTRUSTED);
+        let trust = self.trust();
         let keep_on_failure = self.boolean(&spec::KEEP_ON_FAILURE);
         let dry_run = self.boolean(&spec::DRY_RUN);
         let spot = matches!(
@@ -858,10 +858,7 @@ impl Reader<'_> {
                 idle_timeout_minutes: idle?,
                 keep_on_failure,
             },
-            trust: TrustInputs {
-                allowed_associations,
-                allow_untrusted,
-            },
+            trust,
             pool,
             dry_run,
         })

@@ -67,11 +67,7 @@ pub async fn run(inputs: &AttachedInputs, env: &Env, actions: &Actions) -> Resul
     let repository = ctx.repository();
     // The machine's own hook refuses what the guard refuses; refusing here as well saves the
     // run a queued job that would only fail there.
-    let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
-    let payload = env
-        .non_empty("GITHUB_EVENT_PATH")
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let (event, payload) = guard::event_of(env);
     let judgment = if inputs.trust.allow_untrusted {
         guard::Judgment::default()
     } else {

@@ -37,6 +37,42 @@ fn finished(world: &World, job: u64, limit: Duration) -> world::github::Job {
     job
 }
 
+/// Waits for attach to end with `code`; what it printed.
+#[track_caller]
+fn ends(machine: &mut Attached, code: i32) -> String {
+    let ended = machine.wait(Duration::from_secs(90));
+    let output = machine.output();
+    assert_eq!(ended, Some(code), "{output}");
+    output
+}
+
+/// attach printed `text`.
+#[track_caller]
+fn says(machine: &Attached, text: &str) {
+    let output = machine.output();
+    assert!(output.contains(text), "{output}");
+}
+
+/// Waits until attach's first runner waits for a job.
+#[track_caller]
+fn waiting(machine: &Attached) {
+    assert!(
+        machine.wait_for("waiting for a job", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+}
+
+/// Waits until attach says its first job started.
+#[track_caller]
+fn job_started(machine: &Attached) {
+    assert!(
+        machine.wait_for("▶ job 1", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+}
+
 #[track_caller]
 fn no_runner_left(world: &World) {
     assert_eq!(world.registered_runners(), [], "runners still registered");
@@ -49,9 +85,7 @@ fn three_queued_jobs_run_one_at_a_time_each_on_its_own_runner_in_a_wiped_work_fo
         .map(|_| world.queue_job(&["self-hosted", "gpu"], CHECKS_THE_WORKSPACE))
         .collect();
     let mut machine = attach(&world, &["--labels", "gpu", "--jobs", "3"]);
-    let code = machine.wait(Duration::from_secs(90));
-    let output = machine.output();
-    assert_eq!(code, Some(0), "{output}");
+    let output = ends(&mut machine, 0);
     let mut runners = Vec::new();
     for id in jobs {
         let job = finished(&world, id, Duration::from_secs(1));
@@ -102,12 +136,7 @@ fn with_jobs_1_it_serves_one_job_and_leaves_the_next_queued() {
     let first = world.queue_job(&["self-hosted", "gpu"], "echo one");
     let second = world.queue_job(&["self-hosted", "gpu"], "echo two");
     let mut machine = attach(&world, &["--labels", "gpu", "--jobs", "1"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     assert_eq!(
         finished(&world, first, Duration::from_secs(1))
             .conclusion
@@ -115,11 +144,7 @@ fn with_jobs_1_it_serves_one_job_and_leaves_the_next_queued() {
         Some("success")
     );
     assert_eq!(world.job(second).map(|j| j.status), Some("queued"));
-    assert!(
-        machine.output().contains("Done: 1 job(s) served"),
-        "{}",
-        machine.output()
-    );
+    says(&machine, "Done: 1 job(s) served");
     no_runner_left(&world);
 }
 
@@ -128,23 +153,13 @@ fn with_no_job_the_idle_timeout_ends_it_and_removes_its_runner() {
     let world = world();
     // 10 minutes at the world's clock: 10 seconds.
     let mut machine = attach(&world, &["--idle-timeout", "10m"]);
-    assert!(
-        machine.wait_for("waiting for a job", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    waiting(&machine);
     assert_eq!(
         world.registered_runners().len(),
         1,
         "its runner waits for a job"
     );
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
-    let output = machine.output();
+    let output = ends(&mut machine, 0);
     assert!(
         output.contains("Done: 0 job(s) served, 0 refused")
             && output.contains("no job started for 10m 0s (--idle-timeout)"),
@@ -157,23 +172,10 @@ fn with_no_job_the_idle_timeout_ends_it_and_removes_its_runner() {
 fn sigterm_while_idle_ends_it_at_once_with_no_runner_left() {
     let world = world();
     let mut machine = attach(&world, &[]);
-    assert!(
-        machine.wait_for("waiting for a job", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    waiting(&machine);
     machine.signal("TERM");
-    assert_eq!(
-        machine.wait(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
-    assert!(
-        machine.output().contains("SIGTERM received"),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
+    says(&machine, "SIGTERM received");
     no_runner_left(&world);
 }
 
@@ -183,18 +185,9 @@ fn sigterm_while_a_job_runs_lets_it_finish_within_the_grace_period() {
     // Jobs sleep at the world's clock: two minutes.
     let job = world.queue_job(&["self-hosted"], "sleep 120; echo finished");
     let mut machine = attach(&world, &["--grace", "5m"]);
-    assert!(
-        machine.wait_for("▶ job 1", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    job_started(&machine);
     machine.signal("TERM");
-    assert_eq!(
-        machine.wait(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     let job = finished(&world, job, Duration::from_secs(1));
     assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
     let output = machine.output();
@@ -208,18 +201,9 @@ fn a_job_that_outlasts_the_grace_period_is_cancelled_and_its_runner_removed() {
     let world = world();
     let job = world.queue_job(&["self-hosted"], "sleep 3600; echo never");
     let mut machine = attach(&world, &["--grace", "1m"]);
-    assert!(
-        machine.wait_for("▶ job 1", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    job_started(&machine);
     machine.signal("TERM");
-    assert_eq!(
-        machine.wait(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     let job = finished(&world, job, Duration::from_secs(1));
     assert_eq!(
         job.conclusion.as_deref(),
@@ -233,11 +217,7 @@ fn a_job_that_outlasts_the_grace_period_is_cancelled_and_its_runner_removed() {
         "{}",
         job.output
     );
-    assert!(
-        machine.output().contains("The grace period is over"),
-        "{}",
-        machine.output()
-    );
+    says(&machine, "The grace period is over");
     // The listener ended its session and kept its registration: attach deleted it.
     no_runner_left(&world);
 }
@@ -248,18 +228,9 @@ fn a_gpu_lost_between_jobs_ends_it_before_the_next_job() {
     let first = world.queue_job(&["self-hosted"], "sleep 120; echo first");
     let second = world.queue_job(&["self-hosted"], "echo second");
     let mut machine = attach(&world, &[]);
-    assert!(
-        machine.wait_for("▶ job 1", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    job_started(&machine);
     machine.lose_gpu();
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(1),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 1);
     assert_eq!(
         finished(&world, first, Duration::from_secs(1))
             .conclusion
@@ -296,12 +267,7 @@ fn a_forks_pull_request_job_is_refused_by_the_hook_before_any_step_runs() {
     );
     let ours = world.queue_job(&["self-hosted"], "echo ours");
     let mut machine = attach(&world, &["--jobs", "1"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     let refused = finished(&world, fork, Duration::from_secs(1));
     assert_eq!(refused.conclusion.as_deref(), Some("failure"));
     assert!(
@@ -337,8 +303,7 @@ fn a_forks_pull_request_job_is_refused_by_the_hook_before_any_step_runs() {
 fn a_bad_token_is_named_before_anything_is_registered() {
     let world = world();
     let mut machine = world.attach(env!("CARGO_BIN_EXE_gpu-runner"), "github_pat_wrong", &[]);
-    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
-    let output = machine.output();
+    let output = ends(&mut machine, 1);
     assert!(
         output.contains("GitHub refused the token (HTTP 401): it is expired, revoked or mistyped"),
         "{output}"
@@ -358,8 +323,7 @@ fn a_bad_token_is_named_before_anything_is_registered() {
 fn a_token_without_administration_is_named_before_anything_is_registered() {
     let world = world();
     let mut machine = world.attach(env!("CARGO_BIN_EXE_gpu-runner"), &world.weak_token, &[]);
-    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
-    let output = machine.output();
+    let output = ends(&mut machine, 1);
     assert!(
         output.contains("The token may not manage the self-hosted runners of octo/ml: a fine-grained token needs Administration: read and write on octo/ml"),
         "{output}"
@@ -371,8 +335,7 @@ fn a_token_without_administration_is_named_before_anything_is_registered() {
 fn bad_flags_are_all_named_with_their_fix_and_nothing_starts() {
     let world = world();
     let mut machine = attach(&world, &["--jobs", "many", "--gpus", "0"]);
-    assert_eq!(machine.wait(Duration::from_secs(30)), Some(1));
-    let output = machine.output();
+    let output = ends(&mut machine, 1);
     assert!(
         output.contains("--jobs is \"many\", which is not a whole number"),
         "{output}"
@@ -388,11 +351,7 @@ fn bad_flags_are_all_named_with_their_fix_and_nothing_starts() {
 fn a_start_for_an_attached_machine_waits_for_it_then_the_job_runs_there_and_stop_does_nothing() {
     let world = world();
     let mut machine = attach(&world, &["--labels", "gpu-a10"]);
-    assert!(
-        machine.wait_for("waiting for a job", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    waiting(&machine);
     let start = crate::support::Step::start()
         .in_world(&world)
         .input("machine", "attached")
@@ -431,12 +390,7 @@ fn a_start_for_an_attached_machine_waits_for_it_then_the_job_runs_there_and_stop
         stop.stdout
     );
     machine.signal("TERM");
-    assert_eq!(
-        machine.wait(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     no_runner_left(&world);
 }
 
@@ -488,12 +442,7 @@ fn a_comment_runs_only_when_its_author_has_write_access_as_github_says() {
         "echo ran",
     );
     let mut machine = attach(&world, &["--jobs", "1"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     let refused = finished(&world, refused, Duration::from_secs(1));
     assert_eq!(refused.conclusion.as_deref(), Some("failure"));
     assert!(
@@ -533,12 +482,7 @@ fn what_a_job_leaves_running_is_killed_before_the_next_job() {
         "if pgrep -f 'sleep 3599[.]25' > /dev/null; then echo 'the last job left a daemon running'; exit 1; fi",
     );
     let mut machine = attach(&world, &["--jobs", "2"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
     assert_eq!(
         finished(&world, first, Duration::from_secs(1))
             .conclusion
@@ -571,13 +515,7 @@ fn at_the_max_lifetime_the_running_job_finishes_within_its_grace_then_it_ends() 
             "10m",
         ],
     );
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
-    let output = machine.output();
+    let output = ends(&mut machine, 0);
     assert!(
         output.contains("Max lifetime reached: the running job has 10m 0s to finish"),
         "{output}"
@@ -601,31 +539,14 @@ fn without_the_gpus_it_asks_for_it_refuses_to_start_unless_no_gpu() {
     let world = world();
     let bin = env!("CARGO_BIN_EXE_gpu-runner");
     let mut machine = world.attach_with_gpu(bin, &world.admin_token, "no-driver 0", &[]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(1),
-        "{}",
-        machine.output()
-    );
-    let output = machine.output();
+    let output = ends(&mut machine, 1);
     assert!(
         output.contains("No usable GPU: nvidia-smi failed 3 times: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"),
         "{output}"
     );
     let mut machine = world.attach_with_gpu(bin, &world.admin_token, "healthy 1", &["--gpus", "2"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(1),
-        "{}",
-        machine.output()
-    );
-    assert!(
-        machine
-            .output()
-            .contains("nvidia-smi shows 1 GPU(s) but --gpus asks for 2"),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 1);
+    says(&machine, "nvidia-smi shows 1 GPU(s) but --gpus asks for 2");
     assert!(
         world.registered_runners().is_empty(),
         "a runner was registered"
@@ -641,17 +562,8 @@ fn without_the_gpus_it_asks_for_it_refuses_to_start_unless_no_gpu() {
         "no-driver 0",
         &["--no-gpu", "--jobs", "1"],
     );
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
-    assert!(
-        machine.output().contains("GPU: not checked (--no-gpu)"),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
+    says(&machine, "GPU: not checked (--no-gpu)");
     assert_eq!(
         finished(&world, job, Duration::from_secs(1))
             .conclusion
@@ -666,13 +578,7 @@ fn a_runner_package_with_another_hash_is_never_run() {
     let world = world();
     let wrong = "0".repeat(64);
     let mut machine = attach(&world, &["--runner-sha256", &wrong]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(1),
-        "{}",
-        machine.output()
-    );
-    let output = machine.output();
+    let output = ends(&mut machine, 1);
     assert!(
         output.contains(&format!("expected {wrong}")) && output.contains(&world.runner_sha256),
         "{output}"
@@ -686,29 +592,17 @@ fn on_a_public_repository_a_loose_fork_policy_is_named_and_allow_untrusted_is_re
     let world = world();
     world.github.lock().unwrap().public = true;
     let mut machine = attach(&world, &["--allow-untrusted"]);
-    assert_eq!(
-        machine.wait(Duration::from_secs(60)),
-        Some(1),
-        "{}",
-        machine.output()
-    );
-    assert!(
-        machine
-            .output()
-            .contains("--allow-untrusted with the public repository octo/ml: anyone's pull request could run its code on this machine"),
-        "{}",
-        machine.output()
+    ends(&mut machine, 1);
+    says(
+        &machine,
+        "--allow-untrusted with the public repository octo/ml: anyone's pull request could run its code on this machine",
     );
     assert!(
         world.registered_runners().is_empty(),
         "a runner was registered"
     );
     let mut machine = attach(&world, &["--jobs", "1"]);
-    assert!(
-        machine.wait_for("waiting for a job", Duration::from_secs(30)),
-        "{}",
-        machine.output()
-    );
+    waiting(&machine);
     let output = machine.output();
     assert!(
         output.contains("Fork pull requests run without approval")
@@ -717,16 +611,7 @@ fn on_a_public_repository_a_loose_fork_policy_is_named_and_allow_untrusted_is_re
         "{output}"
     );
     machine.signal("INT");
-    assert_eq!(
-        machine.wait(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        machine.output()
-    );
-    assert!(
-        machine.output().contains("SIGINT received"),
-        "{}",
-        machine.output()
-    );
+    ends(&mut machine, 0);
+    says(&machine, "SIGINT received");
     no_runner_left(&world);
 }

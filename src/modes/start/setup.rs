@@ -43,11 +43,7 @@ pub(super) fn judge<'e>(
     ctx: &Context,
     actions: &Actions,
 ) -> Result<Trust<'e>, Error> {
-    let event = env.non_empty("GITHUB_EVENT_NAME").unwrap_or_default();
-    let payload = env
-        .non_empty("GITHUB_EVENT_PATH")
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let (event, payload) = guard::event_of(env);
     let public = payload
         .as_ref()
         .and_then(|p| p.pointer("/repository/private"))
