@@ -15,3 +15,4 @@ mod security;
 mod steps;
 mod stories;
 mod world_ec2;
+mod world_k8s;

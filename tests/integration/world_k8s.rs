@@ -1,0 +1,123 @@
+//! The world's Kubernetes control plane itself (what the Kubernetes provider will stand on): a
+//! real kube-apiserver with RBAC and a real kube-scheduler, built from the Kubernetes Go modules,
+//! placing GPU pods by the nodes' `nvidia.com/gpu` capacity and saying why when it cannot.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use world::kubernetes::{Cluster, NAMESPACE, NodeSpec};
+
+fn pod(name: &str, gpus: u32) -> Value {
+    let mut container =
+        json!({"name": "runner", "image": "registry.example/runner:1", "command": ["nvidia-smi"]});
+    if gpus > 0 {
+        container["resources"] = json!({"limits": {"nvidia.com/gpu": gpus.to_string()}});
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false, "containers": [container]},
+    })
+}
+
+fn scheduled(pod: &Value) -> Option<&str> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .map(|c| c["status"].as_str().unwrap_or_default())
+}
+
+#[test]
+fn the_scheduler_puts_a_gpu_pod_on_the_gpu_node_and_says_why_a_second_one_cannot_run() {
+    let cluster = Cluster::start(&[NodeSpec::new("gpu-node", 1), NodeSpec::new("cpu-node", 0)])
+        .expect("the world's Kubernetes control plane starts");
+    let version = cluster.get("/version").unwrap();
+    assert_eq!(
+        version["gitVersion"].as_str(),
+        Some(world::kubernetes::version().as_str())
+    );
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    cluster.create(&pods, pod("first", 1)).unwrap();
+    let first = cluster
+        .wait_for_pod("first", Duration::from_secs(30), |p| scheduled(p).is_some())
+        .unwrap();
+    assert_eq!(scheduled(&first), Some("True"), "{first}");
+    assert_eq!(first["spec"]["nodeName"], "gpu-node");
+
+    cluster.create(&pods, pod("second", 1)).unwrap();
+    let second = cluster
+        .wait_for_pod("second", Duration::from_secs(30), |p| {
+            scheduled(p).is_some()
+        })
+        .unwrap();
+    assert_eq!(scheduled(&second), Some("False"), "{second}");
+    let why = second["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.starts_with("0/2 nodes are available:") && why.contains("Insufficient nvidia.com/gpu"),
+        "{why}"
+    );
+
+    cluster.create(&pods, pod("cpu-only", 0)).unwrap();
+    let cpu = cluster
+        .wait_for_pod("cpu-only", Duration::from_secs(30), |p| {
+            scheduled(p).is_some()
+        })
+        .unwrap();
+    assert_eq!(scheduled(&cpu), Some("True"), "{cpu}");
+}
+
+#[test]
+fn rbac_holds_a_service_account_to_its_roles_namespace_and_resources() {
+    let cluster =
+        Cluster::start(&[NodeSpec::new("gpu-node", 1)]).expect("the control plane starts");
+    let ns = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}");
+    cluster
+        .create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts"),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "gpu-runner"}}),
+        )
+        .unwrap();
+    cluster
+        .create(
+            &format!("{ns}/roles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "gpu-runner"},
+                   "rules": [{"apiGroups": [""], "resources": ["pods", "secrets"],
+                              "verbs": ["create", "get", "list", "delete"]}]}),
+        )
+        .unwrap();
+    cluster
+        .create(
+            &format!("{ns}/rolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "gpu-runner"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gpu-runner"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "gpu-runner", "namespace": NAMESPACE}]}),
+        )
+        .unwrap();
+    let token = cluster.service_account_token("gpu-runner").unwrap();
+    let (status, answer) = cluster
+        .call_as(
+            &token,
+            "POST",
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+            Some(pod("allowed", 1)),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    for (method, path) in [
+        ("GET", "/api/v1/namespaces/default/pods".to_owned()),
+        ("GET", "/api/v1/nodes".to_owned()),
+        ("GET", format!("/api/v1/namespaces/{NAMESPACE}/configmaps")),
+    ] {
+        let (status, answer) = cluster.call_as(&token, method, &path, None).unwrap();
+        assert_eq!(status, 403, "{path}: {answer}");
+    }
+    let (status, _) = cluster
+        .call_as("not-a-token", "GET", "/api/v1/nodes", None)
+        .unwrap();
+    assert_eq!(status, 401);
+}

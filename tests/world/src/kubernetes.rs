@@ -1,0 +1,404 @@
+//! A real Kubernetes control plane for the world: etcd, `kube-apiserver` and `kube-scheduler`,
+//! built from the Kubernetes Go modules by `k8s/build.sh` (once, into `target/k8s-world`), run on
+//! free loopback ports with RBAC on, and nodes registered as a kubelet registers itself: with
+//! their capacity (`nvidia.com/gpu` among it, as NVIDIA's device plugin advertises it) and
+//! `Ready`. What kube-controller-manager would do for these tests (a namespace's `default`
+//! ServiceAccount, lifting the `not-ready` taint of a node that reports `Ready`) the cluster does
+//! itself; it runs no controller-manager and no kubelet.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The version `k8s/go.mod` pins.
+pub fn version() -> String {
+    include_str!("../k8s/go.mod")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes "))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/k8s-world/bin")
+}
+
+/// Builds the control plane unless it is built: `k8s/build.sh` (parallel callers wait for one
+/// build).
+fn build() -> Result<PathBuf, String> {
+    let bin = bin_dir();
+    if bin.join(format!(".built-{}", version())).exists() {
+        return Ok(bin);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the world's Kubernetes control plane failed (needs Go and its module \
+             proxy):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// A node to register: its name and how many GPUs it advertises.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub gpus: u32,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str, gpus: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            gpus,
+        }
+    }
+}
+
+pub struct Cluster {
+    children: Vec<Child>,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// A token of `system:masters`, for the world's own bookkeeping.
+    pub admin_token: String,
+    pub dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A namespace every cluster has, for gpu-runner's pods.
+pub const NAMESPACE: &str = "gpu-ci";
+
+impl Cluster {
+    /// etcd, the API server and the scheduler, ready, with the namespace [`NAMESPACE`] and these
+    /// nodes registered and `Ready`.
+    pub fn start(nodes: &[NodeSpec]) -> Result<Cluster, String> {
+        let bin = build()?;
+        let dir = tempfile::Builder::new()
+            .prefix("gpu-runner-k8s-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let root = dir.path().to_path_buf();
+        let path = |name: &str| root.join(name);
+        let admin_token = format!("admin-{}", uuid::Uuid::new_v4().simple());
+        let write = |name: &str, text: &str| {
+            std::fs::write(path(name), text).map_err(|e| format!("{name}: {e}"))
+        };
+        write(
+            "tokens.csv",
+            &format!("{admin_token},world-admin,1,system:masters\n"),
+        )?;
+        // The service account tokens' signing key: the world's test key.
+        write("sa.key", crate::APP_PRIVATE_KEY)?;
+        write("sa.pub", include_str!("keys/test-key.pub.pem"))?;
+        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            // The API server's self-signed serving certificate: the world's own client only.
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("https://127.0.0.1:{secure}");
+        let mut cluster = Cluster {
+            children: Vec::new(),
+            url: url.clone(),
+            admin_token,
+            dir,
+            rt,
+            http,
+        };
+        let etcd_url = format!("http://127.0.0.1:{client}");
+        cluster.spawn(
+            &bin.join("etcd"),
+            "etcd",
+            &[
+                "--data-dir".into(),
+                path("etcd").display().to_string(),
+                "--listen-client-urls".into(),
+                etcd_url.clone(),
+                "--advertise-client-urls".into(),
+                etcd_url.clone(),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster".into(),
+                format!("default=http://127.0.0.1:{peer}"),
+            ],
+        )?;
+        cluster.spawn(
+            &bin.join("kube-apiserver"),
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={secure}"),
+                format!("--cert-dir={}", path("certs").display()),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", path("sa.pub").display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    path("sa.key").display()
+                ),
+                format!("--token-auth-file={}", path("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+            ],
+        )?;
+        cluster.wait_ready()?;
+        let kubeconfig = cluster.kubeconfig(&cluster.admin_token.clone());
+        write("admin.kubeconfig", &kubeconfig)?;
+        let admin = path("admin.kubeconfig").display().to_string();
+        cluster.spawn(
+            &bin.join("kube-scheduler"),
+            "kube-scheduler",
+            &[
+                format!("--kubeconfig={admin}"),
+                format!("--authentication-kubeconfig={admin}"),
+                format!("--authorization-kubeconfig={admin}"),
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+            ],
+        )?;
+        for ns in ["default", NAMESPACE] {
+            if ns != "default" {
+                cluster.create(
+                    "/api/v1/namespaces",
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )?;
+            }
+            // What kube-controller-manager's service account controller would create.
+            cluster.create(
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+            )?;
+        }
+        for node in nodes {
+            cluster.register(node)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, program: &Path, name: &str, args: &[String]) -> Result<(), String> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// The last lines a component logged, for a failure's message.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            if let Ok((200, _)) = self.call_raw("GET", "/readyz", None, &self.admin_token) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(format!(
+            "the API server was not ready within two minutes:\n{}",
+            self.log_tail("kube-apiserver")
+        ))
+    }
+
+    /// A kubeconfig for this cluster with `token`, as a user would write one.
+    pub fn kubeconfig(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: world\n  cluster:\n    server: {}\n    \
+             insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\n\
+             contexts:\n- name: world\n  context:\n    cluster: world\n    user: user\n\
+             current-context: world\n",
+            self.url
+        )
+    }
+
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Value)>,
+        token: &str,
+    ) -> Result<(u16, Value), String> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some((content_type, body)) = body {
+            request = request
+                .header("content-type", content_type)
+                .body(body.to_string());
+        }
+        self.rt.block_on(async {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            Ok((
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            ))
+        })
+    }
+
+    /// A call as `token`: its HTTP status and JSON answer.
+    pub fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        self.call_raw(method, path, body.map(|b| ("application/json", b)), token)
+    }
+
+    /// A GET as the world's admin.
+    pub fn get(&self, path: &str) -> Result<Value, String> {
+        match self.call_raw("GET", path, None, &self.admin_token)? {
+            (200, v) => Ok(v),
+            (status, v) => Err(format!("GET {path}: {status} {v}")),
+        }
+    }
+
+    /// A POST as the world's admin; the created object.
+    pub fn create(&self, path: &str, body: Value) -> Result<Value, String> {
+        match self.call_raw(
+            "POST",
+            path,
+            Some(("application/json", body)),
+            &self.admin_token,
+        )? {
+            (200 | 201, v) => Ok(v),
+            (status, v) => Err(format!("POST {path}: {status} {v}")),
+        }
+    }
+
+    fn merge_patch(&self, path: &str, body: Value) -> Result<Value, String> {
+        match self.call_raw(
+            "PATCH",
+            path,
+            Some(("application/merge-patch+json", body)),
+            &self.admin_token,
+        )? {
+            (200, v) => Ok(v),
+            (status, v) => Err(format!("PATCH {path}: {status} {v}")),
+        }
+    }
+
+    /// Registers a node as its kubelet would (the Node, then its status: capacity and `Ready`),
+    /// then lifts the `not-ready` taint the API server put on it, as the node lifecycle
+    /// controller does for a node that reports `Ready`.
+    pub fn register(&self, node: &NodeSpec) -> Result<(), String> {
+        let name = &node.name;
+        self.create(
+            "/api/v1/nodes",
+            json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                }},
+            }),
+        )?;
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut capacity = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
+        if node.gpus > 0 {
+            capacity["nvidia.com/gpu"] = json!(node.gpus.to_string());
+        }
+        self.merge_patch(
+            &format!("/api/v1/nodes/{name}/status"),
+            json!({"status": {
+                "capacity": capacity, "allocatable": capacity,
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now,
+                }],
+            }}),
+        )?;
+        self.merge_patch(
+            &format!("/api/v1/nodes/{name}"),
+            json!({"spec": {"taints": null}}),
+        )?;
+        Ok(())
+    }
+
+    /// A pod of [`NAMESPACE`], as the API server has it now.
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        self.get(&format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}"))
+            .ok()
+    }
+
+    /// Waits up to `limit` for `done` on the pod `name`; the pod as it was last seen.
+    pub fn wait_for_pod(
+        &self,
+        name: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let started = Instant::now();
+        loop {
+            let pod = self.pod(name);
+            if pod.as_ref().is_some_and(&done) || started.elapsed() > limit {
+                return pod;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A token of the ServiceAccount `name` of [`NAMESPACE`], as the TokenRequest API issues it.
+    pub fn service_account_token(&self, name: &str) -> Result<String, String> {
+        let answer = self.create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}/token"),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"expirationSeconds": 3600}}),
+        )?;
+        answer["status"]["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no token in {answer}"))
+    }
+}
