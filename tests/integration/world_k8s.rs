@@ -121,3 +121,93 @@ fn rbac_holds_a_service_account_to_its_roles_namespace_and_resources() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn the_node_stand_in_runs_a_bound_pods_command_with_its_secret_and_gpu_and_reports_how_it_ended() {
+    let cluster =
+        Cluster::start(&[NodeSpec::new("gpu-node", 1)]).expect("the control plane starts");
+    let image = "world.example/runner:1";
+    let node = cluster.run_node("gpu-node", 1, &[image]).unwrap();
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    cluster
+        .create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/secrets"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "jit"},
+                   "data": {"config": "czNjcmV0"}}),
+        )
+        .unwrap();
+    let mut job = pod("job", 1);
+    job["spec"]["containers"][0]["image"] = json!(image);
+    job["spec"]["containers"][0]["command"] = json!([
+        "bash",
+        "-c",
+        "nvidia-smi --query-gpu=name --format=csv,noheader; test \"$RUNNER_CONFIG\" = s3cret && echo config-ok"
+    ]);
+    job["spec"]["containers"][0]["env"] = json!([
+        {"name": "RUNNER_CONFIG", "valueFrom": {"secretKeyRef": {"name": "jit", "key": "config"}}}
+    ]);
+    cluster.create(&pods, job).unwrap();
+    let done = cluster
+        .wait_for_pod("job", Duration::from_secs(30), |p| phase(p) == "Succeeded")
+        .unwrap();
+    assert_eq!(phase(&done), "Succeeded", "{done}");
+    let log = node.log(NAMESPACE, "job");
+    assert!(
+        log.contains("Tesla T4") && log.contains("config-ok"),
+        "{log}"
+    );
+
+    let mut missing = pod("missing-image", 0);
+    missing["spec"]["containers"][0]["image"] = json!("world.example/nowhere:1");
+    cluster.create(&pods, missing).unwrap();
+    let waiting = cluster
+        .wait_for_pod("missing-image", Duration::from_secs(30), |p| {
+            !p["status"]["containerStatuses"][0]["state"]["waiting"].is_null()
+        })
+        .unwrap();
+    assert_eq!(
+        waiting["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "ErrImagePull",
+        "{waiting}"
+    );
+
+    let mut failing = pod("failing", 0);
+    failing["spec"]["containers"][0]["image"] = json!(image);
+    failing["spec"]["containers"][0]["command"] = json!(["bash", "-c", "exit 3"]);
+    cluster.create(&pods, failing).unwrap();
+    let failed = cluster
+        .wait_for_pod("failing", Duration::from_secs(30), |p| phase(p) == "Failed")
+        .unwrap();
+    assert_eq!(
+        failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{failed}"
+    );
+
+    let mut sleeper = pod("sleeper", 0);
+    sleeper["spec"]["containers"][0]["image"] = json!(image);
+    sleeper["spec"]["containers"][0]["command"] = json!(["/usr/bin/sleep", "3600"]);
+    cluster.create(&pods, sleeper).unwrap();
+    let running = cluster
+        .wait_for_pod("sleeper", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .unwrap();
+    assert_eq!(phase(&running), "Running", "{running}");
+    let (status, _) = cluster
+        .call_as(
+            &cluster.admin_token,
+            "DELETE",
+            &format!("{pods}/sleeper"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        cluster.wait_pod_gone("sleeper", Duration::from_secs(30)),
+        "the deleted pod stayed: {:?}",
+        cluster.pod("sleeper")
+    );
+}

@@ -70,15 +70,49 @@ impl NodeSpec {
     }
 }
 
-pub struct Cluster {
-    children: Vec<Child>,
+/// Calls to the API server, as the world's admin or with a given token.
+pub struct Client {
     /// `https://127.0.0.1:PORT`
     pub url: String,
     /// A token of `system:masters`, for the world's own bookkeeping.
     pub admin_token: String,
-    pub dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
+}
+
+impl Client {
+    fn new(url: &str, admin_token: &str) -> Result<Client, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            // The API server's self-signed serving certificate: the world's own client only.
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            url: url.to_owned(),
+            admin_token: admin_token.to_owned(),
+            rt,
+            http,
+        })
+    }
+}
+
+pub struct Cluster {
+    children: Vec<Child>,
+    client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Drop for Cluster {
@@ -116,24 +150,11 @@ impl Cluster {
         write("sa.key", crate::APP_PRIVATE_KEY)?;
         write("sa.pub", include_str!("keys/test-key.pub.pem"))?;
         let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            // The API server's self-signed serving certificate: the world's own client only.
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?;
         let url = format!("https://127.0.0.1:{secure}");
         let mut cluster = Cluster {
             children: Vec::new(),
-            url: url.clone(),
-            admin_token,
+            client: Client::new(&url, &admin_token)?,
             dir,
-            rt,
-            http,
         };
         let etcd_url = format!("http://127.0.0.1:{client}");
         cluster.spawn(
@@ -173,7 +194,7 @@ impl Cluster {
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
             ],
         )?;
-        cluster.wait_ready()?;
+        cluster.client.wait_ready(cluster.dir.path())?;
         let kubeconfig = cluster.kubeconfig(&cluster.admin_token.clone());
         write("admin.kubeconfig", &kubeconfig)?;
         let admin = path("admin.kubeconfig").display().to_string();
@@ -223,15 +244,25 @@ impl Cluster {
         Ok(())
     }
 
-    /// The last lines a component logged, for a failure's message.
-    pub fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+    /// A client of its own, for another thread.
+    pub fn client(&self) -> Result<Client, String> {
+        Client::new(&self.client.url, &self.client.admin_token)
     }
 
-    fn wait_ready(&self) -> Result<(), String> {
+    /// The last lines a component logged, for a failure's message.
+    pub fn log_tail(&self, name: &str) -> String {
+        log_tail(self.dir.path(), name)
+    }
+}
+
+fn log_tail(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl Client {
+    fn wait_ready(&self, cluster_dir: &Path) -> Result<(), String> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(120) {
             if let Ok((200, _)) = self.call_raw("GET", "/readyz", None, &self.admin_token) {
@@ -241,7 +272,7 @@ impl Cluster {
         }
         Err(format!(
             "the API server was not ready within two minutes:\n{}",
-            self.log_tail("kube-apiserver")
+            log_tail(cluster_dir, "kube-apiserver")
         ))
     }
 
@@ -316,6 +347,18 @@ impl Cluster {
         }
     }
 
+    /// A JSON merge patch as the world's admin; the HTTP status.
+    pub fn call_merge_patch(&self, path: &str, body: Value) -> Result<u16, String> {
+        Ok(self
+            .call_raw(
+                "PATCH",
+                path,
+                Some(("application/merge-patch+json", body)),
+                &self.admin_token,
+            )?
+            .0)
+    }
+
     fn merge_patch(&self, path: &str, body: Value) -> Result<Value, String> {
         match self.call_raw(
             "PATCH",
@@ -387,6 +430,18 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Waits up to `limit` until the pod `name` is gone; whether it is.
+    pub fn wait_pod_gone(&self, name: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.pod(name).is_none() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.pod(name).is_none()
     }
 
     /// A token of the ServiceAccount `name` of [`NAMESPACE`], as the TokenRequest API issues it.

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod faults;
 pub mod github;
 pub mod iam;
+pub mod kubelet;
 pub mod kubernetes;
 pub mod log;
 pub mod matrix;

@@ -1,0 +1,361 @@
+//! A node stand-in: what a kubelet does for the world's tests. It watches the pods the scheduler
+//! bound to its node, runs each pod's first container command in the instance sandbox (an overlay
+//! over `/`, its own PID and UTS namespaces, chroot) with the stand-in `nvidia-smi` showing the
+//! node's GPUs, passes the container its environment (Secrets' keys resolved, as the kubelet
+//! does), and reports the pod's phase and container state through the API. An image the world
+//! does not have ends in `ErrImagePull`. A pod being deleted has its process killed and is then
+//! removed, as a kubelet confirms a deletion.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::kubernetes::{Client, Cluster};
+
+const SANDBOX: &str = r#"set -e
+root="$1" upper="$2" work="$3" host="$4"
+shift 4
+mkdir -p "$root" "$upper" "$work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+hostname "$host"
+exec chroot "$root" /usr/bin/env -i "$@"
+"#;
+
+/// What the node stand-in was told and has seen.
+pub struct Node {
+    pub name: String,
+    stop: Arc<AtomicBool>,
+    /// What each pod's container printed, by `namespace/name`.
+    pub logs: Arc<Mutex<HashMap<String, String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Node {
+    /// What the pod's container printed so far.
+    pub fn log(&self, namespace: &str, pod: &str) -> String {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{namespace}/{pod}"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+struct Running {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+/// The node's view of one pass: the pods bound to it.
+fn bound_pods(cluster: &Client, node: &str) -> Vec<Value> {
+    cluster
+        .get(&format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"
+        ))
+        .ok()
+        .and_then(|list| list["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn key(pod: &Value) -> (String, String) {
+    (
+        pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The container's environment as the kubelet gives it: plain values, and Secrets' keys.
+fn environment(
+    cluster: &Client,
+    namespace: &str,
+    container: &Value,
+) -> Result<Vec<String>, String> {
+    let mut env = Vec::new();
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().unwrap_or_default();
+        if let Some(value) = var["value"].as_str() {
+            env.push(format!("{name}={value}"));
+        } else if let Some(secret) = var["valueFrom"]["secretKeyRef"].as_object() {
+            let secret_name = secret
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let key = secret
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let found = cluster.get(&format!(
+                "/api/v1/namespaces/{namespace}/secrets/{secret_name}"
+            ))?;
+            let encoded = found["data"][key]
+                .as_str()
+                .ok_or_else(|| format!("secret {secret_name} has no key {key}"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| e.to_string())?;
+            env.push(format!("{name}={}", String::from_utf8_lossy(&bytes)));
+        }
+    }
+    Ok(env)
+}
+
+impl Cluster {
+    /// Starts the node stand-in of the registered node `name`, whose `nvidia-smi` shows `gpus`
+    /// GPUs (none: no driver), and which has only the images in `images`.
+    pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
+        let root = self.dir.path().join(format!("node-{name}"));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+        for (file, text) in [
+            ("nvidia-smi", include_str!("standins/nvidia-smi")),
+            ("sleep", include_str!("standins/sleep")),
+        ] {
+            let path = bin.join(file);
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let logs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
+        let cluster = self.client();
+        let node = name.to_owned();
+        let (stop2, logs2) = (stop.clone(), logs.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(cluster) = cluster else { return };
+            let mut running: HashMap<(String, String), Running> = HashMap::new();
+            while !stop2.load(Ordering::SeqCst) {
+                for pod in bound_pods(&cluster, &node) {
+                    let (ns, pod_name) = key(&pod);
+                    let id = (ns.clone(), pod_name.clone());
+                    let path = format!("/api/v1/namespaces/{ns}/pods/{pod_name}");
+                    if !pod["metadata"]["deletionTimestamp"].is_null() {
+                        // The kubelet stops the containers, then confirms the deletion.
+                        if let Some(mut r) = running.remove(&id) {
+                            let _ = r.child.kill();
+                            let _ = r.child.wait();
+                        }
+                        let _ = cluster.call_as(
+                            &cluster.admin_token,
+                            "DELETE",
+                            &path,
+                            Some(json!({"gracePeriodSeconds": 0})),
+                        );
+                        continue;
+                    }
+                    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+                    if matches!(phase, "Succeeded" | "Failed") {
+                        continue;
+                    }
+                    let container = &pod["spec"]["containers"][0];
+                    let container_name = container["name"].as_str().unwrap_or("main");
+                    let image = container["image"].as_str().unwrap_or_default();
+                    if let Some(r) = running.get_mut(&id) {
+                        if let Ok(Some(status)) = r.child.try_wait() {
+                            let code = status.code().unwrap_or(137);
+                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            logs2
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(format!("{ns}/{pod_name}"), output);
+                            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                            let _ = cluster.status(&path, json!({
+                                "phase": phase,
+                                "containerStatuses": [{
+                                    "name": container_name, "image": image, "imageID": image,
+                                    "ready": false, "restartCount": 0,
+                                    "state": {"terminated": {
+                                        "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                                        "finishedAt": now(),
+                                    }},
+                                }],
+                            }));
+                            running.remove(&id);
+                        } else {
+                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            logs2
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(format!("{ns}/{pod_name}"), output);
+                        }
+                        continue;
+                    }
+                    if !images.iter().any(|i| i == image) {
+                        let _ = cluster.status(&path, json!({
+                            "phase": "Pending",
+                            "containerStatuses": [{
+                                "name": container_name, "image": image, "imageID": "",
+                                "ready": false, "restartCount": 0,
+                                "state": {"waiting": {
+                                    "reason": "ErrImagePull",
+                                    "message": format!("failed to pull and unpack image \"{image}\": not found"),
+                                }},
+                            }],
+                        }));
+                        continue;
+                    }
+                    match start(&cluster, &root, &bin, gpus, &ns, &pod) {
+                        Ok(r) => {
+                            let _ = cluster.status(
+                                &path,
+                                json!({
+                                    "phase": "Running", "startTime": now(),
+                                    "containerStatuses": [{
+                                        "name": container_name, "image": image, "imageID": image,
+                                        "ready": true, "restartCount": 0, "started": true,
+                                        "state": {"running": {"startedAt": now()}},
+                                    }],
+                                }),
+                            );
+                            running.insert(id, r);
+                        }
+                        Err(why) => {
+                            let _ = cluster.status(
+                                &path,
+                                json!({
+                                    "phase": "Failed",
+                                    "message": why,
+                                }),
+                            );
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            for (_, mut r) in running {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+            }
+        });
+        Ok(Node {
+            name: name.to_owned(),
+            stop,
+            logs,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Client {
+    /// Sets a pod's status, as its kubelet reports it.
+    fn status(&self, path: &str, status: Value) -> Result<(), String> {
+        match self.call_merge_patch(&format!("{path}/status"), json!({"status": status}))? {
+            200 => Ok(()),
+            other => Err(format!("PATCH {path}/status: {other}")),
+        }
+    }
+}
+
+/// Runs the pod's first container command (and args) in a sandbox of its own.
+fn start(
+    cluster: &Client,
+    node_dir: &Path,
+    bin: &Path,
+    gpus: u32,
+    namespace: &str,
+    pod: &Value,
+) -> Result<Running, String> {
+    let container = &pod["spec"]["containers"][0];
+    let argv: Vec<String> = container["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(container["args"].as_array().into_iter().flatten())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    if argv.is_empty() {
+        return Err("the world's images have no entrypoint: give the container a command".into());
+    }
+    let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
+    let home: PathBuf = node_dir.join(format!("{namespace}-{name}"));
+    let mut env = environment(cluster, namespace, container)?;
+    env.push(format!(
+        "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        bin.display()
+    ));
+    env.push("HOME=/root".into());
+    env.push(format!(
+        "GPU_SIM_NVIDIA={}",
+        if gpus > 0 { "healthy" } else { "no-driver" }
+    ));
+    env.push(format!("GPU_SIM_GPUS={gpus}"));
+    let mut child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--uts",
+            "--kill-child",
+            "bash",
+            "-c",
+            SANDBOX,
+            "sandbox",
+        ])
+        .arg(home.join("root"))
+        .arg(home.join("upper"))
+        .arg(home.join("work"))
+        .arg(name)
+        .args(&env)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let output: Arc<Mutex<String>> = Arc::default();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                output
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&line);
+                line.clear();
+            }
+        });
+    }
+    Ok(Running { child, output })
+}
