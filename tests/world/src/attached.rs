@@ -4,9 +4,8 @@
 //! away, and the stand-in runner package served by the world.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,18 +14,6 @@ use crate::World;
 /// The GPU each attached machine has now, by machine name: `healthy N` or `no-driver 0`, as the
 /// stand-in `nvidia-smi` reads it from the world.
 pub type Gpus = Arc<Mutex<HashMap<String, String>>>;
-
-const SANDBOX: &str = r#"set -e
-root="$1" upper="$2" work="$3" host="$4"
-shift 4
-mkdir -p "$root" "$upper" "$work"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
-mount --rbind /dev "$root/dev"
-mount -t proc proc "$root/proc"
-hostname "$host"
-# attach is the machine's foreground process: signals sent to it are the user's.
-exec chroot "$root" /usr/bin/env -i "$@"
-"#;
 
 /// A machine running `gpu-runner attach`.
 pub struct Attached {
@@ -61,87 +48,40 @@ impl World {
             .insert(name.clone(), gpu.to_owned());
         let dir = self.dir.path().join(&name);
         let bin = self.dir.path().join("attached-bin");
-        let _ = std::fs::create_dir_all(&bin);
-        for (file, text) in [
-            ("nvidia-smi", include_str!("standins/nvidia-smi")),
-            ("sleep", include_str!("standins/sleep")),
-        ] {
-            let path = bin.join(file);
-            let _ = std::fs::write(&path, text);
-            let _ = std::fs::set_permissions(
-                &path,
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            );
-        }
+        let _ = crate::sandbox::install_standins(&bin);
         let gpu_url = format!("{}/_sim/gpu/{name}", self.github_url);
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--pid", "--fork", "--uts", "--kill-child", "bash", "-c"])
-            .arg(SANDBOX)
-            .arg("sandbox")
-            .arg(dir.join("root"))
-            .arg(dir.join("upper"))
-            .arg(dir.join("work"))
-            .arg(&name)
-            .arg(format!(
-                "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                bin.display()
-            ))
-            .arg("HOME=/root")
-            .arg("LANG=C.UTF-8")
-            .arg(format!("GITHUB_TOKEN={token}"))
-            .arg(format!("GITHUB_API_URL={}", self.github_url))
-            .arg(format!(
+        let env = [
+            "HOME=/root".to_owned(),
+            "LANG=C.UTF-8".to_owned(),
+            format!("GITHUB_TOKEN={token}"),
+            format!("GITHUB_API_URL={}", self.github_url),
+            format!(
                 "GPU_RUNNER_RUNNER_DOWNLOAD_URL={}/_package/actions-runner-linux-{{arch}}-{{version}}.tar.gz",
                 self.github_url
-            ))
-            .arg(format!("GPU_RUNNER_CLOCK_SCALE={}", self.clock_scale))
-            .arg(format!("GPU_SIM_GPU_URL={gpu_url}"))
-            .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale))
-            .arg(binary)
-            .args([
-                "attach",
-                "--repo",
-                "octo/ml",
-                "--runner-version",
-                crate::package::VERSION,
-                "--runner-sha256",
-                &self.runner_sha256,
-                "--pass-env",
-                "GPU_SIM_GPU_URL,GPU_SIM_CLOCK_SCALE",
-            ])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the attached machine");
-        let output: Arc<Mutex<String>> = Arc::default();
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+            format!("GPU_RUNNER_CLOCK_SCALE={}", self.clock_scale),
+            format!("GPU_SIM_GPU_URL={gpu_url}"),
+            format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale),
+        ];
+        let argv: Vec<String> = [
+            binary,
+            "attach",
+            "--repo",
+            "octo/ml",
+            "--runner-version",
+            crate::package::VERSION,
+            "--runner-sha256",
+            &self.runner_sha256,
+            "--pass-env",
+            "GPU_SIM_GPU_URL,GPU_SIM_CLOCK_SCALE",
         ]
-        .into_iter()
-        .flatten()
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut reader = std::io::BufReader::new(pipe);
-                let mut line = String::new();
-                while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
-                    output
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_str(&line);
-                    line.clear();
-                }
-            });
-        }
+        .iter()
+        .chain(flags)
+        .map(|a| (*a).to_owned())
+        .collect();
+        let mut child = crate::sandbox::spawn(&dir, &name, &bin, &env, &argv)
+            .expect("start the attached machine");
+        let output = crate::sandbox::collect(&mut child);
         Attached {
             name,
             child,
@@ -230,12 +170,12 @@ impl Attached {
 
     /// A file on the machine (its overlay's upper layer), by its path without the leading `/`.
     pub fn file(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("upper").join(path)).ok()
+        std::fs::read_to_string(crate::sandbox::disk_path(&self.dir, path)).ok()
     }
 
     /// Whether a path exists on the machine's disk (written since it started).
     pub fn exists(&self, path: &str) -> bool {
-        self.dir.join("upper").join(path).exists()
+        crate::sandbox::disk_path(&self.dir, path).exists()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,17 +17,6 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::kubernetes::{Client, Cluster};
-
-const SANDBOX: &str = r#"set -e
-root="$1" upper="$2" work="$3" host="$4"
-shift 4
-mkdir -p "$root" "$upper" "$work"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
-mount --rbind /dev "$root/dev"
-mount -t proc proc "$root/proc"
-hostname "$host"
-exec chroot "$root" /usr/bin/env -i "$@"
-"#;
 
 /// What the node stand-in was told and has seen.
 pub struct Node {
@@ -133,16 +122,7 @@ impl Cluster {
     pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
         let root = self.dir.path().join(format!("node-{name}"));
         let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-        for (file, text) in [
-            ("nvidia-smi", include_str!("standins/nvidia-smi")),
-            ("sleep", include_str!("standins/sleep")),
-        ] {
-            let path = bin.join(file);
-            std::fs::write(&path, text).map_err(|e| e.to_string())?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| e.to_string())?;
-        }
+        crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let logs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
@@ -297,65 +277,14 @@ fn start(
     let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
     let home: PathBuf = node_dir.join(format!("{namespace}-{name}"));
     let mut env = environment(cluster, namespace, container)?;
-    env.push(format!(
-        "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        bin.display()
-    ));
     env.push("HOME=/root".into());
     env.push(format!(
         "GPU_SIM_NVIDIA={}",
         if gpus > 0 { "healthy" } else { "no-driver" }
     ));
     env.push(format!("GPU_SIM_GPUS={gpus}"));
-    let mut child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--uts",
-            "--kill-child",
-            "bash",
-            "-c",
-            SANDBOX,
-            "sandbox",
-        ])
-        .arg(home.join("root"))
-        .arg(home.join("upper"))
-        .arg(home.join("work"))
-        .arg(name)
-        .args(&env)
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let output: Arc<Mutex<String>> = Arc::default();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let output = output.clone();
-        std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::new(pipe);
-            let mut line = String::new();
-            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
-                output
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&line);
-                line.clear();
-            }
-        });
-    }
+    let mut child =
+        crate::sandbox::spawn(&home, name, bin, &env, &argv).map_err(|e| e.to_string())?;
+    let output = crate::sandbox::collect(&mut child);
     Ok(Running { child, output })
 }

@@ -15,6 +15,7 @@ pub mod matrix;
 pub mod moto;
 pub mod oidc;
 pub mod package;
+pub mod sandbox;
 pub mod simulator;
 pub mod step;
 pub mod stopping;
