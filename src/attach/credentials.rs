@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
 use crate::error::Error;
-use crate::github::app::{self, TokenNeeds};
+use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{GithubError, Whose};
 use crate::retry::Backoff;
@@ -75,17 +75,15 @@ impl Credentials {
                     server_url: String::new(),
                     api_url: api_url.to_owned(),
                 };
-                let needs = TokenNeeds::default();
-                let (token, jwt) =
-                    app::installation_token(api_url, id, key, &ctx, target.scope(), needs)
-                        .await
-                        .map_err(|f| Error::Github {
-                            source: f.source,
-                            whose: Box::new(Whose::Fix(f.hint)),
-                        })?;
-                masker.add_mask(jwt.expose());
-                masker.add_mask(token.expose());
-                token
+                crate::modes::app_token(
+                    id,
+                    key,
+                    &ctx,
+                    target.scope(),
+                    TokenNeeds::default(),
+                    masker,
+                )
+                .await?
             }
         };
         Runners::new(

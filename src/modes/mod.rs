@@ -10,7 +10,7 @@ pub mod teardown;
 
 use chrono::{DateTime, Utc};
 
-use crate::actions::{Actions, Annotation};
+use crate::actions::{Actions, Annotation, Masker};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
@@ -19,6 +19,7 @@ use crate::github::octo::Runners;
 use crate::github::{GithubError, Whose, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
 use crate::retry::Backoff;
+use crate::secret::Secret;
 
 /// The binary's name for the action's `post-entrypoint` (a link in the image to the same binary):
 /// Docker passes the same arguments to every entrypoint, so the name is what tells the steps apart.
@@ -105,6 +106,28 @@ impl<R> Github<R> {
     }
 }
 
+/// An installation token of the App for `ctx`'s repository (or with `RunnerScope::Org` its
+/// organization), limited to what `needs` names; it and the app JWT are masked before use.
+pub(crate) async fn app_token(
+    app_id: &str,
+    private_key: &Secret,
+    ctx: &Context,
+    scope: RunnerScope,
+    needs: app::TokenNeeds,
+    masker: &Masker,
+) -> Result<Secret, Error> {
+    let (token, jwt) =
+        app::installation_token(&ctx.api_url, app_id, private_key, ctx, scope, needs)
+            .await
+            .map_err(|f| Error::Github {
+                source: f.source,
+                whose: Box::new(Whose::Fix(f.hint)),
+            })?;
+    masker.add_mask(jwt.expose());
+    masker.add_mask(token.expose());
+    Ok(token)
+}
+
 /// The runners of `scope`, with the token the user gave or one minted for the App (for this
 /// repository, with what `needs` names besides the runners).
 pub(crate) async fn runners(
@@ -121,15 +144,8 @@ pub(crate) async fn runners(
             app_id,
             private_key,
         } => {
-            let (token, jwt) =
-                app::installation_token(&ctx.api_url, app_id, private_key, ctx, scope, needs)
-                    .await
-                    .map_err(|f| Error::Github {
-                        source: f.source,
-                        whose: Box::new(Whose::Fix(f.hint)),
-                    })?;
-            actions.add_mask(jwt.expose());
-            actions.add_mask(token.expose());
+            let token =
+                app_token(app_id, private_key, ctx, scope, needs, &actions.masker()).await?;
             (token, false)
         }
     };
