@@ -615,3 +615,37 @@ fn on_a_public_repository_a_loose_fork_policy_is_named_and_allow_untrusted_is_re
     says(&machine, "SIGINT received");
     no_runner_left(&world);
 }
+
+#[test]
+fn a_github_app_serves_too_with_a_token_minted_for_each_runner_and_masked() {
+    let world = world();
+    let job = world.queue_job(&["self-hosted"], "echo on the App runner");
+    let mut machine = world.attach_as_app(env!("CARGO_BIN_EXE_gpu-runner"), &["--jobs", "1"]);
+    let output = ends(&mut machine, 0);
+    let job = finished(&world, job, Duration::from_secs(1));
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    let gh = world.github.lock().unwrap();
+    // One for the check at start, one to register the runner, one to remove it; each for this
+    // repository only.
+    assert!(
+        gh.issued_installation_tokens.len() >= 3,
+        "{:?}",
+        gh.token_requests
+    );
+    assert!(
+        gh.token_requests
+            .iter()
+            .all(|r| r["repositories"] == serde_json::json!(["ml"])),
+        "{:?}",
+        gh.token_requests
+    );
+    for token in &gh.issued_installation_tokens {
+        assert!(
+            !output.contains(token.as_str()),
+            "an installation token was printed"
+        );
+    }
+    assert!(!output.contains("PRIVATE KEY"), "the App key was printed");
+    drop(gh);
+    no_runner_left(&world);
+}

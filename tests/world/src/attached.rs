@@ -41,6 +41,26 @@ impl World {
         gpu: &str,
         flags: &[&str],
     ) -> Attached {
+        self.attach_with_credentials(binary, &[format!("GITHUB_TOKEN={token}")], gpu, flags)
+    }
+
+    /// The same with the world's GitHub App in `GPU_RUNNER_APP_ID` and
+    /// `GPU_RUNNER_APP_PRIVATE_KEY` instead of a token.
+    pub fn attach_as_app(&self, binary: &str, flags: &[&str]) -> Attached {
+        let credentials = [
+            format!("GPU_RUNNER_APP_ID={}", crate::APP_ID),
+            format!("GPU_RUNNER_APP_PRIVATE_KEY={}", crate::APP_PRIVATE_KEY),
+        ];
+        self.attach_with_credentials(binary, &credentials, "healthy 1", flags)
+    }
+
+    fn attach_with_credentials(
+        &self,
+        binary: &str,
+        credentials: &[String],
+        gpu: &str,
+        flags: &[&str],
+    ) -> Attached {
         let name = format!("workstation-{}", crate::random_digits(4));
         self.attached_gpus
             .lock()
@@ -50,10 +70,9 @@ impl World {
         let bin = self.dir.path().join("attached-bin");
         let _ = crate::sandbox::install_standins(&bin);
         let gpu_url = format!("{}/_sim/gpu/{name}", self.github_url);
-        let env = [
+        let mut env = vec![
             "HOME=/root".to_owned(),
             "LANG=C.UTF-8".to_owned(),
-            format!("GITHUB_TOKEN={token}"),
             format!("GITHUB_API_URL={}", self.github_url),
             format!(
                 "GPU_RUNNER_RUNNER_DOWNLOAD_URL={}/_package/actions-runner-linux-{{arch}}-{{version}}.tar.gz",
@@ -63,6 +82,7 @@ impl World {
             format!("GPU_SIM_GPU_URL={gpu_url}"),
             format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale),
         ];
+        env.extend_from_slice(credentials);
         let argv: Vec<String> = [
             binary,
             "attach",
