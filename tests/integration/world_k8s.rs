@@ -160,6 +160,16 @@ fn the_node_stand_in_runs_a_bound_pods_command_with_its_secret_and_gpu_and_repor
         log.contains("Tesla T4") && log.contains("config-ok"),
         "{log}"
     );
+    // pods/log: the API server asks the node's kubelet endpoint for it.
+    let (status, served) = cluster
+        .call_as(
+            &cluster.admin_token,
+            "GET",
+            &format!("{pods}/job/log?tailLines=1"),
+            None,
+        )
+        .unwrap();
+    assert_eq!((status, served), (200, json!("config-ok\n")));
 
     let mut missing = pod("missing-image", 0);
     missing["spec"]["containers"][0]["image"] = json!("world.example/nowhere:1");

@@ -2,9 +2,17 @@
 //! bound to its node, runs each pod's first container command in the instance sandbox (an overlay
 //! over `/`, its own PID and UTS namespaces, chroot) with the stand-in `nvidia-smi` showing the
 //! node's GPUs, passes the container its environment (Secrets' keys resolved, as the kubelet
-//! does), and reports the pod's phase and container state through the API. An image the world
-//! does not have ends in `ErrImagePull`. A pod being deleted has its process killed and is then
-//! removed, as a kubelet confirms a deletion.
+//! does), and reports the pod's phase and container state through the API, as a kubelet does:
+//! a Secret that is not there yet keeps the container waiting (`CreateContainerConfigError`) until
+//! it is; an image the world does not have ends in `ErrImagePull`; a pod past its
+//! `activeDeadlineSeconds` is killed and fails with `DeadlineExceeded`; a container that fails
+//! under `terminationMessagePolicy: FallbackToLogsOnError` gets its last log lines as its
+//! termination message; a pod being deleted has its process killed and is then removed, as a
+//! kubelet confirms a deletion. Its containers' logs are served for `pods/log`
+//! ([`crate::kubelet_api`]).
+//!
+//! The world's images are all the runner image: the stand-in runner package unpacked in
+//! `/home/runner`, as GitHub's `ghcr.io/actions/actions-runner` has the runner.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +31,7 @@ pub struct Node {
     pub name: String,
     stop: Arc<AtomicBool>,
     /// What each pod's container printed, by `namespace/name`.
-    pub logs: Arc<Mutex<HashMap<String, String>>>,
+    pub logs: crate::kubelet_api::Logs,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -43,7 +51,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&format!("{namespace}/{pod}"))
-            .cloned()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default()
     }
 }
@@ -51,6 +59,32 @@ impl Node {
 struct Running {
     child: Child,
     output: Arc<Mutex<String>>,
+    started: std::time::Instant,
+}
+
+/// Why a container cannot start yet, or at all.
+enum NotStarted {
+    /// The kubelet retries: `(reason, message)`.
+    Waiting(String, String),
+    Failed(String),
+}
+
+/// The kubelet's limits on a termination message taken from the log
+/// (`kubecontainer.MaxContainerTerminationMessageLogLines` and `…LogLength`).
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
+fn fallback_message(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut text = lines[lines.len().saturating_sub(FALLBACK_LINES)..].join("\n");
+    if text.len() > FALLBACK_BYTES {
+        let mut cut = text.len() - FALLBACK_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text = text[cut..].to_owned();
+    }
+    text
 }
 
 /// The node's view of one pass: the pods bound to it.
@@ -92,6 +126,9 @@ fn environment(
         let name = var["name"].as_str().unwrap_or_default();
         if let Some(value) = var["value"].as_str() {
             env.push(format!("{name}={value}"));
+        } else if var["valueFrom"].is_null() {
+            // The API server drops an empty value; the kubelet sets the variable, empty.
+            env.push(format!("{name}="));
         } else if let Some(secret) = var["valueFrom"]["secretKeyRef"].as_object() {
             let secret_name = secret
                 .get("name")
@@ -101,12 +138,14 @@ fn environment(
                 .get("key")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let found = cluster.get(&format!(
-                "/api/v1/namespaces/{namespace}/secrets/{secret_name}"
-            ))?;
-            let encoded = found["data"][key]
-                .as_str()
-                .ok_or_else(|| format!("secret {secret_name} has no key {key}"))?;
+            let found = cluster
+                .get(&format!(
+                    "/api/v1/namespaces/{namespace}/secrets/{secret_name}"
+                ))
+                .map_err(|_| format!("secret \"{secret_name}\" not found"))?;
+            let encoded = found["data"][key].as_str().ok_or_else(|| {
+                format!("couldn't find key {key} in Secret {namespace}/{secret_name}")
+            })?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| e.to_string())?;
@@ -120,11 +159,35 @@ impl Cluster {
     /// Starts the node stand-in of the registered node `name`, whose `nvidia-smi` shows `gpus`
     /// GPUs (none: no driver), and which has only the images in `images`.
     pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
+        self.node(name, gpus, images, false)
+    }
+
+    /// A node stand-in whose image pulls never finish: its pods stay pending in
+    /// `ContainerCreating`, and it still stops and removes the ones being deleted.
+    pub fn run_slow_node(&self, name: &str, gpus: u32) -> Result<Node, String> {
+        self.node(name, gpus, &[], true)
+    }
+
+    fn node(&self, name: &str, gpus: u32, images: &[&str], slow: bool) -> Result<Node, String> {
         let root = self.dir.path().join(format!("node-{name}"));
         let bin = root.join("bin");
         crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
-        let logs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let logs: crate::kubelet_api::Logs = Arc::default();
+        let port = crate::kubelet_api::serve(&self.dir.path().join("certs"), logs.clone())?;
+        // Where the API server finds this node's kubelet, as a kubelet reports it.
+        let patched = self.call_merge_patch(
+            &format!("/api/v1/nodes/{name}/status"),
+            json!({"status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            }}),
+        )?;
+        if patched != 200 {
+            return Err(format!(
+                "the node {name}'s kubelet endpoint: HTTP {patched}"
+            ));
+        }
         let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
         let cluster = self.client();
         let node = name.to_owned();
@@ -159,33 +222,66 @@ impl Cluster {
                     let container_name = container["name"].as_str().unwrap_or("main");
                     let image = container["image"].as_str().unwrap_or_default();
                     if let Some(r) = running.get_mut(&id) {
-                        if let Ok(Some(status)) = r.child.try_wait() {
-                            let code = status.code().unwrap_or(137);
-                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            logs2
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(format!("{ns}/{pod_name}"), output);
-                            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                        let deadline = pod["spec"]["activeDeadlineSeconds"].as_u64();
+                        if deadline.is_some_and(|d| r.started.elapsed() > Duration::from_secs(d)) {
+                            let _ = r.child.kill();
+                            let _ = r.child.wait();
                             let _ = cluster.status(&path, json!({
-                                "phase": phase,
+                                "phase": "Failed", "reason": "DeadlineExceeded",
+                                "message": "Pod was active on the node longer than the specified deadline",
                                 "containerStatuses": [{
                                     "name": container_name, "image": image, "imageID": image,
                                     "ready": false, "restartCount": 0,
                                     "state": {"terminated": {
-                                        "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                                        "finishedAt": now(),
+                                        "exitCode": 137, "reason": "Error", "finishedAt": now(),
                                     }},
                                 }],
                             }));
                             running.remove(&id);
-                        } else {
-                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            logs2
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(format!("{ns}/{pod_name}"), output);
+                            continue;
                         }
+                        if let Ok(Some(status)) = r.child.try_wait() {
+                            // The pipes may hold the last lines still.
+                            std::thread::sleep(Duration::from_millis(100));
+                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            let code = status.code().unwrap_or(137);
+                            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                            let mut terminated = json!({
+                                "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                                "finishedAt": now(),
+                            });
+                            if code != 0
+                                && container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+                            {
+                                terminated["message"] = json!(fallback_message(&output));
+                            }
+                            let _ = cluster.status(
+                                &path,
+                                json!({
+                                    "phase": phase,
+                                    "containerStatuses": [{
+                                        "name": container_name, "image": image, "imageID": image,
+                                        "ready": false, "restartCount": 0,
+                                        "state": {"terminated": terminated},
+                                    }],
+                                }),
+                            );
+                            running.remove(&id);
+                        }
+                        continue;
+                    }
+                    if slow {
+                        let _ = cluster.status(
+                            &path,
+                            json!({
+                                "phase": "Pending",
+                                "containerStatuses": [{
+                                    "name": container_name, "image": image, "imageID": "",
+                                    "ready": false, "restartCount": 0,
+                                    "state": {"waiting": {"reason": "ContainerCreating"}},
+                                }],
+                            }),
+                        );
                         continue;
                     }
                     if !images.iter().any(|i| i == image) {
@@ -215,9 +311,24 @@ impl Cluster {
                                     }],
                                 }),
                             );
+                            // Its log is readable (pods/log) from now on, as it grows.
+                            logs2
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(format!("{ns}/{pod_name}"), r.output.clone());
                             running.insert(id, r);
                         }
-                        Err(why) => {
+                        Err(NotStarted::Waiting(reason, message)) => {
+                            let _ = cluster.status(&path, json!({
+                                "phase": "Pending",
+                                "containerStatuses": [{
+                                    "name": container_name, "image": image, "imageID": "",
+                                    "ready": false, "restartCount": 0,
+                                    "state": {"waiting": {"reason": reason, "message": message}},
+                                }],
+                            }));
+                        }
+                        Err(NotStarted::Failed(why)) => {
                             let _ = cluster.status(
                                 &path,
                                 json!({
@@ -254,6 +365,20 @@ impl Client {
     }
 }
 
+/// Unpacks the world's runner image on the pod's disk: the runner in `/home/runner`.
+fn install_image(home: &Path) -> Result<(), String> {
+    let dir = crate::sandbox::disk_path(home, "home/runner");
+    if dir.join("run.sh").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let package = crate::package::build();
+    let gz = flate2::read::GzDecoder::new(&package.bytes[..]);
+    tar::Archive::new(gz)
+        .unpack(&dir)
+        .map_err(|e| format!("unpacking the image: {e}"))
+}
+
 /// Runs the pod's first container command (and args) in a sandbox of its own.
 fn start(
     cluster: &Client,
@@ -262,7 +387,7 @@ fn start(
     gpus: u32,
     namespace: &str,
     pod: &Value,
-) -> Result<Running, String> {
+) -> Result<Running, NotStarted> {
     let container = &pod["spec"]["containers"][0];
     let argv: Vec<String> = container["command"]
         .as_array()
@@ -272,19 +397,29 @@ fn start(
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
     if argv.is_empty() {
-        return Err("the world's images have no entrypoint: give the container a command".into());
+        return Err(NotStarted::Failed(
+            "the world's images have no entrypoint: give the container a command".into(),
+        ));
     }
     let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
     let home: PathBuf = node_dir.join(format!("{namespace}-{name}"));
-    let mut env = environment(cluster, namespace, container)?;
+    let mut env = environment(cluster, namespace, container)
+        .map_err(|why| NotStarted::Waiting("CreateContainerConfigError".into(), why))?;
+    install_image(&home).map_err(NotStarted::Failed)?;
     env.push("HOME=/root".into());
     env.push(format!(
         "GPU_SIM_NVIDIA={}",
         if gpus > 0 { "healthy" } else { "no-driver" }
     ));
     env.push(format!("GPU_SIM_GPUS={gpus}"));
-    let mut child =
-        crate::sandbox::spawn(&home, name, bin, &env, &argv).map_err(|e| e.to_string())?;
+    // The stand-in `sleep` runs at the world's clock.
+    env.push(format!("GPU_SIM_CLOCK_SCALE={}", crate::CLOCK_SCALE));
+    let mut child = crate::sandbox::spawn(&home, name, bin, &env, &argv)
+        .map_err(|e| NotStarted::Failed(e.to_string()))?;
     let output = crate::sandbox::collect(&mut child);
-    Ok(Running { child, output })
+    Ok(Running {
+        child,
+        output,
+        started: std::time::Instant::now(),
+    })
 }

@@ -76,6 +76,8 @@ pub struct Client {
     pub url: String,
     /// A token of `system:masters`, for the world's own bookkeeping.
     pub admin_token: String,
+    /// The API server's serving certificate and its authority, PEM.
+    pub ca_pem: String,
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
 }
@@ -95,6 +97,7 @@ impl Client {
         Ok(Client {
             url: url.to_owned(),
             admin_token: admin_token.to_owned(),
+            ca_pem: String::new(),
             rt,
             http,
         })
@@ -195,6 +198,8 @@ impl Cluster {
             ],
         )?;
         cluster.client.wait_ready(cluster.dir.path())?;
+        cluster.client.ca_pem = std::fs::read_to_string(path("certs").join("apiserver.crt"))
+            .map_err(|e| format!("the API server's certificate: {e}"))?;
         let kubeconfig = cluster.kubeconfig(&cluster.admin_token.clone());
         write("admin.kubeconfig", &kubeconfig)?;
         let admin = path("admin.kubeconfig").display().to_string();
@@ -246,7 +251,9 @@ impl Cluster {
 
     /// A client of its own, for another thread.
     pub fn client(&self) -> Result<Client, String> {
-        Client::new(&self.client.url, &self.client.admin_token)
+        let mut client = Client::new(&self.client.url, &self.client.admin_token)?;
+        client.ca_pem = self.client.ca_pem.clone();
+        Ok(client)
     }
 
     /// The last lines a component logged, for a failure's message.
@@ -276,13 +283,17 @@ impl Client {
         ))
     }
 
-    /// A kubeconfig for this cluster with `token`, as a user would write one.
+    /// A kubeconfig for this cluster with `token`, as a user would write one: the server's
+    /// certificate authority (the API server's self-signed one) in it, and the namespace
+    /// [`NAMESPACE`].
     pub fn kubeconfig(&self, token: &str) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: world\n  cluster:\n    server: {}\n    \
-             insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\n\
-             contexts:\n- name: world\n  context:\n    cluster: world\n    user: user\n\
-             current-context: world\n",
+             certificate-authority-data: {ca}\nusers:\n- name: user\n  user:\n    token: {token}\n\
+             contexts:\n- name: world\n  context:\n    cluster: world\n    user: user\n    \
+             namespace: {NAMESPACE}\ncurrent-context: world\n",
             self.url
         )
     }
@@ -455,5 +466,48 @@ impl Client {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| format!("no token in {answer}"))
+    }
+}
+
+/// gpu-runner's ServiceAccount, Role and RoleBinding as the README gives them.
+pub const DOCUMENTED_ROLE: &str = include_str!("../../../docs/kubernetes/gpu-runner.yaml");
+
+impl Cluster {
+    /// Applies `docs/kubernetes/gpu-runner.yaml` as a cluster admin would, and returns a
+    /// kubeconfig whose user is its ServiceAccount: bound to exactly that Role, nothing else.
+    pub fn gpu_runner_kubeconfig(&self) -> Result<String, String> {
+        for doc in serde_yaml::Deserializer::from_str(DOCUMENTED_ROLE) {
+            let object: Value =
+                serde::Deserialize::deserialize(doc).map_err(|e| format!("the Role: {e}"))?;
+            let namespace = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(NAMESPACE);
+            let path = match object["kind"].as_str() {
+                Some("ServiceAccount") => format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+                Some("Role") => {
+                    format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles")
+                }
+                Some("RoleBinding") => format!(
+                    "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings"
+                ),
+                other => return Err(format!("the Role document holds a {other:?}")),
+            };
+            self.create(&path, object)?;
+        }
+        Ok(self.kubeconfig(&self.service_account_token("gpu-runner")?))
+    }
+
+    /// The names of the objects of `resource` (`pods`, `secrets`) gpu-runner made in
+    /// [`NAMESPACE`].
+    pub fn gpu_runner_objects(&self, resource: &str) -> Vec<String> {
+        self.get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/{resource}?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dgpu-runner"
+        ))
+        .ok()
+        .and_then(|list| list["items"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+        .collect()
     }
 }

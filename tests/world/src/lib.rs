@@ -9,6 +9,7 @@ pub mod faults;
 pub mod github;
 pub mod iam;
 pub mod kubelet;
+pub mod kubelet_api;
 pub mod kubernetes;
 pub mod log;
 pub mod matrix;
