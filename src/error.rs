@@ -124,7 +124,8 @@ impl Error {
                 // The fix reads the last words, so it comes after them, on a line of its own.
                 vec![
                     Annotation::error(format!(
-                        "{stalled}. The instance's last words:\n{}\n{}",
+                        "{stalled}. The {}'s last words:\n{}\n{}",
+                        stalled.noun(),
                         console.join("\n"),
                         stalled.fix()
                     ))

@@ -7,7 +7,9 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
-use crate::inputs::{GroupRef, ImageRef, MarketType, PoolInputs, RunnerScope, StartInputs};
+use crate::inputs::{
+    GroupRef, ImageRef, MarketType, PodInputs, PoolInputs, RunnerScope, StartInputs,
+};
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
 pub mod tag {
@@ -137,6 +139,9 @@ pub struct LaunchPlan {
     /// Resume stopped instances of a pool: its machines are tagged `pooled` and stop, not
     /// terminate, when they shut down.
     pub pool: Option<PoolInputs>,
+    /// A Kubernetes pod per runner instead of an instance, in the cluster `cluster` describes.
+    pub pod: Option<PodInputs>,
+    pub cluster: Option<String>,
     pub dry_run: bool,
     /// Where the runners are registered, in words: the repository, or the organization and group.
     pub registered_in: String,
@@ -264,6 +269,8 @@ pub fn launch_plan(
         expires_at,
         keep_on_failure: inputs.limits.keep_on_failure,
         pool: inputs.pool.clone(),
+        pod: inputs.pod.clone(),
+        cluster: inputs.common.cluster.as_ref().map(|c| c.describe()),
         dry_run: inputs.dry_run,
         registered_in: match (inputs.common.scope(), &inputs.runner.group) {
             (RunnerScope::Repo, _) => format!("the repository {}", ctx.repository()),
@@ -313,6 +320,12 @@ impl LaunchPlan {
             ),
             ("Registered in", self.registered_in.clone()),
             ("Takes jobs of", self.binding.describe()),
+        ];
+        if let Some(pod) = &self.pod {
+            facts.extend(self.pod_facts(pod));
+            return facts;
+        }
+        facts.extend([
             ("Runner package", self.runner_package.clone()),
             ("Region", self.region.clone()),
             ("Image", self.image.to_string()),
@@ -378,11 +391,98 @@ impl LaunchPlan {
                     "terminate the instance and remove the runner".to_owned()
                 },
             ),
-        ];
+        ]);
         if let Some(pool) = &self.pool {
             facts.push(("Pool", pool.describe()));
         }
         facts
+    }
+
+    /// What a pod plan shows instead of an instance's image, network and candidates.
+    fn pod_facts(&self, pod: &PodInputs) -> Vec<(&'static str, String)> {
+        let or = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_owned());
+        let joined = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let requests: Vec<String> = [("cpu", &pod.cpu_request), ("memory", &pod.memory_request)]
+            .into_iter()
+            .filter_map(|(what, v)| v.as_ref().map(|v| format!("{what} {v}")))
+            .collect();
+        vec![
+            ("Cluster", self.cluster.clone().unwrap_or_default()),
+            ("Pod image", pod.image.clone()),
+            ("GPUs", format!("{} × {}", pod.gpu_count, pod.gpu_resource)),
+            (
+                "Node selector",
+                or(
+                    (!pod.node_selector.is_empty()).then(|| joined(&pod.node_selector)),
+                    "none",
+                ),
+            ),
+            (
+                "Tolerations",
+                match pod.tolerations.as_array().map(Vec::len).unwrap_or(0) {
+                    0 => "none".to_owned(),
+                    n => format!("{n}: {}", pod.tolerations),
+                },
+            ),
+            (
+                "Runtime class",
+                or(pod.runtime_class.clone(), "the cluster's default"),
+            ),
+            (
+                "Requests",
+                or(
+                    (!requests.is_empty()).then(|| requests.join(", ")),
+                    "none besides the GPUs",
+                ),
+            ),
+            (
+                "Pod template",
+                or(
+                    pod.template
+                        .as_ref()
+                        .map(|t| format!("merged over the pod: {t}")),
+                    "none",
+                ),
+            ),
+            (
+                "Pre-runner script",
+                or(
+                    self.pre_runner_script
+                        .as_ref()
+                        .map(|s| format!("{} line(s)", s.lines().count())),
+                    "none",
+                ),
+            ),
+            (
+                "Startup timeout",
+                format!("{} min", self.startup_timeout_minutes),
+            ),
+            (
+                "Idle timeout",
+                format!("{} min without a job", self.idle_timeout_minutes),
+            ),
+            (
+                "Max lifetime",
+                format!(
+                    "{} min (the pod's activeDeadlineSeconds, until {})",
+                    self.max_lifetime_minutes,
+                    self.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            ),
+            (
+                "On failure",
+                if self.keep_on_failure {
+                    "keep the pod for debugging (keep-on-failure)".to_owned()
+                } else {
+                    "delete the pod and its secret and remove the runner".to_owned()
+                },
+            ),
+        ]
     }
 
     /// The plan as the log shows it.
@@ -390,6 +490,13 @@ impl LaunchPlan {
         let mut out = String::new();
         for (key, value) in self.facts() {
             out.push_str(&format!("{key:<18} {value}\n"));
+        }
+        if self.pod.is_some() {
+            out.push_str("Labels and annotations on the pod and its secret:\n");
+            for (key, value) in &self.tags {
+                out.push_str(&format!("  {key} = {value}\n"));
+            }
+            return out;
         }
         out.push_str("Candidates, in order:\n");
         for (i, c) in self.candidates.iter().enumerate() {
@@ -427,6 +534,13 @@ impl LaunchPlan {
             .iter()
             .map(|(k, v)| vec![k.clone(), v.clone()])
             .collect();
+        if self.pod.is_some() {
+            return Markdown::new()
+                .table(&["Setting", "Value"], &facts)
+                .raw("**Labels and annotations** on the pod and its secret:")
+                .table(&["Key", "Value"], &tags)
+                .build();
+        }
         Markdown::new()
             .table(&["Setting", "Value"], &facts)
             .raw(&format!(

@@ -9,7 +9,7 @@ use crate::secret::Secret;
 const TEMPLATE: &str = include_str!("boot.sh");
 const VALUES_MARKER: &str = "# @VALUES@";
 /// The job-started hook, which the boot script writes out behind the values it expects.
-const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
+pub(crate) const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
 
 /// A line that is only a comment, and not one of the template's markers.

@@ -1,5 +1,6 @@
 //! `INPUT_*` → typed inputs for one mode, or every error at once.
 
+mod cluster;
 pub mod error;
 pub mod spec;
 pub mod values;
@@ -105,6 +106,61 @@ pub struct Common {
     /// the runner passes "not set"): the repository, unless stop finds that the start it cleans
     /// up after registered in the organization.
     pub runner_scope: Option<RunnerScope>,
+    /// With `machine: kubernetes`: the cluster and namespace the pods run in.
+    pub cluster: Option<ClusterInputs>,
+}
+
+/// How gpu-runner reaches a Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAccess {
+    /// A whole kubeconfig; its current context is used.
+    Kubeconfig(Secret),
+    /// An EKS cluster, reached with the AWS credentials the job's OIDC token brings.
+    Eks { name: String, region: String },
+}
+
+/// The cluster and the one namespace gpu-runner works in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInputs {
+    pub access: ClusterAccess,
+    /// `namespace`, else the kubeconfig context's, else `default`.
+    pub namespace: String,
+}
+
+impl ClusterInputs {
+    /// The cluster in words, for the plan and the messages.
+    pub fn describe(&self) -> String {
+        match &self.access {
+            ClusterAccess::Kubeconfig(_) => {
+                format!(
+                    "the kubeconfig's current context, namespace {}",
+                    self.namespace
+                )
+            }
+            ClusterAccess::Eks { name, region } => {
+                format!(
+                    "the EKS cluster {name} in {region}, namespace {}",
+                    self.namespace
+                )
+            }
+        }
+    }
+}
+
+/// What a Kubernetes GPU pod asks the cluster for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInputs {
+    pub gpu_count: u32,
+    pub gpu_resource: String,
+    pub node_selector: BTreeMap<String, String>,
+    /// A JSON array of tolerations, as the pod spec takes them.
+    pub tolerations: serde_json::Value,
+    /// A Pod manifest merged over the one gpu-runner builds.
+    pub template: Option<serde_json::Value>,
+    pub runtime_class: Option<String>,
+    pub image: String,
+    pub cpu_request: Option<String>,
+    pub memory_request: Option<String>,
 }
 
 impl Common {
@@ -124,6 +180,8 @@ pub struct StartInputs {
     pub trust: TrustInputs,
     /// Resume stopped instances of a pool instead of launching new ones.
     pub pool: Option<PoolInputs>,
+    /// With `machine: kubernetes`: the pod to create instead of an instance.
+    pub pod: Option<PodInputs>,
     pub dry_run: bool,
 }
 
@@ -276,6 +334,7 @@ pub enum Inputs {
 pub enum MachineKind {
     Ec2,
     Attached,
+    Kubernetes,
 }
 
 /// `mode: start` with `machine: attached`: which attached machine to wait for, and how long.
@@ -310,12 +369,20 @@ pub struct Parsed {
 }
 
 /// The raw values of every secret input, to be masked before anything else is printed, even when
-/// parsing fails.
+/// parsing fails. Of a kubeconfig only its credentials: the log masks line by line, and its
+/// other lines (`kind: Config`) would blank out everything that shares them.
 pub fn raw_secrets(env: &Env) -> Vec<String> {
     spec::ALL
         .iter()
         .filter(|s| s.secret)
-        .filter_map(|s| env.non_empty(&s.env_var()).map(str::to_owned))
+        .filter_map(|s| Some((s, env.non_empty(&s.env_var())?)))
+        .flat_map(|(s, v)| {
+            if s.name == spec::KUBECONFIG.name {
+                cluster::kubeconfig_credentials(v)
+            } else {
+                vec![v.to_owned()]
+            }
+        })
         .collect()
 }
 
@@ -333,14 +400,20 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
             warnings: Vec::new(),
         });
     }
-    let common = r.common();
+    let common = r.common(machine == Some(MachineKind::Kubernetes));
     let inputs = match (mode, machine) {
         (Some(Mode::Start), Some(MachineKind::Attached)) => {
             r.attached(common).map(Inputs::Attached)
         }
-        (Some(Mode::Start), _) => r.start(common).map(Inputs::Start),
-        (Some(Mode::Stop), _) => r.stop(common).map(Inputs::Stop),
-        (Some(Mode::Cleanup), _) => r.cleanup(common).map(Inputs::Cleanup),
+        (Some(Mode::Start), kind) => r
+            .start(common, kind == Some(MachineKind::Kubernetes))
+            .map(Inputs::Start),
+        (Some(Mode::Stop), kind) => r
+            .stop(common, kind == Some(MachineKind::Kubernetes))
+            .map(Inputs::Stop),
+        (Some(Mode::Cleanup), kind) => r
+            .cleanup(common, kind == Some(MachineKind::Kubernetes))
+            .map(Inputs::Cleanup),
         (None, _) => None,
     };
     match inputs {
@@ -350,6 +423,7 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
                 (_, Some(m)) => r.unused(m),
                 _ => Vec::new(),
             };
+            warnings.extend(r.unused_for_machine(machine == Some(MachineKind::Kubernetes), mode));
             warnings.extend(unknown_inputs(env));
             if let Inputs::Start(s) = &inputs {
                 warnings.extend(start_warnings(s));
@@ -517,11 +591,13 @@ impl Reader<'_> {
         match self.value(spec).as_deref() {
             None | Some("ec2") => Some(MachineKind::Ec2),
             Some("attached") => Some(MachineKind::Attached),
+            Some("kubernetes") => Some(MachineKind::Kubernetes),
             Some(other) => {
-                let mut fix = "Use ec2 (the default: gpu-runner launches an instance) or attached \
-                               (a machine that runs gpu-runner attach)."
+                let mut fix = "Use ec2 (the default: gpu-runner launches an instance), kubernetes \
+                               (a GPU pod on your cluster) or attached (a machine that runs \
+                               gpu-runner attach)."
                     .to_owned();
-                if let Some(s) = values::closest(other, ["ec2", "attached"]) {
+                if let Some(s) = values::closest(other, ["ec2", "kubernetes", "attached"]) {
                     fix.push_str(&format!(" Did you mean {s}?"));
                 }
                 let e = values::Expect {
@@ -600,8 +676,13 @@ impl Reader<'_> {
             .collect()
     }
 
-    fn common(&mut self) -> Option<Common> {
+    fn common(&mut self, kubernetes: bool) -> Option<Common> {
         let github = self.github_auth();
+        let cluster = if kubernetes {
+            Some(self.cluster())
+        } else {
+            None
+        };
         let role_to_assume = self.one(&spec::ROLE_TO_ASSUME, values::role_arn);
         let audience = self.one(&spec::AUDIENCE, values::audience);
         let scope_given = self.given(&spec::RUNNER_SCOPE).is_some();
@@ -609,11 +690,16 @@ impl Reader<'_> {
         let runner_scope =
             RunnerScope::from_name(&self.one(&spec::RUNNER_SCOPE, values::runner_scope)?)
                 .unwrap_or(RunnerScope::Repo);
+        let cluster = match cluster {
+            Some(c) => Some(c?),
+            None => None,
+        };
         Some(Common {
             github: github?,
             role_to_assume,
             audience: audience?,
             runner_scope: scope_given.then_some(runner_scope),
+            cluster,
         })
     }
 
@@ -743,8 +829,12 @@ impl Reader<'_> {
         }
     }
 
-    fn cleanup(&mut self, common: Option<Common>) -> Option<CleanupInputs> {
-        let region = self.required_region("to clean up");
+    fn cleanup(&mut self, common: Option<Common>, kubernetes: bool) -> Option<CleanupInputs> {
+        let region = if kubernetes {
+            Some(self.aws_region().ok().flatten().unwrap_or_default())
+        } else {
+            self.required_region("to clean up")
+        };
         let max_age = self.number(&spec::MAX_AGE_MINUTES, 10, 10080, "minutes");
         let queued = self.number(&spec::QUEUED_TIMEOUT_MINUTES, 5, 1440, "minutes");
         let dry_run = self.boolean(&spec::DRY_RUN);
@@ -760,10 +850,23 @@ impl Reader<'_> {
         })
     }
 
-    fn start(&mut self, common: Option<Common>) -> Option<StartInputs> {
-        let region = self.required_region("to launch in");
-        let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
-        let arch = self.arch(&instance_types);
+    fn start(&mut self, common: Option<Common>, kubernetes: bool) -> Option<StartInputs> {
+        // A pod's place is its cluster: the region matters only to reach an EKS cluster.
+        let (region, instance_types, arch) = if kubernetes {
+            let region = match common.as_ref().and_then(|c| c.cluster.as_ref()) {
+                Some(ClusterInputs {
+                    access: ClusterAccess::Eks { region, .. },
+                    ..
+                }) => region.clone(),
+                _ => String::new(),
+            };
+            (Some(region), Vec::new(), Some(Arch::X64))
+        } else {
+            let region = self.required_region("to launch in");
+            let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
+            let arch = self.arch(&instance_types);
+            (region, instance_types, arch)
+        };
         let image = self
             .given(&spec::IMAGE_ID)
             .or_else(|| match arch {
@@ -823,6 +926,10 @@ impl Reader<'_> {
             Some(MarketType::Spot | MarketType::SpotThenOnDemand)
         );
         let pool = self.pool(count, spot);
+        if kubernetes && pool.is_some() {
+            self.pools_are_ec2s();
+        }
+        let pod = if kubernetes { self.pod() } else { None };
         if !self.errors.is_empty() {
             return None;
         }
@@ -860,6 +967,7 @@ impl Reader<'_> {
             },
             trust,
             pool,
+            pod,
             dry_run,
         })
     }
@@ -1052,7 +1160,7 @@ impl Reader<'_> {
         }
     }
 
-    fn stop(&mut self, common: Option<Common>) -> Option<StopInputs> {
+    fn stop(&mut self, common: Option<Common>, kubernetes: bool) -> Option<StopInputs> {
         let region = match self.one(&spec::REGION, values::region) {
             Some(region) => Some(region),
             None if self.raw(&spec::REGION).is_some() => None,
@@ -1067,7 +1175,12 @@ impl Reader<'_> {
                     // A repeated id is harmless to stop: drop it rather than fail the teardown.
                     let mut seen = std::collections::HashSet::new();
                     ids.retain(|id| seen.insert(id.clone()));
-                    self.entries(ids_spec, &v, ids, 100, values::instance_id)
+                    let check = if kubernetes {
+                        values::pod_name
+                    } else {
+                        values::instance_id
+                    };
+                    self.entries(ids_spec, &v, ids, 100, check)
                 }
                 Err(e) => {
                     self.invalid(ids_spec, &v, None, e);
@@ -1076,7 +1189,7 @@ impl Reader<'_> {
             },
         };
         let has_work = label.is_some() || !instance_ids.is_empty();
-        if has_work && region.is_none() && self.errors.is_empty() {
+        if has_work && region.is_none() && !kubernetes && self.errors.is_empty() {
             self.missing(
                 &spec::REGION,
                 "Pass the start job's region output (region: ${{ needs.start.outputs.region }}), \
@@ -1087,6 +1200,12 @@ impl Reader<'_> {
         if !self.errors.is_empty() {
             return None;
         }
+        // A pod's place is its cluster, which every mode is told: no region to pass on.
+        let region = if kubernetes {
+            Some(region.unwrap_or_default())
+        } else {
+            region
+        };
         Some(StopInputs {
             common: common?,
             region,

@@ -70,6 +70,10 @@ pub const DEFAULT_IMAGE: &str = "ssm:/aws/service/deeplearning/ami/x86_64/base-o
 pub const DEFAULT_IMAGE_ARM64: &str =
     "ssm:/aws/service/deeplearning/ami/arm64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 
+/// The runner image a pod runs: GitHub's own, with the runner of the pinned version in
+/// `/home/runner`, run as its unprivileged `runner` user.
+pub const DEFAULT_POD_IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0";
+
 use Scope::{All, Cleanup, Start, StartAndCleanup, Stop};
 
 pub const MODE: Spec = Spec::new("mode", All, "");
@@ -81,6 +85,9 @@ pub const ROLE_TO_ASSUME: Spec = Spec::new("role-to-assume", All, "");
 pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
 pub const RUNNER_SCOPE: Spec = Spec::new("runner-scope", All, "repo");
 pub const MACHINE: Spec = Spec::new("machine", All, "ec2");
+pub const KUBECONFIG: Spec = Spec::secret("kubeconfig", All);
+pub const EKS_CLUSTER: Spec = Spec::new("eks-cluster", All, "");
+pub const NAMESPACE: Spec = Spec::new("namespace", All, "");
 
 pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
@@ -113,6 +120,15 @@ pub const POOL_FULL: Spec = Spec::new("pool-full", Start, "wait");
 pub const INSTANCE_ID: Spec = Spec::new("instance-id", Start, "");
 pub const POOL_MAX_USES: Spec = Spec::new("pool-max-uses", Start, "0");
 pub const POOL_MAX_AGE_DAYS: Spec = Spec::new("pool-max-age-days", Start, "30");
+pub const GPU_COUNT: Spec = Spec::new("gpu-count", Start, "1");
+pub const GPU_RESOURCE: Spec = Spec::new("gpu-resource", Start, "nvidia.com/gpu");
+pub const NODE_SELECTOR: Spec = Spec::new("node-selector", Start, "");
+pub const TOLERATIONS: Spec = Spec::new("tolerations", Start, "");
+pub const POD_TEMPLATE: Spec = Spec::new("pod-template", Start, "");
+pub const RUNTIME_CLASS: Spec = Spec::new("runtime-class", Start, "");
+pub const POD_IMAGE: Spec = Spec::new("pod-image", Start, DEFAULT_POD_IMAGE);
+pub const CPU_REQUEST: Spec = Spec::new("cpu-request", Start, "");
+pub const MEMORY_REQUEST: Spec = Spec::new("memory-request", Start, "");
 
 pub const LABEL: Spec = Spec::new("label", Stop, "");
 pub const INSTANCE_IDS: Spec = Spec::new("instance-ids", Stop, "");
@@ -131,6 +147,9 @@ pub const ALL: &[Spec] = &[
     AUDIENCE,
     RUNNER_SCOPE,
     MACHINE,
+    KUBECONFIG,
+    EKS_CLUSTER,
+    NAMESPACE,
     INSTANCE_TYPE,
     IMAGE_ID,
     SUBNET_ID,
@@ -161,6 +180,15 @@ pub const ALL: &[Spec] = &[
     INSTANCE_ID,
     POOL_MAX_USES,
     POOL_MAX_AGE_DAYS,
+    GPU_COUNT,
+    GPU_RESOURCE,
+    NODE_SELECTOR,
+    TOLERATIONS,
+    POD_TEMPLATE,
+    RUNTIME_CLASS,
+    POD_IMAGE,
+    CPU_REQUEST,
+    MEMORY_REQUEST,
     LABEL,
     INSTANCE_IDS,
     REGION,

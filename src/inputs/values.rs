@@ -620,3 +620,127 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
+
+/// A DNS-1123 label, as Kubernetes names namespaces: 1 to 63 lowercase letters, digits or '-',
+/// starting and ending with a letter or digit.
+fn dns_label(v: &str) -> bool {
+    (1..=63).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-')
+}
+
+/// A DNS-1123 subdomain, as Kubernetes names most objects: dot-separated labels, 253 at most.
+fn dns_subdomain(v: &str) -> bool {
+    v.len() <= 253 && v.split('.').all(dns_label)
+}
+
+pub fn namespace(v: &str) -> Result<(), Expect> {
+    dns_label(v).then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a Kubernetes namespace",
+            "Namespaces are 1 to 63 lowercase letters, digits or '-', such as gpu-ci.",
+        )
+    })
+}
+
+pub fn pod_name(v: &str) -> Result<(), Expect> {
+    dns_subdomain(v).then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a pod name",
+            "Pass the start job's instance-ids output: the names of the pods it created.",
+        )
+    })
+}
+
+pub fn runtime_class(v: &str) -> Result<(), Expect> {
+    dns_subdomain(v).then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a RuntimeClass name",
+            "Name a RuntimeClass of the cluster (kubectl get runtimeclass), such as nvidia.",
+        )
+    })
+}
+
+/// An EKS cluster's name: 1 to 100 letters, digits, '-' or '_', starting with a letter or digit.
+pub fn eks_cluster(v: &str) -> Result<(), Expect> {
+    let ok = (1..=100).contains(&v.len())
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "an EKS cluster name",
+            "Use the cluster's name as EKS shows it (aws eks list-clusters), such as gpu-ci.",
+        )
+    })
+}
+
+/// An extended resource name as device plugins advertise them: `domain/name`.
+pub fn gpu_resource(v: &str) -> Result<(), Expect> {
+    let ok = v.split_once('/').is_some_and(|(domain, name)| {
+        dns_subdomain(domain)
+            && domain.contains('.')
+            && (1..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    });
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a GPU resource name",
+            "Name the resource the cluster's device plugin advertises (kubectl describe node): \
+             nvidia.com/gpu (the default), amd.com/gpu, or a MIG slice such as \
+             nvidia.com/mig-1g.10gb.",
+        )
+    })
+}
+
+/// A Kubernetes quantity, as `resources.requests` takes it: `4`, `500m`, `16Gi`, `1.5`.
+pub fn quantity(v: &str) -> Result<(), Expect> {
+    const SUFFIXES: &[&str] = &[
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let ok = SUFFIXES.iter().any(|s| {
+        v.strip_suffix(s).is_some_and(|n| {
+            let mut parts = n.splitn(2, '.');
+            let whole = parts.next().unwrap_or_default();
+            let frac = parts.next();
+            !whole.is_empty()
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        })
+    });
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a Kubernetes quantity",
+            "Write it as Kubernetes does: CPUs as 4 or 500m, memory as 16Gi or 512Mi.",
+        )
+    })
+}
+
+/// `key=value` for `node-selector`: a label key (with an optional `prefix/`) and value.
+pub fn node_label(v: &str) -> Result<(), Expect> {
+    let name = |s: &str| {
+        s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let ok = v.split_once('=').is_some_and(|(key, value)| {
+        let key_ok = match key.rsplit_once('/') {
+            Some((prefix, n)) => dns_subdomain(prefix) && name(n),
+            None => name(key),
+        };
+        key_ok && (value.is_empty() || name(value))
+    });
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "a node label as key=value",
+            "List the labels the GPU nodes carry, such as \
+             node.kubernetes.io/instance-type=g5.xlarge or nvidia.com/gpu.product=NVIDIA-A10G.",
+        )
+    })
+}

@@ -10,6 +10,7 @@
 
 pub mod ec2;
 pub mod handoff;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -205,6 +206,10 @@ pub enum Released {
         cost: Option<String>,
     },
     Detached,
+    /// A pod deleted, with its Secret, `ran` minutes after it was created.
+    Deleted {
+        ran: Option<i64>,
+    },
     /// It was gone before it was asked for.
     AlreadyGone,
     /// It may still exist, and bill.
@@ -224,6 +229,13 @@ pub enum Health {
         why: String,
         last_words: Vec<String>,
     },
+    /// It cannot run as asked (no node can take it, its image cannot be pulled): waiting will
+    /// not help. `why` completes "the pod NAME …", `fix` says what to change.
+    CannotRun {
+        why: String,
+        fix: String,
+        last_words: Vec<String>,
+    },
 }
 
 /// What the summary shows of a machine once its runner is online.
@@ -232,6 +244,8 @@ pub struct Facts {
     pub price: Option<Price>,
     /// What the boot script's GPU probe found, when the machine has shown it yet.
     pub gpu: Option<String>,
+    /// What else the provider knows that the summary shows (a pod's node and phase timings).
+    pub details: Vec<(&'static str, String)>,
 }
 
 /// An hourly price and where it comes from.
@@ -264,6 +278,7 @@ pub struct Acquired {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Ec2,
+    Kubernetes,
 }
 
 impl Kind {
@@ -271,6 +286,7 @@ impl Kind {
     pub fn service(self) -> &'static str {
         match self {
             Kind::Ec2 => "AWS",
+            Kind::Kubernetes => "Kubernetes",
         }
     }
 }
@@ -296,6 +312,7 @@ impl MachineError {
     pub fn hint(&self) -> String {
         match self.provider {
             Kind::Ec2 => ec2::errors::hint(self),
+            Kind::Kubernetes => kubernetes::errors::hint(self),
         }
     }
 }
@@ -304,6 +321,21 @@ impl MachineError {
 pub trait Provider: Sync {
     /// What its machines are called in the log and the summaries ("instance").
     fn noun(&self) -> &'static str;
+
+    /// Where it looks for machines, in words: a region, or a cluster's namespace.
+    fn place(&self, region: &str) -> String {
+        region.to_owned()
+    }
+
+    /// What releasing one of its machines `how` is called ("terminate instance").
+    fn verb(&self, how: Release) -> String {
+        let noun = self.noun();
+        match how {
+            Release::Terminate => format!("terminate {noun}"),
+            Release::ReturnToPool => format!("return {noun} to its pool"),
+            Release::Detach => format!("detach {noun}"),
+        }
+    }
 
     /// What a dry run proves: that the machine could be acquired, with nothing acquired. Shows
     /// what the machine would be handed, then says in one sentence what was proven.
@@ -372,6 +404,18 @@ pub async fn connect(
     actions: &Actions,
     judged_event: Option<&str>,
 ) -> Result<Connected, Error> {
+    if let Some(cluster) = &common.cluster {
+        let access = kubernetes::access::Access {
+            common,
+            env,
+            ctx,
+            actions,
+            judged_event,
+        };
+        return Ok(Connected::Kubernetes(
+            kubernetes::Kubernetes::connect(cluster, &access).await?,
+        ));
+    }
     let config = ec2::credentials::connect(env, common, region, ctx, actions, judged_event).await?;
     let clock = crate::clock::Clock::from_env(env);
     Ok(Connected::Ec2(
@@ -394,18 +438,38 @@ pub async fn manage(
 /// Checks what can be checked of a plan before any credential is asked for and anything is
 /// registered, such as whether the runner's configuration will fit the way it is handed over.
 pub fn check_plan(plan: &LaunchPlan, package: &crate::boot::RunnerPackage) -> Result<(), Error> {
+    if plan.pod.is_some() {
+        // A Secret holds the configuration: 1 MiB, far more than a JIT config takes.
+        return Ok(());
+    }
     ec2::user_data::check_fits(plan, package)
 }
 
 /// The provider [`connect`] chose.
 pub enum Connected {
     Ec2(ec2::Ec2),
+    Kubernetes(kubernetes::Kubernetes),
 }
 
 impl Provider for Connected {
     fn noun(&self) -> &'static str {
         match self {
             Connected::Ec2(p) => p.noun(),
+            Connected::Kubernetes(p) => p.noun(),
+        }
+    }
+
+    fn place(&self, region: &str) -> String {
+        match self {
+            Connected::Ec2(p) => p.place(region),
+            Connected::Kubernetes(p) => p.place(region),
+        }
+    }
+
+    fn verb(&self, how: Release) -> String {
+        match self {
+            Connected::Ec2(p) => p.verb(how),
+            Connected::Kubernetes(p) => p.verb(how),
         }
     }
 
@@ -417,6 +481,7 @@ impl Provider for Connected {
     ) -> Result<String, Error> {
         match self {
             Connected::Ec2(p) => p.preflight(plan, handoff, actions).await,
+            Connected::Kubernetes(p) => p.preflight(plan, handoff, actions).await,
         }
     }
 
@@ -428,18 +493,21 @@ impl Provider for Connected {
     ) -> Result<Acquired, Error> {
         match self {
             Connected::Ec2(p) => p.acquire(plan, handoff, actions).await,
+            Connected::Kubernetes(p) => p.acquire(plan, handoff, actions).await,
         }
     }
 
     async fn health(&self, ids: &[String]) -> Result<Vec<(String, Health)>, MachineError> {
         match self {
             Connected::Ec2(p) => p.health(ids).await,
+            Connected::Kubernetes(p) => p.health(ids).await,
         }
     }
 
     async fn last_words(&self, id: &str) -> Vec<String> {
         match self {
             Connected::Ec2(p) => p.last_words(id).await,
+            Connected::Kubernetes(p) => p.last_words(id).await,
         }
     }
 
@@ -450,6 +518,7 @@ impl Provider for Connected {
     ) -> Result<Vec<Machine>, MachineError> {
         match self {
             Connected::Ec2(p) => p.find(ids, owner).await,
+            Connected::Kubernetes(p) => p.find(ids, owner).await,
         }
     }
 
@@ -460,12 +529,14 @@ impl Provider for Connected {
     ) -> (Vec<Released>, Option<MachineError>) {
         match self {
             Connected::Ec2(p) => p.release(machines, how).await,
+            Connected::Kubernetes(p) => p.release(machines, how).await,
         }
     }
 
     async fn facts(&self, machine: &Machine) -> Facts {
         match self {
             Connected::Ec2(p) => p.facts(machine).await,
+            Connected::Kubernetes(p) => p.facts(machine).await,
         }
     }
 }

@@ -62,22 +62,15 @@ pub enum Action {
 }
 
 impl Action {
-    fn what(&self) -> (&'static str, String, &str) {
+    /// What is done, to what and why, in the words of `provider`.
+    fn what(&self, provider: &impl Provider) -> (String, String, &str) {
         match self {
-            Action::Release {
-                id,
-                how: Release::Terminate,
-                reason,
-            } => ("terminate instance", id.clone(), reason),
-            Action::Release {
-                id,
-                how: Release::ReturnToPool,
-                reason,
-            } => ("return instance to its pool", id.clone(), reason),
-            Action::Release { id, reason, .. } => ("detach instance", id.clone(), reason),
-            Action::RemoveRunner { name, reason, .. } => ("remove runner", name.clone(), reason),
+            Action::Release { id, how, reason } => (provider.verb(*how), id.clone(), reason),
+            Action::RemoveRunner { name, reason, .. } => {
+                ("remove runner".to_owned(), name.clone(), reason)
+            }
             Action::CancelRun { run_id, reason } => {
-                ("cancel workflow run", run_id.to_string(), reason)
+                ("cancel workflow run".to_owned(), run_id.to_string(), reason)
             }
         }
     }
@@ -309,9 +302,9 @@ pub async fn run(
                 }
             }
         };
-        let (kind, what, reason) = action.what();
+        let (kind, what, reason) = action.what(&provider);
         actions.info(&format!("{kind} {what}: {reason} → {done}"));
-        rows.push(vec![kind.to_owned(), what, reason.to_owned(), done]);
+        rows.push(vec![kind, what, reason.to_owned(), done]);
     }
     let live = seen
         .instances
@@ -319,9 +312,10 @@ pub async fn run(
         .filter(|i| !i.state.is_ending())
         .count();
     let looked = format!(
-        "Looked at {live} live gpu-runner instance(s) of {} in {}{}{}.",
+        "Looked at {live} live gpu-runner {}(s) of {} in {}{}{}.",
+        provider.noun(),
         policy.repository,
-        inputs.region,
+        provider.place(&inputs.region),
         seen.runners
             .as_ref()
             .map(|r| match inputs.common.scope() {

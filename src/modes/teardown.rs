@@ -97,6 +97,10 @@ impl fmt::Display for Outcome {
                 write!(f, "retired from its pool ({why}): terminated")?;
                 ran_for(f, *ran, cost.as_deref())
             }
+            Outcome::Released(Released::Deleted { ran }) => {
+                f.write_str("deleted, with its secret")?;
+                ran_for(f, *ran, None)
+            }
             Outcome::Released(Released::Detached) => {
                 f.write_str("detached (the machine is the user's, and stays)")
             }

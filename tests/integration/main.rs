@@ -10,6 +10,7 @@ mod cleanup;
 mod contract;
 mod cycle;
 mod faults;
+mod kubernetes;
 mod pools;
 mod security;
 mod steps;

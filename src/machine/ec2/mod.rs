@@ -284,6 +284,10 @@ impl Provider for Ec2 {
             Ok(Some(text)) => phases::gpu_found(&text),
             _ => None,
         };
-        Facts { price, gpu }
+        Facts {
+            price,
+            gpu,
+            details: Vec::new(),
+        }
     }
 }

@@ -57,6 +57,9 @@ pub(super) fn report_online(
     };
     let i = &online.machine;
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    if plan.pod.is_some() {
+        return report_pods(plan, all, actions);
+    }
     actions.info(&format!(
         "The GPU runner is online: runs-on: {} ({} in {}, {})",
         plan.label,
@@ -158,6 +161,90 @@ pub(super) fn report_online(
             ],
             &each,
         );
+    }
+    actions.append_summary(&summary.build())?;
+    Ok(())
+}
+
+/// A pod's summary: where the cluster put it and how long each step took.
+fn report_pods(plan: &LaunchPlan, all: &[Online], actions: &Actions) -> Result<(), Error> {
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let Some(online) = all.first() else {
+        return Ok(());
+    };
+    let p = &online.machine;
+    let node = |o: &Online| {
+        o.facts
+            .details
+            .iter()
+            .find(|(k, _)| *k == "Node")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    actions.info(&format!(
+        "The GPU runner is online: runs-on: {} (pod {} on node {}, {})",
+        plan.label,
+        p.id,
+        node(online),
+        p.instance_type
+    ));
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Label (runs-on)", plan.label.clone()),
+        ("Pod", p.id.clone()),
+        ("Cluster", plan.cluster.clone().unwrap_or_default()),
+        ("GPUs asked for", p.instance_type.clone()),
+    ];
+    rows.extend(online.facts.details.iter().cloned());
+    rows.extend([
+        (
+            "Created → running",
+            online
+                .launch_to_running
+                .map(secs)
+                .unwrap_or_else(|| "not seen".to_owned()),
+        ),
+        ("Created → runner online", secs(online.launch_to_online)),
+        (
+            "GPU",
+            online.facts.gpu.clone().unwrap_or_else(|| {
+                "not in the pod's log yet: the job has it as GPU_RUNNER_GPU_* variables".to_owned()
+            }),
+        ),
+        (
+            "Ends by",
+            format!(
+                "{} (the pod's activeDeadlineSeconds)",
+                plan.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ),
+    ]);
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v)| vec![k.to_owned(), v])
+        .collect();
+    let mut summary = Markdown::new()
+        .heading(3, "GPU runner online")
+        .table(&["", ""], &rows);
+    if all.len() > 1 {
+        let each: Vec<Vec<String>> = all
+            .iter()
+            .map(|o| {
+                vec![
+                    o.machine.runner_name().unwrap_or_default().to_owned(),
+                    o.machine.id.clone(),
+                    node(o),
+                    secs(o.launch_to_online),
+                ]
+            })
+            .collect();
+        summary = summary
+            .paragraph(&format!(
+                "{} runners, each with its own label (its name) besides {}:",
+                all.len(),
+                plan.label
+            ))
+            .table(&["Runner", "Pod", "Node", "Created → online"], &each);
     }
     actions.append_summary(&summary.build())?;
     Ok(())

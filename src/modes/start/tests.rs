@@ -193,6 +193,7 @@ impl Provider for FakeProvider {
         Facts {
             price: None,
             gpu: Some("1 × NVIDIA A10G".into()),
+            details: Vec::new(),
         }
     }
 }

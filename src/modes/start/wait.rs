@@ -97,6 +97,14 @@ pub enum Stalled {
     MachineEnded { id: String, state: String },
     /// `startup-timeout-minutes` passed.
     TimedOut { id: String, minutes: u32 },
+    /// The provider cannot run the machine as asked (no node can take the pod, its image cannot
+    /// be pulled, its GPU probe failed); `fix` is the provider's advice.
+    CannotRun {
+        id: String,
+        noun: &'static str,
+        why: String,
+        fix: String,
+    },
 }
 
 impl std::fmt::Display for Stalled {
@@ -118,14 +126,24 @@ impl std::fmt::Display for Stalled {
                 "the runner of {id} did not come online within startup-timeout-minutes \
                  ({minutes})"
             ),
+            Stalled::CannotRun { id, noun, why, .. } => write!(f, "the {noun} {id} {why}"),
         }
     }
 }
 
 impl Stalled {
-    /// What to do about it.
-    pub fn fix(&self) -> &'static str {
+    /// Whose last words the error shows.
+    pub fn noun(&self) -> &'static str {
         match self {
+            Stalled::CannotRun { noun, .. } => noun,
+            _ => "instance",
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(&self) -> &str {
+        match self {
+            Stalled::CannotRun { fix, .. } => fix,
             Stalled::RunnerRemoved {
                 refused_a_job: true,
                 ..
@@ -267,6 +285,21 @@ async fn look(
         Some(Health::Ready) if b.running_after.is_none() => {
             b.running_after = Some(b.launched_at.elapsed());
             actions.info(&format!("{id} is running; waiting for its runner"));
+        }
+        Some(Health::CannotRun {
+            why,
+            fix,
+            last_words,
+        }) => {
+            return Look::Failed(Error::Startup {
+                stalled: Stalled::CannotRun {
+                    id: id.clone(),
+                    noun: provider.noun(),
+                    why: why.clone(),
+                    fix: fix.clone(),
+                },
+                console: last_words.clone(),
+            });
         }
         Some(Health::Gone { why, last_words }) => {
             return Look::Failed(Error::Startup {

@@ -1,0 +1,133 @@
+#!/bin/bash
+# gpu-runner's pod entrypoint: probes the GPUs the pod was given, then runs the image's Actions
+# runner for one job of the workflow run that created the pod, and ends (the pod never restarts).
+# Its values come in the container's environment, the runner's configuration from the pod's
+# Secret (JIT_CONFIG). The pod's activeDeadlineSeconds is its max lifetime.
+set -euo pipefail
+
+readonly RUNNER_DIR="${RUNNER_DIR:-/home/runner}"
+# The API server drops empty values from a pod's env: an empty value arrives unset.
+: "${PRE_RUNNER_SCRIPT:=}" "${JOB_WORKFLOW_REF:=}" "${RUNNER_LABELS:=}"
+STATE_DIR="$(mktemp -d)"
+readonly STATE_DIR
+CURRENT_PHASE=boot
+
+# One line per event, to the container's log (what `kubectl logs` and gpu-runner read back).
+log() {
+  printf 'gpu-runner: phase=%s%s\n' "$1" "${2:+ $2}"
+}
+
+fail() {
+  trap - ERR
+  log "$1" "status=failed reason=\"$2\""
+  exit 1
+}
+
+trap 'fail "$CURRENT_PHASE" "the entrypoint stopped at line $LINENO"' ERR
+
+# Taken out of the environment before anything else runs: only the runner gets it.
+jit_config="${JIT_CONFIG:-}"
+unset JIT_CONFIG
+[ -n "$jit_config" ] || fail boot "the pod's Secret gave no runner configuration (JIT_CONFIG)"
+log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
+
+# 1. The GPUs the pod was given, as the job will see them. The device plugin and the container
+# runtime put nvidia-smi and the devices in the container.
+CURRENT_PHASE=gpu-probe
+gpus=""
+probe_error=""
+for _ in $(seq 1 "$GPU_PROBE_ATTEMPTS"); do
+  if gpus="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"; then
+    break
+  fi
+  probe_error="$(printf '%s\n' "$gpus" | head -n 1)"
+  gpus=""
+  sleep "$GPU_PROBE_INTERVAL_SECONDS"
+done
+if [ -z "$gpus" ]; then
+  fail gpu-probe "nvidia-smi failed $GPU_PROBE_ATTEMPTS times: ${probe_error:-no output}"
+fi
+gpu_count="$(printf '%s\n' "$gpus" | grep -c .)"
+if [ "$gpu_count" -lt "$EXPECTED_GPUS" ]; then
+  fail gpu-probe "nvidia-smi shows $gpu_count GPU(s) but the pod asked for $EXPECTED_GPUS"
+fi
+first="$(printf '%s\n' "$gpus" | head -n 1)"
+field() { printf '%s' "$first" | cut -d ',' -f "$1" | sed 's/^ *//; s/ *$//'; }
+gpu_name="$(field 1)"
+gpu_memory="$(field 2)"
+driver_version="$(field 3)"
+cuda_version="$(nvidia-smi 2> /dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1 | cut -d ' ' -f 3 || true)"
+json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+printf '{"name": %s, "count": %s, "memory": %s, "driver_version": %s, "cuda_version": %s}\n' \
+  "$(json_string "$gpu_name")" "$gpu_count" "$(json_string "$gpu_memory")" \
+  "$(json_string "$driver_version")" "$(json_string "$cuda_version")" > "$STATE_DIR/gpu.json"
+log gpu-probe "status=ok gpus=$gpu_count first=\"$first\" cuda=${cuda_version:-unknown}"
+
+# 2. The user's own preparation.
+if [ -n "$PRE_RUNNER_SCRIPT" ]; then
+  CURRENT_PHASE=pre-runner-script
+  trap - ERR
+  code=0
+  bash -c "$PRE_RUNNER_SCRIPT" || code=$?
+  [ "$code" -eq 0 ] || fail pre-runner-script "it exited with $code"
+  trap 'fail "$CURRENT_PHASE" "the entrypoint stopped at line $LINENO"' ERR
+  log pre-runner-script "status=ok"
+fi
+
+# 3. The runner, for one job. The job-started hook refuses any job but this run's (GitHub hands a
+# runner whatever queued job its labels cover) and tells the idle watchdog that a job began.
+CURRENT_PHASE=runner
+if [ ! -x "$RUNNER_DIR/run.sh" ]; then
+  fail runner "the image has no Actions runner at $RUNNER_DIR/run.sh"
+fi
+{
+  printf '#!/bin/bash\n'
+  declare -p JOB_REPOSITORY JOB_RUN_ID JOB_WORKFLOW_REF STATE_DIR
+  cat << 'HOOK'
+# @JOB_STARTED_HOOK@
+HOOK
+} > "$STATE_DIR/job-started.sh"
+chmod 555 "$STATE_DIR/job-started.sh"
+# The runner adds its .env to every job's environment: what the probe found, as on an instance.
+{
+  printf 'GPU_RUNNER_GPU_NAME=%s\n' "$gpu_name"
+  printf 'GPU_RUNNER_GPU_COUNT=%s\n' "$gpu_count"
+  printf 'GPU_RUNNER_GPU_MEMORY=%s\n' "$gpu_memory"
+  printf 'GPU_RUNNER_DRIVER_VERSION=%s\n' "$driver_version"
+  printf 'GPU_RUNNER_CUDA_VERSION=%s\n' "$cuda_version"
+  printf 'GPU_RUNNER_GPU_JSON=%s\n' "$STATE_DIR/gpu.json"
+} >> "$RUNNER_DIR/.env"
+log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
+log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
+trap - ERR
+export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+# The runner refuses to run as root unless told that it may (a pod-template can make it root).
+if [ "$(id -u)" = 0 ]; then
+  export RUNNER_ALLOW_RUNASROOT=1
+fi
+ACTIONS_RUNNER_INPUT_JITCONFIG="$jit_config" "$RUNNER_DIR/run.sh" &
+runner=$!
+unset jit_config
+(
+  sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
+  if [ ! -e "$STATE_DIR/job-started" ]; then
+    log idle "status=timeout reason=\"no job started within $IDLE_TIMEOUT_MINUTES min\""
+    touch "$STATE_DIR/idle"
+    # run.sh passes no signal on: end the runner and everything it started.
+    pkill -TERM -P "$runner" 2> /dev/null || true
+    kill -TERM "$runner" 2> /dev/null || true
+  fi
+) &
+code=0
+wait "$runner" || code=$?
+log runner "status=exited code=$code"
+
+# 4. One job, then the pod ends; a refused job ends it too, saying why.
+if [ -s "$STATE_DIR/job-refused" ]; then
+  log job-refused "reason=\"$(head -n 1 "$STATE_DIR/job-refused" | tr -d '"' | cut -c 1-300)\""
+  exit 0
+fi
+if [ -e "$STATE_DIR/idle" ]; then
+  exit 0
+fi
+exit "$code"

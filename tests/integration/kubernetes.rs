@@ -1,0 +1,438 @@
+//! Kubernetes GPU pods: `machine: kubernetes` creates one pod per runner on the user's cluster
+//! (its configuration in a Secret the pod owns), waits until it is scheduled, running and its
+//! runner online, and stop deletes both. The world is a real kube-apiserver and kube-scheduler
+//! with RBAC, and node stand-ins that run the pods in the instance sandbox; gpu-runner runs with
+//! a ServiceAccount token bound to exactly the README's Role.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use world::kubernetes::{Cluster, NAMESPACE, NodeSpec};
+use world::{Options, World};
+
+use crate::support::{Outcome, Step};
+
+/// The world's runner image (any image the node stand-in has is one).
+const IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0";
+
+struct Gpus {
+    world: World,
+    cluster: Cluster,
+    kubeconfig: String,
+    _nodes: Vec<world::kubelet::Node>,
+}
+
+/// The local world and a cluster whose nodes are `(name, GPUs advertised, GPUs nvidia-smi
+/// shows)`, with gpu-runner's Role applied. A node that shows `None` never finishes pulling an
+/// image: its pods stay pending.
+fn cluster(nodes: &[(&str, u32, Option<u32>)]) -> Gpus {
+    let world = World::start(Options::default()).expect("the local world starts");
+    let specs: Vec<NodeSpec> = nodes.iter().map(|(n, g, _)| NodeSpec::new(n, *g)).collect();
+    let cluster = Cluster::start(&specs).expect("the world's Kubernetes control plane starts");
+    let nodes = nodes
+        .iter()
+        .map(|(n, advertised, shown)| {
+            match shown {
+                Some(shown) => cluster.run_node(n, *shown, &[IMAGE]),
+                None => cluster.run_slow_node(n, *advertised),
+            }
+            .expect("a node stand-in")
+        })
+        .collect();
+    let kubeconfig = cluster
+        .gpu_runner_kubeconfig()
+        .expect("the README's Role applies");
+    Gpus {
+        world,
+        cluster,
+        kubeconfig,
+        _nodes: nodes,
+    }
+}
+
+fn gpu_cluster() -> Gpus {
+    cluster(&[("gpu-node", 1, Some(1)), ("cpu-node", 0, Some(0))])
+}
+
+impl Gpus {
+    /// A step of `mode` for a pod on this cluster: no AWS input at all.
+    fn step(&self, mode: &str) -> world::step::Step {
+        let mut step = Step::mode(mode).in_world(&self.world);
+        for name in [
+            "INPUT_ROLE-TO-ASSUME",
+            "INPUT_AWS-REGION",
+            "INPUT_RUNNER-VERSION",
+            "INPUT_RUNNER-SHA256",
+        ] {
+            step = step.unset(name);
+        }
+        step.input("machine", "kubernetes")
+            .input("kubeconfig", &self.kubeconfig)
+    }
+
+    fn start(&self) -> world::step::Step {
+        self.step("start").input("startup-timeout-minutes", "30")
+    }
+
+    fn stop_after(&self, started: &Outcome) -> world::step::Step {
+        self.step("stop").outputs_of(started)
+    }
+
+    fn pods(&self) -> Vec<String> {
+        self.cluster.gpu_runner_objects("pods")
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.cluster.gpu_runner_objects("secrets")
+    }
+
+    /// No pod or Secret of gpu-runner in the namespace, no runner registered.
+    #[track_caller]
+    fn nothing_left(&self) {
+        let gone = self
+            .world
+            .wait_until(Duration::from_secs(30), |_| self.pods().is_empty());
+        assert!(gone, "pods left: {:?}", self.pods());
+        assert_eq!(self.secrets(), Vec::<String>::new(), "secrets left");
+        assert_eq!(
+            self.world.registered_runners(),
+            [],
+            "runners still registered"
+        );
+    }
+
+    #[track_caller]
+    fn finished(&self, job: u64) -> world::github::Job {
+        let done = self.world.wait_until(Duration::from_secs(60), |w| {
+            w.job(job).is_some_and(|j| j.status == "completed")
+        });
+        let job = self.world.job(job).expect("the job");
+        assert!(done, "the job never finished: {job:?}");
+        job
+    }
+}
+
+#[track_caller]
+fn error_says(outcome: &Outcome, words: &[&str]) {
+    let errors = outcome.errors().join("\n");
+    for w in words {
+        assert!(
+            errors.contains(w),
+            "{w:?} not in:\n{}",
+            outcome.everything()
+        );
+    }
+}
+
+#[test]
+fn a_gpu_job_runs_in_its_pod_and_stop_leaves_no_pod_secret_or_runner() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().run();
+    let outputs = started.outputs();
+    let label = outputs["label"].clone();
+    started.success();
+    assert_eq!(outputs["instance-ids"], format!("[\"{label}\"]"));
+    assert_eq!(outputs["instance-id"], label);
+
+    // The pod as created: on the GPU node, one GPU, never restarted, its lifetime its deadline,
+    // no cluster credential for the job, and the runner's configuration only in its Secret.
+    let pod: Value = gpus.cluster.pod(&label).expect("the pod");
+    assert_eq!(pod["spec"]["nodeName"], "gpu-node");
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["spec"]["activeDeadlineSeconds"], 360 * 60);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], IMAGE);
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(
+        pod["metadata"]["labels"]["gpu-runner/label"],
+        label.as_str()
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["gpu-runner/repository"],
+        "octo.ml"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["gpu-runner/repository"],
+        "octo/ml"
+    );
+    let jit = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "JIT_CONFIG")
+        .unwrap();
+    assert_eq!(jit["valueFrom"]["secretKeyRef"]["name"], label.as_str());
+    for secret in gpus.world.issued_secrets() {
+        assert!(
+            !pod.to_string().contains(&secret),
+            "a secret in the pod spec"
+        );
+    }
+    let secret = gpus
+        .cluster
+        .get(&format!("/api/v1/namespaces/{NAMESPACE}/secrets/{label}"))
+        .expect("the pod's Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        pod["metadata"]["uid"]
+    );
+    for row in [
+        "| Node | gpu-node |",
+        "| GPUs asked for | 1 × nvidia.com/gpu |",
+        "| Created → scheduled |",
+        "| Scheduled → container running |",
+        "| GPU | 1 × Tesla T4",
+    ] {
+        assert!(started.summary.contains(row), "{row}:\n{}", started.summary);
+    }
+
+    let job = gpus.world.queue_job(
+        &[&label],
+        "nvidia-smi --query-gpu=name --format=csv,noheader && echo \"in $(hostname)\" && \
+         echo \"gpu=$GPU_RUNNER_GPU_NAME x$GPU_RUNNER_GPU_COUNT\"",
+    );
+    let job = gpus.finished(job);
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+    assert!(job.output.contains("Tesla T4"), "{}", job.output);
+    assert!(
+        job.output.contains(&format!("in {label}")),
+        "{}",
+        job.output
+    );
+    assert!(job.output.contains("gpu=Tesla T4 x1"), "{}", job.output);
+
+    let stopped = gpus.stop_after(&started).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {label} | pod | deleted, with its secret")),
+        "{}",
+        stopped.summary
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason() {
+    let gpus = cluster(&[("cpu-1", 0, Some(0)), ("cpu-2", 0, Some(0))]);
+    let started = gpus.start().run();
+    started.failure();
+    error_says(
+        &started,
+        &[
+            "cannot be scheduled: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu",
+            "No node can take the pod now",
+            "node-selector and tolerations",
+        ],
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn a_pod_whose_gpu_probe_fails_ends_start_with_its_last_words() {
+    // The node advertises a GPU its driver cannot show.
+    let gpus = cluster(&[("broken-gpu", 1, Some(0))]);
+    let started = gpus.start().run();
+    started.failure();
+    error_says(
+        &started,
+        &[
+            "ended before its runner came online (Failed, Error, exit code 1)",
+            "The pod's last words",
+            "phase=gpu-probe status=failed",
+            "NVIDIA driver and device plugin",
+        ],
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_start_with_the_kubelets_words() {
+    let gpus = gpu_cluster();
+    let started = gpus
+        .start()
+        .input("pod-image", "registry.example/nowhere:1")
+        .run();
+    started.failure();
+    error_says(
+        &started,
+        &[
+            "cannot pull its image registry.example/nowhere:1 (ErrImagePull)",
+            "Check pod-image",
+        ],
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn a_start_cancelled_while_its_pod_is_pending_deletes_the_pod_its_secret_and_the_runner() {
+    // The GPU node's kubelet never starts the pod: it stays pending.
+    let gpus = cluster(&[("slow-node", 1, None)]);
+    let start = gpus.start().spawn();
+    let pending = gpus.world.wait_until(Duration::from_secs(30), |_| {
+        gpus.pods().len() == 1 && gpus.secrets().len() == 1
+    });
+    assert!(pending, "the pod never appeared");
+    let pod = gpus.cluster.pod(&gpus.pods()[0]).expect("the pod");
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    start.signal("INT");
+    let cancelled = start.wait();
+    cancelled.failure();
+    error_says(&cancelled, &["cancelled"]);
+    gpus.nothing_left();
+}
+
+#[test]
+fn stop_with_only_the_label_finds_the_pod_by_its_labels() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    // The start job's instance-ids output was lost: only the label reaches stop.
+    let stopped = gpus.step("stop").input("label", &label).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("| {label} | pod | deleted")),
+        "{}",
+        stopped.summary
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn cleanup_deletes_a_pod_whose_stop_never_ran_and_leaves_a_live_one() {
+    let gpus = gpu_cluster();
+    let left = gpus.start().run();
+    left.success();
+    let left_label = left.outputs()["label"].clone();
+    let job = gpus.world.queue_job(&[&left_label], "true");
+    gpus.finished(job);
+    // Its runner took its one job and exited: the pod is done, and its GPU free again.
+    let done = gpus
+        .cluster
+        .wait_for_pod(&left_label, Duration::from_secs(30), |p| {
+            p["status"]["phase"] == "Succeeded"
+        })
+        .expect("the pod");
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    // Its workflow was cancelled before stop ran; hours later it is past its expires-at.
+    let patched = gpus
+        .cluster
+        .call_merge_patch(
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods/{left_label}"),
+            serde_json::json!({"metadata": {"annotations": {
+                "gpu-runner/expires-at": "2026-01-01T00:00:00Z"
+            }}}),
+        )
+        .unwrap();
+    assert_eq!(patched, 200);
+    // Another start's pod, waiting for its job: cleanup must leave it alone.
+    let live = gpus.start().run();
+    live.success();
+    let live_label = live.outputs()["label"].clone();
+
+    let cleaned = gpus.step("cleanup").run();
+    cleaned.success();
+    assert_eq!(gpus.pods(), [live_label.clone()], "{}", cleaned.summary);
+    assert_eq!(gpus.secrets(), [live_label.clone()]);
+    gpus.stop_after(&live).run().success();
+    assert!(
+        cleaned
+            .summary
+            .contains(&format!("| delete pod | {left_label} | past its expires-at (2026-01-01T00:00:00Z) | deleted, with its secret")),
+        "{}",
+        cleaned.summary
+    );
+    assert!(
+        cleaned
+            .summary
+            .contains("Looked at 2 live gpu-runner pod(s) of octo/ml in namespace gpu-ci"),
+        "{}",
+        cleaned.summary
+    );
+    gpus.nothing_left();
+}
+
+#[test]
+fn the_readmes_role_is_enough_for_every_mode_and_holds_nothing_more() {
+    let gpus = gpu_cluster();
+    // A dry run asks the API server to authorize, admit and validate without creating.
+    let dry = gpus.start().input("dry-run", "true").run();
+    dry.success();
+    assert!(
+        dry.stdout
+            .contains("The cluster accepted the pod and its secret"),
+        "{}",
+        dry.everything()
+    );
+    assert_eq!(
+        gpus.pods(),
+        Vec::<String>::new(),
+        "a dry run creates nothing"
+    );
+
+    let started = gpus.start().run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let stopped = gpus.step("stop").input("label", &label).run();
+    stopped.success();
+    gpus.nothing_left();
+    // A start that failed: its post step finds what it made by the label it saved.
+    let failed = gpus
+        .start()
+        .input("pod-image", "registry.example/nowhere:1")
+        .run();
+    failed.failure();
+    let post = gpus.step("start").state_of(&failed).post().run();
+    post.success();
+    let cleaned = gpus.step("cleanup").run();
+    cleaned.success();
+    gpus.nothing_left();
+    for out in [&dry, &started, &stopped, &failed, &post, &cleaned] {
+        assert!(
+            !out.everything().contains("Forbidden"),
+            "the Role refused something:\n{}",
+            out.everything()
+        );
+    }
+    assert!(!label.is_empty());
+
+    // Its token reaches nothing else: not another namespace, not the nodes, not a Secret's value.
+    let token = gpus.cluster.service_account_token("gpu-runner").unwrap();
+    for path in [
+        "/api/v1/namespaces/default/pods".to_owned(),
+        "/api/v1/nodes".to_owned(),
+        format!("/api/v1/namespaces/{NAMESPACE}/secrets"),
+        format!("/api/v1/namespaces/{NAMESPACE}/configmaps"),
+    ] {
+        let (status, answer) = gpus.cluster.call_as(&token, "GET", &path, None).unwrap();
+        assert_eq!(status, 403, "{path}: {answer}");
+    }
+}
+
+#[test]
+fn a_kubeconfig_whose_token_the_cluster_refuses_fails_start_and_registers_nothing() {
+    let gpus = gpu_cluster();
+    let bad = gpus.cluster.kubeconfig("not-a-valid-token");
+    let started = gpus.start().input("kubeconfig", &bad).run();
+    started.failure();
+    error_says(
+        &started,
+        &[
+            "Unauthorized",
+            "did not accept the credentials",
+            "update the kubeconfig secret",
+        ],
+    );
+    assert!(
+        !started.stdout.contains("not-a-valid-token")
+            || started.stdout.contains("::add-mask::not-a-valid-token")
+    );
+    gpus.nothing_left();
+}
