@@ -204,8 +204,11 @@ pub fn launch_plan(
 
     let expires_at = now + TimeDelta::minutes(i64::from(inputs.limits.max_lifetime_minutes));
     let mut tags = inputs.ec2.tags.clone();
-    tags.entry(tag::NAME.to_owned())
-        .or_insert_with(|| format!("gpu-runner {}", ctx.repository()));
+    if inputs.pod.is_none() {
+        // EC2's console lists instances by it; a pod is named by its runner.
+        tags.entry(tag::NAME.to_owned())
+            .or_insert_with(|| format!("gpu-runner {}", ctx.repository()));
+    }
     for (key, value) in [
         (tag::LABEL, label.clone()),
         (tag::REPOSITORY, ctx.repository()),

@@ -25,7 +25,6 @@ const EC2_ONLY: &[&spec::Spec] = &[
 /// Inputs only a pod reads.
 const POD_ONLY: &[&spec::Spec] = &[
     &spec::KUBECONFIG,
-    &spec::EKS_CLUSTER,
     &spec::NAMESPACE,
     &spec::GPU_COUNT,
     &spec::GPU_RESOURCE,
@@ -39,73 +38,42 @@ const POD_ONLY: &[&spec::Spec] = &[
 ];
 
 impl Reader<'_> {
-    /// `kubeconfig` or `eks-cluster` (one of them), and `namespace`.
+    /// `kubeconfig`, and `namespace`.
     pub(super) fn cluster(&mut self) -> Option<ClusterInputs> {
-        let kubeconfig = self.raw(&spec::KUBECONFIG);
-        let eks = self.one(&spec::EKS_CLUSTER, values::eks_cluster);
         let namespace = self.one(&spec::NAMESPACE, values::namespace);
-        let access = match (kubeconfig, eks) {
-            (Some(_), Some(name)) => {
+        let Some(text) = self.raw(&spec::KUBECONFIG) else {
+            self.missing(
+                &spec::KUBECONFIG,
+                "With machine: kubernetes, give gpu-runner a kubeconfig: kubeconfig: \
+                 ${{ secrets.KUBECONFIG }}, whose user is bound to gpu-runner's Role in the \
+                 namespace (README: Kubernetes GPU pods)."
+                    .to_owned(),
+            );
+            return None;
+        };
+        let context_namespace = match kubeconfig_namespace(&text) {
+            Ok(ns) => ns,
+            Err(why) => {
                 self.fail(
-                    &spec::EKS_CLUSTER,
-                    Some(&name),
-                    Problem::Conflict {
-                        other: spec::KUBECONFIG.name,
-                        fix: "Use either kubeconfig (any cluster) or eks-cluster (an EKS cluster, \
-                              reached with the role the job's OIDC token assumes), not both.",
+                    &spec::KUBECONFIG,
+                    None,
+                    Problem::Invalid {
+                        entry: None,
+                        expected: format!("a kubeconfig ({why})"),
+                        fix: "Store the whole kubeconfig file in a secret (gh secret set \
+                              KUBECONFIG < gpu-ci.kubeconfig) and pass it as \
+                              kubeconfig: ${{ secrets.KUBECONFIG }}; its current-context is used."
+                            .to_owned(),
                     },
                 );
                 return None;
             }
-            (Some(text), None) => {
-                let context_namespace = match kubeconfig_namespace(&text) {
-                    Ok(ns) => ns,
-                    Err(why) => {
-                        self.fail(
-                            &spec::KUBECONFIG,
-                            None,
-                            Problem::Invalid {
-                                entry: None,
-                                expected: format!("a kubeconfig ({why})"),
-                                fix: "Store the whole kubeconfig file in a secret (gh secret set \
-                                      KUBECONFIG < gpu-ci.kubeconfig) and pass it as \
-                                      kubeconfig: ${{ secrets.KUBECONFIG }}; its current-context \
-                                      is used."
-                                    .to_owned(),
-                            },
-                        );
-                        return None;
-                    }
-                };
-                let namespace = namespace
-                    .or(context_namespace)
-                    .unwrap_or_else(|| "default".to_owned());
-                return Some(ClusterInputs {
-                    access: ClusterAccess::Kubeconfig(Secret::new(text)),
-                    namespace,
-                });
-            }
-            (None, Some(name)) => {
-                let region = self.required_region("the EKS cluster is in")?;
-                ClusterAccess::Eks { name, region }
-            }
-            (None, None) => {
-                if self.raw(&spec::EKS_CLUSTER).is_none() {
-                    self.missing(
-                        &spec::KUBECONFIG,
-                        "With machine: kubernetes, say how to reach the cluster: kubeconfig: \
-                         ${{ secrets.KUBECONFIG }} (a kubeconfig whose user is bound to \
-                         gpu-runner's Role), or eks-cluster: NAME with role-to-assume (an EKS \
-                         cluster, no stored secret)."
-                            .to_owned(),
-                    );
-                }
-                return None;
-            }
         };
         Some(ClusterInputs {
-            access,
-            namespace: namespace.unwrap_or_else(|| "default".to_owned()),
+            access: ClusterAccess::Kubeconfig(Secret::new(text)),
+            namespace: namespace
+                .or(context_namespace)
+                .unwrap_or_else(|| "default".to_owned()),
         })
     }
 

@@ -1054,8 +1054,8 @@ fn machine_attached_waits_for_labels_and_reads_no_aws_input() {
     assert_eq!(
         error(&[("INPUT_MACHINE", "atached")]),
         "Invalid input: machine: machine \"atached\" is not a kind of machine. Use ec2 (the \
-         default: gpu-runner launches an instance) or attached (a machine that runs gpu-runner \
-         attach). Did you mean attached?"
+         default: gpu-runner launches an instance), kubernetes (a GPU pod on your cluster) or \
+         attached (a machine that runs gpu-runner attach). Did you mean attached?"
     );
 }
 
@@ -1071,4 +1071,124 @@ fn a_stop_of_an_attached_machine_reads_nothing_else() {
     assert!(parsed.inputs.common().is_none());
     // machine: ec2 is the default and changes nothing.
     assert_eq!(stop(&[("INPUT_MACHINE", "ec2")]).label, None);
+}
+
+const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
+    server: https://k.example\nusers:\n- name: u\n  user:\n    token: t0k3n-value\ncontexts:\n- \
+    name: c\n  context:\n    cluster: c\n    user: u\n    namespace: gpu-ci\n\
+    current-context: c\n";
+
+/// A start of a pod, changed by `vars`: no AWS input.
+fn pod_env<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![
+        ("INPUT_AWS-REGION", ""),
+        ("INPUT_MACHINE", "kubernetes"),
+        ("INPUT_KUBECONFIG", KUBECONFIG),
+    ];
+    for (k, v) in vars {
+        all.retain(|(name, _)| name != k);
+        all.push((*k, *v));
+    }
+    all
+}
+
+#[test]
+fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
+    let all = pod_env(&[
+        ("INPUT_GPU-COUNT", "2"),
+        (
+            "INPUT_NODE-SELECTOR",
+            "node.kubernetes.io/instance-type=g5.xlarge",
+        ),
+        ("INPUT_CPU-REQUEST", "500m"),
+    ]);
+    let s = start(&&all);
+    let cluster = s.common.cluster.as_ref().expect("a cluster");
+    assert_eq!(cluster.namespace, "gpu-ci", "the context's namespace");
+    let pod = s.pod.expect("a pod");
+    assert_eq!(pod.gpu_count, 2);
+    assert_eq!(pod.gpu_resource, "nvidia.com/gpu");
+    assert_eq!(pod.image, spec::DEFAULT_POD_IMAGE);
+    assert_eq!(
+        pod.node_selector
+            .get("node.kubernetes.io/instance-type")
+            .map(String::as_str),
+        Some("g5.xlarge")
+    );
+    assert_eq!(pod.cpu_request.as_deref(), Some("500m"));
+    assert_eq!(s.ec2.region, "");
+    let all = pod_env(&[("INPUT_NAMESPACE", "other")]);
+    assert_eq!(start(&&all).common.cluster.unwrap().namespace, "other");
+    // The credentials of the kubeconfig are masked, not its other lines.
+    let secrets = raw_secrets(&env(&all));
+    assert!(secrets.contains(&"t0k3n-value".to_owned()), "{secrets:?}");
+    assert!(!secrets.iter().any(|s| s.contains("kind: Config")));
+    // EC2's inputs have no effect on a pod, and say so.
+    let all = pod_env(&[("INPUT_INSTANCE-TYPE", "g5.xlarge")]);
+    assert_eq!(
+        parse(&env(&&all)).unwrap().warnings,
+        [
+            "instance-type has no effect here: it is about EC2 instances, and with machine: \
+          kubernetes the pod's image and pod-template decide."
+        ]
+    );
+    assert_eq!(
+        warnings(&[("INPUT_GPU-COUNT", "2")]),
+        [
+            "gpu-count has no effect here: it is about Kubernetes pods; set machine: kubernetes to \
+          use one."
+        ]
+    );
+}
+
+#[test]
+fn machine_kubernetes_errors_name_the_input_and_the_fix() {
+    let all = pod_env(&[("INPUT_KUBECONFIG", "")]);
+    assert_eq!(
+        error(&&all),
+        "Missing input: kubeconfig: kubeconfig is not set. With machine: kubernetes, give \
+         gpu-runner a kubeconfig: kubeconfig: ${{ secrets.KUBECONFIG }}, whose user is bound to \
+         gpu-runner's Role in the namespace (README: Kubernetes GPU pods)."
+    );
+    let all = pod_env(&[("INPUT_KUBECONFIG", "apiVersion: v1\nkind: Config\n")]);
+    let e = error(&&all);
+    assert!(
+        e.starts_with(
+            "Invalid input: kubeconfig: kubeconfig is not a kubeconfig (it has no current-context)"
+        ),
+        "{e}"
+    );
+    for (input, value, words) in [
+        ("INPUT_GPU-RESOURCE", "gpu", "is not a GPU resource name"),
+        ("INPUT_CPU-REQUEST", "four", "is not a Kubernetes quantity"),
+        (
+            "INPUT_NODE-SELECTOR",
+            "gpu",
+            "is not a node label as key=value",
+        ),
+        (
+            "INPUT_TOLERATIONS",
+            "[{key: 3, operator: [x]}]",
+            "is not a YAML list of tolerations",
+        ),
+        (
+            "INPUT_POD-TEMPLATE",
+            "- a list",
+            "is not a Pod manifest in YAML (not a mapping)",
+        ),
+        ("INPUT_NAMESPACE", "GPU_CI", "is not a Kubernetes namespace"),
+        ("INPUT_POOL", "warm", "Pools keep stopped EC2 instances"),
+    ] {
+        let all = pod_env(&[(input, value)]);
+        let e = error(&&all);
+        assert!(e.contains(words), "{input}: {e}");
+    }
+    // A stop of pods takes pod names, and needs no region.
+    let all = pod_env(&[
+        ("INPUT_MODE", "stop"),
+        ("INPUT_INSTANCE-IDS", "[\"gpu-runner-1-1-abcd1234\"]"),
+    ]);
+    let s = stop(&&all);
+    assert_eq!(s.instance_ids, ["gpu-runner-1-1-abcd1234"]);
+    assert_eq!(s.region.as_deref(), Some(""));
 }

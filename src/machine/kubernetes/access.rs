@@ -1,5 +1,4 @@
-//! A client of the user's cluster: from a kubeconfig, or for an EKS cluster from the AWS
-//! credentials the job's OIDC token brings (see [`super::eks`]).
+//! A client of the user's cluster, from the kubeconfig the inputs give.
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use crate::error::Error;
 use crate::inputs::{ClusterAccess, ClusterInputs, Common};
 use crate::machine::{Kind, MachineError};
 
-/// What reaching an EKS cluster needs besides its name: the job, to get AWS credentials.
+/// What reaching a cluster may need of the job: its environment, its OIDC token, the log.
 pub struct Access<'a> {
     pub common: &'a Common,
     pub env: &'a Env,
@@ -59,7 +58,6 @@ pub async fn client(cluster: &ClusterInputs, access: &Access<'_>) -> Result<kube
                 .await
                 .map_err(|e| bad_config(chain(&e)))?
         }
-        ClusterAccess::Eks { name, region } => super::eks::config(name, region, access).await?,
     };
     let mut config = with_timeouts(config);
     config.default_namespace = cluster.namespace.clone();

@@ -6,7 +6,6 @@
 //! gives: pods, pods/log and secrets.
 
 pub mod access;
-mod eks;
 pub mod errors;
 pub mod pod;
 

@@ -37,11 +37,14 @@ pub(super) fn save_launch(
     if let Some(first) = all.first() {
         actions.set_output("instance-id", &first.id)?;
         actions.set_output("instance-type", &first.instance_type)?;
-        actions.set_output(
-            "availability-zone",
-            first.availability_zone.as_deref().unwrap_or(""),
-        )?;
-        actions.set_output("market", first.market.name())?;
+        if plan.pod.is_none() {
+            // A pod has no zone or market; the summary names its node.
+            actions.set_output(
+                "availability-zone",
+                first.availability_zone.as_deref().unwrap_or(""),
+            )?;
+            actions.set_output("market", first.market.name())?;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `cargo run -p world -- demo`: the whole start → GPU job → stop cycle through the local world,
 //! printed as a user would see it in the GitHub log; `demo --pool`: the same twice with a warm
 //! pool, the second start resuming the first one's instance and disk; `demo --attach`: a machine
-//! the user already has serving three queued jobs with `gpu-runner attach`.
+//! the user already has serving three queued jobs with `gpu-runner attach`; `demo --kubernetes`:
+//! start → GPU job in a pod → stop on a real Kubernetes API server and scheduler.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -21,6 +22,15 @@ fn main() -> ExitCode {
         },
         Some("demo") if std::env::args().nth(2).as_deref() == Some("--attach") => {
             match demo_attach() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("demo") if std::env::args().nth(2).as_deref() == Some("--kubernetes") => {
+            match demo_kubernetes() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e}");
@@ -51,7 +61,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo run -p world -- demo [--pool | --attach] | faults [part of a scenario's name] | bench [--runs N]"
+                "usage: cargo run -p world -- demo [--pool | --attach | --kubernetes] | faults [part of a scenario's name] | bench [--runs N]"
             );
             ExitCode::from(2)
         }
@@ -229,6 +239,82 @@ fn gpu_job(world: &World, label: &str, script: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("the GPU job failed".to_owned())
+    }
+}
+
+/// `machine: kubernetes` on the world's cluster (a real kube-apiserver and kube-scheduler, a GPU
+/// node and a CPU node whose kubelets run pods in the sandbox), with a ServiceAccount token bound
+/// to exactly the README's Role: start, the GPU job in the pod, stop. Ends counting what is left.
+fn demo_kubernetes() -> Result<(), String> {
+    use world::kubernetes::{Cluster, NodeSpec};
+    let bin = gpu_runner()?;
+    println!(
+        "Starting the local world: a fake GitHub, and a Kubernetes control plane (etcd, kube-apiserver {} and kube-scheduler, built from the Kubernetes Go modules) with a GPU node and a CPU node.",
+        world::kubernetes::version()
+    );
+    let world = World::start(Options::default())?;
+    let cluster = Cluster::start(&[NodeSpec::new("gpu-node", 1), NodeSpec::new("cpu-node", 0)])?;
+    let image = world::step::declared_defaults()
+        .get("INPUT_POD-IMAGE")
+        .cloned()
+        .ok_or("action.yml has no pod-image default")?;
+    let _gpu = cluster.run_node("gpu-node", 1, &[&image])?;
+    let _cpu = cluster.run_node("cpu-node", 0, &[&image])?;
+    let kubeconfig = cluster.gpu_runner_kubeconfig()?;
+    println!(
+        "Applied docs/kubernetes/gpu-runner.yaml (ServiceAccount, Role, RoleBinding in {}); gpu-runner gets a kubeconfig with that ServiceAccount's token.",
+        world::kubernetes::NAMESPACE
+    );
+    let step = |mode: &str| {
+        Step::mode(&bin, mode)
+            .in_world(&world)
+            .unset("INPUT_ROLE-TO-ASSUME")
+            .unset("INPUT_AWS-REGION")
+            .unset("INPUT_RUNNER-VERSION")
+            .unset("INPUT_RUNNER-SHA256")
+            .input("machine", "kubernetes")
+            .input("kubeconfig", &kubeconfig)
+            .env("GITHUB_JOB", mode)
+    };
+
+    banner("Job `start`: gpu-runner with mode: start, machine: kubernetes");
+    let start = step("start").run();
+    show(&start);
+    if start.code != Some(0) {
+        return Err("start failed".to_owned());
+    }
+    let label = start
+        .outputs()
+        .get("label")
+        .cloned()
+        .ok_or("start wrote no label output")?;
+
+    banner(&format!("Job `test`: runs-on: {label} (in the pod)"));
+    let job_ok = gpu_job(&world, &label, "nvidia-smi && hostname").is_ok();
+
+    banner("Job `stop` (if: always()): gpu-runner with mode: stop");
+    let stop = step("stop").outputs_of(&start).run();
+    show(&stop);
+
+    banner("The pod's log (its entrypoint's phases)");
+    for line in _gpu.log(world::kubernetes::NAMESPACE, &label).lines() {
+        if line.contains("phase=") {
+            println!("  {line}");
+        }
+    }
+    let gone = world.wait_until(Duration::from_secs(10), |_| {
+        cluster.gpu_runner_objects("pods").is_empty()
+    });
+    let pods = cluster.gpu_runner_objects("pods").len();
+    let secrets = cluster.gpu_runner_objects("secrets").len();
+    let runners = world.registered_runners().len();
+    println!(
+        "\nPods of gpu-runner left: {pods}. Secrets of gpu-runner left: {secrets}. Runners still registered: {runners}."
+    );
+    if job_ok && gone && pods == 0 && secrets == 0 && runners == 0 && stop.code == Some(0) {
+        Ok(())
+    } else {
+        Err("the cycle left something behind or a step failed".to_owned())
     }
 }
 
