@@ -1102,7 +1102,7 @@ fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
         ),
         ("INPUT_CPU-REQUEST", "500m"),
     ]);
-    let s = start(&&all);
+    let s = start(&all);
     let cluster = s.common.cluster.as_ref().expect("a cluster");
     assert_eq!(cluster.namespace, "gpu-ci", "the context's namespace");
     let pod = s.pod.expect("a pod");
@@ -1118,7 +1118,7 @@ fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
     assert_eq!(pod.cpu_request.as_deref(), Some("500m"));
     assert_eq!(s.ec2.region, "");
     let all = pod_env(&[("INPUT_NAMESPACE", "other")]);
-    assert_eq!(start(&&all).common.cluster.unwrap().namespace, "other");
+    assert_eq!(start(&all).common.cluster.unwrap().namespace, "other");
     // The credentials of the kubeconfig are masked, not its other lines.
     let secrets = raw_secrets(&env(&all));
     assert!(secrets.contains(&"t0k3n-value".to_owned()), "{secrets:?}");
@@ -1126,7 +1126,7 @@ fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
     // EC2's inputs have no effect on a pod, and say so.
     let all = pod_env(&[("INPUT_INSTANCE-TYPE", "g5.xlarge")]);
     assert_eq!(
-        parse(&env(&&all)).unwrap().warnings,
+        parse(&env(&all)).unwrap().warnings,
         [
             "instance-type has no effect here: it is about EC2 instances, and with machine: \
           kubernetes the pod's image and pod-template decide."
@@ -1145,13 +1145,13 @@ fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
 fn machine_kubernetes_errors_name_the_input_and_the_fix() {
     let all = pod_env(&[("INPUT_KUBECONFIG", "")]);
     assert_eq!(
-        error(&&all),
+        error(&all),
         "Missing input: kubeconfig: kubeconfig is not set. With machine: kubernetes, give \
          gpu-runner a kubeconfig: kubeconfig: ${{ secrets.KUBECONFIG }}, whose user is bound to \
          gpu-runner's Role in the namespace (README: Kubernetes GPU pods)."
     );
     let all = pod_env(&[("INPUT_KUBECONFIG", "apiVersion: v1\nkind: Config\n")]);
-    let e = error(&&all);
+    let e = error(&all);
     assert!(
         e.starts_with(
             "Invalid input: kubeconfig: kubeconfig is not a kubeconfig (it has no current-context)"
@@ -1180,7 +1180,7 @@ fn machine_kubernetes_errors_name_the_input_and_the_fix() {
         ("INPUT_POOL", "warm", "Pools keep stopped EC2 instances"),
     ] {
         let all = pod_env(&[(input, value)]);
-        let e = error(&&all);
+        let e = error(&all);
         assert!(e.contains(words), "{input}: {e}");
     }
     // A stop of pods takes pod names, and needs no region.
@@ -1188,7 +1188,7 @@ fn machine_kubernetes_errors_name_the_input_and_the_fix() {
         ("INPUT_MODE", "stop"),
         ("INPUT_INSTANCE-IDS", "[\"gpu-runner-1-1-abcd1234\"]"),
     ]);
-    let s = stop(&&all);
+    let s = stop(&all);
     assert_eq!(s.instance_ids, ["gpu-runner-1-1-abcd1234"]);
     assert_eq!(s.region.as_deref(), Some(""));
 }

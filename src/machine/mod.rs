@@ -446,6 +446,7 @@ pub fn check_plan(plan: &LaunchPlan, package: &crate::boot::RunnerPackage) -> Re
 }
 
 /// The provider [`connect`] chose.
+#[allow(clippy::large_enum_variant)] // one per run: the size does not matter
 pub enum Connected {
     Ec2(ec2::Ec2),
     Kubernetes(kubernetes::Kubernetes),

@@ -339,8 +339,13 @@ fn cleanup_deletes_a_pod_whose_stop_never_ran_and_leaves_a_live_one() {
 
     let cleaned = gpus.step("cleanup").run();
     cleaned.success();
-    assert_eq!(gpus.pods(), [live_label.clone()], "{}", cleaned.summary);
-    assert_eq!(gpus.secrets(), [live_label.clone()]);
+    assert_eq!(
+        gpus.pods(),
+        std::slice::from_ref(&live_label),
+        "{}",
+        cleaned.summary
+    );
+    assert_eq!(gpus.secrets(), std::slice::from_ref(&live_label));
     gpus.stop_after(&live).run().success();
     assert!(
         cleaned
@@ -435,4 +440,50 @@ fn a_kubeconfig_whose_token_the_cluster_refuses_fails_start_and_registers_nothin
             || started.stdout.contains("::add-mask::not-a-valid-token")
     );
     gpus.nothing_left();
+}
+
+#[test]
+fn a_pod_no_job_comes_to_ends_at_its_idle_timeout() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().input("idle-timeout-minutes", "1").run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    // A minute of the world's clock passes in a second.
+    let ended = gpus
+        .cluster
+        .wait_for_pod(&label, Duration::from_secs(30), |p| {
+            p["status"]["phase"] == "Succeeded"
+        })
+        .expect("the pod");
+    assert_eq!(ended["status"]["phase"], "Succeeded", "{ended}");
+    let (status, log) = gpus
+        .cluster
+        .call_as(
+            &gpus.cluster.admin_token,
+            "GET",
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods/{label}/log"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    let log = log.as_str().unwrap_or_default();
+    assert!(
+        log.contains("phase=idle status=timeout reason=\"no job started within 1 min\""),
+        "{log}"
+    );
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
+#[test]
+fn the_readme_gives_the_role_the_tests_apply() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!(
+            "```yaml\n{}```",
+            world::kubernetes::DOCUMENTED_ROLE
+        )),
+        "the README's Role differs from docs/kubernetes/gpu-runner.yaml"
+    );
 }

@@ -99,12 +99,17 @@ pub enum Stalled {
     TimedOut { id: String, minutes: u32 },
     /// The provider cannot run the machine as asked (no node can take the pod, its image cannot
     /// be pulled, its GPU probe failed); `fix` is the provider's advice.
-    CannotRun {
-        id: String,
-        noun: &'static str,
-        why: String,
-        fix: String,
-    },
+    CannotRun(Box<CannotRun>),
+}
+
+/// A machine the provider cannot run as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CannotRun {
+    pub id: String,
+    pub noun: &'static str,
+    /// Completes "the pod NAME …".
+    pub why: String,
+    pub fix: String,
 }
 
 impl std::fmt::Display for Stalled {
@@ -126,7 +131,7 @@ impl std::fmt::Display for Stalled {
                 "the runner of {id} did not come online within startup-timeout-minutes \
                  ({minutes})"
             ),
-            Stalled::CannotRun { id, noun, why, .. } => write!(f, "the {noun} {id} {why}"),
+            Stalled::CannotRun(c) => write!(f, "the {} {} {}", c.noun, c.id, c.why),
         }
     }
 }
@@ -135,7 +140,7 @@ impl Stalled {
     /// Whose last words the error shows.
     pub fn noun(&self) -> &'static str {
         match self {
-            Stalled::CannotRun { noun, .. } => noun,
+            Stalled::CannotRun(c) => c.noun,
             _ => "instance",
         }
     }
@@ -143,7 +148,7 @@ impl Stalled {
     /// What to do about it.
     pub fn fix(&self) -> &str {
         match self {
-            Stalled::CannotRun { fix, .. } => fix,
+            Stalled::CannotRun(c) => &c.fix,
             Stalled::RunnerRemoved {
                 refused_a_job: true,
                 ..
@@ -292,12 +297,12 @@ async fn look(
             last_words,
         }) => {
             return Look::Failed(Error::Startup {
-                stalled: Stalled::CannotRun {
+                stalled: Stalled::CannotRun(Box::new(CannotRun {
                     id: id.clone(),
                     noun: provider.noun(),
                     why: why.clone(),
                     fix: fix.clone(),
-                },
+                })),
                 console: last_words.clone(),
             });
         }

@@ -2,7 +2,6 @@ use serde_json::json;
 
 use super::*;
 use crate::boot::RunnerPackage;
-use crate::plan::RunnerSpec;
 use crate::secret::Secret;
 
 const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
