@@ -487,3 +487,69 @@ fn the_readme_gives_the_role_the_tests_apply() {
         "the README's Role differs from docs/kubernetes/gpu-runner.yaml"
     );
 }
+
+#[test]
+fn count_two_makes_two_pods_that_each_take_a_job_and_stop_deletes_both() {
+    let gpus = cluster(&[("gpu-node", 2, Some(2))]);
+    let started = gpus.start().input("count", "2").run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let names: Vec<String> = serde_json::from_str(&started.outputs()["instance-ids"]).unwrap();
+    assert_eq!(names, [format!("{label}-1"), format!("{label}-2")]);
+    let mut pods = gpus.pods();
+    pods.sort();
+    assert_eq!(pods, names);
+    let jobs: Vec<u64> = (0..2)
+        .map(|_| gpus.world.queue_job(&[&label], "hostname"))
+        .collect();
+    let mut hosts: Vec<String> = jobs
+        .into_iter()
+        .map(|j| {
+            gpus.finished(j)
+                .output
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, names, "one job in each pod");
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
+#[test]
+fn another_repositorys_pod_in_the_same_namespace_is_never_touched() {
+    let gpus = gpu_cluster();
+    // Another repository's start made this pod in the shared namespace: its labels name it.
+    let theirs = "gpu-runner-77-1-theirs00";
+    gpus.cluster
+        .create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": theirs,
+                    "labels": {"app.kubernetes.io/managed-by": "gpu-runner",
+                               "gpu-runner/label": theirs, "gpu-runner/run-id": "77",
+                               "gpu-runner/repository": "octo.other"},
+                    "annotations": {"gpu-runner/label": theirs,
+                                    "gpu-runner/repository": "octo/other",
+                                    "gpu-runner/expires-at": "2026-01-01T00:00:00Z"}},
+                "spec": {"restartPolicy": "Never", "nodeSelector": {"none": "none"},
+                         "containers": [{"name": "runner", "image": IMAGE}]},
+            }),
+        )
+        .unwrap();
+    let cleaned = gpus.step("cleanup").run();
+    cleaned.success();
+    let stopped = gpus.step("stop").input("label", theirs).run();
+    stopped.success();
+    let by_name = gpus
+        .step("stop")
+        .input("instance-ids", &format!("[\"{theirs}\"]"))
+        .run();
+    by_name.success();
+    assert_eq!(gpus.pods(), [theirs], "{}", by_name.everything());
+}
