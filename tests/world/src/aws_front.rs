@@ -19,6 +19,10 @@ pub type Consoles = Arc<Mutex<HashMap<String, String>>>;
 /// Secret key and session token (none for an IAM user's key), by access key id.
 pub type Secrets = Arc<Mutex<HashMap<String, (String, Option<String>)>>>;
 
+/// The world's EKS clusters as `DescribeCluster` shows them: endpoint and certificate authority
+/// (base64 PEM), by name. moto makes up both; these are the world's API servers.
+pub type EksEndpoints = Arc<Mutex<HashMap<String, (String, String)>>>;
+
 #[derive(Clone)]
 pub struct Front {
     pub moto_url: String,
@@ -48,6 +52,7 @@ pub struct Front {
     pub stops: crate::stopping::Stops,
     /// The role's permissions policy, evaluated for what moto cannot: resources and conditions.
     pub iam: Option<Arc<Enforcer>>,
+    pub eks_endpoints: EksEndpoints,
 }
 
 /// What the front needs to evaluate the role's policy as IAM would.
@@ -738,6 +743,94 @@ fn for_moto(
     Some((out, encoded))
 }
 
+/// EKS's `DescribeCluster` of a world cluster, answered here as EKS would: the caller must hold
+/// live credentials the world issued, and the role's policy must allow `eks:DescribeCluster` on
+/// the cluster's ARN (IAM checks that before it looks for the cluster); the answer carries the
+/// world's API server and its certificate authority. moto makes up both, and its server cannot
+/// check the signature of the SDK's GET.
+fn eks_describe(
+    front: &Front,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Option<Response> {
+    let name = uri.path().strip_prefix("/clusters/")?;
+    if method != Method::GET || name.contains('/') {
+        return None;
+    }
+    let json_error = |status: u16, code: &str, message: String| {
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            [
+                ("content-type", "application/json"),
+                ("x-amzn-errortype", code),
+            ],
+            serde_json::json!({"message": message}).to_string(),
+        )
+            .into_response()
+    };
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let key_id = auth.split("Credential=").nth(1)?.split('/').next()?;
+    if !front
+        .secrets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(key_id)
+    {
+        return Some(json_error(
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_owned(),
+        ));
+    }
+    let enforcer = front.iam.as_ref()?;
+    let arn = format!(
+        "arn:aws:eks:{}:{}:cluster/{name}",
+        enforcer.region, enforcer.account
+    );
+    if headers.get("x-amz-security-token").is_some()
+        && let Err(why) = crate::iam::evaluate(
+            &enforcer.policy,
+            "eks:DescribeCluster",
+            &[crate::iam::Resource::new(arn.clone())],
+        )
+    {
+        return Some(json_error(
+            403,
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:sts::{}:assumed-role/gpu-ci/gpu-runner is not authorized to \
+                 perform: eks:DescribeCluster on resource: {arn} ({why})",
+                enforcer.account
+            ),
+        ));
+    }
+    let found = front
+        .eks_endpoints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    let Some((endpoint, ca)) = found else {
+        return Some(json_error(
+            404,
+            "ResourceNotFoundException",
+            format!("No cluster found for name: {name}."),
+        ));
+    };
+    Some(
+        (
+            [("content-type", "application/json")],
+            serde_json::json!({"cluster": {
+                "name": name, "arn": arn, "status": "ACTIVE", "version": "1.36",
+                "endpoint": endpoint, "certificateAuthority": {"data": ca},
+            }})
+            .to_string(),
+        )
+            .into_response(),
+    )
+}
+
 async fn handle(
     State(front): State<Front>,
     method: Method,
@@ -764,6 +857,9 @@ async fn handle(
         return refusal;
     }
     if let Some(answer) = public_parameter(&front, &headers, &body) {
+        return answer;
+    }
+    if let Some(answer) = eks_describe(&front, &method, &headers, &uri) {
         return answer;
     }
     if let Some(refusal) = user_data_too_large(&headers, &body) {

@@ -134,6 +134,11 @@ impl Cluster {
     /// etcd, the API server and the scheduler, ready, with the namespace [`NAMESPACE`] and these
     /// nodes registered and `Ready`.
     pub fn start(nodes: &[NodeSpec]) -> Result<Cluster, String> {
+        Self::start_with(nodes, &[])
+    }
+
+    /// [`Cluster::start`], the API server given `apiserver_args` too (an authenticator, say).
+    pub fn start_with(nodes: &[NodeSpec], apiserver_args: &[String]) -> Result<Cluster, String> {
         let bin = build()?;
         let dir = tempfile::Builder::new()
             .prefix("gpu-runner-k8s-")
@@ -195,7 +200,10 @@ impl Cluster {
                 format!("--token-auth-file={}", path("tokens.csv").display()),
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(apiserver_args.iter().cloned())
+            .collect::<Vec<String>>(),
         )?;
         cluster.client.wait_ready(cluster.dir.path())?;
         cluster.client.ca_pem = std::fs::read_to_string(path("certs").join("apiserver.crt"))

@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod aws_front;
 pub mod bench;
+pub mod eks;
 pub mod faults;
 pub mod github;
 pub mod iam;
@@ -110,6 +111,10 @@ pub struct World {
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
     ec2: aws_sdk_ec2::Client,
+    /// What `DescribeCluster` answers for the world's EKS clusters (see [`eks`]).
+    pub(crate) eks_endpoints: aws_front::EksEndpoints,
+    /// The secret of every access key the front handed out, for the EKS authenticator.
+    pub(crate) aws_secrets: aws_front::Secrets,
 }
 
 impl Drop for World {
@@ -262,7 +267,9 @@ impl World {
             oidc_key: oidc::public_key(),
             secrets: Arc::default(),
             iam: None,
+            eks_endpoints: Arc::default(),
         };
+        let (eks_endpoints, aws_secrets) = (front.eks_endpoints.clone(), front.secrets.clone());
         let oidc = oidc::Oidc {
             request_token: format!("oidc-request-{}", uuid::Uuid::new_v4().simple()),
             repository: "octo/ml".to_owned(),
@@ -309,7 +316,16 @@ impl World {
             // IAM as gpu-runner's README asks for it: the role with the documented permissions
             // policy. Then moto enforces it on every request.
             let permissions = documented_policy("permissions-policy.json", &account)?;
-            let key = moto.set_up_iam(&account, "gpu-ci", &permissions).await?;
+            // With eks-cluster, the role also describes its cluster (docs/iam/eks-policy.json).
+            let mut role_policy = permissions.clone();
+            let eks = documented_policy("eks-policy.json", &account)?;
+            if let (Some(all), Some(more)) = (
+                role_policy["Statement"].as_array_mut(),
+                eks["Statement"].as_array(),
+            ) {
+                all.extend(more.iter().cloned());
+            }
+            let key = moto.set_up_iam(&account, "gpu-ci", &role_policy).await?;
             moto.enforce_iam().await?;
             // The world's own view of AWS, as a user of the same account that may do anything,
             // through a front of its own without faults: the faults are for the product, not
@@ -339,7 +355,7 @@ impl World {
             let front = aws_front::Front {
                 sts: Some(aws_sdk_sts::Client::new(&config)),
                 iam: Some(Arc::new(aws_front::Enforcer {
-                    policy: permissions.clone(),
+                    policy: role_policy.clone(),
                     ec2: ec2.clone(),
                     account: account.clone(),
                     region: region.clone(),
@@ -418,6 +434,8 @@ impl World {
             spot_role,
             issued_credentials,
             ec2,
+            eks_endpoints,
+            aws_secrets,
         })
     }
 
