@@ -25,6 +25,7 @@ const EC2_ONLY: &[&spec::Spec] = &[
 /// Inputs only a pod reads.
 const POD_ONLY: &[&spec::Spec] = &[
     &spec::KUBECONFIG,
+    &spec::EKS_CLUSTER,
     &spec::NAMESPACE,
     &spec::GPU_COUNT,
     &spec::GPU_RESOURCE,
@@ -38,18 +39,46 @@ const POD_ONLY: &[&spec::Spec] = &[
 ];
 
 impl Reader<'_> {
-    /// `kubeconfig`, and `namespace`.
+    /// `kubeconfig` or `eks-cluster` (one of them), and `namespace`.
     pub(super) fn cluster(&mut self) -> Option<ClusterInputs> {
         let namespace = self.one(&spec::NAMESPACE, values::namespace);
-        let Some(text) = self.raw(&spec::KUBECONFIG) else {
-            self.missing(
-                &spec::KUBECONFIG,
-                "With machine: kubernetes, give gpu-runner a kubeconfig: kubeconfig: \
-                 ${{ secrets.KUBECONFIG }}, whose user is bound to gpu-runner's Role in the \
-                 namespace (README: Kubernetes GPU pods)."
-                    .to_owned(),
-            );
+        let eks = self.one(&spec::EKS_CLUSTER, values::eks_cluster);
+        if self.raw(&spec::EKS_CLUSTER).is_some() && eks.is_none() {
             return None;
+        }
+        let text = self.raw(&spec::KUBECONFIG);
+        let text = match (text, eks) {
+            (Some(_), Some(name)) => {
+                self.fail(
+                    &spec::EKS_CLUSTER,
+                    Some(&name),
+                    Problem::Conflict {
+                        other: spec::KUBECONFIG.name,
+                        fix: "Use either kubeconfig (any cluster) or eks-cluster (an EKS cluster, \
+                              reached with the role the job's OIDC token assumes), not both.",
+                    },
+                );
+                return None;
+            }
+            (None, Some(name)) => {
+                let region = self.required_region("the EKS cluster is in")?;
+                return Some(ClusterInputs {
+                    access: ClusterAccess::Eks { name, region },
+                    namespace: namespace.unwrap_or_else(|| "default".to_owned()),
+                });
+            }
+            (Some(text), None) => text,
+            (None, None) => {
+                self.missing(
+                    &spec::KUBECONFIG,
+                    "With machine: kubernetes, say how to reach the cluster: kubeconfig: \
+                     ${{ secrets.KUBECONFIG }} (a kubeconfig whose user is bound to gpu-runner's \
+                     Role in the namespace), or eks-cluster: NAME with role-to-assume (an EKS \
+                     cluster, no stored secret). See README: Kubernetes GPU pods."
+                        .to_owned(),
+                );
+                return None;
+            }
         };
         let context_namespace = match kubeconfig_namespace(&text) {
             Ok(ns) => ns,

@@ -115,6 +115,9 @@ pub struct Common {
 pub enum ClusterAccess {
     /// A whole kubeconfig; its current context is used.
     Kubeconfig(Secret),
+    /// An EKS cluster, reached with the AWS credentials the job's OIDC token brings: no
+    /// kubeconfig to store.
+    Eks { name: String, region: String },
 }
 
 /// The cluster and the one namespace gpu-runner works in.
@@ -132,6 +135,12 @@ impl ClusterInputs {
             ClusterAccess::Kubeconfig(_) => {
                 format!(
                     "the kubeconfig's current context, namespace {}",
+                    self.namespace
+                )
+            }
+            ClusterAccess::Eks { name, region } => {
+                format!(
+                    "the EKS cluster {name} in {region}, namespace {}",
                     self.namespace
                 )
             }
@@ -845,7 +854,15 @@ impl Reader<'_> {
     fn start(&mut self, common: Option<Common>, kubernetes: bool) -> Option<StartInputs> {
         // A pod's place is its cluster: no region.
         let (region, instance_types, arch) = if kubernetes {
-            (Some(String::new()), Vec::new(), Some(Arch::X64))
+            // A pod's place is its cluster; an EKS cluster's region is the one to reach it in.
+            let region = match common.as_ref().and_then(|c| c.cluster.as_ref()) {
+                Some(ClusterInputs {
+                    access: ClusterAccess::Eks { region, .. },
+                    ..
+                }) => region.clone(),
+                _ => String::new(),
+            };
+            (Some(region), Vec::new(), Some(Arch::X64))
         } else {
             let region = self.required_region("to launch in");
             let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);

@@ -86,6 +86,7 @@ pub const AUDIENCE: Spec = Spec::new("audience", All, "sts.amazonaws.com");
 pub const RUNNER_SCOPE: Spec = Spec::new("runner-scope", All, "repo");
 pub const MACHINE: Spec = Spec::new("machine", All, "ec2");
 pub const KUBECONFIG: Spec = Spec::secret("kubeconfig", All);
+pub const EKS_CLUSTER: Spec = Spec::new("eks-cluster", All, "");
 pub const NAMESPACE: Spec = Spec::new("namespace", All, "");
 
 pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
@@ -147,6 +148,7 @@ pub const ALL: &[Spec] = &[
     RUNNER_SCOPE,
     MACHINE,
     KUBECONFIG,
+    EKS_CLUSTER,
     NAMESPACE,
     INSTANCE_TYPE,
     IMAGE_ID,

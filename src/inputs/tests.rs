@@ -1146,10 +1146,33 @@ fn machine_kubernetes_errors_name_the_input_and_the_fix() {
     let all = pod_env(&[("INPUT_KUBECONFIG", "")]);
     assert_eq!(
         error(&all),
-        "Missing input: kubeconfig: kubeconfig is not set. With machine: kubernetes, give \
-         gpu-runner a kubeconfig: kubeconfig: ${{ secrets.KUBECONFIG }}, whose user is bound to \
-         gpu-runner's Role in the namespace (README: Kubernetes GPU pods)."
+        "Missing input: kubeconfig: kubeconfig is not set. With machine: kubernetes, say how to \
+         reach the cluster: kubeconfig: ${{ secrets.KUBECONFIG }} (a kubeconfig whose user is \
+         bound to gpu-runner's Role in the namespace), or eks-cluster: NAME with role-to-assume \
+         (an EKS cluster, no stored secret). See README: Kubernetes GPU pods."
     );
+    let all = pod_env(&[("INPUT_KUBECONFIG", ""), ("INPUT_EKS-CLUSTER", "gpu-ci")]);
+    assert_eq!(
+        error(&all),
+        "Missing input: aws-region: aws-region is not set. Set aws-region: us-east-1 (the region \
+         the EKS cluster is in), or set AWS_REGION in the workflow's env."
+    );
+    let all = pod_env(&[
+        ("INPUT_KUBECONFIG", ""),
+        ("INPUT_EKS-CLUSTER", "gpu-ci"),
+        ("INPUT_AWS-REGION", "eu-west-1"),
+    ]);
+    let eks = start(&all);
+    assert_eq!(
+        eks.common.cluster.map(|c| c.access),
+        Some(ClusterAccess::Eks {
+            name: "gpu-ci".to_owned(),
+            region: "eu-west-1".to_owned()
+        })
+    );
+    assert_eq!(eks.ec2.region, "eu-west-1");
+    let all = pod_env(&[("INPUT_EKS-CLUSTER", "gpu-ci")]);
+    assert!(error(&all).contains("Use either kubeconfig (any cluster) or eks-cluster"));
     let all = pod_env(&[("INPUT_KUBECONFIG", "apiVersion: v1\nkind: Config\n")]);
     let e = error(&all);
     assert!(

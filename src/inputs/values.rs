@@ -663,6 +663,20 @@ pub fn runtime_class(v: &str) -> Result<(), Expect> {
     })
 }
 
+/// An EKS cluster's name: 1 to 100 letters, digits, '-' or '_', starting with a letter or digit.
+pub fn eks_cluster(v: &str) -> Result<(), Expect> {
+    let ok = (1..=100).contains(&v.len())
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(()).ok_or_else(|| {
+        Expect::new(
+            "an EKS cluster name",
+            "Use the cluster's name as EKS shows it (aws eks list-clusters), such as gpu-ci.",
+        )
+    })
+}
+
 /// An extended resource name as device plugins advertise them: `domain/name`.
 pub fn gpu_resource(v: &str) -> Result<(), Expect> {
     let ok = v.split_once('/').is_some_and(|(domain, name)| {

@@ -494,7 +494,9 @@ fn count_two_makes_two_pods_that_each_take_a_job_and_stop_deletes_both() {
     let started = gpus.start().input("count", "2").run();
     started.success();
     let label = started.outputs()["label"].clone();
-    let names: Vec<String> = serde_json::from_str(&started.outputs()["instance-ids"]).unwrap();
+    // In the order they were created: both at once.
+    let mut names: Vec<String> = serde_json::from_str(&started.outputs()["instance-ids"]).unwrap();
+    names.sort();
     assert_eq!(names, [format!("{label}-1"), format!("{label}-2")]);
     let mut pods = gpus.pods();
     pods.sort();
@@ -552,4 +554,77 @@ fn another_repositorys_pod_in_the_same_namespace_is_never_touched() {
         .run();
     by_name.success();
     assert_eq!(gpus.pods(), [theirs], "{}", by_name.everything());
+}
+
+#[test]
+fn an_eks_cluster_is_reached_with_the_roles_oidc_credentials_and_no_kubeconfig() {
+    let world = World::start(Options::default()).expect("the local world starts");
+    let cluster = world
+        .eks_cluster("gpu-ci", &[NodeSpec::new("gpu-node", 1)], &["gpu-runner"])
+        .expect("the world's EKS cluster");
+    let _node = cluster.run_node("gpu-node", 1, &[IMAGE]).expect("a node");
+    // The Role as documented; the access entry's group is bound by its RoleBinding.
+    cluster
+        .gpu_runner_kubeconfig()
+        .expect("the README's Role applies");
+    let step = |mode: &str| {
+        Step::mode(mode)
+            .in_world(&world)
+            .unset("INPUT_RUNNER-VERSION")
+            .unset("INPUT_RUNNER-SHA256")
+            .input("machine", "kubernetes")
+            .input("eks-cluster", "gpu-ci")
+            .input("namespace", NAMESPACE)
+    };
+    let started = step("start").run();
+    started.success();
+    assert!(
+        started
+            .stdout
+            .contains("Cluster            the EKS cluster gpu-ci in us-east-1, namespace gpu-ci"),
+        "{}",
+        started.stdout
+    );
+    let label = started.outputs()["label"].clone();
+    let pod = cluster.pod(&label).expect("the pod");
+    assert_eq!(pod["spec"]["nodeName"], "gpu-node");
+    let job = world.queue_job(
+        &[&label],
+        "nvidia-smi --query-gpu=name --format=csv,noheader",
+    );
+    let done = world.wait_until(Duration::from_secs(60), |w| {
+        w.job(job).is_some_and(|j| j.status == "completed")
+    });
+    assert!(done, "the job never finished");
+    assert_eq!(
+        world.job(job).unwrap().conclusion.as_deref(),
+        Some("success")
+    );
+    // The EKS token is a credential: masked before it is used, never printed.
+    for line in started.stdout.lines() {
+        assert!(
+            !line.contains("k8s-aws-v1.") || line.starts_with("::add-mask::"),
+            "{line}"
+        );
+    }
+    step("stop").outputs_of(&started).run().success();
+    let gone = world.wait_until(Duration::from_secs(30), |_| {
+        cluster.gpu_runner_objects("pods").is_empty()
+    });
+    assert!(gone, "pods left: {:?}", cluster.gpu_runner_objects("pods"));
+    assert_eq!(cluster.gpu_runner_objects("secrets"), Vec::<String>::new());
+    assert_eq!(world.registered_runners(), []);
+
+    // A cluster the role has no access entry in: the API server refuses its token.
+    let stranger = step("start").input("eks-cluster", "other").run();
+    stranger.failure();
+    error_says(
+        &stranger,
+        &[
+            "AccessDeniedException",
+            "eks:DescribeCluster on resource: arn:aws:eks:us-east-1:",
+            "docs/iam/eks-policy.json",
+        ],
+    );
+    assert_eq!(world.registered_runners(), []);
 }

@@ -24,6 +24,13 @@ pub fn hint(e: &MachineError) -> String {
              root-volume-size), or tailor that NeverLaunch statement of the role's policy."
                 .to_owned()
         }
+        "AccessDeniedException" if e.operation == "DescribeCluster" => "The role may not \
+            describe the EKS cluster: add the statement of docs/iam/eks-policy.json (with your \
+            account and cluster name) to the role's policy."
+            .to_owned(),
+        "ResourceNotFoundException" if e.operation == "DescribeCluster" => "No EKS cluster of \
+            that name in this region: check eks-cluster (aws eks list-clusters) and aws-region."
+            .to_owned(),
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => format!(
             "The role is missing a permission for {}: compare its policy with the one in the \
              README (What AWS needs).",

@@ -1,4 +1,5 @@
-//! A client of the user's cluster, from the kubeconfig the inputs give.
+//! A client of the user's cluster: from a kubeconfig, or for an EKS cluster from the AWS
+//! credentials the job's OIDC token brings (see [`super::eks`]).
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use crate::error::Error;
 use crate::inputs::{ClusterAccess, ClusterInputs, Common};
 use crate::machine::{Kind, MachineError};
 
-/// What reaching a cluster may need of the job: its environment, its OIDC token, the log.
+/// What reaching an EKS cluster needs of the job: its environment and OIDC token, for AWS
+/// credentials, and the log, for masks.
 pub struct Access<'a> {
     pub common: &'a Common,
     pub env: &'a Env,
@@ -58,6 +60,7 @@ pub async fn client(cluster: &ClusterInputs, access: &Access<'_>) -> Result<kube
                 .await
                 .map_err(|e| bad_config(chain(&e)))?
         }
+        ClusterAccess::Eks { name, region } => super::eks::config(name, region, access).await?,
     };
     let mut config = with_timeouts(config);
     config.default_namespace = cluster.namespace.clone();

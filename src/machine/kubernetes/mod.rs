@@ -6,6 +6,7 @@
 //! gives: pods, pods/log and secrets.
 
 pub mod access;
+pub mod eks;
 pub mod errors;
 pub mod pod;
 
