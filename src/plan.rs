@@ -359,42 +359,17 @@ impl LaunchPlan {
                     self.runner_user.clone()
                 },
             ),
-            (
-                "Pre-runner script",
-                or(
-                    self.pre_runner_script
-                        .as_ref()
-                        .map(|s| format!("{} line(s)", s.lines().count())),
-                    "none",
-                ),
-            ),
-            (
-                "Startup timeout",
-                format!("{} min", self.startup_timeout_minutes),
-            ),
-            (
-                "Idle timeout",
-                format!("{} min without a job", self.idle_timeout_minutes),
-            ),
-            (
-                "Max lifetime",
-                format!(
-                    "{} min (until {})",
-                    self.max_lifetime_minutes,
-                    self.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
-                ),
-            ),
-            (
-                "On failure",
-                if self.keep_on_failure {
-                    "keep the instance for debugging (keep-on-failure)".to_owned()
-                } else if self.pool.is_some() {
-                    "stop the instance (back to its pool) and remove the runner".to_owned()
-                } else {
-                    "terminate the instance and remove the runner".to_owned()
-                },
-            ),
         ]);
+        facts.extend(self.limit_facts(
+            "",
+            if self.keep_on_failure {
+                "keep the instance for debugging (keep-on-failure)".to_owned()
+            } else if self.pool.is_some() {
+                "stop the instance (back to its pool) and remove the runner".to_owned()
+            } else {
+                "terminate the instance and remove the runner".to_owned()
+            },
+        ));
         if let Some(pool) = &self.pool {
             facts.push(("Pool", pool.describe()));
         }
@@ -452,14 +427,29 @@ impl LaunchPlan {
                     "none",
                 ),
             ),
+        ]
+        .into_iter()
+        .chain(self.limit_facts(
+            "the pod's activeDeadlineSeconds, ",
+            if self.keep_on_failure {
+                "keep the pod for debugging (keep-on-failure)".to_owned()
+            } else {
+                "delete the pod and its secret and remove the runner".to_owned()
+            },
+        ))
+        .collect()
+    }
+
+    /// What every machine shares: its preparation, its limits (`how` says what enforces the
+    /// lifetime) and what a failure does.
+    fn limit_facts(&self, how: &str, on_failure: String) -> [(&'static str, String); 5] {
+        [
             (
                 "Pre-runner script",
-                or(
-                    self.pre_runner_script
-                        .as_ref()
-                        .map(|s| format!("{} line(s)", s.lines().count())),
-                    "none",
-                ),
+                self.pre_runner_script
+                    .as_ref()
+                    .map(|s| format!("{} line(s)", s.lines().count()))
+                    .unwrap_or_else(|| "none".to_owned()),
             ),
             (
                 "Startup timeout",
@@ -472,19 +462,12 @@ impl LaunchPlan {
             (
                 "Max lifetime",
                 format!(
-                    "{} min (the pod's activeDeadlineSeconds, until {})",
+                    "{} min ({how}until {})",
                     self.max_lifetime_minutes,
                     self.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
                 ),
             ),
-            (
-                "On failure",
-                if self.keep_on_failure {
-                    "keep the pod for debugging (keep-on-failure)".to_owned()
-                } else {
-                    "delete the pod and its secret and remove the runner".to_owned()
-                },
-            ),
+            ("On failure", on_failure),
         ]
     }
 

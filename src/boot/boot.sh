@@ -46,36 +46,8 @@ shutdown -h "+$MAX_LIFETIME_MINUTES" "gpu-runner: max lifetime reached" > /dev/n
 log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 
 # 2. The GPU, as the job will see it. The driver may still be loading: retry for a while.
-CURRENT_PHASE=gpu-probe
-gpus=""
-probe_error=""
-for _ in $(seq 1 "$GPU_PROBE_ATTEMPTS"); do
-  if gpus="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"; then
-    break
-  fi
-  probe_error="$(printf '%s\n' "$gpus" | head -n 1)"
-  gpus=""
-  sleep "$GPU_PROBE_INTERVAL_SECONDS"
-done
-if [ -z "$gpus" ]; then
-  fail gpu-probe "nvidia-smi failed $GPU_PROBE_ATTEMPTS times: ${probe_error:-no output}"
-fi
-gpu_count="$(printf '%s\n' "$gpus" | grep -c .)"
-if [ "$EXPECTED_GPUS" -gt 0 ] && [ "$gpu_count" -lt "$EXPECTED_GPUS" ]; then
-  fail gpu-probe "nvidia-smi shows $gpu_count GPU(s) but $INSTANCE_TYPE has $EXPECTED_GPUS"
-fi
-# What the job can rely on, written down once: for the runner's .env (the job's environment) and
-# as JSON. Fields come from nvidia-smi's CSV: name, memory.total, driver_version.
-first="$(printf '%s\n' "$gpus" | head -n 1)"
-gpu_name="$(printf '%s' "$first" | cut -d ',' -f 1 | sed 's/^ *//; s/ *$//')"
-gpu_memory="$(printf '%s' "$first" | cut -d ',' -f 2 | sed 's/^ *//; s/ *$//')"
-driver_version="$(printf '%s' "$first" | cut -d ',' -f 3 | sed 's/^ *//; s/ *$//')"
-cuda_version="$(nvidia-smi 2> /dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1 | cut -d ' ' -f 3 || true)"
-json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
-printf '{"name": %s, "count": %s, "memory": %s, "driver_version": %s, "cuda_version": %s}\n' \
-  "$(json_string "$gpu_name")" "$gpu_count" "$(json_string "$gpu_memory")" \
-  "$(json_string "$driver_version")" "$(json_string "$cuda_version")" > "$STATE_DIR/gpu.json"
-log gpu-probe "status=ok gpus=$gpu_count first=\"$first\" cuda=${cuda_version:-unknown}"
+GPUS_PROMISED_BY="$INSTANCE_TYPE"
+# @GPU_PROBE@
 
 # 3. The user the runner (and so every job step) runs as.
 CURRENT_PHASE=runner-user

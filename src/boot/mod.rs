@@ -11,11 +11,26 @@ const VALUES_MARKER: &str = "# @VALUES@";
 /// The job-started hook, which the boot script writes out behind the values it expects.
 pub(crate) const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
+/// The GPU probe, which the pod's entrypoint shares.
+const GPU_PROBE: &str = include_str!("gpu-probe.sh");
+pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";
 
 /// A line that is only a comment, and not one of the template's markers.
 fn comment_only(line: &str) -> bool {
     let line = line.trim_start();
-    line.starts_with('#') && line != VALUES_MARKER && line != HOOK_MARKER
+    line.starts_with('#')
+        && line != VALUES_MARKER
+        && line != HOOK_MARKER
+        && line != GPU_PROBE_MARKER
+}
+
+/// The GPU probe's lines, without its comments.
+pub(crate) fn gpu_probe() -> String {
+    GPU_PROBE
+        .lines()
+        .filter(|l| !comment_only(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The boot script with `values` in it.
@@ -39,6 +54,7 @@ fn script(values: &str) -> String {
     template.push('\n');
     template
         .replacen(HOOK_MARKER, &hook.join("\n"), 1)
+        .replacen(GPU_PROBE_MARKER, &gpu_probe(), 1)
         .replacen(VALUES_MARKER, values, 1)
 }
 

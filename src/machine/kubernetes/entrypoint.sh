@@ -33,35 +33,8 @@ log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 
 # 1. The GPUs the pod was given, as the job will see them. The device plugin and the container
 # runtime put nvidia-smi and the devices in the container.
-CURRENT_PHASE=gpu-probe
-gpus=""
-probe_error=""
-for _ in $(seq 1 "$GPU_PROBE_ATTEMPTS"); do
-  if gpus="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"; then
-    break
-  fi
-  probe_error="$(printf '%s\n' "$gpus" | head -n 1)"
-  gpus=""
-  sleep "$GPU_PROBE_INTERVAL_SECONDS"
-done
-if [ -z "$gpus" ]; then
-  fail gpu-probe "nvidia-smi failed $GPU_PROBE_ATTEMPTS times: ${probe_error:-no output}"
-fi
-gpu_count="$(printf '%s\n' "$gpus" | grep -c .)"
-if [ "$gpu_count" -lt "$EXPECTED_GPUS" ]; then
-  fail gpu-probe "nvidia-smi shows $gpu_count GPU(s) but the pod asked for $EXPECTED_GPUS"
-fi
-first="$(printf '%s\n' "$gpus" | head -n 1)"
-field() { printf '%s' "$first" | cut -d ',' -f "$1" | sed 's/^ *//; s/ *$//'; }
-gpu_name="$(field 1)"
-gpu_memory="$(field 2)"
-driver_version="$(field 3)"
-cuda_version="$(nvidia-smi 2> /dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1 | cut -d ' ' -f 3 || true)"
-json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
-printf '{"name": %s, "count": %s, "memory": %s, "driver_version": %s, "cuda_version": %s}\n' \
-  "$(json_string "$gpu_name")" "$gpu_count" "$(json_string "$gpu_memory")" \
-  "$(json_string "$driver_version")" "$(json_string "$cuda_version")" > "$STATE_DIR/gpu.json"
-log gpu-probe "status=ok gpus=$gpu_count first=\"$first\" cuda=${cuda_version:-unknown}"
+GPUS_PROMISED_BY=gpu-count
+# @GPU_PROBE@
 
 # 2. The user's own preparation.
 if [ -n "$PRE_RUNNER_SCRIPT" ]; then

@@ -94,9 +94,11 @@ fn metadata(plan: &LaunchPlan, runner: &str) -> (Map<String, Value>, Map<String,
     (labels, annotations)
 }
 
-/// The entrypoint with the job-started hook in it.
+/// The entrypoint with the GPU probe and the job-started hook in it.
 pub fn entrypoint() -> String {
-    ENTRYPOINT.replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
+    ENTRYPOINT
+        .replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
+        .replacen(crate::boot::GPU_PROBE_MARKER, &crate::boot::gpu_probe(), 1)
 }
 
 /// The runner's pod, `pod-template` merged over it, for the Secret named like it to complete.

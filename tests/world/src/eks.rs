@@ -218,26 +218,12 @@ impl World {
             role_arn: self.role_arn.clone(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(tcp) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let app = axum::Router::new()
-                    .route("/authenticate", post(authenticate))
-                    .with_state(authenticator);
-                let _ = axum::serve(tcp, app).await;
-            });
-        });
+        let app = axum::Router::new()
+            .route("/authenticate", post(authenticate))
+            .with_state(authenticator);
+        let port = crate::kubelet_api::serve_in_background(|tcp| async move {
+            let _ = axum::serve(tcp, app).await;
+        })?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let webhook = dir.path().join("webhook.kubeconfig");
         std::fs::write(

@@ -95,12 +95,28 @@ pub fn serve(certs: &Path, logs: Logs) -> Result<u16, String> {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| e.to_string())?;
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let port = std_listener.local_addr().map_err(|e| e.to_string())?.port();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let app = axum::Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .with_state(logs);
+    serve_in_background(|tcp| async move {
+        let _ = axum::serve(TlsListener { tcp, acceptor }, app).await;
+    })
+}
+
+/// Serves on a free loopback port from a thread of its own (the node stand-ins and the world's
+/// webhooks run beside the tests' blocking code); the port.
+pub(crate) fn serve_in_background<F, Fut>(serve: F) -> Result<u16, String>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -109,16 +125,9 @@ pub fn serve(certs: &Path, logs: Logs) -> Result<u16, String> {
             return;
         };
         rt.block_on(async move {
-            let Ok(tcp) = tokio::net::TcpListener::from_std(std_listener) else {
-                return;
-            };
-            let app = axum::Router::new()
-                .route(
-                    "/containerLogs/{namespace}/{pod}/{container}",
-                    get(container_logs),
-                )
-                .with_state(logs);
-            let _ = axum::serve(TlsListener { tcp, acceptor }, app).await;
+            if let Ok(tcp) = tokio::net::TcpListener::from_std(listener) {
+                serve(tcp).await;
+            }
         });
     });
     Ok(port)

@@ -243,6 +243,21 @@ fn the_entrypoint_is_the_script_gpu_runner_ships() {
     let script = entrypoint();
     assert!(script.starts_with("#!/bin/bash"));
     assert!(script.contains("ACTIONS_RUNNER_HOOK_JOB_STARTED"));
+    assert!(script.contains("nvidia-smi --query-gpu=name,memory.total,driver_version"));
+    assert!(!script.contains("# @GPU_PROBE@") && !script.contains(HOOK_MARKER));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("entrypoint.sh");
+    std::fs::write(&path, &script).unwrap();
+    let out = std::process::Command::new("shellcheck")
+        .args(["--shell=bash", "--severity=style"])
+        .arg(&path)
+        .output()
+        .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(
         last_lines("a\n\nb\nc\n", 2),
         ["b", "c"],
