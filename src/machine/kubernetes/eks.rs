@@ -12,7 +12,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use base64::Engine;
 
 use super::access::Access;
-use super::errors::BAD_CONFIG;
+use super::errors::EKS_ACCESS;
 use crate::error::Error;
 use crate::machine::ec2::api::cloud_error;
 use crate::machine::{Kind, MachineError};
@@ -27,9 +27,9 @@ const REFRESH: Duration = Duration::from_secs(5 * 60);
 
 fn failure(operation: &'static str, message: String) -> MachineError {
     MachineError {
-        provider: Kind::Ec2,
+        provider: Kind::Kubernetes,
         operation,
-        code: Some(BAD_CONFIG.to_owned()),
+        code: Some(EKS_ACCESS.to_owned()),
         message,
     }
 }

@@ -5,8 +5,10 @@ use crate::machine::{Kind, MachineError};
 
 /// Reached no API server (or no answer from it): no status reason to go by.
 pub const UNREACHABLE: &str = "Unreachable";
-/// The kubeconfig (or the EKS token) could not be turned into a client.
+/// The kubeconfig could not be turned into a client.
 pub const BAD_CONFIG: &str = "BadConfig";
+/// The EKS cluster's description or token could not be had.
+pub const EKS_ACCESS: &str = "EksAccess";
 
 /// A failed call of `operation`, from kube's error.
 pub fn api_error(operation: &'static str, err: kube::Error) -> MachineError {
@@ -81,6 +83,10 @@ pub fn hint(e: &MachineError) -> String {
         BAD_CONFIG => "Check the kubeconfig: its current-context must name a cluster with a \
             server address and a user with a token or client certificate. An exec plugin (such \
             as aws eks get-token) does not run inside the action: use eks-cluster for EKS."
+            .to_owned(),
+        EKS_ACCESS => "Check that the EKS cluster is ACTIVE (aws eks describe-cluster) and that \
+            the role's credentials work: role-to-assume, aws-region, and permissions: id-token: \
+            write on the job."
             .to_owned(),
         _ => "See the Kubernetes API's message above.".to_owned(),
     }
