@@ -576,7 +576,7 @@ fn an_eks_cluster_is_reached_with_the_roles_oidc_credentials_and_no_kubeconfig()
             .input("eks-cluster", "gpu-ci")
             .input("namespace", NAMESPACE)
     };
-    let started = step("start").run();
+    let started = step("start").input("startup-timeout-minutes", "30").run();
     started.success();
     assert!(
         started

@@ -139,6 +139,19 @@ impl Cluster {
 
     /// [`Cluster::start`], the API server given `apiserver_args` too (an authenticator, say).
     pub fn start_with(nodes: &[NodeSpec], apiserver_args: &[String]) -> Result<Cluster, String> {
+        // A free port is free when it is picked, not always when it is bound: tests running
+        // beside each other can take one in between. A control plane that lost that race is
+        // started again on other ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(nodes, apiserver_args) {
+                Err(e) if attempt < 3 && e.contains("address already in use") => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(nodes: &[NodeSpec], apiserver_args: &[String]) -> Result<Cluster, String> {
         let bin = build()?;
         let dir = tempfile::Builder::new()
             .prefix("gpu-runner-k8s-")
@@ -205,7 +218,9 @@ impl Cluster {
             .chain(apiserver_args.iter().cloned())
             .collect::<Vec<String>>(),
         )?;
-        cluster.client.wait_ready(cluster.dir.path())?;
+        cluster
+            .client
+            .wait_ready(cluster.dir.path(), &mut cluster.children)?;
         cluster.client.ca_pem = std::fs::read_to_string(path("certs").join("apiserver.crt"))
             .map_err(|e| format!("the API server's certificate: {e}"))?;
         let kubeconfig = cluster.kubeconfig(&cluster.admin_token.clone());
@@ -277,11 +292,23 @@ fn log_tail(dir: &Path, name: &str) -> String {
 }
 
 impl Client {
-    fn wait_ready(&self, cluster_dir: &Path) -> Result<(), String> {
+    /// Waits until the API server answers ready; an error at once if it or etcd (`processes`)
+    /// exits.
+    fn wait_ready(&self, cluster_dir: &Path, processes: &mut [Child]) -> Result<(), String> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(120) {
             if let Ok((200, _)) = self.call_raw("GET", "/readyz", None, &self.admin_token) {
                 return Ok(());
+            }
+            if let Some(status) = processes
+                .iter_mut()
+                .find_map(|p| p.try_wait().ok().flatten())
+            {
+                return Err(format!(
+                    "the control plane stopped ({status}):\n{}\n{}",
+                    log_tail(cluster_dir, "etcd"),
+                    log_tail(cluster_dir, "kube-apiserver")
+                ));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
