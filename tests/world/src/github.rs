@@ -116,7 +116,12 @@ pub struct Job {
     pub name: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub labels: Vec<String>,
-    pub script: String,
+    /// The job's steps in order, each with its `if:` condition, as the workflow file gives them.
+    pub steps: Vec<JobStep>,
+    /// The job was cancelled while it ran: GitHub tells the runner, whose worker cancels the
+    /// running step and then runs the steps whose condition still holds (`always()`,
+    /// `cancelled()`), as actions/runner's `StepsRunner` does.
+    pub cancel_requested: bool,
     /// `owner/repo` of the run the job is in, and the ref its workflow ran at: a fork's pull
     /// request runs in the base repository at `refs/pull/N/merge`.
     pub repository: String,
@@ -132,6 +137,46 @@ pub struct Job {
     pub conclusion: Option<String>,
     pub runner_name: Option<String>,
     pub output: String,
+}
+
+/// One step of a job: its `run:` script and its `if:` condition. actions/runner's `StepsRunner`
+/// gives a step without `if:` the condition `success()`, and evaluates each step's condition
+/// against the job's status so far: `always()` runs after a failed or cancelled step,
+/// `failure()` after a failed one, `cancelled()` after a cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobStep {
+    pub condition: &'static str,
+    pub run: String,
+}
+
+impl JobStep {
+    pub fn run(script: &str) -> Self {
+        Self {
+            condition: "success()",
+            run: script.to_owned(),
+        }
+    }
+
+    pub fn always(script: &str) -> Self {
+        Self {
+            condition: "always()",
+            run: script.to_owned(),
+        }
+    }
+
+    pub fn on_failure(script: &str) -> Self {
+        Self {
+            condition: "failure()",
+            run: script.to_owned(),
+        }
+    }
+
+    pub fn on_cancel(script: &str) -> Self {
+        Self {
+            condition: "cancelled()",
+            run: script.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -952,7 +997,8 @@ async fn runner_online(State(s): State<Shared>, headers: HeaderMap) -> Response 
 }
 
 /// Hands the runner the first queued job whose labels it all has: a line with the job's id, run,
-/// repository, workflow, container and event, a line with the event's payload, then the script.
+/// repository, workflow, container and event, a line with the event's payload, then a line per
+/// step: its condition and its script in base64.
 async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let mut st = lock(&s);
     let Some(id) = runner_by_secret(&mut st, &headers) else {
@@ -986,8 +1032,8 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
     };
     job.status = "in_progress";
     job.runner_name = Some(runner.name.clone());
-    let text = format!(
-        "{} {} {repository} {repository}/.github/workflows/{}@{} {} {}\n{}\n{}",
+    let mut text = format!(
+        "{} {} {repository} {repository}/.github/workflows/{}@{} {} {}\n{}\n",
         job.id,
         job.run_id,
         job.workflow,
@@ -995,9 +1041,15 @@ async fn runner_acquire(State(s): State<Shared>, headers: HeaderMap) -> Response
         job.container.as_deref().unwrap_or("-"),
         job.event,
         job.payload,
-        job.script,
         repository = job.repository,
     );
+    for step in &job.steps {
+        text.push_str(&format!(
+            "{} {}\n",
+            step.condition,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &step.run)
+        ));
+    }
     if let Some(r) = st.runners.get_mut(&id) {
         r.busy = true;
     }
@@ -1028,6 +1080,23 @@ async fn runner_complete(
         r.busy = false;
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Whether the job the runner runs was cancelled: the real listener gets a cancel message from
+/// GitHub and hands it to its worker (actions/runner `JobDispatcher`); the stand-in worker asks.
+async fn runner_job_cancelled(
+    State(s): State<Shared>,
+    Path(job_id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if runner_by_secret(&mut st, &headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    }
+    match st.jobs.iter().find(|j| j.id == job_id) {
+        Some(j) if j.cancel_requested => (StatusCode::OK, "cancelled").into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
 }
 
 /// The listener was stopped (SIGINT, SIGTERM) and ended its session: GitHub shows the runner
@@ -1283,6 +1352,7 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route("/_runner/jobs/{id}/complete", post(runner_complete))
         .route("/_runner/offline", post(runner_offline))
         .route("/_runner/session-end", post(runner_session_end))
+        .route("/_runner/jobs/{id}/cancelled", post(runner_job_cancelled))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -1301,7 +1371,8 @@ impl GithubState {
             name: "test".to_owned(),
             created_at: chrono::Utc::now(),
             labels,
-            script: script.to_owned(),
+            steps: vec![JobStep::run(script)],
+            cancel_requested: false,
             repository: format!("{}/{}", self.owner, self.repo),
             git_ref: "refs/heads/main".to_owned(),
             workflow: "gpu.yml".to_owned(),
@@ -1333,6 +1404,22 @@ impl GithubState {
             }
         }
         self.cancelled_runs.push(run_id);
+    }
+
+    /// Cancels one job as the run's Cancel button does: a queued job ends cancelled at once; a
+    /// running one is cancelled by its runner, which still runs its `always()` and `cancelled()`
+    /// steps and then reports it.
+    pub fn cancel_job(&mut self, job_id: u64) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job_id) {
+            match j.status {
+                "queued" => {
+                    j.status = "completed";
+                    j.conclusion = Some("cancelled".to_owned());
+                }
+                "in_progress" => j.cancel_requested = true,
+                _ => {}
+            }
+        }
     }
 
     /// The machine of the runner named `name` is gone: GitHub stops hearing from the runner, shows

@@ -156,6 +156,32 @@ fn environment(
 }
 
 impl Cluster {
+    /// The files at `path` (without the leading `/`) that any pod ever run on this cluster's
+    /// nodes wrote on its disk.
+    pub fn pod_files(&self, path: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let Ok(nodes) = std::fs::read_dir(self.dir.path()) else {
+            return found;
+        };
+        for node in nodes
+            .flatten()
+            .filter(|n| n.file_name().to_string_lossy().starts_with("node-"))
+        {
+            for pod in std::fs::read_dir(node.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(text) =
+                    std::fs::read_to_string(crate::sandbox::disk_path(&pod.path(), path))
+                {
+                    found.push(text);
+                }
+            }
+        }
+        found
+    }
+
     /// Starts the node stand-in of the registered node `name`, whose `nvidia-smi` shows `gpus`
     /// GPUs (none: no driver), and which has only the images in `images`.
     pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {

@@ -132,6 +132,20 @@ impl Drop for World {
 
 /// One of gpu-runner's IAM documents under `docs/iam`, for `account` (the documents name
 /// 123456789012).
+/// What an attacker's job runs: a plain step, then one with `if: always()` and one with
+/// `if: failure()`, which the runner still runs after a failed job-started hook. Each leaves its
+/// canary (a file under the machine's `/tmp`, see `CANARIES`) and a line in the job's log.
+pub fn hostile_steps() -> Vec<github::JobStep> {
+    vec![
+        github::JobStep::run("touch /tmp/canary-step; echo CANARY-STEP-RAN"),
+        github::JobStep::always("touch /tmp/canary-always; echo CANARY-ALWAYS-RAN"),
+        github::JobStep::on_failure("touch /tmp/canary-failure; echo CANARY-FAILURE-RAN"),
+    ]
+}
+
+/// The files `hostile_steps` leave, by their path on the machine without the leading `/`.
+pub const CANARIES: [&str; 3] = ["tmp/canary-step", "tmp/canary-always", "tmp/canary-failure"];
+
 pub fn documented_policy(name: &str, account: &str) -> Result<serde_json::Value, String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../docs/iam")
@@ -696,6 +710,36 @@ impl World {
             job.payload = payload;
         }
         id
+    }
+
+    /// A job of another workflow run (see `queue_job_of_run`) whose steps are an attacker's:
+    /// see `hostile_steps`.
+    pub fn queue_hostile_job_of_run(
+        &self,
+        run_id: u64,
+        repository: &str,
+        git_ref: &str,
+        labels: &[&str],
+    ) -> u64 {
+        let id = self.queue_job_of_run(run_id, repository, git_ref, labels, "");
+        self.set_steps(id, hostile_steps());
+        id
+    }
+
+    /// Gives a queued job these steps (each with its `if:`) in place of its one script.
+    pub fn set_steps(&self, job: u64, steps: Vec<github::JobStep>) {
+        let mut gh = self.github.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = gh.jobs.iter_mut().find(|j| j.id == job) {
+            j.steps = steps;
+        }
+    }
+
+    /// Cancels one job as the run's Cancel button does (see `GithubState::cancel_job`).
+    pub fn cancel_job(&self, job: u64) {
+        self.github
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel_job(job);
     }
 
     /// A job whose `runs-on` has these labels and whose `container:` is `image`.

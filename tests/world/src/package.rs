@@ -24,7 +24,8 @@ pub fn build() -> Package {
     let mut tarball = Vec::new();
     {
         let mut builder = tar::Builder::new(&mut tarball);
-        // The layout of actions/runner's package: run.sh, its helper template, the listener.
+        // The layout of actions/runner's package: run.sh, its helper template, the listener and
+        // the worker it starts for each job.
         for (path, text) in [
             ("run.sh", include_str!("standins/run.sh")),
             (
@@ -35,6 +36,7 @@ pub fn build() -> Package {
                 "bin/Runner.Listener",
                 include_str!("standins/Runner.Listener"),
             ),
+            ("bin/Runner.Worker", include_str!("standins/Runner.Worker")),
             (
                 "config.sh",
                 "#!/bin/bash\necho 'config.sh: not needed with --jitconfig'\n",
