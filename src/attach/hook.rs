@@ -130,6 +130,7 @@ impl Policy {
             ))),
             Ok(guard::Judgment {
                 approver: Some(login),
+                ..
             }) => Judged::IfApprover {
                 login,
                 repository: repository.to_owned(),
@@ -178,32 +179,102 @@ fn ask(socket: &Path, facts: &JobFacts) -> Result<Verdict, String> {
     serde_json::from_str(&answer).map_err(|_| "gpu-runner attach gave no verdict".to_owned())
 }
 
-/// `gpu-runner attach-hook SOCKET`, run by the runner before each job: prints the verdict into
-/// the job's log and exits 0 to let the job go on, 1 to fail it before any step.
+/// `gpu-runner attach-hook SOCKET`, run by the runner's worker before each job: prints the verdict
+/// into the job's log and exits 0 to let the job go on. A refused job's worker is killed before
+/// the hook exits (attach kills it first; the hook makes sure), since the runner would still run
+/// the job's `always()` and `failure()` steps after a failed hook (see `worker`). A cancel while
+/// attach judges (the worker's SIGINT or SIGTERM) ends the job the same way: it fails closed.
 pub fn client(socket: &Path, env: &Env) -> i32 {
+    let worker = super::worker::above(std::process::id());
+    // Said first: attach ends a refused job before the hook hears why, so the runner may never
+    // send what the hook prints after the verdict.
+    println!(
+        "gpu-runner attach judges this job before any of its steps runs: a job it refuses ends \
+         here, and attach's log on the machine says why."
+    );
+    let verdict = ask_unless_cancelled(socket, env);
+    end_unless_accepted(verdict, worker, hold)
+}
+
+fn ask_unless_cancelled(socket: &Path, env: &Env) -> (JobFacts, Verdict) {
     let facts = JobFacts::from_env(env);
-    let verdict = ask(socket, &facts).unwrap_or_else(|why| {
+    let no_verdict = |why: String| {
         Verdict::refuse(format!(
             "{why}, so this job cannot be judged and does not run"
         ))
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return (facts, no_verdict(format!("the hook could not start ({e})"))),
+    };
+    let verdict = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return no_verdict("the hook could not watch for a cancel".to_owned());
+        };
+        let (socket, asked) = (socket.to_owned(), facts.clone());
+        let answer = tokio::task::spawn_blocking(move || ask(&socket, &asked));
+        tokio::select! {
+            answer = answer => match answer {
+                Ok(Ok(v)) => v,
+                Ok(Err(why)) => no_verdict(why),
+                Err(e) => no_verdict(format!("the hook failed ({e})")),
+            },
+            _ = interrupt.recv() => Verdict::refuse("the job was cancelled while gpu-runner attach judged it"),
+            _ = terminate.recv() => Verdict::refuse("the job was cancelled while gpu-runner attach judged it"),
+        }
     });
+    // The blocking ask may still wait for attach: it must not keep the hook alive.
+    runtime.shutdown_background();
+    (facts, verdict)
+}
+
+/// Never returns: nothing of the job can run while the worker waits for the hook.
+fn hold() -> i32 {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn end_unless_accepted(
+    (facts, verdict): (JobFacts, Verdict),
+    worker: Option<u32>,
+    hold: impl FnOnce() -> i32,
+) -> i32 {
     if verdict.accept {
         println!(
             "gpu-runner: phase=job-accepted run={} reason=\"{}\"",
             facts.run_id,
             escape::data(&verdict.reason)
         );
-        0
-    } else {
-        println!(
-            "gpu-runner: phase=job-refused reason=\"{}\"",
-            escape::data(&verdict.reason)
-        );
-        println!(
-            "::error title=gpu-runner refused this job::{}",
-            escape::data(&verdict.reason)
-        );
-        1
+        return 0;
+    }
+    println!(
+        "gpu-runner: phase=job-refused reason=\"{}\"",
+        escape::data(&verdict.reason)
+    );
+    println!(
+        "::error title=gpu-runner refused this job::{}",
+        escape::data(&verdict.reason)
+    );
+    // The worker uploads the hook's output every half second: a moment, so that the job's log
+    // says why. It runs nothing while it waits for this process.
+    std::thread::sleep(Duration::from_secs(2));
+    match worker {
+        Some(w) if super::worker::end(w) => 1,
+        _ => {
+            println!(
+                "gpu-runner: phase=job-refused reason=\"the hook could not end the job's \
+                 Runner.Worker; it holds the job until attach ends the runner\""
+            );
+            hold()
+        }
     }
 }
 
@@ -304,14 +375,31 @@ mod tests {
     }
 
     #[test]
-    fn without_attach_the_hook_refuses() {
+    fn without_attach_the_hook_refuses_and_holds_a_job_whose_worker_it_cannot_end() {
         let env: Env = [
             ("GITHUB_REPOSITORY", "octo/ml"),
             ("GITHUB_EVENT_NAME", "push"),
         ]
         .into_iter()
         .collect();
-        assert_eq!(client(Path::new("/nonexistent/hook.sock"), &env), 1);
+        let asked = ask_unless_cancelled(Path::new("/nonexistent/hook.sock"), &env);
+        assert!(!asked.1.accept);
+        assert!(
+            asked
+                .1
+                .reason
+                .starts_with("gpu-runner attach is not answering"),
+            "{}",
+            asked.1.reason
+        );
+        // No Runner.Worker above a test: the hook would hold the job rather than return.
+        let held = std::cell::Cell::new(false);
+        let code = end_unless_accepted(asked, None, || {
+            held.set(true);
+            1
+        });
+        assert_eq!(code, 1);
+        assert!(held.get());
     }
 
     #[test]

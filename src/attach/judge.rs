@@ -37,9 +37,17 @@ pub async fn serve(
         };
         // The socket is open to every user (the hook runs as the job's); only the job's user
         // may tell attach about a job.
-        if stream.peer_cred().map(|c| c.uid()).ok() != Some(jobs_uid) {
+        let Ok(peer) = stream.peer_cred() else {
+            continue;
+        };
+        if peer.uid() != jobs_uid {
             continue;
         }
+        // The hook's Runner.Worker, found while the hook surely lives: a refused job's worker is
+        // killed before the hook hears the verdict (see `worker`).
+        let worker = peer
+            .pid()
+            .and_then(|pid| u32::try_from(pid).ok().and_then(super::worker::above));
         let (policy, approvals, events) = (policy.clone(), approvals.clone(), events.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -64,6 +72,11 @@ pub async fn serve(
                     approvals.check(&login, &repository).await
                 }
             };
+            if !verdict.accept
+                && let Some(worker) = worker
+            {
+                let _ = tokio::task::spawn_blocking(move || super::worker::end(worker)).await;
+            }
             let _ = write
                 .write_all(format!("{}\n", serde_json::json!(verdict)).as_bytes())
                 .await;

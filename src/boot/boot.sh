@@ -8,6 +8,8 @@ set -euo pipefail
 
 readonly LOG_FILE=/var/log/gpu-runner.log
 readonly STATE_DIR=/var/lib/gpu-runner
+# The one folder the runner user may write in STATE_DIR: the job-started hook's marks.
+readonly JOB_MARKS=/var/lib/gpu-runner/job
 readonly RUNNER_DIR=/opt/actions-runner
 readonly CACHE_DIR=/var/cache/gpu-runner
 CURRENT_PHASE=boot
@@ -35,9 +37,12 @@ fail() {
 
 trap 'fail "$CURRENT_PHASE" "the boot script stopped at line $LINENO"' ERR
 
+# root's alone, so that nothing root writes here (gpu.json) goes through a link a job planted on a
+# kept disk; what the last boot's job left behind must not speak for this boot's.
 mkdir -p "$STATE_DIR"
-# What the last boot's job left behind must not speak for this boot's.
-rm -f "$STATE_DIR/job-started" "$STATE_DIR/job-refused"
+chown root: "$STATE_DIR"
+chmod 755 "$STATE_DIR"
+rm -rf "$JOB_MARKS" "$STATE_DIR/gpu.json" "$STATE_DIR/job-started" "$STATE_DIR/job-refused"
 
 # 1. The max lifetime, armed first: the instance ends by then even if this script dies.
 CURRENT_PHASE=watchdog
@@ -91,10 +96,14 @@ else
   rm -f "$tarball"
   log runner-fetch "status=ok version=$RUNNER_VERSION"
 fi
-# The runner adds its .env to every job's environment; a rerun replaces gpu-runner's lines.
-touch "$RUNNER_DIR/.env"
-env_kept="$(grep -v '^GPU_RUNNER_' "$RUNNER_DIR/.env" || true)"
-printf '%s\n' "$env_kept" | sed '/^$/d' > "$RUNNER_DIR/.env"
+# The runner adds its .env to every job's environment; a rerun replaces gpu-runner's lines. A
+# link there (a job's, on a kept disk) is neither read nor written through: a new file replaces it.
+env_kept=""
+if [ -f "$RUNNER_DIR/.env" ] && [ ! -L "$RUNNER_DIR/.env" ]; then
+  env_kept="$(grep -v '^GPU_RUNNER_' "$RUNNER_DIR/.env" || true)"
+fi
+env_file="$(mktemp "$RUNNER_DIR/.env.XXXXXX")"
+printf '%s\n' "$env_kept" | sed '/^$/d' > "$env_file"
 {
   printf 'GPU_RUNNER_GPU_NAME=%s\n' "$gpu_name"
   printf 'GPU_RUNNER_GPU_COUNT=%s\n' "$gpu_count"
@@ -105,7 +114,9 @@ printf '%s\n' "$env_kept" | sed '/^$/d' > "$RUNNER_DIR/.env"
   if [ "$POOLED" = true ]; then
     printf 'GPU_RUNNER_CACHE=%s\n' "$CACHE_DIR"
   fi
-} >> "$RUNNER_DIR/.env"
+} >> "$env_file"
+chmod 644 "$env_file"
+mv -f "$env_file" "$RUNNER_DIR/.env"
 if [ "$POOLED" = true ]; then
   # What persists from job to job on a pool instance is this cache, which the jobs fill; the
   # work folder (every checkout) and the last runner's configuration do not.
@@ -114,7 +125,8 @@ if [ "$POOLED" = true ]; then
   rm -rf "$RUNNER_DIR/_work" "$RUNNER_DIR/.runner" "$RUNNER_DIR/.credentials" \
     "$RUNNER_DIR/.credentials_rsaparams"
 fi
-chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$STATE_DIR"
+mkdir -m 700 "$JOB_MARKS"
+chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$JOB_MARKS"
 
 # 5. The user's own preparation, as root.
 if [ -n "$PRE_RUNNER_SCRIPT" ]; then
@@ -138,7 +150,8 @@ readonly HOOK_DIR=/usr/local/lib/gpu-runner
 mkdir -p "$HOOK_DIR"
 {
   printf '#!/bin/bash\n'
-  declare -p JOB_REPOSITORY JOB_RUN_ID JOB_WORKFLOW_REF STATE_DIR
+  declare -p JOB_REPOSITORY JOB_RUN_ID JOB_WORKFLOW_REF
+  printf 'STATE_DIR=%q\n' "$JOB_MARKS"
   cat << 'HOOK'
 # @JOB_STARTED_HOOK@
 HOOK
@@ -148,7 +161,7 @@ chmod 755 "$HOOK_DIR" "$HOOK_DIR/job-started.sh"
 log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
 (
   sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
-  if [ ! -e "$STATE_DIR/job-started" ]; then
+  if [ ! -e "$JOB_MARKS/job-started" ]; then
     log idle "status=timeout reason=\"no job started within $IDLE_TIMEOUT_MINUTES min\""
     end_instance "no job started"
   fi
@@ -171,8 +184,10 @@ ACTIONS_RUNNER_INPUT_JITCONFIG="$JIT_CONFIG" runuser -u "$RUNNER_USER" -- "$RUNN
 log runner "status=exited code=$code"
 
 # 7. One job, then the instance ends; a refused job ends it too, saying why.
-if [ -s "$STATE_DIR/job-refused" ]; then
-  log job-refused "reason=\"$(head -n 1 "$STATE_DIR/job-refused" | tr -d '"' | cut -c 1-300)\""
+if [ -s "$JOB_MARKS/job-refused" ]; then
+  # Read with the runner user's rights: the file is that user's, and may be a link.
+  why="$(runuser -u "$RUNNER_USER" -- head -n 1 "$JOB_MARKS/job-refused" || true)"
+  log job-refused "reason=\"$(printf '%s' "$why" | tr -d '"' | cut -c 1-300)\""
   end_instance "it refused a job of another workflow run"
   exit 0
 fi

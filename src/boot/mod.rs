@@ -33,6 +33,17 @@ pub(crate) fn gpu_probe() -> String {
         .join("\n")
 }
 
+/// User data has room for 16 KB only: gpu-runner's own lines go without their indentation, which
+/// means nothing to bash (the template has no here-document whose text it would change but the
+/// hook's, where it means nothing either). Values are put in afterwards and keep every byte.
+fn compact(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The boot script with `values` in it.
 fn script(values: &str) -> String {
     // User data has room for 16 KB only: the comments stay in the source, except the header that
@@ -50,11 +61,13 @@ fn script(values: &str) -> String {
             header || !comment_only(l)
         })
         .collect();
-    let mut template = template.join("\n");
+    let probe = gpu_probe();
+    let probe: Vec<&str> = probe.lines().collect();
+    let mut template = compact(&template);
     template.push('\n');
     template
-        .replacen(HOOK_MARKER, &hook.join("\n"), 1)
-        .replacen(GPU_PROBE_MARKER, &gpu_probe(), 1)
+        .replacen(HOOK_MARKER, &compact(&hook), 1)
+        .replacen(GPU_PROBE_MARKER, &compact(&probe), 1)
         .replacen(VALUES_MARKER, values, 1)
 }
 
@@ -490,12 +503,12 @@ mod tests {
         let script = render(p);
         let text = script.expose();
         let values = &text[..text.find("readonly LOG_FILE").unwrap()];
-        let start = text.find("{\n  printf '#!/bin/bash\\n'").unwrap();
+        let start = text.find("{\nprintf '#!/bin/bash\\n'").unwrap();
         let end_marker = "} > \"$HOOK_DIR/job-started.sh\"\n";
         let end = text.find(end_marker).unwrap() + end_marker.len();
         let dir_quoted = quote(dir.to_str().unwrap());
         let program = format!(
-            "{values}readonly STATE_DIR={dir_quoted}\nreadonly HOOK_DIR={dir_quoted}\n{}",
+            "{values}readonly JOB_MARKS={dir_quoted}\nreadonly HOOK_DIR={dir_quoted}\n{}",
             &text[start..end]
         );
         let out = std::process::Command::new("bash")
@@ -511,19 +524,45 @@ mod tests {
         dir.join("job-started.sh")
     }
 
-    /// Runs the hook as the runner does, with a job's variables; its exit code and output.
-    fn run_hook(hook: &std::path::Path, job: &[(&str, &str)]) -> (i32, String) {
-        let out = std::process::Command::new("bash")
+    /// What became of a job after its job-started hook: the runner's worker went on with the
+    /// hook's exit code, or was killed before it could run a step.
+    #[derive(Debug, PartialEq, Eq)]
+    enum AfterHook {
+        WorkerWentOn(i32),
+        WorkerKilled,
+    }
+
+    /// Runs the hook as the runner does, with a job's variables: as
+    /// `bash --noprofile --norc -e -o pipefail HOOK`, the child of a process named
+    /// `Runner.Worker`, which would run the job's steps next. What became of the job, and what
+    /// the hook printed.
+    fn run_hook(hook: &std::path::Path, job: &[(&str, &str)]) -> (AfterHook, String) {
+        use std::os::unix::process::ExitStatusExt;
+        let worker = hook.with_file_name("Runner.Worker");
+        std::fs::write(
+            &worker,
+            "#!/bin/bash\nbash --noprofile --norc -e -o pipefail \"$1\"\n\
+             echo \"worker-went-on $?\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = std::process::Command::new(&worker)
             .arg(hook)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(job.iter().copied())
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let after = match text.lines().find_map(|l| l.strip_prefix("worker-went-on ")) {
+            Some(code) => AfterHook::WorkerWentOn(code.parse().unwrap()),
+            None => {
+                assert_eq!(out.status.signal(), Some(9), "{text}");
+                AfterHook::WorkerKilled
+            }
+        };
+        (after, text)
     }
 
     #[test]
@@ -572,12 +611,12 @@ mod tests {
             let (code, out) = run_hook(&hook, &job);
             match refusal {
                 None => {
-                    assert_eq!(code, 0, "{job:?}: {out}");
+                    assert_eq!(code, AfterHook::WorkerWentOn(0), "{job:?}: {out}");
                     assert!(dir.path().join("job-started").exists());
                     assert!(!dir.path().join("job-refused").exists());
                 }
                 Some(why) => {
-                    assert_eq!(code, 1, "{job:?}: {out}");
+                    assert_eq!(code, AfterHook::WorkerKilled, "{job:?}: {out}");
                     assert!(out.contains("gpu-runner: phase=job-refused"), "{out}");
                     assert!(out.contains("::error title=gpu-runner refused this job::"));
                     assert!(out.contains(why), "{job:?}: {out}");
@@ -587,6 +626,85 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whatever goes wrong in the hook (here its mark cannot be written, and the runner
+    /// runs it with `-e`), the job does not go on: only an accepted job's worker survives.
+    #[test]
+    fn a_hook_that_fails_before_it_accepts_ends_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = write_hook(&params(), dir.path());
+        // `touch` follows the link into a folder that does not exist, and fails.
+        std::os::unix::fs::symlink(
+            dir.path().join("gone/job-started"),
+            dir.path().join("job-started"),
+        )
+        .unwrap();
+        let (after, out) = run_hook(
+            &hook,
+            &[
+                ("GITHUB_REPOSITORY", "octo/ml"),
+                ("GITHUB_RUN_ID", "4242"),
+                (
+                    "GITHUB_WORKFLOW_REF",
+                    "octo/ml/.github/workflows/gpu.yml@refs/heads/main",
+                ),
+            ],
+        );
+        assert_eq!(after, AfterHook::WorkerKilled, "{out}");
+        assert!(!out.contains("phase=job-accepted"), "{out}");
+    }
+
+    /// A refused job cancelled while the hook still runs (the worker sends it SIGINT, as
+    /// ProcessInvoker does) ends at once: the worker would run the `always()` steps next.
+    #[test]
+    fn a_cancel_while_the_hook_refuses_ends_the_worker_at_once() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let hook = write_hook(&params(), dir.path());
+        let worker = dir.path().join("Runner.Worker");
+        std::fs::write(
+            &worker,
+            "#!/bin/bash\nbash --noprofile --norc -e -o pipefail \"$1\"\necho worker-went-on\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut child = std::process::Command::new(&worker)
+            .arg(&hook)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("GITHUB_REPOSITORY", "octo/ml")
+            .env("GITHUB_RUN_ID", "999")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let refused = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("phase=job-refused"));
+        assert!(refused);
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+        let hook_pid = children.split_whitespace().next().unwrap().to_owned();
+        let cancelled = std::time::Instant::now();
+        std::process::Command::new("kill")
+            .args(["-INT", &hook_pid])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        let took = cancelled.elapsed();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+        assert!(
+            !lines
+                .map_while(Result::ok)
+                .any(|l| l.contains("worker-went-on"))
+        );
     }
 
     #[test]
@@ -610,7 +728,7 @@ mod tests {
                 ("GITHUB_WORKFLOW_REF", "evil\n::add-mask::%0A"),
             ],
         );
-        assert_eq!(code, 1, "{out}");
+        assert_eq!(code, AfterHook::WorkerKilled, "{out}");
         assert!(!canary.exists(), "a value ran as code");
         assert!(!out.lines().any(|l| l.starts_with("::add-mask")), "{out}");
         assert!(out.contains("evil%0A::add-mask::%250A"), "{out}");

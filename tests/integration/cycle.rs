@@ -699,9 +699,10 @@ fn a_container_job_reaches_docker_only_through_the_docker_group() {
 
 /// The stand-in runner package behaves like actions/runner's: as root without
 /// `RUNNER_ALLOW_RUNASROOT` it refuses with the real message and `run.sh` exits 0; a job-started
-/// hook that exits non-zero fails the job before any of its steps runs.
+/// hook that exits non-zero fails the job, its plain steps are skipped, and its `if: always()` and
+/// `if: failure()` steps still run (the hook is an `always()` pre-job step, JobExtension.cs).
 #[test]
-fn the_runner_package_refuses_root_and_a_failing_hook_fails_the_job_before_its_steps() {
+fn the_runner_package_refuses_root_and_still_runs_always_steps_after_a_failing_hook() {
     let world = world();
     let limit = Duration::from_secs(20);
     let (code, out) = world.run_runner_package(&["standalone"], &[], limit);
@@ -721,8 +722,20 @@ fn the_runner_package_refuses_root_and_a_failing_hook_fails_the_job_before_its_s
     let dir = tempfile::tempdir().unwrap();
     let hook = dir.path().join("hook.sh");
     std::fs::write(&hook, "echo refusing this job; exit 3\n").unwrap();
-    let canary = dir.path().join("canary");
-    let job = world.queue_job(&["hooked"], &format!("touch '{}'", canary.display()));
+    let canary = |name: &str| dir.path().join(name);
+    let job = world.queue_job(&["hooked"], "");
+    world.set_steps(
+        job,
+        vec![
+            world::github::JobStep::run(&format!("touch '{}'", canary("step").display())),
+            world::github::JobStep::always(&format!("touch '{}'", canary("always").display())),
+            world::github::JobStep::on_failure(&format!("touch '{}'", canary("failure").display())),
+            world::github::JobStep::on_cancel(&format!(
+                "touch '{}'",
+                canary("cancelled").display()
+            )),
+        ],
+    );
     let (code, out) = world.run_runner_package(
         &["hooked"],
         &[
@@ -740,7 +753,13 @@ fn the_runner_package_refuses_root_and_a_failing_hook_fails_the_job_before_its_s
         "{}",
         job.output
     );
-    assert!(!canary.exists(), "a step ran after the hook failed");
+    assert!(
+        !canary("step").exists(),
+        "a plain step ran after the hook failed"
+    );
+    assert!(!canary("cancelled").exists(), "a cancelled() step ran");
+    assert!(canary("always").exists(), "the always() step did not run");
+    assert!(canary("failure").exists(), "the failure() step did not run");
 }
 
 /// GitHub gives a JIT runner its default labels (`self-hosted`, `Linux`, `X64`) beside the custom

@@ -628,3 +628,41 @@ fn an_eks_cluster_is_reached_with_the_roles_oidc_credentials_and_no_kubeconfig()
     );
     assert_eq!(world.registered_runners(), []);
 }
+
+/// A stranger's job handed the pod's runner (GitHub routes `runs-on: self-hosted` to it) runs none
+/// of its steps, not even its `if: always()` and `if: failure()` ones: the hook ends the job's
+/// worker before it returns. The pod ends, and stop leaves nothing.
+#[test]
+fn a_strangers_job_handed_a_pod_runs_no_step_not_even_an_always_step() {
+    let gpus = gpu_cluster();
+    let stranger = gpus.world.queue_hostile_job_of_run(
+        gpus.world.run_id + 1,
+        "octo/ml",
+        "refs/pull/7/merge",
+        &["self-hosted"],
+    );
+    let started = gpus.start().run();
+    let job = gpus.finished(stranger);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
+    assert!(
+        job.output.contains(
+            "::error title=gpu-runner refused this job::this machine takes only jobs of octo/ml"
+        ) && !job.output.contains("CANARY"),
+        "{}",
+        job.output
+    );
+    for canary in world::CANARIES {
+        assert_eq!(
+            gpus.cluster.pod_files(canary),
+            Vec::<String>::new(),
+            "{canary}"
+        );
+    }
+    gpus.world
+        .github
+        .lock()
+        .unwrap()
+        .cancel_run(gpus.world.run_id);
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
