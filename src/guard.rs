@@ -52,6 +52,50 @@ pub struct Judgment {
     /// A comment's author whose approval counts only with write access or more to the
     /// repository; start asks GitHub before it asks for any credential.
     pub approver: Option<String>,
+    /// The commits the approving comment names (its words of 7 to 40 hexadecimal digits): the
+    /// pull request's head must still be one of them when start reads it.
+    pub approves: Vec<String>,
+}
+
+/// The words of a comment that can name a commit: 7 to 40 hexadecimal digits.
+fn commits_named(body: &str) -> Vec<String> {
+    body.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '`' | '(' | ')' | '.'))
+        .filter(|w| (7..=40).contains(&w.len()) && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// A comment approves the commit it names, not whatever the pull request's head is when start
+/// runs: a push after the comment would otherwise run unreviewed code with the comment's
+/// approval. `head` is the pull request's head as GitHub gives it now.
+pub fn check_approved_commit(
+    judgment: &Judgment,
+    number: u64,
+    head: &str,
+) -> Result<(), Untrusted> {
+    if judgment.approver.is_none() {
+        return Ok(());
+    }
+    let short = head.get(..7).unwrap_or(head);
+    if judgment
+        .approves
+        .iter()
+        .any(|c| head.to_ascii_lowercase().starts_with(c.as_str()))
+    {
+        return Ok(());
+    }
+    Err(Untrusted(match judgment.approves.as_slice() {
+        [] => format!(
+            "the comment names no commit, so gpu-runner cannot tell which code of pull request \
+             #{number} it approves: comment again with the head commit you reviewed, such as \
+             `/gpu {short}` for its head now"
+        ),
+        named => format!(
+            "the comment approves {}, but the head of pull request #{number} is now {head}: a \
+             push came after the approval. Review it and comment again, such as `/gpu {short}`",
+            named.join(", ")
+        ),
+    }))
 }
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -159,6 +203,28 @@ pub fn check(
                 )));
             }
             let triggered_by = text(run, &["event"]).unwrap_or_default();
+            // The triggering run's event is judged as a direct one would be: a run set off by
+            // anyone (an issue, a star, a fork) must not buy a GPU through a workflow_run after it.
+            let same_repository_pull_request = PULL_REQUEST_EVENTS
+                .iter()
+                .any(|(e, _)| *e == triggered_by && !FORK_PRONE_EVENTS.contains(e));
+            if !REPOSITORY_EVENTS.contains(&triggered_by)
+                && !same_repository_pull_request
+                && !FORK_PRONE_EVENTS.contains(&triggered_by)
+            {
+                return Err(Untrusted(format!(
+                    "the workflow_run event follows a {} run, and that event is not one \
+                     gpu-runner knows to be safe: a workflow_run starts a GPU runner only after \
+                     a run of {}, of a pull request from this repository's own branches, or of \
+                     pull_request_target or issue_comment about one",
+                    if triggered_by.is_empty() {
+                        "(unnamed event)"
+                    } else {
+                        triggered_by
+                    },
+                    REPOSITORY_EVENTS.join(", ")
+                )));
+            }
             if FORK_PRONE_EVENTS.contains(&triggered_by) {
                 let prs = run
                     .get("pull_requests")
@@ -194,6 +260,7 @@ pub fn check(
             })?;
             Ok(Judgment {
                 approver: Some(approver.to_owned()),
+                approves: commits_named(text(payload, &["comment", "body"]).unwrap_or_default()),
             })
         }
         "" => Err(Untrusted(
@@ -488,7 +555,8 @@ mod tests {
                 assert_eq!(
                     ours,
                     Ok(Judgment {
-                        approver: Some("alice".to_owned())
+                        approver: Some("alice".to_owned()),
+                        approves: Vec::new(),
                     })
                 );
             } else {
@@ -559,6 +627,64 @@ mod tests {
             run(json!({"event": "pull_request", "head_repository": {"full_name": REPO}})),
             Ok(())
         );
+        assert_eq!(
+            run(json!({"event": "push", "head_repository": {"full_name": REPO}})),
+            Ok(())
+        );
+        // Anyone can open an issue, star or fork the repository: a run they set off passes on
+        // no more than they could start directly. A chained workflow_run hides its first event.
+        for event in ["watch", "issues", "fork", "discussion", "workflow_run", ""] {
+            let verdict = run(json!({"event": event, "head_repository": {"full_name": REPO}}));
+            assert!(
+                verdict
+                    .as_ref()
+                    .is_err_and(|e| e.contains("is not one gpu-runner knows to be safe")),
+                "{event}: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_comment_approves_only_the_commit_it_names() {
+        let head = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+        let judged = |body: &str| {
+            let mut p = payload_of("alice", "MEMBER", REPO, false);
+            p["comment"]["body"] = json!(body);
+            check("issue_comment", Some(&p), REPO, &allowed()).unwrap()
+        };
+        assert_eq!(judged("/gpu 9F8E7D6").approves, ["9f8e7d6"]);
+        assert_eq!(
+            check_approved_commit(&judged("/gpu 9f8e7d6"), 7, head),
+            Ok(())
+        );
+        assert_eq!(
+            check_approved_commit(&judged(&format!("/gpu {head}")), 7, head),
+            Ok(())
+        );
+        assert_eq!(
+            check_approved_commit(&judged("Looks good.\n/gpu (9f8e7d6c)"), 7, head),
+            Ok(())
+        );
+        let pushed = check_approved_commit(&judged("/gpu 0123abc"), 7, head)
+            .unwrap_err()
+            .0;
+        assert!(
+            pushed.contains(
+                "the comment approves 0123abc, but the head of pull request #7 is now 9f8e7d6c"
+            ) && pushed.contains("`/gpu 9f8e7d6`"),
+            "{pushed}"
+        );
+        let unnamed = check_approved_commit(&judged("/gpu"), 7, head)
+            .unwrap_err()
+            .0;
+        assert!(unnamed.contains("the comment names no commit"), "{unnamed}");
+        // Words that are not commits: too short, not hexadecimal.
+        assert_eq!(
+            judged("/gpu please add cafe beef deadbee!").approves,
+            Vec::<String>::new()
+        );
+        // Other events carry no approver, and so nothing to pin.
+        assert_eq!(check_approved_commit(&Judgment::default(), 7, head), Ok(()));
     }
 
     #[test]

@@ -800,21 +800,23 @@ fn a_hostile_pre_runner_script_arrives_byte_for_byte_in_the_sandbox_and_nothing_
 /// The attack GitHub's routing allows: it hands a JIT runner any queued job its labels cover, and
 /// every self-hosted runner has `self-hosted`. A returning contributor's fork pull request (no
 /// approval needed by default) with `runs-on: self-hosted`, queued before the real GPU job, is
-/// handed the machine. Its job-started hook refuses the job before any step runs, says why in
-/// the job's log and on the console, and the machine ends itself; nothing is left.
+/// handed the machine. The runner runs a job's `if: always()` and `if: failure()` steps even
+/// after its job-started hook failed; the hook ends the job's worker before it returns, so none
+/// of the stranger's steps runs. The job's log and the console say why, and the machine ends
+/// itself; nothing is left.
 #[test]
-fn a_strangers_job_handed_the_runner_runs_no_step_and_the_machine_ends_itself() {
+fn a_strangers_job_handed_the_runner_runs_no_step_not_even_an_always_step() {
     let world = world();
     let strangers_run = world.run_id + 1;
-    let stranger = world.queue_job_of_run(
+    let stranger = world.queue_hostile_job_of_run(
         strangers_run,
         "octo/ml",
         "refs/pull/7/merge",
         &["self-hosted"],
-        "echo STRANGER-CODE-RAN; sudo cat /etc/shadow",
     );
     let started = Step::start().in_world(&world).run();
     let label = started.outputs()["label"].clone();
+    let id = started.outputs()["instance-id"].clone();
     let done = world.wait_until(Duration::from_secs(30), |w| {
         w.job(stranger).is_some_and(|j| j.status == "completed")
     });
@@ -831,7 +833,10 @@ fn a_strangers_job_handed_the_runner_runs_no_step_and_the_machine_ends_itself() 
         "{}",
         job.output
     );
-    assert!(!job.output.contains("STRANGER-CODE-RAN"), "{}", job.output);
+    assert!(!job.output.contains("CANARY"), "{}", job.output);
+    for canary in world::CANARIES {
+        assert_eq!(world.instance_file(&id, canary), None, "{canary}");
+    }
 
     // The machine ends itself, and its console says why.
     let ended = world.wait_until(Duration::from_secs(30), |w| w.live_instances().is_empty());
@@ -871,16 +876,16 @@ fn a_strangers_job_handed_the_runner_runs_no_step_and_the_machine_ends_itself() 
 fn an_org_runner_refuses_another_repositorys_job() {
     let world = world();
     gpu_group(&world, &["octo/ml", "octo/web"], false);
-    let other = world.queue_job_of_run(
+    let other = world.queue_hostile_job_of_run(
         world.run_id + 7,
         "octo/web",
         "refs/heads/main",
         &["self-hosted", "Linux"],
-        "echo OTHER-REPOSITORY-RAN",
     );
     let started = as_org(Step::start().in_world(&world), &world)
         .input("runner-group", "GPU")
         .run();
+    let id = started.outputs()["instance-id"].clone();
     let done = world.wait_until(Duration::from_secs(30), |w| {
         w.job(other).is_some_and(|j| j.status == "completed")
     });
@@ -891,10 +896,13 @@ fn an_org_runner_refuses_another_repositorys_job() {
     let job = world.job(other).unwrap();
     assert_eq!(job.conclusion.as_deref(), Some("failure"));
     assert!(
-        job.output.contains("another repository's job") && !job.output.contains("RAN"),
+        job.output.contains("another repository's job") && !job.output.contains("CANARY"),
         "{}",
         job.output
     );
+    for canary in world::CANARIES {
+        assert_eq!(world.instance_file(&id, canary), None, "{canary}");
+    }
     as_org(Step::stop().in_world(&world), &world)
         .outputs_of(&started)
         .run()
@@ -914,12 +922,12 @@ fn aws_calls(world: &World) -> Vec<String> {
 }
 
 /// A comment on a pull request, as GitHub's `issue_comment` payload has it.
-fn comment_on_pull_request(login: &str, association: &str) -> serde_json::Value {
+fn comment_on_pull_request(login: &str, association: &str, body: &str) -> serde_json::Value {
     serde_json::json!({
         "action": "created",
         "issue": {"number": 7, "title": "Faster kernels",
                   "pull_request": {"url": "https://api.github.com/repos/octo/ml/pulls/7"}},
-        "comment": {"user": {"login": login}, "author_association": association, "body": "/gpu"},
+        "comment": {"user": {"login": login}, "author_association": association, "body": body},
         "repository": {"full_name": "octo/ml"},
         "sender": {"login": login},
     })
@@ -943,7 +951,10 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
     world.faults.take_calls();
     let refused = Step::start()
         .in_world(&world)
-        .envs(&world.triggered_by("issue_comment", &comment_on_pull_request("carol", "MEMBER")))
+        .envs(&world.triggered_by(
+            "issue_comment",
+            &comment_on_pull_request("carol", "MEMBER", "/gpu 9f8e7d6"),
+        ))
         .run();
     refused.failure();
     assert!(
@@ -957,9 +968,29 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
     assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
     nothing_left(&world);
 
+    // A comment that names no commit approves none: a push could come right after it.
+    let unnamed = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by(
+            "issue_comment",
+            &comment_on_pull_request("alice", "MEMBER", "/gpu"),
+        ))
+        .run();
+    unnamed.failure();
+    assert!(
+        unnamed.errors()[0].contains("the comment names no commit")
+            && unnamed.errors()[0].contains("`/gpu 9f8e7d6`"),
+        "{:?}",
+        unnamed.errors()
+    );
+    nothing_left(&world);
+
     let started = Step::start()
         .in_world(&world)
-        .envs(&world.triggered_by("issue_comment", &comment_on_pull_request("alice", "MEMBER")))
+        .envs(&world.triggered_by(
+            "issue_comment",
+            &comment_on_pull_request("alice", "MEMBER", "/gpu 9f8e7d6"),
+        ))
         .run();
     started.success();
     assert_eq!(
@@ -978,6 +1009,25 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
         "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432"
     );
     stop_cleanly(&world, &started);
+
+    // A push between the comment and the start: the approval was for another commit.
+    let pushed = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by(
+            "issue_comment",
+            &comment_on_pull_request("alice", "MEMBER", "/gpu 9f8e7d6"),
+        ))
+        .run();
+    pushed.failure();
+    assert!(
+        pushed.errors()[0].contains(
+            "the comment approves 9f8e7d6, but the head of pull request #7 is now \
+             0000000000000000000000000000000000000bad: a push came after the approval"
+        ),
+        "{:?}",
+        pushed.errors()
+    );
+    nothing_left(&world);
 }
 
 /// Deny by default: an event anyone can set off (a new issue, a star) starts nothing, and the

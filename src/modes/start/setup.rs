@@ -50,24 +50,10 @@ pub(super) fn judge<'e>(
         .and_then(serde_json::Value::as_bool)
         .map(|private| !private);
     // A pool instance's disk outlives its job: what one job leaves there, the next runs with. A
-    // trigger the guard refuses never gets one, allow-untrusted or not.
-    if inputs.trust.allow_untrusted && inputs.pool.is_some() {
-        guard::check(
-            event,
-            payload.as_ref(),
-            &ctx.repository(),
-            &inputs.trust.allowed_associations,
-        )
-        .map_err(|guard::Untrusted(why)| {
-            guard::Untrusted(format!(
-                "{why}. allow-untrusted does not lift this for a pool: a job can leave anything \
-                 on a pool instance's disk for the jobs after it, so a pool serves only runs the \
-                 guard trusts. Remove pool (and instance-id) from this start to launch a fresh \
-                 instance for it"
-            ))
-        })?;
-    }
-    let (judged_event, judgment) = if inputs.trust.allow_untrusted {
+    // pool gets the guard's whole verdict, allow-untrusted or not: a trigger it refuses never gets
+    // a member, and a comment approves only with its author's write access, as GitHub says.
+    let pooled = inputs.pool.is_some();
+    let (judged_event, judgment) = if inputs.trust.allow_untrusted && !pooled {
         actions.info("allow-untrusted is set: the untrusted-trigger guard is off for this start");
         (None, Judgment::default())
     } else {
@@ -76,7 +62,19 @@ pub(super) fn judge<'e>(
             payload.as_ref(),
             &ctx.repository(),
             &inputs.trust.allowed_associations,
-        )?;
+        )
+        .map_err(|guard::Untrusted(why)| {
+            if inputs.trust.allow_untrusted {
+                guard::Untrusted(format!(
+                    "{why}. allow-untrusted does not lift this for a pool: a job can leave \
+                     anything on a pool instance's disk for the jobs after it, so a pool serves \
+                     only runs the guard trusts. Remove pool (and instance-id) from this start \
+                     to launch a fresh instance for it"
+                ))
+            } else {
+                guard::Untrusted(why)
+            }
+        })?;
         (Some(event), judgment)
     };
     Ok(Trust {
@@ -180,6 +178,7 @@ async fn confirm_trust(
             .await
             .map_err(|e| github.error(e))?,
     };
+    guard::check_approved_commit(&trust.judgment, pr.number, &sha)?;
     actions.info(&format!(
         "Judged pull request #{} at its head commit {sha}: check out the head-sha output in the \
          GPU job, so that a later push does not run unreviewed",
