@@ -14,6 +14,7 @@ pub mod package;
 pub mod runner;
 pub mod status;
 pub mod system;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,8 +210,9 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         "GitHub: the credentials may manage the self-hosted runners of {}",
         args.target
     ));
-    if let Target::Repo { .. } = &args.target {
-        check_public(&registry, &args, actions).await?;
+    match &args.target {
+        Target::Repo { .. } => check_public(&registry, &args, actions).await?,
+        Target::Org(_) => check_org_public(&registry, &args).await?,
     }
 
     // 3. The runner package, checked, and the user jobs run as.
@@ -375,6 +377,44 @@ fn hook_exe(work: &Path, run_as: &RunAs) -> std::io::Result<PathBuf> {
     std::fs::copy(&exe, &copy)?;
     set_mode(&copy, 0o755)?;
     Ok(copy)
+}
+
+/// For an organization: the runner joins its default runner group. When that group lets public
+/// repositories use it (or GitHub cannot say), anyone's pull request to one of them could be
+/// handed this machine: the guard must be on, as for a public repository.
+async fn check_org_public(registry: &Runners, args: &AttachArgs) -> Result<(), Error> {
+    if !args.allow_untrusted {
+        return Ok(());
+    }
+    let groups = registry
+        .runner_groups()
+        .await
+        .map_err(|e| github_error(e, &args.target))?;
+    let default = groups
+        .iter()
+        .find(|g| g.default)
+        .or_else(|| groups.iter().find(|g| g.id == 1));
+    match default {
+        Some(g) if !g.allows_public_repositories => Ok(()),
+        found => Err(problem(
+            "Untrusted jobs on a public repository",
+            format!(
+                "--allow-untrusted with {}: {}, so anyone's pull request to a public repository \
+                 of it could run its code on this machine",
+                args.target,
+                match found {
+                    Some(g) => format!(
+                        "its default runner group \"{}\" lets public repositories use it",
+                        g.name
+                    ),
+                    None => "GitHub shows no default runner group to check".to_owned(),
+                }
+            ),
+            "Remove --allow-untrusted (the machine then runs only jobs the untrusted-trigger \
+             guard trusts), or turn off \"Allow public repositories\" for the default runner \
+             group under the organization's Settings → Actions → Runner groups.",
+        )),
+    }
 }
 
 /// On a public repository: the guard must be on, and a loose fork approval policy is named.

@@ -259,30 +259,33 @@ fn a_forks_pull_request_job_is_refused_by_the_hook_before_any_step_runs() {
         },
         "repository": {"full_name": "octo/ml", "private": false},
     });
-    let fork = world.queue_job_of_event(
-        "pull_request",
-        payload,
-        &["self-hosted"],
-        "touch /tmp/pwned; echo ran",
-    );
+    let fork = world.queue_job_of_event("pull_request", payload, &["self-hosted"], "");
+    world.set_steps(fork, world::hostile_steps());
     let ours = world.queue_job(&["self-hosted"], "echo ours");
     let mut machine = attach(&world, &["--jobs", "1"]);
     ends(&mut machine, 0);
     let refused = finished(&world, fork, Duration::from_secs(1));
     assert_eq!(refused.conclusion.as_deref(), Some("failure"));
+    // attach ends the job's worker before the hook hears the verdict: the job's log says what
+    // happens, attach's log says why.
     assert!(
-        refused.output.contains("::error title=gpu-runner refused this job::the pull_request event carries a pull request from the fork eve/ml"),
+        refused
+            .output
+            .contains("gpu-runner attach judges this job before any of its steps runs"),
         "{}",
         refused.output
     );
     assert!(
-        !refused.output.contains("ran"),
+        !refused.output.contains("CANARY"),
         "a step ran: {}",
         refused.output
     );
-    assert!(
-        !machine.exists("tmp/pwned"),
-        "the fork's step ran on the machine"
+    for canary in world::CANARIES {
+        assert!(!machine.exists(canary), "the fork's step left {canary}");
+    }
+    says(
+        &machine,
+        "the pull_request event carries a pull request from the fork eve/ml",
     );
     assert_eq!(
         finished(&world, ours, Duration::from_secs(1))
@@ -445,12 +448,10 @@ fn a_comment_runs_only_when_its_author_has_write_access_as_github_says() {
     ends(&mut machine, 0);
     let refused = finished(&world, refused, Duration::from_secs(1));
     assert_eq!(refused.conclusion.as_deref(), Some("failure"));
-    assert!(
-        refused
-            .output
-            .contains("the comment's author mallory has read permission on octo/ml"),
-        "{}",
-        refused.output
+    assert!(!refused.output.contains("ran"), "{}", refused.output);
+    says(
+        &machine,
+        "the comment's author mallory has read permission on octo/ml",
     );
     let accepted = finished(&world, accepted, Duration::from_secs(1));
     assert_eq!(
@@ -647,5 +648,40 @@ fn a_github_app_serves_too_with_a_token_minted_for_each_runner_and_masked() {
     }
     assert!(!output.contains("PRIVATE KEY"), "the App key was printed");
     drop(gh);
+    no_runner_left(&world);
+}
+
+/// An organization's default runner group that lets public repositories use it serves anyone's
+/// pull request to them: `--allow-untrusted` is refused for it as for a public repository, and
+/// allowed once the group serves private repositories only.
+#[test]
+fn for_an_organization_whose_runner_group_serves_public_repositories_allow_untrusted_is_refused() {
+    let world = world();
+    let token = world.org_admin_token.clone();
+    world.github.lock().unwrap().groups[0].allows_public_repositories = true;
+    let mut machine = world.attach_org(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &token,
+        &["--allow-untrusted"],
+    );
+    ends(&mut machine, 1);
+    says(
+        &machine,
+        "--allow-untrusted with the organization octo: its default runner group \"Default\" lets public repositories use it",
+    );
+    assert!(
+        world.registered_runners().is_empty(),
+        "a runner was registered"
+    );
+
+    world.github.lock().unwrap().groups[0].allows_public_repositories = false;
+    let mut machine = world.attach_org(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &token,
+        &["--allow-untrusted", "--jobs", "1"],
+    );
+    waiting(&machine);
+    machine.signal("INT");
+    ends(&mut machine, 0);
     no_runner_left(&world);
 }

@@ -514,3 +514,117 @@ fn a_member_from_an_older_image_or_past_pool_max_age_days_is_retired_and_replace
     stop(&world).outputs_of(&started).run().success();
     nothing_running(&world);
 }
+
+/// A stranger's job handed a pool member (GitHub routes `runs-on: self-hosted` to it) runs none
+/// of its steps, not even an `if: always()` one that would leave something on the disk the next
+/// job of the pool gets; the member goes back to its pool and nothing runs or stays registered.
+#[test]
+fn a_strangers_job_handed_a_pool_member_leaves_nothing_on_its_disk() {
+    let world = world();
+    let stranger = world.queue_hostile_job_of_run(
+        world.run_id + 1,
+        "octo/ml",
+        "refs/pull/7/merge",
+        &["self-hosted"],
+    );
+    let started = start(&world, "train").run();
+    let id = started.outputs()["instance-id"].clone();
+    let done = world.wait_until(Duration::from_secs(40), |w| {
+        w.job(stranger).is_some_and(|j| j.status == "completed")
+    });
+    assert!(done, "GitHub never handed the stranger's job to the member");
+    let job = world.job(stranger).unwrap();
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
+    assert!(
+        job.output
+            .contains("::error title=gpu-runner refused this job::")
+            && !job.output.contains("CANARY"),
+        "{}",
+        job.output
+    );
+    for canary in world::CANARIES {
+        assert_eq!(world.instance_file(&id, canary), None, "{canary}");
+    }
+    assert!(
+        world.wait_until(Duration::from_secs(30), |w| w.state_of(&id).as_deref()
+            == Some("stopped")),
+        "{:?}",
+        world.state_of(&id)
+    );
+    world.github.lock().unwrap().cancel_run(world.run_id);
+    stop(&world).outputs_of(&started).run().success();
+    nothing_running(&world);
+}
+
+/// With `allow-untrusted: true`, a pool still gets the guard's whole verdict: a comment approves
+/// a run only when GitHub says its author can write to the repository.
+#[test]
+fn a_pool_with_allow_untrusted_still_asks_github_whether_a_comments_author_may_approve() {
+    let world = world();
+    {
+        let mut gh = world.github.lock().unwrap();
+        gh.collaborators
+            .insert("carol".to_owned(), "read".to_owned());
+        gh.pulls
+            .insert(7, "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432".to_owned());
+    }
+    let comment = serde_json::json!({
+        "issue": {"number": 7, "pull_request": {"url": "https://api.github.com/repos/octo/ml/pulls/7"}},
+        "comment": {"user": {"login": "carol"}, "author_association": "MEMBER", "body": "/gpu 9f8e7d6"},
+        "repository": {"full_name": "octo/ml", "private": true},
+    });
+    let refused = start(&world, "train")
+        .input("allow-untrusted", "true")
+        .envs(&world.triggered_by("issue_comment", &comment))
+        .run();
+    refused.failure();
+    assert!(
+        refused.errors()[0].contains("the comment's author carol has read permission on octo/ml"),
+        "{:?}",
+        refused.errors()
+    );
+    assert_eq!(world.live_instances(), Vec::<String>::new());
+    assert_eq!(world.registered_runners(), [], "runners registered");
+}
+
+/// A job on a pool member makes the runner's `.env` a link to a file only root may write: the
+/// next boot, as root, neither reads nor writes through it. It replaces the link with a file of
+/// its own, and the linked file is untouched.
+#[test]
+fn the_next_boot_never_writes_through_a_link_a_job_left_on_the_disk() {
+    let world = world();
+    let first = start(&world, "train").run();
+    first.success();
+    let id = first.outputs()["instance-id"].clone();
+    let label = first.outputs()["label"].clone();
+    job(
+        &world,
+        &label,
+        &id,
+        "rm -f /opt/actions-runner/.env && ln -s /etc/gpu-runner-canary /opt/actions-runner/.env \
+         && ls -l /opt/actions-runner/.env",
+    );
+    assert!(
+        world.wait_until(Duration::from_secs(20), |w| w.state_of(&id).as_deref()
+            == Some("stopped")),
+        "{:?}",
+        world.state_of(&id)
+    );
+    stop(&world).outputs_of(&first).run().success();
+
+    let second = start(&world, "train").run();
+    second.success();
+    assert_eq!(second.outputs()["instance-id"], id);
+    let label2 = second.outputs()["label"].clone();
+    let output = job(
+        &world,
+        &label2,
+        &id,
+        "if [ -L /opt/actions-runner/.env ]; then echo still-a-link; else echo a-file; fi && \
+         grep -c '^GPU_RUNNER_GPU_NAME=' /opt/actions-runner/.env",
+    );
+    assert!(output.contains("a-file\n1\n"), "{output}");
+    assert_eq!(world.instance_file(&id, "etc/gpu-runner-canary"), None);
+    stop(&world).outputs_of(&second).run().success();
+    nothing_running(&world);
+}

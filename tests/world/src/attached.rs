@@ -41,7 +41,14 @@ impl World {
         gpu: &str,
         flags: &[&str],
     ) -> Attached {
-        self.attach_with_credentials(binary, &[format!("GITHUB_TOKEN={token}")], gpu, flags)
+        let credentials = [format!("GITHUB_TOKEN={token}")];
+        self.attach_with_credentials(binary, &credentials, gpu, &["--repo", "octo/ml"], flags)
+    }
+
+    /// The same for the organization `octo` (`--org octo`), with `token`.
+    pub fn attach_org(&self, binary: &str, token: &str, flags: &[&str]) -> Attached {
+        let credentials = [format!("GITHUB_TOKEN={token}")];
+        self.attach_with_credentials(binary, &credentials, "healthy 1", &["--org", "octo"], flags)
     }
 
     /// The same with the world's GitHub App in `GPU_RUNNER_APP_ID` and
@@ -51,7 +58,13 @@ impl World {
             format!("GPU_RUNNER_APP_ID={}", crate::APP_ID),
             format!("GPU_RUNNER_APP_PRIVATE_KEY={}", crate::APP_PRIVATE_KEY),
         ];
-        self.attach_with_credentials(binary, &credentials, "healthy 1", flags)
+        self.attach_with_credentials(
+            binary,
+            &credentials,
+            "healthy 1",
+            &["--repo", "octo/ml"],
+            flags,
+        )
     }
 
     fn attach_with_credentials(
@@ -59,6 +72,7 @@ impl World {
         binary: &str,
         credentials: &[String],
         gpu: &str,
+        target: &[&str],
         flags: &[&str],
     ) -> Attached {
         let name = format!("workstation-{}", crate::random_digits(4));
@@ -83,22 +97,20 @@ impl World {
             format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale),
         ];
         env.extend_from_slice(credentials);
-        let argv: Vec<String> = [
-            binary,
-            "attach",
-            "--repo",
-            "octo/ml",
-            "--runner-version",
-            crate::package::VERSION,
-            "--runner-sha256",
-            &self.runner_sha256,
-            "--pass-env",
-            "GPU_SIM_GPU_URL,GPU_SIM_CLOCK_SCALE",
-        ]
-        .iter()
-        .chain(flags)
-        .map(|a| (*a).to_owned())
-        .collect();
+        let argv: Vec<String> = [binary, "attach"]
+            .iter()
+            .chain(target)
+            .chain(&[
+                "--runner-version",
+                crate::package::VERSION,
+                "--runner-sha256",
+                &self.runner_sha256,
+                "--pass-env",
+                "GPU_SIM_GPU_URL,GPU_SIM_CLOCK_SCALE",
+            ])
+            .chain(flags)
+            .map(|a| (*a).to_owned())
+            .collect();
         let mut child = crate::sandbox::spawn(&dir, &name, &bin, &env, &argv)
             .expect("start the attached machine");
         let output = crate::sandbox::collect(&mut child);
