@@ -560,7 +560,11 @@ fn another_repositorys_pod_in_the_same_namespace_is_never_touched() {
 fn an_eks_cluster_is_reached_with_the_roles_oidc_credentials_and_no_kubeconfig() {
     let world = World::start(Options::default()).expect("the local world starts");
     let cluster = world
-        .eks_cluster("gpu-ci", &[NodeSpec::new("gpu-node", 1)], &["gpu-runner"])
+        .eks_cluster(
+            "gpu-ci",
+            &[NodeSpec::new("gpu-node", 1)],
+            &["gpu-runner-octo-ml"],
+        )
         .expect("the world's EKS cluster");
     let _node = cluster.run_node("gpu-node", 1, &[IMAGE]).expect("a node");
     // The Role as documented; the access entry's group is bound by its RoleBinding.
@@ -658,6 +662,44 @@ fn a_strangers_job_handed_a_pod_runs_no_step_not_even_an_always_step() {
             "{canary}"
         );
     }
+    gpus.world
+        .github
+        .lock()
+        .unwrap()
+        .cancel_run(gpus.world.run_id);
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
+/// The documented namespace enforces Pod Security admission's baseline: gpu-runner's pod passes
+/// it, and a pod-template that asks for the host's network is refused by the cluster before
+/// anything is registered, in the cluster's words.
+#[test]
+fn the_documented_namespace_refuses_a_pod_template_on_the_hosts_network_and_admits_gpu_runners_pod()
+{
+    let gpus = gpu_cluster();
+    let ns = gpus
+        .cluster
+        .get(&format!("/api/v1/namespaces/{NAMESPACE}"))
+        .expect("the namespace");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    let refused = gpus
+        .start()
+        .input("pod-template", "spec:\n  hostNetwork: true\n")
+        .run();
+    refused.failure();
+    error_says(
+        &refused,
+        &["violates PodSecurity \"baseline:latest\"", "hostNetwork"],
+    );
+    assert_eq!(gpus.world.registered_runners(), []);
+    gpus.nothing_left();
+
+    let started = gpus.start().run();
+    started.success();
     gpus.world
         .github
         .lock()

@@ -518,6 +518,19 @@ impl Cluster {
                 .as_str()
                 .unwrap_or(NAMESPACE);
             let path = match object["kind"].as_str() {
+                // The world made the namespace at start: apply its labels as `kubectl apply`
+                // would, which turns on the Pod Security admission they name.
+                Some("Namespace") => {
+                    let name = object["metadata"]["name"].as_str().unwrap_or(NAMESPACE);
+                    let status = self.call_merge_patch(
+                        &format!("/api/v1/namespaces/{name}"),
+                        json!({"metadata": {"labels": object["metadata"]["labels"]}}),
+                    )?;
+                    if status != 200 {
+                        return Err(format!("labelling the namespace {name}: HTTP {status}"));
+                    }
+                    continue;
+                }
                 Some("ServiceAccount") => format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
                 Some("Role") => {
                     format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles")
