@@ -160,6 +160,45 @@ fn action_yml_runs_the_published_image_of_this_version() {
     assert_eq!(runs.post_if.as_deref(), Some("always()"));
 }
 
+/// The release commit names the image by digest: the release workflow's own `sed` line, run on
+/// this action.yml with a digest, leaves exactly one `image:` line, the digest's.
+#[test]
+fn the_release_commit_names_the_published_image_by_its_digest() {
+    let workflow = read(".github/workflows/release.yml");
+    let sed = workflow
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sed -i ") && l.contains("action.yml"))
+        .expect("the release workflow rewrites action.yml's image");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("action.yml"), read("action.yml")).unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(sed)
+        .current_dir(dir.path())
+        .env("IMAGE", "ghcr.io/gpu-runner/gpu-runner")
+        .env("VERSION", env!("CARGO_PKG_VERSION"))
+        .env("DIGEST", &digest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let released = std::fs::read_to_string(dir.path().join("action.yml")).unwrap();
+    let images: Vec<&str> = released
+        .lines()
+        .filter(|l| l.trim_start().starts_with("image:"))
+        .collect();
+    assert_eq!(
+        images,
+        [format!("  image: docker://ghcr.io/gpu-runner/gpu-runner@{digest}").as_str()]
+    );
+    assert!(workflow.contains("IMAGE: ghcr.io/gpu-runner/gpu-runner\n"));
+}
+
 #[test]
 fn the_image_has_the_post_entrypoint() {
     let dockerfile = read("Dockerfile");
