@@ -20,7 +20,11 @@ use super::hook::{JobFacts, Judged, Policy, Verdict};
 /// What the hook server learned of a job.
 pub struct HookEvent {
     pub facts: JobFacts,
-    pub verdict: Verdict,
+    /// `None` while attach still judges the job: a job arrived.
+    pub verdict: Option<Verdict>,
+    /// The process group of the hook, which is its runner's: a verdict that comes after its
+    /// runner ended must not speak for the next runner's job.
+    pub runner_group: Option<u32>,
 }
 
 /// Judges every job the hook asks about, on its own task, and tells the loop.
@@ -45,9 +49,9 @@ pub async fn serve(
         }
         // The hook's Runner.Worker, found while the hook surely lives: a refused job's worker is
         // killed before the hook hears the verdict (see `worker`).
-        let worker = peer
-            .pid()
-            .and_then(|pid| u32::try_from(pid).ok().and_then(super::worker::above));
+        let hook = peer.pid().and_then(|pid| u32::try_from(pid).ok());
+        let worker = hook.and_then(super::worker::above);
+        let runner_group = hook.and_then(super::worker::group_of);
         let (policy, approvals, events) = (policy.clone(), approvals.clone(), events.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -66,12 +70,24 @@ pub async fn serve(
                     .await;
                 return;
             };
+            let _ = events.send(HookEvent {
+                facts: facts.clone(),
+                verdict: None,
+                runner_group,
+            });
             let verdict = match policy.judge(&facts) {
                 Judged::Verdict(v) => v,
                 Judged::IfApprover { login, repository } => {
                     approvals.check(&login, &repository).await
                 }
             };
+            // The loop hears the verdict before the runner can end: a refused job is counted as
+            // refused, with its reason, not as a job that ended while it was judged.
+            let _ = events.send(HookEvent {
+                facts,
+                verdict: Some(verdict.clone()),
+                runner_group,
+            });
             if !verdict.accept
                 && let Some(worker) = worker
             {
@@ -80,7 +96,6 @@ pub async fn serve(
             let _ = write
                 .write_all(format!("{}\n", serde_json::json!(verdict)).as_bytes())
                 .await;
-            let _ = events.send(HookEvent { facts, verdict });
         });
     }
 }

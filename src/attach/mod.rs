@@ -568,6 +568,7 @@ impl Session<'_> {
             };
             let mut job: Option<(JobFacts, Instant)> = None;
             let mut refused: Option<(JobFacts, String)> = None;
+            let mut judging: Option<JobFacts> = None;
             let mut stop_asked: Option<Instant> = None;
             let mut interrupted: Option<Instant> = None;
             let mut killed = false;
@@ -576,18 +577,26 @@ impl Session<'_> {
                 tokio::select! {
                     _ = process.wait() => break,
                     Some(event) = events.recv() => {
-                        if event.verdict.accept {
+                        if event.runner_group.is_some_and(|g| g != process.group()) {
+                            // A late verdict on an earlier runner's job.
+                            continue;
+                        }
+                        let Some(verdict) = event.verdict else {
+                            judging = Some(event.facts);
+                            continue;
+                        };
+                        if verdict.accept {
                             self.say(&format!(
                                 "▶ job {}: {} · {} · run {} started ({})",
                                 self.tally.served + 1,
                                 event.facts.repository,
                                 event.facts.workflow(),
                                 event.facts.run_id,
-                                event.verdict.reason
+                                verdict.reason
                             ));
                             job = Some((event.facts, Instant::now()));
                         } else {
-                            refused = Some((event.facts, event.verdict.reason));
+                            refused = Some((event.facts, verdict.reason));
                         }
                     }
                     _ = interrupt.recv() => {
@@ -609,7 +618,7 @@ impl Session<'_> {
                                 ));
                             }
                         }
-                        if ending.is_none() && job.is_none() && refused.is_none() && idle >= self.args.idle_timeout {
+                        if ending.is_none() && job.is_none() && refused.is_none() && judging.is_none() && idle >= self.args.idle_timeout {
                             ending = Some(Ending::Idle(self.args.idle_timeout));
                             stop_asked = Some(Instant::now());
                         }
@@ -631,11 +640,35 @@ impl Session<'_> {
                     }
                 }
             }
+            // A verdict sent just before the runner ended is this runner's too.
+            while let Ok(event) = events.try_recv() {
+                if event.runner_group.is_some_and(|g| g != process.group()) {
+                    continue;
+                }
+                match event.verdict {
+                    None => judging = Some(event.facts),
+                    Some(v) if !v.accept && job.is_none() => {
+                        refused = Some((event.facts, v.reason));
+                    }
+                    Some(_) => {}
+                }
+            }
             // Whatever the job left running goes with its runner.
             process.kill_all(self.run_as).await;
             self.remove(&jit).await;
             let _ = system::remove_dir(&dir);
             let result = process.result();
+            // A job whose runner ended while attach judged it (a cancel: the hook ends the job
+            // rather than let the runner go on to its always() steps) ran no step.
+            if job.is_none() && refused.is_none() {
+                refused = judging.map(|facts| {
+                    (
+                        facts,
+                        "it ended while attach judged it (cancelled, say); none of its steps ran"
+                            .to_owned(),
+                    )
+                });
+            }
             if let Some((facts, began)) = job {
                 let took = self.since(began);
                 self.tally.served += 1;

@@ -138,6 +138,11 @@ impl RunnerProcess {
         }
     }
 
+    /// The runner's process group, which its worker and the job-started hook share.
+    pub fn group(&self) -> u32 {
+        self.pgid
+    }
+
     /// The job's result as the runner printed it.
     pub fn result(&self) -> Option<String> {
         self.seen

@@ -40,6 +40,13 @@ pub fn above(pid: u32) -> Option<u32> {
     None
 }
 
+/// The process group of `pid` (`/proc/PID/stat`'s fifth field, after the name in parentheses).
+pub fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Whether `pid` is gone: no such process, or a zombie its parent has not reaped yet.
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -75,6 +82,7 @@ pub fn end(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     /// A stand-in worker: a script named Runner.Worker that runs `child`, then says it went on.
     fn worker(dir: &std::path::Path, child: &str) -> std::process::Child {
@@ -117,6 +125,18 @@ mod tests {
             .status();
         let out = w.wait_with_output().unwrap();
         assert!(!String::from_utf8_lossy(&out.stdout).contains("worker-went-on"));
+    }
+
+    #[test]
+    fn a_process_group_is_read_from_proc() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert_eq!(group_of(child.id()), Some(child.id()));
+        child.kill().unwrap();
+        let _ = child.wait();
     }
 
     #[test]

@@ -685,3 +685,62 @@ fn for_an_organization_whose_runner_group_serves_public_repositories_allow_untru
     ends(&mut machine, 0);
     no_runner_left(&world);
 }
+
+/// A job cancelled while attach still judges it (here GitHub is slow to say whether the
+/// comment's author may approve): the runner would cancel the hook and then run the job's
+/// `if: always()` steps. The hook ends the job's worker instead, so none of its steps runs.
+#[test]
+fn a_job_cancelled_while_attach_judges_it_runs_no_step() {
+    let world = world();
+    world
+        .github
+        .lock()
+        .unwrap()
+        .collaborators
+        .insert("alice".into(), "write".into());
+    world.faults.inject(
+        world::faults::Service::Github,
+        "collaborator-permission",
+        world::faults::Fault::Slow(Duration::from_secs(8)),
+        1,
+    );
+    let comment = serde_json::json!({
+        "issue": {"number": 7, "pull_request": {}},
+        "comment": {"user": {"login": "alice"}, "author_association": "MEMBER"},
+    });
+    let job = world.queue_job_of_event("issue_comment", comment, &["self-hosted"], "");
+    world.set_steps(job, world::hostile_steps());
+    let mut machine = attach(&world, &[]);
+    assert!(
+        world.wait_until(Duration::from_secs(30), |w| w
+            .job(job)
+            .is_some_and(|j| j.status == "in_progress")),
+        "{}",
+        machine.output()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    world.cancel_job(job);
+    let done = finished(&world, job, Duration::from_secs(30));
+    assert_ne!(
+        done.conclusion.as_deref(),
+        Some("success"),
+        "{}",
+        done.output
+    );
+    assert!(
+        !done.output.contains("CANARY"),
+        "a step ran: {}",
+        done.output
+    );
+    for canary in world::CANARIES {
+        assert!(!machine.exists(canary), "the job's step left {canary}");
+    }
+    assert!(
+        machine.wait_for("it ended while attach judged it", Duration::from_secs(30)),
+        "{}",
+        machine.output()
+    );
+    machine.signal("INT");
+    ends(&mut machine, 0);
+    no_runner_left(&world);
+}

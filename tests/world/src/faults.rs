@@ -132,6 +132,7 @@ pub fn github_call(method: &str, path: &str) -> Option<&'static str> {
         ("GET", ["repos", _, _, "actions", "runs", _, "jobs"]) => "run-jobs",
         ("POST", ["repos", _, _, "actions", "runs", _, "cancel"]) => "cancel-run",
         ("GET", ["repos", _, _, "installation"] | ["orgs", _, "installation"]) => "installation",
+        ("GET", ["repos", _, _, "collaborators", _, "permission"]) => "collaborator-permission",
         ("POST", ["app", "installations", _, "access_tokens"]) => "access-token",
         _ => return None,
     };
