@@ -86,6 +86,18 @@ impl Gpus {
         self.cluster.gpu_runner_objects("secrets")
     }
 
+    /// The run is cancelled (its GPU job will not come) and stopped: nothing is left.
+    #[track_caller]
+    fn cancel_and_stop(&self, started: &Outcome) {
+        self.world
+            .github
+            .lock()
+            .unwrap()
+            .cancel_run(self.world.run_id);
+        self.stop_after(started).run().success();
+        self.nothing_left();
+    }
+
     /// No pod or Secret of gpu-runner in the namespace, no runner registered.
     #[track_caller]
     fn nothing_left(&self) {
@@ -662,13 +674,7 @@ fn a_strangers_job_handed_a_pod_runs_no_step_not_even_an_always_step() {
             "{canary}"
         );
     }
-    gpus.world
-        .github
-        .lock()
-        .unwrap()
-        .cancel_run(gpus.world.run_id);
-    gpus.stop_after(&started).run().success();
-    gpus.nothing_left();
+    gpus.cancel_and_stop(&started);
 }
 
 /// The documented namespace enforces Pod Security admission's baseline: gpu-runner's pod passes
@@ -700,11 +706,5 @@ fn the_documented_namespace_refuses_a_pod_template_on_the_hosts_network_and_admi
 
     let started = gpus.start().run();
     started.success();
-    gpus.world
-        .github
-        .lock()
-        .unwrap()
-        .cancel_run(gpus.world.run_id);
-    gpus.stop_after(&started).run().success();
-    gpus.nothing_left();
+    gpus.cancel_and_stop(&started);
 }
