@@ -76,6 +76,8 @@ pub struct AttachArgs {
     pub cache_dir: Option<PathBuf>,
     pub work_dir: Option<PathBuf>,
     pub allow_untrusted: bool,
+    /// Put the job user in the docker group: container jobs work, and jobs can become root.
+    pub docker: bool,
     pub allowed_associations: Vec<String>,
     /// Variables of attach's environment that jobs get too.
     pub pass_env: Vec<String>,
@@ -204,6 +206,14 @@ const FLAGS: &[Flag] = &[
         None,
         "Where each job's runner and work folder live, wiped after every job \
          [/var/lib/gpu-runner-attach as root, else ~/.local/state/gpu-runner-attach].",
+    ),
+    flag(
+        "--docker",
+        None,
+        None,
+        "Put the job user in the docker group, so that container: jobs and Docker actions work. \
+         The docker group is root on this machine: a job can then become root, read attach's \
+         memory and leave anything for later jobs.",
     ),
     flag(
         "--allow-untrusted",
@@ -690,6 +700,7 @@ pub fn parse(args: &[String], arch: Arch) -> Result<Parsed, InputErrors> {
         cache_dir: value("--cache-dir").map(PathBuf::from),
         work_dir: value("--work-dir").map(PathBuf::from),
         allow_untrusted: switch("--allow-untrusted"),
+        docker: switch("--docker"),
         allowed_associations,
         pass_env,
     })))

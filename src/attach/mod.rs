@@ -227,16 +227,35 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         .await
         .map_err(|p| problem("Runner package", p.what, p.fix))?;
     actions.info(&format!("Runner: {}", ready.describe()));
-    let run_as = RunAs::set_up(&args.user).await.map_err(|why| {
-        problem(
-            "Job user",
-            why,
-            "Give --user a name for a plain user account (attach creates it when it runs as \
+    let run_as = RunAs::set_up(&args.user, args.docker)
+        .await
+        .map_err(|why| {
+            problem(
+                "Job user",
+                why,
+                "Give --user a name for a plain user account (attach creates it when it runs as \
              root).",
-        )
-    })?;
+            )
+        })?;
     if run_as.switch {
         actions.info(&format!("Jobs run as the user {}", run_as.user));
+        if system::in_docker_group(&run_as.user) {
+            actions.annotate(
+                &Annotation::warning(format!(
+                    "The job user {} is in the docker group{}: a job can start a privileged \
+                     container, become root on this machine, read attach's memory (its GitHub \
+                     credentials among it) and leave anything for later jobs. Leave --docker \
+                     out unless jobs need containers and every job is trusted.",
+                    run_as.user,
+                    if args.docker {
+                        " (--docker)"
+                    } else {
+                        ", which is root on this machine"
+                    }
+                ))
+                .title("Jobs can become root through Docker"),
+            );
+        }
     } else {
         actions.annotate(
             &Annotation::warning(format!(

@@ -76,9 +76,9 @@ fn passwd_entry(user: &str) -> Option<(String, PathBuf)> {
 }
 
 impl RunAs {
-    /// As root: `name`, created (with a home and bash, in the docker group when there is one)
-    /// when missing. Otherwise this process's own user.
-    pub async fn set_up(name: &str) -> Result<RunAs, String> {
+    /// As root: `name`, created (with a home and bash) when missing; a user attach created is in
+    /// the docker group exactly when `docker` says so. Otherwise this process's own user.
+    pub async fn set_up(name: &str, docker: bool) -> Result<RunAs, String> {
         if !is_root() {
             let me = uid().ok_or("could not read this process's user id")?;
             let user = std::env::var("USER").unwrap_or_else(|_| me.to_string());
@@ -117,21 +117,36 @@ impl RunAs {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            // Docker's socket is root:docker 0660: container jobs need the group.
-            if std::fs::read_to_string("/etc/group")
-                .is_ok_and(|g| g.lines().any(|l| l.starts_with("docker:")))
-            {
-                let _ = tokio::process::Command::new("usermod")
-                    .args(["-aG", "docker", name])
-                    .output()
-                    .await;
-            }
         }
         let (Some(uid), Some(gid)) = (id("-u", name).await, id("-g", name).await) else {
             return Err(format!("the user {name} has no user id after useradd"));
         };
         let (comment, home) = passwd_entry(name)
             .unwrap_or_else(|| (String::new(), PathBuf::from(format!("/home/{name}"))));
+        // Docker's socket is root:docker 0660: container jobs need the group, and with it root.
+        // A user attach made gets it only with --docker, and loses it without (an earlier
+        // attach gave it); runuser sets the groups anew for every runner.
+        if comment == DEDICATED && docker_group_exists() {
+            let change = if docker {
+                ["usermod", "-aG", "docker", name]
+            } else {
+                ["gpasswd", "-d", name, "docker"]
+            };
+            if docker != in_docker_group(name) {
+                let out = tokio::process::Command::new(change[0])
+                    .args(&change[1..])
+                    .output()
+                    .await
+                    .map_err(|e| format!("could not run {}: {e}", change[0]))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{} failed: {}",
+                        change.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+            }
+        }
         Ok(RunAs {
             user: name.to_owned(),
             uid,
@@ -162,6 +177,27 @@ impl RunAs {
         }
         Ok(())
     }
+}
+
+fn docker_group_line() -> Option<String> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("docker:"))
+        .map(str::to_owned)
+}
+
+fn docker_group_exists() -> bool {
+    docker_group_line().is_some()
+}
+
+/// Whether `user` is a member of the docker group (`/etc/group`'s last field).
+pub fn in_docker_group(user: &str) -> bool {
+    docker_group_line().is_some_and(|l| {
+        l.rsplit(':')
+            .next()
+            .is_some_and(|members| members.split(',').any(|m| m == user))
+    })
 }
 
 /// Sends `signal` (`INT`, `TERM`, `KILL`) to every process of the group `pgid`; false when none

@@ -744,3 +744,44 @@ fn a_job_cancelled_while_attach_judges_it_runs_no_step() {
     ends(&mut machine, 0);
     no_runner_left(&world);
 }
+
+/// Docker is root on the machine: the job user attach makes is in the docker group only with
+/// `--docker`, and attach warns then that a job can become root.
+#[test]
+fn the_job_user_gets_the_docker_group_only_with_docker_and_attach_warns() {
+    let world = world();
+    for docker in [false, true] {
+        let job = world.queue_job(&["self-hosted"], "echo \"groups: $(id -nG)\"");
+        let flags: &[&str] = if docker {
+            &["--docker", "--jobs", "1"]
+        } else {
+            &["--jobs", "1"]
+        };
+        let mut machine = world.attach_prepared(
+            env!("CARGO_BIN_EXE_gpu-runner"),
+            &world.admin_token,
+            "groupadd -f docker",
+            flags,
+        );
+        let output = ends(&mut machine, 0);
+        let job = finished(&world, job, Duration::from_secs(1));
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+        let groups = job
+            .output
+            .lines()
+            .find_map(|l| l.strip_prefix("groups: "))
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            groups.split_whitespace().any(|g| g == "docker"),
+            docker,
+            "--docker {docker}: {groups}"
+        );
+        assert_eq!(
+            output.contains("Jobs can become root through Docker"),
+            docker,
+            "{output}"
+        );
+        no_runner_left(&world);
+    }
+}

@@ -24,6 +24,14 @@ pub struct Attached {
     dir: PathBuf,
 }
 
+/// The machine attach runs on: its GPU, whose jobs it serves, and a shell command that sets it up
+/// first.
+struct Machine<'a> {
+    gpu: &'a str,
+    target: &'a [&'a str],
+    prepare: Option<&'a str>,
+}
+
 impl World {
     /// Starts `gpu-runner attach` (the binary at `binary`) on a new machine with a healthy GPU,
     /// for the world's repository, with `token` in `GITHUB_TOKEN` and `flags` after the world's
@@ -42,13 +50,41 @@ impl World {
         flags: &[&str],
     ) -> Attached {
         let credentials = [format!("GITHUB_TOKEN={token}")];
-        self.attach_with_credentials(binary, &credentials, gpu, &["--repo", "octo/ml"], flags)
+        let machine = Machine {
+            gpu,
+            target: &["--repo", "octo/ml"],
+            prepare: None,
+        };
+        self.attach_with_credentials(binary, &credentials, machine, flags)
+    }
+
+    /// The same on a machine that `prepare` (a shell command, run as root before attach starts)
+    /// sets up first, such as `groupadd docker`: the Docker group the host may not have.
+    pub fn attach_prepared(
+        &self,
+        binary: &str,
+        token: &str,
+        prepare: &str,
+        flags: &[&str],
+    ) -> Attached {
+        let credentials = [format!("GITHUB_TOKEN={token}")];
+        let machine = Machine {
+            gpu: "healthy 1",
+            target: &["--repo", "octo/ml"],
+            prepare: Some(prepare),
+        };
+        self.attach_with_credentials(binary, &credentials, machine, flags)
     }
 
     /// The same for the organization `octo` (`--org octo`), with `token`.
     pub fn attach_org(&self, binary: &str, token: &str, flags: &[&str]) -> Attached {
         let credentials = [format!("GITHUB_TOKEN={token}")];
-        self.attach_with_credentials(binary, &credentials, "healthy 1", &["--org", "octo"], flags)
+        let machine = Machine {
+            gpu: "healthy 1",
+            target: &["--org", "octo"],
+            prepare: None,
+        };
+        self.attach_with_credentials(binary, &credentials, machine, flags)
     }
 
     /// The same with the world's GitHub App in `GPU_RUNNER_APP_ID` and
@@ -58,23 +94,22 @@ impl World {
             format!("GPU_RUNNER_APP_ID={}", crate::APP_ID),
             format!("GPU_RUNNER_APP_PRIVATE_KEY={}", crate::APP_PRIVATE_KEY),
         ];
-        self.attach_with_credentials(
-            binary,
-            &credentials,
-            "healthy 1",
-            &["--repo", "octo/ml"],
-            flags,
-        )
+        let machine = Machine {
+            gpu: "healthy 1",
+            target: &["--repo", "octo/ml"],
+            prepare: None,
+        };
+        self.attach_with_credentials(binary, &credentials, machine, flags)
     }
 
     fn attach_with_credentials(
         &self,
         binary: &str,
         credentials: &[String],
-        gpu: &str,
-        target: &[&str],
+        machine: Machine,
         flags: &[&str],
     ) -> Attached {
+        let (gpu, target) = (machine.gpu, machine.target);
         let name = format!("workstation-{}", crate::random_digits(4));
         self.attached_gpus
             .lock()
@@ -97,7 +132,21 @@ impl World {
             format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale),
         ];
         env.extend_from_slice(credentials);
-        let argv: Vec<String> = [binary, "attach"]
+        // attach stays the machine's first process: the preparation's shell execs it.
+        let wrapper: Vec<String> = match machine.prepare {
+            Some(p) => vec![
+                "bash".into(),
+                "-c".into(),
+                format!("{p} && exec \"$@\""),
+                "prepare".into(),
+            ],
+            None => Vec::new(),
+        };
+        let argv: Vec<String> = wrapper
+            .iter()
+            .map(String::as_str)
+            .chain([binary, "attach"])
+            .collect::<Vec<_>>()
             .iter()
             .chain(target)
             .chain(&[
