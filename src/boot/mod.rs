@@ -688,6 +688,14 @@ mod tests {
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
         let hook_pid = children.split_whitespace().next().unwrap().to_owned();
+        // The cancel comes while the hook waits for the log to be sent (its `sleep` runs): a
+        // SIGINT before that ends the worker too, after the wait.
+        let in_wait = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{hook_pid}/task/{hook_pid}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        });
+        assert!(in_wait, "the hook never waited");
         let cancelled = std::time::Instant::now();
         std::process::Command::new("kill")
             .args(["-INT", &hook_pid])
