@@ -27,6 +27,14 @@ pub struct HookEvent {
     pub runner_group: Option<u32>,
 }
 
+impl HookEvent {
+    /// Whether the event is about the job of the runner whose process group is `group` (an
+    /// event without one, from a hook whose group could not be read, is taken as this runner's).
+    pub fn is_for(&self, group: u32) -> bool {
+        self.runner_group.is_none_or(|g| g == group)
+    }
+}
+
 /// Judges every job the hook asks about, on its own task, and tells the loop.
 pub async fn serve(
     listener: UnixListener,

@@ -242,15 +242,23 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         if system::in_docker_group(&run_as.user) {
             actions.annotate(
                 &Annotation::warning(format!(
-                    "The job user {} is in the docker group{}: a job can start a privileged \
+                    "The job user {user} is in the docker group: a job can start a privileged \
                      container, become root on this machine, read attach's memory (its GitHub \
-                     credentials among it) and leave anything for later jobs. Leave --docker \
-                     out unless jobs need containers and every job is trusted.",
-                    run_as.user,
-                    if args.docker {
-                        " (--docker)"
+                     credentials among it) and leave anything for later jobs. {fix}",
+                    user = run_as.user,
+                    fix = if args.docker {
+                        "Leave --docker out unless jobs need containers and every job is \
+                         trusted."
+                            .to_owned()
                     } else {
-                        ", which is root on this machine"
+                        // A user attach did not make keeps its groups: only its owner can
+                        // change them.
+                        format!(
+                            "Take it out of the group (gpasswd -d {} docker), or leave --user \
+                             out so that attach uses a user of its own, which gets the group \
+                             only with --docker.",
+                            run_as.user
+                        )
                     }
                 ))
                 .title("Jobs can become root through Docker"),
@@ -596,7 +604,7 @@ impl Session<'_> {
                 tokio::select! {
                     _ = process.wait() => break,
                     Some(event) = events.recv() => {
-                        if event.runner_group.is_some_and(|g| g != process.group()) {
+                        if !event.is_for(process.group()) {
                             // A late verdict on an earlier runner's job.
                             continue;
                         }
@@ -661,7 +669,7 @@ impl Session<'_> {
             }
             // A verdict sent just before the runner ended is this runner's too.
             while let Ok(event) = events.try_recv() {
-                if event.runner_group.is_some_and(|g| g != process.group()) {
+                if !event.is_for(process.group()) {
                     continue;
                 }
                 match event.verdict {

@@ -9,7 +9,7 @@ set -euo pipefail
 readonly LOG_FILE=/var/log/gpu-runner.log
 readonly STATE_DIR=/var/lib/gpu-runner
 # The one folder the runner user may write in STATE_DIR: the job-started hook's marks.
-readonly JOB_MARKS=/var/lib/gpu-runner/job
+readonly JOB_MARKS="$STATE_DIR/job"
 readonly RUNNER_DIR=/opt/actions-runner
 readonly CACHE_DIR=/var/cache/gpu-runner
 CURRENT_PHASE=boot
