@@ -53,6 +53,15 @@ pub struct Front {
     /// The role's permissions policy, evaluated for what moto cannot: resources and conditions.
     pub iam: Option<Arc<Enforcer>>,
     pub eks_endpoints: EksEndpoints,
+    /// The world's instance metadata service: its IMDSv2 tokens (by token, the instance), and
+    /// the instance each set of role credentials it handed out belongs to (by access key id).
+    pub imds: Imds,
+}
+
+#[derive(Clone, Default)]
+pub struct Imds {
+    pub tokens: Arc<Mutex<HashMap<String, String>>>,
+    pub keys: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What the front needs to evaluate the role's policy as IAM would.
@@ -60,8 +69,13 @@ pub struct Enforcer {
     pub policy: serde_json::Value,
     /// The world's own view of EC2, to read what a request names (tags, images, subnets).
     pub ec2: aws_sdk_ec2::Client,
+    /// The world's own view of SSM: a parameter's tags.
+    pub ssm: aws_sdk_ssm::Client,
     pub account: String,
     pub region: String,
+    /// The policy of the role the world's instance profile hands its instances
+    /// (`docs/iam/instance-role-policy.json`).
+    pub instance_policy: serde_json::Value,
 }
 
 /// Numbered members of a form list (`Prefix.1`, `Prefix.2`, ...) until one is missing.
@@ -157,6 +171,216 @@ async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
             enforcer.account
         ),
     ))
+}
+
+/// The access key id a request is signed with.
+fn access_key(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    Some(
+        auth.split("Credential=")
+            .nth(1)?
+            .split('/')
+            .next()?
+            .to_owned(),
+    )
+}
+
+/// A call on a JIT config's SSM parameter (`/gpu-runner/jit/...`), judged as IAM would with the
+/// conditions moto ignores: the role's policy for gpu-runner's sessions, the instance role's for
+/// credentials the world's IMDS handed an instance, which carry `ec2:SourceInstanceARN` (IAM's
+/// global condition key for requests signed with instance role credentials). IAM judges before SSM
+/// looks for the parameter, so reading one that does not exist (yet) is `AccessDeniedException`
+/// under a tag condition, as on AWS.
+async fn ssm_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let enforcer = front.iam.as_ref()?;
+    let call = headers
+        .get("x-amz-target")?
+        .to_str()
+        .ok()?
+        .strip_prefix("AmazonSSM.")?
+        .to_owned();
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = json["Name"]
+        .as_str()
+        .or_else(|| json["ResourceId"].as_str())?
+        .to_owned();
+    if !name.starts_with("/gpu-runner/") {
+        return None;
+    }
+    let key = access_key(headers)?;
+    let instance = front
+        .imds
+        .keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let (policy, who) = match &instance {
+        Some(arn) => (
+            &enforcer.instance_policy,
+            format!(
+                "arn:aws:sts::{}:assumed-role/gpu-runner-instance/{}",
+                enforcer.account,
+                arn.rsplit('/').next().unwrap_or_default()
+            ),
+        ),
+        None if headers.get("x-amz-security-token").is_some() => (
+            &enforcer.policy,
+            format!(
+                "arn:aws:sts::{}:assumed-role/gpu-ci/gpu-runner",
+                enforcer.account
+            ),
+        ),
+        None => return None,
+    };
+    let arn = format!(
+        "arn:aws:ssm:{}:{}:parameter{name}",
+        enforcer.region, enforcer.account
+    );
+    let mut resource = crate::iam::Resource::new(arn.clone());
+    if let Ok(tags) = enforcer
+        .ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+    {
+        for t in tags.tag_list() {
+            resource = resource.key(&format!("aws:ResourceTag/{}", t.key()), t.value());
+        }
+    }
+    if let Some(instance) = instance {
+        resource = resource.key("ec2:SourceInstanceARN", instance);
+    }
+    crate::iam::evaluate(policy, &format!("ssm:{call}"), &[resource]).err()?;
+    Some(service_error(
+        headers,
+        &call,
+        "AccessDeniedException",
+        400,
+        &format!(
+            "User: {who} is not authorized to perform: ssm:{call} on resource: {arn} because no \
+             identity-based policy allows the ssm:{call} action"
+        ),
+    ))
+}
+
+/// The world's instance metadata service, one per instance at `/_imds/{id}/`, as IMDSv2 serves an
+/// instance launched with `HttpTokens: required` (EC2 user guide, "Use the Instance Metadata
+/// Service"): `PUT latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` gives a token;
+/// every read must carry it in `X-aws-ec2-metadata-token`, or is refused with 401.
+/// `meta-data/iam/security-credentials/` names the role of the instance's profile (404 without
+/// one), and `.../<role>` gives that role's temporary credentials, as STS issues them.
+async fn imds(
+    State(front): State<Front>,
+    axum::extract::Path((id, rest)): axum::extract::Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if rest == "latest/api/token" {
+        if method != Method::PUT || !headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        let token = format!("imds-{}", uuid::Uuid::new_v4().simple());
+        front
+            .imds
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), id);
+        return token.into_response();
+    }
+    let token = headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default();
+    let valid = front
+        .imds
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)
+        .is_some_and(|i| *i == id);
+    if !valid {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(role_path) = rest.strip_prefix("latest/meta-data/iam/security-credentials/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (Some(enforcer), Some(sts)) = (front.iam.as_ref(), front.sts.as_ref()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // The instance's profile, as EC2 shows it; the world's profiles are named as their roles.
+    let profile = enforcer
+        .ec2
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| {
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| i.iam_instance_profile()?.arn().map(str::to_owned))
+        });
+    let Some(role) = profile.and_then(|arn| arn.rsplit('/').next().map(str::to_owned)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if role_path.is_empty() {
+        return role.into_response();
+    }
+    if role_path != role {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let assumed = sts
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{}:role/{role}", enforcer.account))
+        .role_session_name(&id)
+        .send()
+        .await;
+    let c = match assumed.map(|a| a.credentials().cloned()) {
+        Ok(Some(c)) => c,
+        Ok(None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(e) => {
+            let why = format!("{:?}", aws_sdk_sts::error::DisplayErrorContext(e));
+            return (StatusCode::INTERNAL_SERVER_ERROR, why).into_response();
+        }
+    };
+    front
+        .issued
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend([
+            c.access_key_id().to_owned(),
+            c.secret_access_key().to_owned(),
+            c.session_token().to_owned(),
+        ]);
+    front
+        .imds
+        .keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            c.access_key_id().to_owned(),
+            format!(
+                "arn:aws:ec2:{}:{}:instance/{id}",
+                enforcer.region, enforcer.account
+            ),
+        );
+    let expiration = chrono::DateTime::<chrono::Utc>::from_timestamp(c.expiration().secs(), 0)
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": c.access_key_id(),
+        "SecretAccessKey": c.secret_access_key(),
+        "Token": c.session_token(),
+        "Expiration": expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }))
+    .into_response()
 }
 
 /// The resources of a `RunInstances` and the condition keys IAM gives each.
@@ -871,6 +1095,9 @@ async fn handle(
     if let Some(refusal) = iam_refusal(&front, &headers, &body).await {
         return refusal;
     }
+    if let Some(refusal) = ssm_refusal(&front, &headers, &body).await {
+        return refusal;
+    }
     let instance_ids = form_list(&body, "InstanceId", "");
     let instance_ids = match form_value(&body, "InstanceId") {
         Some(one) if instance_ids.is_empty() => vec![one],
@@ -967,5 +1194,8 @@ async fn handle(
 }
 
 pub fn router(front: Front) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(front)
+    axum::Router::new()
+        .route("/_imds/{id}/{*rest}", axum::routing::any(imds))
+        .fallback(handle)
+        .with_state(front)
 }

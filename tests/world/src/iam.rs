@@ -58,6 +58,22 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// `text` with each `${key}` replaced by the request's value of that key; `None` when the request
+/// has no such key.
+fn substitute(text: &str, resource: &Resource) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let end = rest[start..].find('}')? + start;
+        out.push_str(&rest[..start]);
+        let key = &rest[start + 2..end];
+        out.push_str(resource.keys.get(key)?.first()?);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 fn strings(v: &Value) -> Vec<String> {
     match v {
         Value::Array(a) => a.iter().flat_map(strings).collect(),
@@ -89,7 +105,12 @@ fn condition_holds(op: &str, block: &Value, resource: &Resource) -> Result<bool,
         return Ok(true);
     }
     for (key, wanted) in block {
-        let wanted = strings(wanted);
+        // Policy variables (`${ec2:SourceInstanceARN}`) take the request's value of that key; IAM:
+        // a variable whose key the request lacks matches nothing.
+        let wanted: Vec<String> = strings(wanted)
+            .into_iter()
+            .filter_map(|w| substitute(&w, resource))
+            .collect();
         let got = resource.keys.get(key);
         let any = |f: &dyn Fn(&str, &str) -> bool| {
             got.is_some_and(|g| g.iter().any(|g| wanted.iter().any(|w| f(w, g))))
@@ -193,6 +214,22 @@ mod tests {
         assert!(condition_holds("StringNotEquals", &block, &r).unwrap());
         assert!(!condition_holds("StringEquals", &block, &r).unwrap());
         assert!(condition_holds("ForAnyValue:StringEquals", &block, &r).is_err());
+    }
+
+    #[test]
+    fn a_policy_variable_takes_the_requests_value_and_matches_nothing_without_it() {
+        let block = serde_json::json!({"aws:ResourceTag/owner": "${ec2:SourceInstanceARN}"});
+        let mine = Resource::new("p")
+            .key("aws:ResourceTag/owner", "arn:i-1")
+            .key("ec2:SourceInstanceARN", "arn:i-1");
+        assert!(condition_holds("StringEquals", &block, &mine).unwrap());
+        let other = Resource::new("p")
+            .key("aws:ResourceTag/owner", "arn:i-1")
+            .key("ec2:SourceInstanceARN", "arn:i-2");
+        assert!(!condition_holds("StringEquals", &block, &other).unwrap());
+        let no_instance =
+            Resource::new("p").key("aws:ResourceTag/owner", "${ec2:SourceInstanceARN}");
+        assert!(!condition_holds("StringEquals", &block, &no_instance).unwrap());
     }
 
     #[test]

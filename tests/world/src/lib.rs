@@ -111,6 +111,7 @@ pub struct World {
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
     ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
     /// What `DescribeCluster` answers for the world's EKS clusters (see [`eks`]).
     pub(crate) eks_endpoints: aws_front::EksEndpoints,
     /// The secret of every access key the front handed out, for the EKS authenticator.
@@ -145,6 +146,10 @@ pub fn hostile_steps() -> Vec<github::JobStep> {
 
 /// The files `hostile_steps` leave, by their path on the machine without the leading `/`.
 pub const CANARIES: [&str; 3] = ["tmp/canary-step", "tmp/canary-always", "tmp/canary-failure"];
+
+/// The instance profile (and its role) the world's account has for `iam-instance-profile`: the
+/// one the README documents for `jit-handoff: ssm`.
+pub const INSTANCE_PROFILE: &str = "gpu-runner-instance";
 
 pub fn documented_policy(name: &str, account: &str) -> Result<serde_json::Value, String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -282,6 +287,7 @@ impl World {
             secrets: Arc::default(),
             iam: None,
             eks_endpoints: Arc::default(),
+            imds: aws_front::Imds::default(),
         };
         let (eks_endpoints, aws_secrets) = (front.eks_endpoints.clone(), front.secrets.clone());
         let oidc = oidc::Oidc {
@@ -326,7 +332,7 @@ impl World {
         let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
         let attached_gpus: attached::Gpus = Arc::default();
 
-        let (aws_url, github_url, ec2) = rt.block_on(async {
+        let (aws_url, github_url, ec2, ssm) = rt.block_on(async {
             // IAM as gpu-runner's README asks for it: the role with the documented permissions
             // policy. Then moto enforces it on every request.
             let permissions = documented_policy("permissions-policy.json", &account)?;
@@ -340,6 +346,11 @@ impl World {
                 all.extend(more.iter().cloned());
             }
             let key = moto.set_up_iam(&account, "gpu-ci", &role_policy).await?;
+            // The instance profile the README documents for jit-handoff: ssm, with its role's
+            // documented policy (docs/iam/instance-role-policy.json).
+            let instance_policy = documented_policy("instance-role-policy.json", &account)?;
+            moto.set_up_instance_role(&account, INSTANCE_PROFILE, &instance_policy)
+                .await?;
             moto.enforce_iam().await?;
             // The world's own view of AWS, as a user of the same account that may do anything,
             // through a front of its own without faults: the faults are for the product, not
@@ -366,13 +377,16 @@ impl World {
                 .load()
                 .await;
             let ec2 = aws_sdk_ec2::Client::new(&config);
+            let ssm = aws_sdk_ssm::Client::new(&config);
             let front = aws_front::Front {
                 sts: Some(aws_sdk_sts::Client::new(&config)),
                 iam: Some(Arc::new(aws_front::Enforcer {
                     policy: role_policy.clone(),
                     ec2: ec2.clone(),
+                    ssm: ssm.clone(),
                     account: account.clone(),
                     region: region.clone(),
+                    instance_policy,
                 })),
                 ..front
             };
@@ -403,11 +417,12 @@ impl World {
                         .with_state(control),
                 );
             let github_url = serve(router).await?;
-            Ok::<_, String>((aws_url, github_url, ec2))
+            Ok::<_, String>((aws_url, github_url, ec2, ssm))
         })?;
         github.lock().unwrap_or_else(|e| e.into_inner()).server_url = github_url.clone();
 
         let sim = simulator::Simulator {
+            aws_url: aws_url.clone(),
             ec2: ec2.clone(),
             consoles: consoles.clone(),
             dir: dir.path().to_path_buf(),
@@ -448,6 +463,7 @@ impl World {
             spot_role,
             issued_credentials,
             ec2,
+            ssm,
             eks_endpoints,
             aws_secrets,
         })
@@ -843,6 +859,36 @@ impl World {
             std::thread::sleep(Duration::from_millis(100));
         }
         done(self)
+    }
+
+    /// The SSM parameters under `/gpu-runner/`: JIT configs waiting for their instances.
+    pub fn jit_parameters(&self) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut names = Vec::new();
+            let mut next: Option<String> = None;
+            loop {
+                let Ok(out) = self
+                    .ssm
+                    .describe_parameters()
+                    .set_next_token(next.take())
+                    .send()
+                    .await
+                else {
+                    return vec!["(SSM could not be listed)".to_owned()];
+                };
+                names.extend(
+                    out.parameters()
+                        .iter()
+                        .filter_map(|p| p.name())
+                        .filter(|n| n.starts_with("/gpu-runner/"))
+                        .map(str::to_owned),
+                );
+                match out.next_token() {
+                    Some(t) => next = Some(t.to_owned()),
+                    None => return names,
+                }
+            }
+        })
     }
 
     /// Every secret this world handed out: what must never appear in a log.

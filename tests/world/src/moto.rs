@@ -92,6 +92,50 @@ fn find_or_install_python() -> Result<String, String> {
     Ok(python)
 }
 
+/// The AWS CLI the Deep Learning AMI carries, as the world's instances run it: the real one (v1,
+/// from PyPI, in a virtualenv of its own: it pins a botocore other than moto's).
+pub fn aws_cli() -> Result<PathBuf, String> {
+    static CLI: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    CLI.get_or_init(|| {
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/world-awscli");
+        let aws = venv.join("bin/aws");
+        let works = |aws: &PathBuf| {
+            Command::new(aws)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if works(&aws) {
+            return Ok(aws);
+        }
+        let run = |cmd: &mut Command| {
+            let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{cmd:?} failed: {status}"))
+            }
+        };
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/python3")).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "awscli>=1.44,<2",
+        ]))?;
+        if works(&aws) {
+            Ok(aws)
+        } else {
+            Err(format!("{} does not run", aws.display()))
+        }
+    })
+    .clone()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -235,6 +279,50 @@ impl Moto {
                 .pop()
                 .ok_or("CreateAccessKey: no SecretAccessKey")?,
         })
+    }
+
+    /// In `account`: the role an instance profile hands its instances (`role`, in the profile of
+    /// the same name), trusted by EC2 as a real one is, with what moto can enforce of
+    /// `permissions`; the instances' credentials come from the world's IMDS (`aws_front`).
+    pub async fn set_up_instance_role(
+        &self,
+        account: &str,
+        role: &str,
+        permissions: &serde_json::Value,
+    ) -> Result<(), String> {
+        let http = reqwest::Client::new();
+        // EC2 assumes it for its instances; in the world the IMDS does, as the world's user (moto
+        // checks no trust policy, but fails on a service principal).
+        let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
+        }]})
+        .to_string();
+        let policy = enforceable(permissions).to_string();
+        for fields in [
+            vec![
+                ("Action", "CreateRole"),
+                ("RoleName", role),
+                ("AssumeRolePolicyDocument", trust.as_str()),
+            ],
+            vec![
+                ("Action", "PutRolePolicy"),
+                ("RoleName", role),
+                ("PolicyName", "gpu-runner-instance"),
+                ("PolicyDocument", policy.as_str()),
+            ],
+            vec![
+                ("Action", "CreateInstanceProfile"),
+                ("InstanceProfileName", role),
+            ],
+            vec![
+                ("Action", "AddRoleToInstanceProfile"),
+                ("InstanceProfileName", role),
+                ("RoleName", role),
+            ],
+        ] {
+            self.iam(&http, account, &fields).await?;
+        }
+        Ok(())
     }
 
     /// From now on moto checks every request's signature and the caller's IAM policies

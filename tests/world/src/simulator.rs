@@ -48,6 +48,8 @@ pub enum Gpu {
 }
 
 pub struct Simulator {
+    /// The AWS endpoint, and the instance metadata service under it (`/_imds/{id}`).
+    pub aws_url: String,
     pub ec2: aws_sdk_ec2::Client,
     pub consoles: Consoles,
     pub dir: PathBuf,
@@ -175,6 +177,17 @@ impl Simulator {
             let path = bin.join(name);
             std::fs::write(&path, text)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        // The Deep Learning AMI has the AWS CLI: the real one, pointed at the world's endpoints
+        // by the environment (the AWS_ENDPOINT_URL and AWS_EC2_METADATA_SERVICE_ENDPOINT that
+        // `boot` sets), as the CLI reads them.
+        match crate::moto::aws_cli() {
+            Ok(aws) => {
+                let link = bin.join("aws");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(aws, link)?;
+            }
+            Err(e) => self.note("world", &format!("no AWS CLI on the image: {e}")),
         }
         Ok(bin)
     }
@@ -321,6 +334,11 @@ impl Simulator {
             .arg(format!("GPU_SIM_GPUS={gpus}"))
             .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.scale))
             .arg(format!("GPU_SIM_RUNNER={}", self.runner.env()))
+            .arg(format!("AWS_ENDPOINT_URL={}", self.aws_url))
+            .arg(format!(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT={}/_imds/{id}",
+                self.aws_url
+            ))
             .arg(format!(
                 "GPU_SIM_SHUTDOWN_URL={}/_sim/shutdown/{id}",
                 self.control_url
