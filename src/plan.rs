@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
 use crate::inputs::{
-    GroupRef, ImageRef, MarketType, PodInputs, PoolInputs, RunnerScope, StartInputs,
+    GroupRef, ImageRef, JitHandoff, MarketType, PodInputs, PoolInputs, RunnerScope, StartInputs,
 };
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
@@ -31,12 +31,17 @@ pub mod tag {
     pub const POOL: &str = "gpu-runner:pool";
     /// When a pooled machine was first launched: EC2's launch time moves with every start.
     pub const POOLED_AT: &str = "gpu-runner:pooled-at";
+    /// The instance profile a pooled machine was launched with (`none`): another retires it.
+    pub const INSTANCE_PROFILE: &str = "gpu-runner:instance-profile";
     /// The image a pooled machine was launched from: a newer one retires it.
     pub const IMAGE: &str = "gpu-runner:image";
     /// How many jobs a pooled machine has been resumed for, this one included.
     pub const USES: &str = "gpu-runner:uses";
     /// Why a pooled machine serves no job after this one: its stop terminates it.
     pub const RETIRE: &str = "gpu-runner:retire";
+    /// `user-data` or `ssm`: how the instance's runner got its JIT config; with `ssm`, whoever
+    /// ends the instance deletes the parameter if the instance did not.
+    pub const JIT_HANDOFF: &str = "gpu-runner:jit-handoff";
     /// The tags a start rewrites on a pooled machine it resumes: whose it is now. Its pool,
     /// repository, lifecycle, image and age never change (the IAM policy allows only these).
     pub const PER_RUN: &[&str] = &[
@@ -49,6 +54,7 @@ pub mod tag {
         RUNNER_SCOPE,
         USES,
         RETIRE,
+        JIT_HANDOFF,
     ];
 }
 
@@ -124,6 +130,8 @@ pub struct LaunchPlan {
     pub candidates: Vec<Candidate>,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
+    /// How each instance's runner gets its JIT config.
+    pub jit_handoff: JitHandoff,
     pub root_volume_size_gib: Option<u32>,
     /// On the instance and its volumes, set at launch.
     pub tags: BTreeMap<String, String>,
@@ -223,6 +231,12 @@ pub fn launch_plan(
     ] {
         tags.insert(key.to_owned(), value);
     }
+    if inputs.pod.is_none() {
+        tags.insert(
+            tag::JIT_HANDOFF.to_owned(),
+            inputs.ec2.jit_handoff.name().to_owned(),
+        );
+    }
     if let Some(pool) = &inputs.pool {
         tags.insert(tag::LIFECYCLE.to_owned(), "pooled".to_owned());
         if let Some(name) = &pool.name {
@@ -261,6 +275,7 @@ pub fn launch_plan(
         candidates,
         security_group_ids: inputs.ec2.security_group_ids.clone(),
         iam_instance_profile: inputs.ec2.iam_instance_profile.clone(),
+        jit_handoff: inputs.ec2.jit_handoff,
         root_volume_size_gib: inputs.ec2.root_volume_size_gib,
         tags,
         runner_user: inputs.runner.user.clone(),
@@ -294,6 +309,17 @@ pub fn launch_plan(
             inputs.runner.sha256
         ),
     }
+}
+
+/// Where the JIT configs of `repository`'s runners wait for their instances with
+/// `jit-handoff: ssm` (a repository's own path, so that its IAM policy can name it).
+pub fn jit_parameter_prefix(repository: &str) -> String {
+    format!("/gpu-runner/jit/{repository}/")
+}
+
+/// The SSM parameter that carries `runner`'s JIT config.
+pub fn jit_parameter(repository: &str, runner: &str) -> String {
+    format!("{}{runner}", jit_parameter_prefix(repository))
 }
 
 impl Candidate {
@@ -343,6 +369,17 @@ impl LaunchPlan {
             (
                 "Instance profile",
                 or(self.iam_instance_profile.clone(), "none"),
+            ),
+            (
+                "JIT config",
+                match self.jit_handoff {
+                    JitHandoff::UserData => "in the user data".to_owned(),
+                    JitHandoff::Ssm => format!(
+                        "through an SSM SecureString parameter under {}, which the instance's \
+                         role reads and deletes",
+                        jit_parameter_prefix(&self.binding.repository)
+                    ),
+                },
             ),
             (
                 "Root volume",

@@ -177,6 +177,9 @@ pub struct BootParams {
     /// Passwordless sudo for the runner user.
     pub runner_sudo: bool,
     pub jit_config: Secret,
+    /// With `jit-handoff: ssm`, the SSM parameter that holds the JIT config instead of the user
+    /// data, and its region: the instance reads it with its role, then deletes it.
+    pub jit_parameter: Option<JitParameter>,
     pub instance_type: String,
     /// From the instance type; 0 when unknown (the probe then only needs one working GPU).
     pub expected_gpus: u32,
@@ -189,6 +192,13 @@ pub struct BootParams {
     /// A pool instance: the script runs at every boot (each resume brings a new runner
     /// configuration), shutting down stops the instance, and a cache folder outlives the job.
     pub pooled: bool,
+}
+
+/// Where an instance reads its runner's JIT config with its own role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JitParameter {
+    pub name: String,
+    pub region: String,
 }
 
 /// Quotes a value for bash: inside single quotes nothing is special, and a single quote is
@@ -224,6 +234,20 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         ),
         ("POOLED", p.pooled.to_string()),
         ("JIT_CONFIG", jit_config.to_owned()),
+        (
+            "JIT_PARAMETER",
+            p.jit_parameter
+                .as_ref()
+                .map(|j| j.name.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "JIT_REGION",
+            p.jit_parameter
+                .as_ref()
+                .map(|j| j.region.clone())
+                .unwrap_or_default(),
+        ),
     ];
     vars.iter()
         .map(|(name, value)| format!("readonly {name}={}\n", quote(value)))
@@ -382,6 +406,7 @@ mod tests {
             runner_user: "runner".into(),
             runner_sudo: true,
             jit_config: Secret::new("JITSECRET"),
+            jit_parameter: None,
             instance_type: "g5.xlarge".into(),
             expected_gpus: 1,
             max_lifetime_minutes: 360,

@@ -14,6 +14,7 @@ const EC2_ONLY: &[&spec::Spec] = &[
     &spec::MARKET_TYPE,
     &spec::SECURITY_GROUP_ID,
     &spec::IAM_INSTANCE_PROFILE,
+    &spec::JIT_HANDOFF,
     &spec::ROOT_VOLUME_SIZE,
     &spec::TAGS,
     &spec::RUNNER_USER,

@@ -63,6 +63,26 @@ pub enum MarketType {
     SpotThenOnDemand,
 }
 
+/// How the runner's JIT config reaches an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JitHandoff {
+    /// In the instance's user data, with the boot script.
+    #[default]
+    UserData,
+    /// In an SSM SecureString parameter that the instance reads with its role, then deletes.
+    Ssm,
+}
+
+impl JitHandoff {
+    /// As the `jit-handoff` input and the `gpu-runner:jit-handoff` tag name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JitHandoff::UserData => "user-data",
+            JitHandoff::Ssm => "ssm",
+        }
+    }
+}
+
 /// Where the runners are registered: the repository, or the organization that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunnerScope {
@@ -246,6 +266,7 @@ pub struct Ec2Inputs {
     pub market_type: MarketType,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
+    pub jit_handoff: JitHandoff,
     pub root_volume_size_gib: Option<u32>,
     pub tags: BTreeMap<String, String>,
 }
@@ -894,6 +915,7 @@ impl Reader<'_> {
         let allow_partial = self.boolean(&spec::ALLOW_PARTIAL);
         let security_group_ids = self.list(&spec::SECURITY_GROUP_ID, 5, values::security_group);
         let iam_instance_profile = self.one(&spec::IAM_INSTANCE_PROFILE, values::instance_profile);
+        let jit_handoff = self.jit_handoff(kubernetes, iam_instance_profile.is_some());
         let root_volume_size_gib = self.number(&spec::ROOT_VOLUME_SIZE, 8, 16384, "GiB");
         // GitHub allows 100 labels per runner; gpu-runner adds its unique one, and with several
         // instances each runner's own label too.
@@ -946,6 +968,7 @@ impl Reader<'_> {
                 market_type: market_type?,
                 security_group_ids,
                 iam_instance_profile,
+                jit_handoff,
                 root_volume_size_gib,
                 tags: tags?,
             },
@@ -1071,6 +1094,27 @@ impl Reader<'_> {
             return None;
         }
         Some(arch)
+    }
+
+    /// `jit-handoff`: `ssm` needs the instance's role to read its parameter with; pods have a
+    /// Secret of their own.
+    fn jit_handoff(&mut self, kubernetes: bool, profile: bool) -> JitHandoff {
+        let Some(v) = self.one(&spec::JIT_HANDOFF, values::jit_handoff) else {
+            return JitHandoff::UserData;
+        };
+        if v != "ssm" || kubernetes {
+            return JitHandoff::UserData;
+        }
+        if !profile {
+            self.missing(
+                &spec::IAM_INSTANCE_PROFILE,
+                "jit-handoff: ssm hands the runner's JIT config to the instance's own role: set \
+                 iam-instance-profile to a profile whose role has \
+                 docs/iam/instance-role-policy.json, or leave jit-handoff at user-data."
+                    .to_owned(),
+            );
+        }
+        JitHandoff::Ssm
     }
 
     /// `runner-group`: only organizations have groups.

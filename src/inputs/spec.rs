@@ -71,8 +71,9 @@ pub const DEFAULT_IMAGE_ARM64: &str =
     "ssm:/aws/service/deeplearning/ami/arm64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
 
 /// The runner image a pod runs: GitHub's own, with the runner of the pinned version in
-/// `/home/runner`, run as its unprivileged `runner` user.
-pub const DEFAULT_POD_IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0";
+/// `/home/runner`, run as its unprivileged `runner` user. Named by its image index's digest too,
+/// so that a tag moved on the registry cannot change what runs.
+pub const DEFAULT_POD_IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0@sha256:e5496277be5d09bc968b3d64911b74e219ac4a3f2edce956a3ecf9271bea1ef4";
 
 use Scope::{All, Cleanup, Start, StartAndCleanup, Stop};
 
@@ -97,6 +98,7 @@ pub const COUNT: Spec = Spec::new("count", Start, "1");
 pub const ALLOW_PARTIAL: Spec = Spec::new("allow-partial", Start, "false");
 pub const SECURITY_GROUP_ID: Spec = Spec::new("security-group-id", Start, "");
 pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, "");
+pub const JIT_HANDOFF: Spec = Spec::new("jit-handoff", Start, "user-data");
 pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
 pub const LABELS: Spec = Spec::new("labels", Start, "");
 pub const TAGS: Spec = Spec::new("tags", Start, "");
@@ -158,6 +160,7 @@ pub const ALL: &[Spec] = &[
     ALLOW_PARTIAL,
     SECURITY_GROUP_ID,
     IAM_INSTANCE_PROFILE,
+    JIT_HANDOFF,
     ROOT_VOLUME_SIZE,
     LABELS,
     TAGS,

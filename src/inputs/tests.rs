@@ -1215,3 +1215,25 @@ fn machine_kubernetes_errors_name_the_input_and_the_fix() {
     assert_eq!(s.instance_ids, ["gpu-runner-1-1-abcd1234"]);
     assert_eq!(s.region.as_deref(), Some(""));
 }
+
+#[test]
+fn jit_handoff_through_ssm_needs_the_instance_profile_that_reads_it() {
+    assert_eq!(start(&[]).ec2.jit_handoff, JitHandoff::UserData);
+    let s = start(&[
+        ("INPUT_JIT-HANDOFF", "ssm"),
+        ("INPUT_IAM-INSTANCE-PROFILE", "gpu-runner-instance"),
+    ]);
+    assert_eq!(s.ec2.jit_handoff, JitHandoff::Ssm);
+    assert_eq!(
+        error(&[("INPUT_JIT-HANDOFF", "ssm")]),
+        "Missing input: iam-instance-profile: iam-instance-profile is not set. jit-handoff: ssm \
+         hands the runner's JIT config to the instance's own role: set iam-instance-profile to \
+         a profile whose role has docs/iam/instance-role-policy.json, or leave jit-handoff at \
+         user-data."
+    );
+    assert_eq!(
+        error(&[("INPUT_JIT-HANDOFF", "parameter-store")]),
+        "Invalid input: jit-handoff: jit-handoff \"parameter-store\" is not a JIT hand-over. \
+         Use one of: user-data, ssm."
+    );
+}

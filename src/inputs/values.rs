@@ -348,6 +348,12 @@ pub fn market_type(v: &str) -> Result<(), Expect> {
     )
 }
 
+/// How the runner's JIT config reaches an instance: in its user data, or through an SSM
+/// SecureString parameter that only the instance's role may read.
+pub fn jit_handoff(v: &str) -> Result<(), Expect> {
+    one_of(v, &["user-data", "ssm"], "a JIT hand-over")
+}
+
 /// A GitHub App's numeric id, or its client id (`Iv…`), which GitHub also accepts as the JWT issuer.
 pub fn app_id(v: &str) -> Result<(), Expect> {
     let numeric = v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) && v != "0";

@@ -4,7 +4,8 @@
 //! into a new instance's user data, a pool would swap it in while the instance is stopped, a
 //! Kubernetes pod would read it from a Secret.
 
-use crate::boot::{BootParams, RunnerPackage};
+use crate::boot::{BootParams, JitParameter, RunnerPackage};
+use crate::inputs::JitHandoff;
 use crate::plan::{LaunchPlan, RunnerSpec};
 use crate::secret::Secret;
 
@@ -32,7 +33,15 @@ impl Handoff<'_> {
             labels: self.runner.labels.clone(),
             runner_user: plan.runner_user.clone(),
             runner_sudo: plan.runner_sudo,
-            jit_config: self.jit_config.clone(),
+            // Through SSM, the JIT config never enters the user data.
+            jit_config: match plan.jit_handoff {
+                JitHandoff::UserData => self.jit_config.clone(),
+                JitHandoff::Ssm => Secret::new(""),
+            },
+            jit_parameter: (plan.jit_handoff == JitHandoff::Ssm).then(|| JitParameter {
+                name: crate::plan::jit_parameter(&plan.binding.repository, &self.runner.name),
+                region: plan.region.clone(),
+            }),
             instance_type: instance_type.to_owned(),
             expected_gpus,
             max_lifetime_minutes: plan.max_lifetime_minutes,

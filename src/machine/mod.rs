@@ -383,6 +383,17 @@ pub trait Provider: Sync {
 
     /// What the summary says of a machine whose runner came online.
     fn facts(&self, machine: &Machine) -> impl Future<Output = Facts> + Send;
+
+    /// Deletes what these machines were handed that outlives them (a JIT config still waiting
+    /// in SSM for an instance that never read it): what was deleted, or why it could not be, by
+    /// name. Nothing when there is nothing left.
+    fn forget_handoffs(
+        &self,
+        machines: &[Machine],
+    ) -> impl Future<Output = Vec<(String, Result<(), MachineError>)>> + Send {
+        let _ = machines;
+        async { Vec::new() }
+    }
 }
 
 /// What a mode will use the provider for: a start launches from the plan and needs its image,
@@ -538,6 +549,16 @@ impl Provider for Connected {
         match self {
             Connected::Ec2(p) => p.facts(machine).await,
             Connected::Kubernetes(p) => p.facts(machine).await,
+        }
+    }
+
+    async fn forget_handoffs(
+        &self,
+        machines: &[Machine],
+    ) -> Vec<(String, Result<(), MachineError>)> {
+        match self {
+            Connected::Ec2(p) => p.forget_handoffs(machines).await,
+            Connected::Kubernetes(p) => p.forget_handoffs(machines).await,
         }
     }
 }

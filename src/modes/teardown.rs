@@ -27,6 +27,11 @@ pub enum Outcome {
     LeftAlone {
         owner: Option<String>,
     },
+    /// A JIT config its machine never read, deleted.
+    HandoffDeleted,
+    /// A JIT config its machine never read, which could not be deleted: it stays readable by
+    /// whoever may read the parameter (the runner itself is removed all the same).
+    HandoffNotDeleted,
     RunnerRemoved,
     RunnerAlreadyRemoved,
     /// GitHub would not remove it while it still shows a job on it.
@@ -47,6 +52,7 @@ impl Outcome {
                 | Outcome::CouldNotListRunners
                 | Outcome::CouldNotRemoveRunner
                 | Outcome::GithubUnreachable
+                | Outcome::HandoffNotDeleted
         )
     }
 
@@ -119,6 +125,10 @@ impl fmt::Display for Outcome {
             Outcome::LeftAlone { owner: None } => {
                 f.write_str("left alone: it carries no gpu-runner:repository tag")
             }
+            Outcome::HandoffDeleted => {
+                f.write_str("deleted (a JIT config its instance had not read)")
+            }
+            Outcome::HandoffNotDeleted => f.write_str("could not delete"),
             Outcome::RunnerRemoved => f.write_str("removed"),
             Outcome::RunnerAlreadyRemoved => f.write_str("already removed"),
             Outcome::RunnerBusy => f.write_str("still running a job"),
@@ -222,6 +232,16 @@ impl Teardown {
                 }
                 None => self.machines_released = true,
             }
+        }
+        for (name, done) in provider.forget_handoffs(&found.ours).await {
+            let outcome = match done {
+                Ok(()) => Outcome::HandoffDeleted,
+                Err(e) => {
+                    self.error.get_or_insert(e.into());
+                    Outcome::HandoffNotDeleted
+                }
+            };
+            self.row(&name, "parameter", outcome);
         }
     }
 

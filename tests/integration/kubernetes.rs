@@ -13,7 +13,7 @@ use world::{Options, World};
 use crate::support::{Outcome, Step};
 
 /// The world's runner image (any image the node stand-in has is one).
-const IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0";
+const IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0@sha256:e5496277be5d09bc968b3d64911b74e219ac4a3f2edce956a3ecf9271bea1ef4";
 
 struct Gpus {
     world: World,

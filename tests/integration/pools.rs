@@ -628,3 +628,57 @@ fn the_next_boot_never_writes_through_a_link_a_job_left_on_the_disk() {
     stop(&world).outputs_of(&second).run().success();
     nothing_running(&world);
 }
+
+/// `jit-handoff: ssm` on a pool: each start writes its runner's JIT config for that member alone,
+/// the member's boot reads and deletes it, and its user data never holds one. A member launched
+/// without the instance profile is retired: EC2 keeps the profile an instance was launched with.
+#[test]
+fn a_pool_member_reads_each_runners_jit_config_from_ssm_once() {
+    let world = world();
+    let ssm = |s: world::step::Step| {
+        s.input("iam-instance-profile", world::INSTANCE_PROFILE)
+            .input("jit-handoff", "ssm")
+    };
+    let plain = start(&world, "vault").run();
+    plain.success();
+    let old = plain.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&plain).run().success();
+    let mut member = None;
+    for _ in 0..2 {
+        let started = ssm(start(&world, "vault")).run();
+        started.success();
+        let id = started.outputs()["instance-id"].clone();
+        match &member {
+            None => {
+                assert_ne!(id, old);
+                assert!(
+                    started.stdout.contains(&format!(
+                        "Retiring {old} from the pool: it was launched with instance profile \
+                         none, and iam-instance-profile asks for gpu-runner-instance"
+                    )),
+                    "{}",
+                    started.stdout
+                );
+            }
+            Some(member) => assert_eq!(&id, member),
+        }
+        member = Some(id.clone());
+        let label = started.outputs()["label"].clone();
+        assert_eq!(
+            tag(&world, &id, "gpu-runner:jit-handoff").as_deref(),
+            Some("ssm")
+        );
+        let jit = world.github.lock().unwrap().issued_jit_configs.clone();
+        let user_data = world.user_data(&id);
+        assert!(jit.iter().all(|j| !user_data.contains(j.as_str())));
+        let read = world.wait_until(Duration::from_secs(20), |w| {
+            w.console(&id).contains(&format!(
+                "phase=jit-handoff status=ok parameter=/gpu-runner/jit/octo/ml/{label} deleted=yes"
+            ))
+        });
+        assert!(read, "{}", world.console(&id));
+        job(&world, &label, &id, "echo warm");
+        stop(&world).outputs_of(&started).run().success();
+        nothing_running(&world);
+    }
+}

@@ -410,7 +410,8 @@ fn list(v: &serde_json::Value) -> Vec<String> {
 fn iam_action(call: &str) -> String {
     let service = match call {
         "AssumeRoleWithWebIdentity" => "sts",
-        "GetParameter" => "ssm",
+        "GetParameter" | "PutParameter" | "DeleteParameter" | "AddTagsToResource" => "ssm",
+        "GetCallerIdentity" => "sts",
         _ => "ec2",
     };
     format!("{service}:{call}")
@@ -868,6 +869,107 @@ fn a_strangers_job_handed_the_runner_runs_no_step_not_even_an_always_step() {
         );
     }
     stop_cleanly(&world, &started);
+}
+
+/// `jit-handoff: ssm`: the user data (which anyone with `ec2:DescribeInstanceAttribute` can read)
+/// carries no JIT config; it waits in an SSM SecureString parameter tagged with the instance's ARN,
+/// which only credentials of that instance may read under the documented instance-role policy.
+/// The instance reads it with its IMDS credentials through the real AWS CLI, deletes it, and runs
+/// the job; nothing is left.
+#[test]
+fn through_ssm_the_jit_config_never_enters_the_user_data_and_is_read_once_by_its_instance() {
+    let world = world();
+    let started = Step::start()
+        .in_world(&world)
+        .input("iam-instance-profile", world::INSTANCE_PROFILE)
+        .input("jit-handoff", "ssm")
+        .run();
+    started.success();
+    let id = started.outputs()["instance-id"].clone();
+    let label = started.outputs()["label"].clone();
+    let parameter = format!("/gpu-runner/jit/octo/ml/{label}");
+    assert!(
+        started.stdout.contains(&format!(
+            "Handed the runner's JIT config to {id} through the SSM parameter {parameter}"
+        )),
+        "{}",
+        started.stdout
+    );
+    let jit = world.github.lock().unwrap().issued_jit_configs.clone();
+    assert_eq!(jit.len(), 1);
+    let user_data = world.user_data(&id);
+    assert!(user_data.contains(&format!("readonly JIT_PARAMETER='{parameter}'")));
+    assert!(
+        !user_data.contains(&jit[0]),
+        "the JIT config is in the user data"
+    );
+    assert!(
+        world.instance_log().iter().any(|l| l.contains(&format!(
+            "gpu-runner: phase=jit-handoff status=ok parameter={parameter} deleted=yes"
+        ))),
+        "{:#?}",
+        world.instance_log()
+    );
+    assert_eq!(world.jit_parameters(), Vec::<String>::new());
+    job_runs(&world, &label);
+    stop_cleanly(&world, &started);
+
+    // The policy binds a parameter to one instance: its own credentials may read it, another
+    // instance's (same role) and a request without instance credentials may not.
+    let policy = policy("instance-role-policy.json");
+    let arn = |i: &str| format!("arn:aws:ec2:us-east-1:123456789012:instance/{i}");
+    let read_by = |caller: Option<&str>| {
+        let r = world::iam::Resource::new(format!(
+            "arn:aws:ssm:us-east-1:123456789012:parameter{parameter}"
+        ))
+        .key("aws:ResourceTag/gpu-runner:instance-arn", arn("i-mine"));
+        let r = match caller {
+            Some(c) => r.key("ec2:SourceInstanceARN", arn(c)),
+            None => r,
+        };
+        world::iam::evaluate(&policy, "ssm:GetParameter", &[r])
+    };
+    assert_eq!(read_by(Some("i-mine")), Ok(()));
+    assert!(read_by(Some("i-other")).is_err());
+    assert!(read_by(None).is_err());
+}
+
+/// An instance that ends before it reads its JIT config (here: no GPU driver) leaves the parameter
+/// behind; start's rollback deletes it and says so.
+#[test]
+fn a_jit_config_its_instance_never_read_is_deleted_by_the_rollback() {
+    let world = World::start(Options {
+        gpu: world::simulator::Gpu::NoDriver,
+        ..Options::default()
+    })
+    .expect("the local world starts");
+    let started = Step::start()
+        .in_world(&world)
+        .input("iam-instance-profile", world::INSTANCE_PROFILE)
+        .input("jit-handoff", "ssm")
+        .input("startup-timeout-minutes", "3")
+        .run();
+    started.failure();
+    let label = world
+        .instances()
+        .first()
+        .and_then(|i| {
+            i.tags()
+                .iter()
+                .find(|t| t.key() == Some("gpu-runner:label"))
+                .and_then(|t| t.value().map(str::to_owned))
+        })
+        .expect("the instance start launched");
+    let error = started.errors()[0];
+    assert!(
+        error.contains("phase=gpu-probe status=failed")
+            && error.contains(&format!(
+                "parameter /gpu-runner/jit/octo/ml/{label} deleted (a JIT config its instance \
+                 had not read)"
+            )),
+        "{error}"
+    );
+    nothing_left(&world);
 }
 
 /// An organization's runner is handed the jobs of every repository its group serves: a job of

@@ -30,6 +30,11 @@ pub fn nothing_left(world: &world::World) {
         world.live_instances()
     );
     assert_eq!(world.registered_runners(), [], "runners still registered");
+    assert_eq!(
+        world.jit_parameters(),
+        Vec::<String>::new(),
+        "JIT configs still waiting in SSM"
+    );
 }
 
 /// Nothing bills for compute and no runner is registered: what a pool leaves between jobs (its
@@ -45,6 +50,11 @@ pub fn nothing_running(world: &world::World) {
         world.running_instances()
     );
     assert_eq!(world.registered_runners(), [], "runners still registered");
+    assert_eq!(
+        world.jit_parameters(),
+        Vec::<String>::new(),
+        "JIT configs still waiting in SSM"
+    );
 }
 
 /// The step authenticates as the world's GitHub App instead of with a token.

@@ -42,6 +42,7 @@ pub struct LaunchRequest<'a> {
 pub struct Api {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
+    sts: aws_sdk_sts::Client,
 }
 
 impl Api {
@@ -49,6 +50,7 @@ impl Api {
         Self {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
         }
     }
 }
@@ -209,6 +211,77 @@ impl Api {
         }
     }
 
+    /// The partition and account the credentials act in (`GetCallerIdentity`, which needs no
+    /// permission): what an instance's ARN is made of.
+    pub async fn partition_and_account(&self) -> Result<(String, String), MachineError> {
+        let out = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| cloud_error("GetCallerIdentity", e))?;
+        let arn = out.arn().unwrap_or_default();
+        let mut parts = arn.split(':');
+        let partition = parts.nth(1).filter(|p| !p.is_empty());
+        match (partition, out.account()) {
+            (Some(partition), Some(account)) => Ok((partition.to_owned(), account.to_owned())),
+            _ => Err(MachineError {
+                provider: Kind::Ec2,
+                operation: "GetCallerIdentity",
+                code: None,
+                message: format!("STS answered without a partition or an account ({arn})"),
+            }),
+        }
+    }
+
+    /// Writes a runner's JIT config into a new SecureString parameter (the account's default
+    /// `aws/ssm` key), tagged so that only the instance `tags` name may read it. Never
+    /// overwrites: a parameter of that name is another runner's.
+    pub async fn put_jit(
+        &self,
+        name: &str,
+        jit_config: &Secret,
+        tags: &[(String, String)],
+    ) -> Result<(), MachineError> {
+        let tags: Vec<aws_sdk_ssm::types::Tag> = tags
+            .iter()
+            .filter_map(|(k, v)| {
+                aws_sdk_ssm::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .value(jit_config.expose())
+            .description("gpu-runner: a runner's JIT config, for its instance to read once")
+            .overwrite(false)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| cloud_error("PutParameter", e))
+    }
+
+    /// Deletes a JIT config's parameter: `false` when it was gone already.
+    pub async fn delete_jit(&self, name: &str) -> Result<bool, MachineError> {
+        match self.ssm.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = cloud_error("DeleteParameter", e);
+                if e.code() == "ParameterNotFound" {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     pub async fn gpu_count(&self, instance_type: &str) -> Option<u32> {
         let out = self
             .ec2
@@ -234,7 +307,12 @@ impl Api {
         let plan = request.plan;
         let mut own = vec![(tag::RUNNER.to_owned(), request.runner_name.to_owned())];
         if let Some(pool) = &plan.pool {
-            own.extend(super::pool::first_tags(pool, request.image_id, Utc::now()));
+            own.extend(super::pool::first_tags(
+                pool,
+                request.image_id,
+                plan.iam_instance_profile.as_deref(),
+                Utc::now(),
+            ));
         }
         let tags: Vec<Tag> = plan
             .tags

@@ -24,6 +24,17 @@ pub fn hint(e: &MachineError) -> String {
              root-volume-size), or tailor that NeverLaunch statement of the role's policy."
                 .to_owned()
         }
+        "AccessDeniedException" | "AccessDenied"
+            if matches!(e.operation, "PutParameter" | "DeleteParameter") =>
+        {
+            "The role may not write or delete the JIT config's SSM parameter: add the statement \
+             HandTheJitConfigOverThroughSsm of the README's permissions policy (What AWS needs) \
+             to the role's policy, or leave jit-handoff at user-data."
+                .to_owned()
+        }
+        "ParameterAlreadyExists" => "An SSM parameter of this runner's name exists already, \
+            and gpu-runner never overwrites one: re-run the job (a new run has a new label)."
+            .to_owned(),
         "AccessDeniedException" if e.operation == "DescribeCluster" => "The role may not \
             describe the EKS cluster: add the statement of docs/iam/eks-policy.json (with your \
             account and cluster name) to the role's policy."

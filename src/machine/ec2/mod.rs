@@ -17,13 +17,17 @@ use crate::actions::Actions;
 use crate::boot::phases;
 use crate::clock::Clock;
 use crate::error::{Error, Refusal};
+use crate::inputs::JitHandoff;
 use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
     Released, State,
 };
-use crate::plan::{Candidate, LaunchPlan, Market};
+use crate::plan::{Candidate, LaunchPlan, Market, tag};
 use api::{Api, LaunchRequest};
 use errors::{SPOT_ROLE_MISSING, capacity_advice};
+
+/// The tag on a JIT config's parameter that names the one instance whose role may read it.
+pub const INSTANCE_ARN_TAG: &str = "gpu-runner:instance-arn";
 
 /// Lines of the instance's console shown when it ends while booting.
 const CONSOLE_LINES: usize = 15;
@@ -38,6 +42,8 @@ pub struct Ec2 {
     claims: tokio::sync::Mutex<pool::Claims>,
     /// Pool instances this start resumed, and when.
     resumed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The partition and account, once asked: what an instance's ARN is made of.
+    arn_base: tokio::sync::OnceCell<(String, String)>,
 }
 
 impl Ec2 {
@@ -61,7 +67,45 @@ impl Ec2 {
             clock,
             claims: tokio::sync::Mutex::default(),
             resumed: std::sync::Mutex::default(),
+            arn_base: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// With `jit-handoff: ssm`, puts the runner's JIT config where only `machine` can read it: an
+    /// SSM SecureString parameter tagged with the instance's ARN, which the instance role's policy
+    /// (`docs/iam/instance-role-policy.json`) requires of what it reads. Written once the
+    /// instance exists (its ARN is what binds the two); its boot script waits for it.
+    async fn hand_over(
+        &self,
+        plan: &LaunchPlan,
+        handoff: &Handoff<'_>,
+        machine: &Machine,
+        actions: &Actions,
+    ) -> Result<(), Error> {
+        if plan.jit_handoff != JitHandoff::Ssm {
+            return Ok(());
+        }
+        let (partition, account) = self
+            .arn_base
+            .get_or_try_init(|| self.api.partition_and_account())
+            .await?;
+        let arn = format!(
+            "arn:{partition}:ec2:{}:{account}:instance/{}",
+            self.region, machine.id
+        );
+        let name = crate::plan::jit_parameter(&plan.binding.repository, &handoff.runner.name);
+        let tags = [
+            (INSTANCE_ARN_TAG.to_owned(), arn),
+            (tag::REPOSITORY.to_owned(), plan.binding.repository.clone()),
+            (tag::LABEL.to_owned(), plan.label.clone()),
+        ];
+        self.api.put_jit(&name, &handoff.jit_config, &tags).await?;
+        actions.info(&format!(
+            "Handed the runner's JIT config to {} through the SSM parameter {name}, which only \
+             its role may read",
+            machine.id
+        ));
+        Ok(())
     }
 
     /// The GPUs an instance of the candidate's type has, which the boot script's probe checks;
@@ -106,6 +150,12 @@ impl Ec2 {
                         machine.id,
                         candidate.describe()
                     ));
+                    if let Err(e) = self.hand_over(plan, handoff, &machine, actions).await {
+                        // Its runner can never start: end it now (start's rollback finds it by
+                        // its label too, should this fail).
+                        let _ = self.api.terminate(std::slice::from_ref(&machine.id)).await;
+                        return Err(e);
+                    }
                     return Ok(Acquired { machine, refused });
                 }
                 Err(e) => {
@@ -289,5 +339,30 @@ impl Provider for Ec2 {
             gpu,
             details: Vec::new(),
         }
+    }
+
+    /// The parameters of instances handed their JIT config through SSM, which the instance
+    /// deletes once read: one that never read it (it failed first, or was stopped before) leaves
+    /// it behind.
+    async fn forget_handoffs(
+        &self,
+        machines: &[Machine],
+    ) -> Vec<(String, Result<(), MachineError>)> {
+        let mut done = Vec::new();
+        for m in machines {
+            if m.tags.get(tag::JIT_HANDOFF).map(String::as_str) != Some(JitHandoff::Ssm.name()) {
+                continue;
+            }
+            let (Some(repository), Some(runner)) = (m.repository(), m.runner_name()) else {
+                continue;
+            };
+            let name = crate::plan::jit_parameter(repository, runner);
+            match self.api.delete_jit(&name).await {
+                Ok(false) => {}
+                Ok(true) => done.push((name, Ok(()))),
+                Err(e) => done.push((name, Err(e))),
+            }
+        }
+        done
     }
 }

@@ -40,10 +40,22 @@ pub struct Claims {
     pub launching: u32,
 }
 
+/// The `gpu-runner:instance-profile` of a member launched without one.
+const NO_PROFILE: &str = "none";
+
 /// The tags a new pool instance is launched with besides the plan's.
-pub fn first_tags(pool: &PoolInputs, image_id: &str, now: DateTime<Utc>) -> Vec<(String, String)> {
+pub fn first_tags(
+    pool: &PoolInputs,
+    image_id: &str,
+    profile: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<(String, String)> {
     let mut tags = vec![
         (tag::IMAGE.to_owned(), image_id.to_owned()),
+        (
+            tag::INSTANCE_PROFILE.to_owned(),
+            profile.unwrap_or(NO_PROFILE).to_owned(),
+        ),
         (
             tag::POOLED_AT.to_owned(),
             now.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -91,10 +103,22 @@ pub fn retired(
     m: &Machine,
     pool: &PoolInputs,
     image_id: &str,
+    profile: Option<&str>,
     now: DateTime<Utc>,
 ) -> Option<String> {
     if let Some(why) = m.tags.get(tag::RETIRE) {
         return Some(why.clone());
+    }
+    // EC2 keeps the profile a member was launched with: its jobs (and jit-handoff: ssm) would get
+    // another role than the start asks for. A member from before this tag is kept.
+    let wanted = profile.unwrap_or(NO_PROFILE);
+    if let Some(had) = m.tags.get(tag::INSTANCE_PROFILE)
+        && had != wanted
+    {
+        return Some(format!(
+            "it was launched with instance profile {had}, and iam-instance-profile asks for \
+             {wanted}"
+        ));
     }
     if m.tags.get(tag::IMAGE).is_some_and(|i| i != image_id) {
         return Some(format!(
@@ -272,7 +296,13 @@ impl super::Ec2 {
                         if m.state != State::Stopped || claims.taken.contains(&m.id) {
                             continue;
                         }
-                        if let Some(why) = retired(m, pool, &image_id, now) {
+                        if let Some(why) = retired(
+                            m,
+                            pool,
+                            &image_id,
+                            plan.iam_instance_profile.as_deref(),
+                            now,
+                        ) {
                             actions.info(&format!(
                                 "Retiring {} from the pool: {why}; terminating it",
                                 m.id
@@ -405,6 +435,8 @@ impl super::Ec2 {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(m.id.clone(), std::time::Instant::now());
+        // It is this start's now: rollback returns it to the pool should the hand-over fail.
+        self.hand_over(plan, handoff, m, actions).await?;
         actions.info(&format!(
             "Resumed {} ({} from the pool, its job {uses})",
             m.id, m.instance_type
@@ -618,16 +650,34 @@ mod tests {
                 (tag::POOLED_AT, &now.to_rfc3339()),
             ],
         );
-        assert_eq!(retired(&fresh, &p, "ami-1", now), None);
+        assert_eq!(retired(&fresh, &p, "ami-1", None, now), None);
         assert!(
-            retired(&fresh, &p, "ami-2", now)
+            retired(&fresh, &p, "ami-2", None, now)
                 .is_some_and(|w| w.contains("ami-1") && w.contains("ami-2"))
         );
         let old = now + TimeDelta::days(31);
-        assert!(retired(&fresh, &p, "ami-1", old).is_some_and(|w| w.contains("max-age-days")));
+        assert!(
+            retired(&fresh, &p, "ami-1", None, old).is_some_and(|w| w.contains("max-age-days"))
+        );
         let mut used = fresh.clone();
         used.tags.insert(tag::USES.into(), "3".into());
-        assert!(retired(&used, &p, "ami-1", now).is_some_and(|w| w.contains("pool-max-uses (3)")));
+        assert!(
+            retired(&used, &p, "ami-1", None, now).is_some_and(|w| w.contains("pool-max-uses (3)"))
+        );
+        let mut plain = fresh.clone();
+        plain
+            .tags
+            .insert(tag::INSTANCE_PROFILE.into(), NO_PROFILE.into());
+        assert_eq!(retired(&plain, &p, "ami-1", None, now), None);
+        assert!(
+            retired(&plain, &p, "ami-1", Some("gpu-runner-instance"), now)
+                .is_some_and(|w| w.contains("instance profile none"))
+        );
+        assert_eq!(
+            retired(&fresh, &p, "ami-1", Some("gpu-runner-instance"), now),
+            None,
+            "a member from before the tag is kept"
+        );
         assert_eq!(last_use(&p, 2), None);
         assert!(last_use(&p, 3).is_some());
         let tags = run_tags(&plan(&["g5.xlarge"], p.clone()), "runner-1", 3);

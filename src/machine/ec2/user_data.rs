@@ -3,6 +3,7 @@
 
 use crate::boot::{self, RunnerPackage};
 use crate::error::Error;
+use crate::inputs::JitHandoff;
 use crate::machine::Handoff;
 use crate::plan::LaunchPlan;
 use crate::secret::Secret;
@@ -16,8 +17,7 @@ pub fn render(
     gpus: u32,
 ) -> Result<Secret, Error> {
     let params = handoff.boot_params(plan, instance_type, gpus);
-    boot::check_size(&params, handoff.jit_config.expose().len())
-        .map_err(Error::UserDataTooLarge)?;
+    boot::check_size(&params, params.jit_config.expose().len()).map_err(Error::UserDataTooLarge)?;
     Ok(boot::render(&params))
 }
 
@@ -44,7 +44,11 @@ pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Erro
         package,
     };
     let params = handoff.boot_params(plan, instance_type, 99);
-    boot::check_size(&params, boot::JIT_CONFIG_ROOM)
+    let room = match plan.jit_handoff {
+        JitHandoff::UserData => boot::JIT_CONFIG_ROOM,
+        JitHandoff::Ssm => 0,
+    };
+    boot::check_size(&params, room)
         .map(|_| ())
         .map_err(Error::UserDataTooLarge)
 }
