@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 
-# Build: a release binary on the same Debian as the runtime image, so glibc matches.
-FROM rust:1.95-slim-bookworm AS build
+# Build: a release binary on the same Debian as the runtime image, so glibc matches. Every base
+# image is named by digest as well as tag, so that a release rebuilt from the same commit gets the
+# same bytes; Dependabot (docker ecosystem) proposes the next digest of each tag.
+FROM rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082 AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -16,7 +18,7 @@ RUN cargo build --release --locked --bin gpu-runner \
 # bash, tar, git for checkouts and its .NET libraries, and uses runuser, useradd and kill. Run it
 # with --init, so that what jobs leave behind is reaped:
 #   docker run --init --gpus all -e GITHUB_TOKEN ghcr.io/gpu-runner/gpu-runner-attach attach --repo OWNER/REPO
-FROM debian:bookworm-slim AS attach
+FROM debian:bookworm-slim@sha256:7802002798b0e351323ed2357ae6dc5a8c4d0a05a57e7f4d8f97136151d3d603 AS attach
 # The runner's dependencies as its installdependencies.sh lists them for Debian 12; Debian's
 # security updates, not version pins, keep them current.
 # hadolint ignore=DL3008
@@ -30,9 +32,9 @@ CMD ["attach", "--help"]
 
 # Run: glibc, CA certificates and the binary, nothing else. No USER: the runner mounts its
 # file-command files for root, and container actions must run as the image's default user.
-# distroless publishes no versioned tags; Dependabot proposes base image updates.
+# distroless publishes no versioned tags: the digest is the version.
 # hadolint ignore=DL3007
-FROM gcr.io/distroless/cc-debian12:latest
+FROM gcr.io/distroless/cc-debian12:latest@sha256:b7550f0b15838de14c564337eef2b804ba593ae55d81ca855421bd52f19bb480
 COPY --from=build /out/ /usr/local/bin/
 # The post step is the same binary under another name (action.yml's post-entrypoint).
 ENTRYPOINT ["/usr/local/bin/gpu-runner"]
