@@ -253,7 +253,24 @@ async fn ssm_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
     if let Some(instance) = instance {
         resource = resource.key("ec2:SourceInstanceARN", instance);
     }
-    crate::iam::evaluate(policy, &format!("ssm:{call}"), &[resource]).err()?;
+    // Creating a parameter with tags needs ssm:AddTagsToResource too (AWS::SSM::Parameter's
+    // documentation: "you must have the IAM permissions ssm:PutParameter and
+    // ssm:AddTagsToResource").
+    let tagged = call == "PutParameter" && json["Tags"].as_array().is_some_and(|t| !t.is_empty());
+    let actions: Vec<&str> = if tagged {
+        vec!["PutParameter", "AddTagsToResource"]
+    } else {
+        vec![call.as_str()]
+    };
+    let (action, _) = actions
+        .iter()
+        .map(|a| {
+            let r =
+                crate::iam::evaluate(policy, &format!("ssm:{a}"), std::slice::from_ref(&resource));
+            (*a, r)
+        })
+        .find(|(_, r)| r.is_err())?;
+    let call = action.to_owned();
     Some(service_error(
         headers,
         &call,
@@ -1063,7 +1080,22 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let call = action(&headers, &body).unwrap_or_default();
-    match front.faults.take(Service::Aws, &call) {
+    // The fault proxy (and its record of calls) is gpu-runner's: an instance's own calls, with the
+    // credentials the IMDS handed it, pass by.
+    let from_instance = access_key(&headers).is_some_and(|k| {
+        front
+            .imds
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&k)
+    });
+    let fault = if from_instance {
+        None
+    } else {
+        front.faults.take(Service::Aws, &call)
+    };
+    match fault {
         Some(Fault::AwsError { code, status }) => return aws_error(&headers, &call, code, status),
         Some(Fault::Status(status)) => {
             return StatusCode::from_u16(status)

@@ -861,6 +861,28 @@ impl World {
         done(self)
     }
 
+    /// A JIT config written as start writes it (a SecureString, tagged), as a start that died
+    /// right after writing it would leave it.
+    pub fn put_jit_parameter(&self, name: &str, instance_arn: &str) {
+        self.rt
+            .block_on(
+                self.ssm
+                    .put_parameter()
+                    .name(name)
+                    .value("a-jit-config-nobody-will-read")
+                    .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                    .tags(
+                        aws_sdk_ssm::types::Tag::builder()
+                            .key("gpu-runner:instance-arn")
+                            .value(instance_arn)
+                            .build()
+                            .expect("a tag"),
+                    )
+                    .send(),
+            )
+            .expect("the world writes a parameter");
+    }
+
     /// The SSM parameters under `/gpu-runner/`: JIT configs waiting for their instances.
     pub fn jit_parameters(&self) -> Vec<String> {
         self.rt.block_on(async {
