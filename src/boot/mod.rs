@@ -14,6 +14,9 @@ const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
 /// The GPU probe, which the pod's entrypoint shares.
 const GPU_PROBE: &str = include_str!("gpu-probe.sh");
 pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";
+/// Reading the JIT config from SSM: only the scripts of `jit-handoff: ssm` carry it.
+const JIT_HANDOFF: &str = include_str!("jit-handoff.sh");
+const JIT_HANDOFF_MARKER: &str = "# @JIT_HANDOFF@";
 
 /// A line that is only a comment, and not one of the template's markers.
 fn comment_only(line: &str) -> bool {
@@ -22,6 +25,7 @@ fn comment_only(line: &str) -> bool {
         && line != VALUES_MARKER
         && line != HOOK_MARKER
         && line != GPU_PROBE_MARKER
+        && line != JIT_HANDOFF_MARKER
 }
 
 /// The GPU probe's lines, without its comments.
@@ -44,8 +48,8 @@ fn compact(lines: &[&str]) -> String {
         .join("\n")
 }
 
-/// The boot script with `values` in it.
-fn script(values: &str) -> String {
+/// The boot script with `values` in it, reading the JIT config from SSM when `from_ssm`.
+fn script(values: &str, from_ssm: bool) -> String {
     // User data has room for 16 KB only: the comments stay in the source, except the header that
     // says what the script is. The hook's `#!` line is written by the boot script, with the
     // values the hook expects.
@@ -63,11 +67,17 @@ fn script(values: &str) -> String {
         .collect();
     let probe = gpu_probe();
     let probe: Vec<&str> = probe.lines().collect();
+    let handoff: Vec<&str> = if from_ssm {
+        JIT_HANDOFF.lines().filter(|l| !comment_only(l)).collect()
+    } else {
+        Vec::new()
+    };
     let mut template = compact(&template);
     template.push('\n');
     template
         .replacen(HOOK_MARKER, &compact(&hook), 1)
         .replacen(GPU_PROBE_MARKER, &compact(&probe), 1)
+        .replacen(JIT_HANDOFF_MARKER, &compact(&handoff), 1)
         .replacen(VALUES_MARKER, values, 1)
 }
 
@@ -234,21 +244,12 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         ),
         ("POOLED", p.pooled.to_string()),
         ("JIT_CONFIG", jit_config.to_owned()),
-        (
-            "JIT_PARAMETER",
-            p.jit_parameter
-                .as_ref()
-                .map(|j| j.name.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            "JIT_REGION",
-            p.jit_parameter
-                .as_ref()
-                .map(|j| j.region.clone())
-                .unwrap_or_default(),
-        ),
     ];
+    let mut vars = vars;
+    if let Some(j) = &p.jit_parameter {
+        vars.push(("JIT_PARAMETER", j.name.clone()));
+        vars.push(("JIT_REGION", j.region.clone()));
+    }
     vars.iter()
         .map(|(name, value)| format!("readonly {name}={}\n", quote(value)))
         .collect()
@@ -299,7 +300,7 @@ fn every_boot(script: &str) -> String {
 
 /// What the instance's user data holds: the script, in its MIME envelope for a pool instance.
 fn user_data(p: &BootParams, jit_config: &str) -> String {
-    let script = script(&values(p, jit_config));
+    let script = script(&values(p, jit_config), p.jit_parameter.is_some());
     if p.pooled {
         every_boot(&script)
     } else {
@@ -327,7 +328,10 @@ pub fn render(p: &BootParams) -> Secret {
 
 /// The script with the JIT config replaced, for the log and the dry-run plan.
 pub fn render_redacted(p: &BootParams) -> String {
-    script(&values(p, crate::actions::mask::REDACTED))
+    script(
+        &values(p, crate::actions::mask::REDACTED),
+        p.jit_parameter.is_some(),
+    )
 }
 
 #[cfg(test)]
@@ -507,18 +511,54 @@ mod tests {
 
     #[test]
     fn the_rendered_script_is_shellcheck_clean() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("boot.sh");
-        std::fs::write(&path, render(&params()).expose()).unwrap();
-        let out = std::process::Command::new("shellcheck")
-            .args(["--shell=bash", "--severity=style"])
-            .arg(&path)
-            .output()
-            .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
+        for p in [params(), through_ssm()] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("boot.sh");
+            std::fs::write(&path, render(&p).expose()).unwrap();
+            let out = std::process::Command::new("shellcheck")
+                .args(["--shell=bash", "--severity=style"])
+                .arg(&path)
+                .output()
+                .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    fn through_ssm() -> BootParams {
+        BootParams {
+            jit_config: Secret::new(""),
+            jit_parameter: Some(JitParameter {
+                name: "/gpu-runner/jit/octo/ml/gpu-runner-1-1-abcd".into(),
+                region: "us-east-1".into(),
+            }),
+            ..params()
+        }
+    }
+
+    #[test]
+    fn only_a_script_that_reads_its_config_from_ssm_carries_the_reading_and_none_carries_both() {
+        let plain = render(&params());
+        assert!(!plain.expose().contains("aws ssm"));
+        assert!(!plain.expose().contains("JIT_PARAMETER"));
+        let ssm = render(&through_ssm());
+        let text = ssm.expose();
+        assert!(text.contains("readonly JIT_CONFIG=''"));
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+            text.contains("readonly JIT_PARAMETER='/gpu-runner/jit/octo/ml/gpu-runner-1-1-abcd'")
+        );
+        assert!(
+            text.contains("aws ssm get-parameter") && text.contains("aws ssm delete-parameter")
+        );
+        // The reading comes before the runner starts with what it read.
+        assert!(
+            text.find("aws ssm delete-parameter").unwrap()
+                < text
+                    .find("ACTIONS_RUNNER_INPUT_JITCONFIG=\"$runner_jit\"")
+                    .unwrap()
         );
     }
 

@@ -394,6 +394,21 @@ pub trait Provider: Sync {
         let _ = machines;
         async { Vec::new() }
     }
+
+    /// `repository`'s JIT configs still waiting for a machine, and when each was written.
+    fn waiting_handoffs(
+        &self,
+        repository: &str,
+    ) -> impl Future<Output = Result<Vec<(String, DateTime<Utc>)>, MachineError>> + Send {
+        let _ = repository;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Deletes one waiting JIT config; one already gone is not an error.
+    fn delete_handoff(&self, name: &str) -> impl Future<Output = Result<(), MachineError>> + Send {
+        let _ = name;
+        async { Ok(()) }
+    }
 }
 
 /// What a mode will use the provider for: a start launches from the plan and needs its image,
@@ -559,6 +574,23 @@ impl Provider for Connected {
         match self {
             Connected::Ec2(p) => p.forget_handoffs(machines).await,
             Connected::Kubernetes(p) => p.forget_handoffs(machines).await,
+        }
+    }
+
+    async fn waiting_handoffs(
+        &self,
+        repository: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, MachineError> {
+        match self {
+            Connected::Ec2(p) => p.waiting_handoffs(repository).await,
+            Connected::Kubernetes(p) => p.waiting_handoffs(repository).await,
+        }
+    }
+
+    async fn delete_handoff(&self, name: &str) -> Result<(), MachineError> {
+        match self {
+            Connected::Ec2(p) => p.delete_handoff(name).await,
+            Connected::Kubernetes(p) => p.delete_handoff(name).await,
         }
     }
 }

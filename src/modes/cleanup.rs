@@ -2,7 +2,8 @@
 //! region and the repository and removes it, saying why for each: instances past their
 //! `expires-at` or older than `max-age-minutes`, instances whose runner is gone while no job runs
 //! on them, offline gpu-runner runners of finished runs with no instance, and runs whose job waits
-//! for a gpu-runner label that nothing serves. It only ever touches resources that carry
+//! for a gpu-runner label that nothing serves, and JIT configs (`jit-handoff: ssm`) that no live
+//! instance will read. It only ever touches resources that carry
 //! gpu-runner's tags or label prefix. Choosing is pure (`select`), acting is separate.
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -30,6 +31,9 @@ pub struct Policy {
     pub repository: String,
     pub max_age_minutes: u32,
     pub queued_timeout_minutes: u32,
+    /// A JIT config younger than this is left alone: start writes it just after the launch, and
+    /// EC2 may not list the new instance yet.
+    pub handoff_grace: TimeDelta,
 }
 
 /// What the janitor saw. `runners` and `jobs` are `None` when GitHub could not be read: then no
@@ -40,6 +44,8 @@ pub struct Seen {
     pub runners: Option<Vec<Runner>>,
     /// The jobs of the repository's queued and in-progress runs.
     pub jobs: Option<Vec<Job>>,
+    /// The repository's JIT configs waiting in SSM for their instances, and when each was written.
+    pub handoffs: Vec<(String, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +65,11 @@ pub enum Action {
         run_id: u64,
         reason: String,
     },
+    /// Delete a JIT config that nothing will read.
+    DeleteHandoff {
+        name: String,
+        reason: String,
+    },
 }
 
 impl Action {
@@ -71,6 +82,9 @@ impl Action {
             }
             Action::CancelRun { run_id, reason } => {
                 ("cancel workflow run".to_owned(), run_id.to_string(), reason)
+            }
+            Action::DeleteHandoff { name, reason } => {
+                ("delete parameter".to_owned(), name.clone(), reason)
             }
         }
     }
@@ -159,6 +173,22 @@ pub fn select(policy: &Policy, seen: &Seen) -> Vec<Action> {
             id: i.id.clone(),
             how: i.lifecycle().release(),
             reason,
+        });
+    }
+    // A JIT config is read once by the one instance it was written for, which deletes it; one
+    // whose runner no live instance of the repository serves was never read and never will be.
+    for (name, written) in &seen.handoffs {
+        let runner = name.rsplit('/').next().unwrap_or_default();
+        if live.iter().any(|i| i.runner_name() == Some(runner))
+            || now - *written < policy.handoff_grace
+        {
+            continue;
+        }
+        actions.push(Action::DeleteHandoff {
+            name: name.clone(),
+            reason: format!(
+                "a JIT config no live instance will read (its runner {runner} has none)"
+            ),
         });
     }
     let terminating: Vec<&str> = actions
@@ -266,8 +296,25 @@ pub async fn run(
             None
         }
     };
+    // Only jit-handoff: ssm leaves anything here, and a role set up before it may not list SSM:
+    // a warning, not a failure.
+    let handoffs = match provider.waiting_handoffs(&repository).await {
+        Ok(h) => h,
+        Err(e) => {
+            actions.annotate(
+                &crate::actions::Annotation::warning(format!(
+                    "Could not look for JIT configs left in SSM ({e}). With jit-handoff: ssm, \
+                     add the FindJitConfigsLeftBehind statement of the README's permissions \
+                     policy to the role."
+                ))
+                .title("gpu-runner cleanup"),
+            );
+            Vec::new()
+        }
+    };
     let mut seen = Seen {
         instances,
+        handoffs,
         ..Seen::default()
     };
     if let Some(github) = &github {
@@ -285,6 +332,10 @@ pub async fn run(
         repository,
         max_age_minutes: inputs.max_age_minutes,
         queued_timeout_minutes: inputs.queued_timeout_minutes,
+        handoff_grace: TimeDelta::from_std(
+            crate::clock::Clock::from_env(env).scaled(std::time::Duration::from_secs(120)),
+        )
+        .unwrap_or_else(|_| TimeDelta::minutes(2)),
     };
     let chosen = select(&policy, &seen);
 
@@ -425,6 +476,10 @@ async fn act(
             };
             t.remove_runner(github, *id, name).await;
         }
+        Action::DeleteHandoff { name, .. } => {
+            provider.delete_handoff(name).await?;
+            return Ok("deleted".to_owned());
+        }
         Action::CancelRun { run_id, .. } => {
             let Some(github) = github else {
                 return Ok("skipped".to_owned());
@@ -471,6 +526,7 @@ mod tests {
             repository: REPO.to_owned(),
             max_age_minutes: 720,
             queued_timeout_minutes: 30,
+            handoff_grace: TimeDelta::minutes(2),
         }
     }
 
@@ -548,6 +604,7 @@ mod tests {
             instances,
             runners: Some(runners),
             jobs: Some(jobs),
+            handoffs: Vec::new(),
         }
     }
 
@@ -733,8 +790,50 @@ mod tests {
             ],
             runners: None,
             jobs: None,
+            handoffs: Vec::new(),
         };
         assert_eq!(terminated(&select(&policy(), &s)), ["i-expired"]);
+    }
+
+    #[test]
+    fn a_jit_config_goes_once_no_live_instance_serves_its_runner_and_it_is_past_the_grace() {
+        let param = |runner: &str, age: i64| {
+            (
+                format!("/gpu-runner/jit/octo/ml/{runner}"),
+                now() - TimeDelta::minutes(age),
+            )
+        };
+        let mut ended = instance("i-ended", "gpu-runner-7-1-dead", 30, 300);
+        ended.state = State::Terminated;
+        let s = Seen {
+            instances: vec![instance("i-booting", "gpu-runner-7-1-boot", 1, 300), ended],
+            runners: None,
+            jobs: None,
+            handoffs: vec![
+                // Its instance boots and will read it.
+                param("gpu-runner-7-1-boot", 5),
+                // Its instance ended before reading it.
+                param("gpu-runner-7-1-dead", 5),
+                // A start wrote it a moment ago: EC2 may not list its instance yet.
+                param("gpu-runner-7-1-new", 1),
+                // Its start died between the launch and saving anything.
+                param("gpu-runner-7-1-lost", 30),
+            ],
+        };
+        let deleted: Vec<String> = select(&policy(), &s)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::DeleteHandoff { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                "/gpu-runner/jit/octo/ml/gpu-runner-7-1-dead",
+                "/gpu-runner/jit/octo/ml/gpu-runner-7-1-lost"
+            ]
+        );
     }
 
     #[test]

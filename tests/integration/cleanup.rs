@@ -231,3 +231,33 @@ fn a_hostile_job_name_stays_text_in_the_summary_and_the_log() {
         out.stdout
     );
 }
+
+/// A start that died between writing its JIT config to SSM and saving anything (or whose stop
+/// never ran) leaves the parameter: cleanup deletes it once no live instance serves its runner,
+/// and leaves another repository's alone.
+#[test]
+fn cleanup_deletes_a_jit_config_no_instance_will_read_and_only_this_repositorys() {
+    let world = World::start(Options::default()).expect("the local world starts");
+    let lost = "/gpu-runner/jit/octo/ml/gpu-runner-41-1-deadbeef";
+    let theirs = "/gpu-runner/jit/octo/web/gpu-runner-42-1-deadbeef";
+    let arn = format!(
+        "arn:aws:ec2:us-east-1:{}:instance/i-0123456789abcdef0",
+        world.account
+    );
+    world.put_jit_parameter(lost, &arn);
+    world.put_jit_parameter(theirs, &arn);
+    // Past the two minutes of the world's clock that cleanup leaves a config just written (its
+    // instance may not be listed yet; `src/modes/cleanup.rs` tests that rule).
+    std::thread::sleep(Duration::from_secs(3));
+    let cleanup = Step::mode("cleanup").in_world(&world).run();
+    cleanup.success();
+    assert!(
+        cleanup.summary.contains(&format!(
+            "| delete parameter | {lost} | a JIT config no live instance will read (its runner \
+             gpu-runner-41-1-deadbeef has none) | deleted |"
+        )),
+        "{}",
+        cleanup.summary
+    );
+    assert_eq!(world.jit_parameters(), [theirs]);
+}

@@ -410,7 +410,8 @@ fn list(v: &serde_json::Value) -> Vec<String> {
 fn iam_action(call: &str) -> String {
     let service = match call {
         "AssumeRoleWithWebIdentity" => "sts",
-        "GetParameter" | "PutParameter" | "DeleteParameter" | "AddTagsToResource" => "ssm",
+        "GetParameter" | "PutParameter" | "DeleteParameter" | "AddTagsToResource"
+        | "DescribeParameters" => "ssm",
         "GetCallerIdentity" => "sts",
         _ => "ec2",
     };
@@ -450,12 +451,41 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         .input("dry-run", "true")
         .run()
         .success();
-    let mut needed: Vec<String> = world
-        .faults
-        .take_calls()
+    // jit-handoff: ssm: the JIT config's parameter is written (with its tags) after the launch.
+    let ssm = |step: world::step::Step| {
+        step.input("iam-instance-profile", world::INSTANCE_PROFILE)
+            .input("jit-handoff", "ssm")
+    };
+    let handed = ssm(Step::start().in_world(&world)).run();
+    handed.success();
+    Step::stop()
+        .in_world(&world)
+        .outputs_of(&handed)
+        .run()
+        .success();
+    let mut calls = world.faults.take_calls();
+    // ... and deleted by the rollback when its instance failed before it read it.
+    let no_driver = World::start(Options {
+        gpu: world::simulator::Gpu::NoDriver,
+        ..Options::default()
+    })
+    .expect("the local world starts");
+    ssm(Step::start().in_world(&no_driver)).run().failure();
+    calls.extend(no_driver.faults.take_calls());
+    let mut needed: Vec<String> = calls
         .into_iter()
         .filter(|(service, _, _)| *service == world::faults::Service::Aws)
-        .map(|(_, call, _)| iam_action(&call))
+        // STS answers GetCallerIdentity whatever the policies say (STS API reference: "No
+        // permissions are required to perform this operation").
+        .filter(|(_, call, _)| call != "GetCallerIdentity")
+        .flat_map(|(_, call, _)| {
+            let mut actions = vec![iam_action(&call)];
+            // A parameter created with tags needs AddTagsToResource too.
+            if call == "PutParameter" {
+                actions.push("ssm:AddTagsToResource".to_owned());
+            }
+            actions
+        })
         .collect();
     needed.sort();
     needed.dedup();
@@ -467,6 +497,8 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
         "ec2:StopInstances",
         "ec2:ModifyInstanceAttribute",
         "ec2:CreateTags",
+        "ssm:PutParameter",
+        "ssm:DeleteParameter",
     ] {
         assert!(needed.iter().any(|a| a == action), "{needed:?}");
     }

@@ -267,6 +267,49 @@ impl Api {
             .map_err(|e| cloud_error("PutParameter", e))
     }
 
+    /// The parameters whose names begin with `prefix`, and when each was last written.
+    pub async fn jit_parameters(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, MachineError> {
+        let filter = aws_sdk_ssm::types::ParameterStringFilter::builder()
+            .key("Name")
+            .option("BeginsWith")
+            .values(prefix)
+            .build()
+            .map_err(|e| MachineError {
+                provider: Kind::Ec2,
+                operation: "DescribeParameters",
+                code: None,
+                message: e.to_string(),
+            })?;
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .ssm
+                .describe_parameters()
+                .parameter_filters(filter.clone())
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| cloud_error("DescribeParameters", e))?;
+            for p in out.parameters() {
+                let written = p
+                    .last_modified_date()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_default();
+                if let Some(name) = p.name() {
+                    found.push((name.to_owned(), written));
+                }
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
     /// Deletes a JIT config's parameter: `false` when it was gone already.
     pub async fn delete_jit(&self, name: &str) -> Result<bool, MachineError> {
         match self.ssm.delete_parameter().name(name).send().await {

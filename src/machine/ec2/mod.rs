@@ -365,4 +365,17 @@ impl Provider for Ec2 {
         }
         done
     }
+
+    async fn waiting_handoffs(
+        &self,
+        repository: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<Utc>)>, MachineError> {
+        self.api
+            .jit_parameters(&crate::plan::jit_parameter_prefix(repository))
+            .await
+    }
+
+    async fn delete_handoff(&self, name: &str) -> Result<(), MachineError> {
+        self.api.delete_jit(name).await.map(|_| ())
+    }
 }
