@@ -106,6 +106,30 @@ fn no_fault_in_the_matrix_leaves_an_instance_or_a_runner() {
     }
 }
 
+/// A start that takes a few world minutes keeps its first STS session: the world puts a session
+/// on its clock once (twice, an hour lasted a second, and every AWS call renewed it).
+#[test]
+fn a_short_start_keeps_its_first_sts_session() {
+    let world = World::start(Options::default()).unwrap();
+    let started = Step::mode("start").in_world(&world).run();
+    started.success();
+    assert_eq!(
+        started
+            .stderr
+            .matches("renewed the AWS role's credentials")
+            .count(),
+        0,
+        "{}",
+        started.stderr
+    );
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&started)
+        .run()
+        .success();
+    crate::support::nothing_left(&world);
+}
+
 /// An STS session lasts an hour (the world's AWS expires its credentials at their `Expiration`,
 /// on the world's clock, and refuses them after with `ExpiredToken`), but a start may wait up to
 /// two hours for its runner and then roll back. The old product kept its first credentials, so

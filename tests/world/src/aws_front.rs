@@ -830,6 +830,12 @@ async fn web_identity(
 /// Notes the credentials of an STS answer as issued secrets, and puts its `Expiration` on the
 /// world's clock.
 fn issued(front: &Front, text: &str) -> String {
+    note_issued(front, text);
+    scale_session(front, text)
+}
+
+/// Notes the credentials of an STS answer as issued secrets.
+fn note_issued(front: &Front, text: &str) {
     let mut issued = front.issued.lock().unwrap_or_else(|e| e.into_inner());
     for tag in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
         issued.extend(xml_values(text, tag));
@@ -846,7 +852,6 @@ fn issued(front: &Front, text: &str) -> String {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, (secret, Some(token)));
     }
-    scale_session(front, text)
 }
 
 /// STS's answer with its `Expiration` on the world's clock, noted for [`expired_session`].
@@ -1142,7 +1147,10 @@ async fn handle(
     }
     match web_identity(&front, &headers, &body).await {
         Some(Ok(xml)) => {
-            return ([("content-type", "text/xml")], issued(&front, &xml)).into_response();
+            // The session came through the world's own front, which put it on the world's clock
+            // already: scaled twice, an hour lasted a second and the SDK renewed it at every call.
+            note_issued(&front, &xml);
+            return ([("content-type", "text/xml")], xml).into_response();
         }
         Some(Err(refusal)) => return refusal,
         None => {}
