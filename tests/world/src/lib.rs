@@ -633,10 +633,10 @@ impl World {
                 .and_then(|v| v.value())
                 .unwrap_or_default()
                 .to_owned();
-            String::from_utf8(
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+            String::from_utf8(simulator::uncompressed(
+                &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
                     .unwrap_or_default(),
-            )
+            ))
             .unwrap_or_default()
         })
     }

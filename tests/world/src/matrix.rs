@@ -333,6 +333,8 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
             ("gpu-runner:lifecycle", "pooled"),
             ("gpu-runner:pool", "matrix"),
             ("gpu-runner:uses", "1"),
+            // Of the workflow the matrix's starts run in: another's is not theirs to resume.
+            ("gpu-runner:workflow", crate::WORKFLOW_REF),
         ]);
         world.stop_instance(&id)?;
         if !world.wait_until(Duration::from_secs(10), |w| {

@@ -98,8 +98,24 @@ pub struct UserData {
     pub every_boot: bool,
 }
 
+/// User data as cloud-init takes it: gzip-compressed content is uncompressed first, then read as
+/// if it had never been (cloud-init docs, "User-Data Formats", "Gzip Compressed Content";
+/// `cloudinit/user_data.py` checks for gzip's magic bytes).
+pub fn uncompressed(data: &[u8]) -> Vec<u8> {
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return data.to_vec();
+    }
+    let mut out = Vec::new();
+    match std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out) {
+        Ok(_) => out,
+        Err(_) => data.to_vec(),
+    }
+}
+
 impl UserData {
     pub fn read(data: &[u8]) -> UserData {
+        let data = uncompressed(data);
+        let data = data.as_slice();
         let text = String::from_utf8_lossy(data);
         let boundary = text
             .lines()
@@ -173,6 +189,7 @@ impl Simulator {
             ("sleep", include_str!("standins/sleep")),
             ("docker", include_str!("standins/docker")),
             ("dlami-image", include_str!("standins/dlami-image")),
+            ("crontab", include_str!("standins/crontab")),
         ] {
             let path = bin.join(name);
             std::fs::write(&path, text)?;
