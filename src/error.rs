@@ -57,7 +57,8 @@ pub enum Error {
     Pool { what: String, fix: String },
     /// The boot script, with the runner's configuration, would not fit EC2's user data.
     #[error(
-        "the instance's boot script would be {} bytes, and EC2 takes at most {} bytes of user data",
+        "the instance's boot script would be {} bytes gzip-compressed, and EC2 takes at most {} \
+         bytes of user data",
         .0.size,
         crate::boot::USER_DATA_LIMIT
     )]
@@ -167,14 +168,14 @@ impl Error {
             Error::UserDataTooLarge(t) => one(
                 "Boot script too large for EC2",
                 format!(
-                    "{self}: pre-runner-script makes up {} bytes of it, the runner's just-in-time \
-                     configuration {} and gpu-runner's own script the other {}",
+                    "{self}: pre-runner-script makes up {} bytes of it compressed, the runner's \
+                     just-in-time configuration {} and gpu-runner's own script the other {}",
                     t.pre_runner_script,
                     t.jit_config,
                     t.size.saturating_sub(t.pre_runner_script + t.jit_config)
                 ),
                 format!(
-                    "Shorten pre-runner-script by at least {} bytes: install what it sets up in \
+                    "Shorten pre-runner-script by at least {} compressed bytes: install what it sets up in \
                      your own image (image-id), or have it download a script you keep elsewhere \
                      and check that script's SHA-256 before running it.",
                     t.size.saturating_sub(crate::boot::USER_DATA_LIMIT)

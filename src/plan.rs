@@ -31,6 +31,12 @@ pub mod tag {
     pub const POOL: &str = "gpu-runner:pool";
     /// When a pooled machine was first launched: EC2's launch time moves with every start.
     pub const POOLED_AT: &str = "gpu-runner:pooled-at";
+    /// The workflow (file and ref, `GITHUB_WORKFLOW_REF`) whose runs a pooled machine serves: no
+    /// other workflow, branch or pull request resumes it. Set at launch only.
+    pub const WORKFLOW: &str = "gpu-runner:workflow";
+    /// A digest of a pooled machine's launch settings beside its image, profile and type
+    /// (security groups, subnet, root volume, runner user, runner-sudo): others retire it.
+    pub const LAUNCH_SETTINGS: &str = "gpu-runner:launch-settings";
     /// The instance profile a pooled machine was launched with (`none`): another retires it.
     pub const INSTANCE_PROFILE: &str = "gpu-runner:instance-profile";
     /// The image a pooled machine was launched from: a newer one retires it.

@@ -12,6 +12,7 @@ readonly STATE_DIR=/var/lib/gpu-runner
 readonly JOB_MARKS="$STATE_DIR/job"
 readonly RUNNER_DIR=/opt/actions-runner
 readonly CACHE_DIR=/var/cache/gpu-runner
+readonly PACKAGE_DIR=/var/cache/gpu-runner-package
 CURRENT_PHASE=boot
 
 # One line per event, to the console (EC2 keeps it as the console output) and to the log file.
@@ -54,6 +55,8 @@ log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 GPUS_PROMISED_BY="$INSTANCE_TYPE"
 # @GPU_PROBE@
 
+# @POOL_CLEAN@
+
 # 3. The user the runner (and so every job step) runs as.
 CURRENT_PHASE=runner-user
 if ! id -u "$RUNNER_USER" > /dev/null 2>&1; then
@@ -66,15 +69,22 @@ if [ "$RUNNER_SUDO" = true ] && [ "$RUNNER_USER" != root ]; then
   printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$RUNNER_USER" > /etc/sudoers.d/90-gpu-runner
   chmod 0440 /etc/sudoers.d/90-gpu-runner
   sudo=passwordless
+else
+  rm -f /etc/sudoers.d/90-gpu-runner
 fi
 # The Deep Learning AMI has Docker with its socket root:docker 0660: without the group, a
-# container: job or a Docker action fails on the runner.
+# container: job or a Docker action fails on the runner. The group is root in all but name, so a
+# runner user without sudo is not in it.
 docker=no
 if [ "$RUNNER_USER" = root ]; then
   docker=root
 elif getent group docker > /dev/null 2>&1; then
-  usermod -aG docker "$RUNNER_USER"
-  docker=group
+  if [ "$sudo" = passwordless ]; then
+    usermod -aG docker "$RUNNER_USER"
+    docker=group
+  else
+    gpasswd -d "$RUNNER_USER" docker > /dev/null 2>&1 || true
+  fi
 fi
 log runner-user "status=ok user=$RUNNER_USER sudo=$sudo docker=$docker"
 
@@ -83,18 +93,27 @@ CURRENT_PHASE=runner-fetch
 if [ -x "$RUNNER_DIR/run.sh" ]; then
   log runner-fetch "status=skipped reason=\"already installed\""
 else
-  tarball="$(mktemp)"
-  curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
-    --output "$tarball" "$RUNNER_URL" \
-    || fail runner-fetch "could not download $RUNNER_URL"
+  # Root's alone; a pool instance keeps it for its next boots, which unpack it afresh.
+  mkdir -p "$PACKAGE_DIR"
+  chmod 700 "$PACKAGE_DIR"
+  tarball="$PACKAGE_DIR/actions-runner-$RUNNER_SHA256.tar.gz"
+  from=cache
+  if [ ! -f "$tarball" ]; then
+    from=download
+    curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
+      --output "$tarball.part" "$RUNNER_URL" \
+      || fail runner-fetch "could not download $RUNNER_URL"
+    mv -f "$tarball.part" "$tarball"
+  fi
   actual="$(sha256sum "$tarball" | cut -d ' ' -f 1)"
   if [ "$actual" != "$RUNNER_SHA256" ]; then
+    rm -f "$tarball"
     fail runner-fetch "SHA-256 of $RUNNER_URL is $actual, expected $RUNNER_SHA256"
   fi
   mkdir -p "$RUNNER_DIR"
   tar -xzf "$tarball" -C "$RUNNER_DIR"
-  rm -f "$tarball"
-  log runner-fetch "status=ok version=$RUNNER_VERSION"
+  [ "$POOLED" = true ] || rm -f "$tarball"
+  log runner-fetch "status=ok version=$RUNNER_VERSION from=$from"
 fi
 # The runner adds its .env to every job's environment; a rerun replaces gpu-runner's lines. A
 # link there (a job's, on a kept disk) is neither read nor written through: a new file replaces it.
@@ -121,7 +140,7 @@ if [ "$POOLED" = true ]; then
   # What persists from job to job on a pool instance is this cache, which the jobs fill; the
   # work folder (every checkout) and the last runner's configuration do not.
   mkdir -p "$CACHE_DIR"
-  chown "$RUNNER_USER:" "$CACHE_DIR"
+  chown -R "$RUNNER_USER:" "$CACHE_DIR"
   rm -rf "$RUNNER_DIR/_work" "$RUNNER_DIR/.runner" "$RUNNER_DIR/.credentials" \
     "$RUNNER_DIR/.credentials_rsaparams"
 fi

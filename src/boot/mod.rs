@@ -17,6 +17,9 @@ pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";
 /// Reading the JIT config from SSM: only the scripts of `jit-handoff: ssm` carry it.
 const JIT_HANDOFF: &str = include_str!("jit-handoff.sh");
 const JIT_HANDOFF_MARKER: &str = "# @JIT_HANDOFF@";
+/// Clearing what the last job left: only a pool instance's scripts carry it.
+const POOL_CLEAN: &str = include_str!("pool-clean.sh");
+const POOL_CLEAN_MARKER: &str = "# @POOL_CLEAN@";
 
 /// A line that is only a comment, and not one of the template's markers.
 fn comment_only(line: &str) -> bool {
@@ -26,6 +29,7 @@ fn comment_only(line: &str) -> bool {
         && line != HOOK_MARKER
         && line != GPU_PROBE_MARKER
         && line != JIT_HANDOFF_MARKER
+        && line != POOL_CLEAN_MARKER
 }
 
 /// The GPU probe's lines, without its comments.
@@ -48,8 +52,9 @@ fn compact(lines: &[&str]) -> String {
         .join("\n")
 }
 
-/// The boot script with `values` in it, reading the JIT config from SSM when `from_ssm`.
-fn script(values: &str, from_ssm: bool) -> String {
+/// The boot script with `values` in it, reading the JIT config from SSM when `from_ssm`, and
+/// clearing what the last job left when `pooled`.
+fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
     // User data has room for 16 KB only: the comments stay in the source, except the header that
     // says what the script is. The hook's `#!` line is written by the boot script, with the
     // values the hook expects.
@@ -72,12 +77,18 @@ fn script(values: &str, from_ssm: bool) -> String {
     } else {
         Vec::new()
     };
+    let clean: Vec<&str> = if pooled {
+        POOL_CLEAN.lines().filter(|l| !comment_only(l)).collect()
+    } else {
+        Vec::new()
+    };
     let mut template = compact(&template);
     template.push('\n');
     template
         .replacen(HOOK_MARKER, &compact(&hook), 1)
         .replacen(GPU_PROBE_MARKER, &compact(&probe), 1)
         .replacen(JIT_HANDOFF_MARKER, &compact(&handoff), 1)
+        .replacen(POOL_CLEAN_MARKER, &compact(&clean), 1)
         .replacen(VALUES_MARKER, values, 1)
 }
 
@@ -265,9 +276,9 @@ pub const JIT_CONFIG_ROOM: usize = 4096;
 /// A boot script too large for EC2's user data, and what makes it so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge {
-    /// The whole script, in bytes.
+    /// The whole user data, in bytes on the wire (compressed).
     pub size: usize,
-    /// The part `pre-runner-script` takes, quoted as the script carries it.
+    /// The part `pre-runner-script` takes, compressed as the script carries it.
     pub pre_runner_script: usize,
     /// The part the JIT config takes (or the room kept for it).
     pub jit_config: usize,
@@ -300,7 +311,7 @@ fn every_boot(script: &str) -> String {
 
 /// What the instance's user data holds: the script, in its MIME envelope for a pool instance.
 fn user_data(p: &BootParams, jit_config: &str) -> String {
-    let script = script(&values(p, jit_config), p.jit_parameter.is_some());
+    let script = script(&values(p, jit_config), p.jit_parameter.is_some(), p.pooled);
     if p.pooled {
         every_boot(&script)
     } else {
@@ -308,15 +319,31 @@ fn user_data(p: &BootParams, jit_config: &str) -> String {
     }
 }
 
-/// Checks that the user data, with a JIT config of `jit_len` bytes, fits EC2's; its size.
+/// The user data as it travels: gzip-compressed, which cloud-init undoes before it reads it
+/// (cloud-init docs, "User-Data Formats": "Gzip Compressed Content ... useful because user-data is
+/// limited to ~16384 bytes"). EC2 counts these bytes.
+pub fn wire(user_data: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing to memory cannot fail.
+    let _ = gz.write_all(user_data.as_bytes());
+    gz.finish().unwrap_or_default()
+}
+
+/// Checks that the user data, with a JIT config of `jit_len` bytes, fits EC2's; its size on the
+/// wire. A JIT config is random to a compressor, so it is counted whole.
 pub fn check_size(p: &BootParams, jit_len: usize) -> Result<usize, TooLarge> {
-    let size = user_data(p, &"x".repeat(jit_len)).len();
+    let size = wire(&user_data(p, "")).len() + jit_len;
     if size <= USER_DATA_LIMIT {
         return Ok(size);
     }
+    let without = BootParams {
+        pre_runner_script: None,
+        ..p.clone()
+    };
     Err(TooLarge {
         size,
-        pre_runner_script: quote(p.pre_runner_script.as_deref().unwrap_or_default()).len(),
+        pre_runner_script: size.saturating_sub(wire(&user_data(&without, "")).len() + jit_len),
         jit_config: jit_len,
     })
 }
@@ -331,6 +358,7 @@ pub fn render_redacted(p: &BootParams) -> String {
     script(
         &values(p, crate::actions::mask::REDACTED),
         p.jit_parameter.is_some(),
+        p.pooled,
     )
 }
 
@@ -340,23 +368,66 @@ mod tests {
 
     #[test]
     fn the_size_check_counts_the_jit_config_and_names_the_scripts_share() {
+        use sha2::Digest;
+        // What a compressor cannot shrink: like a JIT config, or a script of hashes.
+        let noise = |bytes: usize| -> String {
+            (0u32..)
+                .flat_map(|n| {
+                    sha2::Sha256::digest(n.to_le_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                })
+                .flat_map(|pair| pair.chars().collect::<Vec<_>>())
+                .take(bytes)
+                .collect()
+        };
         let mut p = params();
         let fits = check_size(&p, JIT_CONFIG_ROOM).expect("the script alone fits");
-        assert_eq!(
-            fits,
+        let real = wire(
             render(&BootParams {
-                jit_config: Secret::new("y".repeat(JIT_CONFIG_ROOM)),
+                jit_config: Secret::new(noise(JIT_CONFIG_ROOM)),
                 ..p.clone()
             })
-            .expose()
-            .len()
+            .expose(),
+        )
+        .len();
+        assert!(
+            real <= fits,
+            "the check counts at least what travels: {real} > {fits}"
         );
+        // A long script of few distinct lines compresses: 15 KB of it fits.
         p.pre_runner_script = Some("echo it's here\n".repeat(1000));
-        let big = check_size(&p, JIT_CONFIG_ROOM).expect_err("16 KB of script does not fit");
+        assert!(check_size(&p, JIT_CONFIG_ROOM).is_ok());
+        // 16 KB that do not compress do not fit, and the error says what share is the script's.
+        p.pre_runner_script = Some(noise(16_000));
+        let big = check_size(&p, JIT_CONFIG_ROOM).expect_err("16 KB of noise does not fit");
         assert!(big.size > USER_DATA_LIMIT);
         assert_eq!(big.jit_config, JIT_CONFIG_ROOM);
-        // Quoted as the script carries it: each ' becomes '\''.
-        assert_eq!(big.pre_runner_script, 15_000 + 3_000 + 2);
+        // Hex compresses to about half.
+        assert!(
+            (7_000..=16_100).contains(&big.pre_runner_script),
+            "{}",
+            big.pre_runner_script
+        );
+    }
+
+    #[test]
+    fn user_data_travels_gzip_compressed_and_unpacks_to_the_script() {
+        use std::io::Read;
+        let text = render(&params());
+        let sent = wire(text.expose());
+        assert_eq!(
+            &sent[..2],
+            &[0x1f, 0x8b],
+            "gzip's magic, which cloud-init looks for"
+        );
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(&sent[..])
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, text.expose());
+        assert!(sent.len() * 2 < text.expose().len());
     }
 
     #[test]
@@ -442,18 +513,11 @@ mod tests {
         assert!(data[..script_at].contains("Content-Type: text/x-shellscript"));
         assert!(data.contains("readonly POOLED='true'"));
         assert!(data.trim_end().ends_with(&format!("--{BOUNDARY}--")));
+        // The envelope and the clean-up of the last job count too.
         let plain = check_size(&params(), JIT_CONFIG_ROOM).expect("fits");
         let enveloped = check_size(&p, JIT_CONFIG_ROOM).expect("fits");
         assert!(enveloped > plain + 300, "{enveloped} vs {plain}");
-        assert_eq!(
-            enveloped,
-            render(&BootParams {
-                jit_config: Secret::new("y".repeat(JIT_CONFIG_ROOM)),
-                ..p
-            })
-            .expose()
-            .len()
-        );
+        assert_eq!(enveloped, wire(&user_data(&p, "")).len() + JIT_CONFIG_ROOM);
     }
 
     #[test]
@@ -511,10 +575,20 @@ mod tests {
 
     #[test]
     fn the_rendered_script_is_shellcheck_clean() {
-        for p in [params(), through_ssm()] {
+        let pooled = BootParams {
+            pooled: true,
+            ..params()
+        };
+        // A pool instance's script, without the MIME envelope it travels in.
+        let pool_script = script(&values(&pooled, "JITSECRET"), false, true);
+        for text in [
+            render(&params()).expose().to_owned(),
+            render(&through_ssm()).expose().to_owned(),
+            pool_script,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("boot.sh");
-            std::fs::write(&path, render(&p).expose()).unwrap();
+            std::fs::write(&path, text).unwrap();
             let out = std::process::Command::new("shellcheck")
                 .args(["--shell=bash", "--severity=style"])
                 .arg(&path)

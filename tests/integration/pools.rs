@@ -471,6 +471,8 @@ fn a_member_from_an_older_image_or_past_pool_max_age_days_is_retired_and_replace
             ("gpu-runner:lifecycle", "pooled"),
             ("gpu-runner:pool", "aging"),
             ("gpu-runner:uses", "3"),
+            // This workflow's: another workflow's members are not this start's to retire.
+            ("gpu-runner:workflow", world::WORKFLOW_REF),
         ];
         tags.extend_from_slice(extra);
         let id = world.launch_tagged(&tags);
@@ -681,4 +683,99 @@ fn a_pool_member_reads_each_runners_jit_config_from_ssm_once() {
         stop(&world).outputs_of(&started).run().success();
         nothing_running(&world);
     }
+}
+
+/// What a job of one workflow leaves on a pool member: a poisoned `run.sh`, an `LD_PRELOAD`
+/// line in the runner's `.env`, a `.path`, a crontab, systemd user units, files in its home and
+/// in `/tmp`, beside the cache the pool keeps on purpose.
+const PLANT: &str = "cd /opt/actions-runner \
+    && echo 'echo RUNSH-POISONED' >> run.sh \
+    && echo 'LD_PRELOAD=/tmp/evil.so' >> .env \
+    && echo '/tmp/evil-bin' >> .path \
+    && echo '* * * * * touch /tmp/cron-ran' | crontab - \
+    && mkdir -p ~/.config/systemd/user && touch ~/.config/systemd/user/evil.service \
+    && touch ~/.canary-home /tmp/canary-tmp /var/tmp/canary-vartmp \
+    && echo cached > \"$GPU_RUNNER_CACHE/kept\" \
+    && echo PLANTED";
+
+/// What the next job looks for.
+const LOOK: &str = "for f in /opt/actions-runner/run.sh /opt/actions-runner/.env \
+    /opt/actions-runner/.path; do if grep -q -e RUNSH-POISONED -e LD_PRELOAD -e evil-bin \"$f\" \
+    2> /dev/null; then echo \"FOUND in $f\"; fi; done; \
+    if crontab -l > /dev/null 2>&1; then echo FOUND crontab; fi; \
+    for f in ~/.config/systemd/user/evil.service ~/.canary-home /tmp/canary-tmp \
+    /var/tmp/canary-vartmp; do if [ -e \"$f\" ]; then echo \"FOUND $f\"; fi; done; \
+    cat \"$GPU_RUNNER_CACHE/kept\"; id -nG; echo LOOKED";
+
+/// A branch's workflow names the same pool as the default branch's, without sudo: its members
+/// are its own (tagged with its workflow and launch settings), so a default-branch run never gets
+/// one, and the next run of the branch's workflow resumes its member clean of what the last job
+/// left, but for the cache.
+#[test]
+fn a_branch_never_gets_the_default_branchs_members_and_each_boot_starts_clean() {
+    let world = world();
+    let branch_ref = "refs/heads/feature";
+    let branch = |s: world::step::Step| {
+        s.env(
+            "GITHUB_WORKFLOW_REF",
+            &format!("octo/ml/.github/workflows/gpu.yml@{branch_ref}"),
+        )
+        .input("runner-sudo", "false")
+    };
+    let branch_job = |label: &str, id: &str, script: &str| {
+        let job = world.queue_job_of_run(world.run_id, "octo/ml", branch_ref, &[label], script);
+        let done = world.wait_until(Duration::from_secs(40), |w| {
+            w.job(job).is_some_and(|j| j.status == "completed")
+        });
+        assert!(
+            done,
+            "the job never finished; console:\n{}",
+            world.console(id)
+        );
+        let job = world.job(job).unwrap();
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+        job.output
+    };
+
+    let a = branch(start(&world, "shared")).run();
+    a.success();
+    let a_id = a.outputs()["instance-id"].clone();
+    assert_eq!(
+        tag(&world, &a_id, "gpu-runner:workflow").as_deref(),
+        Some("octo/ml/.github/workflows/gpu.yml@refs/heads/feature")
+    );
+    let planted = branch_job(&a.outputs()["label"], &a_id, PLANT);
+    assert!(planted.contains("PLANTED"), "{planted}");
+    stop(&world).outputs_of(&a).run().success();
+
+    // The default branch's run: another member.
+    let b = start(&world, "shared").input("runner-sudo", "false").run();
+    b.success();
+    assert_ne!(b.outputs()["instance-id"], a_id);
+    stop(&world).outputs_of(&b).run().success();
+
+    // The branch's workflow again: its member, clean but for the cache.
+    let again = branch(start(&world, "shared")).run();
+    again.success();
+    assert_eq!(again.outputs()["instance-id"], a_id);
+    let looked = branch_job(&again.outputs()["label"], &a_id, LOOK);
+    assert!(looked.contains("LOOKED"), "{looked}");
+    assert!(!looked.contains("FOUND"), "{looked}");
+    assert!(
+        looked.contains("cached"),
+        "the cache is the pool's point: {looked}"
+    );
+    assert!(
+        !looked.contains("docker"),
+        "no docker group without sudo: {looked}"
+    );
+    assert!(
+        world
+            .console(&a_id)
+            .contains("phase=runner-fetch status=ok version=2.999.0 from=cache"),
+        "{}",
+        world.console(&a_id)
+    );
+    stop(&world).outputs_of(&again).run().success();
+    nothing_running(&world);
 }

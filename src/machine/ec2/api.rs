@@ -351,9 +351,10 @@ impl Api {
         let mut own = vec![(tag::RUNNER.to_owned(), request.runner_name.to_owned())];
         if let Some(pool) = &plan.pool {
             own.extend(super::pool::first_tags(
+                plan,
                 pool,
+                request.candidate,
                 request.image_id,
-                plan.iam_instance_profile.as_deref(),
                 Utc::now(),
             ));
         }
@@ -376,7 +377,10 @@ impl Api {
             .instance_type(InstanceType::from(request.candidate.instance_type.as_str()))
             .min_count(1)
             .max_count(1)
-            .user_data(base64::engine::general_purpose::STANDARD.encode(request.user_data.expose()))
+            .user_data(
+                base64::engine::general_purpose::STANDARD
+                    .encode(crate::boot::wire(request.user_data.expose())),
+            )
             .set_tag_specifications(Some(tag_specs.to_vec()))
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
@@ -564,9 +568,9 @@ impl Api {
             .instance_id(id)
             .user_data(
                 aws_sdk_ec2::types::BlobAttributeValue::builder()
-                    .value(aws_sdk_ec2::primitives::Blob::new(
-                        user_data.expose().as_bytes().to_vec(),
-                    ))
+                    .value(aws_sdk_ec2::primitives::Blob::new(crate::boot::wire(
+                        user_data.expose(),
+                    )))
                     .build(),
             )
             .send()

@@ -14,7 +14,7 @@ use crate::boot::Arch;
 use crate::error::Error;
 use crate::inputs::PoolInputs;
 use crate::machine::{Acquired, Handoff, Lifecycle, Machine, MachineError, Released, State};
-use crate::plan::{LaunchPlan, tag};
+use crate::plan::{Candidate, LaunchPlan, tag};
 
 /// How often a start waiting for a member of a full pool looks again, and a stop for its
 /// instance to be `stopped` (on the user's clock).
@@ -43,18 +43,66 @@ pub struct Claims {
 /// The `gpu-runner:instance-profile` of a member launched without one.
 const NO_PROFILE: &str = "none";
 
+/// The workflow whose runs a member serves, as its `gpu-runner:workflow` tag holds it (a tag value
+/// takes 256 characters: a longer one is named by its digest).
+pub fn workflow_of(plan: &LaunchPlan) -> String {
+    let workflow = plan.binding.workflow_ref.as_deref().unwrap_or("unknown");
+    if workflow.len() <= 256 {
+        workflow.to_owned()
+    } else {
+        format!("sha256:{}", digest(workflow))
+    }
+}
+
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a member on `candidate` is launched with beside its image, profile and type, as one
+/// digest: a member launched otherwise is not what this start asks for. The runner user and
+/// runner-sudo are part of it: a member whose jobs could become root never serves a start that
+/// promises they cannot.
+pub fn launch_settings(plan: &LaunchPlan, candidate: &Candidate) -> String {
+    let mut groups = plan.security_group_ids.clone();
+    groups.sort();
+    let text = format!(
+        "security-groups={}\nsubnet={}\nroot-volume={}\nrunner-user={}\nrunner-sudo={}",
+        groups.join(","),
+        candidate.subnet_id.as_deref().unwrap_or("default"),
+        plan.root_volume_size_gib
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "image".to_owned()),
+        plan.runner_user,
+        plan.runner_sudo,
+    );
+    digest(&text)[..16].to_owned()
+}
+
 /// The tags a new pool instance is launched with besides the plan's.
 pub fn first_tags(
+    plan: &LaunchPlan,
     pool: &PoolInputs,
+    candidate: &Candidate,
     image_id: &str,
-    profile: Option<&str>,
     now: DateTime<Utc>,
 ) -> Vec<(String, String)> {
     let mut tags = vec![
         (tag::IMAGE.to_owned(), image_id.to_owned()),
         (
             tag::INSTANCE_PROFILE.to_owned(),
-            profile.unwrap_or(NO_PROFILE).to_owned(),
+            plan.iam_instance_profile
+                .as_deref()
+                .unwrap_or(NO_PROFILE)
+                .to_owned(),
+        ),
+        (tag::WORKFLOW.to_owned(), workflow_of(plan)),
+        (
+            tag::LAUNCH_SETTINGS.to_owned(),
+            launch_settings(plan, candidate),
         ),
         (
             tag::POOLED_AT.to_owned(),
@@ -101,14 +149,32 @@ pub fn run_tags(plan: &LaunchPlan, runner: &str, uses: u32) -> Vec<(String, Stri
 /// Why a stopped member must serve no more jobs, if it must not.
 pub fn retired(
     m: &Machine,
+    plan: &LaunchPlan,
     pool: &PoolInputs,
     image_id: &str,
-    profile: Option<&str>,
     now: DateTime<Utc>,
 ) -> Option<String> {
     if let Some(why) = m.tags.get(tag::RETIRE) {
         return Some(why.clone());
     }
+    if !m.tags.contains_key(tag::WORKFLOW) {
+        return Some(
+            "it names no workflow that it serves (an older gpu-runner launched it)".to_owned(),
+        );
+    }
+    if let Some(had) = m.tags.get(tag::LAUNCH_SETTINGS)
+        && !plan
+            .candidates
+            .iter()
+            .any(|c| launch_settings(plan, c) == *had)
+    {
+        return Some(
+            "it was launched with other settings (security groups, subnet, root volume, runner \
+             user or runner-sudo) than this start's"
+                .to_owned(),
+        );
+    }
+    let profile = plan.iam_instance_profile.as_deref();
     // EC2 keeps the profile a member was launched with: its jobs (and jit-handoff: ssm) would get
     // another role than the start asks for. A member from before this tag is kept.
     let wanted = profile.unwrap_or(NO_PROFILE);
@@ -296,13 +362,7 @@ impl super::Ec2 {
                         if m.state != State::Stopped || claims.taken.contains(&m.id) {
                             continue;
                         }
-                        if let Some(why) = retired(
-                            m,
-                            pool,
-                            &image_id,
-                            plan.iam_instance_profile.as_deref(),
-                            now,
-                        ) {
+                        if let Some(why) = retired(m, plan, pool, &image_id, now) {
                             actions.info(&format!(
                                 "Retiring {} from the pool: {why}; terminating it",
                                 m.id
@@ -393,10 +453,15 @@ impl super::Ec2 {
             return Ok(vec![named]);
         }
         let name = pool.name.as_deref().unwrap_or_default();
+        // Another workflow's members are not this start's to resume, retire or count.
+        let workflow = workflow_of(plan);
         Ok(self
             .api
             .pool_members(&plan.binding.repository, name)
-            .await?)
+            .await?
+            .into_iter()
+            .filter(|m| m.tags.get(tag::WORKFLOW).is_none_or(|w| *w == workflow))
+            .collect())
     }
 
     /// Hands the stopped member `m` this runner's boot script and starts it; `None` when another
@@ -638,54 +703,68 @@ mod tests {
     }
 
     #[test]
-    fn a_member_is_retired_by_its_uses_its_age_its_image_or_its_tag() {
+    fn a_member_is_retired_by_its_uses_its_age_its_image_its_settings_or_its_tag() {
         let now = Utc::now();
         let p = pool(4, 3);
-        let fresh = member(
-            "i-1",
-            State::Stopped,
-            &[
-                (tag::IMAGE, "ami-1"),
-                (tag::USES, "2"),
-                (tag::POOLED_AT, &now.to_rfc3339()),
-            ],
-        );
-        assert_eq!(retired(&fresh, &p, "ami-1", None, now), None);
+        let pl = plan(&["g5.xlarge"], p.clone());
+        let launched = first_tags(&pl, &p, &pl.candidates[0], "ami-1", now);
+        let tags: Vec<(&str, &str)> = launched
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| *k != tag::USES)
+            .chain([(tag::USES, "2")])
+            .collect();
+        let fresh = member("i-1", State::Stopped, &tags);
+        assert_eq!(retired(&fresh, &pl, &p, "ami-1", now), None);
         assert!(
-            retired(&fresh, &p, "ami-2", None, now)
+            retired(&fresh, &pl, &p, "ami-2", now)
                 .is_some_and(|w| w.contains("ami-1") && w.contains("ami-2"))
         );
         let old = now + TimeDelta::days(31);
-        assert!(
-            retired(&fresh, &p, "ami-1", None, old).is_some_and(|w| w.contains("max-age-days"))
-        );
+        assert!(retired(&fresh, &pl, &p, "ami-1", old).is_some_and(|w| w.contains("max-age-days")));
         let mut used = fresh.clone();
         used.tags.insert(tag::USES.into(), "3".into());
         assert!(
-            retired(&used, &p, "ami-1", None, now).is_some_and(|w| w.contains("pool-max-uses (3)"))
+            retired(&used, &pl, &p, "ami-1", now).is_some_and(|w| w.contains("pool-max-uses (3)"))
         );
-        let mut plain = fresh.clone();
-        plain
-            .tags
-            .insert(tag::INSTANCE_PROFILE.into(), NO_PROFILE.into());
-        assert_eq!(retired(&plain, &p, "ami-1", None, now), None);
+        // Another instance profile, or other settings: not what this start asks for.
+        let profiled = LaunchPlan {
+            iam_instance_profile: Some("gpu-runner-instance".into()),
+            ..pl.clone()
+        };
         assert!(
-            retired(&plain, &p, "ami-1", Some("gpu-runner-instance"), now)
+            retired(&fresh, &profiled, &p, "ami-1", now)
                 .is_some_and(|w| w.contains("instance profile none"))
         );
-        assert_eq!(
-            retired(&fresh, &p, "ami-1", Some("gpu-runner-instance"), now),
-            None,
-            "a member from before the tag is kept"
+        let without_sudo = LaunchPlan {
+            runner_sudo: false,
+            ..pl.clone()
+        };
+        assert!(
+            retired(&fresh, &without_sudo, &p, "ami-1", now)
+                .is_some_and(|w| w.contains("other settings"))
+        );
+        let grouped = LaunchPlan {
+            security_group_ids: vec!["sg-1".into()],
+            ..pl.clone()
+        };
+        assert!(retired(&fresh, &grouped, &p, "ami-1", now).is_some());
+        // One that names no workflow cannot say whose runs it served.
+        let mut untagged = fresh.clone();
+        untagged.tags.remove(tag::WORKFLOW);
+        assert!(
+            retired(&untagged, &pl, &p, "ami-1", now)
+                .is_some_and(|w| w.contains("names no workflow"))
         );
         assert_eq!(last_use(&p, 2), None);
         assert!(last_use(&p, 3).is_some());
-        let tags = run_tags(&plan(&["g5.xlarge"], p.clone()), "runner-1", 3);
+        let tags = run_tags(&pl, "runner-1", 3);
         assert!(tags.iter().any(|(k, _)| k == tag::RETIRE));
-        assert!(
-            tags.iter()
-                .all(|(k, _)| k != tag::REPOSITORY && k != tag::POOL && k != tag::LIFECYCLE)
-        );
+        assert!(tags.iter().all(|(k, _)| k != tag::REPOSITORY
+            && k != tag::POOL
+            && k != tag::LIFECYCLE
+            && k != tag::WORKFLOW
+            && k != tag::LAUNCH_SETTINGS));
     }
 
     #[test]
