@@ -13,11 +13,16 @@ fn world() -> World {
 }
 
 fn start(world: &World, pool: &str) -> world::step::Step {
-    Step::mode("start").in_world(world).input("pool", pool)
+    Step::mode("start")
+        .in_world(world)
+        .input("role-to-assume", &world.pool_role_arn())
+        .input("pool", pool)
 }
 
 fn stop(world: &World) -> world::step::Step {
-    Step::mode("stop").in_world(world)
+    Step::mode("stop")
+        .in_world(world)
+        .input("role-to-assume", &world.pool_role_arn())
 }
 
 fn tag(world: &World, id: &str, key: &str) -> Option<String> {
@@ -168,7 +173,10 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
     nothing_running(&world);
 
     // The next cleanup leaves a stopped pool member alone.
-    let cleanup = Step::mode("cleanup").in_world(&world).run();
+    let cleanup = Step::mode("cleanup")
+        .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
+        .run();
     cleanup.success();
     assert_eq!(world.live_instances(), [id]);
 }
@@ -305,6 +313,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
 
     let resumed = Step::mode("start")
         .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
         .input("instance-id", &id)
         .run();
     resumed.success();
@@ -312,6 +321,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
     // While it serves that run, it is busy: nothing else is launched in its place.
     let busy = Step::mode("start")
         .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
         .input("instance-id", &id)
         .input("pool-full", "fail")
         .run();
@@ -329,6 +339,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
     let stranger = world.launch_tagged(&[("Name", "someone's box")]);
     let refused = Step::mode("start")
         .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
         .input("instance-id", &stranger)
         .run();
     refused.failure();
@@ -433,6 +444,7 @@ fn cleanup_leaves_stopped_members_pauses_a_running_orphan_and_ends_a_retired_one
 
     let dry = Step::mode("cleanup")
         .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
         .input("dry-run", "true")
         .run();
     dry.success();
@@ -442,7 +454,10 @@ fn cleanup_leaves_stopped_members_pauses_a_running_orphan_and_ends_a_retired_one
         "{}",
         dry.summary
     );
-    let out = Step::mode("cleanup").in_world(&world).run();
+    let out = Step::mode("cleanup")
+        .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
+        .run();
     out.success();
     for row in [
         format!(
@@ -777,5 +792,66 @@ fn a_branch_never_gets_the_default_branchs_members_and_each_boot_starts_clean() 
         world.console(&a_id)
     );
     stop(&world).outputs_of(&again).run().success();
+    nothing_running(&world);
+}
+
+/// Any branch may assume the general role, only the default branch the pool role, which alone may
+/// resume, pause and retag pool members (docs/iam/pool-policy.json): a branch's workflow that
+/// skips gpu-runner and calls EC2 itself cannot give the default branch's stopped member new user
+/// data (root on the machine its next job gets) or start it.
+#[test]
+fn only_the_default_branch_may_assume_the_pool_role_and_no_other_role_resumes_a_member() {
+    let world = world();
+    let main = start(&world, "guarded").run();
+    main.success();
+    let id = main.outputs()["instance-id"].clone();
+    stop(&world).outputs_of(&main).run().success();
+
+    // A workflow of another branch: GitHub's token names its ref.
+    *world.oidc.git_ref.lock().unwrap() = "refs/heads/feature".to_owned();
+    let refused = start(&world, "guarded")
+        .env(
+            "GITHUB_WORKFLOW_REF",
+            "octo/ml/.github/workflows/gpu.yml@refs/heads/feature",
+        )
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    assert!(
+        error.contains("AccessDenied") && error.contains("sts:AssumeRoleWithWebIdentity"),
+        "{error}"
+    );
+    assert_eq!(
+        world.ec2_as(world::POOL_ROLE).err().as_deref(),
+        Some("AccessDenied")
+    );
+    // The role it may assume has no pool statement.
+    let ec2 = world
+        .ec2_as("gpu-ci")
+        .expect("any branch assumes the general role");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = |e: &dyn aws_sdk_ec2::error::ProvideErrorMetadata| e.code().map(str::to_owned);
+    let modified = rt.block_on(
+        ec2.modify_instance_attribute()
+            .instance_id(&id)
+            .user_data(
+                aws_sdk_ec2::types::BlobAttributeValue::builder()
+                    .value(aws_sdk_ec2::primitives::Blob::new(
+                        "#!/bin/bash\necho owned",
+                    ))
+                    .build(),
+            )
+            .send(),
+    );
+    assert_eq!(
+        modified.err().and_then(|e| code(&e)).as_deref(),
+        Some("UnauthorizedOperation")
+    );
+    let started = rt.block_on(ec2.start_instances().instance_ids(&id).send());
+    assert_eq!(
+        started.err().and_then(|e| code(&e)).as_deref(),
+        Some("UnauthorizedOperation")
+    );
+    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
     nothing_running(&world);
 }

@@ -438,10 +438,15 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
     Step::mode("cleanup").in_world(&world).run().success();
     // A pool: launched into it, paused, resumed (new user data, this run's tags), paused again.
     for _ in 0..2 {
-        let pooled = Step::start().in_world(&world).input("pool", "iam").run();
+        let pooled = Step::start()
+            .in_world(&world)
+            .input("role-to-assume", &world.pool_role_arn())
+            .input("pool", "iam")
+            .run();
         pooled.success();
         Step::stop()
             .in_world(&world)
+            .input("role-to-assume", &world.pool_role_arn())
             .outputs_of(&pooled)
             .run()
             .success();
@@ -504,7 +509,14 @@ fn the_documented_policies_allow_every_call_gpu_runner_makes_and_launch_only_tag
     }
 
     let permissions = policy("permissions-policy.json");
-    let statements = permissions["Statement"].as_array().unwrap();
+    let pool = policy("pool-policy.json");
+    let statements: Vec<serde_json::Value> = permissions["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pool["Statement"].as_array().unwrap())
+        .cloned()
+        .collect();
     let allowed: Vec<String> = statements
         .iter()
         .filter(|s| s["Effect"] == "Allow")
@@ -1368,7 +1380,15 @@ fn a_label_approved_start_records_the_labelled_head() {
 #[test]
 fn the_pool_permissions_touch_only_this_repositorys_pool_instances_and_only_their_run_tags() {
     use world::iam::{Resource, evaluate};
-    let permissions = policy("permissions-policy.json");
+    // The pool role's: the permissions policy with the pool statements.
+    let mut permissions = policy("permissions-policy.json");
+    let pool = policy("pool-policy.json");
+    if let (Some(all), Some(more)) = (
+        permissions["Statement"].as_array_mut(),
+        pool["Statement"].as_array(),
+    ) {
+        all.extend(more.iter().cloned());
+    }
     let instance = |tags: &[(&str, &str)]| {
         tags.iter().fold(
             Resource::new("arn:aws:ec2:us-east-1:123456789012:instance/i-1"),

@@ -76,6 +76,27 @@ pub struct Enforcer {
     /// The policy of the role the world's instance profile hands its instances
     /// (`docs/iam/instance-role-policy.json`).
     pub instance_policy: serde_json::Value,
+    /// Every role gpu-runner may assume, by name: its trust policy and its permissions policy.
+    pub roles: HashMap<String, (serde_json::Value, serde_json::Value)>,
+    /// The role each session handed out here belongs to, by access key id.
+    pub sessions: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Enforcer {
+    /// The permissions policy of the role whose session signed the request.
+    fn policy_of(&self, headers: &HeaderMap) -> &serde_json::Value {
+        access_key(headers)
+            .and_then(|k| {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&k)
+                    .cloned()
+            })
+            .and_then(|role| self.roles.get(&role))
+            .map(|(_, permissions)| permissions)
+            .unwrap_or(&self.policy)
+    }
 }
 
 /// Numbered members of a form list (`Prefix.1`, `Prefix.2`, ...) until one is missing.
@@ -146,8 +167,12 @@ async fn iam_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
         }
         _ => return None,
     };
-    let refusal =
-        crate::iam::evaluate(&enforcer.policy, &format!("ec2:{call}"), &resources).err()?;
+    let refusal = crate::iam::evaluate(
+        enforcer.policy_of(headers),
+        &format!("ec2:{call}"),
+        &resources,
+    )
+    .err()?;
     // EC2's own words, with what refused (EC2 encodes the rest in an authorization message).
     let why = match refusal.split_once(" on resource: ") {
         Some((_, rest)) if refusal.starts_with("no statement") => format!(
@@ -225,7 +250,7 @@ async fn ssm_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<
             ),
         ),
         None if headers.get("x-amz-security-token").is_some() => (
-            &enforcer.policy,
+            enforcer.policy_of(headers),
             format!(
                 "arn:aws:sts::{}:assumed-role/gpu-ci/gpu-runner",
                 enforcer.account
@@ -782,6 +807,36 @@ async fn web_identity(
             ));
         }
     };
+    // STS checks the role's trust policy against the token (for GitHub's own issuer, whose
+    // condition keys the documented trust policies use).
+    let role_name = role.rsplit('/').next().unwrap_or_default().to_owned();
+    if let Some(enforcer) = front.iam.as_ref()
+        && claims["iss"] == crate::oidc::ISSUER
+        && let Some((trust, _)) = enforcer.roles.get(&role_name)
+    {
+        let keys = crate::iam::Resource::new("")
+            .key(
+                "token.actions.githubusercontent.com:sub",
+                claims["sub"].as_str().unwrap_or_default(),
+            )
+            .key(
+                "token.actions.githubusercontent.com:aud",
+                claims["aud"].as_str().unwrap_or_default(),
+            );
+        let provider = format!(
+            "arn:aws:iam::{}:oidc-provider/token.actions.githubusercontent.com",
+            enforcer.account
+        );
+        if crate::iam::trusts(trust, "sts:AssumeRoleWithWebIdentity", &provider, &keys).is_err() {
+            return Some(Err(service_error(
+                headers,
+                "AssumeRoleWithWebIdentity",
+                "AccessDenied",
+                403,
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+            )));
+        }
+    }
     let out = sts
         .assume_role()
         .role_arn(&role)
@@ -802,6 +857,13 @@ async fn web_identity(
     let (Some(c), Some(user)) = (out.credentials(), out.assumed_role_user()) else {
         return Some(refuse("InternalError", "moto answered without credentials"));
     };
+    if let Some(enforcer) = front.iam.as_ref() {
+        enforcer
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.access_key_id().to_owned(), role_name);
+    }
     let expiration = chrono::DateTime::<chrono::Utc>::from_timestamp(c.expiration().secs(), 0)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1036,7 +1098,7 @@ fn eks_describe(
     );
     if headers.get("x-amz-security-token").is_some()
         && let Err(why) = crate::iam::evaluate(
-            &enforcer.policy,
+            enforcer.policy_of(headers),
             "eks:DescribeCluster",
             &[crate::iam::Resource::new(arn.clone())],
         )

@@ -48,6 +48,7 @@ pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Resul
         .input("count", &count.to_string());
     let step = match pool {
         Some(name) => step
+            .input("role-to-assume", &world.pool_role_arn())
             .input("pool", name)
             .input("pool-size", &count.to_string()),
         None => step,
@@ -88,11 +89,13 @@ pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Resul
     world.faults.take_calls();
 
     let stopped_at = Instant::now();
-    let (stop, stop_peak_kib) = Step::mode(bin, "stop")
-        .in_world(world)
-        .outputs_of(&start)
-        .spawn()
-        .wait_measured();
+    let stop = Step::mode(bin, "stop").in_world(world).outputs_of(&start);
+    // Pausing a pool's members is the pool role's (docs/iam/pool-policy.json).
+    let stop = match pool {
+        Some(_) => stop.input("role-to-assume", &world.pool_role_arn()),
+        None => stop,
+    };
+    let (stop, stop_peak_kib) = stop.spawn().wait_measured();
     let stop_took = stopped_at.elapsed();
     if stop.code != Some(0) {
         return Err(format!("stop failed: {:?}", stop.errors()));

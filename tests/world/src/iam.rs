@@ -161,6 +161,42 @@ fn statement_matches(s: &Value, action: &str, resource: &Resource) -> Result<boo
     Ok(true)
 }
 
+/// STS's verdict on a trust policy for `action` by the identity provider `provider` with the
+/// token's condition keys (`token.actions.githubusercontent.com:sub`, `:aud`): a statement must
+/// allow the action to that federated principal with all its conditions holding, and no `Deny`
+/// may match (IAM User Guide, "Creating a role for OpenID Connect federation").
+pub fn trusts(policy: &Value, action: &str, provider: &str, keys: &Resource) -> Result<(), String> {
+    let mut allowed = false;
+    for s in policy["Statement"].as_array().into_iter().flatten() {
+        let federated = strings(&s["Principal"]["Federated"]);
+        if !federated.iter().any(|f| f == provider)
+            || !strings(&s["Action"]).iter().any(|a| glob(a, action))
+        {
+            continue;
+        }
+        let mut holds = true;
+        if let Some(conditions) = s.get("Condition").and_then(Value::as_object) {
+            for (op, block) in conditions {
+                holds &= condition_holds(op, block, keys)?;
+            }
+        }
+        if !holds {
+            continue;
+        }
+        if s["Effect"] == "Deny" {
+            return Err(format!("{action} is denied by {}", s["Sid"]));
+        }
+        allowed = true;
+    }
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "no statement of the trust policy allows {action} for this token"
+        ))
+    }
+}
+
 /// IAM's verdict on `action` over every resource of a request: `Err` names what refused (a
 /// `Deny` statement's Sid, or the resource no statement allows).
 pub fn evaluate(policy: &Value, action: &str, resources: &[Resource]) -> Result<(), String> {

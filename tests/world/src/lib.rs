@@ -147,6 +147,10 @@ pub fn hostile_steps() -> Vec<github::JobStep> {
 /// The files `hostile_steps` leave, by their path on the machine without the leading `/`.
 pub const CANARIES: [&str; 3] = ["tmp/canary-step", "tmp/canary-always", "tmp/canary-failure"];
 
+/// The role the README documents for warm pools: trusted by the default branch's workflows only
+/// (docs/iam/trust-policy-branch.json), with docs/iam/pool-policy.json beside the permissions.
+pub const POOL_ROLE: &str = "gpu-ci-pool";
+
 /// The instance profile (and its role) the world's account has for `iam-instance-profile`: the
 /// one the README documents for `jit-handoff: ssm`.
 pub const INSTANCE_PROFILE: &str = "gpu-runner-instance";
@@ -297,6 +301,7 @@ impl World {
             issued: Arc::default(),
             issuer: Arc::new(Mutex::new(oidc::ISSUER.to_owned())),
             event: Arc::new(Mutex::new("push".to_owned())),
+            git_ref: Arc::new(Mutex::new("refs/heads/main".to_owned())),
         };
         let admin_token = format!("github_pat_admin{}", uuid::Uuid::new_v4().simple());
         let weak_token = format!("github_pat_weak{}", uuid::Uuid::new_v4().simple());
@@ -345,7 +350,24 @@ impl World {
             ) {
                 all.extend(more.iter().cloned());
             }
-            let key = moto.set_up_iam(&account, "gpu-ci", &role_policy).await?;
+            // Warm pools: a role of their own that only the default branch may assume, with the
+            // pool statements (docs/iam/pool-policy.json) beside the others.
+            let mut pool_role_policy = role_policy.clone();
+            let pool = documented_policy("pool-policy.json", &account)?;
+            if let (Some(all), Some(more)) = (
+                pool_role_policy["Statement"].as_array_mut(),
+                pool["Statement"].as_array(),
+            ) {
+                all.extend(more.iter().cloned());
+            }
+            let key = moto
+                .set_up_iam(
+                    &account,
+                    "gpu-ci",
+                    &role_policy,
+                    &[(POOL_ROLE, &pool_role_policy)],
+                )
+                .await?;
             // The instance profile the README documents for jit-handoff: ssm, with its role's
             // documented policy (docs/iam/instance-role-policy.json).
             let instance_policy = documented_policy("instance-role-policy.json", &account)?;
@@ -387,6 +409,25 @@ impl World {
                     account: account.clone(),
                     region: region.clone(),
                     instance_policy,
+                    roles: [
+                        (
+                            "gpu-ci".to_owned(),
+                            (
+                                documented_policy("trust-policy.json", &account)?,
+                                role_policy.clone(),
+                            ),
+                        ),
+                        (
+                            POOL_ROLE.to_owned(),
+                            (
+                                documented_policy("trust-policy-branch.json", &account)?,
+                                pool_role_policy.clone(),
+                            ),
+                        ),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    sessions: Arc::default(),
                 })),
                 ..front
             };
@@ -881,6 +922,48 @@ impl World {
                     .send(),
             )
             .expect("the world writes a parameter");
+    }
+
+    /// EC2 as a workflow of this run would reach it without gpu-runner: its OIDC token (with the
+    /// ref the world's token service says now) exchanged for `role`'s credentials. `Err` holds
+    /// STS's error code when the role's trust policy refuses the token.
+    pub fn ec2_as(&self, role: &str) -> Result<aws_sdk_ec2::Client, String> {
+        let token = self.oidc.token("sts.amazonaws.com");
+        self.rt.block_on(async {
+            let anonymous = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(self.region.clone()))
+                .endpoint_url(&self.aws_url)
+                .no_credentials()
+                .load()
+                .await;
+            let out = aws_sdk_sts::Client::new(&anonymous)
+                .assume_role_with_web_identity()
+                .role_arn(format!("arn:aws:iam::{}:role/{role}", self.account))
+                .role_session_name("by-hand")
+                .web_identity_token(token)
+                .send()
+                .await
+                .map_err(|e| e.code().unwrap_or("no code").to_owned())?;
+            let c = out.credentials().ok_or("no credentials")?;
+            let config = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(self.region.clone()))
+                .endpoint_url(&self.aws_url)
+                .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                    c.access_key_id(),
+                    c.secret_access_key(),
+                    Some(c.session_token().to_owned()),
+                    None,
+                    "by-hand",
+                ))
+                .load()
+                .await;
+            Ok(aws_sdk_ec2::Client::new(&config))
+        })
+    }
+
+    /// The ARN of the role warm pools assume ([`POOL_ROLE`]).
+    pub fn pool_role_arn(&self) -> String {
+        format!("arn:aws:iam::{}:role/{POOL_ROLE}", self.account)
     }
 
     /// The SSM parameters under `/gpu-runner/`: JIT configs waiting for their instances.

@@ -178,7 +178,7 @@ fn demo() -> Result<(), String> {
     let job_ok = gpu_job(&world, &label, "nvidia-smi").is_ok();
 
     banner("Job `stop` (if: always()): gpu-runner with mode: stop");
-    let stop = stop_job(&bin, &world, &start);
+    let stop = stop_job(&bin, &world, &start, false);
 
     banner("The instance's boot phases (its console)");
     boot_phases(&world);
@@ -195,12 +195,23 @@ fn demo() -> Result<(), String> {
 }
 
 /// The stop job of `start`'s run, shown as its log.
-fn stop_job(bin: &Path, world: &World, start: &world::step::Outcome) -> world::step::Outcome {
+fn stop_job(
+    bin: &Path,
+    world: &World,
+    start: &world::step::Outcome,
+    pool: bool,
+) -> world::step::Outcome {
     let stop = Step::mode(bin, "stop")
         .in_world(world)
         .outputs_of(start)
-        .env("GITHUB_JOB", "stop")
-        .run();
+        .env("GITHUB_JOB", "stop");
+    // A pool's start and stop assume the pool role (docs/iam/pool-policy.json).
+    let stop = if pool {
+        stop.input("role-to-assume", &world.pool_role_arn())
+    } else {
+        stop
+    };
+    let stop = stop.run();
     show(&stop);
     stop
 }
@@ -350,6 +361,7 @@ fn demo_pool() -> Result<(), String> {
         ));
         let start = Step::mode(&bin, "start")
             .in_world(&world)
+            .input("role-to-assume", &world.pool_role_arn())
             .input("pool", "demo")
             .env("GITHUB_JOB", "start")
             .run();
@@ -368,7 +380,7 @@ fn demo_pool() -> Result<(), String> {
         banner(&format!("Run {n}, job `test`: runs-on: {label}"));
         ok &= gpu_job(&world, &label, script).is_ok();
         banner(&format!("Run {n}, job `stop` (if: always()): mode: stop"));
-        ok &= stop_job(&bin, &world, &start).code == Some(0);
+        ok &= stop_job(&bin, &world, &start, true).code == Some(0);
     }
 
     banner("The instance's boot phases (its console), both boots");

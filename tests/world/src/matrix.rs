@@ -352,7 +352,14 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         None => w.live_instances(),
     };
     let began = Instant::now();
-    let step = |mode: &str| Step::mode(bin, mode).in_world(&world);
+    // A pool's starts, stops and cleanups assume the pool role (docs/iam/pool-policy.json).
+    let step = |mode: &str| {
+        let step = Step::mode(bin, mode).in_world(&world);
+        match s.pool {
+            Some(_) => step.input("role-to-assume", &world.pool_role_arn()),
+            None => step,
+        }
+    };
     let start = step("start")
         .input("instance-type", s.instance_types)
         .input("startup-timeout-minutes", &STARTUP_TIMEOUT.to_string())

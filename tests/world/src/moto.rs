@@ -205,13 +205,14 @@ impl Moto {
     }
 
     /// In `account`: the role gpu-runner assumes, whose only policy is what moto can enforce of
-    /// `permissions` (see [`enforceable`]), and a user for the world's own bookkeeping that may
+    /// `permissions` (see [`enforceable`]), the `others` alike, and a user for the world's own bookkeeping that may
     /// do anything; that user's credentials.
     pub async fn set_up_iam(
         &self,
         account: &str,
         role: &str,
         permissions: &serde_json::Value,
+        others: &[(&str, &serde_json::Value)],
     ) -> Result<AccessKey, String> {
         let http = reqwest::Client::new();
         // moto cannot check a web identity: the world's AWS front checks the token, and the
@@ -243,6 +244,30 @@ impl Moto {
             ],
         )
         .await?;
+        for (other, permissions) in others {
+            self.iam(
+                &http,
+                account,
+                &[
+                    ("Action", "CreateRole"),
+                    ("RoleName", other),
+                    ("AssumeRolePolicyDocument", &trust),
+                ],
+            )
+            .await?;
+            let policy = enforceable(permissions).to_string();
+            self.iam(
+                &http,
+                account,
+                &[
+                    ("Action", "PutRolePolicy"),
+                    ("RoleName", other),
+                    ("PolicyName", "gpu-runner"),
+                    ("PolicyDocument", &policy),
+                ],
+            )
+            .await?;
+        }
         let everything = serde_json::json!({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Action": "*", "Resource": "*",
         }]})

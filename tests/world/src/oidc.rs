@@ -31,6 +31,9 @@ pub struct Oidc {
     pub issuer: std::sync::Arc<std::sync::Mutex<String>>,
     /// The event that started the run (`event_name`): `push` unless a test says otherwise.
     pub event: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The run's git ref (`ref`, and `sub` as `repo:OWNER/REPO:ref:REF`): `refs/heads/main`
+    /// unless a test runs a branch's workflow.
+    pub git_ref: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Oidc {
@@ -42,11 +45,16 @@ impl Oidc {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let git_ref = self
+            .git_ref
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let claims = json!({
             "jti": uuid::Uuid::new_v4().to_string(),
-            "sub": format!("repo:{}:ref:refs/heads/main", self.repository),
+            "sub": format!("repo:{}:ref:{git_ref}", self.repository),
             "aud": audience,
-            "ref": "refs/heads/main",
+            "ref": git_ref,
             "ref_type": "branch",
             "repository": self.repository,
             "repository_owner": self.repository.split('/').next().unwrap_or_default(),
