@@ -5,6 +5,7 @@
 //! job-started hook, a wiped work folder after every job, and no runner left registered at the
 //! end, whatever ends it.
 
+pub mod aftermath;
 pub mod args;
 pub mod credentials;
 pub mod gpu;
@@ -239,6 +240,15 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         })?;
     if run_as.switch {
         actions.info(&format!("Jobs run as the user {}", run_as.user));
+        if !run_as.dedicated {
+            actions.info(&format!(
+                "{} was here before attach: after each job attach ends the job's processes, puts \
+                 its crontab back and removes what the job wrote in /tmp, /var/tmp and /dev/shm, \
+                 but what a job writes in its home stays for the next job. Leave --user out for \
+                 a user of attach's own, whose home is emptied after every job.",
+                run_as.user
+            ));
+        }
         if system::in_docker_group(&run_as.user) {
             actions.annotate(
                 &Annotation::warning(format!(
@@ -593,6 +603,7 @@ impl Session<'_> {
                     ));
                 }
             };
+            let before = aftermath::before(self.run_as, process.group());
             let mut job: Option<(JobFacts, Instant)> = None;
             let mut refused: Option<(JobFacts, String)> = None;
             let mut judging: Option<JobFacts> = None;
@@ -680,10 +691,19 @@ impl Session<'_> {
                     Some(_) => {}
                 }
             }
-            // Whatever the job left running goes with its runner.
+            // Whatever the job left running goes with its runner, and what else it left as its
+            // user before the next job.
             process.kill_all(self.run_as).await;
             self.remove(&jit).await;
             let _ = system::remove_dir(&dir);
+            let cleared = aftermath::clear(self.run_as, &before, self.work).await;
+            if !cleared.is_empty() {
+                self.say(&format!(
+                    "Cleared what the job left as {}: {}",
+                    self.run_as.user,
+                    cleared.join(", ")
+                ));
+            }
             let result = process.result();
             // A job whose runner ended while attach judged it (a cancel: the hook ends the job
             // rather than let the runner go on to its always() steps) ran no step.

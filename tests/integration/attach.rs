@@ -785,3 +785,75 @@ fn the_job_user_gets_the_docker_group_only_with_docker_and_attach_warns() {
         no_runner_left(&world);
     }
 }
+
+/// What a job leaves as its user, beyond its process group: a process it detached, a crontab, files
+/// in `/tmp` and `/var/tmp`, and its dotfiles. The next job finds none of it as the user attach
+/// made for jobs; as a user that was there before attach, it finds that user's crontab as it was
+/// before the job, its files from before, and its home as the job left it.
+#[test]
+fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
+    const PLANT: &str = "setsid /usr/bin/sleep 3599.5 > /dev/null 2>&1 < /dev/null & \
+        echo '* * * * * touch /tmp/cron-ran' | crontab - && \
+        touch /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home && \
+        mkdir -p /tmp/left-folder/deeper && touch /tmp/left-folder/deeper/file && echo PLANTED";
+    const LOOK: &str = "if pgrep -f 'sleep 3599[.]5' > /dev/null; then echo FOUND daemon; fi; \
+        crontab -l 2> /dev/null | sed 's/^/CRONTAB /' || true; \
+        for f in /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home /tmp/left-folder \
+        /tmp/kept-from-before; do if [ -e \"$f\" ]; then echo \"FOUND $f\"; fi; done; \
+        echo LOOKED";
+    for user in [None, Some("ci-user")] {
+        let world = world();
+        let plant = world.queue_job(&["self-hosted"], PLANT);
+        let look = world.queue_job(&["self-hosted"], LOOK);
+        // cron's spool, and for the second round a user of the machine's own with a crontab and
+        // a file from before attach.
+        let mut prepare =
+            "mkdir -p /var/spool/cron/crontabs && chmod 1733 /var/spool/cron/crontabs".to_owned();
+        let mut flags = vec!["--jobs", "2"];
+        if let Some(user) = user {
+            prepare.push_str(&format!(
+                " && useradd --create-home {user} && \
+                 echo '0 3 * * * echo nightly' > /var/spool/cron/crontabs/{user} && \
+                 chown {user} /var/spool/cron/crontabs/{user} && \
+                 touch /tmp/kept-from-before && chown {user} /tmp/kept-from-before"
+            ));
+            flags.extend(["--user", user]);
+        }
+        let mut machine = world.attach_prepared(
+            env!("CARGO_BIN_EXE_gpu-runner"),
+            &world.admin_token,
+            &prepare,
+            &flags,
+        );
+        let output = ends(&mut machine, 0);
+        let plant = finished(&world, plant, Duration::from_secs(1));
+        assert!(plant.output.contains("PLANTED"), "{}", plant.output);
+        let look = finished(&world, look, Duration::from_secs(1));
+        assert!(look.output.contains("LOOKED"), "{}", look.output);
+        let found: Vec<&str> = look
+            .output
+            .lines()
+            .filter(|l| l.contains("FOUND") || l.contains("CRONTAB"))
+            .collect();
+        let expected: Vec<&str> = match user {
+            None => Vec::new(),
+            // The user's own: its crontab as before, its file from before the job, and its home,
+            // which attach never empties (attach says so at start).
+            Some(_) => vec![
+                "CRONTAB 0 3 * * * echo nightly",
+                "FOUND /home/ci-user/.left-in-home",
+                "FOUND /tmp/kept-from-before",
+            ],
+        };
+        assert_eq!(
+            found.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+            expected,
+            "{user:?}: {}",
+            look.output
+        );
+        assert!(
+            output.contains("Cleared what the job left as"),
+            "{user:?}: {output}"
+        );
+    }
+}

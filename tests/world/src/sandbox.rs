@@ -20,13 +20,14 @@ hostname "$host"
 exec chroot "$root" /usr/bin/env -i "$@"
 "#;
 
-/// Writes the stand-ins a machine without EC2 needs (`nvidia-smi`, `sleep` at the world's clock)
-/// into `bin`.
+/// Writes the stand-ins a machine without EC2 needs (`nvidia-smi`, `sleep` at the world's clock,
+/// cron's `crontab`) into `bin`.
 pub fn install_standins(bin: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(bin)?;
     for (file, text) in [
         ("nvidia-smi", include_str!("standins/nvidia-smi")),
         ("sleep", include_str!("standins/sleep")),
+        ("crontab", include_str!("standins/crontab")),
     ] {
         let path = bin.join(file);
         std::fs::write(&path, text)?;
