@@ -787,7 +787,8 @@ fn the_job_user_gets_the_docker_group_only_with_docker_and_attach_warns() {
 }
 
 /// What a job leaves as its user, beyond its process group: a process it detached, a crontab, files
-/// in `/tmp` and `/var/tmp`, and its dotfiles. The next job finds none of it as the user attach
+/// in `/tmp` and `/var/tmp`, and its dotfiles (and it finds attach's token in no process's
+/// environment it can read). The next job finds none of it as the user attach
 /// made for jobs; as a user that was there before attach, it finds that user's crontab as it was
 /// before the job, its files from before, and its home as the job left it.
 #[test]
@@ -795,7 +796,9 @@ fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
     const PLANT: &str = "setsid /usr/bin/sleep 3599.5 > /dev/null 2>&1 < /dev/null & \
         echo '* * * * * touch /tmp/cron-ran' | crontab - && \
         touch /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home && \
-        mkdir -p /tmp/left-folder/deeper && touch /tmp/left-folder/deeper/file && echo PLANTED";
+        mkdir -p /tmp/left-folder/deeper && touch /tmp/left-folder/deeper/file && \
+        echo \"TOKENS $(cat /proc/[0-9]*/environ 2> /dev/null | tr '\\0' '\\n' \
+        | grep -c '^GITHUB_TOKEN=github_pat_admin' || true)\" && echo PLANTED";
     const LOOK: &str = "if pgrep -f 'sleep 3599[.]5' > /dev/null; then echo FOUND daemon; fi; \
         crontab -l 2> /dev/null | sed 's/^/CRONTAB /' || true; \
         for f in /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home /tmp/left-folder \
@@ -828,6 +831,8 @@ fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
         let output = ends(&mut machine, 0);
         let plant = finished(&world, plant, Duration::from_secs(1));
         assert!(plant.output.contains("PLANTED"), "{}", plant.output);
+        // attach's GitHub token is in attach's environment, which the job's user cannot read.
+        assert!(plant.output.contains("TOKENS 0"), "{}", plant.output);
         let look = finished(&world, look, Duration::from_secs(1));
         assert!(look.output.contains("LOOKED"), "{}", look.output);
         let found: Vec<&str> = look
