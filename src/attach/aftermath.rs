@@ -1,7 +1,7 @@
 //! What a job leaves behind as its user, cleared before the next job runs: the processes it
 //! started (even ones it detached from the runner's process group, and even as a user that was
-//! there before attach), its crontab (put back as it was before the job), and what it wrote in
-//! the folders every user may write in. A user attach created for jobs runs nothing else, so its
+//! there before attach), its crontab (put back as it was before the job), its `at` jobs, and what
+//! it wrote in the folders every user may write in. A user attach created for jobs runs nothing else, so its
 //! home is emptied too; a user that was there before keeps its home, which attach says at start.
 //! Only when jobs run as a user of their own (attach runs as root): run as attach's own user, a
 //! job could undo all of this anyway.
@@ -14,8 +14,9 @@ use super::system::RunAs;
 /// Where cron keeps each user's table (Debian's and Ubuntu's cron).
 const CRONTABS: &str = "/var/spool/cron/crontabs";
 
-/// The folders every user may write in, as a stock Linux has them.
-const SHARED: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// The folders every user may write in, as a stock Linux has them, and where `at` keeps each
+/// user's jobs (Debian's and Ubuntu's atd: one file per job, owned by its user).
+const SHARED: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/var/spool/cron/atjobs"];
 
 /// The job user's state just after its runner started.
 #[derive(Debug, Clone)]
