@@ -1,7 +1,8 @@
 //! What a job leaves behind as its user, cleared before the next job runs: the processes it
 //! started (even ones it detached from the runner's process group, and even as a user that was
-//! there before attach), its crontab (put back as it was before the job), its `at` jobs, and what
-//! it wrote in the folders every user may write in. A user attach created for jobs runs nothing else, so its
+//! there before attach), its crontab (put back as it was before the job), its `at` jobs, what it
+//! wrote in the folders every user may write in, and with `--docker` the containers and volumes
+//! it made. A user attach created for jobs runs nothing else, so its
 //! home is emptied too; a user that was there before keeps its home, which attach says at start.
 //! Only when jobs run as a user of their own (attach runs as root): run as attach's own user, a
 //! job could undo all of this anyway.
@@ -28,6 +29,8 @@ pub struct Before {
     runner_started: Option<u64>,
     /// The wall clock then (seconds, nanoseconds): what the user changed since is the job's.
     since: (i64, i64),
+    /// Docker's containers and volumes then, when the job user can reach Docker.
+    docker: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// The start time of process `pid` in clock ticks since boot: `/proc/PID/stat`'s 22nd field,
@@ -56,12 +59,42 @@ fn now() -> (i64, i64) {
 }
 
 /// What the job user has as its runner `runner_pid` starts.
-pub fn before(run_as: &RunAs, runner_pid: u32) -> Before {
+pub async fn before(run_as: &RunAs, runner_pid: u32) -> Before {
     Before {
         crontab: std::fs::read(Path::new(CRONTABS).join(&run_as.user)).ok(),
         runner_started: started(runner_pid),
         since: now(),
+        docker: docker_state(run_as).await,
     }
+}
+
+/// The ids of Docker's containers and the names of its volumes, when the job user is in the
+/// docker group (otherwise a job cannot have made any, and the machine's own stay untouched).
+async fn docker_state(run_as: &RunAs) -> Option<(Vec<String>, Vec<String>)> {
+    if !run_as.switch
+        || !super::system::in_docker_group(&run_as.user)
+        || !super::system::on_path("docker")
+    {
+        return None;
+    }
+    let list = |args: &'static [&'static str]| async move {
+        let out = tokio::process::Command::new("docker")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+    };
+    Some((
+        list(&["ps", "--all", "--quiet", "--no-trunc"]).await?,
+        list(&["volume", "ls", "--quiet"]).await?,
+    ))
 }
 
 /// Clears what the job left, sparing `keep` (attach's work folder); what it cleared, in words.
@@ -79,6 +112,46 @@ pub async fn clear(run_as: &RunAs, before: &Before, keep: &Path) -> Vec<String> 
             .status()
             .await;
         cleared.push(format!("{} process(es)", processes.len()));
+    }
+    if let (Some((containers, volumes)), Some((now_containers, now_volumes))) =
+        (&before.docker, docker_state(run_as).await)
+    {
+        let new_containers: Vec<&String> = now_containers
+            .iter()
+            .filter(|c| {
+                !containers
+                    .iter()
+                    .any(|b| b.starts_with(c.as_str()) || c.starts_with(b.as_str()))
+            })
+            .collect();
+        let new_volumes: Vec<&String> = now_volumes
+            .iter()
+            .filter(|v| !volumes.contains(v))
+            .collect();
+        for (what, args, items) in [
+            (
+                "container(s)",
+                ["rm", "--force", "--volumes"].as_slice(),
+                &new_containers,
+            ),
+            (
+                "volume(s)",
+                ["volume", "rm", "--force"].as_slice(),
+                &new_volumes,
+            ),
+        ] {
+            if items.is_empty() {
+                continue;
+            }
+            let _ = tokio::process::Command::new("docker")
+                .args(args)
+                .args(items.iter().map(|s| s.as_str()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+            cleared.push(format!("{} Docker {what}", items.len()));
+        }
     }
     if restore_crontab(run_as, before.crontab.as_deref()) {
         cleared.push("its crontab".to_owned());

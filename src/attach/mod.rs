@@ -603,7 +603,7 @@ impl Session<'_> {
                     ));
                 }
             };
-            let before = aftermath::before(self.run_as, process.group());
+            let before = aftermath::before(self.run_as, process.group()).await;
             let mut job: Option<(JobFacts, Instant)> = None;
             let mut refused: Option<(JobFacts, String)> = None;
             let mut judging: Option<JobFacts> = None;

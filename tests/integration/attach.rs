@@ -862,3 +862,43 @@ fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
         );
     }
 }
+
+/// With `--docker` a job can leave containers (one Docker restarts forever) and volumes: attach
+/// removes the ones made during the job, and leaves the machine's own.
+#[test]
+fn with_docker_the_containers_and_volumes_a_job_made_go_and_the_machines_own_stay() {
+    let world = world();
+    let plant = world.queue_job(
+        &["self-hosted"],
+        "docker run -d --restart=always alpine sleep infinity && docker volume create loot",
+    );
+    let look = world.queue_job(
+        &["self-hosted"],
+        "echo \"containers: $(docker ps -aq | wc -l) volumes: $(docker volume ls -q | wc -l)\"",
+    );
+    let mut machine = world.attach_prepared(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &world.admin_token,
+        // A machine with Docker, running a container of its owner's.
+        "dlami-image && docker run -d --name owners alpine sleep infinity > /dev/null",
+        &["--docker", "--jobs", "2"],
+    );
+    let output = ends(&mut machine, 0);
+    let plant = finished(&world, plant, Duration::from_secs(1));
+    assert_eq!(
+        plant.conclusion.as_deref(),
+        Some("success"),
+        "{}",
+        plant.output
+    );
+    let look = finished(&world, look, Duration::from_secs(1));
+    assert!(
+        look.output.contains("containers: 1 volumes: 0"),
+        "{}",
+        look.output
+    );
+    assert!(
+        output.contains("1 Docker container(s), 1 Docker volume(s)"),
+        "{output}"
+    );
+}

@@ -855,3 +855,35 @@ fn only_the_default_branch_may_assume_the_pool_role_and_no_other_role_resumes_a_
     assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
     nothing_running(&world);
 }
+
+/// With sudo (and so the docker group), a job can leave a container that Docker restarts at
+/// every boot, and a volume: the next boot removes both, and keeps the images.
+#[test]
+fn a_container_a_job_left_on_a_pool_member_is_gone_at_the_next_boot() {
+    let world = world();
+    let first = start(&world, "containers").run();
+    first.success();
+    let id = first.outputs()["instance-id"].clone();
+    let planted = job(
+        &world,
+        &first.outputs()["label"],
+        &id,
+        "docker run -d --restart=always --name miner alpine sleep infinity \
+         && docker volume create loot && docker ps -aq | wc -l",
+    );
+    assert!(planted.contains('1'), "{planted}");
+    stop(&world).outputs_of(&first).run().success();
+
+    let second = start(&world, "containers").run();
+    second.success();
+    assert_eq!(second.outputs()["instance-id"], id);
+    let looked = job(
+        &world,
+        &second.outputs()["label"],
+        &id,
+        "echo \"containers: $(docker ps -aq | wc -l) volumes: $(docker volume ls -q | wc -l)\"",
+    );
+    assert!(looked.contains("containers: 0 volumes: 0"), "{looked}");
+    stop(&world).outputs_of(&second).run().success();
+    nothing_running(&world);
+}

@@ -21,13 +21,17 @@ exec chroot "$root" /usr/bin/env -i "$@"
 "#;
 
 /// Writes the stand-ins a machine without EC2 needs (`nvidia-smi`, `sleep` at the world's clock,
-/// cron's `crontab`) into `bin`.
+/// cron's `crontab`, Docker's CLI and `dlami-image` for its daemon) into `bin`.
 pub fn install_standins(bin: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(bin)?;
     for (file, text) in [
         ("nvidia-smi", include_str!("standins/nvidia-smi")),
         ("sleep", include_str!("standins/sleep")),
         ("crontab", include_str!("standins/crontab")),
+        // A machine with Docker: its CLI, and `dlami-image` lays its daemon and group, as on
+        // the Deep Learning AMI, when a test's preparation runs it.
+        ("docker", include_str!("standins/docker")),
+        ("dlami-image", include_str!("standins/dlami-image")),
     ] {
         let path = bin.join(file);
         std::fs::write(&path, text)?;
