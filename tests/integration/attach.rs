@@ -794,13 +794,13 @@ fn the_job_user_gets_the_docker_group_only_with_docker_and_attach_warns() {
 #[test]
 fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
     const PLANT: &str = "setsid /usr/bin/sleep 3599.5 > /dev/null 2>&1 < /dev/null & \
-        echo '* * * * * touch /tmp/cron-ran' | crontab - && \
+        echo '* * * * * touch /tmp/cron-ran' | crontab - && echo 'touch /tmp/at-ran' | at now + 1 hour && \
         touch /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home && \
         mkdir -p /tmp/left-folder/deeper && touch /tmp/left-folder/deeper/file && \
         echo \"TOKENS $(cat /proc/[0-9]*/environ 2> /dev/null | tr '\\0' '\\n' \
         | grep -c '^GITHUB_TOKEN=github_pat_admin' || true)\" && echo PLANTED";
     const LOOK: &str = "if pgrep -f 'sleep 3599[.]5' > /dev/null; then echo FOUND daemon; fi; \
-        crontab -l 2> /dev/null | sed 's/^/CRONTAB /' || true; \
+        crontab -l 2> /dev/null | sed 's/^/CRONTAB /' || true; at -l | sed 's/^/FOUND at job /'; \
         for f in /tmp/left-in-tmp /var/tmp/left-in-var-tmp ~/.left-in-home /tmp/left-folder \
         /tmp/kept-from-before; do if [ -e \"$f\" ]; then echo \"FOUND $f\"; fi; done; \
         echo LOOKED";
@@ -810,8 +810,10 @@ fn the_next_job_finds_nothing_the_last_one_left_as_its_user() {
         let look = world.queue_job(&["self-hosted"], LOOK);
         // cron's spool, and for the second round a user of the machine's own with a crontab and
         // a file from before attach.
-        let mut prepare =
-            "mkdir -p /var/spool/cron/crontabs && chmod 1733 /var/spool/cron/crontabs".to_owned();
+        let mut prepare = "mkdir -p /var/spool/cron/crontabs /var/spool/cron/atjobs && \
+                           chmod 1733 /var/spool/cron/crontabs && \
+                           chmod 1777 /var/spool/cron/atjobs"
+            .to_owned();
         let mut flags = vec!["--jobs", "2"];
         if let Some(user) = user {
             prepare.push_str(&format!(

@@ -708,6 +708,7 @@ const PLANT: &str = "cd /opt/actions-runner \
     && echo 'LD_PRELOAD=/tmp/evil.so' >> .env \
     && echo '/tmp/evil-bin' >> .path \
     && echo '* * * * * touch /tmp/cron-ran' | crontab - \
+    && echo 'touch /tmp/at-ran' | at now + 1 hour \
     && mkdir -p ~/.config/systemd/user && touch ~/.config/systemd/user/evil.service \
     && touch ~/.canary-home /tmp/canary-tmp /var/tmp/canary-vartmp \
     && echo cached > \"$GPU_RUNNER_CACHE/kept\" \
@@ -718,6 +719,7 @@ const LOOK: &str = "for f in /opt/actions-runner/run.sh /opt/actions-runner/.env
     /opt/actions-runner/.path; do if grep -q -e RUNSH-POISONED -e LD_PRELOAD -e evil-bin \"$f\" \
     2> /dev/null; then echo \"FOUND in $f\"; fi; done; \
     if crontab -l > /dev/null 2>&1; then echo FOUND crontab; fi; \
+    at -l | sed 's/^/FOUND at job /'; \
     for f in ~/.config/systemd/user/evil.service ~/.canary-home /tmp/canary-tmp \
     /var/tmp/canary-vartmp; do if [ -e \"$f\" ]; then echo \"FOUND $f\"; fi; done; \
     cat \"$GPU_RUNNER_CACHE/kept\"; id -nG; echo LOOKED";

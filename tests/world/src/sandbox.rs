@@ -28,6 +28,7 @@ pub fn install_standins(bin: &Path) -> std::io::Result<()> {
         ("nvidia-smi", include_str!("standins/nvidia-smi")),
         ("sleep", include_str!("standins/sleep")),
         ("crontab", include_str!("standins/crontab")),
+        ("at", include_str!("standins/at")),
         // A machine with Docker: its CLI, and `dlami-image` lays its daemon and group, as on
         // the Deep Learning AMI, when a test's preparation runs it.
         ("docker", include_str!("standins/docker")),

@@ -190,6 +190,7 @@ impl Simulator {
             ("docker", include_str!("standins/docker")),
             ("dlami-image", include_str!("standins/dlami-image")),
             ("crontab", include_str!("standins/crontab")),
+            ("at", include_str!("standins/at")),
         ] {
             let path = bin.join(name);
             std::fs::write(&path, text)?;
