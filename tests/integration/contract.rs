@@ -274,3 +274,26 @@ fn every_workflow_example_in_the_readme_is_a_linted_file() {
         );
     }
 }
+
+/// The default pod image is one value in three places: the Kubernetes manifest Dependabot keeps
+/// current (`src/machine/kubernetes/runner-image.yaml`), the parser's default and `action.yml`'s,
+/// each named by digest.
+#[test]
+fn the_default_pod_image_is_one_digest_pinned_value_that_dependabot_can_see() {
+    let manifest: serde_yaml::Value =
+        serde_yaml::from_str(&read("src/machine/kubernetes/runner-image.yaml"))
+            .expect("the manifest parses");
+    let image = manifest["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("an image")
+        .to_owned();
+    assert!(image.contains("@sha256:"), "{image}");
+    assert_eq!(image, gpu_runner::inputs::spec::DEFAULT_POD_IMAGE);
+    let action: serde_yaml::Value =
+        serde_yaml::from_str(&read("action.yml")).expect("action.yml parses");
+    assert_eq!(
+        action["inputs"]["pod-image"]["default"].as_str(),
+        Some(image.as_str())
+    );
+    assert!(read(".github/dependabot.yml").contains("- /src/machine/kubernetes"));
+}
