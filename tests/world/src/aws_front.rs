@@ -1263,9 +1263,13 @@ async fn handle(
         }
     };
 
+    let began = crate::stopping::begin(&front.stops, &call, &instance_ids, front.clock_scale);
     match request.send().await {
         Ok(answer) => {
             let status = answer.status();
+            if !status.is_success() {
+                crate::stopping::cancel(&front.stops, &began);
+            }
             let mut out = Response::builder().status(status);
             for (name, value) in answer
                 .headers()
@@ -1291,7 +1295,10 @@ async fn handle(
             out.body(Body::from(bytes))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(e) => {
+            crate::stopping::cancel(&front.stops, &began);
+            (StatusCode::BAD_GATEWAY, e.to_string()).into_response()
+        }
     }
 }
 

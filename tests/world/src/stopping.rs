@@ -56,6 +56,35 @@ pub fn refusal(stops: &Stops, action: &str, ids: &[String], user_data: bool) -> 
 }
 
 /// Records what a call that moto carried out did to the instances' stopping.
+/// A `StopInstances` about to reach moto: its instances' `stopping` begins now, before moto
+/// answers, so that no `DescribeInstances` between moto's answer and [`record`] sees them
+/// `stopped` at once (EC2 shows `stopping` from the call on). The ids it began it for, for
+/// [`cancel`] when moto refuses the call.
+pub fn begin(stops: &Stops, action: &str, ids: &[String], scale: f64) -> Vec<String> {
+    if action != "StopInstances" {
+        return Vec::new();
+    }
+    let mut stops = stops.lock().unwrap_or_else(|e| e.into_inner());
+    let mut began = Vec::new();
+    for id in ids {
+        if !stops.stopped_at.contains_key(id) {
+            stops
+                .stopped_at
+                .insert(id.clone(), Instant::now() + STOPPING_TAKES.div_f64(scale));
+            began.push(id.clone());
+        }
+    }
+    began
+}
+
+/// Undoes [`begin`] for a call moto refused.
+pub fn cancel(stops: &Stops, ids: &[String]) {
+    let mut stops = stops.lock().unwrap_or_else(|e| e.into_inner());
+    for id in ids {
+        stops.stopped_at.remove(id);
+    }
+}
+
 pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
     let mut stops = stops.lock().unwrap_or_else(|e| e.into_inner());
     for id in ids {
