@@ -43,14 +43,7 @@ fn started(pid: u32) -> Option<u64> {
 
 /// The real user id of process `pid`.
 fn owner(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    super::system::status_field(&pid.to_string(), "Uid:")
 }
 
 fn now() -> (i64, i64) {

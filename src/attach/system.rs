@@ -4,16 +4,22 @@
 
 use std::path::{Path, PathBuf};
 
-/// This process's real user id, from `/proc/self/status`.
-pub fn uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The first number of `field` (`Uid:`, `PPid:`) in `/proc/PROCESS/status`, where `process` is
+/// a pid or `self`.
+pub fn status_field(process: &str, field: &str) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// This process's real user id, from `/proc/self/status`.
+pub fn uid() -> Option<u32> {
+    status_field("self", "Uid:")
 }
 
 pub fn is_root() -> bool {

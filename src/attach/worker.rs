@@ -12,13 +12,7 @@ use std::time::{Duration, Instant};
 const WORKER: &str = "Runner.Worker";
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
+    super::system::status_field(&pid.to_string(), "PPid:")
 }
 
 fn name_of(pid: u32) -> Option<String> {

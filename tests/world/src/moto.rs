@@ -222,51 +222,25 @@ impl Moto {
             "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"],
         }]})
         .to_string();
-        self.iam(
-            &http,
-            account,
-            &[
-                ("Action", "CreateRole"),
-                ("RoleName", role),
-                ("AssumeRolePolicyDocument", &trust),
-            ],
-        )
-        .await?;
-        let policy = enforceable(permissions).to_string();
-        self.iam(
-            &http,
-            account,
-            &[
-                ("Action", "PutRolePolicy"),
-                ("RoleName", role),
-                ("PolicyName", "gpu-runner"),
-                ("PolicyDocument", &policy),
-            ],
-        )
-        .await?;
-        for (other, permissions) in others {
-            self.iam(
-                &http,
-                account,
-                &[
-                    ("Action", "CreateRole"),
-                    ("RoleName", other),
-                    ("AssumeRolePolicyDocument", &trust),
-                ],
-            )
-            .await?;
+        for (role, permissions) in
+            std::iter::once((role, permissions)).chain(others.iter().copied())
+        {
             let policy = enforceable(permissions).to_string();
-            self.iam(
-                &http,
-                account,
-                &[
-                    ("Action", "PutRolePolicy"),
-                    ("RoleName", other),
-                    ("PolicyName", "gpu-runner"),
-                    ("PolicyDocument", &policy),
+            for fields in [
+                vec![
+                    ("Action", "CreateRole"),
+                    ("RoleName", role),
+                    ("AssumeRolePolicyDocument", trust.as_str()),
                 ],
-            )
-            .await?;
+                vec![
+                    ("Action", "PutRolePolicy"),
+                    ("RoleName", role),
+                    ("PolicyName", "gpu-runner"),
+                    ("PolicyDocument", policy.as_str()),
+                ],
+            ] {
+                self.iam(&http, account, &fields).await?;
+            }
         }
         let everything = serde_json::json!({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Action": "*", "Resource": "*",
