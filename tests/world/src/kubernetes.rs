@@ -47,13 +47,6 @@ fn build() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
 /// A node to register: its name and how many GPUs it advertises.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -170,7 +163,11 @@ impl Cluster {
         // The service account tokens' signing key: the world's test key.
         write("sa.key", crate::APP_PRIVATE_KEY)?;
         write("sa.pub", include_str!("keys/test-key.pub.pem"))?;
-        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let (client, peer, secure) = (
+            crate::ports::reserve()?,
+            crate::ports::reserve()?,
+            crate::ports::reserve()?,
+        );
         let url = format!("https://127.0.0.1:{secure}");
         let mut cluster = Cluster {
             children: Vec::new(),

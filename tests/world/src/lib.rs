@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod moto;
 pub mod oidc;
 pub mod package;
+pub mod ports;
 pub mod sandbox;
 pub mod simulator;
 pub mod step;

@@ -136,13 +136,6 @@ pub fn aws_cli() -> Result<PathBuf, String> {
     .clone()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// What moto can enforce of an IAM policy: its access control (`moto/iam/access_control.py`)
 /// matches each statement's `Resource` against `*` only, because its EC2 and SSM handlers name
 /// no resource, and it evaluates no condition key of a request (`aws:RequestTag/...`,
@@ -337,9 +330,22 @@ impl Moto {
             .map_err(|e| format!("enabling moto's IAM enforcement: {e}"))
     }
 
+    /// A moto server of this world's own: started again on another port when its first one
+    /// turns out taken (see [`crate::ports`]).
     pub fn start() -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_on(crate::ports::reserve()?)? {
+                Ok(moto) => return Ok(moto),
+                Err(why) => last = why,
+            }
+        }
+        Err(last)
+    }
+
+    /// `Ok(Err(_))` when another process holds `port`.
+    fn start_on(port: u16) -> Result<Result<Self, String>, String> {
         let python = python()?;
-        let port = free_port();
         let mut images = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
         std::io::Write::write_all(&mut images, public_images().to_string().as_bytes())
             .map_err(|e| e.to_string())?;
@@ -357,18 +363,22 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting moto: {e}"))?;
-        let moto = Self {
+        let mut moto = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             _images: images,
         };
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Listening is not enough: the listener must be this moto, not a neighbour's server.
+        while !crate::ports::listened_on_by(moto.child.id(), port) {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                return Ok(Err(format!("moto on port {port} exited ({status})")));
+            }
             if started.elapsed() > Duration::from_secs(30) {
                 return Err("moto did not start within 30 s".to_owned());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(moto)
+        Ok(Ok(moto))
     }
 }
