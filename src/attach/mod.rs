@@ -147,6 +147,9 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         }
         Parsed::Run(a) => *a,
     };
+    // Before the credentials are read: from here on no job, whichever user it runs as, can read
+    // them out of this process.
+    let hidden = system::hide_memory();
     let clock = Clock::from_env(env);
     let credentials = Credentials::from_env(env, actions)?;
     let api_url = env
@@ -277,11 +280,21 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
     } else {
         actions.annotate(
             &Annotation::warning(format!(
-                "attach runs as {}, not root, so jobs run as the same user: a job can read \
-                 attach's memory, GITHUB_TOKEN among it, and leave files for later jobs in its \
-                 home. Run attach as root (sudo --preserve-env=GITHUB_TOKEN gpu-runner attach \
-                 ...) to run jobs as a separate user.",
-                run_as.user
+                "attach runs as {user}, not root, so jobs run as the same user. {memory}A job \
+                 can read the memory of {user}'s other processes (the shell or notebook that \
+                 started attach, and a token it holds), end attach, and leave files for later \
+                 jobs in the home folder. Run attach as root (sudo --preserve-env=GITHUB_TOKEN \
+                 gpu-runner attach ...) to run jobs as a separate user.",
+                user = run_as.user,
+                memory = match &hidden {
+                    Ok(()) => "attach's own memory and environment, its credentials among \
+                               them, are hidden from jobs (it is not dumpable). "
+                        .to_owned(),
+                    Err(e) => format!(
+                        "attach could not hide its memory from jobs ({e}): a job can read its \
+                         credentials. "
+                    ),
+                },
             ))
             .title("Jobs run as attach's own user"),
         );

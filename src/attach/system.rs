@@ -17,6 +17,24 @@ pub fn status_field(process: &str, field: &str) -> Option<u32> {
         .ok()
 }
 
+/// Makes this process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`, as ssh-agent does): the kernel
+/// then lets no process without `CAP_SYS_PTRACE` read its memory or environment
+/// (`/proc/PID/mem`, `/proc/PID/environ`, ptrace), not even one of the same user, and writes no
+/// core dump of it (proc(5), ptrace(2) "ptrace access mode checking"). An exec makes a process
+/// dumpable again, so the runner and the jobs it starts are unaffected.
+#[cfg(target_os = "linux")]
+pub fn hide_memory() -> std::io::Result<()> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn hide_memory() -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "only Linux lets a process hide its memory from its own user",
+    ))
+}
+
 /// This process's real user id, from `/proc/self/status`.
 pub fn uid() -> Option<u32> {
     status_field("self", "Uid:")

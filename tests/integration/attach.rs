@@ -786,6 +786,40 @@ fn the_job_user_gets_the_docker_group_only_with_docker_and_attach_warns() {
     }
 }
 
+/// attach run by a user that is not root runs jobs as that same user, which may read the memory
+/// and environment of its own processes: attach hides both (it is not dumpable, as ssh-agent
+/// makes itself), so a job finds the token in no process and cannot read attach's memory.
+#[test]
+fn as_a_plain_user_attach_keeps_its_token_from_the_jobs_it_runs_as_that_user() {
+    const PEEK: &str = "echo \"user=$(id -un)\"; \
+        echo \"TOKENS $(cat /proc/[0-9]*/environ 2> /dev/null | tr '\\0' '\\n' \
+        | grep -c '^GITHUB_TOKEN=github_pat_admin' || true)\"; \
+        for pid in $(pgrep -x gpu-runner); do \
+          if head -c 1 /proc/$pid/environ > /dev/null 2>&1; then echo \"READ environ of $pid\"; fi; \
+          start=$(head -n 1 /proc/$pid/maps 2> /dev/null | cut -d- -f1 || true); \
+          if [ -n \"$start\" ] && dd if=/proc/$pid/mem bs=1 count=1 skip=$((0x$start)) \
+            > /dev/null 2>&1; then \
+            echo \"READ mem of $pid\"; fi; \
+        done; echo PEEKED";
+    let world = world();
+    let peek = world.queue_job(&["self-hosted"], PEEK);
+    let mut machine = world.attach_prepared(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &world.admin_token,
+        "useradd --create-home alice && export HOME=/home/alice && \
+         exec setpriv --reuid alice --regid alice --init-groups \"$@\"",
+        &["--jobs", "1"],
+    );
+    let output = ends(&mut machine, 0);
+    assert!(output.contains("Jobs run as attach's own user"), "{output}");
+    let peek = finished(&world, peek, Duration::from_secs(1));
+    assert!(peek.output.contains("user=alice"), "{}", peek.output);
+    assert!(peek.output.contains("PEEKED"), "{}", peek.output);
+    assert!(peek.output.contains("TOKENS 0"), "{}", peek.output);
+    assert!(!peek.output.contains("READ "), "{}", peek.output);
+    no_runner_left(&world);
+}
+
 /// What a job leaves as its user, beyond its process group: a process it detached, a crontab, files
 /// in `/tmp` and `/var/tmp`, and its dotfiles (and it finds attach's token in no process's
 /// environment it can read). The next job finds none of it as the user attach
