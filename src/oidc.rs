@@ -20,6 +20,29 @@ pub enum OidcError {
     Request(String),
     #[error("the OIDC token is not usable: {0}")]
     Invalid(String),
+    /// STS refused the exchange because the role's trust policy admits no statement for this
+    /// token (STS's `AccessDenied`, "Not authorized to perform sts:AssumeRoleWithWebIdentity").
+    #[error(
+        "AWS STS would not let this job assume {role}: {message}. The job's OIDC token says \
+         sub: {sub}, aud: {aud}"
+    )]
+    NotTrusted {
+        role: String,
+        message: String,
+        sub: String,
+        aud: String,
+        /// The condition keys' prefix: the provider's URL without `https://`.
+        provider: String,
+    },
+    /// STS refused the token itself (`InvalidIdentityToken`): no identity provider for its
+    /// issuer in the account, an audience the provider does not list, a provider STS cannot reach.
+    #[error("AWS STS refused the job's OIDC token ({code}): {message}")]
+    TokenRefused {
+        code: String,
+        message: String,
+        aud: String,
+        provider: String,
+    },
 }
 
 impl OidcError {
@@ -36,7 +59,64 @@ impl OidcError {
             OidcError::Invalid(_) => "Check the audience input: it must match the audience of the \
                 IAM identity provider (sts.amazonaws.com by default)."
                 .to_owned(),
+            OidcError::NotTrusted {
+                sub, aud, provider, ..
+            } => format!(
+                "The role's trust policy does not admit this job (its permissions policy is not \
+                 the problem): its statement for the identity provider {provider} needs \
+                 conditions this token meets, \"{provider}:sub\": \"{sub}\" (StringEquals; or \
+                 a StringLike pattern such as \"repo:OWNER/REPO:*\", which admits every branch \
+                 and pull request) and \"{provider}:aud\": \"{aud}\". docs/iam has trust \
+                 policies for every branch, one branch and one environment."
+            ),
+            OidcError::TokenRefused {
+                message, aud, provider, ..
+            } => token_refused_fix(message, aud, provider),
         }
+    }
+}
+
+/// What to do about an `InvalidIdentityToken`, by STS's message (IAM User Guide, "Creating
+/// OpenID Connect (OIDC) identity providers"; STS API reference, AssumeRoleWithWebIdentity).
+fn token_refused_fix(message: &str, aud: &str, provider: &str) -> String {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("no openidconnect provider") || lower.contains("no oidc provider") {
+        format!(
+            "The AWS account has no IAM identity provider for https://{provider}: create it \
+             once per account (aws iam create-open-id-connect-provider --url https://{provider} \
+             --client-id-list {aud})."
+        )
+    } else if lower.contains("audience") {
+        format!(
+            "The IAM identity provider for https://{provider} does not list the token's \
+             audience {aud}: add it (aws iam add-client-id-to-open-id-connect-provider \
+             --open-id-connect-provider-arn arn:aws:iam::ACCOUNT:oidc-provider/{provider} \
+             --client-id {aud}), or set the audience input to one the provider lists \
+             (sts.amazonaws.com by default)."
+        )
+    } else if lower.contains("thumbprint") || lower.contains("certificate") {
+        format!(
+            "STS could not trust the identity provider's certificate: for \
+             token.actions.githubusercontent.com AWS checks it itself; for another issuer \
+             (GitHub Enterprise Server) update the provider's thumbprint \
+             (aws iam update-open-id-connect-provider-thumbprint) for https://{provider}."
+        )
+    } else {
+        format!(
+            "Check the account's IAM identity provider for https://{provider} (its URL and its \
+             audience {aud}); re-run the job if STS could not reach the issuer."
+        )
+    }
+}
+
+impl Claims {
+    /// The IAM condition keys' prefix for this token's issuer: its URL without `https://`
+    /// (`token.actions.githubusercontent.com`, a GHE.com or Enterprise Server issuer).
+    pub fn provider(&self) -> String {
+        self.iss
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 

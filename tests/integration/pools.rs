@@ -820,7 +820,8 @@ fn only_the_default_branch_may_assume_the_pool_role_and_no_other_role_resumes_a_
     refused.failure();
     let error = refused.errors().join("\n");
     assert!(
-        error.contains("AccessDenied") && error.contains("sts:AssumeRoleWithWebIdentity"),
+        error.contains("Not authorized to perform sts:AssumeRoleWithWebIdentity")
+            && error.contains("The role's trust policy does not admit this job"),
         "{error}"
     );
     assert_eq!(

@@ -326,6 +326,48 @@ fn enterprise_server_urls_are_used_for_every_github_call() {
 
 /// GHE.com (data residency) serves `https://<subdomain>.ghe.com`, and its jobs' tokens come from
 /// `https://token.actions.<subdomain>.ghe.com` (GitHub's OIDC docs for GHE.com).
+/// STS refuses a token the role's trust policy does not admit with a bare `AccessDenied`: the
+/// error names the trust policy (not the permissions policy), the token's `sub` and `aud`, and
+/// the condition that would admit it. A token whose audience the identity provider does not
+/// list is refused as the token it is, with its own fix.
+#[test]
+fn a_token_the_trust_policy_does_not_admit_is_shown_with_its_sub_and_the_condition_that_would() {
+    let world = world();
+    // The pool role trusts the default branch alone (docs/iam/trust-policy-branch.json).
+    *world.oidc.git_ref.lock().unwrap() = "refs/heads/feature".to_owned();
+    let refused = Step::start()
+        .in_world(&world)
+        .input("role-to-assume", &world.pool_role_arn())
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    for words in [
+        "title=No AWS credentials",
+        "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+        "sub: repo:octo/ml:ref:refs/heads/feature, aud: sts.amazonaws.com",
+        "The role's trust policy does not admit this job",
+        r#""token.actions.githubusercontent.com:sub": "repo:octo/ml:ref:refs/heads/feature""#,
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+    assert!(!error.contains("missing a permission"), "{error}");
+
+    let refused = Step::start()
+        .in_world(&world)
+        .input("audience", "my-audience")
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    for words in [
+        "AWS STS refused the job's OIDC token (InvalidIdentityToken): Incorrect token audience",
+        "does not list the token's audience my-audience",
+        "aws iam add-client-id-to-open-id-connect-provider",
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+    nothing_left(&world);
+}
+
 #[test]
 fn ghe_com_tokens_come_from_the_subdomains_issuer() {
     let world = world();

@@ -216,5 +216,34 @@ pub async fn connect(
         env,
         audience: &common.audience,
     };
-    Ok(sdk_config(region, Some(role), actions).await?)
+    sdk_config(region, Some(role), actions)
+        .await
+        .map_err(|e| refused_by_sts(e, role_arn, &claims))
+}
+
+/// STS's refusals of the exchange, told apart: the trust policy (the token is fine, the role does
+/// not admit it) from the token itself (no provider, an audience the provider does not list), each
+/// with the token's claims that decide it.
+fn refused_by_sts(e: MachineError, role_arn: &str, claims: &oidc::Claims) -> Error {
+    if e.operation != "AssumeRoleWithWebIdentity" {
+        return e.into();
+    }
+    match e.code() {
+        "AccessDenied" => oidc::OidcError::NotTrusted {
+            role: role_arn.to_owned(),
+            message: e.message.clone(),
+            sub: claims.sub.clone(),
+            aud: claims.aud.to_string(),
+            provider: claims.provider(),
+        }
+        .into(),
+        "InvalidIdentityToken" => oidc::OidcError::TokenRefused {
+            code: e.code().to_owned(),
+            message: e.message.clone(),
+            aud: claims.aud.to_string(),
+            provider: claims.provider(),
+        }
+        .into(),
+        _ => e.into(),
+    }
 }

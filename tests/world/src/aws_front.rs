@@ -800,6 +800,12 @@ async fn web_identity(
         Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
             return Some(refuse("ExpiredTokenException", "Token expired"));
         }
+        // An audience the account's identity provider does not list: STS's own words
+        // (aws-actions/configure-aws-credentials issues 775 and 1309; awslabs/amazon-eks-irsa-cfn
+        // pull request 18).
+        Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+            return Some(refuse("InvalidIdentityToken", "Incorrect token audience"));
+        }
         Err(e) => {
             return Some(refuse(
                 "InvalidIdentityToken",
