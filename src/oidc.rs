@@ -441,4 +441,30 @@ mod tests {
         assert!(long.ends_with("-12345678901-3"));
         assert_eq!(session_name("o/a b", 1, 1), "o@a-b-1-1");
     }
+
+    #[test]
+    fn each_refusal_of_the_token_by_sts_gets_the_fix_for_its_cause() {
+        let fix = |message: &str| {
+            token_refused_fix(
+                message,
+                "sts.amazonaws.com",
+                "token.actions.githubusercontent.com",
+            )
+        };
+        assert!(
+            fix("No OpenIDConnect provider found in your account for https://token.actions.githubusercontent.com")
+                .contains("aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com")
+        );
+        assert!(
+            fix("Incorrect token audience").contains("add-client-id-to-open-id-connect-provider")
+        );
+        assert!(
+            fix("OpenIDConnect provider's HTTPS certificate doesn't match configured thumbprint")
+                .contains("thumbprint")
+        );
+        assert!(
+            fix("Couldn't retrieve verification key from your identity provider")
+                .contains("re-run")
+        );
+    }
 }
