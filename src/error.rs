@@ -81,11 +81,13 @@ pub enum Error {
 }
 
 /// A capacity candidate AWS refused, and what its error code means.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub candidate: String,
     pub code: String,
     pub advice: String,
+    /// The vCPU quota that refused it, when one did.
+    pub quota: Option<crate::machine::ec2::quotas::Shortfall>,
 }
 
 fn rolled_back(rollback: Option<&Rollback>) -> String {
@@ -151,6 +153,18 @@ impl Error {
                     .iter()
                     .map(|r| format!("- {} → {} → {}", r.candidate, r.code, r.advice))
                     .collect();
+                let quotas: Vec<&crate::machine::ec2::quotas::Shortfall> =
+                    tried.iter().filter_map(|r| r.quota.as_ref()).collect();
+                if !tried.is_empty() && quotas.len() == tried.len() {
+                    return one(
+                        "vCPU quota too low",
+                        format!(
+                            "AWS's vCPU quota refused every candidate, in this order:\n{}",
+                            rows.join("\n")
+                        ),
+                        crate::machine::ec2::quotas::fix(&quotas),
+                    );
+                }
                 one(
                     "No GPU capacity",
                     format!(

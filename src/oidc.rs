@@ -23,26 +23,26 @@ pub enum OidcError {
     /// STS refused the exchange because the role's trust policy admits no statement for this
     /// token (STS's `AccessDenied`, "Not authorized to perform sts:AssumeRoleWithWebIdentity").
     #[error(
-        "AWS STS would not let this job assume {role}: {message}. The job's OIDC token says \
-         sub: {sub}, aud: {aud}"
+        "AWS STS would not let this job assume {}: {}. The job's OIDC token says sub: {}, aud: {}",
+        .0.role, .0.message, .0.sub, .0.aud
     )]
-    NotTrusted {
-        role: String,
-        message: String,
-        sub: String,
-        aud: String,
-        /// The condition keys' prefix: the provider's URL without `https://`.
-        provider: String,
-    },
+    NotTrusted(Box<StsRefusal>),
     /// STS refused the token itself (`InvalidIdentityToken`): no identity provider for its
     /// issuer in the account, an audience the provider does not list, a provider STS cannot reach.
-    #[error("AWS STS refused the job's OIDC token ({code}): {message}")]
-    TokenRefused {
-        code: String,
-        message: String,
-        aud: String,
-        provider: String,
-    },
+    #[error("AWS STS refused the job's OIDC token ({}): {}", .0.code, .0.message)]
+    TokenRefused(Box<StsRefusal>),
+}
+
+/// What STS said when it refused the job's token, and the token's claims that decide it.
+#[derive(Debug)]
+pub struct StsRefusal {
+    pub role: String,
+    pub code: String,
+    pub message: String,
+    pub sub: String,
+    pub aud: String,
+    /// The condition keys' prefix: the provider's URL without `https://`.
+    pub provider: String,
 }
 
 impl OidcError {
@@ -59,19 +59,18 @@ impl OidcError {
             OidcError::Invalid(_) => "Check the audience input: it must match the audience of the \
                 IAM identity provider (sts.amazonaws.com by default)."
                 .to_owned(),
-            OidcError::NotTrusted {
-                sub, aud, provider, ..
-            } => format!(
+            OidcError::NotTrusted(r) => format!(
                 "The role's trust policy does not admit this job (its permissions policy is not \
                  the problem): its statement for the identity provider {provider} needs \
                  conditions this token meets, \"{provider}:sub\": \"{sub}\" (StringEquals; or \
                  a StringLike pattern such as \"repo:OWNER/REPO:*\", which admits every branch \
                  and pull request) and \"{provider}:aud\": \"{aud}\". docs/iam has trust \
-                 policies for every branch, one branch and one environment."
+                 policies for every branch, one branch and one environment.",
+                provider = r.provider,
+                sub = r.sub,
+                aud = r.aud,
             ),
-            OidcError::TokenRefused {
-                message, aud, provider, ..
-            } => token_refused_fix(message, aud, provider),
+            OidcError::TokenRefused(r) => token_refused_fix(&r.message, &r.aud, &r.provider),
         }
     }
 }

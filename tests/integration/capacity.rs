@@ -337,3 +337,91 @@ fn count_32_stays_inside_githubs_rate_limits() {
         .success();
     nothing_left(&world);
 }
+
+/// A new account's G and VT quota is 0 vCPUs: start reads it (and dry-run shows it) before any
+/// launch, and the closing words are about the quota, with the command that raises it, never
+/// "re-run the job". Spot and on-demand quotas are named apart.
+#[test]
+fn a_new_accounts_gpu_quota_of_0_is_named_with_the_request_that_raises_it() {
+    let world = World::start(Options::default()).unwrap();
+    world.quotas.set("L-DB2E81BA", 0.0);
+    world.faults.take_calls();
+    let refused = Step::mode("start")
+        .in_world(&world)
+        .input("instance-type", "g5.xlarge, g6.2xlarge")
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    for words in [
+        "title=vCPU quota too low",
+        "g5.xlarge in the default subnet (on-demand) → vCPU quota → \"Running On-Demand G and VT instances\" (L-DB2E81BA) is 0 vCPUs in us-east-1, and this start needs 4",
+        "aws service-quotas request-service-quota-increase --service-code ec2 --quota-code L-DB2E81BA --desired-value 8 --region us-east-1",
+        "an increase can take a day",
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+    assert!(!error.contains("re-run the job"), "{error}");
+    let calls: Vec<String> = world
+        .faults
+        .take_calls()
+        .into_iter()
+        .map(|(_, call, _)| call)
+        .collect();
+    assert!(calls.iter().any(|c| c == "GetServiceQuota"), "{calls:?}");
+    assert!(!calls.iter().any(|c| c == "RunInstances"), "{calls:?}");
+
+    // Dry-run says the same before anything is asked of a launch.
+    let dry = Step::mode("start")
+        .in_world(&world)
+        .input("dry-run", "true")
+        .run();
+    dry.failure();
+    assert!(
+        dry.errors().join("\n").contains("--quota-code L-DB2E81BA"),
+        "{:?}",
+        dry.errors()
+    );
+
+    // With spot first, each market's quota is named with its own request.
+    world.quotas.set("L-3819A6DF", 0.0);
+    let refused = Step::mode("start")
+        .in_world(&world)
+        .input("market-type", "spot-then-on-demand")
+        .run();
+    refused.failure();
+    let error = refused.errors().join("\n");
+    for words in [
+        "--quota-code L-3819A6DF --desired-value 4",
+        "\"All G and VT Spot Instance Requests\"",
+        "--quota-code L-DB2E81BA --desired-value 4",
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+    nothing_left(&world);
+}
+
+/// A quota that covers one instance, with one running already: EC2 counts the running vCPUs and
+/// refuses the next launch (`VcpuLimitExceeded`); the closing words ask for room for both.
+#[test]
+fn a_quota_used_up_by_running_instances_is_told_apart_from_a_capacity_shortage() {
+    let world = World::start(Options::default()).unwrap();
+    world.quotas.set("L-DB2E81BA", 4.0);
+    let first = Step::mode("start").in_world(&world).run();
+    first.success();
+    let second = Step::mode("start").in_world(&world).run();
+    second.failure();
+    let error = second.errors().join("\n");
+    for words in [
+        "title=vCPU quota too low",
+        "→ VcpuLimitExceeded →",
+        "--quota-code L-DB2E81BA --desired-value 8 --region us-east-1",
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+    Step::mode("stop")
+        .in_world(&world)
+        .outputs_of(&first)
+        .run()
+        .success();
+    nothing_left(&world);
+}

@@ -455,6 +455,7 @@ fn iam_action(call: &str) -> String {
         "GetParameter" | "PutParameter" | "DeleteParameter" | "AddTagsToResource"
         | "DescribeParameters" => "ssm",
         "GetCallerIdentity" => "sts",
+        "GetServiceQuota" => "servicequotas",
         _ => "ec2",
     };
     format!("{service}:{call}")

@@ -22,6 +22,13 @@ use crate::machine::{Kind, Machine, MachineError, Owner, State};
 use crate::plan::{Candidate, LaunchPlan, Market, tag};
 use crate::secret::Secret;
 
+/// What EC2 says of an instance type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeFacts {
+    pub gpus: u32,
+    pub vcpus: Option<u32>,
+}
+
 /// One launch attempt: a candidate of the plan, with the rendered boot script.
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchRequest<'a> {
@@ -43,6 +50,7 @@ pub struct Api {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
+    quotas: aws_sdk_servicequotas::Client,
 }
 
 impl Api {
@@ -51,6 +59,7 @@ impl Api {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            quotas: aws_sdk_servicequotas::Client::new(config),
         }
     }
 }
@@ -325,7 +334,8 @@ impl Api {
         }
     }
 
-    pub async fn gpu_count(&self, instance_type: &str) -> Option<u32> {
+    /// An instance type's GPUs and vCPUs, as EC2 describes it; `None` when EC2 does not say.
+    pub async fn type_facts(&self, instance_type: &str) -> Option<TypeFacts> {
         let out = self
             .ec2
             .describe_instance_types()
@@ -334,16 +344,38 @@ impl Api {
             .await;
         match out {
             Ok(out) => {
-                let gpus = out.instance_types().first()?.gpu_info()?.gpus();
-                let count: i32 = gpus.iter().filter_map(|g| g.count()).sum();
-                u32::try_from(count).ok()
+                let info = out.instance_types().first()?;
+                let gpus: i32 = info
+                    .gpu_info()
+                    .map(|g| g.gpus().iter().filter_map(|g| g.count()).sum())
+                    .unwrap_or(0);
+                Some(TypeFacts {
+                    gpus: u32::try_from(gpus).unwrap_or(0),
+                    vcpus: info
+                        .v_cpu_info()
+                        .and_then(|v| v.default_v_cpus())
+                        .and_then(|v| u32::try_from(v).ok()),
+                })
             }
             Err(e) => {
                 let e = cloud_error("DescribeInstanceTypes", e);
-                tracing::warn!(error = %e, "could not read the GPU count; the probe will accept any");
+                tracing::warn!(error = %e, "could not describe the instance type; the probe will accept any GPU count");
                 None
             }
         }
+    }
+
+    /// The value of one of EC2's quotas (Service Quotas `GetServiceQuota`, service code `ec2`).
+    pub async fn ec2_quota(&self, code: &str) -> Result<Option<f64>, MachineError> {
+        let out = self
+            .quotas
+            .get_service_quota()
+            .service_code("ec2")
+            .quota_code(code)
+            .send()
+            .await
+            .map_err(|e| cloud_error("GetServiceQuota", e))?;
+        Ok(out.quota().and_then(|q| q.value()))
     }
 
     pub async fn launch(&self, request: LaunchRequest<'_>) -> Result<Machine, MachineError> {

@@ -228,22 +228,19 @@ fn refused_by_sts(e: MachineError, role_arn: &str, claims: &oidc::Claims) -> Err
     if e.operation != "AssumeRoleWithWebIdentity" {
         return e.into();
     }
-    match e.code() {
-        "AccessDenied" => oidc::OidcError::NotTrusted {
+    let refusal = || {
+        Box::new(oidc::StsRefusal {
             role: role_arn.to_owned(),
+            code: e.code().to_owned(),
             message: e.message.clone(),
             sub: claims.sub.clone(),
             aud: claims.aud.to_string(),
             provider: claims.provider(),
-        }
-        .into(),
-        "InvalidIdentityToken" => oidc::OidcError::TokenRefused {
-            code: e.code().to_owned(),
-            message: e.message.clone(),
-            aud: claims.aud.to_string(),
-            provider: claims.provider(),
-        }
-        .into(),
+        })
+    };
+    match e.code() {
+        "AccessDenied" => oidc::OidcError::NotTrusted(refusal()).into(),
+        "InvalidIdentityToken" => oidc::OidcError::TokenRefused(refusal()).into(),
         _ => e.into(),
     }
 }

@@ -76,20 +76,7 @@ pub fn hint(e: &MachineError) -> String {
 
 /// The Service Quotas name of the vCPU quota an instance type counts against.
 fn vcpu_quota(instance_type: &str, market: Market) -> String {
-    let family = instance_type.split('.').next().unwrap_or_default();
-    let group = match family.chars().next() {
-        Some('g') => "G and VT",
-        Some('v') if family.starts_with("vt") => "G and VT",
-        Some('p') => "P",
-        Some('f') => "F",
-        Some('i') if family.starts_with("inf") => "Inf",
-        Some('t') if family.starts_with("trn") => "Trn",
-        _ => "Standard (A, C, D, H, I, M, R, T, Z)",
-    };
-    match market {
-        Market::OnDemand => format!("Running On-Demand {group} instances"),
-        Market::Spot => format!("All {group} Spot Instance Requests"),
-    }
+    super::quotas::of(instance_type, market).name
 }
 
 /// Our code for "the SDK found no AWS credentials": not an AWS error code, no request was sent.

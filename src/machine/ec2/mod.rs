@@ -8,12 +8,13 @@ pub mod credentials;
 pub mod errors;
 pub mod pool;
 pub mod pricing;
+pub mod quotas;
 pub mod user_data;
 
 use aws_config::SdkConfig;
 use chrono::Utc;
 
-use crate::actions::Actions;
+use crate::actions::{Actions, Annotation};
 use crate::boot::phases;
 use crate::clock::Clock;
 use crate::error::{Error, Refusal};
@@ -23,7 +24,7 @@ use crate::machine::{
     Released, State,
 };
 use crate::plan::{Candidate, LaunchPlan, Market, tag};
-use api::{Api, LaunchRequest};
+use api::{Api, LaunchRequest, TypeFacts};
 use errors::{SPOT_ROLE_MISSING, capacity_advice};
 
 /// The tag on a JIT config's parameter that names the one instance whose role may read it.
@@ -44,6 +45,10 @@ pub struct Ec2 {
     resumed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The partition and account, once asked: what an instance's ARN is made of.
     arn_base: tokio::sync::OnceCell<(String, String)>,
+    /// What EC2 said of each instance type, asked once per start.
+    types: tokio::sync::Mutex<std::collections::HashMap<String, Option<TypeFacts>>>,
+    /// The vCPU quotas read, by code, once per start (`None`: not readable).
+    quota_values: tokio::sync::Mutex<std::collections::HashMap<&'static str, Option<f64>>>,
 }
 
 impl Ec2 {
@@ -68,6 +73,8 @@ impl Ec2 {
             claims: tokio::sync::Mutex::default(),
             resumed: std::sync::Mutex::default(),
             arn_base: tokio::sync::OnceCell::new(),
+            types: tokio::sync::Mutex::default(),
+            quota_values: tokio::sync::Mutex::default(),
         })
     }
 
@@ -111,10 +118,75 @@ impl Ec2 {
     /// The GPUs an instance of the candidate's type has, which the boot script's probe checks;
     /// 0 (any) when EC2 does not say.
     async fn gpus(&self, candidate: &Candidate) -> u32 {
-        self.api
-            .gpu_count(&candidate.instance_type)
+        self.gpus_of(&candidate.instance_type).await
+    }
+
+    async fn gpus_of(&self, instance_type: &str) -> u32 {
+        self.type_facts(instance_type)
             .await
+            .map(|f| f.gpus)
             .unwrap_or(0)
+    }
+
+    async fn type_facts(&self, instance_type: &str) -> Option<TypeFacts> {
+        let mut types = self.types.lock().await;
+        if let Some(known) = types.get(instance_type) {
+            return *known;
+        }
+        let facts = self.api.type_facts(instance_type).await;
+        types.insert(instance_type.to_owned(), facts);
+        facts
+    }
+
+    /// A quota's value, read once; `None` when Service Quotas does not say (the role may not ask:
+    /// a warning says which statement lets it).
+    async fn quota_value(&self, quota: &quotas::Quota, actions: &Actions) -> Option<f64> {
+        let code = quota.code?;
+        let mut values = self.quota_values.lock().await;
+        if let Some(known) = values.get(code) {
+            return *known;
+        }
+        let value = match self.api.ec2_quota(code).await {
+            Ok(value) => value,
+            Err(e) => {
+                if e.code().starts_with("AccessDenied") {
+                    actions.annotate(
+                        &Annotation::warning(format!(
+                            "The role may not read the vCPU quota \"{}\" ({code}): {e}. Add \
+                             the statement ReadTheVcpuQuotas of docs/iam/permissions-policy.json \
+                             to its policy, so that start can tell a quota from a shortage of \
+                             capacity before it launches.",
+                            quota.name
+                        ))
+                        .title("vCPU quota not read"),
+                    );
+                } else {
+                    tracing::warn!(error = %e, code, "could not read the vCPU quota");
+                }
+                None
+            }
+        };
+        values.insert(code, value);
+        value
+    }
+
+    /// What the quota of `candidate` is and what this start needs of it: all its runners on
+    /// instances of the candidate's type.
+    async fn shortfall(
+        &self,
+        plan: &LaunchPlan,
+        candidate: &Candidate,
+        actions: &Actions,
+    ) -> Option<quotas::Shortfall> {
+        let vcpus = self.type_facts(&candidate.instance_type).await?.vcpus?;
+        let quota = quotas::of(&candidate.instance_type, candidate.market);
+        let runners = u32::try_from(plan.runners.len().max(1)).unwrap_or(u32::MAX);
+        Some(quotas::Shortfall {
+            value: self.quota_value(&quota, actions).await,
+            quota,
+            needed: vcpus.saturating_mul(runners),
+            region: self.region.clone(),
+        })
     }
 
     /// A new instance from the first capacity candidate that has room.
@@ -130,6 +202,26 @@ impl Ec2 {
         for (n, candidate) in plan.candidates.iter().enumerate() {
             // Without the spot service-linked role no spot candidate launches: go on to on-demand.
             if no_spot && candidate.market == Market::Spot {
+                continue;
+            }
+            // A quota below what the start needs refuses every launch: say so without trying.
+            let shortfall = self.shortfall(plan, candidate, actions).await;
+            if let Some(s) = shortfall
+                .as_ref()
+                .filter(|s| s.value.is_some_and(|v| v < f64::from(s.needed)))
+            {
+                actions.info(&format!(
+                    "Over the vCPU quota: {} needs {} vCPUs, and {}; trying the next candidate",
+                    candidate.describe(),
+                    s.needed,
+                    s.describe()
+                ));
+                refused.push(Refusal {
+                    candidate: candidate.describe(),
+                    code: "vCPU quota".to_owned(),
+                    advice: format!("{}, and this start needs {}", s.describe(), s.needed),
+                    quota: Some(s.clone()),
+                });
                 continue;
             }
             let gpus = self.gpus(candidate).await;
@@ -170,10 +262,15 @@ impl Ec2 {
                         candidate.describe(),
                         e.code()
                     ));
+                    let quota_refusal = matches!(
+                        e.code(),
+                        "VcpuLimitExceeded" | "MaxSpotInstanceCountExceeded"
+                    );
                     refused.push(Refusal {
                         candidate: candidate.describe(),
                         code: e.code().to_owned(),
                         advice,
+                        quota: shortfall.filter(|_| quota_refusal),
                     });
                 }
             }
@@ -213,6 +310,33 @@ impl Provider for Ec2 {
         let Some(candidate) = plan.candidates.first() else {
             return Ok("The plan has no candidate to check.".to_owned());
         };
+        // Each candidate's vCPU quota against what the start needs: a dry run that passes where
+        // every launch would be refused for the quota proves nothing.
+        let mut over: Vec<Refusal> = Vec::new();
+        for c in &plan.candidates {
+            let Some(s) = self.shortfall(plan, c, actions).await else {
+                continue;
+            };
+            let too_low = s.value.is_some_and(|v| v < f64::from(s.needed));
+            actions.info(&format!(
+                "vCPU quota: {} needs {} vCPUs; {}{}",
+                c.describe(),
+                s.needed,
+                s.describe(),
+                if too_low { " (too low)" } else { "" }
+            ));
+            if too_low {
+                over.push(Refusal {
+                    candidate: c.describe(),
+                    code: "vCPU quota".to_owned(),
+                    advice: format!("{}, and this start needs {}", s.describe(), s.needed),
+                    quota: Some(s),
+                });
+            }
+        }
+        if over.len() == plan.candidates.len() {
+            return Err(Error::NoCapacity { tried: over });
+        }
         let image_id = self.image_id()?;
         let params =
             handoff.boot_params(plan, &candidate.instance_type, self.gpus(candidate).await);

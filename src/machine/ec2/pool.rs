@@ -474,7 +474,7 @@ impl super::Ec2 {
         actions: &Actions,
     ) -> Result<Option<Machine>, Error> {
         let lost = |e: &MachineError| e.code() == "IncorrectInstanceState";
-        let gpus = self.api.gpu_count(&m.instance_type).await.unwrap_or(0);
+        let gpus = self.gpus_of(&m.instance_type).await;
         let user_data = super::user_data::render(plan, handoff, &m.instance_type, gpus)?;
         match self.api.set_user_data(&m.id, &user_data).await {
             Err(e) if lost(&e) => return Ok(None),

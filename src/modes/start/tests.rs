@@ -98,6 +98,7 @@ impl Provider for FakeProvider {
                     candidate: "g5.xlarge in subnet-a (on-demand)".into(),
                     code: "InsufficientInstanceCapacity".into(),
                     advice: "try later".into(),
+                    quota: None,
                 }],
             });
         }

@@ -56,6 +56,8 @@ pub struct Front {
     /// The world's instance metadata service: its IMDSv2 tokens (by token, the instance), and
     /// the instance each set of role credentials it handed out belongs to (by access key id).
     pub imds: Imds,
+    /// The account's vCPU quotas, which RunInstances and Service Quotas answer by.
+    pub quotas: crate::quotas::Quotas,
 }
 
 #[derive(Clone, Default)]
@@ -616,6 +618,143 @@ fn no_spot_role(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Respo
             "The provided credentials do not have permission to create the service-linked role \
              for EC2 Spot Instances.",
         )
+    })
+}
+
+/// Service Quotas' `GetServiceQuota` for EC2's vCPU quotas (see [`crate::quotas`]), judged by the
+/// caller's policy first (`servicequotas:GetServiceQuota`, whose resource is the quota's ARN).
+fn service_quota(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let target = headers.get("x-amz-target")?.to_str().ok()?;
+    let call = target.strip_prefix("ServiceQuotasV20190624.")?;
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let (service, code) = (
+        json["ServiceCode"].as_str().unwrap_or_default(),
+        json["QuotaCode"].as_str().unwrap_or_default(),
+    );
+    let enforcer = front.iam.as_ref()?;
+    let arn = format!(
+        "arn:aws:servicequotas:{}:{}:{service}/{code}",
+        enforcer.region, enforcer.account
+    );
+    if headers.get("x-amz-security-token").is_some()
+        && let Err(why) = crate::iam::evaluate(
+            enforcer.policy_of(headers),
+            &format!("servicequotas:{call}"),
+            &[crate::iam::Resource::new(&arn)],
+        )
+    {
+        return Some(service_error(
+            headers,
+            call,
+            "AccessDeniedException",
+            400,
+            &format!("You are not authorized to perform servicequotas:{call}: {why}"),
+        ));
+    }
+    let name = crate::quotas::Quotas::name(code);
+    let (Some(name), "ec2", "GetServiceQuota") = (name, service, call) else {
+        return Some(service_error(
+            headers,
+            call,
+            "NoSuchResourceException",
+            400,
+            &format!(
+                "The request failed because the specified quota {service}/{code} does not exist."
+            ),
+        ));
+    };
+    let quota = serde_json::json!({"Quota": {
+        "ServiceCode": "ec2",
+        "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+        "QuotaArn": arn,
+        "QuotaCode": code,
+        "QuotaName": name,
+        "Value": front.quotas.value(code),
+        "Unit": "None",
+        "Adjustable": true,
+        "GlobalQuota": false,
+    }});
+    Some(
+        (
+            [("content-type", "application/x-amz-json-1.1")],
+            quota.to_string(),
+        )
+            .into_response(),
+    )
+}
+
+/// A RunInstances that would take the account's running vCPUs of the type's quota group and
+/// market over the quota: EC2's refusal (see [`crate::quotas`]). A `DryRun` checks permissions
+/// only.
+async fn vcpu_refusal(front: &Front, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    if form_value(body, "Action").as_deref() != Some("RunInstances")
+        || form_value(body, "DryRun").as_deref() == Some("true")
+    {
+        return None;
+    }
+    let enforcer = front.iam.as_ref()?;
+    let instance_type = form_value(body, "InstanceType")?;
+    let spot = form_value(body, "InstanceMarketOptions.MarketType").as_deref() == Some("spot");
+    let (code, _) = crate::quotas::quota(&instance_type, spot);
+    let limit = front.quotas.value(code);
+    let count: i32 = form_value(body, "MinCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    let described = enforcer
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .ok()?;
+    let running: Vec<(String, bool)> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| {
+            let spot =
+                i.instance_lifecycle() == Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot);
+            Some((i.instance_type()?.as_str().to_owned(), spot))
+        })
+        .filter(|(t, s)| *s == spot && crate::quotas::quota(t, *s).0 == code)
+        .collect();
+    let mut types: Vec<String> = running.iter().map(|(t, _)| t.clone()).collect();
+    types.push(instance_type.clone());
+    types.sort();
+    types.dedup();
+    let vcpus: HashMap<String, i32> = enforcer
+        .ec2
+        .describe_instance_types()
+        .set_instance_types(Some(
+            types
+                .iter()
+                .map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str()))
+                .collect(),
+        ))
+        .send()
+        .await
+        .ok()?
+        .instance_types()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.instance_type()?.as_str().to_owned(),
+                t.v_cpu_info()?.default_v_cpus()?,
+            ))
+        })
+        .collect();
+    let of = |t: &str| f64::from(vcpus.get(t).copied().unwrap_or(0));
+    let used: f64 = running.iter().map(|(t, _)| of(t)).sum();
+    let wanted = of(&instance_type) * f64::from(count);
+    (used + wanted > limit).then(|| {
+        let (code, message) = crate::quotas::refusal_message(spot, limit);
+        service_error(headers, "RunInstances", code, 400, &message)
     })
 }
 
@@ -1198,6 +1337,12 @@ async fn handle(
         return refusal;
     }
     if let Some(refusal) = iam_refusal(&front, &headers, &body).await {
+        return refusal;
+    }
+    if let Some(answer) = service_quota(&front, &headers, &body) {
+        return answer;
+    }
+    if let Some(refusal) = vcpu_refusal(&front, &headers, &body).await {
         return refusal;
     }
     if let Some(refusal) = ssm_refusal(&front, &headers, &body).await {

@@ -18,6 +18,7 @@ pub mod moto;
 pub mod oidc;
 pub mod package;
 pub mod ports;
+pub mod quotas;
 pub mod sandbox;
 pub mod simulator;
 pub mod step;
@@ -108,6 +109,9 @@ pub struct World {
     pub clock_scale: f64,
     /// The GPUs of attached machines, by machine name.
     pub attached_gpus: attached::Gpus,
+    /// The account's EC2 vCPU quotas (see [`quotas`]): `world.quotas.set("L-DB2E81BA", 0.0)` is a
+    /// new account's G and VT quota.
+    pub quotas: quotas::Quotas,
     /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
@@ -269,6 +273,7 @@ impl World {
         let issued_credentials: Arc<Mutex<Vec<String>>> = Arc::default();
         let faults = Faults::default();
         let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let quotas = quotas::Quotas::default();
         let front = aws_front::Front {
             stops: Arc::default(),
             moto_url: moto.url.clone(),
@@ -293,6 +298,7 @@ impl World {
             iam: None,
             eks_endpoints: Arc::default(),
             imds: aws_front::Imds::default(),
+            quotas: quotas.clone(),
         };
         let (eks_endpoints, aws_secrets) = (front.eks_endpoints.clone(), front.secrets.clone());
         let oidc = oidc::Oidc {
@@ -502,6 +508,7 @@ impl World {
             package_fetches: fetched,
             clock_scale: options.clock_scale,
             attached_gpus,
+            quotas,
             spot_role,
             issued_credentials,
             ec2,
