@@ -309,6 +309,17 @@ pub struct TrustInputs {
     pub allowed_associations: Vec<String>,
     /// Skip the untrusted-trigger guard (behind a reviewed environment, say).
     pub allow_untrusted: bool,
+    /// A trigger the guard refuses ends start green with nothing launched (`on-untrusted: skip`)
+    /// instead of failing it.
+    pub skip_untrusted: bool,
+}
+
+impl TrustInputs {
+    /// Whether a refusal ends start green. Not with allow-untrusted: a refusal that still holds
+    /// then (a pool's) is a setting that can never do what was asked, and fails.
+    pub fn skips_refusals(&self) -> bool {
+        self.skip_untrusted && !self.allow_untrusted
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -667,6 +678,9 @@ impl Reader<'_> {
         TrustInputs {
             allowed_associations,
             allow_untrusted: self.boolean(&spec::ALLOW_UNTRUSTED),
+            skip_untrusted: self
+                .one(&spec::ON_UNTRUSTED, values::on_untrusted)
+                .is_none_or(|v| v == "skip"),
         }
     }
 
@@ -683,6 +697,7 @@ impl Reader<'_> {
             spec::STARTUP_TIMEOUT_MINUTES.name,
             spec::ALLOWED_ASSOCIATIONS.name,
             spec::ALLOW_UNTRUSTED.name,
+            spec::ON_UNTRUSTED.name,
         ];
         spec::ALL
             .iter()

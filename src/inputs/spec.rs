@@ -114,6 +114,7 @@ pub const RUNNER_SHA256: Spec = Spec::new("runner-sha256", Start, "");
 pub const ALLOWED_ASSOCIATIONS: Spec =
     Spec::new("allowed-associations", Start, "OWNER,MEMBER,COLLABORATOR");
 pub const ALLOW_UNTRUSTED: Spec = Spec::new("allow-untrusted", Start, "false");
+pub const ON_UNTRUSTED: Spec = Spec::new("on-untrusted", Start, "skip");
 pub const KEEP_ON_FAILURE: Spec = Spec::new("keep-on-failure", Start, "false");
 pub const DRY_RUN: Spec = Spec::new("dry-run", StartAndCleanup, "false");
 pub const POOL: Spec = Spec::new("pool", Start, "");
@@ -175,6 +176,7 @@ pub const ALL: &[Spec] = &[
     RUNNER_SHA256,
     ALLOWED_ASSOCIATIONS,
     ALLOW_UNTRUSTED,
+    ON_UNTRUSTED,
     KEEP_ON_FAILURE,
     DRY_RUN,
     POOL,

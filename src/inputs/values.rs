@@ -327,6 +327,11 @@ pub fn pool_full(v: &str) -> Result<(), Expect> {
     one_of(v, &["wait", "fail"], "wait or fail")
 }
 
+/// What start does for a trigger the untrusted-trigger guard refuses.
+pub fn on_untrusted(v: &str) -> Result<(), Expect> {
+    one_of(v, &["skip", "fail"], "skip or fail")
+}
+
 /// One of `names`, else the list and the closest name.
 fn one_of(v: &str, names: &[&str], expected: &str) -> Result<(), Expect> {
     if names.contains(&v) {

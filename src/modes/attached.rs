@@ -71,12 +71,15 @@ pub async fn run(inputs: &AttachedInputs, env: &Env, actions: &Actions) -> Resul
     let judgment = if inputs.trust.allow_untrusted {
         guard::Judgment::default()
     } else {
-        guard::check(
+        match guard::check(
             event,
             payload.as_ref(),
             &repository,
             &inputs.trust.allowed_associations,
-        )?
+        ) {
+            Ok(judgment) => judgment,
+            Err(why) => return modes::untrusted(why, inputs.trust.skips_refusals(), actions),
+        }
     };
     let github = modes::runners(
         &inputs.common,
@@ -93,7 +96,9 @@ pub async fn run(inputs: &AttachedInputs, env: &Env, actions: &Actions) -> Resul
             .collaborator_permission(login)
             .await
             .map_err(|e| github.error(e))?;
-        guard::check_approval(login, &permission, &repository)?;
+        if let Err(why) = guard::check_approval(login, &permission, &repository) {
+            return modes::untrusted(why, inputs.trust.skips_refusals(), actions);
+        }
     }
     let labels = inputs.labels.join(", ");
     let timeout = Duration::from_secs(u64::from(inputs.timeout_minutes) * 60);

@@ -41,6 +41,34 @@ impl Step {
     }
 }
 
+/// A trigger the untrusted-trigger guard refused, before anything was created: with
+/// `on-untrusted: skip`, start succeeds with `skipped: true` (the GPU job's `if:` skips it, and a
+/// stop after it has nothing to stop), a notice and a summary saying how a maintainer lets it run;
+/// otherwise it fails with the reason.
+pub fn untrusted(why: crate::guard::Untrusted, skip: bool, actions: &Actions) -> Result<(), Error> {
+    if !skip {
+        return Err(Error::Untrusted(why));
+    }
+    let what = format!(
+        "gpu-runner launched nothing because {why}. A self-hosted runner would run that code \
+         with access to the machine and its network, so the GPU job is skipped (the skipped \
+         output is true)"
+    );
+    actions.set_output("skipped", "true")?;
+    actions.annotate(
+        &Annotation::notice(format!("{what}. {}", crate::guard::FIX))
+            .title("Untrusted trigger: GPU job skipped"),
+    );
+    actions.append_summary(
+        &crate::actions::Markdown::new()
+            .heading(3, "GPU runner: skipped")
+            .paragraph(&format!("{what}."))
+            .paragraph(crate::guard::FIX)
+            .build(),
+    )?;
+    Ok(())
+}
+
 pub async fn run(
     env: &Env,
     actions: &Actions,

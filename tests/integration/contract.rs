@@ -48,6 +48,7 @@ const OUTPUTS: &[&str] = &[
     "instance-type",
     "availability-zone",
     "market",
+    "skipped",
     "head-sha",
 ];
 

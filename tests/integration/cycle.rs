@@ -289,6 +289,30 @@ fn a_runner_that_never_comes_online_times_out_and_rolls_back() {
     assert!(error.contains("Rolled back: instance i-"), "{error}");
     // The outputs were written at launch, so a stop job would also have found the instance.
     assert!(out.outputs().contains_key("instance-id"));
+    // The wait was never silent: about every 15 s, how long and where the boot is.
+    let beats: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Waiting for i-") && l.contains(" s since launch, "))
+        .collect();
+    assert!(beats.len() >= 2, "{}", out.stdout);
+    assert!(
+        beats.last().is_some_and(
+            |l| l.contains(" s since launch, running; last boot phase: runner status=starting")
+        ),
+        "{beats:?}"
+    );
+    // The job summary says what failed, the machine's last words and the fix, then what was
+    // asked.
+    for words in [
+        "### GPU runner: start failed",
+        "did not come online within startup-timeout-minutes (1)",
+        "phase=runner status=starting",
+        "What was asked:",
+        "| Startup timeout | 1 min |",
+    ] {
+        assert!(out.summary.contains(words), "{words}: {}", out.summary);
+    }
     nothing_left(&world);
 }
 

@@ -48,6 +48,21 @@ fn stop_cleanly(world: &World, started: &Outcome) {
     nothing_left(world);
 }
 
+/// A start the guard refused, as `on-untrusted: skip` (the default) ends it: green, with
+/// `skipped: true`, nothing launched, and the reason in a notice.
+#[track_caller]
+fn skipped_because(out: &Outcome, why: &str) {
+    out.success();
+    assert_eq!(
+        out.outputs().get("skipped").map(String::as_str),
+        Some("true"),
+        "{:?}",
+        out.outputs()
+    );
+    let notices = out.commands("notice").join("\n");
+    assert!(notices.contains(why), "{why}: {notices}");
+}
+
 #[track_caller]
 fn job_runs(world: &World, label: &str) {
     let job = world.queue_job(&[label], "nvidia-smi -L || nvidia-smi");
@@ -1145,14 +1160,10 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
             &comment_on_pull_request("carol", "MEMBER", "/gpu 9f8e7d6"),
         ))
         .run();
-    refused.failure();
-    assert!(
-        refused.errors()[0].contains(
-            "the comment's author carol has read permission on octo/ml; only a comment by \
-             someone with write access or more starts a GPU runner"
-        ),
-        "{:?}",
-        refused.errors()
+    skipped_because(
+        &refused,
+        "the comment's author carol has read permission on octo/ml; only a comment by someone \
+         with write access or more starts a GPU runner",
     );
     assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
     nothing_left(&world);
@@ -1165,13 +1176,8 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
             &comment_on_pull_request("alice", "MEMBER", "/gpu"),
         ))
         .run();
-    unnamed.failure();
-    assert!(
-        unnamed.errors()[0].contains("the comment names no commit")
-            && unnamed.errors()[0].contains("`/gpu 9f8e7d6`"),
-        "{:?}",
-        unnamed.errors()
-    );
+    skipped_because(&unnamed, "the comment names no commit");
+    skipped_because(&unnamed, "`/gpu 9f8e7d6`");
     nothing_left(&world);
 
     let started = Step::start()
@@ -1207,14 +1213,10 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
             &comment_on_pull_request("alice", "MEMBER", "/gpu 9f8e7d6"),
         ))
         .run();
-    pushed.failure();
-    assert!(
-        pushed.errors()[0].contains(
-            "the comment approves 9f8e7d6, but the head of pull request #7 is now \
-             0000000000000000000000000000000000000bad: a push came after the approval"
-        ),
-        "{:?}",
-        pushed.errors()
+    skipped_because(
+        &pushed,
+        "the comment approves 9f8e7d6, but the head of pull request #7 is now \
+         0000000000000000000000000000000000000bad: a push came after the approval",
     );
     nothing_left(&world);
 }
@@ -1225,22 +1227,31 @@ fn a_comment_approves_a_run_only_with_write_access_and_the_head_commit_is_record
 fn events_the_guard_does_not_know_start_nothing() {
     let world = world();
     world.faults.take_calls();
-    for event in ["issues", "watch"] {
-        let payload = serde_json::json!({"action": "opened", "sender": {"login": "mallory"}});
-        let out = Step::start()
-            .in_world(&world)
-            .envs(&world.triggered_by(event, &payload))
-            .run();
-        out.failure();
-        let error = out.errors()[0];
-        assert!(
-            error.contains(&format!(
-                "gpu-runner refused to start because the {event} event is not one gpu-runner \
-                 knows to be safe"
-            )) && error.contains("allow-untrusted"),
-            "{error}"
-        );
-    }
+    let payload = serde_json::json!({"action": "opened", "sender": {"login": "mallory"}});
+    // With on-untrusted: fail, start fails saying why.
+    let out = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("issues", &payload))
+        .input("on-untrusted", "fail")
+        .run();
+    out.failure();
+    let error = out.errors()[0];
+    assert!(
+        error.contains(
+            "gpu-runner refused to start because the issues event is not one gpu-runner knows to \
+             be safe"
+        ) && error.contains("allow-untrusted"),
+        "{error}"
+    );
+    // By default, it is skipped, green.
+    let out = Step::start()
+        .in_world(&world)
+        .envs(&world.triggered_by("watch", &payload))
+        .run();
+    skipped_because(
+        &out,
+        "because the watch event is not one gpu-runner knows to be safe",
+    );
     assert_eq!(aws_calls(&world), Vec::<String>::new(), "AWS was called");
     nothing_left(&world);
 }
@@ -1403,8 +1414,7 @@ fn a_label_approved_start_records_the_labelled_head() {
         .in_world(&world)
         .envs(&world.triggered_by("pull_request_target", &labelled))
         .run();
-    refused.failure();
-    assert!(refused.errors()[0].contains("from the fork stranger/ml"));
+    skipped_because(&refused, "from the fork stranger/ml");
     let started = Step::start()
         .in_world(&world)
         .envs(&world.triggered_by("pull_request_target", &labelled))

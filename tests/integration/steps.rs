@@ -217,14 +217,40 @@ fn a_fork_pull_request_is_refused_before_any_credential_is_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let event = dir.path().join("event.json");
     std::fs::write(&event, FORK_PULL_REQUEST).unwrap();
-    let out = Step::start()
-        .env("GITHUB_EVENT_NAME", "pull_request_target")
-        .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
-        // Were a credential requested, this would fail differently: the guard comes first.
-        .env("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/never")
-        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "never")
-        .input("role-to-assume", "arn:aws:iam::123456789012:role/gpu-ci")
-        .run();
+    let fork = || {
+        Step::start()
+            .env("GITHUB_EVENT_NAME", "pull_request_target")
+            .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
+            // Were a credential requested, this would fail differently: the guard comes first.
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/never")
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "never")
+            .input("role-to-assume", "arn:aws:iam::123456789012:role/gpu-ci")
+    };
+    // By default the outside contributor's run is skipped, green: nothing launched, a notice.
+    let skipped = fork().run();
+    skipped.success();
+    assert_eq!(
+        skipped.outputs(),
+        [("skipped".to_owned(), "true".to_owned())].into()
+    );
+    assert!(skipped.state().is_empty());
+    let notices = skipped.commands("notice").join("\n");
+    assert!(
+        notices.contains(
+            "title=Untrusted trigger%3A GPU job skipped::gpu-runner launched nothing because the \
+             pull_request_target event carries a pull request from the fork stranger/ml: its \
+             code would run on the GPU instance. A self-hosted runner would run that code with \
+             access to the machine and its network, so the GPU job is skipped"
+        ),
+        "{notices}"
+    );
+    assert!(
+        skipped.summary.contains("### GPU runner: skipped"),
+        "{}",
+        skipped.summary
+    );
+
+    let out = fork().input("on-untrusted", "fail").run();
     out.failure();
     assert_eq!(
         out.errors(),

@@ -25,6 +25,12 @@ fn settings(world: &World) -> insta::Settings {
         "$1[the boot script]\n$2",
     );
     s.add_filter(r"failed \d+ times", "failed [n] times");
+    // Whether and how often a wait prints its line every 15 s depends on how fast this machine
+    // is: those lines are checked by cycle.rs.
+    s.add_filter(
+        r"(?m)^Waiting for i-\S+ \(.*\): \d+ s since launch, .*\n",
+        "",
+    );
     s.add_filter(r"\bi-[0-9a-f]{8,17}\b", "i-[id]");
     s.add_filter(
         r"gpu-runner-\d+-(\d+)-[0-9a-f]{8}",

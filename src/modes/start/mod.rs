@@ -27,13 +27,13 @@ use crate::error::Error;
 use crate::github::RunnerRegistry;
 use crate::inputs::StartInputs;
 use crate::machine::{self, Provider};
-use crate::modes::Github;
 use crate::modes::post::state;
 use crate::modes::signals::Cancel;
+use crate::modes::{self, Github};
 use crate::plan::{self, LaunchPlan};
 use launch::{Acquired, bring_online};
 use report::{Online, report_online};
-use setup::Setup;
+use setup::{Connection, Setup};
 use wait::Readiness;
 
 /// Where the machine downloads the runner package: `{version}` and `{arch}` are filled in.
@@ -69,14 +69,36 @@ pub async fn run(
         actions.verbatim(plan.to_text().trim_end());
     }
 
+    let result = planned(inputs, env, actions, &ctx, &plan, &mut cancel).await;
+    if let Err(e) = &result {
+        report::failed(&plan, e, actions);
+    }
+    result
+}
+
+/// Start once its plan is printed: every failure from here on also gets a job summary.
+async fn planned(
+    inputs: &StartInputs,
+    env: &Env,
+    actions: &Actions,
+    ctx: &Context,
+    plan: &LaunchPlan,
+    cancel: &mut Cancel,
+) -> Result<(), Error> {
     // Before anything is registered: will the runner's configuration reach the machine?
     let package = runner_package(env, inputs);
-    machine::check_plan(&plan, &package)?;
-    let trust = setup::judge(inputs, env, &ctx, actions)?;
+    machine::check_plan(plan, &package)?;
+    let trust = match setup::judge(inputs, env, ctx, actions) {
+        Ok(trust) => trust,
+        Err(Error::Untrusted(why)) => {
+            return modes::untrusted(why, inputs.trust.skips_refusals(), actions);
+        }
+        Err(e) => return Err(e),
+    };
 
     // Nothing exists yet: a cancel here just stops.
     let setup = tokio::select! {
-        setup = setup::connect(inputs, &plan, env, &ctx, actions, &trust) => setup?,
+        setup = setup::connect(inputs, plan, env, ctx, actions, &trust) => setup?,
         signal = cancel.cancelled() => {
             return Err(Error::Cancelled {
                 signal,
@@ -85,13 +107,19 @@ pub async fn run(
             });
         }
     };
+    let setup = match setup {
+        Connection::Ready(setup) => setup,
+        Connection::Refused(why) => {
+            return modes::untrusted(why, inputs.trust.skips_refusals(), actions);
+        }
+    };
     let Setup {
         github,
         provider,
         head_sha,
-    } = &setup;
+    } = setup.as_ref();
     if plan.dry_run {
-        return dry_run::run(&plan, provider, &package, actions).await;
+        return dry_run::run(plan, provider, &package, actions).await;
     }
     if let Some(sha) = head_sha {
         // What was judged: a push to the pull request after this must not run unreviewed.
@@ -101,9 +129,9 @@ pub async fn run(
     // Before anything exists, so that the post step and stop can find what this start creates.
     actions.save_state(state::LABEL, &plan.label)?;
     actions.save_state(state::REGION, &plan.region)?;
-    let readiness = Readiness::of(&plan, Clock::from_env(env));
+    let readiness = Readiness::of(plan, Clock::from_env(env));
     drive(
-        &plan,
+        plan,
         provider,
         github,
         &package,

@@ -264,3 +264,22 @@ fn pool_row(m: &Machine) -> Option<(&'static str, String)> {
     };
     Some(("Pool", format!("{pool}: {how}")))
 }
+
+/// A failed start's job summary: what went wrong and how to fix it (the annotations' words, with
+/// what was tried and the machine's last words where there are any), then what was asked. Best
+/// effort: the error itself is what the step reports.
+pub(super) fn failed(plan: &LaunchPlan, e: &Error, actions: &Actions) {
+    let mut summary = Markdown::new().heading(3, "GPU runner: start failed");
+    for a in e.annotations() {
+        if let Some(title) = &a.title {
+            summary = summary.heading(4, title);
+        }
+        summary = summary.code("text", &a.message);
+    }
+    let summary = summary
+        .paragraph("What was asked:")
+        .raw(&plan.to_markdown());
+    if let Err(e) = actions.append_summary(&summary.build()) {
+        tracing::warn!(error = %e, "could not write the failed start's job summary");
+    }
+}

@@ -16,6 +16,13 @@ use crate::machine::{self, Connected, Purpose};
 use crate::modes::{self, Github};
 use crate::plan::LaunchPlan;
 
+/// What connecting found: all set up, or a trigger that GitHub's answers show the guard must
+/// refuse (a commenter without write access, a pull request pushed to since its approval).
+pub(super) enum Connection {
+    Ready(Box<Setup>),
+    Refused(guard::Untrusted),
+}
+
 /// GitHub and the machine provider, ready to use; nothing created yet.
 pub(super) struct Setup {
     pub github: Github,
@@ -92,7 +99,7 @@ pub(super) async fn connect(
     ctx: &Context,
     actions: &Actions,
     trust: &Trust<'_>,
-) -> Result<Setup, Error> {
+) -> Result<Connection, Error> {
     let mut github = modes::runners(
         &inputs.common,
         inputs.common.scope(),
@@ -109,7 +116,11 @@ pub(super) async fn connect(
         actions,
     )
     .await?;
-    let head_sha = confirm_trust(&github, trust, ctx, actions).await?;
+    let head_sha = match confirm_trust(&github, trust, ctx, actions).await {
+        Ok(sha) => sha,
+        Err(Error::Untrusted(why)) => return Ok(Connection::Refused(why)),
+        Err(e) => return Err(e),
+    };
     let mut public = trust.public;
     if inputs.common.scope() == RunnerScope::Org {
         let group = org_group(&github, inputs.runner.group.as_ref(), ctx).await?;
@@ -139,11 +150,11 @@ pub(super) async fn connect(
     if public == Some(true) {
         warn_public_exposure(&github, inputs, ctx, actions).await;
     }
-    Ok(Setup {
+    Ok(Connection::Ready(Box::new(Setup {
         github,
         provider,
         head_sha,
-    })
+    })))
 }
 
 /// The guard's conditions that GitHub must confirm, before any AWS credential is asked for: a

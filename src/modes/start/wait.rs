@@ -203,6 +203,7 @@ pub(super) async fn wait_online(
     let started = Instant::now();
     let mut pending = booting;
     let mut results = Vec::new();
+    let mut next_heartbeat = HEARTBEAT;
     while !pending.is_empty() {
         let runners = github.registry.runners().await;
         if let Err(e) = &runners {
@@ -246,6 +247,12 @@ pub(super) async fn wait_online(
         .await;
         results.extend(online.into_iter().map(|(n, o)| (n, Ok(o))));
         pending = still;
+        if clock.unscaled(started.elapsed()) >= next_heartbeat {
+            next_heartbeat += HEARTBEAT;
+            for b in &pending {
+                heartbeat(provider, b, clock, actions).await;
+            }
+        }
         if !pending.is_empty() {
             clock
                 .sleep(schedule.interval(clock.unscaled(started.elapsed())))
@@ -253,6 +260,32 @@ pub(super) async fn wait_online(
         }
     }
     results
+}
+
+/// How often a start that waits says where each machine's boot is.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// One line for a machine still booting: how long since its launch, whether it runs, and the
+/// latest boot phase its console (or pod log) shows, so that a wait is never silent.
+async fn heartbeat(provider: &impl Provider, b: &Booting, clock: &Clock, actions: &Actions) {
+    let last_words = provider.last_words(&b.machine.id).await;
+    let phase = last_words
+        .iter()
+        .rev()
+        .find_map(|l| l.split_once("gpu-runner: phase=").map(|(_, p)| p))
+        .map(|p| format!("last boot phase: {p}"))
+        .unwrap_or_else(|| "no boot phase in its output yet".to_owned());
+    actions.info(&format!(
+        "Waiting for {} ({}): {} s since launch, {}; {phase}",
+        b.machine.id,
+        b.jit.runner.name,
+        clock.unscaled(b.launched_at.elapsed()).as_secs(),
+        if b.running_after.is_some() {
+            "running"
+        } else {
+            "not running yet"
+        },
+    ));
 }
 
 /// What this look says of `b`: online, failed (its machine ended, its runner was removed, the
