@@ -1498,3 +1498,121 @@ fn the_pool_permissions_touch_only_this_repositorys_pool_instances_and_only_thei
     }
     assert!(evaluate(&permissions, "ec2:CreateTags", &[instance(&theirs)]).is_err());
 }
+
+/// The CloudFormation template as CloudFormation would resolve it for octo/ml in the account
+/// 123456789012, with `parameters`: `!Sub`, `!Ref` and `!If` (on `MakeOidcProvider`, false:
+/// the provider exists already, as docs/iam's trust policies name it).
+fn resolved(v: &serde_yaml::Value, parameters: &[(&str, &str)]) -> serde_json::Value {
+    use serde_yaml::Value as Y;
+    let fill = |text: &str| {
+        let mut text = text
+            .replace("${AWS::Partition}", "aws")
+            .replace("${AWS::AccountId}", "123456789012");
+        for (k, v) in parameters {
+            text = text.replace(&format!("${{{k}}}"), v);
+        }
+        assert!(!text.contains("${"), "unresolved: {text}");
+        serde_json::Value::String(text)
+    };
+    match v {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => serde_json::Value::Bool(*b),
+        Y::Number(n) => serde_json::json!(n.as_f64()),
+        Y::String(s) => serde_json::Value::String(s.clone()),
+        Y::Sequence(all) => all.iter().map(|x| resolved(x, parameters)).collect(),
+        Y::Mapping(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    (
+                        k.as_str().unwrap_or_default().to_owned(),
+                        resolved(x, parameters),
+                    )
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => match (t.tag.to_string().as_str(), &t.value) {
+            ("!Sub", Y::String(s)) => fill(s),
+            ("!Ref", Y::String(name)) => parameters
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| serde_json::Value::String((*v).to_owned()))
+                .unwrap_or_else(|| panic!("!Ref {name}")),
+            ("!If", Y::Sequence(branches)) if branches.len() == 3 => {
+                resolved(&branches[2], parameters)
+            }
+            (tag, _) => panic!("{tag} is not resolved here"),
+        },
+    }
+}
+
+/// The CloudFormation template and docs/iam never drift apart: its roles hold exactly the
+/// documented statements, and its trust policy admits exactly the tokens the documented trust
+/// policies admit. (The world deploys the template itself: every world test runs with its roles.)
+#[test]
+fn the_cloudformation_template_holds_the_documented_policies_and_trust() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/cloudformation/gpu-runner.yaml"
+    ))
+    .unwrap();
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let role = |name: &str, subject: (&str, &str)| {
+        resolved(
+            &template["Resources"][name]["Properties"],
+            &[
+                ("Repository", "octo/ml"),
+                ("RoleName", "gpu-ci"),
+                ("PoolRoleName", "gpu-ci-pool"),
+                subject,
+            ],
+        )
+    };
+    let inline = |properties: &serde_json::Value, name: &str| {
+        properties["Policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["PolicyName"] == name)
+            .unwrap_or_else(|| panic!("no inline policy {name}"))["PolicyDocument"]
+            .clone()
+    };
+    let gpu_ci = role("Role", ("Subject", "*"));
+    let pool = role("PoolRole", ("PoolRoleSubject", "ref:refs/heads/main"));
+    let permissions = policy("permissions-policy.json");
+    assert_eq!(inline(&gpu_ci, "gpu-runner"), permissions);
+    assert_eq!(inline(&pool, "gpu-runner"), permissions);
+    assert_eq!(inline(&pool, "gpu-runner-pool"), policy("pool-policy.json"));
+    assert_eq!(pool["Policies"].as_array().map(Vec::len), Some(2));
+
+    let provider = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com";
+    for (subject, documented) in [
+        ("*", "trust-policy.json"),
+        ("ref:refs/heads/main", "trust-policy-branch.json"),
+        ("environment:gpu", "trust-policy-environment.json"),
+    ] {
+        let trust = role("Role", ("Subject", subject))["AssumeRolePolicyDocument"].clone();
+        let documented = policy(documented);
+        for sub in [
+            "repo:octo/ml:ref:refs/heads/main",
+            "repo:octo/ml:ref:refs/heads/feature",
+            "repo:octo/ml:pull_request",
+            "repo:octo/ml:environment:gpu",
+            "repo:octo/ml-fork:ref:refs/heads/main",
+            "repo:someone/ml:ref:refs/heads/main",
+        ] {
+            for aud in ["sts.amazonaws.com", "another-audience"] {
+                let keys = world::iam::Resource::new("")
+                    .key("token.actions.githubusercontent.com:sub", sub)
+                    .key("token.actions.githubusercontent.com:aud", aud);
+                let verdict = |p: &serde_json::Value| {
+                    world::iam::trusts(p, "sts:AssumeRoleWithWebIdentity", provider, &keys).is_ok()
+                };
+                assert_eq!(
+                    verdict(&trust),
+                    verdict(&documented),
+                    "Subject {subject}, sub {sub}, aud {aud}"
+                );
+            }
+        }
+    }
+}

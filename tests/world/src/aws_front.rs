@@ -993,9 +993,10 @@ async fn web_identity(
         Ok(out) => out,
         Err(e) => {
             use aws_sdk_sts::error::ProvideErrorMetadata;
+            let why = format!("{e:?}");
             return Some(refuse(
                 e.code().unwrap_or("InternalError"),
-                e.message().unwrap_or("STS refused"),
+                e.message().unwrap_or(&why),
             ));
         }
     };

@@ -345,36 +345,47 @@ impl World {
         let attached_gpus: attached::Gpus = Arc::default();
 
         let (aws_url, github_url, ec2, ssm) = rt.block_on(async {
-            // IAM as gpu-runner's README asks for it: the role with the documented permissions
-            // policy. Then moto enforces it on every request.
-            let permissions = documented_policy("permissions-policy.json", &account)?;
-            // With eks-cluster, the role also describes its cluster (docs/iam/eks-policy.json).
-            let mut role_policy = permissions.clone();
+            // IAM as gpu-runner's README asks for it: the roles exactly as its CloudFormation
+            // template (docs/cloudformation/gpu-runner.yaml) makes them, deployed with moto's
+            // CloudFormation, gpu-ci for any ref and the pool role gpu-ci-pool for the default
+            // branch alone. moto's CloudFormation has no AWS::IAM::OIDCProvider: the world's STS
+            // (the AWS front) stands in for the provider, so the template is told one exists.
+            let template_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs/cloudformation/gpu-runner.yaml");
+            let template = std::fs::read_to_string(&template_path)
+                .map_err(|e| format!("{}: {e}", template_path.display()))?;
+            moto.deploy_stack(
+                &account,
+                "gpu-runner",
+                &template,
+                &[
+                    ("Repository", "octo/ml"),
+                    ("Subject", "*"),
+                    ("RoleName", "gpu-ci"),
+                    ("CreateOidcProvider", "false"),
+                    ("PoolRoleSubject", "ref:refs/heads/main"),
+                    ("PoolRoleName", POOL_ROLE),
+                ],
+            )
+            .await?;
+            // With eks-cluster, a role also describes its cluster: docs/iam/eks-policy.json, which
+            // the template leaves to the user, added here as a user would, through IAM.
             let eks = documented_policy("eks-policy.json", &account)?;
-            if let (Some(all), Some(more)) = (
-                role_policy["Statement"].as_array_mut(),
-                eks["Statement"].as_array(),
-            ) {
-                all.extend(more.iter().cloned());
+            let mut roles = std::collections::HashMap::new();
+            for name in ["gpu-ci", POOL_ROLE] {
+                let (trust, mut policy) = moto.role_documents(&account, name).await?;
+                if let (Some(all), Some(more)) = (
+                    policy["Statement"].as_array_mut(),
+                    eks["Statement"].as_array(),
+                ) {
+                    all.extend(more.iter().cloned());
+                }
+                // moto enforces what it can; the front judges resources and conditions.
+                moto.enforce_role_policy(&account, name, &policy).await?;
+                roles.insert(name.to_owned(), (trust, policy));
             }
-            // Warm pools: a role of their own that only the default branch may assume, with the
-            // pool statements (docs/iam/pool-policy.json) beside the others.
-            let mut pool_role_policy = role_policy.clone();
-            let pool = documented_policy("pool-policy.json", &account)?;
-            if let (Some(all), Some(more)) = (
-                pool_role_policy["Statement"].as_array_mut(),
-                pool["Statement"].as_array(),
-            ) {
-                all.extend(more.iter().cloned());
-            }
-            let key = moto
-                .set_up_iam(
-                    &account,
-                    "gpu-ci",
-                    &role_policy,
-                    &[(POOL_ROLE, &pool_role_policy)],
-                )
-                .await?;
+            let role_policy = roles["gpu-ci"].1.clone();
+            let key = moto.set_up_world_user(&account).await?;
             // The instance profile the README documents for jit-handoff: ssm, with its role's
             // documented policy (docs/iam/instance-role-policy.json).
             let instance_policy = documented_policy("instance-role-policy.json", &account)?;
@@ -416,24 +427,7 @@ impl World {
                     account: account.clone(),
                     region: region.clone(),
                     instance_policy,
-                    roles: [
-                        (
-                            "gpu-ci".to_owned(),
-                            (
-                                documented_policy("trust-policy.json", &account)?,
-                                role_policy.clone(),
-                            ),
-                        ),
-                        (
-                            POOL_ROLE.to_owned(),
-                            (
-                                documented_policy("trust-policy-branch.json", &account)?,
-                                pool_role_policy.clone(),
-                            ),
-                        ),
-                    ]
-                    .into_iter()
-                    .collect(),
+                    roles,
                     sessions: Arc::default(),
                 })),
                 ..front

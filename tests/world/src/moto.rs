@@ -7,6 +7,40 @@ use std::time::{Duration, Instant};
 
 use crate::aws_front::xml_values;
 
+/// `%XX` escapes decoded (IAM answers policy documents URL-encoded).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => match u8::from_str_radix(&String::from_utf8_lossy(hex), 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                Err(_) => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn xml_unescape(v: &str) -> String {
+    v.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
 pub struct Moto {
     child: Child,
     pub url: String,
@@ -173,7 +207,19 @@ impl Moto {
         account: &str,
         fields: &[(&str, &str)],
     ) -> Result<String, String> {
-        let mut form: Vec<(&str, &str)> = vec![("Version", "2010-05-08")];
+        self.call(http, account, "iam", "2010-05-08", fields).await
+    }
+
+    /// One call of a query-protocol service, unsigned: only before [`Moto::enforce_iam`].
+    async fn call(
+        &self,
+        http: &reqwest::Client,
+        account: &str,
+        service: &str,
+        version: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<String, String> {
+        let mut form: Vec<(&str, &str)> = vec![("Version", version)];
         form.extend_from_slice(fields);
         let answer = http
             .post(format!("{}/", self.url))
@@ -182,59 +228,196 @@ impl Moto {
             // checks no signature.
             .header(
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAWORLDSETUP/20260101/us-east-1/iam/aws4_request, \
-                 SignedHeaders=host, Signature=0",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=AKIAWORLDSETUP/20260101/us-east-1/{service}/\
+                     aws4_request, SignedHeaders=host, Signature=0"
+                ),
             )
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("IAM {fields:?}: {e}"))?;
+            .map_err(|e| format!("{service} {fields:?}: {e}"))?;
         let status = answer.status();
         let text = answer.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
-            return Err(format!("IAM {:?}: HTTP {status}: {text}", fields.first()));
+            return Err(format!(
+                "{service} {:?}: HTTP {status}: {text}",
+                fields.first()
+            ));
         }
         Ok(text)
     }
 
-    /// In `account`: the role gpu-runner assumes, whose only policy is what moto can enforce of
-    /// `permissions` (see [`enforceable`]), the `others` alike, and a user for the world's own bookkeeping that may
-    /// do anything; that user's credentials.
-    pub async fn set_up_iam(
+    /// Deploys a CloudFormation template in `account` with moto's CloudFormation, as a user
+    /// would with `aws cloudformation deploy`; moto creates the resources at once.
+    pub async fn deploy_stack(
+        &self,
+        account: &str,
+        name: &str,
+        template: &str,
+        parameters: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let http = reqwest::Client::new();
+        let keys: Vec<(String, String)> = parameters
+            .iter()
+            .enumerate()
+            .flat_map(|(n, (k, v))| {
+                [
+                    (
+                        format!("Parameters.member.{}.ParameterKey", n + 1),
+                        (*k).to_owned(),
+                    ),
+                    (
+                        format!("Parameters.member.{}.ParameterValue", n + 1),
+                        (*v).to_owned(),
+                    ),
+                ]
+            })
+            .collect();
+        let mut fields: Vec<(&str, &str)> = vec![
+            ("Action", "CreateStack"),
+            ("StackName", name),
+            ("TemplateBody", template),
+            ("Capabilities.member.1", "CAPABILITY_NAMED_IAM"),
+        ];
+        fields.extend(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.call(&http, account, "cloudformation", "2010-05-15", &fields)
+            .await?;
+        let described = self
+            .call(
+                &http,
+                account,
+                "cloudformation",
+                "2010-05-15",
+                &[("Action", "DescribeStacks"), ("StackName", name)],
+            )
+            .await?;
+        match xml_values(&described, "StackStatus")
+            .first()
+            .map(String::as_str)
+        {
+            Some("CREATE_COMPLETE") => Ok(()),
+            other => Err(format!("the stack {name} is {other:?}: {described}")),
+        }
+    }
+
+    /// A role as IAM holds it: its trust policy, and its inline policies' statements as one
+    /// policy.
+    pub async fn role_documents(
         &self,
         account: &str,
         role: &str,
-        permissions: &serde_json::Value,
-        others: &[(&str, &serde_json::Value)],
-    ) -> Result<AccessKey, String> {
+    ) -> Result<(serde_json::Value, serde_json::Value), String> {
         let http = reqwest::Client::new();
-        // moto cannot check a web identity: the world's AWS front checks the token, and the
-        // trust policy documents are checked by tests/integration/security.rs.
+        let document = |xml: &str, tag: &str| -> Result<serde_json::Value, String> {
+            let raw = xml_values(xml, tag)
+                .pop()
+                .ok_or_else(|| format!("{role}: no {tag}"))?;
+            let text = xml_unescape(&percent_decode(&raw));
+            serde_json::from_str(&text)
+                // moto keeps an inline policy that CloudFormation made as the Python dict it
+                // parsed, and answers its repr (single quotes); IAM answers JSON. The documented
+                // policies hold no quote of either kind inside a value.
+                .or_else(|_| serde_json::from_str(&text.replace('\'', "\"")))
+                .map_err(|e| format!("{role}'s {tag}: {e}: {text}"))
+        };
+        let got = self
+            .iam(&http, account, &[("Action", "GetRole"), ("RoleName", role)])
+            .await?;
+        let trust = document(&got, "AssumeRolePolicyDocument")?;
+        let listed = self
+            .iam(
+                &http,
+                account,
+                &[("Action", "ListRolePolicies"), ("RoleName", role)],
+            )
+            .await?;
+        let mut statements: Vec<serde_json::Value> = Vec::new();
+        for name in xml_values(&listed, "member") {
+            let policy = self
+                .iam(
+                    &http,
+                    account,
+                    &[
+                        ("Action", "GetRolePolicy"),
+                        ("RoleName", role),
+                        ("PolicyName", &name),
+                    ],
+                )
+                .await?;
+            let policy = document(&policy, "PolicyDocument")?;
+            statements.extend(policy["Statement"].as_array().cloned().unwrap_or_default());
+        }
+        Ok((
+            trust,
+            serde_json::json!({"Version": "2012-10-17", "Statement": statements}),
+        ))
+    }
+
+    /// Replaces a role's inline policies with what moto can enforce of `policy` (see
+    /// [`enforceable`]); the world's AWS front judges the rest.
+    pub async fn enforce_role_policy(
+        &self,
+        account: &str,
+        role: &str,
+        policy: &serde_json::Value,
+    ) -> Result<(), String> {
+        let http = reqwest::Client::new();
+        let listed = self
+            .iam(
+                &http,
+                account,
+                &[("Action", "ListRolePolicies"), ("RoleName", role)],
+            )
+            .await?;
+        for name in xml_values(&listed, "member") {
+            self.iam(
+                &http,
+                account,
+                &[
+                    ("Action", "DeleteRolePolicy"),
+                    ("RoleName", role),
+                    ("PolicyName", &name),
+                ],
+            )
+            .await?;
+        }
+        // The world's STS exchanges a web identity for the role by an AssumeRole of the world's
+        // own user, which moto judges by the role's trust policy: moto gets one that lets it
+        // (the front judges the role's own trust policy, see aws_front::web_identity).
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"AWS": "*"},
-            "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"],
+            "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
         }]})
         .to_string();
-        for (role, permissions) in
-            std::iter::once((role, permissions)).chain(others.iter().copied())
-        {
-            let policy = enforceable(permissions).to_string();
-            for fields in [
-                vec![
-                    ("Action", "CreateRole"),
-                    ("RoleName", role),
-                    ("AssumeRolePolicyDocument", trust.as_str()),
-                ],
-                vec![
-                    ("Action", "PutRolePolicy"),
-                    ("RoleName", role),
-                    ("PolicyName", "gpu-runner"),
-                    ("PolicyDocument", policy.as_str()),
-                ],
-            ] {
-                self.iam(&http, account, &fields).await?;
-            }
-        }
+        self.iam(
+            &http,
+            account,
+            &[
+                ("Action", "UpdateAssumeRolePolicy"),
+                ("RoleName", role),
+                ("PolicyDocument", &trust),
+            ],
+        )
+        .await?;
+        let enforceable = enforceable(policy).to_string();
+        self.iam(
+            &http,
+            account,
+            &[
+                ("Action", "PutRolePolicy"),
+                ("RoleName", role),
+                ("PolicyName", "gpu-runner"),
+                ("PolicyDocument", &enforceable),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// In `account`: a user for the world's own bookkeeping that may do anything; its
+    /// credentials.
+    pub async fn set_up_world_user(&self, account: &str) -> Result<AccessKey, String> {
+        let http = reqwest::Client::new();
         let everything = serde_json::json!({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Action": "*", "Resource": "*",
         }]})
