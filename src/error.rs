@@ -51,6 +51,9 @@ pub enum Error {
     /// Every capacity candidate was refused.
     #[error("no candidate had capacity")]
     NoCapacity { tried: Vec<Refusal> },
+    /// The network would keep the runner from GitHub (found by dry-run): what, and the fix.
+    #[error("{what}")]
+    Network { what: String, fix: String },
     /// The pool had no instance to give: all busy and the pool full, or the one named is not a
     /// member.
     #[error("{what}")]
@@ -178,6 +181,11 @@ impl Error {
                 )
             }
             Error::Pool { what, fix } => one("No pool instance", what.clone(), fix.clone()),
+            Error::Network { what, fix } => one(
+                "The runner could not reach GitHub",
+                what.clone(),
+                fix.clone(),
+            ),
             Error::Attach { title, what, fix } => one(title, what.clone(), fix.clone()),
             Error::UserDataTooLarge(t) => one(
                 "Boot script too large for EC2",

@@ -911,3 +911,86 @@ fn without_any_aws_credentials_the_error_says_how_to_give_them() {
     assert_eq!(world.registered_runners(), []);
     nothing_left(&world);
 }
+
+/// Dry-run looks at the way out of each subnet: a public one and one behind a NAT gateway reach
+/// GitHub; one without a route to the internet, or without public addresses, gets a warning with
+/// its fix, and a start with no way out at all fails, as does one with no default VPC and no
+/// subnet-id.
+#[test]
+fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
+    let world = World::start(Options::default()).unwrap();
+    let subnets = world.subnets();
+    let dry = |subnet_ids: &str| {
+        let step = start(&world).input("dry-run", "true");
+        if subnet_ids.is_empty() {
+            step.run()
+        } else {
+            step.input("subnet-id", subnet_ids).run()
+        }
+    };
+    let by_default = dry("");
+    by_default.success();
+    assert!(
+        by_default.stdout.contains("Network: the default VPC vpc-")
+            && by_default.stdout.contains("reaches GitHub through igw-"),
+        "{}",
+        by_default.stdout
+    );
+
+    let mixed = dry(&format!(
+        "{}, {}, {}",
+        subnets.public, subnets.nat, subnets.private
+    ));
+    mixed.success();
+    assert!(
+        mixed.stdout.contains(&format!(
+            "Network: {} reaches GitHub through {}",
+            subnets.nat, subnets.nat_gateway
+        )),
+        "{}",
+        mixed.stdout
+    );
+    let warnings = mixed.commands("warning").join("\n");
+    assert!(
+        warnings.contains(&format!(
+            "{} has no route to the internet (0.0.0.0/0 in {})",
+            subnets.private, subnets.private_route_table
+        )) && warnings.contains(&format!(
+            "aws ec2 create-route --route-table-id {} --destination-cidr-block 0.0.0.0/0",
+            subnets.private_route_table
+        )),
+        "{warnings}"
+    );
+
+    let none = dry(&format!(
+        "{}, {}",
+        subnets.private, subnets.no_public_address
+    ));
+    none.failure();
+    let error = none.errors().join("\n");
+    for words in [
+        "title=The runner could not reach GitHub",
+        "No subnet of this start lets the runner reach GitHub",
+        &format!(
+            "aws ec2 modify-subnet-attribute --subnet-id {} --map-public-ip-on-launch",
+            subnets.no_public_address
+        ),
+    ] {
+        assert!(error.contains(words), "{words}: {error}");
+    }
+
+    nothing_left(&world);
+
+    // An account whose default VPC was deleted.
+    let world = World::start(Options::default()).unwrap();
+    world.delete_default_vpc();
+    let no_vpc = start(&world).input("dry-run", "true").run();
+    no_vpc.failure();
+    let error = no_vpc.errors().join("\n");
+    assert!(
+        error.contains("The account has no default VPC in us-east-1")
+            && error.contains("aws ec2 create-default-vpc --region us-east-1"),
+        "{error}"
+    );
+    nothing_left(&world);
+}

@@ -32,6 +32,7 @@ fn settings(world: &World) -> insta::Settings {
         "",
     );
     s.add_filter(r"\bi-[0-9a-f]{8,17}\b", "i-[id]");
+    s.add_filter(r"\b(vpc|igw)-[0-9a-f]{8,17}\b", "$1-[id]");
     s.add_filter(
         r"gpu-runner-\d+-(\d+)-[0-9a-f]{8}",
         "gpu-runner-[run]-$1-[nonce]",

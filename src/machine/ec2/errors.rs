@@ -58,6 +58,9 @@ pub fn hint(e: &MachineError) -> String {
             now: list more instance types or subnets, or request a vCPU quota increase for \
             \"Running On-Demand G and VT instances\" in Service Quotas."
             .to_owned(),
+        "VPCIdNotSpecified" => "The account has no default VPC in this region: create it (aws \
+            ec2 create-default-vpc), or set subnet-id to subnets that reach GitHub."
+            .to_owned(),
         "ParameterNotFound" => "Check image-id: the SSM parameter does not exist in this \
             region."
             .to_owned(),

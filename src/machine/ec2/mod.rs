@@ -6,6 +6,7 @@
 pub mod api;
 pub mod credentials;
 pub mod errors;
+pub mod network;
 pub mod pool;
 pub mod pricing;
 pub mod quotas;
@@ -168,6 +169,70 @@ impl Ec2 {
         };
         values.insert(code, value);
         value
+    }
+
+    /// Dry-run's look at the network: can the runner reach GitHub from the candidates' subnets
+    /// (or the default VPC's)? Each subnet's way out goes to the log; one that cannot gets a
+    /// warning with its fix, and when none can, or there is no default VPC to launch into, the
+    /// dry run fails.
+    async fn check_network(&self, plan: &LaunchPlan, actions: &Actions) -> Result<(), Error> {
+        let mut ids: Vec<String> = plan
+            .candidates
+            .iter()
+            .filter_map(|c| c.subnet_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let subnets = match self.api.reach(&ids).await {
+            Ok(Some(subnets)) => subnets,
+            Ok(None) => {
+                return Err(Error::Network {
+                    what: format!(
+                        "The account has no default VPC in {}, and subnet-id names no subnet, so \
+                         EC2 has nowhere to launch the instance",
+                        self.region
+                    ),
+                    fix: format!(
+                        "Create the default VPC (aws ec2 create-default-vpc --region {}), or set \
+                         subnet-id to subnets that reach GitHub (a public subnet, or one routed \
+                         through a NAT gateway).",
+                        self.region
+                    ),
+                });
+            }
+            Err(e) => {
+                actions.annotate(
+                    &Annotation::warning(format!(
+                        "Could not check whether the subnets reach GitHub: {e}. The role needs \
+                         ec2:DescribeVpcs, ec2:DescribeSubnets and ec2:DescribeRouteTables \
+                         (ReadWhatStartStopAndCleanupLookAt in docs/iam/permissions-policy.json)."
+                    ))
+                    .title("Network not checked"),
+                );
+                return Ok(());
+            }
+        };
+        for s in &subnets {
+            actions.info(&format!("Network: {}", s.describe()));
+            if let (Some(false), Some(fix)) = (s.reaches(), s.fix()) {
+                actions.annotate(
+                    &Annotation::warning(format!("{}. {fix}", s.describe()))
+                        .title("A subnet that cannot reach GitHub"),
+                );
+            }
+        }
+        if !subnets.is_empty() && subnets.iter().all(|s| s.reaches() == Some(false)) {
+            let what: Vec<String> = subnets.iter().map(|s| s.describe()).collect();
+            let fix: Vec<String> = subnets.iter().filter_map(|s| s.fix()).collect();
+            return Err(Error::Network {
+                what: format!(
+                    "No subnet of this start lets the runner reach GitHub: {}",
+                    what.join("; ")
+                ),
+                fix: fix.join(" "),
+            });
+        }
+        Ok(())
     }
 
     /// What the quota of `candidate` is and what this start needs of it: all its runners on
@@ -337,6 +402,7 @@ impl Provider for Ec2 {
         if over.len() == plan.candidates.len() {
             return Err(Error::NoCapacity { tried: over });
         }
+        self.check_network(plan, actions).await?;
         let image_id = self.image_id()?;
         let params =
             handoff.boot_params(plan, &candidate.instance_type, self.gpus(candidate).await);

@@ -15,6 +15,7 @@ pub mod kubernetes;
 pub mod log;
 pub mod matrix;
 pub mod moto;
+pub mod network;
 pub mod oidc;
 pub mod package;
 pub mod ports;
@@ -418,6 +419,7 @@ impl World {
                 .await;
             let ec2 = aws_sdk_ec2::Client::new(&config);
             let ssm = aws_sdk_ssm::Client::new(&config);
+            network::as_aws_makes_it(&ec2).await?;
             let front = aws_front::Front {
                 sts: Some(aws_sdk_sts::Client::new(&config)),
                 iam: Some(Arc::new(aws_front::Enforcer {
@@ -510,6 +512,21 @@ impl World {
             eks_endpoints,
             aws_secrets,
         })
+    }
+
+    /// Subnets of each kind in the default VPC (see [`network`]), made now.
+    pub fn subnets(&self) -> network::Subnets {
+        self.rt
+            .block_on(network::make_subnets(&self.ec2))
+            .expect("the world's subnets")
+    }
+
+    /// Deletes the region's default VPC, as a user may have: its default subnets, its internet
+    /// gateway, then the VPC.
+    pub fn delete_default_vpc(&self) {
+        self.rt
+            .block_on(network::delete_default_vpc(&self.ec2))
+            .expect("the default VPC deleted");
     }
 
     /// The environment the Actions runner gives the action's container, pointed at this world.
