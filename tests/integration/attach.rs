@@ -938,3 +938,51 @@ fn with_docker_the_containers_and_volumes_a_job_made_go_and_the_machines_own_sta
         "{output}"
     );
 }
+
+/// A start for an attached machine judges the trigger as a start for EC2 does: a fork's pull
+/// request is skipped, green, with nothing waited for (and with on-untrusted: fail, refused).
+#[test]
+fn a_start_for_an_attached_machine_skips_a_forks_pull_request() {
+    let world = world();
+    let fork = serde_json::json!({
+        "pull_request": {
+            "number": 7,
+            "head": {"sha": "abc", "repo": {"full_name": "stranger/ml", "fork": true}},
+            "user": {"login": "stranger"},
+            "author_association": "NONE"
+        },
+        "repository": {"full_name": "octo/ml", "private": true}
+    });
+    let start = || {
+        crate::support::Step::start()
+            .in_world(&world)
+            .input("machine", "attached")
+            .input("labels", "gpu-a10")
+            .envs(&world.triggered_by("pull_request_target", &fork))
+    };
+    let skipped = start().run();
+    skipped.success();
+    assert_eq!(
+        skipped.outputs().get("skipped").map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        skipped
+            .commands("notice")
+            .join("\n")
+            .contains("from the fork stranger/ml"),
+        "{}",
+        skipped.stdout
+    );
+    let refused = start().input("on-untrusted", "fail").run();
+    refused.failure();
+    assert!(
+        refused
+            .errors()
+            .join("\n")
+            .contains("from the fork stranger/ml"),
+        "{:?}",
+        refused.errors()
+    );
+    no_runner_left(&world);
+}

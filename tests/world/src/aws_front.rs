@@ -959,15 +959,21 @@ async fn web_identity(
         && claims["iss"] == crate::oidc::ISSUER
         && let Some((trust, _)) = enforcer.roles.get(&role_name)
     {
-        let keys = crate::iam::Resource::new("")
-            .key(
-                "token.actions.githubusercontent.com:sub",
-                claims["sub"].as_str().unwrap_or_default(),
-            )
-            .key(
-                "token.actions.githubusercontent.com:aud",
-                claims["aud"].as_str().unwrap_or_default(),
-            );
+        // Every claim of the token is a condition key of the provider (`sub`, `aud`, and the
+        // others GitHub sends, such as `job_workflow_ref` or `environment`): IAM User Guide,
+        // "Available keys for AWS OIDC federation"; GitHub docs, "Configuring OpenID Connect in
+        // Amazon Web Services".
+        let keys = claims
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, value)| Some((name, value.as_str()?)))
+            .fold(crate::iam::Resource::new(""), |keys, (name, value)| {
+                keys.key(
+                    &format!("token.actions.githubusercontent.com:{name}"),
+                    value,
+                )
+            });
         let provider = format!(
             "arn:aws:iam::{}:oidc-provider/token.actions.githubusercontent.com",
             enforcer.account
