@@ -20,4 +20,5 @@ pub mod modes;
 pub mod oidc;
 pub mod plan;
 pub mod retry;
+pub mod runner_package;
 pub mod secret;

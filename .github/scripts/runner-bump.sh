@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pins a new Actions runner release: adds VERSION with the SHA-256 of its linux x64 and arm64
-# packages to the top of gpu-runner's table (src/boot/mod.rs), and makes it the default
+# packages to the top of gpu-runner's table (src/runner_package.rs), and makes it the default
 # runner-version (src/inputs/spec.rs, action.yml, README.md). Run from the repository root.
 # Exits 3 when VERSION is pinned already, so that the workflow opens no pull request.
 set -euo pipefail
@@ -13,7 +13,7 @@ for hash in "$x64" "$arm64"; do
   [[ "$hash" =~ ^[0-9a-f]{64}$ ]] || { echo "not a SHA-256: $hash" >&2; exit 2; }
 done
 
-table=src/boot/mod.rs
+table=src/runner_package.rs
 if grep -q "version: \"$version\"," "$table"; then
   echo "runner $version is pinned already"
   exit 3

@@ -14,7 +14,7 @@ pub use error::{InputError, InputErrors, Problem, Shown};
 use spec::Spec;
 pub use values::ImageRef;
 
-use crate::boot::Arch;
+use crate::runner_package::Arch;
 use crate::env::Env;
 use crate::secret::Secret;
 
@@ -1167,7 +1167,7 @@ impl Reader<'_> {
         }
         let sha = sha.map(|s| s.to_ascii_lowercase());
         let package = format!("actions-runner-linux-{}-{version}.tar.gz", arch.name());
-        match (crate::boot::pinned(&version, arch), sha) {
+        match (crate::runner_package::pinned(&version, arch), sha) {
             (Some(pin), None) => Some((version, pin.sha256.to_owned())),
             (Some(pin), Some(sha)) if sha == pin.sha256 => Some((version, sha)),
             (Some(pin), Some(sha)) => {
@@ -1188,7 +1188,7 @@ impl Reader<'_> {
             }
             (None, Some(sha)) => Some((version, sha)),
             (None, None) => {
-                let pinned: Vec<&str> = crate::boot::PINNED_RUNNERS
+                let pinned: Vec<&str> = crate::runner_package::PINNED_RUNNERS
                     .iter()
                     .filter(|p| p.arch == arch)
                     .map(|p| p.version)

@@ -227,7 +227,7 @@ mod tests {
     fn the_default_runner_is_the_newest_pinned_one() {
         assert_eq!(
             RUNNER_VERSION.default,
-            crate::boot::PINNED_RUNNERS[0].version
+            crate::runner_package::PINNED_RUNNERS[0].version
         );
     }
 

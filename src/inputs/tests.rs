@@ -787,7 +787,7 @@ fn unknown_inputs_are_warned_about_with_a_suggestion() {
 
 #[test]
 fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
-    let pin = crate::boot::PINNED_RUNNERS[0];
+    let pin = crate::runner_package::PINNED_RUNNERS[0];
     let s = start(&[]);
     assert_eq!(
         (s.runner.version.as_str(), s.runner.sha256.as_str()),
@@ -822,7 +822,7 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
 fn arm64_instance_types_get_the_arm64_runner_and_image() {
     let s = start(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge, g5g.2xlarge")]);
     assert_eq!(s.runner.arch, Arch::Arm64);
-    let newest = crate::boot::pinned(spec::RUNNER_VERSION.default, Arch::Arm64);
+    let newest = crate::runner_package::pinned(spec::RUNNER_VERSION.default, Arch::Arm64);
     assert_eq!(Some(s.runner.sha256.as_str()), newest.map(|p| p.sha256));
     assert_eq!(
         start(&[

@@ -776,7 +776,7 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
     let root = env!("CARGO_MANIFEST_DIR");
     let copy = tempfile::tempdir().unwrap();
     for path in [
-        "src/boot/mod.rs",
+        "src/runner_package.rs",
         "src/inputs/spec.rs",
         "action.yml",
         "README.md",
@@ -797,7 +797,7 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
     let out = bump("2.999.1");
     assert!(out.status.success(), "{out:?}");
     let read = |p: &str| std::fs::read_to_string(copy.path().join(p)).unwrap();
-    let table = read("src/boot/mod.rs");
+    let table = read("src/runner_package.rs");
     let first = table
         .split("pub const PINNED_RUNNERS: &[PinnedRunner] = &[")
         .nth(1)
@@ -840,9 +840,9 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
         "{row}"
     );
     // A second run finds the version pinned and changes nothing (the workflow opens no PR).
-    let before = read("src/boot/mod.rs");
+    let before = read("src/runner_package.rs");
     assert_eq!(bump("2.999.1").status.code(), Some(3));
-    assert_eq!(read("src/boot/mod.rs"), before);
+    assert_eq!(read("src/runner_package.rs"), before);
     // Bad values are refused before anything changes.
     let refused = std::process::Command::new("bash")
         .arg(format!("{root}/.github/scripts/runner-bump.sh"))
@@ -851,7 +851,7 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
-    assert_eq!(read("src/boot/mod.rs"), before);
+    assert_eq!(read("src/runner_package.rs"), before);
 }
 
 #[test]
