@@ -75,7 +75,7 @@ impl Reader<'_> {
                     "With machine: kubernetes, say how to reach the cluster: kubeconfig: \
                      ${{ secrets.KUBECONFIG }} (a kubeconfig whose user is bound to gpu-runner's \
                      Role in the namespace), or eks-cluster: NAME with role-to-assume (an EKS \
-                     cluster, no stored secret). See README: Kubernetes GPU pods."
+                     cluster, no stored secret). See docs/kubernetes.md."
                         .to_owned(),
                 );
                 return None;

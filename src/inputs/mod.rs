@@ -14,8 +14,8 @@ pub use error::{InputError, InputErrors, Problem, Shown};
 use spec::Spec;
 pub use values::ImageRef;
 
-use crate::runner_package::Arch;
 use crate::env::Env;
+use crate::runner_package::Arch;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1149,7 +1149,7 @@ fn machine_kubernetes_errors_name_the_input_and_the_fix() {
         "Missing input: kubeconfig: kubeconfig is not set. With machine: kubernetes, say how to \
          reach the cluster: kubeconfig: ${{ secrets.KUBECONFIG }} (a kubeconfig whose user is \
          bound to gpu-runner's Role in the namespace), or eks-cluster: NAME with role-to-assume \
-         (an EKS cluster, no stored secret). See README: Kubernetes GPU pods."
+         (an EKS cluster, no stored secret). See docs/kubernetes.md."
     );
     let all = pod_env(&[("INPUT_KUBECONFIG", ""), ("INPUT_EKS-CLUSTER", "gpu-ci")]);
     assert_eq!(

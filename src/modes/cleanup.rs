@@ -304,8 +304,8 @@ pub async fn run(
             actions.annotate(
                 &crate::actions::Annotation::warning(format!(
                     "Could not look for JIT configs left in SSM ({e}). With jit-handoff: ssm, \
-                     add the FindJitConfigsLeftBehind statement of the README's permissions \
-                     policy to the role."
+                     add the FindJitConfigsLeftBehind statement of the permissions policy \
+                     in docs/aws.md to the role."
                 ))
                 .title("gpu-runner cleanup"),
             );

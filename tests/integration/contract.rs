@@ -255,7 +255,7 @@ fn the_readme_lists_every_pinned_runner_version() {
 
 #[test]
 fn every_workflow_example_in_the_readme_is_a_linted_file() {
-    let readme = read("README.md");
+    let readme = crate::support::user_docs();
     let files: Vec<String> =
         std::fs::read_dir(format!("{}/tests/workflows", env!("CARGO_MANIFEST_DIR")))
             .expect("tests/workflows")

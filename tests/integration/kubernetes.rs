@@ -489,14 +489,13 @@ fn a_pod_no_job_comes_to_ends_at_its_idle_timeout() {
 
 #[test]
 fn the_readme_gives_the_role_the_tests_apply() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let docs = crate::support::user_docs();
     assert!(
-        readme.contains(&format!(
+        docs.contains(&format!(
             "```yaml\n{}```",
             world::kubernetes::DOCUMENTED_ROLE
         )),
-        "the README's Role differs from docs/kubernetes/gpu-runner.yaml"
+        "the docs' Role differs from docs/kubernetes/gpu-runner.yaml"
     );
 }
 

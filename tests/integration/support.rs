@@ -63,3 +63,19 @@ pub fn as_app(step: world::step::Step) -> world::step::Step {
         .input("github-app-id", world::APP_ID)
         .input("github-app-private-key", world::APP_PRIVATE_KEY)
 }
+
+/// What users read: the README and the pages under docs/, one after the other.
+pub fn user_docs() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut pages: Vec<std::path::PathBuf> = std::fs::read_dir(format!("{root}/docs"))
+        .expect("docs/")
+        .map(|e| e.expect("an entry of docs/").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    std::iter::once(std::path::PathBuf::from(format!("{root}/README.md")))
+        .chain(pages)
+        .map(|p| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -17,7 +17,7 @@ pub fn hint(e: &MachineError) -> String {
             if e.operation == "RunInstances" =>
         {
             "The role may not launch this instance: the resource AWS names above tells which \
-             rule refused it. The README's permissions policy (What AWS needs) launches only \
+             rule refused it. The permissions policy of docs/aws.md (What AWS needs) launches only \
              GPU instance types with IMDSv2, from Amazon's images or the account's own, into \
              the account's VPCs, with root volumes of at most 1024 GiB, tagged for this \
              repository: change the request (instance-type, image-id, subnet-id, \
@@ -28,7 +28,7 @@ pub fn hint(e: &MachineError) -> String {
             if matches!(e.operation, "PutParameter" | "DeleteParameter") =>
         {
             "The role may not write or delete the JIT config's SSM parameter: add the statement \
-             HandTheJitConfigOverThroughSsm of the README's permissions policy (What AWS needs) \
+             HandTheJitConfigOverThroughSsm of the permissions policy in docs/aws.md (What AWS needs) \
              to the role's policy, or leave jit-handoff at user-data."
                 .to_owned()
         }
@@ -43,8 +43,8 @@ pub fn hint(e: &MachineError) -> String {
             that name in this region: check eks-cluster (aws eks list-clusters) and aws-region."
             .to_owned(),
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => format!(
-            "The role is missing a permission for {}: compare its policy with the one in the \
-             README (What AWS needs).",
+            "The role is missing a permission for {}: compare its policy with the one in \
+             docs/aws.md (What AWS needs).",
             e.operation
         ),
         "InvalidIdentityToken" | "IDPRejectedClaim" => "AWS refused the job's OIDC token: \

@@ -55,13 +55,13 @@ pub fn hint(e: &MachineError) -> String {
     match e.code() {
         "Unauthorized" => "The API server did not accept the credentials: the kubeconfig's token \
             expired or was revoked, or belongs to another cluster. Make a new one for the \
-            ServiceAccount bound to gpu-runner's Role (README: Kubernetes) and update the \
+            ServiceAccount bound to gpu-runner's Role (docs/kubernetes.md) and update the \
             kubeconfig secret; with eks-cluster, check that the role is mapped in the cluster \
             (an access entry)."
             .to_owned(),
         "Forbidden" => format!(
-            "The cluster's RBAC does not let gpu-runner's user {}: bind it to the Role the \
-             README gives (README: Kubernetes), in the namespace the namespace input names. If \
+            "The cluster's RBAC does not let gpu-runner's user {}: bind it to the Role that \
+             docs/kubernetes.md gives, in the namespace the namespace input names. If \
              the message names a quota or an admission policy instead, the pod asks for more \
              than the namespace allows.",
             e.operation
