@@ -271,22 +271,14 @@ impl Ec2 {
             }
             // A quota below what the start needs refuses every launch: say so without trying.
             let shortfall = self.shortfall(plan, candidate, actions).await;
-            if let Some(s) = shortfall
-                .as_ref()
-                .filter(|s| s.value.is_some_and(|v| v < f64::from(s.needed)))
-            {
+            if let Some(s) = shortfall.as_ref().filter(|s| s.too_low()) {
                 actions.info(&format!(
                     "Over the vCPU quota: {} needs {} vCPUs, and {}; trying the next candidate",
                     candidate.describe(),
                     s.needed,
                     s.describe()
                 ));
-                refused.push(Refusal {
-                    candidate: candidate.describe(),
-                    code: "vCPU quota".to_owned(),
-                    advice: format!("{}, and this start needs {}", s.describe(), s.needed),
-                    quota: Some(s.clone()),
-                });
+                refused.push(s.clone().refusal(candidate.describe()));
                 continue;
             }
             let gpus = self.gpus(candidate).await;
@@ -382,7 +374,7 @@ impl Provider for Ec2 {
             let Some(s) = self.shortfall(plan, c, actions).await else {
                 continue;
             };
-            let too_low = s.value.is_some_and(|v| v < f64::from(s.needed));
+            let too_low = s.too_low();
             actions.info(&format!(
                 "vCPU quota: {} needs {} vCPUs; {}{}",
                 c.describe(),
@@ -391,12 +383,7 @@ impl Provider for Ec2 {
                 if too_low { " (too low)" } else { "" }
             ));
             if too_low {
-                over.push(Refusal {
-                    candidate: c.describe(),
-                    code: "vCPU quota".to_owned(),
-                    advice: format!("{}, and this start needs {}", s.describe(), s.needed),
-                    quota: Some(s),
-                });
+                over.push(s.refusal(c.describe()));
             }
         }
         if over.len() == plan.candidates.len() {

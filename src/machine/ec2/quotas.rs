@@ -51,6 +51,22 @@ pub struct Shortfall {
 }
 
 impl Shortfall {
+    /// Whether the quota, as read, is below what the start needs: no launch of this candidate
+    /// can succeed.
+    pub fn too_low(&self) -> bool {
+        self.value.is_some_and(|v| v < f64::from(self.needed))
+    }
+
+    /// This candidate refused before any launch, for the quota.
+    pub fn refusal(self, candidate: String) -> crate::error::Refusal {
+        crate::error::Refusal {
+            candidate,
+            code: "vCPU quota".to_owned(),
+            advice: format!("{}, and this start needs {}", self.describe(), self.needed),
+            quota: Some(self),
+        }
+    }
+
     /// The value to ask for: what the start needs, or when the quota already covers that (other
     /// instances use it), that much more.
     pub fn desired(&self) -> u32 {

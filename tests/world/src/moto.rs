@@ -325,15 +325,8 @@ impl Moto {
             .iam(&http, account, &[("Action", "GetRole"), ("RoleName", role)])
             .await?;
         let trust = document(&got, "AssumeRolePolicyDocument")?;
-        let listed = self
-            .iam(
-                &http,
-                account,
-                &[("Action", "ListRolePolicies"), ("RoleName", role)],
-            )
-            .await?;
         let mut statements: Vec<serde_json::Value> = Vec::new();
-        for name in xml_values(&listed, "member") {
+        for name in self.inline_policies(&http, account, role).await? {
             let policy = self
                 .iam(
                     &http,
@@ -354,6 +347,23 @@ impl Moto {
         ))
     }
 
+    /// The names of a role's inline policies.
+    async fn inline_policies(
+        &self,
+        http: &reqwest::Client,
+        account: &str,
+        role: &str,
+    ) -> Result<Vec<String>, String> {
+        let listed = self
+            .iam(
+                http,
+                account,
+                &[("Action", "ListRolePolicies"), ("RoleName", role)],
+            )
+            .await?;
+        Ok(xml_values(&listed, "member"))
+    }
+
     /// Replaces a role's inline policies with what moto can enforce of `policy` (see
     /// [`enforceable`]); the world's AWS front judges the rest.
     pub async fn enforce_role_policy(
@@ -363,14 +373,7 @@ impl Moto {
         policy: &serde_json::Value,
     ) -> Result<(), String> {
         let http = reqwest::Client::new();
-        let listed = self
-            .iam(
-                &http,
-                account,
-                &[("Action", "ListRolePolicies"), ("RoleName", role)],
-            )
-            .await?;
-        for name in xml_values(&listed, "member") {
+        for name in self.inline_policies(&http, account, role).await? {
             self.iam(
                 &http,
                 account,
