@@ -298,3 +298,71 @@ fn the_default_pod_image_is_one_digest_pinned_value_that_dependabot_can_see() {
     );
     assert!(read(".github/dependabot.yml").contains("- /src/machine/kubernetes"));
 }
+
+/// Every relative link in the README, CONTRIBUTING.md and docs/*.md names a file that exists, and
+/// its anchor (if any) a heading of that file, as GitHub makes anchors of headings.
+#[test]
+fn every_relative_link_and_anchor_in_the_docs_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+    pages.extend(
+        std::fs::read_dir(root.join("docs"))
+            .expect("docs/")
+            .map(|e| e.expect("an entry of docs/").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    let anchor = |heading: &str| {
+        heading
+            .trim_start_matches('#')
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect::<String>()
+    };
+    let headings = |path: &std::path::Path| -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut fenced = false;
+        text.lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    fenced = !fenced;
+                }
+                !fenced && l.starts_with('#')
+            })
+            .map(anchor)
+            .collect()
+    };
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let prose: String = text.split("```").step_by(2).collect::<Vec<_>>().join("");
+        for link in prose.split("](").skip(1) {
+            let Some(target) = link.split(')').next() else {
+                continue;
+            };
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(path)
+            };
+            if !file.exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            } else if !fragment.is_empty()
+                && file.extension().is_some_and(|x| x == "md")
+                && !headings(&file).iter().any(|h| h == fragment)
+            {
+                broken.push(format!("{}: {target} (no such heading)", page.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+    for file in ["LICENSE", "CONTRIBUTING.md", "SECURITY.md", "CHANGELOG.md"] {
+        assert!(root.join(file).exists(), "{file} is missing");
+    }
+}
