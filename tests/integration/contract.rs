@@ -366,3 +366,90 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
         assert!(root.join(file).exists(), "{file} is missing");
     }
 }
+
+/// Every `prefix…` reference in `text`, up to the first character that cannot be part of a ref.
+fn refs_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.split(prefix)
+        .skip(1)
+        .map(|rest| {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+                .unwrap_or(rest.len());
+            rest[..end].trim_end_matches('.')
+        })
+        .collect()
+}
+
+/// One version everywhere a user meets it: the crate, action.yml's image, the `@vMAJOR` of every
+/// example, the raw-file and release-download URLs of the docs, the attach image's tag and the
+/// top entry of the changelog.
+#[test]
+fn one_version_everywhere_a_user_meets_it() {
+    let version = env!("CARGO_PKG_VERSION");
+    let major = version.split('.').next().unwrap();
+    assert!(
+        read("action.yml").contains(&format!(
+            "image: docker://ghcr.io/gpu-runner/gpu-runner:{version}\n"
+        )),
+        "action.yml's image is not {version}"
+    );
+    let mut texts = vec![crate::support::user_docs(), read("CONTRIBUTING.md")];
+    for entry in std::fs::read_dir(format!("{}/tests/workflows", env!("CARGO_MANIFEST_DIR")))
+        .expect("tests/workflows")
+    {
+        texts.push(std::fs::read_to_string(entry.expect("entry").path()).expect("an example"));
+    }
+    let all = texts.join("\n");
+    let uses = refs_after(&all, "uses: gpu-runner/gpu-runner@");
+    assert!(uses.len() >= 10, "{uses:?}");
+    assert!(
+        uses.iter().all(|r| *r == format!("v{major}")),
+        "examples must use gpu-runner/gpu-runner@v{major}: {uses:?}"
+    );
+    let raw = refs_after(&all, "raw.githubusercontent.com/gpu-runner/gpu-runner/");
+    assert!(!raw.is_empty());
+    assert!(
+        raw.iter().all(|r| *r == format!("v{version}")),
+        "raw URLs must name v{version}: {raw:?}"
+    );
+    let attach = refs_after(&all, "ghcr.io/gpu-runner/gpu-runner-attach:");
+    assert!(!attach.is_empty());
+    assert!(
+        attach.iter().all(|r| *r == major || *r == version),
+        "{attach:?}"
+    );
+    let downloads = refs_after(&all, "VERSION, SHA256 = \"");
+    assert!(!downloads.is_empty());
+    assert!(downloads.iter().all(|r| *r == version), "{downloads:?}");
+    let changelog = read("CHANGELOG.md");
+    let newest = changelog
+        .lines()
+        .find(|l| l.starts_with("## "))
+        .expect("a version in CHANGELOG.md");
+    assert!(
+        newest.starts_with(&format!("## {version} ")) || newest == format!("## {version}"),
+        "CHANGELOG.md's newest entry is {newest:?}, the crate is {version}"
+    );
+}
+
+/// The Launch Stack link in docs/aws.md reads the object that the release workflow writes: the
+/// same bucket, under the major version, the template file of this repository.
+#[test]
+fn the_launch_stack_link_reads_the_template_the_release_publishes() {
+    let major = env!("CARGO_PKG_VERSION").split('.').next().unwrap();
+    let workflow = read(".github/workflows/release.yml");
+    let bucket = workflow
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TEMPLATE_BUCKET: "))
+        .expect("the release workflow names the template bucket");
+    assert!(workflow.contains(
+        "for key in \"v$VERSION\" \"v$MAJOR\"; do\n            aws s3 cp docs/cloudformation/gpu-runner.yaml \"s3://$TEMPLATE_BUCKET/$key/gpu-runner.yaml\""
+    ));
+    let link = format!(
+        "(https://console.aws.amazon.com/cloudformation/home#/stacks/quickcreate?templateURL=https://{bucket}.s3.amazonaws.com/v{major}/gpu-runner.yaml&stackName=gpu-runner)"
+    );
+    assert!(
+        read("docs/aws.md").contains(&format!("**[Launch Stack]{link}**")),
+        "docs/aws.md has no Launch Stack link {link}"
+    );
+}
