@@ -277,6 +277,33 @@ pub fn check(
     }
 }
 
+/// Events for which GitHub gives a fork's run no secrets but `GITHUB_TOKEN` ("Using secrets in
+/// GitHub Actions": secrets are not passed to the runner when a workflow is triggered from a
+/// forked repository). `pull_request_target` runs in the base repository and gets them.
+const WITHHOLDING_EVENTS: &[&str] = &[
+    "pull_request",
+    "pull_request_review",
+    "pull_request_review_comment",
+];
+
+/// Why this run has no secrets to give gpu-runner, when it is a fork's pull request event that
+/// GitHub gives none: start can have launched nothing, and nothing can be launched. `None` for any
+/// other run.
+pub fn secrets_withheld(event: &str, payload: Option<&Value>, repository: &str) -> Option<String> {
+    if !WITHHOLDING_EVENTS.contains(&event) {
+        return None;
+    }
+    let head = text(payload?, &["pull_request", "head", "repo", "full_name"]);
+    let fork = flag(payload?, &["pull_request", "head", "repo", "fork"]);
+    (fork || head.is_none_or(|h| !h.eq_ignore_ascii_case(repository))).then(|| {
+        format!(
+            "the {event} event carries a pull request from the fork {}, and GitHub gives such a \
+             run no secrets, so it has no github-token or GitHub App key",
+            head.unwrap_or("(a deleted repository)")
+        )
+    })
+}
+
 /// A comment approves a run only when its author can write to the repository: `permission` is
 /// what GitHub's collaborator permission endpoint answered (`admin`, `write`, `read`, `none`).
 pub fn check_approval(login: &str, permission: &str, repository: &str) -> Result<(), Untrusted> {

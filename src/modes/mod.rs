@@ -82,7 +82,10 @@ pub async fn run(
     if step == Step::Post {
         return post::run(env, actions).await;
     }
-    let parsed = inputs::parse(env)?;
+    let parsed = match inputs::parse(env) {
+        Ok(parsed) => parsed,
+        Err(errors) => return without_secrets(env, actions).unwrap_or(Err(errors.into())),
+    };
     for warning in &parsed.warnings {
         actions.annotate(&Annotation::warning(warning).title("gpu-runner input"));
     }
@@ -102,6 +105,46 @@ pub async fn run(
             );
             Ok(())
         }
+    }
+}
+
+/// A fork's pull request run, which GitHub gives no secrets: the credential inputs come empty and
+/// parsing fails, yet start could launch nothing and there is nothing to stop. Start then ends as
+/// for any trigger the guard refuses (skipped and green, unless `on-untrusted: fail`); stop given
+/// no `label` or `instance-ids` says there is nothing to stop. `None`: not such a run, and the
+/// input errors stand.
+fn without_secrets(env: &Env, actions: &Actions) -> Option<Result<(), Error>> {
+    use inputs::spec;
+    let raw = |spec: &spec::Spec| {
+        env.non_empty(&spec.env_var())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    if !raw(&spec::GITHUB_TOKEN).is_empty() || !raw(&spec::GITHUB_APP_PRIVATE_KEY).is_empty() {
+        return None;
+    }
+    let ctx = Context::from_env(env).ok()?;
+    let (event, payload) = crate::guard::event_of(env);
+    let why = crate::guard::secrets_withheld(event, payload.as_ref(), &ctx.repository())?;
+    match raw(&spec::MODE).as_str() {
+        "start" if !env.is_true(&spec::ALLOW_UNTRUSTED.env_var()) => {
+            let skip = match raw(&spec::ON_UNTRUSTED).as_str() {
+                "" | "skip" => true,
+                "fail" => false,
+                _ => return None,
+            };
+            Some(untrusted(crate::guard::Untrusted(why), skip, actions))
+        }
+        "stop" if raw(&spec::LABEL).is_empty() && raw(&spec::INSTANCE_IDS).is_empty() => {
+            Some(stop::nothing_to_stop(
+                actions,
+                &format!(
+                    "Nothing to stop: {why}. gpu-runner's start could launch nothing for this \
+                     run, so there is nothing to remove."
+                ),
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -136,7 +136,7 @@ fn runner_scope(given: Option<RunnerScope>, found: &[Machine], actions: &Actions
     }
 }
 
-fn nothing_to_stop(actions: &Actions, why: &str) -> Result<(), Error> {
+pub(crate) fn nothing_to_stop(actions: &Actions, why: &str) -> Result<(), Error> {
     actions.info(why);
     actions.append_summary(&Markdown::new().heading(3, HEADING).raw(why).build())?;
     Ok(())

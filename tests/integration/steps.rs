@@ -283,6 +283,86 @@ fn a_fork_pull_request_is_refused_before_any_credential_is_asked_for() {
     assert!(errors.contains("No AWS credentials"), "{errors}");
 }
 
+/// On `pull_request`, GitHub gives a fork's run no secrets ("Using secrets in GitHub Actions"):
+/// the workflow's github-token comes empty. The outside contributor still gets a neutral result:
+/// start is skipped green, and the stop after it has nothing to stop. A run of the repository's
+/// own branch without a token still gets the missing-input error.
+#[test]
+fn a_forks_pull_request_without_secrets_is_skipped_green_and_its_stop_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, FORK_PULL_REQUEST).unwrap();
+    let on_fork = |step: world::step::Step| {
+        step.env("GITHUB_EVENT_NAME", "pull_request")
+            .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
+            .input("github-token", "")
+            .input("role-to-assume", "arn:aws:iam::123456789012:role/gpu-ci")
+    };
+    let start = on_fork(Step::start()).run();
+    start.success();
+    assert_eq!(
+        start.outputs(),
+        [("skipped".to_owned(), "true".to_owned())].into()
+    );
+    let notices = start.commands("notice").join("\n");
+    assert!(
+        notices.contains(
+            "gpu-runner launched nothing because the pull_request event carries a pull request \
+             from the fork stranger/ml, and GitHub gives such a run no secrets"
+        ),
+        "{notices}"
+    );
+    assert!(start.errors().is_empty(), "{:?}", start.errors());
+
+    let stop = on_fork(Step::stop())
+        .input("label", "")
+        .input("instance-ids", "")
+        .run();
+    stop.success();
+    assert!(
+        stop.summary
+            .contains("Nothing to stop: the pull_request event carries a pull request"),
+        "{}",
+        stop.summary
+    );
+
+    // on-untrusted: fail keeps the red X, with the reason rather than a missing input.
+    let failed = on_fork(Step::start()).input("on-untrusted", "fail").run();
+    failed.failure();
+    let errors = failed.errors().join("\n");
+    assert!(errors.contains("Untrusted trigger"), "{errors}");
+    assert!(!errors.contains("Missing input"), "{errors}");
+
+    // A stop given a label still needs its token; so does a run of the repository's own code.
+    let labelled = on_fork(Step::stop())
+        .input("label", "gpu-runner-1-1-abc")
+        .run();
+    labelled.failure();
+    assert!(
+        labelled
+            .errors()
+            .join("\n")
+            .contains("Missing input%3A github-token")
+    );
+    let own = std::fs::read_to_string(&event)
+        .unwrap()
+        .replace("stranger/ml", "octo/ml")
+        .replace("\"fork\": true", "\"fork\": false");
+    let own_event = dir.path().join("own.json");
+    std::fs::write(&own_event, own).unwrap();
+    let own = Step::start()
+        .env("GITHUB_EVENT_NAME", "pull_request")
+        .env("GITHUB_EVENT_PATH", own_event.to_str().unwrap())
+        .input("github-token", "")
+        .run();
+    own.failure();
+    assert!(
+        own.errors()
+            .join("\n")
+            .contains("Missing input%3A github-token")
+    );
+}
+
 #[test]
 fn an_unknown_association_is_an_input_error() {
     let out = Step::start()
