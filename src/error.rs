@@ -100,9 +100,60 @@ fn rolled_back(rollback: Option<&Rollback>) -> String {
     }
 }
 
+/// The page of docs/troubleshooting.md for an annotation title, as a full URL of this major
+/// version's docs (a step's log is read on github.com, far from any checkout).
+pub fn help_url(anchor: &str) -> String {
+    format!(
+        "{}/blob/v{}/docs/troubleshooting.md#{anchor}",
+        env!("CARGO_PKG_REPOSITORY"),
+        env!("CARGO_PKG_VERSION_MAJOR")
+    )
+}
+
+/// The anchor GitHub gives a Markdown heading with this text.
+pub fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
 impl Error {
-    /// One annotation per problem: every input error is shown, so that all are fixed in one round.
+    /// One annotation per problem, each ending with where docs/troubleshooting.md says more about
+    /// it: every input error is shown, so that all are fixed in one round.
     pub fn annotations(&self) -> Vec<Annotation> {
+        self.bare_annotations()
+            .into_iter()
+            .map(|mut a| {
+                let title = a.title.clone().unwrap_or_default();
+                a.message = format!(
+                    "{}\nTroubleshooting: {}",
+                    a.message,
+                    help_url(&self.help_anchor(&title))
+                );
+                a
+            })
+            .collect()
+    }
+
+    /// The troubleshooting section for an annotation of this error titled `title`: one per title,
+    /// and one per family of titles that name an input or a call.
+    fn help_anchor(&self, title: &str) -> String {
+        match self {
+            Error::Inputs(_) if title.starts_with("Missing input") => "missing-input".to_owned(),
+            Error::Inputs(_) => "invalid-input".to_owned(),
+            Error::Machine(_) => "a-cloud-or-cluster-call-failed".to_owned(),
+            Error::Github { .. } => "github-a-call-failed".to_owned(),
+            Error::AfterLaunch { cause, .. } => cause.help_anchor(title),
+            _ => anchor(title),
+        }
+    }
+
+    /// The annotations without their troubleshooting link, for a caller that adds its own words.
+    pub fn bare_annotations(&self) -> Vec<Annotation> {
         let one = |title: &str, what: String, fix: String| {
             vec![Annotation::error(format!("{}. {fix}", what.trim_end_matches('.'))).title(title)]
         };
@@ -216,7 +267,7 @@ impl Error {
                 "Nothing to fix: re-run the workflow when you want the GPU job.".to_owned(),
             ),
             Error::AfterLaunch { cause, rollback } => cause
-                .annotations()
+                .bare_annotations()
                 .into_iter()
                 .map(|mut a| {
                     a.message = format!("{} {rollback}", a.message);
@@ -265,8 +316,8 @@ mod tests {
         assert_eq!(
             commands,
             [
-                "::error title=Invalid input%3A dry-run::dry-run is \"yes\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too).",
-                "::error title=Missing input%3A mode::mode is not set. Set mode: start.",
+                "::error title=Invalid input%3A dry-run::dry-run is \"yes\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too).%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input",
+                "::error title=Missing input%3A mode::mode is not set. Set mode: start.%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#missing-input",
             ]
         );
     }

@@ -82,13 +82,14 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
     // The main step has failed already and said why; what the post step could not remove is
     // worth a warning, not a second failure of the same cause.
     if let Some(e) = t.error.take() {
-        for a in e.annotations() {
+        for a in e.bare_annotations() {
             actions.annotate(
                 &Annotation::warning(format!(
                     "{} Left: {}. The instance ends itself by its max lifetime; mode: stop with \
-                     label {label}, or the next cleanup run, removes the rest.",
+                     label {label}, or the next cleanup run, removes the rest.\nTroubleshooting: {}",
                     a.message,
-                    t.left().join(", ")
+                    t.left().join(", "),
+                    crate::error::help_url("gpu-runner-post-step-could-not-finish-the-rollback")
                 ))
                 .title("gpu-runner post step could not finish the rollback"),
             );

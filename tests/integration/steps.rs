@@ -36,7 +36,7 @@ fn a_bad_instance_type_list_fails_naming_instance_type() {
     assert_eq!(
         out.errors(),
         [
-            "::error title=Invalid input%3A instance-type::instance-type has an empty entry (entry 2 of \"g5.xlarge,,g4dn.xlarge\"). Remove the extra comma or blank line: entries of instance-type are separated by commas or newlines, and none may be empty."
+            "::error title=Invalid input%3A instance-type::instance-type has an empty entry (entry 2 of \"g5.xlarge,,g4dn.xlarge\"). Remove the extra comma or blank line: entries of instance-type are separated by commas or newlines, and none may be empty.%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
         ]
     );
     assert!(out.output_file.is_empty() && out.state_file.is_empty());
@@ -74,7 +74,7 @@ fn a_wrong_mode_lists_the_valid_ones() {
     assert_eq!(
         out.errors(),
         [
-            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop, cleanup. Did you mean \"start\"?"
+            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop, cleanup. Did you mean \"start\"?%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
         ]
     );
 }
@@ -151,7 +151,7 @@ fn run_by_hand_errors_read_plainly() {
     out.failure();
     assert_eq!(
         out.stdout.trim_end(),
-        "Error: Invalid input: dry-run: dry-run is \"maybe\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too)."
+        "Error: Invalid input: dry-run: dry-run is \"maybe\", which is not a boolean. Use true or false (True, TRUE, False and FALSE work too).\nTroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
     );
 }
 
@@ -165,7 +165,7 @@ fn outside_a_job_the_missing_context_is_named() {
     assert_eq!(
         out.errors(),
         [
-            "::error title=Not in a GitHub Actions job::GITHUB_REPOSITORY is not set. gpu-runner runs as a step of a GitHub Actions job, where the runner sets GITHUB_REPOSITORY, GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT. To try it by hand, set them yourself, such as GITHUB_REPOSITORY=octo/ml GITHUB_RUN_ID=1 GITHUB_RUN_ATTEMPT=1."
+            "::error title=Not in a GitHub Actions job::GITHUB_REPOSITORY is not set. gpu-runner runs as a step of a GitHub Actions job, where the runner sets GITHUB_REPOSITORY, GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT. To try it by hand, set them yourself, such as GITHUB_REPOSITORY=octo/ml GITHUB_RUN_ID=1 GITHUB_RUN_ATTEMPT=1.%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#not-in-a-github-actions-job"
         ]
     );
 }
@@ -263,7 +263,7 @@ fn a_fork_pull_request_is_refused_before_any_credential_is_asked_for() {
           (environment: gpu-review) and set allow-untrusted: true there, or run the GPU workflow \
           on push to a branch that maintainers merge into. To trust more authors, list their \
           associations in allowed-associations (OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, \
-          FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, NONE)."
+          FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, NONE).%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#untrusted-trigger-no-gpu-runner-started"
         ]
     );
     assert!(out.outputs().is_empty() && out.state().is_empty());
