@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pins a new Actions runner release: adds VERSION with the SHA-256 of its linux x64 and arm64
 # packages to the top of gpu-runner's table (src/runner_package.rs), and makes it the default
-# runner-version (src/inputs/spec.rs, action.yml, README.md). Run from the repository root.
+# runner-version (src/inputs/spec.rs, action.yml, docs/inputs.md). Run from the repository root.
 # Exits 3 when VERSION is pinned already, so that the workflow opens no pull request.
 set -euo pipefail
 
@@ -42,8 +42,10 @@ awk -v old="$old" -v new="$version" '
   { print }
 ' action.yml > action.yml.new
 mv action.yml.new action.yml
-# README: the inputs table's default and the list of pinned versions.
+# action.yml's runner-version description and docs/inputs.md (generated from action.yml and the
+# spec; the contract test checks that it still is): the default and the list of pinned versions.
+sed -i "s/^      Pinned, with their x64 and arm64 hashes: /      Pinned, with their x64 and arm64 hashes: $version, /" action.yml
 sed -i \
   -e "s/^| \`runner-version\` | start | \`$old\` | \(.*\)Pinned, with their x64 and arm64 hashes: /| \`runner-version\` | start | \`$version\` | \1Pinned, with their x64 and arm64 hashes: $version, /" \
-  README.md
+  docs/inputs.md
 echo "pinned runner $version (was $old)"

@@ -201,6 +201,18 @@ pub const ALL: &[Spec] = &[
     QUEUED_TIMEOUT_MINUTES,
 ];
 
+/// What leaving an input empty means where that is not one fixed value, as docs/inputs.md shows
+/// it in the default column (generated from this file and action.yml).
+pub const EMPTY_MEANS: &[(&str, &str)] = &[
+    ("aws-region", "the `AWS_REGION` variable"),
+    ("namespace", "the kubeconfig context's, else `default`"),
+    ("subnet-id", "the default VPC's"),
+    ("security-group-id", "the VPC's default"),
+    ("root-volume-size", "the image's"),
+    ("runner-sha256", "the pinned hash"),
+    ("region", "`aws-region`"),
+];
+
 pub fn by_name(name: &str) -> Option<&'static Spec> {
     ALL.iter().find(|s| s.name == name)
 }
@@ -229,6 +241,13 @@ mod tests {
             RUNNER_VERSION.default,
             crate::runner_package::PINNED_RUNNERS[0].version
         );
+    }
+
+    #[test]
+    fn what_an_empty_input_means_is_said_only_for_inputs_without_a_default() {
+        for (name, _) in EMPTY_MEANS {
+            assert_eq!(by_name(name).map(|s| s.default), Some(""), "{name}");
+        }
     }
 
     #[test]

@@ -211,33 +211,209 @@ fn the_image_has_the_post_entrypoint() {
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/gpu-runner\"]"));
 }
 
-#[test]
-fn the_readme_documents_every_input_and_output() {
-    let inputs = readme_table("### Inputs");
-    let undocumented: Vec<_> = spec::ALL
-        .iter()
-        .map(|s| s.name)
-        .filter(|n| !inputs.iter().any(|i| i == n))
-        .collect();
-    assert!(
-        undocumented.is_empty(),
-        "inputs missing from the README: {undocumented:?}"
+/// The inputs that only `machine: kubernetes` reads, and those of warm pools: docs/inputs.md
+/// gives each group a section of its own.
+const KUBERNETES_INPUTS: &[&str] = &[
+    "kubeconfig",
+    "eks-cluster",
+    "namespace",
+    "gpu-count",
+    "gpu-resource",
+    "node-selector",
+    "tolerations",
+    "pod-template",
+    "runtime-class",
+    "pod-image",
+    "cpu-request",
+    "memory-request",
+];
+const POOL_INPUTS: &[&str] = &[
+    "pool",
+    "pool-size",
+    "pool-full",
+    "instance-id",
+    "pool-max-uses",
+    "pool-max-age-days",
+];
+
+/// docs/inputs.md as the input spec (names, modes, defaults) and action.yml (descriptions) make
+/// it. A description's `docs/NAME.md` becomes a link.
+fn inputs_page() -> String {
+    let action = action();
+    let link = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("docs/") {
+            let (before, after) = rest.split_at(at);
+            out.push_str(before);
+            let name_len = after[5..]
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                .unwrap_or(after.len() - 5);
+            let page = &after[5..5 + name_len];
+            if after[5 + name_len..].starts_with(".md") {
+                out.push_str(&format!("[docs/{page}.md]({page}.md)"));
+                rest = &after[5 + name_len + 3..];
+            } else {
+                out.push_str("docs/");
+                rest = &after[5..];
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    let row = |s: &spec::Spec| {
+        let input = &action.inputs[s.name];
+        let default = if input.required {
+            "(required)".to_owned()
+        } else if !s.default.is_empty() {
+            format!("`{}`", s.default)
+        } else {
+            spec::EMPTY_MEANS
+                .iter()
+                .find(|(n, _)| *n == s.name)
+                .map(|(_, m)| (*m).to_owned())
+                .unwrap_or_default()
+        };
+        let mode = match s.scope {
+            spec::Scope::All => "all",
+            spec::Scope::Start => "start",
+            spec::Scope::Stop => "stop",
+            spec::Scope::Cleanup => "cleanup",
+            spec::Scope::StartAndCleanup => "start, cleanup",
+        };
+        let secret = if s.secret {
+            " A secret: it is masked."
+        } else {
+            ""
+        };
+        format!(
+            "| `{}` | {mode} | {default} | {}{secret} |\n",
+            s.name,
+            link(&input.description)
+        )
+    };
+    type Member = Box<dyn Fn(&spec::Spec) -> bool>;
+    let sections: [(&str, &str, Member); 6] = [
+        (
+            "Every mode",
+            "Read by start, stop and cleanup alike: give them the same values.",
+            Box::new(|s| s.scope == spec::Scope::All && !KUBERNETES_INPUTS.contains(&s.name)),
+        ),
+        (
+            "start",
+            "How the machine is launched, what runs on it and how long it lives.",
+            Box::new(|s| {
+                matches!(s.scope, spec::Scope::Start | spec::Scope::StartAndCleanup)
+                    && !KUBERNETES_INPUTS.contains(&s.name)
+                    && !POOL_INPUTS.contains(&s.name)
+            }),
+        ),
+        (
+            "Warm pools",
+            "Read by start: see [docs/pools.md](pools.md).",
+            Box::new(|s| POOL_INPUTS.contains(&s.name)),
+        ),
+        (
+            "Kubernetes",
+            "Read only with `machine: kubernetes` (the EC2 inputs then have no effect): see \
+             [docs/kubernetes.md](kubernetes.md).",
+            Box::new(|s| KUBERNETES_INPUTS.contains(&s.name)),
+        ),
+        (
+            "stop",
+            "The start job's outputs, passed on.",
+            Box::new(|s| s.scope == spec::Scope::Stop),
+        ),
+        (
+            "cleanup",
+            "The janitor of a scheduled workflow: see [docs/cleanup.md](cleanup.md).",
+            Box::new(|s| s.scope == spec::Scope::Cleanup),
+        ),
+    ];
+    let mut page = String::from(
+        "# Inputs and outputs\n\n\
+         <!-- Generated from src/inputs/spec.rs (names, modes, defaults) and action.yml \
+         (descriptions) by tests/integration/contract.rs. Edit those, then rewrite this page with \
+         `GPU_RUNNER_WRITE_DOCS=1 cargo test --test integration inputs_page`. -->\n\n\
+         Lists take commas and/or newlines. Booleans are `true` or `false` (`True`, `TRUE`, \
+         `False`, `FALSE` too). An empty value is the same as leaving an input out.\n\n\
+         Every input problem is reported at once, each as an annotation that names the input, \
+         shows the value (never a secret's) and says how to fix it, for example:\n\n\
+         ```text\nError: Invalid input: instance-type: instance-type entry \"G5.XLarge\" is not an \
+         EC2 instance type name (FAMILY.SIZE). Instance types are lowercase: write g5.xlarge.\n\
+         ```\n\n\
+         An input meant for another mode, or an input gpu-runner does not have (say \
+         `instance_type`), gives a warning with the likely intended name.\n\n\
+         Some names say less than they mean: `instance-type`, `subnet-id` and \
+         `security-group-id` each take a list; `instance-id` (start) names one pool instance to \
+         resume, while the `instance-id` output is the first instance launched and stop takes \
+         `instance-ids`; `labels` are extra labels for the runner on EC2 but the labels to wait \
+         for with `machine: attached`; `region` (stop) is start's `region` output, while \
+         `aws-region` is the region every mode works in; `max-lifetime-minutes` (start) is how \
+         long an instance may live, `max-age-minutes` (cleanup) how old one must be before \
+         cleanup ends it.\n",
     );
+    for (title, intro, member) in &sections {
+        page.push_str(&format!(
+            "\n## {title}\n\n{intro}\n\n| Input | Mode | Default | What it is |\n|---|---|---|---|\n"
+        ));
+        for s in spec::ALL.iter().filter(|s| member(s)) {
+            page.push_str(&row(s));
+        }
+    }
+    page.push_str("\n## Outputs\n\nSet by start.\n\n| Output | What it is |\n|---|---|\n");
+    for name in OUTPUTS {
+        page.push_str(&format!(
+            "| `{name}` | {} |\n",
+            link(&action.outputs[*name].description)
+        ));
+    }
+    page
+}
+
+/// docs/inputs.md is what the spec and action.yml make, every input in exactly one section.
+#[test]
+fn inputs_page_is_generated_from_the_spec_and_action_yml() {
+    let page = inputs_page();
+    let inputs = page.split("\n## Outputs").next().unwrap();
+    for s in spec::ALL {
+        assert_eq!(
+            inputs.matches(&format!("\n| `{}` |", s.name)).count(),
+            1,
+            "{} is not in exactly one section",
+            s.name
+        );
+    }
+    let path = format!("{}/docs/inputs.md", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("GPU_RUNNER_WRITE_DOCS").is_some() {
+        std::fs::write(&path, &page).unwrap();
+    }
+    assert!(
+        read("docs/inputs.md") == page,
+        "docs/inputs.md is not what src/inputs/spec.rs and action.yml make: rewrite it with \
+         GPU_RUNNER_WRITE_DOCS=1 cargo test --test integration inputs_page"
+    );
+}
+
+/// The README's short tables name inputs that exist, and every output.
+#[test]
+fn the_readme_names_real_inputs_and_every_output() {
+    let inputs = readme_table("### Inputs most people set");
+    assert!(inputs.len() >= 10, "{inputs:?}");
     let unknown: Vec<_> = inputs
         .iter()
         .filter(|i| spec::by_name(i).is_none())
         .collect();
     assert!(
         unknown.is_empty(),
-        "README documents inputs that do not exist: {unknown:?}"
+        "the README names inputs that do not exist: {unknown:?}"
     );
-
-    let outputs = readme_table("### Outputs");
-    assert_eq!(outputs, OUTPUTS, "README outputs table");
+    assert_eq!(readme_table("### Outputs"), OUTPUTS, "README outputs table");
 }
 
+/// action.yml's runner-version description (and so docs/inputs.md) lists every pinned version.
 #[test]
-fn the_readme_lists_every_pinned_runner_version() {
+fn the_inputs_reference_lists_every_pinned_runner_version() {
     let mut versions: Vec<&str> = Vec::new();
     for pin in gpu_runner::boot::PINNED_RUNNERS {
         if !versions.contains(&pin.version) {
@@ -245,11 +421,13 @@ fn the_readme_lists_every_pinned_runner_version() {
         }
     }
     assert!(
-        read("README.md").contains(&format!(
-            "Pinned, with their x64 and arm64 hashes: {}. |",
-            versions.join(", ")
-        )),
-        "the README's runner-version row does not list {versions:?}"
+        action().inputs["runner-version"]
+            .description
+            .ends_with(&format!(
+                "Pinned, with their x64 and arm64 hashes: {}.",
+                versions.join(", ")
+            )),
+        "action.yml's runner-version does not list {versions:?}"
     );
 }
 
@@ -452,4 +630,110 @@ fn the_launch_stack_link_reads_the_template_the_release_publishes() {
         read("docs/aws.md").contains(&format!("**[Launch Stack]{link}**")),
         "docs/aws.md has no Launch Stack link {link}"
     );
+}
+
+/// Every annotation title gpu-runner prints (read from its source: `.title("…")`, attach's
+/// `problem("…")`, the errors' `one("…")` and `title: "…"`) has a section of its own in
+/// docs/troubleshooting.md, at the anchor its errors link to; so do the families of titles that
+/// name an input or a call.
+#[test]
+fn every_annotation_title_has_a_troubleshooting_section() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut titles = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "rs") || path.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for opener in [".title(", "problem(", " one(", "title: "] {
+                for rest in code.split(opener).skip(1) {
+                    let rest = rest.trim_start();
+                    if let Some(literal) = rest.strip_prefix('"') {
+                        let title = literal.split('"').next().unwrap();
+                        if !title.contains('{') {
+                            titles.insert(title.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(titles.len() >= 40, "{titles:?}");
+    titles.extend(
+        [
+            "Missing input",
+            "Invalid input",
+            "A cloud or cluster call failed",
+            "GitHub: a call failed",
+        ]
+        .map(str::to_owned),
+    );
+    let page = read("docs/troubleshooting.md");
+    let anchors: Vec<String> = page
+        .lines()
+        .filter(|l| l.starts_with("### "))
+        .map(|l| gpu_runner::error::anchor(&l[4..]))
+        .collect();
+    let missing: Vec<&String> = titles
+        .iter()
+        .filter(|t| !anchors.contains(&gpu_runner::error::anchor(t)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "titles without a section in docs/troubleshooting.md: {missing:?}"
+    );
+    // The links the errors carry point at this page of this major version.
+    assert_eq!(
+        gpu_runner::error::help_url("no-gpu-capacity"),
+        format!(
+            "https://github.com/gpu-runner/gpu-runner/blob/v{}/docs/troubleshooting.md#no-gpu-capacity",
+            env!("CARGO_PKG_VERSION_MAJOR")
+        )
+    );
+}
+
+/// The README's picture (docs/images/job-summary.svg, drawn from a real demo run by
+/// `cargo run -p world -- demo --picture docs/images/job-summary.svg`) shows the summary a start
+/// writes today: the heading and every row of the start story's snapshot, which the story holds
+/// to the binary. A summary that gains or renames a row fails here until the picture is redrawn.
+#[test]
+fn the_readme_picture_shows_todays_start_summary() {
+    let snapshot = read("tests/integration/snapshots/start.snap");
+    let summary = snapshot
+        .split("── job summary ──\n")
+        .nth(1)
+        .expect("the start story's summary");
+    let svg = read("docs/images/job-summary.svg");
+    let mut shown = 0;
+    for line in summary.lines().take_while(|l| !l.starts_with("──")) {
+        let words = if let Some(heading) = line.strip_prefix("### ") {
+            heading.to_owned()
+        } else if line.starts_with("| ") && !line.starts_with("| ---") {
+            line.split('|').nth(1).unwrap().trim().to_owned()
+        } else {
+            continue;
+        };
+        if words.is_empty() {
+            continue;
+        }
+        let text = words
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(
+            svg.contains(&format!(">{text}</text>")),
+            "docs/images/job-summary.svg lacks {words:?}: redraw it with \
+             cargo run -p world -- demo --picture docs/images/job-summary.svg"
+        );
+        shown += 1;
+    }
+    assert!(shown >= 10, "{shown} rows");
 }

@@ -777,7 +777,7 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
         "src/runner_package.rs",
         "src/inputs/spec.rs",
         "action.yml",
-        "README.md",
+        "docs/inputs.md",
     ] {
         let to = copy.path().join(path);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -823,8 +823,15 @@ fn the_runner_bump_script_pins_a_new_release_everywhere_once() {
     let input = action.split("  runner-version:\n").nth(1).unwrap();
     let input = input.split("\n  runner-sha256:").next().unwrap();
     assert!(input.ends_with("\n    default: 2.999.1"), "{input}");
-    let readme = read("README.md");
-    let row = readme
+    assert!(
+        input.contains(&format!(
+            "\n      Pinned, with their x64 and arm64 hashes: 2.999.1, {}.\n",
+            pinned.join(", ")
+        )),
+        "{input}"
+    );
+    let inputs = read("docs/inputs.md");
+    let row = inputs
         .lines()
         .find(|l| l.starts_with("| `runner-version` |"))
         .unwrap();

@@ -18,6 +18,7 @@ pub mod moto;
 pub mod network;
 pub mod oidc;
 pub mod package;
+pub mod picture;
 pub mod ports;
 pub mod quotas;
 pub mod sandbox;

@@ -38,7 +38,22 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("demo") => match demo() {
+        Some("demo") if std::env::args().nth(2).as_deref() == Some("--picture") => {
+            match std::env::args().nth(3) {
+                Some(path) => match demo(Some(Path::new(&path))) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("demo failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                None => {
+                    eprintln!("usage: cargo run -p world -- demo --picture PATH.svg");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("demo") => match demo(None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e}");
@@ -61,7 +76,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo run -p world -- demo [--pool | --attach | --kubernetes] | faults [part of a scenario's name] | bench [--runs N]"
+                "usage: cargo run -p world -- demo [--pool | --attach | --kubernetes | --picture PATH.svg] | faults [part of a scenario's name] | bench [--runs N]"
             );
             ExitCode::from(2)
         }
@@ -147,7 +162,9 @@ fn show(outcome: &world::step::Outcome) {
     println!("  (exit code {})", outcome.code.unwrap_or(-1));
 }
 
-fn demo() -> Result<(), String> {
+/// The start → job → stop cycle; with `picture`, start's job summary is also drawn there as an
+/// SVG (the README's picture).
+fn demo(picture: Option<&Path>) -> Result<(), String> {
     let bin = gpu_runner()?;
     println!(
         "Starting the local world: moto (EC2, STS, SSM), a fake GitHub and OIDC service, and instances that run their boot script in a sandbox."
@@ -173,6 +190,11 @@ fn demo() -> Result<(), String> {
         .get("label")
         .cloned()
         .ok_or("start wrote no label output")?;
+    if let Some(path) = picture {
+        std::fs::write(path, world::picture::summary_svg(&start.summary))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("\n  (the job summary, drawn: {})", path.display());
+    }
 
     banner(&format!("Job `test`: runs-on: {label}"));
     let job_ok = gpu_job(&world, &label, "nvidia-smi").is_ok();
