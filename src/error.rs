@@ -226,7 +226,7 @@ impl Error {
                         rows.join("\n")
                     ),
                     "Capacity comes and goes: re-run the job, or widen the search with more \
-                     instance-type and subnet-id entries (other zones), or market-type: \
+                     instance-types and subnet-ids entries (other zones), or market-type: \
                      spot-then-on-demand."
                         .to_owned(),
                 )

@@ -669,9 +669,9 @@ mod tests {
     #[test]
     fn spot_then_on_demand_tries_every_spot_candidate_first() {
         let inputs = start_inputs(&[
-            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
+            ("INPUT_INSTANCE-TYPES", "g5.xlarge, g4dn.xlarge"),
             (
-                "INPUT_SUBNET-ID",
+                "INPUT_SUBNET-IDS",
                 "subnet-0aaaaaaaaaaaaaaaa, subnet-0bbbbbbbbbbbbbbbb",
             ),
             ("INPUT_MARKET-TYPE", "spot-then-on-demand"),
@@ -712,12 +712,12 @@ mod tests {
     #[test]
     fn everything_set() {
         let inputs = start_inputs(&[
-            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
+            ("INPUT_INSTANCE-TYPES", "g5.xlarge, g4dn.xlarge"),
             (
-                "INPUT_SUBNET-ID",
+                "INPUT_SUBNET-IDS",
                 "subnet-0123456789abcdef0\nsubnet-11111111",
             ),
-            ("INPUT_SECURITY-GROUP-ID", "sg-0123456789abcdef0"),
+            ("INPUT_SECURITY-GROUP-IDS", "sg-0123456789abcdef0"),
             ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
             ("INPUT_IAM-INSTANCE-PROFILE", "gpu-ci-instance"),
             ("INPUT_ROOT-VOLUME-SIZE", "200"),
@@ -743,8 +743,8 @@ mod tests {
     #[test]
     fn candidates_walk_types_first_then_subnets() {
         let inputs = start_inputs(&[
-            ("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn.xlarge"),
-            ("INPUT_SUBNET-ID", "subnet-aaaaaaaa, subnet-bbbbbbbb"),
+            ("INPUT_INSTANCE-TYPES", "g5.xlarge, g4dn.xlarge"),
+            ("INPUT_SUBNET-IDS", "subnet-aaaaaaaa, subnet-bbbbbbbb"),
         ]);
         let plan = launch_plan(&inputs, &ctx(), now(), "n");
         let order: Vec<_> = plan

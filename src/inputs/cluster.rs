@@ -8,11 +8,11 @@ use crate::secret::Secret;
 
 /// Inputs only an EC2 instance reads, which a pod has no use for.
 const EC2_ONLY: &[&spec::Spec] = &[
-    &spec::INSTANCE_TYPE,
+    &spec::INSTANCE_TYPES,
     &spec::IMAGE_ID,
-    &spec::SUBNET_ID,
+    &spec::SUBNET_IDS,
     &spec::MARKET_TYPE,
-    &spec::SECURITY_GROUP_ID,
+    &spec::SECURITY_GROUP_IDS,
     &spec::IAM_INSTANCE_PROFILE,
     &spec::JIT_HANDOFF,
     &spec::ROOT_VOLUME_SIZE,
@@ -171,8 +171,8 @@ impl Reader<'_> {
         let (spec, value) = match self.raw(&spec::POOL) {
             Some(v) => (&spec::POOL, v),
             None => (
-                &spec::INSTANCE_ID,
-                self.raw(&spec::INSTANCE_ID).unwrap_or_default(),
+                &spec::POOL_INSTANCE_ID,
+                self.raw(&spec::POOL_INSTANCE_ID).unwrap_or_default(),
             ),
         };
         self.fail(
@@ -181,7 +181,7 @@ impl Reader<'_> {
             Problem::Conflict {
                 other: spec::MACHINE.name,
                 fix: "Pools keep stopped EC2 instances; a Kubernetes pod is created for each job \
-                      and needs none: remove pool and instance-id, or use machine: ec2.",
+                      and needs none: remove pool and pool-instance-id, or use machine: ec2.",
             },
         );
     }

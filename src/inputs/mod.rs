@@ -1,5 +1,6 @@
 //! `INPUT_*` → typed inputs for one mode, or every error at once.
 
+pub mod aliases;
 mod cluster;
 pub mod error;
 pub mod spec;
@@ -209,7 +210,7 @@ pub struct StartInputs {
 /// A pool of stopped instances that starts resume and stops pause.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolInputs {
-    /// `None` with `instance-id` alone: the instance's `gpu-runner:pool` tag names its pool.
+    /// `None` with `pool-instance-id` alone: the instance's `gpu-runner:pool` tag names its pool.
     pub name: Option<String>,
     /// The most instances the pool holds, in any state but ended.
     pub size: u32,
@@ -421,10 +422,10 @@ pub fn raw_secrets(env: &Env) -> Vec<String> {
 
 /// Reads the mode and its inputs. Collects every error instead of stopping at the first.
 pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
-    let mut r = Reader {
-        env,
-        errors: Vec::new(),
-    };
+    // Old names of renamed inputs are read as the new ones, with a warning each.
+    let (resolved, renamed, errors) = aliases::resolve(env);
+    let env = &resolved;
+    let mut r = Reader { env, errors };
     let mode = r.mode();
     let machine = r.machine();
     if mode == Some(Mode::Stop) && machine == Some(MachineKind::Attached) && r.errors.is_empty() {
@@ -458,6 +459,7 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
             };
             warnings.extend(r.unused_for_machine(machine == Some(MachineKind::Kubernetes), mode));
             warnings.extend(unknown_inputs(env));
+            warnings.extend(renamed);
             if let Inputs::Start(s) = &inputs {
                 warnings.extend(start_warnings(s));
             }
@@ -901,7 +903,7 @@ impl Reader<'_> {
             (Some(region), Vec::new(), Some(Arch::X64))
         } else {
             let region = self.required_region("to launch in");
-            let instance_types = self.list(&spec::INSTANCE_TYPE, 20, values::instance_type);
+            let instance_types = self.list(&spec::INSTANCE_TYPES, 20, values::instance_type);
             let arch = self.arch(&instance_types);
             (region, instance_types, arch)
         };
@@ -918,7 +920,7 @@ impl Reader<'_> {
                     None
                 }
             });
-        let subnet_ids = self.list(&spec::SUBNET_ID, 16, values::subnet);
+        let subnet_ids = self.list(&spec::SUBNET_IDS, 16, values::subnet);
         let market_type =
             self.one(&spec::MARKET_TYPE, values::market_type)
                 .map(|m| match m.as_str() {
@@ -928,7 +930,7 @@ impl Reader<'_> {
                 });
         let count = self.number(&spec::COUNT, 1, 32, "instances");
         let allow_partial = self.boolean(&spec::ALLOW_PARTIAL);
-        let security_group_ids = self.list(&spec::SECURITY_GROUP_ID, 5, values::security_group);
+        let security_group_ids = self.list(&spec::SECURITY_GROUP_IDS, 5, values::security_group);
         let iam_instance_profile = self.one(&spec::IAM_INSTANCE_PROFILE, values::instance_profile);
         let jit_handoff = self.jit_handoff(kubernetes, iam_instance_profile.is_some());
         let root_volume_size_gib = self.number(&spec::ROOT_VOLUME_SIZE, 8, 16384, "GiB");
@@ -1012,10 +1014,10 @@ impl Reader<'_> {
         })
     }
 
-    /// `pool` and its companions; `None` when neither `pool` nor `instance-id` is set.
+    /// `pool` and its companions; `None` when neither `pool` nor `pool-instance-id` is set.
     fn pool(&mut self, count: Option<u32>, spot: bool) -> Option<PoolInputs> {
         let name = self.one(&spec::POOL, values::pool);
-        let instance_id = self.one(&spec::INSTANCE_ID, values::instance_id);
+        let instance_id = self.one(&spec::POOL_INSTANCE_ID, values::instance_id);
         let size = self.number(&spec::POOL_SIZE, 1, 100, "instances");
         let full = self.one(&spec::POOL_FULL, values::pool_full);
         let max_uses = self.number(&spec::POOL_MAX_USES, 0, 100_000, "jobs");
@@ -1030,7 +1032,7 @@ impl Reader<'_> {
         let named = if name.is_some() {
             &spec::POOL
         } else {
-            &spec::INSTANCE_ID
+            &spec::POOL_INSTANCE_ID
         };
         if spot {
             self.fail(
@@ -1046,11 +1048,11 @@ impl Reader<'_> {
         }
         if instance_id.is_some() && count.is_some_and(|c| c > 1) {
             self.fail(
-                &spec::INSTANCE_ID,
+                &spec::POOL_INSTANCE_ID,
                 instance_id.as_deref(),
                 Problem::Conflict {
                     other: spec::COUNT.name,
-                    fix: "instance-id resumes one instance: remove count, or use pool with \
+                    fix: "pool-instance-id resumes one instance: remove count, or use pool with \
                           pool-size to resume several.",
                 },
             );
@@ -1092,7 +1094,7 @@ impl Reader<'_> {
         {
             let value = instance_types.join(",");
             self.fail(
-                &spec::INSTANCE_TYPE,
+                &spec::INSTANCE_TYPES,
                 Some(&value),
                 Problem::Invalid {
                     entry: None,
@@ -1296,7 +1298,11 @@ impl Reader<'_> {
 
 /// `INPUT_*` variables that are no input of ours: most likely a misspelt one.
 fn unknown_inputs(env: &Env) -> Vec<String> {
-    let known: Vec<String> = spec::ALL.iter().map(Spec::env_var).collect();
+    let known: Vec<String> = spec::ALL
+        .iter()
+        .map(Spec::env_var)
+        .chain(aliases::ALIASES.iter().map(|a| spec::env_var(a.old)))
+        .collect();
     env.iter()
         .filter(|(k, v)| k.starts_with("INPUT_") && !v.trim().is_empty())
         .filter(|(k, _)| !known.iter().any(|known| known == k))

@@ -90,13 +90,13 @@ pub const KUBECONFIG: Spec = Spec::secret("kubeconfig", All);
 pub const EKS_CLUSTER: Spec = Spec::new("eks-cluster", All, "");
 pub const NAMESPACE: Spec = Spec::new("namespace", All, "");
 
-pub const INSTANCE_TYPE: Spec = Spec::new("instance-type", Start, "g4dn.xlarge");
+pub const INSTANCE_TYPES: Spec = Spec::new("instance-types", Start, "g4dn.xlarge");
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
-pub const SUBNET_ID: Spec = Spec::new("subnet-id", Start, "");
+pub const SUBNET_IDS: Spec = Spec::new("subnet-ids", Start, "");
 pub const MARKET_TYPE: Spec = Spec::new("market-type", Start, "on-demand");
 pub const COUNT: Spec = Spec::new("count", Start, "1");
 pub const ALLOW_PARTIAL: Spec = Spec::new("allow-partial", Start, "false");
-pub const SECURITY_GROUP_ID: Spec = Spec::new("security-group-id", Start, "");
+pub const SECURITY_GROUP_IDS: Spec = Spec::new("security-group-ids", Start, "");
 pub const IAM_INSTANCE_PROFILE: Spec = Spec::new("iam-instance-profile", Start, "");
 pub const JIT_HANDOFF: Spec = Spec::new("jit-handoff", Start, "user-data");
 pub const ROOT_VOLUME_SIZE: Spec = Spec::new("root-volume-size", Start, "");
@@ -120,7 +120,7 @@ pub const DRY_RUN: Spec = Spec::new("dry-run", StartAndCleanup, "false");
 pub const POOL: Spec = Spec::new("pool", Start, "");
 pub const POOL_SIZE: Spec = Spec::new("pool-size", Start, "4");
 pub const POOL_FULL: Spec = Spec::new("pool-full", Start, "wait");
-pub const INSTANCE_ID: Spec = Spec::new("instance-id", Start, "");
+pub const POOL_INSTANCE_ID: Spec = Spec::new("pool-instance-id", Start, "");
 pub const POOL_MAX_USES: Spec = Spec::new("pool-max-uses", Start, "0");
 pub const POOL_MAX_AGE_DAYS: Spec = Spec::new("pool-max-age-days", Start, "30");
 pub const GPU_COUNT: Spec = Spec::new("gpu-count", Start, "1");
@@ -153,13 +153,13 @@ pub const ALL: &[Spec] = &[
     KUBECONFIG,
     EKS_CLUSTER,
     NAMESPACE,
-    INSTANCE_TYPE,
+    INSTANCE_TYPES,
     IMAGE_ID,
-    SUBNET_ID,
+    SUBNET_IDS,
     MARKET_TYPE,
     COUNT,
     ALLOW_PARTIAL,
-    SECURITY_GROUP_ID,
+    SECURITY_GROUP_IDS,
     IAM_INSTANCE_PROFILE,
     JIT_HANDOFF,
     ROOT_VOLUME_SIZE,
@@ -182,7 +182,7 @@ pub const ALL: &[Spec] = &[
     POOL,
     POOL_SIZE,
     POOL_FULL,
-    INSTANCE_ID,
+    POOL_INSTANCE_ID,
     POOL_MAX_USES,
     POOL_MAX_AGE_DAYS,
     GPU_COUNT,
@@ -206,8 +206,8 @@ pub const ALL: &[Spec] = &[
 pub const EMPTY_MEANS: &[(&str, &str)] = &[
     ("aws-region", "the `AWS_REGION` variable"),
     ("namespace", "the kubeconfig context's, else `default`"),
-    ("subnet-id", "the default VPC's"),
-    ("security-group-id", "the VPC's default"),
+    ("subnet-ids", "the default VPC's"),
+    ("security-group-ids", "the VPC's default"),
     ("root-volume-size", "the image's"),
     ("runner-sha256", "the pinned hash"),
     ("region", "`aws-region`"),
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn env_var_keeps_hyphens() {
-        assert_eq!(INSTANCE_TYPE.env_var(), "INPUT_INSTANCE-TYPE");
+        assert_eq!(INSTANCE_TYPES.env_var(), "INPUT_INSTANCE-TYPES");
         assert_eq!(MODE.env_var(), "INPUT_MODE");
     }
 

@@ -95,7 +95,7 @@ fn start_defaults() {
 #[test]
 fn values_are_trimmed_and_empty_means_unset() {
     let s = start(&[
-        ("INPUT_INSTANCE-TYPE", "   "),
+        ("INPUT_INSTANCE-TYPES", "   "),
         ("INPUT_RUNNER-USER", "  ci  "),
         ("INPUT_DRY-RUN", "\ttrue\n"),
         ("INPUT_ROLE-TO-ASSUME", ""),
@@ -159,7 +159,7 @@ fn lists_take_commas_and_or_newlines() {
         "g5.xlarge, g4dn.xlarge\n  g6.xlarge",
     ] {
         assert_eq!(
-            start(&[("INPUT_INSTANCE-TYPE", v)]).ec2.instance_types,
+            start(&[("INPUT_INSTANCE-TYPES", v)]).ec2.instance_types,
             ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"],
             "{v:?}"
         );
@@ -168,18 +168,19 @@ fn lists_take_commas_and_or_newlines() {
 
 #[test]
 fn blank_list_entries_are_errors() {
-    let fix = "Remove the extra comma or blank line: entries of instance-type are separated by \
+    let fix = "Remove the extra comma or blank line: entries of instance-types are separated by \
                commas or newlines, and none may be empty.";
     assert_eq!(
-        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,,g4dn.xlarge")]),
+        error(&[("INPUT_INSTANCE-TYPES", "g5.xlarge,,g4dn.xlarge")]),
         format!(
-            "Invalid input: instance-type: instance-type has an empty entry (entry 2 of \
+            "Invalid input: instance-types: instance-types has an empty entry (entry 2 of \
              \"g5.xlarge,,g4dn.xlarge\"). {fix}"
         )
     );
-    assert!(error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,")]).contains("(entry 2 of"));
+    assert!(error(&[("INPUT_INSTANCE-TYPES", "g5.xlarge,")]).contains("(entry 2 of"));
     assert!(
-        error(&[("INPUT_SUBNET-ID", "subnet-aaaaaaaa\n\nsubnet-bbbbbbbb")]).contains("(entry 2 of")
+        error(&[("INPUT_SUBNET-IDS", "subnet-aaaaaaaa\n\nsubnet-bbbbbbbb")])
+            .contains("(entry 2 of")
     );
     assert!(error(&[("INPUT_LABELS", ",gpu")]).contains("(entry 1 of"));
 }
@@ -187,9 +188,9 @@ fn blank_list_entries_are_errors() {
 #[test]
 fn duplicate_and_too_many_entries_are_errors() {
     assert_eq!(
-        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge, g5.xlarge")]),
-        "Invalid input: instance-type: instance-type lists \"g5.xlarge\" more than once. List each \
-         entry of instance-type once."
+        error(&[("INPUT_INSTANCE-TYPES", "g5.xlarge, g5.xlarge")]),
+        "Invalid input: instance-types: instance-types lists \"g5.xlarge\" more than once. List each \
+         entry of instance-types once."
     );
     let many: Vec<String> = (0..100).map(|i| format!("l{i}")).collect();
     assert_eq!(
@@ -202,24 +203,24 @@ fn duplicate_and_too_many_entries_are_errors() {
 #[test]
 fn instance_types_are_checked() {
     assert_eq!(
-        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge, g4dn..xlarge")]),
-        "Invalid input: instance-type: instance-type entry \"g4dn..xlarge\" is not an EC2 instance \
+        error(&[("INPUT_INSTANCE-TYPES", "g5.xlarge, g4dn..xlarge")]),
+        "Invalid input: instance-types: instance-types entry \"g4dn..xlarge\" is not an EC2 instance \
          type name (FAMILY.SIZE). Write EC2 instance type names such as g5.xlarge, in order of \
          preference, separated by commas or newlines."
     );
     assert_eq!(
-        error(&[("INPUT_INSTANCE-TYPE", "G5.XLarge")]),
-        "Invalid input: instance-type: instance-type entry \"G5.XLarge\" is not an EC2 instance \
+        error(&[("INPUT_INSTANCE-TYPES", "G5.XLarge")]),
+        "Invalid input: instance-types: instance-types entry \"G5.XLarge\" is not an EC2 instance \
          type name (FAMILY.SIZE). Instance types are lowercase: write g5.xlarge."
     );
     for bad in ["g5", "g5.", ".xlarge", "g5 xlarge", "5g.xlarge"] {
         assert!(
-            error(&[("INPUT_INSTANCE-TYPE", bad)]).contains("is not an EC2 instance type"),
+            error(&[("INPUT_INSTANCE-TYPES", bad)]).contains("is not an EC2 instance type"),
             "{bad}"
         );
     }
     let s = start(&[(
-        "INPUT_INSTANCE-TYPE",
+        "INPUT_INSTANCE-TYPES",
         "p5.48xlarge, g6e.12xlarge, u-6tb1.metal",
     )]);
     assert_eq!(s.ec2.instance_types.len(), 3);
@@ -543,10 +544,10 @@ fn images_are_ami_ids_or_ssm_parameters() {
 fn network_ids_are_checked() {
     let s = start(&[
         (
-            "INPUT_SUBNET-ID",
+            "INPUT_SUBNET-IDS",
             "subnet-0123456789abcdef0, subnet-1234abcd",
         ),
-        ("INPUT_SECURITY-GROUP-ID", "sg-0123456789abcdef0"),
+        ("INPUT_SECURITY-GROUP-IDS", "sg-0123456789abcdef0"),
     ]);
     assert_eq!(
         s.ec2.subnet_ids,
@@ -554,13 +555,13 @@ fn network_ids_are_checked() {
     );
     assert_eq!(s.ec2.security_group_ids, ["sg-0123456789abcdef0"]);
     assert_eq!(
-        error(&[("INPUT_SUBNET-ID", "subnet-0123456789abcdef0, my-subnet")]),
-        "Invalid input: subnet-id: subnet-id entry \"my-subnet\" is not a subnet id. Use subnet ids \
+        error(&[("INPUT_SUBNET-IDS", "subnet-0123456789abcdef0, my-subnet")]),
+        "Invalid input: subnet-ids: subnet-ids entry \"my-subnet\" is not a subnet id. Use subnet ids \
          such as subnet-0123456789abcdef0 (VPC console → Subnets), separated by commas or newlines."
     );
     assert_eq!(
-        error(&[("INPUT_SECURITY-GROUP-ID", "default")]),
-        "Invalid input: security-group-id: security-group-id entry \"default\" is not a security \
+        error(&[("INPUT_SECURITY-GROUP-IDS", "default")]),
+        "Invalid input: security-group-ids: security-group-ids entry \"default\" is not a security \
          group id. Use security group ids such as sg-0123456789abcdef0, not group names."
     );
 }
@@ -649,7 +650,7 @@ fn pre_runner_script_is_kept_as_written() {
 #[test]
 fn every_error_is_reported_at_once() {
     let e = errors(&[
-        ("INPUT_INSTANCE-TYPE", "big"),
+        ("INPUT_INSTANCE-TYPES", "big"),
         ("INPUT_DRY-RUN", "yes"),
         ("INPUT_AWS-REGION", ""),
         ("INPUT_IDLE-TIMEOUT-MINUTES", "0"),
@@ -659,7 +660,7 @@ fn every_error_is_reported_at_once() {
         titles,
         [
             "aws-region",
-            "instance-type",
+            "instance-types",
             "idle-timeout-minutes",
             "dry-run"
         ]
@@ -756,13 +757,13 @@ fn stop_region_prefers_region_then_aws_region_then_env() {
 fn inputs_of_the_other_mode_are_warned_about_unless_default() {
     let mut vars = vec![
         ("INPUT_MODE", "stop"),
-        ("INPUT_INSTANCE-TYPE", "g4dn.xlarge"),
+        ("INPUT_INSTANCE-TYPES", "g4dn.xlarge"),
         ("INPUT_DRY-RUN", "false"),
-        ("INPUT_SUBNET-ID", "subnet-aaaaaaaa"),
+        ("INPUT_SUBNET-IDS", "subnet-aaaaaaaa"),
     ];
     assert_eq!(
         warnings(&vars),
-        ["subnet-id is only used with mode: start; it has no effect with mode: stop."]
+        ["subnet-ids is only used with mode: start; it has no effect with mode: stop."]
     );
     vars = vec![("INPUT_LABEL", "x")];
     assert_eq!(
@@ -780,7 +781,7 @@ fn unknown_inputs_are_warned_about_with_a_suggestion() {
         ]),
         [
             "gpu-runner has no input named colour; it is ignored.",
-            "gpu-runner has no input named instance_type; it is ignored. Did you mean instance-type?",
+            "gpu-runner has no input named instance_type; it is ignored. Did you mean instance-types?",
         ]
     );
 }
@@ -820,13 +821,13 @@ fn the_runner_is_pinned_unless_a_hash_comes_with_another_version() {
 
 #[test]
 fn arm64_instance_types_get_the_arm64_runner_and_image() {
-    let s = start(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge, g5g.2xlarge")]);
+    let s = start(&[("INPUT_INSTANCE-TYPES", "g5g.xlarge, g5g.2xlarge")]);
     assert_eq!(s.runner.arch, Arch::Arm64);
     let newest = crate::runner_package::pinned(spec::RUNNER_VERSION.default, Arch::Arm64);
     assert_eq!(Some(s.runner.sha256.as_str()), newest.map(|p| p.sha256));
     assert_eq!(
         start(&[
-            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_INSTANCE-TYPES", "g5g.xlarge"),
             ("INPUT_RUNNER-VERSION", "2.337.0"),
         ])
         .runner
@@ -839,7 +840,7 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
     );
     // Another pinned version, for its architecture; a chosen image stays as given.
     let s = start(&[
-        ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+        ("INPUT_INSTANCE-TYPES", "g5g.xlarge"),
         ("INPUT_RUNNER-VERSION", "2.336.0"),
         ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
     ]);
@@ -861,7 +862,7 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
     // The x64 hash is not the arm64 one.
     assert!(
         error(&[
-            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_INSTANCE-TYPES", "g5g.xlarge"),
             ("INPUT_RUNNER-VERSION", "2.337.0"),
             (
                 "INPUT_RUNNER-SHA256",
@@ -872,7 +873,7 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
     );
     assert!(
         error(&[
-            ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+            ("INPUT_INSTANCE-TYPES", "g5g.xlarge"),
             ("INPUT_RUNNER-VERSION", "2.400.1"),
         ])
         .contains("the SHA-256 of actions-runner-linux-arm64-2.400.1.tar.gz")
@@ -882,8 +883,8 @@ fn arm64_instance_types_get_the_arm64_runner_and_image() {
 #[test]
 fn instance_types_of_two_architectures_are_refused() {
     assert_eq!(
-        error(&[("INPUT_INSTANCE-TYPE", "g5.xlarge,g5g.xlarge")]),
-        "Invalid input: instance-type: instance-type \"g5.xlarge,g5g.xlarge\" is not instance \
+        error(&[("INPUT_INSTANCE-TYPES", "g5.xlarge,g5g.xlarge")]),
+        "Invalid input: instance-types: instance-types \"g5.xlarge,g5g.xlarge\" is not instance \
          types of one CPU architecture. g5.xlarge is x64 and g5g.xlarge is arm64: one image and \
          one runner package serve every candidate. List only arm64 types (such as g5g.xlarge) or \
          only x64 types (such as g5.xlarge), or use two start jobs."
@@ -952,13 +953,13 @@ fn a_declared_default_that_arrives_counts_as_not_set() {
         vars
     }
     let with_defaults = |extra: &[(&'static str, &'static str)]| with(&every_default, extra);
-    let arm = start(&with_defaults(&[("INPUT_INSTANCE-TYPE", "g5g.xlarge")]));
+    let arm = start(&with_defaults(&[("INPUT_INSTANCE-TYPES", "g5g.xlarge")]));
     assert_eq!(
         Some(arm.ec2.image),
         values::image(spec::DEFAULT_IMAGE_ARM64).ok()
     );
     let given = start(&with_defaults(&[
-        ("INPUT_INSTANCE-TYPE", "g5g.xlarge"),
+        ("INPUT_INSTANCE-TYPES", "g5g.xlarge"),
         ("INPUT_IMAGE-ID", "ami-0123456789abcdef0"),
     ]));
     assert_eq!(
@@ -990,7 +991,7 @@ fn a_pool_is_read_with_its_limits_and_refused_where_it_cannot_work() {
         "\"train\", at most 4 instance(s); when full, wait; each instance serves up to 20 job(s) \
          for up to 30 day(s)"
     );
-    let one = start(&[("INPUT_INSTANCE-ID", "i-0123456789abcdef0")])
+    let one = start(&[("INPUT_POOL-INSTANCE-ID", "i-0123456789abcdef0")])
         .pool
         .expect("a pool of one");
     assert_eq!(one.instance_id.as_deref(), Some("i-0123456789abcdef0"));
@@ -1002,10 +1003,10 @@ fn a_pool_is_read_with_its_limits_and_refused_where_it_cannot_work() {
         "{e}"
     );
     let e = error(&[
-        ("INPUT_INSTANCE-ID", "i-0123456789abcdef0"),
+        ("INPUT_POOL-INSTANCE-ID", "i-0123456789abcdef0"),
         ("INPUT_COUNT", "2"),
     ]);
-    assert!(e.contains("instance-id resumes one instance"), "{e}");
+    assert!(e.contains("pool-instance-id resumes one instance"), "{e}");
     let e = error(&[
         ("INPUT_POOL", "train"),
         ("INPUT_COUNT", "8"),
@@ -1027,7 +1028,7 @@ fn machine_attached_waits_for_labels_and_reads_no_aws_input() {
         ("INPUT_MACHINE", "attached"),
         ("INPUT_LABELS", "gpu-a10, cuda-12"),
         ("INPUT_STARTUP-TIMEOUT-MINUTES", "5"),
-        ("INPUT_INSTANCE-TYPE", "g5.xlarge"),
+        ("INPUT_INSTANCE-TYPES", "g5.xlarge"),
     ]))
     .unwrap();
     let Inputs::Attached(a) = &parsed.inputs else {
@@ -1041,7 +1042,7 @@ fn machine_attached_waits_for_labels_and_reads_no_aws_input() {
         [
             "aws-region has no effect with machine: attached: the machine is yours, and \
              gpu-runner attach sets it up.",
-            "instance-type has no effect with machine: attached: the machine is yours, and \
+            "instance-types has no effect with machine: attached: the machine is yours, and \
              gpu-runner attach sets it up."
         ]
     );
@@ -1124,11 +1125,11 @@ fn machine_kubernetes_reads_the_cluster_and_the_pod_and_no_aws_input() {
     assert!(secrets.contains(&"t0k3n-value".to_owned()), "{secrets:?}");
     assert!(!secrets.iter().any(|s| s.contains("kind: Config")));
     // EC2's inputs have no effect on a pod, and say so.
-    let all = pod_env(&[("INPUT_INSTANCE-TYPE", "g5.xlarge")]);
+    let all = pod_env(&[("INPUT_INSTANCE-TYPES", "g5.xlarge")]);
     assert_eq!(
         parse(&env(&all)).unwrap().warnings,
         [
-            "instance-type has no effect here: it is about EC2 instances, and with machine: \
+            "instance-types has no effect here: it is about EC2 instances, and with machine: \
           kubernetes the pod's image and pod-template decide."
         ]
     );

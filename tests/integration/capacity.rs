@@ -30,7 +30,7 @@ fn start_lands_on_the_first_candidate_with_capacity_and_says_what_it_tried() {
     );
     let started = Step::mode("start")
         .in_world(&world)
-        .input("instance-type", "g5.xlarge, g6.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g6.xlarge, g4dn.xlarge")
         .run();
     started.success();
     assert_eq!(started.outputs()["instance-type"], "g4dn.xlarge");
@@ -57,7 +57,7 @@ fn no_capacity_anywhere_leaves_no_instance_at_all() {
     refuse(&world, "InsufficientInstanceCapacity", 2);
     let out = Step::mode("start")
         .in_world(&world)
-        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g4dn.xlarge")
         .run();
     out.failure();
     // The error itself, the table of what was tried, is snapshotted in stories.rs.
@@ -123,7 +123,7 @@ fn spot_when_there_is_spot_and_permission_errors_stop_the_search() {
     );
     let denied = Step::mode("start")
         .in_world(&world)
-        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g4dn.xlarge")
         .run();
     denied.failure();
     let error = denied.errors().join("\n");
@@ -263,7 +263,7 @@ fn an_account_without_the_spot_role_falls_back_to_on_demand_and_says_how_to_crea
     let started = Step::mode("start")
         .in_world(&world)
         .input("market-type", "spot-then-on-demand")
-        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g4dn.xlarge")
         .run();
     started.success();
     assert_eq!(started.outputs()["market"], "on-demand");
@@ -348,7 +348,7 @@ fn a_new_accounts_gpu_quota_of_0_is_named_with_the_request_that_raises_it() {
     world.faults.take_calls();
     let refused = Step::mode("start")
         .in_world(&world)
-        .input("instance-type", "g5.xlarge, g6.2xlarge")
+        .input("instance-types", "g5.xlarge, g6.2xlarge")
         .run();
     refused.failure();
     let error = refused.errors().join("\n");

@@ -111,7 +111,7 @@ fn cleanup_needs_a_region_and_says_which_inputs_are_its_own() {
     let out = Step::mode("cleanup")
         .input("github-token", crate::support::TOKEN)
         .input("max-age-minutes", "5")
-        .input("instance-type", "g5.xlarge")
+        .input("instance-types", "g5.xlarge")
         .run();
     out.failure();
     let errors = out.errors().join("\n");

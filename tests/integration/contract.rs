@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gpu_runner::inputs::spec;
+use gpu_runner::inputs::{aliases, spec};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -81,7 +81,12 @@ fn readme_table(heading: &str) -> Vec<String> {
 fn action_yml_and_the_parser_have_the_same_inputs() {
     let action = action();
     let in_yml: Vec<&str> = action.inputs.keys().map(String::as_str).collect();
-    let mut in_parser: Vec<&str> = spec::ALL.iter().map(|s| s.name).collect();
+    // Renamed inputs keep their old names in action.yml, so that the runner passes them on.
+    let mut in_parser: Vec<&str> = spec::ALL
+        .iter()
+        .map(|s| s.name)
+        .chain(aliases::ALIASES.iter().map(|a| a.old))
+        .collect();
     in_parser.sort_unstable();
     let missing_in_parser: Vec<_> = in_yml.iter().filter(|n| !in_parser.contains(n)).collect();
     let missing_in_yml: Vec<_> = in_parser.iter().filter(|n| !in_yml.contains(n)).collect();
@@ -115,6 +120,26 @@ fn action_yml_defaults_are_the_parser_defaults() {
             Some(spec.default),
             "default of {} in action.yml",
             spec.name
+        );
+    }
+}
+
+/// An old name has no default (the runner would pass one as if the workflow had set it, and every
+/// run would warn about the old name) and says what it became.
+#[test]
+fn action_yml_keeps_each_old_name_without_a_default() {
+    let action = action();
+    for alias in aliases::ALIASES {
+        let input = &action.inputs[alias.old];
+        assert_eq!(input.default.as_deref(), Some(""), "{}", alias.old);
+        assert!(!input.required);
+        assert!(
+            input
+                .description
+                .starts_with(&format!("Deprecated: the old name of {}.", alias.new.name)),
+            "{}: {}",
+            alias.old,
+            input.description
         );
     }
 }
@@ -231,7 +256,7 @@ const POOL_INPUTS: &[&str] = &[
     "pool",
     "pool-size",
     "pool-full",
-    "instance-id",
+    "pool-instance-id",
     "pool-max-uses",
     "pool-max-age-days",
 ];
@@ -339,19 +364,18 @@ fn inputs_page() -> String {
          `False`, `FALSE` too). An empty value is the same as leaving an input out.\n\n\
          Every input problem is reported at once, each as an annotation that names the input, \
          shows the value (never a secret's) and says how to fix it, for example:\n\n\
-         ```text\nError: Invalid input: instance-type: instance-type entry \"G5.XLarge\" is not an \
+         ```text\nError: Invalid input: instance-types: instance-types entry \"G5.XLarge\" is not an \
          EC2 instance type name (FAMILY.SIZE). Instance types are lowercase: write g5.xlarge.\n\
          ```\n\n\
          An input meant for another mode, or an input gpu-runner does not have (say \
          `instance_type`), gives a warning with the likely intended name.\n\n\
-         Some names say less than they mean: `instance-type`, `subnet-id` and \
-         `security-group-id` each take a list; `instance-id` (start) names one pool instance to \
-         resume, while the `instance-id` output is the first instance launched and stop takes \
-         `instance-ids`; `labels` are extra labels for the runner on EC2 but the labels to wait \
-         for with `machine: attached`; `region` (stop) is start's `region` output, while \
-         `aws-region` is the region every mode works in; `max-lifetime-minutes` (start) is how \
-         long an instance may live, `max-age-minutes` (cleanup) how old one must be before \
-         cleanup ends it.\n",
+         Some names still say less than they mean: the `instance-id` output is the first \
+         instance launched, and stop takes `instance-ids`; `labels` are extra labels for the \
+         runner on EC2 but the labels to wait for with `machine: attached`; `region` (stop) is \
+         start's `region` output, while `aws-region` is the region every mode works in; \
+         `max-lifetime-minutes` (start) is how long an instance may live, `max-age-minutes` \
+         (cleanup) how old one must be before cleanup ends it; the inputs of `machine: \
+         kubernetes` have no prefix, and are listed together below.\n",
     );
     for (title, intro, member) in &sections {
         page.push_str(&format!(
@@ -360,6 +384,17 @@ fn inputs_page() -> String {
         for s in spec::ALL.iter().filter(|s| member(s)) {
             page.push_str(&row(s));
         }
+    }
+    page.push_str(
+        "\n## Renamed inputs\n\nThese old names work until the next major version, each with a \
+         warning that names the new one; giving both names is an error.\n\n\
+         | Old name | New name | Why |\n|---|---|---|\n",
+    );
+    for alias in aliases::ALIASES {
+        page.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            alias.old, alias.new.name, alias.why
+        ));
     }
     page.push_str("\n## Outputs\n\nSet by start.\n\n| Output | What it is |\n|---|---|\n");
     for name in OUTPUTS {

@@ -55,7 +55,7 @@ fn no_secret_leaked(world: &World, outcomes: &[&Outcome]) {
 #[test]
 fn a_gpu_job_runs_on_the_runner_and_nothing_is_left() {
     let world = world();
-    let started = start(&world).input("instance-type", "g5.xlarge").run();
+    let started = start(&world).input("instance-types", "g5.xlarge").run();
     started.success();
     let outputs = started.outputs();
     let label = outputs["label"].clone();
@@ -261,7 +261,7 @@ fn too_few_gpus_fails_start_with_the_count() {
         ..Options::default()
     })
     .unwrap();
-    let out = start(&world).input("instance-type", "g5.12xlarge").run();
+    let out = start(&world).input("instance-types", "g5.12xlarge").run();
     out.failure();
     let error = out.errors().join("\n");
     assert!(
@@ -405,7 +405,7 @@ fn dry_run_proves_permissions_and_launches_nothing() {
     let world = world();
     let out = start(&world)
         .input("dry-run", "true")
-        .input("instance-type", "g5.xlarge\ng4dn.xlarge")
+        .input("instance-types", "g5.xlarge\ng4dn.xlarge")
         .input("tags", "team: ml\nnote: ::error::pwned")
         .run();
     out.success();
@@ -915,7 +915,7 @@ fn without_any_aws_credentials_the_error_says_how_to_give_them() {
 /// Dry-run looks at the way out of each subnet: a public one and one behind a NAT gateway reach
 /// GitHub; one without a route to the internet, or without public addresses, gets a warning with
 /// its fix, and a start with no way out at all fails, as does one with no default VPC and no
-/// subnet-id.
+/// subnet-ids.
 #[test]
 fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
     let world = World::start(Options::default()).unwrap();
@@ -925,7 +925,7 @@ fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
         if subnet_ids.is_empty() {
             step.run()
         } else {
-            step.input("subnet-id", subnet_ids).run()
+            step.input("subnet-ids", subnet_ids).run()
         }
     };
     let by_default = dry("");

@@ -314,7 +314,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
     let resumed = Step::mode("start")
         .in_world(&world)
         .input("role-to-assume", &world.pool_role_arn())
-        .input("instance-id", &id)
+        .input("pool-instance-id", &id)
         .run();
     resumed.success();
     assert_eq!(resumed.outputs()["instance-id"], id);
@@ -322,7 +322,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
     let busy = Step::mode("start")
         .in_world(&world)
         .input("role-to-assume", &world.pool_role_arn())
-        .input("instance-id", &id)
+        .input("pool-instance-id", &id)
         .input("pool-full", "fail")
         .run();
     busy.failure();
@@ -340,7 +340,7 @@ fn instance_id_resumes_that_pool_instance_and_refuses_any_other() {
     let refused = Step::mode("start")
         .in_world(&world)
         .input("role-to-assume", &world.pool_role_arn())
-        .input("instance-id", &stranger)
+        .input("pool-instance-id", &stranger)
         .run();
     refused.failure();
     let error = refused.errors().join("\n");

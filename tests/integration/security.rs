@@ -412,7 +412,7 @@ fn arm64_instance_types_get_the_arm64_image_and_runner_package() {
     let world = world();
     let started = Step::start()
         .in_world(&world)
-        .input("instance-type", "g5g.xlarge")
+        .input("instance-types", "g5g.xlarge")
         .run();
     started.success();
     let instance = instance_of(&world, &started);
@@ -754,7 +754,7 @@ fn the_readmes_security_group_has_no_inbound_rules_and_the_instance_uses_it() {
     assert_eq!(world.inbound_rules(&group), []);
     let started = Step::start()
         .in_world(&world)
-        .input("security-group-id", &group)
+        .input("security-group-ids", &group)
         .run();
     started.success();
     let instance = instance_of(&world, &started);

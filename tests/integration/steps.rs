@@ -30,13 +30,13 @@ fn stop_when_the_start_job_produced_no_outputs_succeeds() {
 #[test]
 fn a_bad_instance_type_list_fails_naming_instance_type() {
     let out = Step::start()
-        .input("instance-type", "g5.xlarge,,g4dn.xlarge")
+        .input("instance-types", "g5.xlarge,,g4dn.xlarge")
         .run();
     out.failure();
     assert_eq!(
         out.errors(),
         [
-            "::error title=Invalid input%3A instance-type::instance-type has an empty entry (entry 2 of \"g5.xlarge,,g4dn.xlarge\"). Remove the extra comma or blank line: entries of instance-type are separated by commas or newlines, and none may be empty.%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
+            "::error title=Invalid input%3A instance-types::instance-types has an empty entry (entry 2 of \"g5.xlarge,,g4dn.xlarge\"). Remove the extra comma or blank line: entries of instance-types are separated by commas or newlines, and none may be empty.%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
         ]
     );
     assert!(out.output_file.is_empty() && out.state_file.is_empty());
@@ -133,13 +133,13 @@ fn a_bad_secret_is_reported_without_its_value() {
 fn misspelt_and_misplaced_inputs_are_warned_about() {
     let out = Step::stop()
         .input("instance_ids", "i-1234abcd")
-        .input("instance-type", "g5.xlarge")
+        .input("instance-types", "g5.xlarge")
         .run();
     out.success();
     assert_eq!(
         out.commands("warning"),
         [
-            "::warning title=gpu-runner input::instance-type is only used with mode: start; it has no effect with mode: stop.",
+            "::warning title=gpu-runner input::instance-types is only used with mode: start; it has no effect with mode: stop.",
             "::warning title=gpu-runner input::gpu-runner has no input named instance_ids; it is ignored. Did you mean instance-ids?",
         ]
     );
@@ -360,6 +360,52 @@ fn a_forks_pull_request_without_secrets_is_skipped_green_and_its_stop_too() {
         own.errors()
             .join("\n")
             .contains("Missing input%3A github-token")
+    );
+}
+
+/// An input renamed within the major version keeps working under its old name, with a warning
+/// naming the new one; a workflow that gives both names is told to keep one.
+#[test]
+fn an_old_input_name_still_works_with_a_warning() {
+    // Outside the world the start fails later, at AWS; the inputs were read and warned about.
+    let out = Step::start()
+        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .run();
+    let warnings = out.commands("warning").join("\n");
+    assert!(
+        warnings.contains(
+            "title=gpu-runner input::instance-type is now called instance-types, as it takes a \
+             list of instance types; the old name works until the next major version. Rename it \
+             in the workflow."
+        ),
+        "{warnings}"
+    );
+    assert!(
+        !out.errors().join("\n").contains("instance-type"),
+        "{:?}",
+        out.errors()
+    );
+    let renamed = Step::start()
+        .input("instance-type", "g5.xlarge, G4dn.xlarge")
+        .run();
+    renamed.failure();
+    assert!(
+        renamed.errors()[0].contains("instance-types entry \"G4dn.xlarge\""),
+        "the old name's value is checked as the new name's: {:?}",
+        renamed.errors()
+    );
+    let both = Step::start()
+        .input("instance-type", "g5.xlarge")
+        .input("instance-types", "g6.xlarge")
+        .run();
+    both.failure();
+    assert!(
+        both.errors()[0].starts_with(
+            "::error title=Invalid input%3A instance-types::instance-types and instance-type are \
+             both set. Keep the new name and remove the old one"
+        ),
+        "{:?}",
+        both.errors()
     );
 }
 

@@ -100,7 +100,7 @@ fn a_dry_run_shows_the_plan_and_proves_the_permissions() {
     let out = Step::mode("start")
         .in_world(&world)
         .input("dry-run", "true")
-        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g4dn.xlarge")
         .run();
     out.success();
     assert!(world.instances().is_empty());
@@ -121,7 +121,7 @@ fn no_capacity_anywhere() {
     );
     let out = Step::mode("start")
         .in_world(&world)
-        .input("instance-type", "g5.xlarge, g4dn.xlarge")
+        .input("instance-types", "g5.xlarge, g4dn.xlarge")
         .run();
     out.failure();
     nothing_left(&world);

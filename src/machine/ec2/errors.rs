@@ -20,7 +20,7 @@ pub fn hint(e: &MachineError) -> String {
              rule refused it. The permissions policy of docs/aws.md (What AWS needs) launches only \
              GPU instance types with IMDSv2, from Amazon's images or the account's own, into \
              the account's VPCs, with root volumes of at most 1024 GiB, tagged for this \
-             repository: change the request (instance-type, image-id, subnet-id, \
+             repository: change the request (instance-types, image-id, subnet-ids, \
              root-volume-size), or tailor that NeverLaunch statement of the role's policy."
                 .to_owned()
         }
@@ -59,7 +59,7 @@ pub fn hint(e: &MachineError) -> String {
             \"Running On-Demand G and VT instances\" in Service Quotas."
             .to_owned(),
         "VPCIdNotSpecified" => "The account has no default VPC in this region: create it (aws \
-            ec2 create-default-vpc), or set subnet-id to subnets that reach GitHub."
+            ec2 create-default-vpc), or set subnet-ids to subnets that reach GitHub."
             .to_owned(),
         "ParameterNotFound" => "Check image-id: the SSM parameter does not exist in this \
             region."
@@ -68,7 +68,7 @@ pub fn hint(e: &MachineError) -> String {
             "Check image-id: AMIs are per region.".to_owned()
         }
         "InvalidSubnetID.NotFound" | "InvalidGroup.NotFound" => {
-            "Check subnet-id and security-group-id: they must exist in aws-region.".to_owned()
+            "Check subnet-ids and security-group-ids: they must exist in aws-region.".to_owned()
         }
         "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
             "AWS is throttling this account: re-run the job in a minute.".to_owned()

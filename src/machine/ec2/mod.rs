@@ -188,13 +188,13 @@ impl Ec2 {
             Ok(None) => {
                 return Err(Error::Network {
                     what: format!(
-                        "The account has no default VPC in {}, and subnet-id names no subnet, so \
+                        "The account has no default VPC in {}, and subnet-ids names no subnet, so \
                          EC2 has nowhere to launch the instance",
                         self.region
                     ),
                     fix: format!(
                         "Create the default VPC (aws ec2 create-default-vpc --region {}), or set \
-                         subnet-id to subnets that reach GitHub (a public subnet, or one routed \
+                         subnet-ids to subnets that reach GitHub (a public subnet, or one routed \
                          through a NAT gateway).",
                         self.region
                     ),

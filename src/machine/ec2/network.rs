@@ -68,17 +68,17 @@ impl Subnet {
             Reach::NoPublicAddress { .. } if name.starts_with("subnet-") => Some(format!(
                 "Give its instances public addresses (aws ec2 modify-subnet-attribute \
                  --subnet-id {name} --map-public-ip-on-launch), route it through a NAT gateway, \
-                 or name a public subnet in subnet-id."
+                 or name a public subnet in subnet-ids."
             )),
             Reach::NoPublicAddress { .. } => Some(
                 "Turn on auto-assign public IPv4 addresses for the default subnets, or name a \
-                 subnet that reaches GitHub in subnet-id."
+                 subnet that reaches GitHub in subnet-ids."
                     .to_owned(),
             ),
             Reach::NoRoute { route_table } => Some(format!(
                 "Route it through a NAT gateway (aws ec2 create-route --route-table-id \
                  {route_table} --destination-cidr-block 0.0.0.0/0 --nat-gateway-id nat-…), or \
-                 name a public subnet in subnet-id."
+                 name a public subnet in subnet-ids."
             )),
             _ => None,
         }

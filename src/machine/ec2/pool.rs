@@ -267,7 +267,7 @@ pub fn choose(
     }
 }
 
-/// The instance `instance-id` names, checked to be one of `repository`'s pool instances of the
+/// The instance `pool-instance-id` names, checked to be one of `repository`'s pool instances of the
 /// plan's CPU architecture.
 pub fn check_named(
     found: Option<&Machine>,
@@ -278,7 +278,7 @@ pub fn check_named(
     let repository = &plan.binding.repository;
     let Some(m) = found.filter(|m| !m.state.is_ending()) else {
         return Err(Error::Pool {
-            what: format!("instance-id {id} names no live instance in {region}"),
+            what: format!("pool-instance-id {id} names no live instance in {region}"),
             fix: "Name an instance that exists in this region (a pool start's instance-ids \
                   output), or use pool: NAME to let start launch one."
                 .to_owned(),
@@ -289,7 +289,9 @@ pub fn check_named(
         && want != have
     {
         return Err(Error::Pool {
-            what: format!("instance-id {id} is a member of the pool \"{have}\", not of \"{want}\""),
+            what: format!(
+                "pool-instance-id {id} is a member of the pool \"{have}\", not of \"{want}\""
+            ),
             fix: format!("Set pool: {have}, or leave pool out and name the instance alone."),
         });
     }
@@ -299,7 +301,7 @@ pub fn check_named(
     {
         return Err(Error::Pool {
             what: format!(
-                "instance-id {id} is not one of {repository}'s pool instances: it lacks \
+                "pool-instance-id {id} is not one of {repository}'s pool instances: it lacks \
                  gpu-runner's pool tags ({}=pooled, {}, {}={repository})",
                 tag::LIFECYCLE,
                 tag::POOL,
@@ -318,13 +320,13 @@ pub fn check_named(
     if want.is_some_and(|w| w != have) {
         return Err(Error::Pool {
             what: format!(
-                "instance-id {id} is a {} ({}), but instance-type is {}",
+                "pool-instance-id {id} is a {} ({}), but instance-types is {}",
                 m.instance_type,
                 have.name(),
                 want.map(Arch::name).unwrap_or_default()
             ),
             fix: format!(
-                "Set instance-type: {} so that start hands it the runner package of its \
+                "Set instance-types: {} so that start hands it the runner package of its \
                  architecture.",
                 m.instance_type
             ),
@@ -414,7 +416,7 @@ impl super::Ec2 {
                 Choice::Wait { why } => why,
             };
             let what = match &pool.instance_id {
-                Some(id) => format!("instance-id {id} is busy: {why}"),
+                Some(id) => format!("pool-instance-id {id} is busy: {why}"),
                 None => format!(
                     "no instance of the pool \"{}\" is free: {why}",
                     pool.name.as_deref().unwrap_or_default()
@@ -445,7 +447,7 @@ impl super::Ec2 {
         }
     }
 
-    /// The pool's members as EC2 lists them; for `instance-id`, that one instance, checked.
+    /// The pool's members as EC2 lists them; for `pool-instance-id`, that one instance, checked.
     async fn members(&self, plan: &LaunchPlan, pool: &PoolInputs) -> Result<Vec<Machine>, Error> {
         if let Some(id) = &pool.instance_id {
             let found = self.api.describe(std::slice::from_ref(id)).await?;
@@ -651,7 +653,7 @@ mod tests {
             ("INPUT_MODE", "start"),
             ("INPUT_GITHUB-TOKEN", "ghp_pool"),
             ("INPUT_AWS-REGION", "us-east-1"),
-            ("INPUT_INSTANCE-TYPE", types.as_str()),
+            ("INPUT_INSTANCE-TYPES", types.as_str()),
             ("GITHUB_REPOSITORY", "octo/ml"),
             ("GITHUB_RUN_ID", "42"),
             ("GITHUB_RUN_ATTEMPT", "1"),

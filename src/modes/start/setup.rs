@@ -75,7 +75,7 @@ pub(super) fn judge<'e>(
                 guard::Untrusted(format!(
                     "{why}. allow-untrusted does not lift this for a pool: a job can leave \
                      anything on a pool instance's disk for the jobs after it, so a pool serves \
-                     only runs the guard trusts. Remove pool (and instance-id) from this start \
+                     only runs the guard trusts. Remove pool (and pool-instance-id) from this start \
                      to launch a fresh instance for it"
                 ))
             } else {

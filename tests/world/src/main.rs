@@ -174,7 +174,7 @@ fn demo(picture: Option<&Path>) -> Result<(), String> {
     banner("Job `start`: gpu-runner with mode: start");
     let start = Step::mode(&bin, "start")
         .in_world(&world)
-        .input("instance-type", "g4dn.xlarge")
+        .input("instance-types", "g4dn.xlarge")
         .env("GITHUB_JOB", "start")
         .run();
     show(&start);

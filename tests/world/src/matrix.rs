@@ -361,7 +361,7 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         }
     };
     let start = step("start")
-        .input("instance-type", s.instance_types)
+        .input("instance-types", s.instance_types)
         .input("startup-timeout-minutes", &STARTUP_TIMEOUT.to_string())
         .input("idle-timeout-minutes", &IDLE_TIMEOUT.to_string())
         .input("max-lifetime-minutes", &MAX_LIFETIME.to_string());
