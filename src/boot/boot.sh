@@ -23,7 +23,8 @@ log() {
 }
 
 # Shutdown means terminate (the instance is launched that way): nothing is left billing. A pool
-# instance is launched to stop instead: its disk waits, unbilled, for the next job.
+# instance is launched to stop instead: its EBS disk waits for the next job, billed by the GB-month
+# while stopped (Amazon EBS pricing), and its NVMe instance store, if any, is wiped.
 end_instance() {
   log shutdown "reason=\"$1\""
   shutdown -h now "gpu-runner: $1" || true
@@ -141,8 +142,11 @@ if [ "$POOLED" = true ]; then
   # work folder (every checkout) and the last runner's configuration do not.
   mkdir -p "$CACHE_DIR"
   chown -R "$RUNNER_USER:" "$CACHE_DIR"
+  # The runner reads .runner_migrated and .credentials_migrated before .runner and .credentials
+  # (actions/runner: Runner.cs, ConfigurationStore.cs): a stale one would start as the dead runner.
   rm -rf "$RUNNER_DIR/_work" "$RUNNER_DIR/.runner" "$RUNNER_DIR/.credentials" \
-    "$RUNNER_DIR/.credentials_rsaparams"
+    "$RUNNER_DIR/.credentials_rsaparams" "$RUNNER_DIR/.runner_migrated" \
+    "$RUNNER_DIR/.credentials_migrated"
 fi
 mkdir -m 700 "$JOB_MARKS"
 chown -R "$RUNNER_USER:" "$RUNNER_DIR" "$JOB_MARKS"

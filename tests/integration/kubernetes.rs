@@ -228,6 +228,50 @@ fn a_gpu_job_runs_in_its_pod_and_stop_leaves_no_pod_secret_or_runner() {
     gpus.nothing_left();
 }
 
+/// On GKE the driver is mounted at /usr/local/nvidia, on neither the runner image's PATH nor its
+/// loader's path (the world's GKE node does what GKE's device plugin does): the pod's probe and
+/// the job still find nvidia-smi and the driver's libraries.
+#[test]
+fn on_a_gke_node_the_probe_and_the_job_find_the_driver_under_usr_local_nvidia() {
+    let world = World::start(Options::default()).expect("the local world starts");
+    let cluster =
+        Cluster::start(&[NodeSpec::new("gke-gpu", 1)]).expect("the world's control plane starts");
+    let node = cluster
+        .run_gke_node("gke-gpu", 1, &[IMAGE])
+        .expect("a GKE node stand-in");
+    let kubeconfig = cluster
+        .gpu_runner_kubeconfig()
+        .expect("the README's Role applies");
+    let gpus = Gpus {
+        world,
+        cluster,
+        kubeconfig,
+        _nodes: vec![node],
+    };
+    let started = gpus.start().run();
+    started.success();
+    assert!(
+        started.summary.contains("| GPU | 1 × Tesla T4"),
+        "{}",
+        started.summary
+    );
+    let label = started.outputs()["label"].clone();
+    let job = gpus.world.queue_job(
+        &[&label],
+        "nvidia-smi --query-gpu=name --format=csv,noheader && echo \"libraries: $LD_LIBRARY_PATH\"",
+    );
+    let job = gpus.finished(job);
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+    assert!(job.output.contains("Tesla T4"), "{}", job.output);
+    assert!(
+        job.output.contains("/usr/local/nvidia/lib64"),
+        "{}",
+        job.output
+    );
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
 #[test]
 fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason() {
     let gpus = cluster(&[("cpu-1", 0, Some(0)), ("cpu-2", 0, Some(0))]);

@@ -120,9 +120,21 @@ async fn fresh_token(
     let sts = sdk
         .endpoint_url()
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        .unwrap_or_else(|| sts_endpoint(region));
     token(&credentials, region, &sts, cluster, SystemTime::now())
         .map_err(|e| failure("GetToken", e))
+}
+
+/// STS's regional endpoint, which the token is signed for: the China regions are a partition of
+/// their own, under `amazonaws.com.cn` (AWS General Reference, "AWS Security Token Service
+/// endpoints and quotas"), and aws-iam-authenticator accepts a token only for its partition's host.
+fn sts_endpoint(region: &str) -> String {
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://sts.{region}.{domain}")
 }
 
 /// Writes `token` where the client reads it, replacing the last one at once.
@@ -217,6 +229,18 @@ pub async fn config(name: &str, region: &str, access: &Access<'_>) -> Result<kub
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_china_region_signs_for_its_own_partitions_sts() {
+        assert_eq!(
+            sts_endpoint("us-east-1"),
+            "https://sts.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            sts_endpoint("cn-northwest-1"),
+            "https://sts.cn-northwest-1.amazonaws.com.cn"
+        );
+    }
 
     #[test]
     fn a_token_is_a_presigned_get_caller_identity_bound_to_the_cluster() {

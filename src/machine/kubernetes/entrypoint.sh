@@ -32,7 +32,16 @@ unset JIT_CONFIG
 log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 
 # 1. The GPUs the pod was given, as the job will see them. The device plugin and the container
-# runtime put nvidia-smi and the devices in the container.
+# runtime put nvidia-smi and the devices in the container; GKE, which has no NVIDIA runtime,
+# mounts the driver's tools at /usr/local/nvidia/bin and its libraries at
+# /usr/local/nvidia/lib64, which the runner image has on neither path. Exported, so that the
+# runner and the job find them too.
+if [ -d /usr/local/nvidia/bin ]; then
+  export PATH="$PATH:/usr/local/nvidia/bin"
+fi
+if [ -d /usr/local/nvidia/lib64 ]; then
+  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/nvidia/lib64"
+fi
 GPUS_PROMISED_BY=gpu-count
 # @GPU_PROBE@
 

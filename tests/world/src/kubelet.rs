@@ -185,19 +185,35 @@ impl Cluster {
     /// Starts the node stand-in of the registered node `name`, whose `nvidia-smi` shows `gpus`
     /// GPUs (none: no driver), and which has only the images in `images`.
     pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
-        self.node(name, gpus, images, false)
+        self.node(name, gpus, images, false, Driver::ContainerRuntime)
+    }
+
+    /// A node stand-in with GKE's driver layout (see [`Driver::Gke`]).
+    pub fn run_gke_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
+        self.node(name, gpus, images, false, Driver::Gke)
     }
 
     /// A node stand-in whose image pulls never finish: its pods stay pending in
     /// `ContainerCreating`, and it still stops and removes the ones being deleted.
     pub fn run_slow_node(&self, name: &str, gpus: u32) -> Result<Node, String> {
-        self.node(name, gpus, &[], true)
+        self.node(name, gpus, &[], true, Driver::ContainerRuntime)
     }
 
-    fn node(&self, name: &str, gpus: u32, images: &[&str], slow: bool) -> Result<Node, String> {
+    fn node(
+        &self,
+        name: &str,
+        gpus: u32,
+        images: &[&str],
+        slow: bool,
+        driver: Driver,
+    ) -> Result<Node, String> {
         let root = self.dir.path().join(format!("node-{name}"));
         let bin = root.join("bin");
         crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
+        if driver == Driver::Gke {
+            // Not on the container's PATH: GKE mounts it under /usr/local/nvidia (start()).
+            std::fs::remove_file(bin.join("nvidia-smi")).map_err(|e| e.to_string())?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let logs: crate::kubelet_api::Logs = Arc::default();
         let port = crate::kubelet_api::serve(&self.dir.path().join("certs"), logs.clone())?;
@@ -324,7 +340,7 @@ impl Cluster {
                         }));
                         continue;
                     }
-                    match start(&cluster, &root, &bin, gpus, &ns, &pod) {
+                    match start(&cluster, &root, &bin, gpus, driver, &ns, &pod) {
                         Ok(r) => {
                             let _ = cluster.status(
                                 &path,
@@ -405,12 +421,28 @@ fn install_image(home: &Path) -> Result<(), String> {
         .map_err(|e| format!("unpacking the image: {e}"))
 }
 
+/// How a node gives its GPU driver to containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// The NVIDIA container runtime (EKS's GPU AMIs, the GPU operator): `nvidia-smi` and the
+    /// driver's libraries land on the container's usual paths.
+    ContainerRuntime,
+    /// GKE: no NVIDIA runtime; its device plugin mounts the driver's tools at
+    /// `/usr/local/nvidia/bin` and its libraries at `/usr/local/nvidia/lib64`, on neither PATH
+    /// nor the loader's path of an image that does not add them (GoogleCloudPlatform/
+    /// container-engine-accelerators, cmd/nvidia_gpu: `-container-path=/usr/local/nvidia`; GKE's
+    /// "Run GPUs in Standard node pools": CUDA libraries in /usr/local/nvidia/lib64). nvidia-smi
+    /// that cannot load NVML says so and exits 12, as its manual gives.
+    Gke,
+}
+
 /// Runs the pod's first container command (and args) in a sandbox of its own.
 fn start(
     cluster: &Client,
     node_dir: &Path,
     bin: &Path,
     gpus: u32,
+    driver: Driver,
     namespace: &str,
     pod: &Value,
 ) -> Result<Running, NotStarted> {
@@ -432,6 +464,27 @@ fn start(
     let mut env = environment(cluster, namespace, container)
         .map_err(|why| NotStarted::Waiting("CreateContainerConfigError".into(), why))?;
     install_image(&home).map_err(NotStarted::Failed)?;
+    if driver == Driver::Gke {
+        let tools = crate::sandbox::disk_path(&home, "usr/local/nvidia/bin");
+        let libraries = crate::sandbox::disk_path(&home, "usr/local/nvidia/lib64");
+        let mounted = std::fs::create_dir_all(&tools)
+            .and_then(|()| std::fs::create_dir_all(&libraries))
+            .and_then(|()| std::fs::write(libraries.join("libnvidia-ml.so.1"), ""))
+            .and_then(|()| {
+                std::fs::write(
+                    tools.join("nvidia-smi"),
+                    include_str!("standins/nvidia-smi"),
+                )
+            })
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    tools.join("nvidia-smi"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+            });
+        mounted.map_err(|e| NotStarted::Failed(format!("the GKE driver mount: {e}")))?;
+        env.push("GPU_SIM_NVML_DIR=/usr/local/nvidia/lib64".into());
+    }
     env.push("HOME=/root".into());
     env.push(format!(
         "GPU_SIM_NVIDIA={}",
