@@ -274,6 +274,86 @@ fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says
     nothing_running(&world);
 }
 
+/// EC2 can refuse to start a stopped GPU instance for lack of capacity in its zone, a common
+/// answer for GPU types (the world refuses as EC2 does). Start goes on: another stopped member,
+/// else a new instance through the usual candidates, retiring the stuck member when the pool is
+/// full; the summary says what was tried. A pool of one named by pool-instance-id has nowhere else
+/// to go and fails as a capacity shortage does.
+#[test]
+fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_instance() {
+    let world = world();
+    let both = start(&world, "pair")
+        .input("count", "2")
+        .input("pool-size", "2")
+        .run();
+    both.success();
+    let ids: Vec<String> = serde_json::from_str(&both.outputs()["instance-ids"]).unwrap();
+    stop(&world).outputs_of(&both).run().success();
+    nothing_running(&world);
+
+    // One member's zone is full: the other is resumed.
+    world.zone_full.lock().unwrap().insert(ids[0].clone());
+    let first_choice = start(&world, "pair").input("pool-size", "2").run();
+    first_choice.success();
+    let resumed = first_choice.outputs()["instance-id"].clone();
+    assert_eq!(
+        resumed, ids[1],
+        "the member EC2 can start, not a new instance"
+    );
+    stop(&world).outputs_of(&first_choice).run().success();
+    nothing_running(&world);
+
+    // Both members' zones full, the pool full: one member is retired and a new instance
+    // launched where there is capacity.
+    world.zone_full.lock().unwrap().insert(resumed.clone());
+    let launched = start(&world, "pair").input("pool-size", "2").run();
+    launched.success();
+    let new = launched.outputs()["instance-id"].clone();
+    assert!(!ids.contains(&new), "a new instance: {new}");
+    assert!(
+        launched.stdout.contains("Insufficient capacity")
+            || launched.stdout.contains("InsufficientInstanceCapacity"),
+        "{}",
+        launched.stdout
+    );
+    assert!(
+        launched
+            .summary
+            .contains("| Tried first, without capacity |")
+            && launched.summary.contains("InsufficientInstanceCapacity"),
+        "{}",
+        launched.summary
+    );
+    let members: Vec<String> = world
+        .instances()
+        .into_iter()
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        members.len(),
+        2,
+        "the pool stays within pool-size: {members:?}"
+    );
+    stop(&world).outputs_of(&launched).run().success();
+    nothing_running(&world);
+
+    // A pool of one that EC2 cannot start: a capacity failure, nothing else started.
+    let kept = members.iter().find(|m| **m != new).unwrap().clone();
+    world.zone_full.lock().unwrap().insert(kept.clone());
+    let named = start(&world, "pair")
+        .input("pool-size", "2")
+        .input("pool-instance-id", &kept)
+        .run();
+    named.failure();
+    let errors = named.errors().join("\n");
+    assert!(
+        errors.contains("No GPU capacity") && errors.contains(&kept),
+        "{errors}"
+    );
+    nothing_running(&world);
+}
+
 #[test]
 fn pool_max_uses_retires_an_instance_after_its_last_job() {
     let world = world();

@@ -6,6 +6,7 @@ use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+use aws_sdk_ec2::operation::start_instances::StartInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
@@ -123,12 +124,20 @@ struct NoRetryOnCapacity;
 
 impl ClassifyRetry for NoRetryOnCapacity {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let code = ctx
+        // A launch's, and a start's of a stopped pool member (tied to its zone): the next
+        // member, or a launch elsewhere, is the better bet there too.
+        let error = ctx
             .output_or_error()
             .and_then(|r| r.err())
-            .and_then(|e| e.as_operation_error())
+            .and_then(|e| e.as_operation_error());
+        let code = error
             .and_then(|e| e.downcast_ref::<RunInstancesError>())
-            .and_then(|e| e.code());
+            .and_then(|e| e.code())
+            .or_else(|| {
+                error
+                    .and_then(|e| e.downcast_ref::<StartInstancesError>())
+                    .and_then(|e| e.code())
+            });
         match code {
             Some(code) if capacity_advice(code, "", Market::OnDemand).is_some() => {
                 RetryAction::RetryForbidden

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::Actions;
 use crate::boot::Arch;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::inputs::PoolInputs;
 use crate::machine::{Acquired, Handoff, Lifecycle, Machine, MachineError, Released, State};
 use crate::plan::{Candidate, LaunchPlan, tag};
@@ -38,6 +38,15 @@ const SHOWN_STOPPED_AT_MOST: Duration = Duration::from_secs(20);
 pub struct Claims {
     pub taken: HashSet<String>,
     pub launching: u32,
+}
+
+/// What came of resuming a stopped member.
+enum Resumed {
+    Took(Machine),
+    /// Another start changed or started it first.
+    Lost,
+    /// EC2 would not start it for want of capacity in its zone.
+    NoCapacity(Refusal),
 }
 
 /// The `gpu-runner:instance-profile` of a member launched without one.
@@ -352,7 +361,14 @@ impl super::Ec2 {
         ));
         let began = std::time::Instant::now();
         let mut said_waiting = false;
+        // Members EC2 would not start for want of capacity, and those refusals, for the summary.
+        let mut stuck: HashSet<String> = HashSet::new();
+        let mut refused: Vec<Refusal> = Vec::new();
         loop {
+            if pool.instance_id.is_some() && !stuck.is_empty() {
+                // A pool of one has nowhere else to go.
+                return Err(Error::NoCapacity { tried: refused });
+            }
             let choice = {
                 let mut claims = self.claims.lock().await;
                 let members = self.members(plan, pool).await?;
@@ -374,7 +390,24 @@ impl super::Ec2 {
                         }
                     }
                 }
-                let choice = match choose(plan, pool, &members, &claims, &retiring) {
+                // A stuck member is passed over, as a retiring one is; should a launch need its
+                // place in a full pool, it is retired for the new one, which lands where there
+                // is capacity.
+                let mut passed_over = retiring.clone();
+                passed_over.extend(stuck.iter().cloned());
+                let choice = choose(plan, pool, &members, &claims, &passed_over);
+                let in_pool = members.iter().filter(|m| !retiring.contains(&m.id)).count() as u32;
+                if matches!(choice, Choice::Launch) && in_pool + claims.launching >= pool.size {
+                    if let Some(id) = members.iter().map(|m| &m.id).find(|id| stuck.contains(*id)) {
+                        actions.info(&format!(
+                            "Retiring {id} from the pool: EC2 has no capacity to start it in its \
+                             zone, and the pool is full; a new instance takes its place"
+                        ));
+                        self.api.terminate(std::slice::from_ref(id)).await?;
+                        stuck.remove(id);
+                    }
+                }
+                let choice = match choice {
                     // The named instance is all there is: nothing to launch.
                     Choice::Launch if pool.instance_id.is_some() => Choice::Wait {
                         why: members
@@ -395,23 +428,33 @@ impl super::Ec2 {
             };
             let why = match choice {
                 Choice::Resume(m) => match self.resume(plan, handoff, &m, actions).await? {
-                    Some(machine) => {
-                        return Ok(Acquired {
-                            machine,
-                            refused: Vec::new(),
-                        });
-                    }
+                    Resumed::Took(machine) => return Ok(Acquired { machine, refused }),
                     // Another start took it first: look again.
-                    None => continue,
+                    Resumed::Lost => continue,
+                    Resumed::NoCapacity(refusal) => {
+                        self.claims.lock().await.taken.remove(&m.id);
+                        stuck.insert(m.id.clone());
+                        refused.push(refusal);
+                        continue;
+                    }
                 },
                 Choice::Launch => {
                     let launched = self.launch_new(plan, handoff, actions).await;
                     let mut claims = self.claims.lock().await;
                     claims.launching = claims.launching.saturating_sub(1);
-                    if let Ok(a) = &launched {
-                        claims.taken.insert(a.machine.id.clone());
-                    }
-                    return launched;
+                    return match launched {
+                        Ok(mut a) => {
+                            claims.taken.insert(a.machine.id.clone());
+                            refused.append(&mut a.refused);
+                            a.refused = refused;
+                            Ok(a)
+                        }
+                        Err(Error::NoCapacity { mut tried }) => {
+                            refused.append(&mut tried);
+                            Err(Error::NoCapacity { tried: refused })
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 Choice::Wait { why } => why,
             };
@@ -466,20 +509,19 @@ impl super::Ec2 {
             .collect())
     }
 
-    /// Hands the stopped member `m` this runner's boot script and starts it; `None` when another
-    /// start changed or started it first.
+    /// Hands the stopped member `m` this runner's boot script and starts it.
     async fn resume(
         &self,
         plan: &LaunchPlan,
         handoff: &Handoff<'_>,
         m: &Machine,
         actions: &Actions,
-    ) -> Result<Option<Machine>, Error> {
+    ) -> Result<Resumed, Error> {
         let lost = |e: &MachineError| e.code() == "IncorrectInstanceState";
         let gpus = self.gpus_of(&m.instance_type).await;
         let user_data = super::user_data::render(plan, handoff, &m.instance_type, gpus)?;
         match self.api.set_user_data(&m.id, &user_data).await {
-            Err(e) if lost(&e) => return Ok(None),
+            Err(e) if lost(&e) => return Ok(Resumed::Lost),
             other => other?,
         }
         // Tagged for this run before it starts, so that a cancel from here on finds it by label.
@@ -487,8 +529,31 @@ impl super::Ec2 {
         let tags = run_tags(plan, &handoff.runner.name, uses);
         self.api.create_tags(&m.id, &tags).await?;
         let before = match self.api.start(&m.id).await {
-            Err(e) if lost(&e) => return Ok(None),
-            other => other?,
+            Err(e) if lost(&e) => return Ok(Resumed::Lost),
+            Err(e) => {
+                // A stopped instance starts only in its own zone, which may have no capacity of
+                // its type now: the member stays stopped, and another one, or a launch, may do.
+                let Some(advice) =
+                    super::errors::capacity_advice(e.code(), &m.instance_type, m.market)
+                else {
+                    return Err(e.into());
+                };
+                let zone = m.availability_zone.as_deref().unwrap_or("its zone");
+                actions.info(&format!(
+                    "EC2 would not start {} ({} in {zone}): {}; trying another member, or a new \
+                     instance",
+                    m.id,
+                    m.instance_type,
+                    e.code()
+                ));
+                return Ok(Resumed::NoCapacity(Refusal {
+                    candidate: format!("resuming {} ({} in {zone})", m.id, m.instance_type),
+                    code: e.code().to_owned(),
+                    advice,
+                    quota: None,
+                }));
+            }
+            Ok(before) => before,
         };
         if before != State::Stopped {
             actions.info(&format!(
@@ -496,7 +561,7 @@ impl super::Ec2 {
                 m.id,
                 before.name()
             ));
-            return Ok(None);
+            return Ok(Resumed::Lost);
         }
         self.resumed
             .lock()
@@ -512,7 +577,7 @@ impl super::Ec2 {
         machine.state = State::Pending;
         machine.launched_at = Some(Utc::now());
         machine.tags.extend(tags);
-        Ok(Some(machine))
+        Ok(Resumed::Took(machine))
     }
 
     /// Stops pool instances with their disks and waits until they are `stopped`, so that the next

@@ -23,6 +23,9 @@ pub type Secrets = Arc<Mutex<HashMap<String, (String, Option<String>)>>>;
 /// (base64 PEM), by name. moto makes up both; these are the world's API servers.
 pub type EksEndpoints = Arc<Mutex<HashMap<String, (String, String)>>>;
 
+/// Stopped instances that EC2 cannot start again for now, by id.
+pub type ZoneFull = Arc<Mutex<std::collections::HashSet<String>>>;
+
 #[derive(Clone)]
 pub struct Front {
     pub moto_url: String,
@@ -58,6 +61,8 @@ pub struct Front {
     pub imds: Imds,
     /// The account's vCPU quotas, which RunInstances and Service Quotas answer by.
     pub quotas: crate::quotas::Quotas,
+    /// Stopped instances whose zone has no capacity to start them again.
+    pub zone_full: ZoneFull,
 }
 
 #[derive(Clone, Default)]
@@ -1364,6 +1369,26 @@ async fn handle(
         || form_value(&body, "Attribute").as_deref() == Some("userData");
     if let Some(why) = crate::stopping::refusal(&front.stops, &call, &instance_ids, user_data) {
         return service_error(&headers, &call, "IncorrectInstanceState", 400, &why);
+    }
+    // A stopped instance is tied to its zone: EC2 refuses to start it while that zone has no
+    // capacity of its type, with the code a launch gets (EC2 User Guide, "Troubleshoot instance
+    // launch issues", insufficient instance capacity: "when you try to launch an instance or
+    // restart a stopped instance"; the CLI shows "Insufficient capacity."), as a server error.
+    if call == "StartInstances" {
+        let full = front
+            .zone_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if instance_ids.iter().any(|id| full.contains(id)) {
+            return service_error(
+                &headers,
+                &call,
+                "InsufficientInstanceCapacity",
+                500,
+                "Insufficient capacity.",
+            );
+        }
     }
     match web_identity(&front, &headers, &body).await {
         Some(Ok(xml)) => {

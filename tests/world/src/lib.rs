@@ -114,6 +114,9 @@ pub struct World {
     /// The account's EC2 vCPU quotas (see [`quotas`]): `world.quotas.set("L-DB2E81BA", 0.0)` is a
     /// new account's G and VT quota.
     pub quotas: quotas::Quotas,
+    /// Stopped instances whose zone has no capacity to start them: EC2 refuses their
+    /// `StartInstances` with `InsufficientInstanceCapacity` until they leave this set.
+    pub zone_full: aws_front::ZoneFull,
     /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
@@ -276,7 +279,9 @@ impl World {
         let faults = Faults::default();
         let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let quotas = quotas::Quotas::default();
+        let zone_full = aws_front::ZoneFull::default();
         let front = aws_front::Front {
+            zone_full: zone_full.clone(),
             stops: Arc::default(),
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
@@ -506,6 +511,7 @@ impl World {
             clock_scale: options.clock_scale,
             attached_gpus,
             quotas,
+            zone_full,
             spot_role,
             issued_credentials,
             ec2,
