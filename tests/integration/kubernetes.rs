@@ -272,6 +272,33 @@ fn on_a_gke_node_the_probe_and_the_job_find_the_driver_under_usr_local_nvidia() 
     gpus.nothing_left();
 }
 
+/// A stop while the pod's job runs: the kubelet sends the pod's PID 1 SIGTERM and kills it after
+/// the grace period, as a real one does. The runner hears of it, cancels the job and reports it
+/// cancelled, so GitHub does not wait for a lost runner, and the pod ends well within its grace.
+#[test]
+fn a_stop_during_the_pods_job_lets_the_runner_report_the_job_cancelled() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let job = gpus
+        .world
+        .queue_job(&[&label], "echo working; sleep 3600; echo never");
+    let running = gpus.world.wait_until(Duration::from_secs(30), |w| {
+        w.job(job).is_some_and(|j| j.status == "in_progress")
+    });
+    assert!(running, "the job never started");
+    gpus.stop_after(&started).run().success();
+    let job = gpus.finished(job);
+    assert_eq!(
+        job.conclusion.as_deref(),
+        Some("cancelled"),
+        "the runner reported the cancel: {job:?}"
+    );
+    assert!(!job.output.contains("never"), "{}", job.output);
+    gpus.nothing_left();
+}
+
 #[test]
 fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason() {
     let gpus = cluster(&[("cpu-1", 0, Some(0)), ("cpu-2", 0, Some(0))]);

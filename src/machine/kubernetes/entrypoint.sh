@@ -87,9 +87,30 @@ export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
 if [ "$(id -u)" = 0 ]; then
   export RUNNER_ALLOW_RUNASROOT=1
 fi
+# GitHub's runner image sets ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT: the runner's diagnostic trace,
+# hundreds of lines, would bury the phase lines that gpu-runner reads from the end of the pod's
+# log. It stays in the runner's _diag folder, as on an instance.
+unset ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT
+# With RUNNER_MANUALLY_TRAP_SIG, run.sh turns SIGTERM into SIGINT to the runner (actions/runner
+# run.sh, runWithManualTrap), which then cancels its job and reports it; set for any image.
+export RUNNER_MANUALLY_TRAP_SIG=1
+# Started as a job of its own (set -m): a background command of a shell without job control
+# ignores SIGINT for good, and the runner (.NET keeps an inherited SIG_IGN for SIGINT) would then
+# never hear run.sh's SIGINT.
+set -m
 ACTIONS_RUNNER_INPUT_JITCONFIG="$jit_config" "$RUNNER_DIR/run.sh" &
 runner=$!
+set +m
 unset jit_config
+# This script is the container's PID 1, to which Linux delivers only the signals it handles: a
+# deleted pod's SIGTERM reaches the runner only through this handler (else the kubelet kills
+# everything after the grace period and GitHub never hears that the job ended).
+# shellcheck disable=SC2317 # run by the trap below
+stop_runner() {
+  log runner "status=stopping reason=\"the pod is being deleted\""
+  kill -TERM "$runner" 2> /dev/null || true
+}
+trap stop_runner TERM INT
 (
   sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
   if [ ! -e "$STATE_DIR/job-started" ]; then
@@ -102,6 +123,11 @@ unset jit_config
 ) &
 code=0
 wait "$runner" || code=$?
+# A handled signal ends `wait` early: wait on while the runner cancels its job.
+while kill -0 "$runner" 2> /dev/null; do
+  code=0
+  wait "$runner" || code=$?
+done
 log runner "status=exited code=$code"
 
 # 4. One job, then the pod ends; a refused job ends it too, saying why.

@@ -245,8 +245,11 @@ impl Cluster {
                     if !pod["metadata"]["deletionTimestamp"].is_null() {
                         // The kubelet stops the containers, then confirms the deletion.
                         if let Some(mut r) = running.remove(&id) {
-                            let _ = r.child.kill();
-                            let _ = r.child.wait();
+                            let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+                                .as_u64()
+                                .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+                                .unwrap_or(30);
+                            terminate(&mut r.child, grace);
                         }
                         let _ = cluster.call_as(
                             &cluster.admin_token,
@@ -421,6 +424,46 @@ fn install_image(home: &Path) -> Result<(), String> {
         .map_err(|e| format!("unpacking the image: {e}"))
 }
 
+/// Stops a container as the kubelet does: SIGTERM to its PID 1, SIGKILL after the grace period
+/// (kubelet `kuberuntime_container.go` `killContainer`; the runtime signals the container's init
+/// from outside its PID namespace, where Linux delivers to an init only the signals it has a
+/// handler for, SIGKILL aside: pid_namespaces(7)). The grace period runs on the world's clock.
+fn terminate(child: &mut Child, grace_seconds: u64) {
+    // `unshare --fork` is the child; the container's PID 1 is its own child.
+    let init = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().map(str::to_owned));
+    if let Some(init) = init {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &init])
+            .status();
+        // Waiting runs on the world's clock, work at real speed: a runner's cancel (a few calls
+        // to GitHub) takes real time here too, so the scaled grace is never shorter than that.
+        let grace = Duration::from_secs(grace_seconds)
+            .div_f64(crate::CLOCK_SCALE)
+            .max(Duration::from_secs(grace_seconds.min(5)));
+        let began = std::time::Instant::now();
+        while began.elapsed() < grace {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// What GitHub's runner image sets for every container (actions/runner `images/Dockerfile`:
+/// `ENV RUNNER_MANUALLY_TRAP_SIG=1`, `ENV ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1`, `ImageOS`,
+/// `DEBIAN_FRONTEND`); the pod's own env wins, as the kubelet lets it.
+const IMAGE_ENV: &[&str] = &[
+    "DEBIAN_FRONTEND=noninteractive",
+    "RUNNER_MANUALLY_TRAP_SIG=1",
+    "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1",
+    "ImageOS=ubuntu24",
+];
+
 /// How a node gives its GPU driver to containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
@@ -461,8 +504,17 @@ fn start(
     }
     let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
     let home: PathBuf = node_dir.join(format!("{namespace}-{name}"));
-    let mut env = environment(cluster, namespace, container)
+    let own = environment(cluster, namespace, container)
         .map_err(|why| NotStarted::Waiting("CreateContainerConfigError".into(), why))?;
+    let mut env: Vec<String> = IMAGE_ENV
+        .iter()
+        .filter(|v| {
+            let name = v.split('=').next().unwrap_or_default();
+            !own.iter().any(|o| o.split('=').next() == Some(name))
+        })
+        .map(|v| (*v).to_owned())
+        .collect();
+    env.extend(own);
     install_image(&home).map_err(NotStarted::Failed)?;
     if driver == Driver::Gke {
         let tools = crate::sandbox::disk_path(&home, "usr/local/nvidia/bin");
