@@ -37,6 +37,16 @@ fn tag(world: &World, id: &str, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The member is `stopped`, once EC2 has finished stopping it (stop returns as soon as EC2 takes
+/// its StopInstances; the world takes half a minute of its clock).
+#[track_caller]
+fn stops(world: &World, id: &str) {
+    let stopped = world.wait_until(Duration::from_secs(10), |w| {
+        w.state_of(id).as_deref() == Some("stopped")
+    });
+    assert!(stopped, "{id} is {:?}", world.state_of(id));
+}
+
 /// Runs `script` as the job of `label` and waits until it is done; its output.
 #[track_caller]
 fn job(world: &World, label: &str, id: &str, script: &str) -> String {
@@ -169,7 +179,7 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
     // Stopped by the stop job while it still runs: stop pauses it and waits until it is stopped.
     let stopped = stop(&world).outputs_of(&second).run();
     stopped.success();
-    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
+    stops(&world, &id);
     nothing_running(&world);
 
     // The next cleanup leaves a stopped pool member alone.
@@ -181,34 +191,42 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
     assert_eq!(world.live_instances(), [id]);
 }
 
+/// EC2 takes tens of seconds to minutes to stop a GPU instance (the world half a minute of its
+/// clock). A stop returns once EC2 has accepted StopInstances, so that the workflow is not billed
+/// for a runner watching it; a start that finds the member still `stopping` waits for it rather
+/// than launch a cold instance, even with pool-full: fail.
 #[test]
-fn a_stop_that_finds_its_instance_still_stopping_waits_until_it_is_stopped() {
+fn a_stop_returns_once_ec2_accepts_it_and_the_next_start_waits_for_the_stopping_member() {
     let world = world();
     let started = start(&world, "train").run();
     started.success();
     let id = started.outputs()["instance-id"].clone();
-    world.stop_instance(&id).unwrap();
-    assert_eq!(world.state_of(&id).as_deref(), Some("stopping"));
     let stopped = stop(&world).outputs_of(&started).run();
     stopped.success();
     assert_eq!(
         world.state_of(&id).as_deref(),
-        Some("stopped"),
-        "{}",
+        Some("stopping"),
+        "stop returned before EC2 finished: {}",
         stopped.stdout
     );
     assert!(
         stopped
             .summary
-            .contains(&format!("| {id} | instance | returned to its pool after")),
+            .contains(&format!("| {id} | instance | returned to its pool after"))
+            && stopped.summary.contains("(still stopping; its disk kept)"),
         "{}",
         stopped.summary
     );
-    nothing_running(&world);
-    // At once: the instance is there to be resumed.
-    let again = start(&world, "train").run();
+    // At once: the member is still stopping, and the start waits for it.
+    let again = start(&world, "train").input("pool-full", "fail").run();
     again.success();
-    assert_eq!(again.outputs()["instance-id"], id);
+    assert_eq!(again.outputs()["instance-id"], id, "{}", again.stdout);
+    assert!(
+        again.stdout.contains(&format!("{id} is still stopping")),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(world.live_instances().len(), 1, "no cold launch beside it");
     stop(&world).outputs_of(&again).run().success();
     nothing_running(&world);
 }
@@ -462,7 +480,7 @@ fn cancel_during_a_warm_start_stops_the_instance_again_and_removes_the_runner() 
         "{error}"
     );
     nothing_running(&world);
-    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
+    stops(&world, &id);
 }
 
 #[test]
@@ -551,8 +569,8 @@ fn cleanup_leaves_stopped_members_pauses_a_running_orphan_and_ends_a_retired_one
     }
     assert!(!out.summary.contains(&stopped_id), "{}", out.summary);
     nothing_running(&world);
-    assert_eq!(world.state_of(&stopped_id).as_deref(), Some("stopped"));
-    assert_eq!(world.state_of(&orphan).as_deref(), Some("stopped"));
+    stops(&world, &stopped_id);
+    stops(&world, &orphan);
     assert_eq!(world.state_of(&retired).as_deref(), Some("terminated"));
 }
 
@@ -935,7 +953,7 @@ fn only_the_default_branch_may_assume_the_pool_role_and_no_other_role_resumes_a_
         started.err().and_then(|e| code(&e)).as_deref(),
         Some("UnauthorizedOperation")
     );
-    assert_eq!(world.state_of(&id).as_deref(), Some("stopped"));
+    stops(&world, &id);
     nothing_running(&world);
 }
 

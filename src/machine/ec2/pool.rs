@@ -20,9 +20,10 @@ use crate::plan::{Candidate, LaunchPlan, tag};
 /// instance to be `stopped` (on the user's clock).
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
-/// How long a stop waits for its instance to be `stopped`: EC2 documents no bound, and a GPU
-/// instance with a large root volume can take minutes.
-pub const STOPPING_AT_MOST: Duration = Duration::from_secs(10 * 60);
+/// How long a start waits for a member that is still `stopping` (a stop returns once EC2 has
+/// taken its StopInstances) before it launches a new one instead: EC2 documents no bound; a peer
+/// measured 22 to 152 seconds for GPU instances.
+pub const STOPPING_AT_MOST: Duration = Duration::from_secs(4 * 60);
 
 /// How long a stop asks again while its instance is still `pending` (just started).
 const PENDING_AT_MOST: Duration = Duration::from_secs(2 * 60);
@@ -226,6 +227,8 @@ pub enum Choice {
     Launch,
     /// Nothing free, and no room: `why`, in words.
     Wait { why: String },
+    /// A member of a wanted type is still stopping: it is free in a moment.
+    Soon { why: String },
 }
 
 /// Picks a stopped, unclaimed member whose instance type is one of the plan's candidates (in the
@@ -407,7 +410,27 @@ impl super::Ec2 {
                         stuck.remove(id);
                     }
                 }
+                // A member of a wanted type still stopping (a stop returns as soon as EC2 takes
+                // it) is free in a moment: better than a cold launch, or a full pool's failure.
+                let stopping: Vec<&str> = members
+                    .iter()
+                    .filter(|m| {
+                        m.state == State::Stopping
+                            && !claims.taken.contains(&m.id)
+                            && !passed_over.contains(&m.id)
+                            && plan
+                                .candidates
+                                .iter()
+                                .any(|c| c.instance_type == m.instance_type)
+                    })
+                    .map(|m| m.id.as_str())
+                    .collect();
+                let soon =
+                    !stopping.is_empty() && began.elapsed() < self.clock.scaled(STOPPING_AT_MOST);
                 let choice = match choice {
+                    Choice::Launch | Choice::Wait { .. } if soon => Choice::Soon {
+                        why: format!("{} is still stopping", stopping.join(" and ")),
+                    },
                     // The named instance is all there is: nothing to launch.
                     Choice::Launch if pool.instance_id.is_some() => Choice::Wait {
                         why: members
@@ -422,7 +445,7 @@ impl super::Ec2 {
                         claims.taken.insert(m.id.clone());
                     }
                     Choice::Launch => claims.launching += 1,
-                    Choice::Wait { .. } => {}
+                    Choice::Wait { .. } | Choice::Soon { .. } => {}
                 }
                 choice
             };
@@ -455,6 +478,14 @@ impl super::Ec2 {
                         }
                         Err(e) => Err(e),
                     };
+                }
+                Choice::Soon { why } => {
+                    if !said_waiting {
+                        actions.info(&format!("Waiting: {why}"));
+                        said_waiting = true;
+                    }
+                    self.clock.sleep(LOOK_EVERY).await;
+                    continue;
                 }
                 Choice::Wait { why } => why,
             };
@@ -580,9 +611,9 @@ impl super::Ec2 {
         Ok(Resumed::Took(machine))
     }
 
-    /// Stops pool instances with their disks and waits until they are `stopped`, so that the next
-    /// start finds them; one whose `gpu-runner:retire` tag says it served its last job is
-    /// terminated instead.
+    /// Stops pool instances with their disks (the next start finds them, waiting for one still
+    /// stopping); one whose `gpu-runner:retire` tag says it served its last job is terminated
+    /// instead.
     pub(super) async fn return_to_pool(
         &self,
         machines: &[Machine],
@@ -603,7 +634,8 @@ impl super::Ec2 {
         if let Err(e) = done {
             return (vec![Released::Failed; machines.len()], Some(e));
         }
-        let still = self.wait_stopped(&ids(&stop)).await;
+        // Not waited for: EC2 may take minutes, and the next start waits for a stopping member.
+        let still = ids(&stop);
         let mut released = Vec::new();
         for m in machines {
             let retired = m.tags.get(tag::RETIRE);
@@ -653,26 +685,6 @@ impl super::Ec2 {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .is_some_and(|at| at.elapsed() < self.clock.scaled(SHOWN_STOPPED_AT_MOST))
-    }
-
-    /// Waits until these instances are `stopped`; the ids still stopping when the wait gives up.
-    async fn wait_stopped(&self, ids: &[String]) -> Vec<String> {
-        let began = std::time::Instant::now();
-        let mut left: Vec<String> = ids.to_vec();
-        while !left.is_empty() {
-            if let Ok(found) = self.api.describe(&left).await {
-                left.retain(|id| {
-                    found.iter().any(|m| {
-                        &m.id == id && !matches!(m.state, State::Stopped) && !m.state.is_ending()
-                    })
-                });
-            }
-            if left.is_empty() || began.elapsed() >= self.clock.scaled(STOPPING_AT_MOST) {
-                break;
-            }
-            self.clock.sleep(LOOK_EVERY).await;
-        }
-        left
     }
 }
 

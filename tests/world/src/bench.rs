@@ -2,7 +2,8 @@
 //! with `count` 1, 4 and 16, cold (new instances) and warm (a pool's stopped instances resumed).
 //! It measures what gpu-runner itself costs on top of the instance's boot: the world's clock runs
 //! at real speed here, so start looks as it would on GitHub (every half second for the first two
-//! minutes), and a stop waits as long as EC2 keeps an instance `stopping`.
+//! minutes), and EC2 keeps an instance `stopping` as long as it would (a pool's stop does not wait
+//! for it; the next cycle does).
 
 use std::collections::BTreeMap;
 use std::path::Path;
