@@ -10,7 +10,6 @@ pub mod boot;
 pub mod clock;
 pub mod context;
 pub mod env;
-pub mod error;
 pub mod github;
 pub mod guard;
 pub mod inputs;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use gpu_runner::actions::{Actions, mask};
 use gpu_runner::env::Env;
-use gpu_runner::error;
+use gpu_runner::modes::failure as error;
 use gpu_runner::modes::{self, Step};
 
 fn main() -> ExitCode {

@@ -5,10 +5,10 @@ use crate::actions::{Actions, Masker};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{GithubError, Whose};
+use crate::modes::failure::Error;
 use crate::retry::Backoff;
 use crate::secret::Secret;
 

@@ -9,6 +9,7 @@
 //! machine ends, a pooled one goes back to its pool, an attached one is only detached.
 
 pub mod ec2;
+pub mod failure;
 pub mod handoff;
 pub mod kubernetes;
 
@@ -20,8 +21,8 @@ use chrono::{DateTime, Utc};
 use crate::actions::Actions;
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::{Error, Refusal};
 use crate::inputs::Common;
+use crate::machine::failure::{Failure as Error, Refusal};
 use crate::plan::{LaunchPlan, Market, tag};
 
 pub use handoff::Handoff;

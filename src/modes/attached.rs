@@ -9,12 +9,12 @@ use crate::actions::{Actions, Markdown};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::github::{Runner, RunnerRegistry, RunnerStatus};
 use crate::guard;
 use crate::inputs::AttachedInputs;
 use crate::modes;
+use crate::modes::failure::Error;
 
 /// How often start looks at the runners.
 const POLL: Duration = Duration::from_secs(5);

@@ -2,6 +2,7 @@
 
 pub mod attached;
 pub mod cleanup;
+pub mod failure;
 pub mod post;
 pub mod signals;
 pub mod start;
@@ -14,10 +15,10 @@ use crate::actions::{Actions, Annotation, Masker};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::octo::Runners;
 use crate::github::{GithubError, Whose, app};
 use crate::inputs::{self, Common, GithubAuth, Inputs, RunnerScope};
+use crate::modes::failure::Error;
 use crate::retry::Backoff;
 use crate::secret::Secret;
 

@@ -5,10 +5,10 @@
 use crate::actions::{Actions, Annotation};
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{self, Inputs};
 use crate::machine::{self, Owner};
+use crate::modes::failure::Error;
 use crate::modes::teardown::{self, Teardown};
 
 /// What start saves in `GITHUB_STATE`; the post step reads it back as `STATE_<name>`.
@@ -89,7 +89,7 @@ pub async fn run(env: &Env, actions: &Actions) -> Result<(), Error> {
                      label {label}, or the next cleanup run, removes the rest.\nTroubleshooting: {}",
                     a.message,
                     t.left().join(", "),
-                    crate::error::help_url("gpu-runner-post-step-could-not-finish-the-rollback")
+                    crate::modes::failure::help_url("gpu-runner-post-step-could-not-finish-the-rollback")
                 ))
                 .title("gpu-runner post step could not finish the rollback"),
             );

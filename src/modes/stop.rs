@@ -6,10 +6,10 @@
 use crate::actions::{Actions, Annotation, Markdown};
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
 use crate::machine::{self, Machine, Owner};
+use crate::modes::failure::Error;
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
 
@@ -58,7 +58,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
             }
         }
         Err(e) => {
-            t.error = Some(e);
+            t.error = Some(e.into());
             Vec::new()
         }
     };

@@ -715,11 +715,11 @@ fn every_annotation_title_has_a_troubleshooting_section() {
     let anchors: Vec<String> = page
         .lines()
         .filter(|l| l.starts_with("### "))
-        .map(|l| gpu_runner::error::anchor(&l[4..]))
+        .map(|l| gpu_runner::modes::failure::anchor(&l[4..]))
         .collect();
     let missing: Vec<&String> = titles
         .iter()
-        .filter(|t| !anchors.contains(&gpu_runner::error::anchor(t)))
+        .filter(|t| !anchors.contains(&gpu_runner::modes::failure::anchor(t)))
         .collect();
     assert!(
         missing.is_empty(),
@@ -727,7 +727,7 @@ fn every_annotation_title_has_a_troubleshooting_section() {
     );
     // The links the errors carry point at this page of this major version.
     assert_eq!(
-        gpu_runner::error::help_url("no-gpu-capacity"),
+        gpu_runner::modes::failure::help_url("no-gpu-capacity"),
         format!(
             "https://github.com/gpu-runner/gpu-runner/blob/v{}/docs/troubleshooting.md#no-gpu-capacity",
             env!("CARGO_PKG_VERSION_MAJOR")

@@ -18,8 +18,8 @@ use chrono::Utc;
 use crate::actions::{Actions, Annotation};
 use crate::boot::phases;
 use crate::clock::Clock;
-use crate::error::{Error, Refusal};
 use crate::inputs::JitHandoff;
+use crate::machine::failure::{Failure as Error, Refusal};
 use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
     Released, State,

@@ -11,8 +11,8 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::actions::Actions;
 use crate::boot::Arch;
-use crate::error::{Error, Refusal};
 use crate::inputs::PoolInputs;
+use crate::machine::failure::{Failure as Error, Refusal};
 use crate::machine::{Acquired, Handoff, Lifecycle, Machine, MachineError, Released, State};
 use crate::plan::{Candidate, LaunchPlan, tag};
 

@@ -58,8 +58,8 @@ impl Shortfall {
     }
 
     /// This candidate refused before any launch, for the quota.
-    pub fn refusal(self, candidate: String) -> crate::error::Refusal {
-        crate::error::Refusal {
+    pub fn refusal(self, candidate: String) -> crate::machine::failure::Refusal {
+        crate::machine::failure::Refusal {
             candidate,
             code: "vCPU quota".to_owned(),
             advice: format!("{}, and this start needs {}", self.describe(), self.needed),

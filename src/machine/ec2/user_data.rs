@@ -2,9 +2,9 @@
 //! user data, which EC2 caps at 16 KB.
 
 use crate::boot::{self, RunnerPackage};
-use crate::error::Error;
 use crate::inputs::JitHandoff;
 use crate::machine::Handoff;
+use crate::machine::failure::Failure as Error;
 use crate::plan::LaunchPlan;
 use crate::secret::Secret;
 

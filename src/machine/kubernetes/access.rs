@@ -7,8 +7,8 @@ use super::errors::{BAD_CONFIG, chain};
 use crate::actions::Actions;
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::inputs::{ClusterAccess, ClusterInputs, Common};
+use crate::machine::failure::Failure as Error;
 use crate::machine::{Kind, MachineError};
 
 /// What reaching an EKS cluster needs of the job: its environment and OIDC token, for AWS

@@ -13,8 +13,8 @@ use base64::Engine;
 
 use super::access::Access;
 use super::errors::EKS_ACCESS;
-use crate::error::Error;
 use crate::machine::ec2::api::cloud_error;
+use crate::machine::failure::Failure as Error;
 use crate::machine::{Kind, MachineError};
 
 pub const TOKEN_PREFIX: &str = "k8s-aws-v1.";

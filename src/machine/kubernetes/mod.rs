@@ -17,8 +17,8 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::Value;
 
 use crate::actions::Actions;
-use crate::error::Error;
 use crate::inputs::{ClusterInputs, PodInputs};
+use crate::machine::failure::Failure as Error;
 use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Release, Released,
 };

@@ -11,12 +11,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::actions::{Actions, Markdown};
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::github::octo::Runners;
 use crate::github::{Job, Runner, RunnerRegistry};
 use crate::inputs::{CleanupInputs, RunnerScope};
 use crate::machine::{self, Machine, Owner, Provider};
+use crate::modes::failure::Error;
 use crate::modes::teardown::{Found, Teardown};
 
 mod select;

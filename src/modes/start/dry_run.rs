@@ -3,8 +3,8 @@
 
 use crate::actions::{Actions, Annotation, Markdown};
 use crate::boot::RunnerPackage;
-use crate::error::Error;
 use crate::machine::{Handoff, Provider};
+use crate::modes::failure::Error;
 use crate::plan::LaunchPlan;
 use crate::secret::Secret;
 

@@ -10,10 +10,10 @@ use super::report::{Online, save_launch};
 use super::wait::{Booting, Readiness, wait_online};
 use crate::actions::Actions;
 use crate::boot::RunnerPackage;
-use crate::error::Error;
 use crate::github::RunnerRegistry;
 use crate::machine::{Handoff, Machine, Provider};
 use crate::modes::Github;
+use crate::modes::failure::Error;
 use crate::plan::LaunchPlan;
 
 /// Every runner of the plan registered, its machine acquired and waited for, in parallel. Each

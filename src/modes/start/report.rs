@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::actions::{Actions, Markdown};
-use crate::error::{Error, Refusal};
 use crate::machine::{Facts, Machine, Price};
+use crate::modes::failure::{Error, Refusal};
 use crate::modes::post::state;
 use crate::plan::{LaunchPlan, tag};
 

@@ -3,10 +3,10 @@
 //! `allow-partial` keeps the runners that came online. All through the one teardown executor.
 
 use crate::actions::{Actions, Annotation};
-use crate::error::Error;
 use crate::github::RunnerRegistry;
 use crate::machine::{Machine, Owner, Provider};
 use crate::modes::Github;
+use crate::modes::failure::Error;
 use crate::modes::teardown::{self, Found, Left, Rollback, Teardown};
 use crate::plan::LaunchPlan;
 

@@ -5,7 +5,6 @@
 use crate::actions::{Actions, Annotation};
 use crate::context::Context;
 use crate::env::Env;
-use crate::error::Error;
 use crate::github::app::TokenNeeds;
 use crate::github::groups;
 use crate::github::octo::RunnerGroup;
@@ -13,6 +12,7 @@ use crate::github::{GithubError, Whose};
 use crate::guard::{self, Judgment};
 use crate::inputs::{GroupRef, RunnerScope, StartInputs};
 use crate::machine::{self, Connected, Purpose};
+use crate::modes::failure::Error;
 use crate::modes::{self, Github};
 use crate::plan::LaunchPlan;
 

@@ -12,9 +12,9 @@ use tokio::sync::Notify;
 use super::wait::PollSchedule;
 use super::*;
 use crate::actions::Actions;
-use crate::error::Refusal;
 use crate::github::{GithubError, JitRunner, Removal, Runner, RunnerStatus};
 use crate::inputs::{Inputs, RunnerScope, parse};
+use crate::machine::failure::{Failure, Refusal};
 use crate::machine::{
     Acquired as Got, Facts, Handoff, Health, Machine, MachineError, Owner, Release, Released, State,
 };
@@ -73,7 +73,7 @@ impl Provider for FakeProvider {
         _plan: &LaunchPlan,
         _handoff: &Handoff<'_>,
         _actions: &Actions,
-    ) -> Result<String, Error> {
+    ) -> Result<String, Failure> {
         Ok("The fake provider could acquire it.".to_owned())
     }
 
@@ -82,7 +82,7 @@ impl Provider for FakeProvider {
         plan: &LaunchPlan,
         handoff: &Handoff<'_>,
         _actions: &Actions,
-    ) -> Result<Got, Error> {
+    ) -> Result<Got, Failure> {
         let n = plan
             .runners
             .iter()
@@ -93,7 +93,7 @@ impl Provider for FakeProvider {
             "the runner's configuration is handed over"
         );
         if self.plays[n] == Play::NoCapacity {
-            return Err(Error::NoCapacity {
+            return Err(Failure::NoCapacity {
                 tried: vec![Refusal {
                     candidate: "g5.xlarge in subnet-a (on-demand)".into(),
                     code: "InsufficientInstanceCapacity".into(),

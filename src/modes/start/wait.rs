@@ -9,10 +9,10 @@ use super::report::Online;
 use crate::actions::Actions;
 use crate::boot::phases;
 use crate::clock::Clock;
-use crate::error::{Error, Refusal};
 use crate::github::{JitRunner, Runner, RunnerRegistry, RunnerStatus};
 use crate::machine::{Health, Machine, Provider};
 use crate::modes::Github;
+use crate::modes::failure::{Error, Refusal};
 use crate::plan::LaunchPlan;
 
 /// How often start looks, by how long it has been looking: often while a boot usually ends

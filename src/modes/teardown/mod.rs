@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::actions::{Actions, Markdown};
-use crate::error::Error;
 use crate::github::{GithubError, Removal, RunnerRegistry};
 use crate::machine::{Lifecycle, Machine, MachineError, Owner, Provider, Released};
 use crate::modes::Github;
+use crate::modes::failure::Error;
 
 mod outcome;
 

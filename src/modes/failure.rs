@@ -1,4 +1,5 @@
-//! The one error type `main` sees, and how each error becomes an annotation the user reads:
+//! The error `main` sees, with the modes that raise most of it, and how each error becomes an
+//! annotation the user reads (the machine layer's `Failure` converts into it):
 //! `::error title=<what failed>::<what happened>. <how to fix it>`.
 
 use crate::actions::{Annotation, ProtocolError};
@@ -83,20 +84,28 @@ pub enum Error {
     },
 }
 
-/// A capacity candidate AWS refused, and what its error code means.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub candidate: String,
-    pub code: String,
-    pub advice: String,
-    /// The vCPU quota that refused it, when one did.
-    pub quota: Option<crate::machine::ec2::quotas::Shortfall>,
-}
+pub use crate::machine::failure::Refusal;
 
 fn rolled_back(rollback: Option<&Rollback>) -> String {
     match rollback {
         Some(r) => r.to_string(),
         None => "Nothing was registered or launched.".to_owned(),
+    }
+}
+
+impl From<crate::machine::failure::Failure> for Error {
+    fn from(f: crate::machine::failure::Failure) -> Self {
+        use crate::machine::failure::Failure;
+        match f {
+            Failure::Machine(e) => Error::Machine(e),
+            Failure::Oidc(e) => Error::Oidc(e),
+            Failure::Untrusted(why) => Error::Untrusted(why),
+            Failure::Unsupported { what, fix } => Error::Unsupported { what, fix },
+            Failure::NoCapacity { tried } => Error::NoCapacity { tried },
+            Failure::Network { what, fix } => Error::Network { what, fix },
+            Failure::Pool { what, fix } => Error::Pool { what, fix },
+            Failure::UserDataTooLarge(t) => Error::UserDataTooLarge(t),
+        }
     }
 }
 
