@@ -408,6 +408,12 @@ fn demo_pool() -> Result<(), String> {
     banner("The instance's boot phases (its console), both boots");
     boot_phases(&world);
     banner("The pool \"demo\"");
+    // The stop job returns once EC2 takes StopInstances; EC2 finishes stopping a while later.
+    world.wait_until(Duration::from_secs(10), |w| {
+        w.live_instances()
+            .iter()
+            .all(|id| w.state_of(id).as_deref() != Some("stopping"))
+    });
     for id in world.live_instances() {
         println!(
             "  {id}: {}",
