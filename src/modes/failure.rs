@@ -49,24 +49,10 @@ pub enum Error {
     /// The run's code may come from a stranger: start refused before any credential was asked for.
     #[error("{0}")]
     Untrusted(#[from] crate::guard::Untrusted),
-    /// Every capacity candidate was refused.
-    #[error("no candidate had capacity")]
-    NoCapacity { tried: Vec<Refusal> },
-    /// The network would keep the runner from GitHub (found by dry-run): what, and the fix.
-    #[error("{what}")]
-    Network { what: String, fix: String },
-    /// The pool had no instance to give: all busy and the pool full, or the one named is not a
-    /// member.
-    #[error("{what}")]
-    Pool { what: String, fix: String },
-    /// The boot script, with the runner's configuration, would not fit EC2's user data.
-    #[error(
-        "the instance's boot script would be {} bytes gzip-compressed, and EC2 takes at most {} \
-         bytes of user data",
-        .0.size,
-        crate::boot::USER_DATA_LIMIT
-    )]
-    UserDataTooLarge(crate::boot::TooLarge),
+    /// What the machine layer judged it could not do (no capacity, no pool member, no way to
+    /// GitHub, a boot script too large); its words come with it.
+    #[error(transparent)]
+    Refused(#[from] crate::machine::failure::Refused),
     /// `gpu-runner attach` could not go on: what, and how to fix it.
     #[error("{what}")]
     Attach {
@@ -101,10 +87,7 @@ impl From<crate::machine::failure::Failure> for Error {
             Failure::Oidc(e) => Error::Oidc(e),
             Failure::Untrusted(why) => Error::Untrusted(why),
             Failure::Unsupported { what, fix } => Error::Unsupported { what, fix },
-            Failure::NoCapacity { tried } => Error::NoCapacity { tried },
-            Failure::Network { what, fix } => Error::Network { what, fix },
-            Failure::Pool { what, fix } => Error::Pool { what, fix },
-            Failure::UserDataTooLarge(t) => Error::UserDataTooLarge(t),
+            Failure::Refused(r) => Error::Refused(r),
         }
     }
 }
@@ -211,58 +194,11 @@ impl Error {
                 ),
                 crate::guard::FIX.to_owned(),
             ),
-            Error::NoCapacity { tried } => {
-                let rows: Vec<String> = tried
-                    .iter()
-                    .map(|r| format!("- {} → {} → {}", r.candidate, r.code, r.advice))
-                    .collect();
-                let quotas: Vec<&crate::machine::ec2::quotas::Shortfall> =
-                    tried.iter().filter_map(|r| r.quota.as_ref()).collect();
-                if !tried.is_empty() && quotas.len() == tried.len() {
-                    return one(
-                        "vCPU quota too low",
-                        format!(
-                            "AWS's vCPU quota refused every candidate, in this order:\n{}",
-                            rows.join("\n")
-                        ),
-                        crate::machine::ec2::quotas::fix(&quotas),
-                    );
-                }
-                one(
-                    "No GPU capacity",
-                    format!(
-                        "AWS refused every candidate, in this order:\n{}",
-                        rows.join("\n")
-                    ),
-                    "Capacity comes and goes: re-run the job, or widen the search with more \
-                     instance-types and subnet-ids entries (other zones), or market-type: \
-                     spot-then-on-demand."
-                        .to_owned(),
-                )
+            Error::Refused(r) => {
+                let words = r.words();
+                one(words.title, words.what, words.fix)
             }
-            Error::Pool { what, fix } => one("No pool instance", what.clone(), fix.clone()),
-            Error::Network { what, fix } => one(
-                "The runner could not reach GitHub",
-                what.clone(),
-                fix.clone(),
-            ),
             Error::Attach { title, what, fix } => one(title, what.clone(), fix.clone()),
-            Error::UserDataTooLarge(t) => one(
-                "Boot script too large for EC2",
-                format!(
-                    "{self}: pre-runner-script makes up {} bytes of it compressed, the runner's \
-                     just-in-time configuration {} and gpu-runner's own script the other {}",
-                    t.pre_runner_script,
-                    t.jit_config,
-                    t.size.saturating_sub(t.pre_runner_script + t.jit_config)
-                ),
-                format!(
-                    "Shorten pre-runner-script by at least {} compressed bytes: install what it sets up in \
-                     your own image (image-id), or have it download a script you keep elsewhere \
-                     and check that script's SHA-256 before running it.",
-                    t.size.saturating_sub(crate::boot::USER_DATA_LIMIT)
-                ),
-            ),
             Error::Cancelled {
                 signal,
                 stage,

@@ -19,7 +19,7 @@ use crate::actions::{Actions, Annotation};
 use crate::boot::phases;
 use crate::clock::Clock;
 use crate::inputs::JitHandoff;
-use crate::machine::failure::{Failure as Error, Refusal};
+use crate::machine::failure::{Failure as Error, Refusal, Refused};
 use crate::machine::{
     Acquired, Facts, Handoff, Health, Machine, MachineError, Owner, Provider, Purpose, Release,
     Released, State,
@@ -186,7 +186,7 @@ impl Ec2 {
         let subnets = match self.api.reach(&ids).await {
             Ok(Some(subnets)) => subnets,
             Ok(None) => {
-                return Err(Error::Network {
+                return Err(Refused::Network {
                     what: format!(
                         "The account has no default VPC in {}, and subnet-ids names no subnet, so \
                          EC2 has nowhere to launch the instance",
@@ -198,7 +198,8 @@ impl Ec2 {
                          through a NAT gateway).",
                         self.region
                     ),
-                });
+                }
+                .into());
             }
             Err(e) => {
                 actions.annotate(
@@ -224,13 +225,14 @@ impl Ec2 {
         if !subnets.is_empty() && subnets.iter().all(|s| s.reaches() == Some(false)) {
             let what: Vec<String> = subnets.iter().map(|s| s.describe()).collect();
             let fix: Vec<String> = subnets.iter().filter_map(|s| s.fix()).collect();
-            return Err(Error::Network {
+            return Err(Refused::Network {
                 what: format!(
                     "No subnet of this start lets the runner reach GitHub: {}",
                     what.join("; ")
                 ),
                 fix: fix.join(" "),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -332,7 +334,7 @@ impl Ec2 {
                 }
             }
         }
-        Err(Error::NoCapacity { tried: refused })
+        Err(Refused::NoCapacity { tried: refused }.into())
     }
 
     /// How many minutes the machine has run since its launch (for a pool instance, since its
@@ -387,7 +389,7 @@ impl Provider for Ec2 {
             }
         }
         if over.len() == plan.candidates.len() {
-            return Err(Error::NoCapacity { tried: over });
+            return Err(Refused::NoCapacity { tried: over }.into());
         }
         self.check_network(plan, actions).await?;
         let image_id = self.image_id()?;

@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use crate::actions::Actions;
 use crate::boot::Arch;
 use crate::inputs::PoolInputs;
-use crate::machine::failure::{Failure as Error, Refusal};
+use crate::machine::failure::{Failure as Error, Refusal, Refused};
 use crate::machine::{Acquired, Handoff, Lifecycle, Machine, MachineError, Released, State};
 use crate::plan::{Candidate, LaunchPlan, tag};
 
@@ -289,29 +289,31 @@ pub fn check_named(
 ) -> Result<Machine, Error> {
     let repository = &plan.binding.repository;
     let Some(m) = found.filter(|m| !m.state.is_ending()) else {
-        return Err(Error::Pool {
+        return Err(Refused::Pool {
             what: format!("pool-instance-id {id} names no live instance in {region}"),
             fix: "Name an instance that exists in this region (a pool start's instance-ids \
                   output), or use pool: NAME to let start launch one."
                 .to_owned(),
-        });
+        }
+        .into());
     };
     let named_pool = plan.pool.as_ref().and_then(|p| p.name.as_deref());
     if let (Some(want), Some(have)) = (named_pool, m.tags.get(tag::POOL))
         && want != have
     {
-        return Err(Error::Pool {
+        return Err(Refused::Pool {
             what: format!(
                 "pool-instance-id {id} is a member of the pool \"{have}\", not of \"{want}\""
             ),
             fix: format!("Set pool: {have}, or leave pool out and name the instance alone."),
-        });
+        }
+        .into());
     }
     if !m.belongs_to(repository)
         || m.lifecycle() != Lifecycle::Pooled
         || !m.tags.contains_key(tag::POOL)
     {
-        return Err(Error::Pool {
+        return Err(Refused::Pool {
             what: format!(
                 "pool-instance-id {id} is not one of {repository}'s pool instances: it lacks \
                  gpu-runner's pool tags ({}=pooled, {}, {}={repository})",
@@ -322,7 +324,8 @@ pub fn check_named(
             fix: "gpu-runner resumes only instances a pool start launched for this repository: \
                   name one of those (a pool start's instance-ids output), or use pool: NAME."
                 .to_owned(),
-        });
+        }
+        .into());
     }
     let want = plan
         .candidates
@@ -330,7 +333,7 @@ pub fn check_named(
         .map(|c| Arch::of_instance_type(&c.instance_type));
     let have = Arch::of_instance_type(&m.instance_type);
     if want.is_some_and(|w| w != have) {
-        return Err(Error::Pool {
+        return Err(Refused::Pool {
             what: format!(
                 "pool-instance-id {id} is a {} ({}), but instance-types is {}",
                 m.instance_type,
@@ -342,7 +345,8 @@ pub fn check_named(
                  architecture.",
                 m.instance_type
             ),
-        });
+        }
+        .into());
     }
     Ok(m.clone())
 }
@@ -370,7 +374,7 @@ impl super::Ec2 {
         loop {
             if pool.instance_id.is_some() && !stuck.is_empty() {
                 // A pool of one has nowhere else to go.
-                return Err(Error::NoCapacity { tried: refused });
+                return Err(Refused::NoCapacity { tried: refused }.into());
             }
             let choice = {
                 let mut claims = self.claims.lock().await;
@@ -472,9 +476,9 @@ impl super::Ec2 {
                             a.refused = refused;
                             Ok(a)
                         }
-                        Err(Error::NoCapacity { mut tried }) => {
+                        Err(Error::Refused(Refused::NoCapacity { mut tried })) => {
                             refused.append(&mut tried);
-                            Err(Error::NoCapacity { tried: refused })
+                            Err(Refused::NoCapacity { tried: refused }.into())
                         }
                         Err(e) => Err(e),
                     };
@@ -505,13 +509,14 @@ impl super::Ec2 {
                 } else {
                     String::new()
                 };
-                return Err(Error::Pool {
+                return Err(Refused::Pool {
                     what: format!("{what}{waited}"),
                     fix: "Raise pool-size so that more jobs can run at once, or with pool-full: \
                           wait raise startup-timeout-minutes; a member still running after its \
                           job ended is paused by its stop job or the next cleanup run."
                         .to_owned(),
-                });
+                }
+                .into());
             }
             if !said_waiting {
                 actions.info(&format!("Waiting: {what}"));

@@ -4,7 +4,7 @@
 use crate::boot::{self, RunnerPackage};
 use crate::inputs::JitHandoff;
 use crate::machine::Handoff;
-use crate::machine::failure::Failure as Error;
+use crate::machine::failure::{Failure as Error, Refused};
 use crate::plan::LaunchPlan;
 use crate::secret::Secret;
 
@@ -17,7 +17,8 @@ pub fn render(
     gpus: u32,
 ) -> Result<Secret, Error> {
     let params = handoff.boot_params(plan, instance_type, gpus);
-    boot::check_size(&params, params.jit_config.expose().len()).map_err(Error::UserDataTooLarge)?;
+    boot::check_size(&params, params.jit_config.expose().len())
+        .map_err(|t| Error::from(Refused::UserDataTooLarge(t)))?;
     Ok(boot::render(&params))
 }
 
@@ -50,5 +51,5 @@ pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Erro
     };
     boot::check_size(&params, room)
         .map(|_| ())
-        .map_err(Error::UserDataTooLarge)
+        .map_err(|t| Error::from(Refused::UserDataTooLarge(t)))
 }

@@ -14,7 +14,7 @@ use super::*;
 use crate::actions::Actions;
 use crate::github::{GithubError, JitRunner, Removal, Runner, RunnerStatus};
 use crate::inputs::{Inputs, RunnerScope, parse};
-use crate::machine::failure::{Failure, Refusal};
+use crate::machine::failure::{Failure, Refusal, Refused};
 use crate::machine::{
     Acquired as Got, Facts, Handoff, Health, Machine, MachineError, Owner, Release, Released, State,
 };
@@ -93,14 +93,15 @@ impl Provider for FakeProvider {
             "the runner's configuration is handed over"
         );
         if self.plays[n] == Play::NoCapacity {
-            return Err(Failure::NoCapacity {
+            return Err(Refused::NoCapacity {
                 tried: vec![Refusal {
                     candidate: "g5.xlarge in subnet-a (on-demand)".into(),
                     code: "InsufficientInstanceCapacity".into(),
                     advice: "try later".into(),
                     quota: None,
                 }],
-            });
+            }
+            .into());
         }
         let machine = Machine {
             id: format!("m-{n}"),
