@@ -171,13 +171,10 @@ pub fn check(
     }
     if let Some((_, actor)) = PULL_REQUEST_EVENTS.iter().find(|(e, _)| *e == event) {
         let payload = payload.ok_or_else(needs_payload)?;
-        let head = text(payload, &["pull_request", "head", "repo", "full_name"]);
-        let fork = flag(payload, &["pull_request", "head", "repo", "fork"]);
-        if fork || head.is_none_or(|h| !h.eq_ignore_ascii_case(repository)) {
+        if let Some(fork) = fork_of(payload, repository) {
             return Err(Untrusted(format!(
-                "the {event} event carries a pull request from the fork {}: its code would run \
-                 on the GPU instance",
-                head.unwrap_or("(a deleted repository)")
+                "the {event} event carries a pull request from the fork {fork}: its code would \
+                 run on the GPU instance"
             )));
         }
         // The author of a pull request, or the reviewer or commenter who set the event off.
@@ -293,15 +290,20 @@ pub fn secrets_withheld(event: &str, payload: Option<&Value>, repository: &str) 
     if !WITHHOLDING_EVENTS.contains(&event) {
         return None;
     }
-    let head = text(payload?, &["pull_request", "head", "repo", "full_name"]);
-    let fork = flag(payload?, &["pull_request", "head", "repo", "fork"]);
-    (fork || head.is_none_or(|h| !h.eq_ignore_ascii_case(repository))).then(|| {
-        format!(
-            "the {event} event carries a pull request from the fork {}, and GitHub gives such a \
-             run no secrets, so it has no github-token or GitHub App key",
-            head.unwrap_or("(a deleted repository)")
-        )
-    })
+    let fork = fork_of(payload?, repository)?;
+    Some(format!(
+        "the {event} event carries a pull request from the fork {fork}, and GitHub gives such a \
+         run no secrets, so it has no github-token or GitHub App key"
+    ))
+}
+
+/// The fork a pull request event's pull request comes from, by name; `None` when its head is
+/// this repository's own.
+fn fork_of<'a>(payload: &'a Value, repository: &str) -> Option<&'a str> {
+    let head = text(payload, &["pull_request", "head", "repo", "full_name"]);
+    let fork = flag(payload, &["pull_request", "head", "repo", "fork"]);
+    (fork || head.is_none_or(|h| !h.eq_ignore_ascii_case(repository)))
+        .then(|| head.unwrap_or("(a deleted repository)"))
 }
 
 /// A comment approves a run only when its author can write to the repository: `permission` is
