@@ -759,10 +759,7 @@ fn the_readme_picture_shows_todays_start_summary() {
         if words.is_empty() {
             continue;
         }
-        let text = words
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;");
+        let text = world::picture::escape(&words);
         assert!(
             svg.contains(&format!(">{text}</text>")),
             "docs/images/job-summary.svg lacks {words:?}: redraw it with \

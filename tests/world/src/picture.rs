@@ -8,7 +8,8 @@ const FONT: &str = "-apple-system,BlinkMacSystemFont,'Segoe UI',Helvetica,Arial,
 /// About how wide a character of 14 px text is, to wrap lines and size table columns.
 const CHAR: f32 = 7.4;
 
-fn escape(text: &str) -> String {
+/// Text as it stands in the picture's XML.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
