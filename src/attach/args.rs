@@ -233,7 +233,7 @@ const FLAGS: &[Flag] = &[
         Some("NAMES"),
         None,
         "Variables of this environment that jobs get too, such as CUDA_VISIBLE_DEVICES,HF_HOME \
-         (jobs get PATH, LANG and the GPU_RUNNER_GPU_* facts anyway).",
+         (jobs get PATH, LD_LIBRARY_PATH, LANG and the GPU_RUNNER_GPU_* facts anyway).",
     ),
     flag("--help", None, None, "Print this help."),
 ];

@@ -59,6 +59,31 @@ pub enum GpuProblem {
     Failed { attempts: u32, first_line: String },
     #[error("nvidia-smi shows {shown} GPU(s) but --gpus asks for {wanted}")]
     TooFew { shown: u32, wanted: u32 },
+    #[error(
+        "nvidia-smi works, but the CUDA driver library {CUDA_DRIVER} does not load ({why}), so \
+         CUDA in a job could not load either. Where the driver keeps it outside the loader's \
+         paths (Colab and Kaggle: /usr/lib64-nvidia), start attach with LD_LIBRARY_PATH naming \
+         that folder: jobs get LD_LIBRARY_PATH as attach has it"
+    )]
+    NoCudaDriver { why: String },
+}
+
+/// The CUDA driver library, by the name the CUDA runtime and every framework open it.
+pub const CUDA_DRIVER: &str = "libcuda.so.1";
+
+/// Whether the CUDA driver library loads with this process's loader paths, which are a job's too
+/// (jobs get attach's `LD_LIBRARY_PATH`); the loader's words when it does not. Colab exposes it
+/// only through `LD_LIBRARY_PATH=/usr/lib64-nvidia`, where `nvidia-smi` alone would pass.
+pub fn cuda_driver_loads() -> Result<(), String> {
+    // SAFETY: opening the NVIDIA driver library runs only its initialisers, which set nothing up
+    // before `cuInit` (never called here); no symbol of it is used, and it is closed at once.
+    match unsafe { libloading::Library::new(CUDA_DRIVER) } {
+        Ok(library) => {
+            let _ = library.close();
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn field(v: Option<&str>) -> String {
@@ -138,6 +163,7 @@ pub async fn probe(wanted: u32, clock: Clock) -> Result<Gpus, GpuProblem> {
                         wanted,
                     });
                 }
+                cuda_driver_loads().map_err(|why| GpuProblem::NoCudaDriver { why })?;
                 return Ok(gpus);
             }
             Err(e) => last = e,

@@ -28,7 +28,8 @@ pub struct RunnerProcess {
 }
 
 /// What the environment of a runner (and so of every job) holds: nothing of attach's own but
-/// what `pass` names, PATH and the locale; never a credential.
+/// what `pass` names, PATH, the loader's LD_LIBRARY_PATH (where a driver may keep libcuda, as
+/// Colab's /usr/lib64-nvidia) and the locale; never a credential.
 pub fn environment(
     attach_env: &crate::env::Env,
     pass: &[String],
@@ -36,7 +37,7 @@ pub fn environment(
     run_as: &RunAs,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
-    for name in ["PATH", "LANG", "LC_ALL", "TZ"]
+    for name in ["PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ"]
         .into_iter()
         .chain(pass.iter().map(String::as_str))
     {

@@ -15,9 +15,14 @@ readonly CACHE_DIR=/var/cache/gpu-runner
 readonly PACKAGE_DIR=/var/cache/gpu-runner-package
 CURRENT_PHASE=boot
 
-# One line per event, to the console (EC2 keeps it as the console output) and to the log file.
+# One line per event, to the console (EC2 keeps it as the console output) and to the log file,
+# with the seconds since the line before it (the script's start): what that phase took.
+LOGGED_AT="${EPOCHREALTIME//[!0-9]/}"
 log() {
-  local line="gpu-runner: phase=$1${2:+ $2}"
+  local now="${EPOCHREALTIME//[!0-9]/}" tenths
+  tenths=$(((now - LOGGED_AT) / 100000))
+  LOGGED_AT="$now"
+  local line="gpu-runner: phase=$1${2:+ $2} seconds=$((tenths / 10)).$((tenths % 10))"
   printf '%s\n' "$line"
   printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$line" >> "$LOG_FILE" 2> /dev/null || true
 }
@@ -52,7 +57,22 @@ shutdown -h "+$MAX_LIFETIME_MINUTES" "gpu-runner: max lifetime reached" > /dev/n
   || fail watchdog "could not schedule the max-lifetime shutdown"
 log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 
-# 2. The GPU, as the job will see it. The driver may still be loading: retry for a while.
+# 2. The runner package downloads while the GPU probe waits for the driver: on a GPU image each
+# can take seconds and neither needs the other. Step 4 waits for it.
+mkdir -p "$PACKAGE_DIR"
+chmod 700 "$PACKAGE_DIR"
+tarball="$PACKAGE_DIR/actions-runner-$RUNNER_SHA256.tar.gz"
+fetch_runner() {
+  curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
+    --output "$tarball.part" "$RUNNER_URL" 2> "$PACKAGE_DIR/download.err"
+}
+download=""
+if [ ! -x "$RUNNER_DIR/run.sh" ] && [ ! -f "$tarball" ]; then
+  fetch_runner &
+  download=$!
+fi
+
+# The GPU, as the job will see it. The driver may still be loading: retry for a while.
 GPUS_PROMISED_BY="$INSTANCE_TYPE"
 # @GPU_PROBE@
 
@@ -95,15 +115,17 @@ if [ -x "$RUNNER_DIR/run.sh" ]; then
   log runner-fetch "status=skipped reason=\"already installed\""
 else
   # Root's alone; a pool instance keeps it for its next boots, which unpack it afresh.
-  mkdir -p "$PACKAGE_DIR"
-  chmod 700 "$PACKAGE_DIR"
-  tarball="$PACKAGE_DIR/actions-runner-$RUNNER_SHA256.tar.gz"
   from=cache
-  if [ ! -f "$tarball" ]; then
+  if [ -n "$download" ] || [ ! -f "$tarball" ]; then
     from=download
-    curl --fail --silent --show-error --location --retry 5 --retry-delay 2 \
-      --output "$tarball.part" "$RUNNER_URL" \
-      || fail runner-fetch "could not download $RUNNER_URL"
+    fetched=0
+    if [ -n "$download" ]; then
+      wait "$download" || fetched=$?
+    else
+      fetch_runner || fetched=$?
+    fi
+    [ "$fetched" -eq 0 ] \
+      || fail runner-fetch "could not download $RUNNER_URL: $(head -n 1 "$PACKAGE_DIR/download.err" | tr -d '"')"
     mv -f "$tarball.part" "$tarball"
   fi
   actual="$(sha256sum "$tarball" | cut -d ' ' -f 1)"

@@ -194,24 +194,19 @@ pub struct TooLarge {
 const BOUNDARY: &str = "//gpu-runner-boundary//";
 
 /// cloud-init runs a user-data script once, at an instance's first boot. A pool instance needs it
-/// at every boot, each with the configuration of a new runner: AWS's documented way is a MIME
-/// multi-part user data whose cloud-config runs `scripts-user` always.
+/// at every boot, each with the configuration of a new runner: a MIME part of type
+/// `text/x-shellscript-per-boot` (cloud-init 22.1 and later) is written to
+/// `/var/lib/cloud/scripts/per-boot/` at every boot, from the user data read anew, and the image's
+/// own `scripts_per_boot` module runs it. A cloud-config `cloud_final_modules` (AWS's older
+/// recipe, `[scripts-user, always]`) would replace the image's whole list, so that its per-boot,
+/// per-instance and vendor scripts, deferred files and power-state changes never ran.
 fn every_boot(script: &str) -> String {
-    let part = |kind: &str, file: &str, body: &str| {
-        format!(
-            "--{BOUNDARY}\nContent-Type: {kind}; charset=\"us-ascii\"\nMIME-Version: 1.0\n\
-             Content-Transfer-Encoding: 7bit\n\
-             Content-Disposition: attachment; filename=\"{file}\"\n\n{body}\n"
-        )
-    };
     format!(
-        "Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n{}{}--{BOUNDARY}--\n",
-        part(
-            "text/cloud-config",
-            "cloud-config.txt",
-            "#cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n"
-        ),
-        part("text/x-shellscript", "gpu-runner.sh", script.trim_end()),
+        "Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n\
+         --{BOUNDARY}\nContent-Type: text/x-shellscript-per-boot; charset=\"us-ascii\"\n\
+         MIME-Version: 1.0\nContent-Transfer-Encoding: 7bit\n\
+         Content-Disposition: attachment; filename=\"gpu-runner.sh\"\n\n{}\n--{BOUNDARY}--\n",
+        script.trim_end()
     )
 }
 
@@ -266,6 +261,25 @@ pub fn render_redacted(p: &BootParams) -> String {
         p.jit_parameter.is_some(),
         p.pooled,
     )
+}
+
+/// Fails unless shellcheck finds nothing in `text`, a bash script named `name`.
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_shellcheck_clean(name: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("shellcheck")
+        .args(["--shell=bash", "--severity=style"])
+        .arg(&path)
+        .output()
+        .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[cfg(test)]
@@ -413,10 +427,10 @@ mod tests {
         let data = render(&p);
         let data = data.expose();
         assert!(data.starts_with("Content-Type: multipart/mixed; boundary="));
-        assert!(data.contains("Content-Type: text/cloud-config"));
-        assert!(data.contains("- [scripts-user, always]"));
+        // The image's cloud_final_modules stay as they are.
+        assert!(!data.contains("cloud-config") && !data.contains("cloud_final_modules"));
         let script_at = data.find("#!/bin/bash").expect("the script part");
-        assert!(data[..script_at].contains("Content-Type: text/x-shellscript"));
+        assert!(data[..script_at].contains("Content-Type: text/x-shellscript-per-boot"));
         assert!(data.contains("readonly POOLED='true'"));
         assert!(data.trim_end().ends_with(&format!("--{BOUNDARY}--")));
         // The envelope and the clean-up of the last job count too.
@@ -492,19 +506,7 @@ mod tests {
             render(&through_ssm()).expose().to_owned(),
             pool_script,
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("boot.sh");
-            std::fs::write(&path, text).unwrap();
-            let out = std::process::Command::new("shellcheck")
-                .args(["--shell=bash", "--severity=style"])
-                .arg(&path)
-                .output()
-                .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            assert_shellcheck_clean("boot.sh", &text);
         }
     }
 

@@ -574,6 +574,53 @@ fn without_the_gpus_it_asks_for_it_refuses_to_start_unless_no_gpu() {
     no_runner_left(&world);
 }
 
+/// A CUDA program's first act: load the driver's library, by the name CUDA's runtime uses.
+const LOADS_CUDA: &str =
+    "python3 -c \"import ctypes; ctypes.CDLL('libcuda.so.1').cuInit(0); print('libcuda loads')\"";
+
+/// Colab keeps the driver's libcuda.so.1 in /usr/lib64-nvidia, which only the notebook's
+/// LD_LIBRARY_PATH names: nvidia-smi works without it, CUDA does not. A job gets the
+/// LD_LIBRARY_PATH attach was started with, so CUDA loads in it as in the notebook.
+#[test]
+fn on_colab_a_jobs_cuda_loads_through_the_notebooks_ld_library_path() {
+    let world = world();
+    let job = world.queue_job(&["self-hosted"], LOADS_CUDA);
+    let mut machine = world.attach_on_colab(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &world.admin_token,
+        true,
+        &["--jobs", "1"],
+    );
+    ends(&mut machine, 0);
+    let job = finished(&world, job, Duration::from_secs(1));
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(job.output.contains("libcuda loads"), "{}", job.output);
+    no_runner_left(&world);
+}
+
+/// Started without that LD_LIBRARY_PATH, nvidia-smi still works, but no job could load CUDA:
+/// attach stops at its GPU check, names the library and the folder, and registers nothing.
+#[test]
+fn on_colab_without_its_ld_library_path_attach_stops_at_the_gpu_check_and_names_the_folder() {
+    let world = world();
+    let mut machine = world.attach_on_colab(
+        env!("CARGO_BIN_EXE_gpu-runner"),
+        &world.admin_token,
+        false,
+        &["--jobs", "1"],
+    );
+    let output = ends(&mut machine, 1);
+    for words in [
+        "No usable GPU: nvidia-smi works, but the CUDA driver library libcuda.so.1 does not load",
+        "LD_LIBRARY_PATH",
+        "/usr/lib64-nvidia",
+        "troubleshooting.md#no-usable-gpu",
+    ] {
+        assert!(output.contains(words), "{words}: {output}");
+    }
+    no_runner_left(&world);
+}
+
 #[test]
 fn a_runner_package_with_another_hash_is_never_run() {
     let world = world();

@@ -725,6 +725,26 @@ fn every_annotation_title_has_a_troubleshooting_section() {
         missing.is_empty(),
         "titles without a section in docs/troubleshooting.md: {missing:?}"
     );
+    // The scripts that run on the machine link to sections of the page too.
+    for script in ["src/machine/kubernetes/container-hook.sh"] {
+        let text = read(script);
+        let links: Vec<&str> = text
+            .split("troubleshooting.md#")
+            .skip(1)
+            .map(|rest| {
+                rest.split(|c: char| c == '"' || c.is_whitespace())
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert!(!links.is_empty(), "{script} links to no section");
+        for link in links {
+            assert!(
+                anchors.iter().any(|a| a == link),
+                "{script}: no section #{link}"
+            );
+        }
+    }
     // The links the errors carry point at this page of this major version.
     assert_eq!(
         gpu_runner::modes::failure::help_url("no-gpu-capacity"),

@@ -254,6 +254,62 @@ fn a_gpu_without_a_driver_fails_start_with_the_probe_reason() {
     nothing_left(&world);
 }
 
+/// A GPU instance's driver loads during its boot, and the runner package is a download of its
+/// own: the boot fetches the package while the GPU probe waits for the driver, not after it, and
+/// every phase's console line says how long it took.
+#[test]
+fn the_runner_package_downloads_while_the_gpu_probe_waits_for_the_driver() {
+    let world = World::start(Options {
+        gpu: Gpu::Late {
+            gpus: 1,
+            after: Duration::from_secs(60),
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    let out = start(&world).run();
+    out.success();
+    let fetched = world.package_fetched_at.lock().unwrap().clone();
+    let loads = world.driver_loads.lock().unwrap().clone();
+    assert_eq!(
+        (fetched.len(), loads.len()),
+        (1, 1),
+        "{fetched:?} {loads:?}"
+    );
+    assert!(
+        fetched[0] < loads[0].1,
+        "the package was fetched {:?} after the driver loaded: the download waited for the probe",
+        fetched[0].duration_since(loads[0].1).unwrap_or_default()
+    );
+    let console = world.instance_log.lock().unwrap().join("\n");
+    let phases: Vec<_> = gpu_runner::boot::phases::phases(&console).collect();
+    assert!(phases.len() >= 5, "{console}");
+    for phase in &phases {
+        let seconds = phase.get("seconds").unwrap_or_default();
+        assert!(
+            seconds.parse::<f64>().is_ok_and(|s| s >= 0.0),
+            "{}: seconds={seconds:?}\n{console}",
+            phase.name
+        );
+    }
+    let probe = phases
+        .iter()
+        .find(|p| p.name == "gpu-probe")
+        .expect("the probe's line");
+    assert_eq!(probe.status(), Some("ok"), "{console}");
+    let fetch = phases
+        .iter()
+        .find(|p| p.name == "runner-fetch")
+        .expect("the fetch's line");
+    assert_eq!(fetch.get("from"), Some("download"), "{console}");
+    stop(&world)
+        .input("label", &out.outputs()["label"])
+        .input("instance-ids", &out.outputs()["instance-ids"])
+        .run()
+        .success();
+    nothing_left(&world);
+}
+
 #[test]
 fn too_few_gpus_fails_start_with_the_count() {
     let world = World::start(Options {

@@ -299,6 +299,41 @@ fn a_stop_during_the_pods_job_lets_the_runner_report_the_job_cancelled() {
     gpus.nothing_left();
 }
 
+/// A `container:` job handed a pod. GitHub's runner image has the docker CLI and no daemon, so
+/// the runner's "Initialize containers" would fail on "Cannot connect to the Docker daemon"
+/// (actions/runner `ContainerOperationProvider.cs`); the pod's container hook, which the runner
+/// calls in place of Docker, refuses the job in words that name what works, before any step.
+#[test]
+fn a_container_job_in_a_pod_is_refused_in_words_that_name_what_works() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let image = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+    let job = gpus
+        .world
+        .queue_container_job(&[&label], image, "echo the step ran");
+    let job = gpus.finished(job);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"), "{job:?}");
+    for words in [
+        "::error title=gpu-runner cannot start containers in a pod::",
+        &format!("This job asks for the container {image}"),
+        "set the start step's pod-image to an image with your CUDA stack",
+        "machine: ec2",
+        "troubleshooting.md#no-containers-in-a-kubernetes-pod",
+    ] {
+        assert!(job.output.contains(words), "{words}: {}", job.output);
+    }
+    assert!(!job.output.contains("the step ran"), "{}", job.output);
+    assert!(
+        !job.output.contains("Cannot connect to the Docker daemon"),
+        "{}",
+        job.output
+    );
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
 #[test]
 fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason() {
     let gpus = cluster(&[("cpu-1", 0, Some(0)), ("cpu-2", 0, Some(0))]);

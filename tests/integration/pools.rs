@@ -161,6 +161,13 @@ fn a_cold_start_fills_the_pool_and_a_warm_start_resumes_the_same_disk_without_th
         console.contains(&format!("status=starting name={label2}")),
         "{console}"
     );
+    // The boot script runs at every boot without taking the image's cloud-init modules away:
+    // the image's own per-boot scripts ran at both boots.
+    assert_eq!(
+        console.matches("the image's per-boot script ran").count(),
+        2,
+        "{console}"
+    );
     let output = job(
         &world,
         &label2,

@@ -25,6 +25,8 @@ fn settings(world: &World) -> insta::Settings {
         "$1[the boot script]\n$2",
     );
     s.add_filter(r"failed \d+ times", "failed [n] times");
+    // How long each boot phase took on this machine.
+    s.add_filter(r" seconds=\d+\.\d\b", " seconds=[s]");
     // Whether and how often a wait prints its line every 15 s depends on how fast this machine
     // is: those lines are checked by cycle.rs.
     s.add_filter(

@@ -12,9 +12,14 @@ STATE_DIR="$(mktemp -d)"
 readonly STATE_DIR
 CURRENT_PHASE=boot
 
-# One line per event, to the container's log (what `kubectl logs` and gpu-runner read back).
+# One line per event, to the container's log (what `kubectl logs` and gpu-runner read back), with
+# the seconds since the line before it (the script's start): what that phase took.
+LOGGED_AT="${EPOCHREALTIME//[!0-9]/}"
 log() {
-  printf 'gpu-runner: phase=%s%s\n' "$1" "${2:+ $2}"
+  local now="${EPOCHREALTIME//[!0-9]/}" tenths
+  tenths=$(((now - LOGGED_AT) / 100000))
+  LOGGED_AT="$now"
+  printf 'gpu-runner: phase=%s%s seconds=%s\n' "$1" "${2:+ $2}" "$((tenths / 10)).$((tenths % 10))"
 }
 
 fail() {
@@ -70,6 +75,12 @@ fi
 HOOK
 } > "$STATE_DIR/job-started.sh"
 chmod 555 "$STATE_DIR/job-started.sh"
+# A `container:` job, its `services:` and Docker actions go to this hook, which refuses them in
+# plain words (the pod has no Docker daemon); a hook the pod-template names is kept.
+cat > "$STATE_DIR/container-hook.sh" << 'HOOK'
+# @CONTAINER_HOOK@
+HOOK
+chmod 555 "$STATE_DIR/container-hook.sh"
 # The runner adds its .env to every job's environment: what the probe found, as on an instance.
 {
   printf 'GPU_RUNNER_GPU_NAME=%s\n' "$gpu_name"
@@ -83,6 +94,7 @@ log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
 log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+export ACTIONS_RUNNER_CONTAINER_HOOKS="${ACTIONS_RUNNER_CONTAINER_HOOKS:-$STATE_DIR/container-hook.sh}"
 # The runner refuses to run as root unless told that it may (a pod-template can make it root).
 if [ "$(id -u)" = 0 ]; then
   export RUNNER_ALLOW_RUNASROOT=1

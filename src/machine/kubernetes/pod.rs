@@ -28,6 +28,8 @@ pub const JIT_KEY: &str = "jit-config";
 
 const ENTRYPOINT: &str = include_str!("entrypoint.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
+const CONTAINER_HOOK: &str = include_str!("container-hook.sh");
+const CONTAINER_HOOK_MARKER: &str = "# @CONTAINER_HOOK@";
 
 /// The annotation that carries a `gpu-runner:*` tag.
 fn annotation_of(tag_key: &str) -> Option<String> {
@@ -94,10 +96,11 @@ fn metadata(plan: &LaunchPlan, runner: &str) -> (Map<String, Value>, Map<String,
     (labels, annotations)
 }
 
-/// The entrypoint with the GPU probe and the job-started hook in it.
+/// The entrypoint with the GPU probe, the job-started hook and the container hook in it.
 pub fn entrypoint() -> String {
     ENTRYPOINT
         .replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
+        .replacen(CONTAINER_HOOK_MARKER, CONTAINER_HOOK.trim_end(), 1)
         .replacen(crate::boot::GPU_PROBE_MARKER, &crate::boot::gpu_probe(), 1)
 }
 

@@ -30,7 +30,38 @@ struct Machine<'a> {
     gpu: &'a str,
     target: &'a [&'a str],
     prepare: Option<&'a str>,
+    cuda: CudaLibrary,
 }
+
+impl<'a> Machine<'a> {
+    /// A machine for the world's repository whose GPU is `gpu`, with nothing else set up.
+    fn of_repo(gpu: &'a str) -> Self {
+        Machine {
+            gpu,
+            target: &["--repo", "octo/ml"],
+            prepare: None,
+            cuda: CudaLibrary::Installed,
+        }
+    }
+}
+
+/// Where the machine's NVIDIA driver keeps `libcuda.so.1`, the library every CUDA program loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaLibrary {
+    /// In the loader's default paths, as a driver package installs it (`/usr/lib`).
+    Installed,
+    /// Only under `/usr/lib64-nvidia`, which the loader searches only when `LD_LIBRARY_PATH`
+    /// names it: Colab's layout, whose notebook processes have
+    /// `LD_LIBRARY_PATH=/usr/lib64-nvidia` (Kaggle's images do the same). `with_path`: attach is
+    /// started, as from a notebook cell, with that variable.
+    Colab { with_path: bool },
+}
+
+/// A stand-in for the driver's `libcuda.so.1`: the calls a CUDA program makes first, answering
+/// as a driver with one GPU does. A real shared object, so that the loader's search is real.
+const CUDA_STUB: &str = "int cuInit(unsigned int flags) { (void)flags; return 0; }\n\
+int cuDriverGetVersion(int *version) { *version = 12020; return 0; }\n\
+int cuDeviceGetCount(int *count) { *count = 1; return 0; }\n";
 
 impl World {
     /// Starts `gpu-runner attach` (the binary at `binary`) on a new machine with a healthy GPU,
@@ -50,11 +81,7 @@ impl World {
         flags: &[&str],
     ) -> Attached {
         let credentials = [format!("GITHUB_TOKEN={token}")];
-        let machine = Machine {
-            gpu,
-            target: &["--repo", "octo/ml"],
-            prepare: None,
-        };
+        let machine = Machine::of_repo(gpu);
         self.attach_with_credentials(binary, &credentials, machine, flags)
     }
 
@@ -69,11 +96,49 @@ impl World {
     ) -> Attached {
         let credentials = [format!("GITHUB_TOKEN={token}")];
         let machine = Machine {
-            gpu: "healthy 1",
-            target: &["--repo", "octo/ml"],
             prepare: Some(prepare),
+            ..Machine::of_repo("healthy 1")
         };
         self.attach_with_credentials(binary, &credentials, machine, flags)
+    }
+
+    /// The same on a notebook whose driver library is where Colab keeps it (see
+    /// [`CudaLibrary::Colab`]).
+    pub fn attach_on_colab(
+        &self,
+        binary: &str,
+        token: &str,
+        with_path: bool,
+        flags: &[&str],
+    ) -> Attached {
+        let credentials = [format!("GITHUB_TOKEN={token}")];
+        let machine = Machine {
+            cuda: CudaLibrary::Colab { with_path },
+            ..Machine::of_repo("healthy 1")
+        };
+        self.attach_with_credentials(binary, &credentials, machine, flags)
+    }
+
+    /// Builds the stand-in `libcuda.so.1` once per world, with the C compiler that links Rust.
+    fn cuda_stub(&self) -> Result<PathBuf, String> {
+        let dir = self.dir.path().join("cuda-stub");
+        let library = dir.join("libcuda.so.1");
+        if library.exists() {
+            return Ok(library);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let source = dir.join("cuda.c");
+        std::fs::write(&source, CUDA_STUB).map_err(|e| e.to_string())?;
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&library)
+            .arg(&source)
+            .output()
+            .map_err(|e| format!("cc: {e}"))?;
+        if !built.status.success() {
+            return Err(String::from_utf8_lossy(&built.stderr).into_owned());
+        }
+        Ok(library)
     }
 
     /// The same for the organization `octo` (`--org octo`), with `token`.
@@ -83,6 +148,7 @@ impl World {
             gpu: "healthy 1",
             target: &["--org", "octo"],
             prepare: None,
+            cuda: CudaLibrary::Installed,
         };
         self.attach_with_credentials(binary, &credentials, machine, flags)
     }
@@ -94,11 +160,7 @@ impl World {
             format!("GPU_RUNNER_APP_ID={}", crate::APP_ID),
             format!("GPU_RUNNER_APP_PRIVATE_KEY={}", crate::APP_PRIVATE_KEY),
         ];
-        let machine = Machine {
-            gpu: "healthy 1",
-            target: &["--repo", "octo/ml"],
-            prepare: None,
-        };
+        let machine = Machine::of_repo("healthy 1");
         self.attach_with_credentials(binary, &credentials, machine, flags)
     }
 
@@ -118,6 +180,19 @@ impl World {
         let dir = self.dir.path().join(&name);
         let bin = self.dir.path().join("attached-bin");
         let _ = crate::sandbox::install_standins(&bin);
+        let folder = match machine.cuda {
+            CudaLibrary::Installed => "usr/lib",
+            CudaLibrary::Colab { .. } => "usr/lib64-nvidia",
+        };
+        let installed = self.cuda_stub().and_then(|stub| {
+            let path = crate::sandbox::disk_path(&dir, folder);
+            std::fs::create_dir_all(&path)
+                .and_then(|()| std::fs::copy(stub, path.join("libcuda.so.1")))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = installed {
+            panic!("the attached machine's libcuda.so.1: {e}");
+        }
         let gpu_url = format!("{}/_sim/gpu/{name}", self.github_url);
         let mut env = vec![
             "HOME=/root".to_owned(),
@@ -131,6 +206,9 @@ impl World {
             format!("GPU_SIM_GPU_URL={gpu_url}"),
             format!("GPU_SIM_CLOCK_SCALE={}", self.clock_scale),
         ];
+        if machine.cuda == (CudaLibrary::Colab { with_path: true }) {
+            env.push("LD_LIBRARY_PATH=/usr/lib64-nvidia".to_owned());
+        }
         env.extend_from_slice(credentials);
         // attach stays the machine's first process: the preparation's shell execs it.
         let wrapper: Vec<String> = match machine.prepare {

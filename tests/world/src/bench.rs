@@ -28,6 +28,42 @@ pub struct Sample {
     /// Peak resident memory of the start and stop processes, KiB.
     pub start_peak_kib: Option<u64>,
     pub stop_peak_kib: Option<u64>,
+    /// The boot phases of the cycle's first machine up to its runner's start, each with the
+    /// seconds its console line gives (the time since the line before).
+    pub phases: Phases,
+}
+
+/// A boot's phases in order, each with its seconds.
+type Phases = Vec<(String, f64)>;
+
+/// The boot phases in `console` lines (`[i-…] gpu-runner: phase=…`) of the first machine that
+/// logged one, up to the line that starts its runner.
+fn boot_phases(console: &[String]) -> Phases {
+    let mut first: Option<&str> = None;
+    let mut phases = Vec::new();
+    for line in console {
+        let Some(phase) = gpu_runner::boot::phases::Phase::parse(line) else {
+            continue;
+        };
+        let machine = line.split(']').next().unwrap_or_default();
+        if *first.get_or_insert(machine) != machine {
+            continue;
+        }
+        let seconds = phase
+            .get("seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        let name = match phase.status() {
+            Some(status) if phase.name == "runner" => format!("runner {status}"),
+            _ => phase.name.clone(),
+        };
+        let starting = name == "runner starting";
+        phases.push((name, seconds));
+        if starting {
+            break;
+        }
+    }
+    phases
 }
 
 fn count_calls(calls: &[(Service, String, Instant)], into: &mut BTreeMap<String, u32>) {
@@ -43,6 +79,7 @@ fn count_calls(calls: &[(Service, String, Instant)], into: &mut BTreeMap<String,
 /// One cycle with `count` instances in `world`, from the pool `pool` when there is one.
 pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Result<Sample, String> {
     world.faults.take_calls();
+    let console_from = world.instance_log.lock().map(|l| l.len()).unwrap_or(0);
     let began = Instant::now();
     let step = Step::mode(bin, "start")
         .in_world(world)
@@ -114,7 +151,13 @@ pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Resul
         }
         None => w.live_instances().is_empty(),
     });
+    let phases = world
+        .instance_log
+        .lock()
+        .map(|l| boot_phases(&l[console_from.min(l.len())..]))
+        .unwrap_or_default();
     Ok(Sample {
+        phases,
         boot,
         overhead: start_took.saturating_sub(boot),
         noticed: ended.saturating_duration_since(last_online),
@@ -148,6 +191,7 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String
     );
     let mut calls_by_row: Vec<(String, BTreeMap<String, u32>)> = Vec::new();
     let mut boots: Vec<(u32, &str, f64)> = Vec::new();
+    let mut phases_by_row: Vec<(String, Vec<Phases>)> = Vec::new();
     let rows = counts
         .iter()
         .map(|c| (*c, "cold"))
@@ -192,6 +236,10 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String
         if let Some(first) = samples.first() {
             calls_by_row.push((format!("count {count} {kind}"), first.calls.clone()));
         }
+        phases_by_row.push((
+            format!("count {count} {kind}"),
+            samples.iter().map(|s| s.phases.clone()).collect(),
+        ));
     }
     out.push_str(
         "\nCompared with: the best-known peer action waits a 30 s quiet period after launching, \
@@ -210,6 +258,7 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String
             ));
         }
     }
+    out.push_str(&phase_table(&phases_by_row));
     out.push_str("\n\nAPI calls per cycle (start + stop), by kind:\n\n");
     let kinds: Vec<String> = {
         let mut k: Vec<String> = calls_by_row
@@ -240,4 +289,44 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String
         ));
     }
     Ok(out)
+}
+
+/// The boot's phases, one row each in the order the boot logs them, with each bench row's median
+/// seconds (the first machine of each cycle).
+fn phase_table(rows: &[(String, Vec<Phases>)]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for (_, cycles) in rows {
+        for (name, _) in cycles.iter().flatten() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let mut out = format!(
+        "\n\nBoot phases, from each machine's console (`seconds=` on its phase lines: the time \
+         since the line before), median seconds of the first machine of each cycle:\n\n| phase | {} |\n|---|{}\n",
+        rows.iter()
+            .map(|(r, _)| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(rows.len())
+    );
+    for name in names {
+        let cells: Vec<String> = rows
+            .iter()
+            .map(|(_, cycles)| {
+                let mut values: Vec<f64> = cycles
+                    .iter()
+                    .flat_map(|c| c.iter().filter(|(n, _)| *n == name).map(|(_, s)| *s))
+                    .collect();
+                if values.is_empty() {
+                    return "–".to_owned();
+                }
+                values.sort_by(f64::total_cmp);
+                format!("{:.1}", values[values.len() / 2])
+            })
+            .collect();
+        out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+    }
+    out
 }

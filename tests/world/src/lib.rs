@@ -108,6 +108,10 @@ pub struct World {
     pub runner_sha256: String,
     /// The file names of the runner packages instances downloaded.
     pub package_fetches: Arc<Mutex<Vec<String>>>,
+    /// When each of those downloads began.
+    pub package_fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>>,
+    /// With [`Gpu::Late`]: when each boot's driver loaded, by instance id.
+    pub driver_loads: Arc<Mutex<Vec<(String, std::time::SystemTime)>>>,
     pub clock_scale: f64,
     /// The GPUs of attached machines, by machine name.
     pub attached_gpus: attached::Gpus,
@@ -215,6 +219,7 @@ struct Control {
     ec2: aws_sdk_ec2::Client,
     package: Arc<package::Package>,
     fetched: Arc<Mutex<Vec<String>>>,
+    fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>>,
     gpus: attached::Gpus,
 }
 
@@ -255,6 +260,10 @@ async fn shutdown(State(c): State<Control>, Path(id): Path<String>) -> &'static 
 
 /// The stand-in runner package, whatever its file name; the name is recorded.
 async fn runner_package(State(c): State<Control>, Path(file): Path<String>) -> Vec<u8> {
+    c.fetched_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::time::SystemTime::now());
     c.fetched
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -349,6 +358,8 @@ impl World {
             .map_err(|e| e.to_string())?;
         let instance_log: Arc<Mutex<Vec<String>>> = Arc::default();
         let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
+        let fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>> = Arc::default();
+        let driver_loads: Arc<Mutex<Vec<(String, std::time::SystemTime)>>> = Arc::default();
         let attached_gpus: attached::Gpus = Arc::default();
 
         let (aws_url, github_url, ec2, ssm) = rt.block_on(async {
@@ -445,6 +456,7 @@ impl World {
                 ec2: ec2.clone(),
                 package: package.clone(),
                 fetched: fetched.clone(),
+                fetched_at: fetched_at.clone(),
                 gpus: attached_gpus.clone(),
             };
             // GitHub Enterprise Server serves the same API under /api/v3.
@@ -482,6 +494,7 @@ impl World {
             runner: options.runner,
             die_after_phase: options.die_after_phase,
             log: instance_log.clone(),
+            driver_loads: driver_loads.clone(),
             github: github.clone(),
         };
         rt.spawn(sim.run());
@@ -508,6 +521,8 @@ impl World {
             workflow_token,
             runner_sha256: package.sha256.clone(),
             package_fetches: fetched,
+            package_fetched_at: fetched_at,
+            driver_loads,
             clock_scale: options.clock_scale,
             attached_gpus,
             quotas,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{InstanceAttributeName, InstanceStateName};
 use base64::Engine;
@@ -45,6 +45,11 @@ pub enum Gpu {
     Healthy(u32),
     /// `nvidia-smi` fails as it does before the driver loads, forever.
     NoDriver,
+    /// The driver loads `after` (world time) into each boot, with this many GPUs; `nvidia-smi`
+    /// fails as it does before the driver loads until then. On a GPU image the NVIDIA modules
+    /// load during boot, and `nvidia-smi` run before them cannot reach the driver (NVIDIA's
+    /// driver persistence docs; AWS's "Install NVIDIA drivers on Linux instances").
+    Late { gpus: u32, after: Duration },
 }
 
 pub struct Simulator {
@@ -61,6 +66,8 @@ pub struct Simulator {
     pub die_after_phase: Option<&'static str>,
     /// Every console line of every instance, prefixed with its id: the demo prints it.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// With [`Gpu::Late`]: when each boot's driver loaded (or will), by instance id.
+    pub driver_loads: Arc<Mutex<Vec<(String, SystemTime)>>>,
     /// GitHub stops hearing from the runner of an instance that is gone.
     pub github: crate::github::Shared,
 }
@@ -94,8 +101,80 @@ while :; do /usr/bin/sleep 3600; done
 /// (`cloud_final_modules: [[scripts-user, always]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserData {
+    /// A `text/x-shellscript` part (or the whole user data): cloud-init's `scripts_user` runs it,
+    /// at the first boot only unless its module is given the frequency `always`.
     pub script: Vec<u8>,
-    pub every_boot: bool,
+    /// A `text/x-shellscript-per-boot` part: cloud-init (22.1 and later) writes it to
+    /// `/var/lib/cloud/scripts/per-boot/` at every boot, where `scripts_per_boot` runs it
+    /// (`cloudinit/handlers/shell_script_by_frequency.py`).
+    pub per_boot: Vec<u8>,
+    /// The cloud-config's `cloud_final_modules`, by name (`-` as `_`) with its frequency, if it
+    /// gives the key: it replaces the image's list, never merges with it (cloud-init docs,
+    /// "Merging user-data sections"; `config/cloud.cfg.tmpl` holds the image's list).
+    pub final_modules: Option<Vec<(String, Option<String>)>>,
+}
+
+/// The image's `cloud_final_modules` that the world acts on: `scripts_per_boot` (the image's own
+/// per-boot scripts and a user data's per-boot part) and `scripts_user` (once per instance).
+const IMAGE_FINAL_MODULES: &[&str] = &["scripts_per_boot", "scripts_user"];
+
+impl UserData {
+    fn module(&self, name: &str) -> Option<Option<&str>> {
+        match &self.final_modules {
+            None => IMAGE_FINAL_MODULES.contains(&name).then_some(None),
+            Some(list) => list
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.as_deref()),
+        }
+    }
+
+    /// Whether cloud-init runs the per-boot scripts, the image's and the user data's, this boot.
+    pub fn per_boot_runs(&self) -> bool {
+        self.module("scripts_per_boot").is_some()
+    }
+
+    /// Whether cloud-init runs the user data's script this boot.
+    pub fn script_runs(&self, first: bool) -> bool {
+        match self.module("scripts_user") {
+            None => false,
+            Some(frequency) => first || frequency == Some("always"),
+        }
+    }
+
+    /// The script this boot runs: the per-boot part (`scripts_per_boot` comes before
+    /// `scripts_user` in the image's list), else the user data's script; empty when neither runs.
+    pub fn script_for(&self, first: bool) -> Vec<u8> {
+        if self.per_boot_runs() && !self.per_boot.is_empty() {
+            self.per_boot.clone()
+        } else if self.script_runs(first) {
+            self.script.clone()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The `cloud_final_modules` of a cloud-config, if it has the key: each entry a name or a
+/// `[name, frequency]` list.
+fn final_modules(cloud_config: &str) -> Option<Vec<(String, Option<String>)>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(cloud_config).ok()?;
+    let list = doc.get("cloud_final_modules")?.as_sequence()?;
+    Some(
+        list.iter()
+            .filter_map(|entry| {
+                let (name, frequency) = match entry {
+                    serde_yaml::Value::String(name) => (name.clone(), None),
+                    serde_yaml::Value::Sequence(pair) => (
+                        pair.first()?.as_str()?.to_owned(),
+                        pair.get(1).and_then(|f| f.as_str()).map(str::to_owned),
+                    ),
+                    _ => return None,
+                };
+                Some((name.replace('-', "_"), frequency))
+            })
+            .collect(),
+    )
 }
 
 /// User data as cloud-init takes it: gzip-compressed content is uncompressed first, then read as
@@ -129,28 +208,32 @@ impl UserData {
         let Some(boundary) = boundary else {
             return UserData {
                 script: data.to_vec(),
-                every_boot: false,
+                per_boot: Vec::new(),
+                final_modules: None,
             };
         };
-        let mut script = Vec::new();
-        let mut every_boot = false;
+        let mut read = UserData {
+            script: Vec::new(),
+            per_boot: Vec::new(),
+            final_modules: None,
+        };
         for part in text.split(&format!("--{boundary}")).skip(1) {
             let part = part.trim_start_matches(['\r', '\n']);
             let Some((headers, body)) = part.split_once("\n\n") else {
                 continue;
             };
             let headers = headers.to_ascii_lowercase();
-            if headers.contains("content-type: text/x-shellscript") {
-                script = body.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
-                script.push(b'\n');
+            let mut body = body.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+            body.push(b'\n');
+            if headers.contains("content-type: text/x-shellscript-per-boot") {
+                read.per_boot = body;
+            } else if headers.contains("content-type: text/x-shellscript") {
+                read.script = body;
             } else if headers.contains("content-type: text/cloud-config") {
-                every_boot |= body.lines().any(|l| {
-                    let l = l.replace(' ', "");
-                    l.contains("[scripts-user,always]") || l.contains("scripts-user,always")
-                });
+                read.final_modules = final_modules(&String::from_utf8_lossy(&body));
             }
         }
-        UserData { script, every_boot }
+        read
     }
 }
 
@@ -313,13 +396,13 @@ impl Simulator {
             .decode(encoded)
             .ok()?;
         let user_data = UserData::read(&data);
-        let runs = first || user_data.every_boot;
+        let script = user_data.script_for(first);
+        let runs = !script.is_empty();
         let home = self.dir.join(id);
         std::fs::create_dir_all(&home).ok()?;
         // The overlay's work folder is the kernel's scratch space; the upper layer is the disk.
         let _ = std::fs::remove_dir_all(home.join("work"));
         let script_path = home.join("user-data.sh");
-        let script = if runs { user_data.script } else { Vec::new() };
         std::fs::write(&script_path, script).ok()?;
         // cloud-init writes the script anew at each boot that runs it; a boot script that removed
         // its copy last time left a whiteout on the disk, which would hide the new one.
@@ -327,9 +410,22 @@ impl Simulator {
             let _ = std::fs::remove_file(home.join("upper").join(inside));
         }
         let (gpu_mode, gpus) = match self.gpu {
-            Gpu::Healthy(n) => ("healthy", n),
+            Gpu::Healthy(n) | Gpu::Late { gpus: n, .. } => ("healthy", n),
             Gpu::NoDriver => ("no-driver", 0),
         };
+        // Microseconds since the epoch, as the stand-in reads bash's EPOCHREALTIME.
+        let mut driver_at = 0u128;
+        if let Gpu::Late { after, .. } = self.gpu {
+            let at = SystemTime::now() + after.div_f64(self.scale);
+            driver_at = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or_default();
+            self.driver_loads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id.to_owned(), at));
+        }
         let mut child = Command::new("unshare")
             .args([
                 "--mount",
@@ -350,6 +446,7 @@ impl Simulator {
             .arg(format!("ip-{}", id.trim_start_matches("i-")))
             .arg(format!("GPU_SIM_NVIDIA={gpu_mode}"))
             .arg(format!("GPU_SIM_GPUS={gpus}"))
+            .arg(format!("GPU_SIM_DRIVER_AT={driver_at}"))
             .arg(format!("GPU_SIM_CLOCK_SCALE={}", self.scale))
             .arg(format!("GPU_SIM_RUNNER={}", self.runner.env()))
             .arg(format!("AWS_ENDPOINT_URL={}", self.aws_url))
@@ -379,6 +476,19 @@ impl Simulator {
                 }
             },
         );
+        if user_data.per_boot_runs() {
+            // The world's image brings a per-boot script of its own, as images may (GPU clock or
+            // persistence settings, agents): cloud-init's scripts_per_boot runs it at every boot
+            // unless a cloud-config's cloud_final_modules leaves that module out.
+            let line = "cloud-init: /var/lib/cloud/scripts/per-boot/00-image.sh: the image's per-boot script ran";
+            self.consoles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id.to_owned())
+                .or_default()
+                .push_str(&format!("{line}\n"));
+            self.note(id, line);
+        }
         for stream in [
             child
                 .stdout
@@ -432,17 +542,28 @@ mod tests {
     #[test]
     fn cloud_init_reads_a_script_or_a_multipart_message_and_its_per_boot_setting() {
         let plain = UserData::read(b"#!/bin/bash\necho hi\n");
-        assert_eq!(plain.script, b"#!/bin/bash\necho hi\n");
-        assert!(!plain.every_boot);
+        assert_eq!(plain.script_for(true), b"#!/bin/bash\necho hi\n");
+        assert!(plain.script_for(false).is_empty(), "once per instance");
+        assert!(
+            plain.per_boot_runs(),
+            "the image's list runs per-boot scripts"
+        );
         let mime = "Content-Type: multipart/mixed; boundary=\"//\"\nMIME-Version: 1.0\n\n\
                     --//\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n\
                     #cloud-config\ncloud_final_modules:\n- [scripts-user, always]\n\n\
                     --//\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n\
                     #!/bin/bash\necho hi\n\n--//--\n";
         let read = UserData::read(mime.as_bytes());
-        assert_eq!(read.script, b"#!/bin/bash\necho hi\n");
-        assert!(read.every_boot);
+        assert_eq!(read.script_for(false), b"#!/bin/bash\necho hi\n");
+        assert!(!read.per_boot_runs(), "the list replaced the image's");
         let once = UserData::read(mime.replace("always", "once-per-instance").as_bytes());
-        assert!(!once.every_boot);
+        assert!(once.script_for(false).is_empty());
+        let per_boot = "Content-Type: multipart/mixed; boundary=\"//\"\nMIME-Version: 1.0\n\n\
+                        --//\nContent-Type: text/x-shellscript-per-boot; charset=\"us-ascii\"\n\n\
+                        #!/bin/bash\necho again\n\n--//--\n";
+        let read = UserData::read(per_boot.as_bytes());
+        assert!(read.per_boot_runs());
+        assert_eq!(read.script_for(false), b"#!/bin/bash\necho again\n");
+        assert_eq!(read.script_for(true), b"#!/bin/bash\necho again\n");
     }
 }

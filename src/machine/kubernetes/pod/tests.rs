@@ -245,22 +245,71 @@ fn the_entrypoint_is_the_script_gpu_runner_ships() {
     assert!(script.contains("ACTIONS_RUNNER_HOOK_JOB_STARTED"));
     assert!(script.contains("nvidia-smi --query-gpu=name,memory.total,driver_version"));
     assert!(!script.contains("# @GPU_PROBE@") && !script.contains(HOOK_MARKER));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("entrypoint.sh");
-    std::fs::write(&path, &script).unwrap();
-    let out = std::process::Command::new("shellcheck")
-        .args(["--shell=bash", "--severity=style"])
-        .arg(&path)
-        .output()
-        .expect("shellcheck runs (apt-get install shellcheck; .ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(!script.contains(CONTAINER_HOOK_MARKER));
+    assert!(script.contains("ACTIONS_RUNNER_CONTAINER_HOOKS"));
+    // The hooks are written by here-documents that end at a line `HOOK`.
+    assert!(!CONTAINER_HOOK.lines().any(|l| l == "HOOK"));
+    crate::boot::assert_shellcheck_clean("entrypoint.sh", &script);
+    // The container hook is a file of its own in the pod: checked on its own too.
+    crate::boot::assert_shellcheck_clean("container-hook.sh", CONTAINER_HOOK);
     assert_eq!(
         last_lines("a\n\nb\nc\n", 2),
         ["b", "c"],
         "blank lines do not count"
+    );
+}
+
+/// The container hook reads the runner's own input (actions/runner `HookInput.cs`, compact JSON
+/// with camelCase keys) and refuses a job container, service containers and a Docker action,
+/// each by name; the post-job cleanup_job has nothing to do.
+#[test]
+fn the_container_hook_names_what_it_refuses_and_cleans_up_quietly() {
+    let run = |input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", CONTAINER_HOOK])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = run(
+        r#"{"command":"prepare_job","responseFile":"/w/_temp/_runner_hook_responses/1.json","args":{"container":{"image":"nvidia/cuda:12.4.1-runtime-ubuntu22.04","entryPointArgs":[],"environmentVariables":{}},"services":[{"image":"redis:7"}]},"state":null}"#,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("This job asks for the container nvidia/cuda:12.4.1-runtime-ubuntu22.04,"),
+        "{said}"
+    );
+    let (code, said) = run(
+        r#"{"command":"prepare_job","args":{"container":null,"services":[{"image":"redis:7"}]}}"#,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("service containers (services: redis:7"),
+        "{said}"
+    );
+    let (code, said) = run(
+        r#"{"command":"run_container_step","args":{"image":null,"dockerfile":"/w/_actions/o/a/v1/Dockerfile"}}"#,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("Docker container action (/w/_actions/o/a/v1/Dockerfile)"),
+        "{said}"
+    );
+    assert_eq!(
+        run(r#"{"command":"cleanup_job","args":{},"state":null}"#),
+        (Some(0), String::new())
     );
 }
