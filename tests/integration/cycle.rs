@@ -269,7 +269,7 @@ fn the_runner_package_downloads_while_the_gpu_probe_waits_for_the_driver() {
     .unwrap();
     let out = start(&world).run();
     out.success();
-    let fetched = world.package_fetched_at.lock().unwrap().clone();
+    let fetched = world.package_fetches.lock().unwrap().clone();
     let loads = world.driver_loads.lock().unwrap().clone();
     assert_eq!(
         (fetched.len(), loads.len()),
@@ -277,9 +277,9 @@ fn the_runner_package_downloads_while_the_gpu_probe_waits_for_the_driver() {
         "{fetched:?} {loads:?}"
     );
     assert!(
-        fetched[0] < loads[0].1,
+        fetched[0].at < loads[0].1,
         "the package was fetched {:?} after the driver loaded: the download waited for the probe",
-        fetched[0].duration_since(loads[0].1).unwrap_or_default()
+        fetched[0].at.duration_since(loads[0].1).unwrap_or_default()
     );
     let console = world.instance_log.lock().unwrap().join("\n");
     let phases: Vec<_> = gpu_runner::boot::phases::phases(&console).collect();

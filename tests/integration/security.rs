@@ -418,7 +418,13 @@ fn arm64_instance_types_get_the_arm64_image_and_runner_package() {
     let instance = instance_of(&world, &started);
     assert_eq!(instance.image_id(), Some(world::WORLD_ARM64_AMI));
     assert_eq!(
-        world.package_fetches.lock().unwrap().as_slice(),
+        world
+            .package_fetches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| f.file.clone())
+            .collect::<Vec<_>>(),
         [format!(
             "actions-runner-linux-arm64-{}.tar.gz",
             world::package::VERSION

@@ -106,10 +106,8 @@ pub struct World {
     /// Shaped like the workflow's own GITHUB_TOKEN.
     pub workflow_token: String,
     pub runner_sha256: String,
-    /// The file names of the runner packages instances downloaded.
-    pub package_fetches: Arc<Mutex<Vec<String>>>,
-    /// When each of those downloads began.
-    pub package_fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>>,
+    /// The runner packages instances downloaded, in order.
+    pub package_fetches: Arc<Mutex<Vec<PackageFetch>>>,
     /// With [`Gpu::Late`]: when each boot's driver loaded, by instance id.
     pub driver_loads: Arc<Mutex<Vec<(String, std::time::SystemTime)>>>,
     pub clock_scale: f64,
@@ -218,9 +216,17 @@ async fn serve(router: axum::Router) -> Result<String, String> {
 struct Control {
     ec2: aws_sdk_ec2::Client,
     package: Arc<package::Package>,
-    fetched: Arc<Mutex<Vec<String>>>,
-    fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>>,
+    fetched: Arc<Mutex<Vec<PackageFetch>>>,
     gpus: attached::Gpus,
+}
+
+/// One download of the stand-in runner package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFetch {
+    /// The file name asked for, which names the version and the architecture.
+    pub file: String,
+    /// When the request came.
+    pub at: std::time::SystemTime,
 }
 
 /// What an attached machine's GPU is now, for its stand-in `nvidia-smi`.
@@ -260,14 +266,13 @@ async fn shutdown(State(c): State<Control>, Path(id): Path<String>) -> &'static 
 
 /// The stand-in runner package, whatever its file name; the name is recorded.
 async fn runner_package(State(c): State<Control>, Path(file): Path<String>) -> Vec<u8> {
-    c.fetched_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(std::time::SystemTime::now());
     c.fetched
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(file);
+        .push(PackageFetch {
+            file,
+            at: std::time::SystemTime::now(),
+        });
     c.package.bytes.clone()
 }
 
@@ -357,8 +362,7 @@ impl World {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let instance_log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
-        let fetched_at: Arc<Mutex<Vec<std::time::SystemTime>>> = Arc::default();
+        let fetched: Arc<Mutex<Vec<PackageFetch>>> = Arc::default();
         let driver_loads: Arc<Mutex<Vec<(String, std::time::SystemTime)>>> = Arc::default();
         let attached_gpus: attached::Gpus = Arc::default();
 
@@ -456,7 +460,6 @@ impl World {
                 ec2: ec2.clone(),
                 package: package.clone(),
                 fetched: fetched.clone(),
-                fetched_at: fetched_at.clone(),
                 gpus: attached_gpus.clone(),
             };
             // GitHub Enterprise Server serves the same API under /api/v3.
@@ -521,7 +524,6 @@ impl World {
             workflow_token,
             runner_sha256: package.sha256.clone(),
             package_fetches: fetched,
-            package_fetched_at: fetched_at,
             driver_loads,
             clock_scale: options.clock_scale,
             attached_gpus,
