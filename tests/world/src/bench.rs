@@ -168,13 +168,18 @@ pub fn cycle(world: &World, bin: &Path, count: u32, pool: Option<&str>) -> Resul
     })
 }
 
+/// The median of `values` (the upper one of an even count), which it leaves sorted; `None` when
+/// there are none.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
 /// Median, min and max, as `median (min–max)`.
 fn spread(mut values: Vec<f64>, unit: &str) -> String {
-    if values.is_empty() {
+    let Some(median) = median(&mut values) else {
         return "n/a".to_owned();
-    }
-    values.sort_by(f64::total_cmp);
-    let median = values[values.len() / 2];
+    };
     format!(
         "{median:.2} {unit} ({:.2}–{:.2})",
         values[0],
@@ -220,9 +225,9 @@ pub fn run(bin: &Path, runs: u32, counts: &[u32], warm: &[u32]) -> Result<String
                 .map(|k| k as f64 / 1024.0)
                 .collect()
         };
-        let mut boot = secs(|s| s.boot);
-        boot.sort_by(f64::total_cmp);
-        boots.push((count, kind, boot[boot.len() / 2]));
+        if let Some(boot) = median(&mut secs(|s| s.boot)) {
+            boots.push((count, kind, boot));
+        }
         out.push_str(&format!(
             "| {count} | {kind} | {} | {} | {} | {} | {} | {} | {} |\n",
             samples.len(),
@@ -319,11 +324,7 @@ fn phase_table(rows: &[(String, Vec<Phases>)]) -> String {
                     .iter()
                     .flat_map(|c| c.iter().filter(|(n, _)| *n == name).map(|(_, s)| *s))
                     .collect();
-                if values.is_empty() {
-                    return "–".to_owned();
-                }
-                values.sort_by(f64::total_cmp);
-                format!("{:.1}", values[values.len() / 2])
+                median(&mut values).map_or_else(|| "–".to_owned(), |m| format!("{m:.1}"))
             })
             .collect();
         out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
