@@ -95,10 +95,8 @@ chroot "$root" /usr/bin/env -i "PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sb
 while :; do /usr/bin/sleep 3600; done
 "#;
 
-/// User data as cloud-init reads it: a script, or a MIME multi-part message with a
-/// `text/x-shellscript` part and a `text/cloud-config` part. cloud-init runs user scripts once
-/// per instance unless the cloud-config moves `scripts-user` to `always`
-/// (`cloud_final_modules: [[scripts-user, always]]`).
+/// User data as cloud-init reads it: a script, or a MIME multi-part message whose parts are
+/// scripts (`text/x-shellscript`, `text/x-shellscript-per-boot`) and cloud-config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserData {
     /// A `text/x-shellscript` part (or the whole user data): cloud-init's `scripts_user` runs it,
@@ -373,6 +371,7 @@ impl Simulator {
         }
     }
 
+    /// What the world itself says of an instance: in the demo's log, not on its console.
     fn note(&self, id: &str, line: &str) {
         self.log
             .lock()
@@ -480,14 +479,12 @@ impl Simulator {
             // The world's image brings a per-boot script of its own, as images may (GPU clock or
             // persistence settings, agents): cloud-init's scripts_per_boot runs it at every boot
             // unless a cloud-config's cloud_final_modules leaves that module out.
-            let line = "cloud-init: /var/lib/cloud/scripts/per-boot/00-image.sh: the image's per-boot script ran";
-            self.consoles
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(id.to_owned())
-                .or_default()
-                .push_str(&format!("{line}\n"));
-            self.note(id, line);
+            print(
+                &self.consoles,
+                &self.log,
+                id,
+                "cloud-init: /var/lib/cloud/scripts/per-boot/00-image.sh: the image's per-boot script ran",
+            );
         }
         for stream in [
             child
@@ -519,20 +516,25 @@ impl Simulator {
                             .unwrap_or_else(|e| e.into_inner())
                             .push(format!("[{id}] (the boot script died: killed)"));
                     }
-                    consoles
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(id.clone())
-                        .or_default()
-                        .push_str(&format!("{line}\n"));
-                    log.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("[{id}] {line}"));
+                    print(&consoles, &log, &id, &line);
                 }
             });
         }
         Some(child)
     }
+}
+
+/// A line printed on an instance's console: EC2's console output, and the demo's log.
+fn print(consoles: &Consoles, log: &Mutex<Vec<String>>, id: &str, line: &str) {
+    consoles
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_owned())
+        .or_default()
+        .push_str(&format!("{line}\n"));
+    log.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(format!("[{id}] {line}"));
 }
 
 #[cfg(test)]
