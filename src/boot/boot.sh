@@ -16,15 +16,12 @@ readonly PACKAGE_DIR=/var/cache/gpu-runner-package
 CURRENT_PHASE=boot
 
 # One line per event, to the console (EC2 keeps it as the console output) and to the log file,
-# with the seconds since the line before it (the script's start): what that phase took.
-LOGGED_AT="${EPOCHREALTIME//[!0-9]/}"
+# with the seconds that phase took.
+# @PHASE_LINE@
 log() {
-  local now="${EPOCHREALTIME//[!0-9]/}" tenths
-  tenths=$(((now - LOGGED_AT) / 100000))
-  LOGGED_AT="$now"
-  local line="gpu-runner: phase=$1${2:+ $2} seconds=$((tenths / 10)).$((tenths % 10))"
-  printf '%s\n' "$line"
-  printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$line" >> "$LOG_FILE" 2> /dev/null || true
+  phase_line "$1" "${2:-}"
+  printf '%s\n' "$PHASE_LINE"
+  printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$PHASE_LINE" >> "$LOG_FILE" 2> /dev/null || true
 }
 
 # Shutdown means terminate (the instance is launched that way): nothing is left billing. A pool

@@ -17,6 +17,9 @@ const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
 /// The GPU probe, which the pod's entrypoint shares.
 const GPU_PROBE: &str = include_str!("gpu-probe.sh");
 pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";
+/// How a phase line is written, which the pod's entrypoint shares too.
+const PHASE_LINE: &str = include_str!("phase-line.sh");
+pub(crate) const PHASE_LINE_MARKER: &str = "# @PHASE_LINE@";
 /// Reading the JIT config from SSM: only the scripts of `jit-handoff: ssm` carry it.
 const JIT_HANDOFF: &str = include_str!("jit-handoff.sh");
 const JIT_HANDOFF_MARKER: &str = "# @JIT_HANDOFF@";
@@ -31,17 +34,27 @@ fn comment_only(line: &str) -> bool {
         && line != VALUES_MARKER
         && line != HOOK_MARKER
         && line != GPU_PROBE_MARKER
+        && line != PHASE_LINE_MARKER
         && line != JIT_HANDOFF_MARKER
         && line != POOL_CLEAN_MARKER
 }
 
-/// The GPU probe's lines, without its comments.
-pub(crate) fn gpu_probe() -> String {
-    GPU_PROBE
-        .lines()
+/// A shared part's lines, without its comments.
+fn uncommented(part: &str) -> String {
+    part.lines()
         .filter(|l| !comment_only(l))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The GPU probe's lines, without its comments.
+pub(crate) fn gpu_probe() -> String {
+    uncommented(GPU_PROBE)
+}
+
+/// The phase line's writer, without its comments.
+pub(crate) fn phase_line() -> String {
+    uncommented(PHASE_LINE)
 }
 
 /// User data has room for 16 KB only: gpu-runner's own lines go without their indentation, which
@@ -75,6 +88,8 @@ fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
         .collect();
     let probe = gpu_probe();
     let probe: Vec<&str> = probe.lines().collect();
+    let phase_line = phase_line();
+    let phase_line: Vec<&str> = phase_line.lines().collect();
     let handoff: Vec<&str> = if from_ssm {
         JIT_HANDOFF.lines().filter(|l| !comment_only(l)).collect()
     } else {
@@ -90,6 +105,7 @@ fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
     template
         .replacen(HOOK_MARKER, &compact(&hook), 1)
         .replacen(GPU_PROBE_MARKER, &compact(&probe), 1)
+        .replacen(PHASE_LINE_MARKER, &compact(&phase_line), 1)
         .replacen(JIT_HANDOFF_MARKER, &compact(&handoff), 1)
         .replacen(POOL_CLEAN_MARKER, &compact(&clean), 1)
         .replacen(VALUES_MARKER, values, 1)
@@ -474,6 +490,9 @@ mod tests {
         let text = script.expose();
         assert!(text.starts_with("#!/bin/bash\n"));
         assert!(!text.contains(VALUES_MARKER));
+        // The shared parts are in it, their markers gone.
+        assert!(!text.contains("# @"), "a marker left");
+        assert_eq!(text.matches("phase_line() {").count(), 1);
         assert_eq!(text.matches("readonly JIT_CONFIG='JITSECRET'").count(), 1);
         assert!(
             text.contains(

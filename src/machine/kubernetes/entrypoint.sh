@@ -13,13 +13,11 @@ readonly STATE_DIR
 CURRENT_PHASE=boot
 
 # One line per event, to the container's log (what `kubectl logs` and gpu-runner read back), with
-# the seconds since the line before it (the script's start): what that phase took.
-LOGGED_AT="${EPOCHREALTIME//[!0-9]/}"
+# the seconds that phase took.
+# @PHASE_LINE@
 log() {
-  local now="${EPOCHREALTIME//[!0-9]/}" tenths
-  tenths=$(((now - LOGGED_AT) / 100000))
-  LOGGED_AT="$now"
-  printf 'gpu-runner: phase=%s%s seconds=%s\n' "$1" "${2:+ $2}" "$((tenths / 10)).$((tenths % 10))"
+  phase_line "$1" "${2:-}"
+  printf '%s\n' "$PHASE_LINE"
 }
 
 fail() {

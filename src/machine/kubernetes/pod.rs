@@ -96,12 +96,18 @@ fn metadata(plan: &LaunchPlan, runner: &str) -> (Map<String, Value>, Map<String,
     (labels, annotations)
 }
 
-/// The entrypoint with the GPU probe, the job-started hook and the container hook in it.
+/// The entrypoint with the phase lines, the GPU probe, the job-started hook and the container hook
+/// in it.
 pub fn entrypoint() -> String {
     ENTRYPOINT
         .replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
         .replacen(CONTAINER_HOOK_MARKER, CONTAINER_HOOK.trim_end(), 1)
         .replacen(crate::boot::GPU_PROBE_MARKER, &crate::boot::gpu_probe(), 1)
+        .replacen(
+            crate::boot::PHASE_LINE_MARKER,
+            &crate::boot::phase_line(),
+            1,
+        )
 }
 
 /// The runner's pod, `pod-template` merged over it, for the Secret named like it to complete.

@@ -245,7 +245,9 @@ fn the_entrypoint_is_the_script_gpu_runner_ships() {
     assert!(script.contains("ACTIONS_RUNNER_HOOK_JOB_STARTED"));
     assert!(script.contains("nvidia-smi --query-gpu=name,memory.total,driver_version"));
     assert!(!script.contains("# @GPU_PROBE@") && !script.contains(HOOK_MARKER));
-    assert!(!script.contains(CONTAINER_HOOK_MARKER));
+    assert!(
+        !script.contains(CONTAINER_HOOK_MARKER) && !script.contains(crate::boot::PHASE_LINE_MARKER)
+    );
     assert!(script.contains("ACTIONS_RUNNER_CONTAINER_HOOKS"));
     // The hooks are written by here-documents that end at a line `HOOK`.
     assert!(!CONTAINER_HOOK.lines().any(|l| l == "HOOK"));
