@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Step, nothing_left, nothing_running};
+use crate::support::{Outcome, Step, nothing_left, nothing_running};
 use world::{Options, World};
 
 fn world() -> World {
@@ -238,16 +238,23 @@ fn a_stop_returns_once_ec2_accepts_it_and_the_next_start_waits_for_the_stopping_
     nothing_running(&world);
 }
 
-#[test]
-fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says() {
-    let world = world();
-    let both = start(&world, "pair")
+/// Fills the pool "pair" with two members, both running a runner of one start: that start and
+/// their ids.
+fn pool_of_two(world: &World) -> (Outcome, Vec<String>) {
+    let both = start(world, "pair")
         .input("count", "2")
         .input("pool-size", "2")
         .run();
     both.success();
     let ids: Vec<String> = serde_json::from_str(&both.outputs()["instance-ids"]).unwrap();
     assert_eq!(ids.len(), 2);
+    (both, ids)
+}
+
+#[test]
+fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says() {
+    let world = world();
+    let (both, ids) = pool_of_two(&world);
 
     // Both busy and the pool full.
     let full = start(&world, "pair")
@@ -307,12 +314,7 @@ fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says
 #[test]
 fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_instance() {
     let world = world();
-    let both = start(&world, "pair")
-        .input("count", "2")
-        .input("pool-size", "2")
-        .run();
-    both.success();
-    let ids: Vec<String> = serde_json::from_str(&both.outputs()["instance-ids"]).unwrap();
+    let (both, ids) = pool_of_two(&world);
     stop(&world).outputs_of(&both).run().success();
     nothing_running(&world);
 

@@ -34,7 +34,8 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    /// A machine for the world's repository whose GPU is `gpu`, with nothing else set up.
+    /// A machine for the world's repository whose GPU is `gpu`, with nothing else set up and the
+    /// driver's library where a driver package installs it.
     fn of_repo(gpu: &'a str) -> Self {
         Machine {
             gpu,
@@ -145,10 +146,8 @@ impl World {
     pub fn attach_org(&self, binary: &str, token: &str, flags: &[&str]) -> Attached {
         let credentials = [format!("GITHUB_TOKEN={token}")];
         let machine = Machine {
-            gpu: "healthy 1",
             target: &["--org", "octo"],
-            prepare: None,
-            cuda: CudaLibrary::Installed,
+            ..Machine::of_repo("healthy 1")
         };
         self.attach_with_credentials(binary, &credentials, machine, flags)
     }
