@@ -112,6 +112,9 @@ pub struct Machine {
     pub availability_zone: Option<String>,
     pub market: Market,
     pub state: State,
+    /// The provider's code for why it is in its state, when it says (EC2's `StateReason`, such
+    /// as `Server.InsufficientInstanceCapacity`).
+    pub state_reason: Option<String>,
     pub launched_at: Option<DateTime<Utc>>,
     /// gpu-runner's tags (`gpu-runner:*`), and any others it carries.
     pub tags: BTreeMap<String, String>,
@@ -607,6 +610,7 @@ mod tests {
             availability_zone: None,
             market: Market::OnDemand,
             state: State::Running,
+            state_reason: None,
             launched_at: None,
             tags: tags
                 .iter()

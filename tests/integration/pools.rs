@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::support::{Outcome, Step, nothing_left, nothing_running};
+use world::aws_front::Shortage;
 use world::{Options, World};
 
 fn world() -> World {
@@ -319,7 +320,7 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
     nothing_running(&world);
 
     // One member's zone is full: the other is resumed.
-    world.zone_full.lock().unwrap().insert(ids[0].clone());
+    world.zone_full.lock().unwrap().insert(ids[0].clone(), Shortage::RefusesStart);
     let first_choice = start(&world, "pair").input("pool-size", "2").run();
     first_choice.success();
     let resumed = first_choice.outputs()["instance-id"].clone();
@@ -332,7 +333,7 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
 
     // Both members' zones full, the pool full: one member is retired and a new instance
     // launched where there is capacity.
-    world.zone_full.lock().unwrap().insert(resumed.clone());
+    world.zone_full.lock().unwrap().insert(resumed.clone(), Shortage::RefusesStart);
     let launched = start(&world, "pair").input("pool-size", "2").run();
     launched.success();
     let new = launched.outputs()["instance-id"].clone();
@@ -367,7 +368,74 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
 
     // A pool of one that EC2 cannot start: a capacity failure, nothing else started.
     let kept = members.iter().find(|m| **m != new).unwrap().clone();
-    world.zone_full.lock().unwrap().insert(kept.clone());
+    world.zone_full.lock().unwrap().insert(kept.clone(), Shortage::RefusesStart);
+    let named = start(&world, "pair")
+        .input("pool-size", "2")
+        .input("pool-instance-id", &kept)
+        .run();
+    named.failure();
+    let errors = named.errors().join("\n");
+    assert!(
+        errors.contains("No GPU capacity") && errors.contains(&kept),
+        "{errors}"
+    );
+    nothing_running(&world);
+}
+
+/// EC2 can also take the start of a stopped GPU instance and send it back to `stopped` a moment
+/// later, its state reason `Server.InsufficientInstanceCapacity` (the world does so, as EC2
+/// does). Start sees it within the resume, never hands that member the runner, and goes on as
+/// for a refused start: here both members bounce, so one is retired for a new instance; the
+/// summary names both tries, and the member left keeps the label of its last run, not this one's.
+#[test]
+fn a_member_ec2_sends_back_to_stopped_for_capacity_gives_way_to_a_new_instance() {
+    let world = world();
+    let (both, ids) = pool_of_two(&world);
+    stop(&world).outputs_of(&both).run().success();
+    nothing_running(&world);
+    let last_label = tag(&world, &ids[0], "gpu-runner:label");
+    for id in &ids {
+        world
+            .zone_full
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Shortage::StopsAgain);
+    }
+
+    let started = start(&world, "pair").input("pool-size", "2").run();
+    started.success();
+    let new = started.outputs()["instance-id"].clone();
+    assert!(!ids.contains(&new), "a new instance: {new}");
+    for id in &ids {
+        assert!(
+            started.stdout.contains(&format!("EC2 sent {id} back to stopped")),
+            "{}",
+            started.stdout
+        );
+    }
+    assert!(
+        started.summary.contains("| Tried first, without capacity |")
+            && started
+                .summary
+                .contains("Server.InsufficientInstanceCapacity"),
+        "{}",
+        started.summary
+    );
+    let label = started.outputs()["label"].clone();
+    let live = world.live_instances();
+    let kept: Vec<&String> = ids.iter().filter(|id| live.contains(id)).collect();
+    assert_eq!(kept.len(), 1, "one member retired for the new one: {kept:?}");
+    let kept = kept[0].clone();
+    let kept_label = tag(&world, &kept, "gpu-runner:label");
+    assert_ne!(kept_label.as_deref(), Some(label.as_str()));
+    if kept == ids[0] {
+        assert_eq!(kept_label, last_label);
+    }
+    assert_eq!(world.running_instances(), vec![new.clone()], "only the new one runs");
+    stop(&world).outputs_of(&started).run().success();
+    nothing_running(&world);
+
+    // A pool of one that EC2 sends back: a capacity failure, nothing left running.
     let named = start(&world, "pair")
         .input("pool-size", "2")
         .input("pool-instance-id", &kept)

@@ -92,7 +92,9 @@ pub const SPOT_ROLE_MISSING: &str = "AuthFailure.ServiceLinkedRoleCreationNotPer
 /// means and what to do. `None` for every other error, which stops the launch at once.
 pub fn capacity_advice(code: &str, instance_type: &str, market: Market) -> Option<String> {
     let advice = match code {
-        "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
+        "InsufficientInstanceCapacity"
+        | "InsufficientCapacity"
+        | super::pool::NO_CAPACITY_REASON => {
             "AWS has no free capacity of this type in this zone right now: list more instance \
              types, or subnets in other zones, or allow spot"
                 .to_owned()

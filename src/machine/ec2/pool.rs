@@ -32,6 +32,13 @@ const PENDING_AT_MOST: Duration = Duration::from_secs(2 * 60);
 /// machine that shut itself down.
 const SHOWN_STOPPED_AT_MOST: Duration = Duration::from_secs(20);
 
+/// How often a resume looks whether EC2 ran the member it took the start of.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+/// EC2's state reason of an instance it took the start of, then sent back to `stopped` for want
+/// of capacity in its zone (API Reference, `StateReason`).
+pub const NO_CAPACITY_REASON: &str = "Server.InsufficientInstanceCapacity";
+
 /// What one start's runners have taken of the pool so far: instances claimed (being resumed or
 /// retired by a sibling runner of the same start) and launches under way, which EC2 may not list
 /// yet.
@@ -48,6 +55,54 @@ enum Resumed {
     Lost,
     /// EC2 would not start it for want of capacity in its zone.
     NoCapacity(Refusal),
+}
+
+/// What a look after `StartInstances` says of a resumed member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStart {
+    /// Running, or on its way: the wait for its runner takes over (and reports a machine that
+    /// ends or stops).
+    Started,
+    /// Not running yet, or EC2's read still shows the stop before this start.
+    Waiting,
+    /// EC2 took the start and sent the member back to `stopped` for want of capacity.
+    NoCapacity,
+}
+
+/// What the member `seen` as EC2 lists it now, `elapsed` (of the user's time) after its start,
+/// says: `before` is its state reason before the start, `moved` whether a look since saw it
+/// `pending` or `running`. EC2's reads lag its writes, so a `stopped` with the capacity reason it
+/// had already is news only once it moved, or once the lag is over.
+fn after_start(
+    seen: Option<&Machine>,
+    before: Option<&str>,
+    moved: bool,
+    elapsed: Duration,
+) -> AfterStart {
+    let Some(seen) = seen else {
+        // Not listed yet: the lag again.
+        return if elapsed < PENDING_AT_MOST {
+            AfterStart::Waiting
+        } else {
+            AfterStart::Started
+        };
+    };
+    match &seen.state {
+        State::Pending if elapsed < PENDING_AT_MOST => AfterStart::Waiting,
+        State::Stopped | State::Stopping => {
+            let no_capacity = seen.state_reason.as_deref() == Some(NO_CAPACITY_REASON);
+            let news =
+                moved || before != Some(NO_CAPACITY_REASON) || elapsed >= SHOWN_STOPPED_AT_MOST;
+            if no_capacity && news {
+                AfterStart::NoCapacity
+            } else if !moved && elapsed < SHOWN_STOPPED_AT_MOST {
+                AfterStart::Waiting
+            } else {
+                AfterStart::Started
+            }
+        }
+        _ => AfterStart::Started,
+    }
 }
 
 /// The `gpu-runner:instance-profile` of a member launched without one.
@@ -564,17 +619,27 @@ impl super::Ec2 {
         let uses = uses(m) + 1;
         let tags = run_tags(plan, &handoff.runner.name, uses);
         self.api.create_tags(&m.id, &tags).await?;
+        // A stopped instance starts only in its own zone, which may have no capacity of its type
+        // now: EC2 refuses the start, or takes it and sends the member back to `stopped`. The
+        // member stays in the pool, with its last run's tags, and another one, or a launch, may
+        // do.
+        let zone = m.availability_zone.as_deref().unwrap_or("its zone");
+        let no_capacity = |code: &str, advice: String| {
+            Resumed::NoCapacity(Refusal {
+                candidate: format!("resuming {} ({} in {zone})", m.id, m.instance_type),
+                code: code.to_owned(),
+                advice,
+                quota: None,
+            })
+        };
         let before = match self.api.start(&m.id).await {
             Err(e) if lost(&e) => return Ok(Resumed::Lost),
             Err(e) => {
-                // A stopped instance starts only in its own zone, which may have no capacity of
-                // its type now: the member stays stopped, and another one, or a launch, may do.
                 let Some(advice) =
                     super::errors::capacity_advice(e.code(), &m.instance_type, m.market)
                 else {
                     return Err(e.into());
                 };
-                let zone = m.availability_zone.as_deref().unwrap_or("its zone");
                 actions.info(&format!(
                     "EC2 would not start {} ({} in {zone}): {}; trying another member, or a new \
                      instance",
@@ -582,12 +647,8 @@ impl super::Ec2 {
                     m.instance_type,
                     e.code()
                 ));
-                return Ok(Resumed::NoCapacity(Refusal {
-                    candidate: format!("resuming {} ({} in {zone})", m.id, m.instance_type),
-                    code: e.code().to_owned(),
-                    advice,
-                    quota: None,
-                }));
+                self.untag_run(m, &tags).await;
+                return Ok(no_capacity(e.code(), advice));
             }
             Ok(before) => before,
         };
@@ -598,6 +659,18 @@ impl super::Ec2 {
                 before.name()
             ));
             return Ok(Resumed::Lost);
+        }
+        if self.confirm_start(m).await? == AfterStart::NoCapacity {
+            actions.info(&format!(
+                "EC2 sent {} back to stopped ({} in {zone}): {NO_CAPACITY_REASON}; trying \
+                 another member, or a new instance",
+                m.id, m.instance_type
+            ));
+            self.untag_run(m, &tags).await;
+            let advice =
+                super::errors::capacity_advice(NO_CAPACITY_REASON, &m.instance_type, m.market)
+                    .unwrap_or_default();
+            return Ok(no_capacity(NO_CAPACITY_REASON, advice));
         }
         self.resumed
             .lock()
@@ -614,6 +687,35 @@ impl super::Ec2 {
         machine.launched_at = Some(Utc::now());
         machine.tags.extend(tags);
         Ok(Resumed::Took(machine))
+    }
+
+    /// Waits until EC2 runs the member it took the start of, or sends it back to `stopped` for
+    /// want of capacity, before it is handed the runner.
+    async fn confirm_start(&self, m: &Machine) -> Result<AfterStart, Error> {
+        let began = std::time::Instant::now();
+        let mut moved = false;
+        loop {
+            let elapsed = self.clock.unscaled(began.elapsed());
+            let found = self.api.describe(std::slice::from_ref(&m.id)).await?;
+            let seen = found.iter().find(|i| i.id == m.id);
+            moved |= seen.is_some_and(|i| matches!(i.state, State::Pending | State::Running));
+            match after_start(seen, m.state_reason.as_deref(), moved, elapsed) {
+                AfterStart::Waiting => self.clock.sleep(CONFIRM_EVERY).await,
+                done => return Ok(done),
+            }
+        }
+    }
+
+    /// Gives a member this start could not run back the tags of its last run, so that nothing
+    /// of this run (its label, its count of jobs) points at it.
+    async fn untag_run(&self, m: &Machine, tags: &[(String, String)]) {
+        let last: Vec<(String, String)> = tags
+            .iter()
+            .filter_map(|(k, _)| m.tags.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        if let Err(e) = self.api.create_tags(&m.id, &last).await {
+            tracing::warn!(instance = %m.id, error = %e, "could not give a pool member back its last run's tags");
+        }
     }
 
     /// Stops pool instances with their disks (the next start finds them, waiting for one still
@@ -716,6 +818,7 @@ mod tests {
             availability_zone: None,
             market: Market::OnDemand,
             state,
+            state_reason: None,
             launched_at: None,
             tags: tags
                 .iter()
@@ -784,6 +887,37 @@ mod tests {
             choose(&plan, &p, &members, &full, &retiring),
             Choice::Launch
         );
+    }
+
+    #[test]
+    fn a_resumed_member_sent_back_to_stopped_for_capacity_is_told_from_ec2s_lag() {
+        let s = Duration::from_secs;
+        let seen = |state: State, reason: Option<&str>| {
+            let mut m = member("i-1", state, &[]);
+            m.state_reason = reason.map(str::to_owned);
+            m
+        };
+        let user = Some("Client.UserInitiatedShutdown");
+        let full = Some(NO_CAPACITY_REASON);
+        let running = seen(State::Running, None);
+        let pending = seen(State::Pending, None);
+        let stopped_by_user = seen(State::Stopped, user);
+        let sent_back = seen(State::Stopped, full);
+        use AfterStart::*;
+        assert_eq!(after_start(Some(&running), user, true, s(3)), Started);
+        assert_eq!(after_start(Some(&pending), user, true, s(3)), Waiting);
+        assert_eq!(after_start(None, user, false, s(1)), Waiting);
+        // The stop before this start, still shown: wait; after the lag the wait reports it.
+        assert_eq!(after_start(Some(&stopped_by_user), user, false, s(1)), Waiting);
+        assert_eq!(after_start(Some(&stopped_by_user), user, false, s(30)), Started);
+        // Sent back: at once when the reason is new, or the member was seen moving.
+        assert_eq!(after_start(Some(&sent_back), user, false, s(1)), NoCapacity);
+        assert_eq!(after_start(Some(&sent_back), full, true, s(1)), NoCapacity);
+        // The same reason as before, never seen moving: the lag, until it is over.
+        assert_eq!(after_start(Some(&sent_back), full, false, s(1)), Waiting);
+        assert_eq!(after_start(Some(&sent_back), full, false, s(30)), NoCapacity);
+        // Stuck in pending past the bound: the wait for the runner takes over.
+        assert_eq!(after_start(Some(&pending), user, true, s(600)), Started);
     }
 
     #[test]

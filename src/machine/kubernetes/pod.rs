@@ -320,6 +320,8 @@ pub fn machine(pod: &Value) -> Machine {
         availability_zone: None,
         market: Market::OnDemand,
         state,
+        // The kubelet's word for a pod it ended: Evicted, DeadlineExceeded.
+        state_reason: pod["status"]["reason"].as_str().map(str::to_owned),
         launched_at: timestamp(&meta["creationTimestamp"]),
         tags,
     }

@@ -293,6 +293,7 @@ mod tests {
             availability_zone: None,
             market: Market::OnDemand,
             state: State::Running,
+            state_reason: None,
             launched_at: Some(now() - TimeDelta::minutes(age)),
             tags,
         }

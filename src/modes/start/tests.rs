@@ -109,6 +109,7 @@ impl Provider for FakeProvider {
             availability_zone: Some("us-east-1a".into()),
             market: Market::OnDemand,
             state: State::Pending,
+            state_reason: None,
             launched_at: None,
             tags: [
                 (tag::LABEL, plan.label.clone()),

@@ -23,8 +23,19 @@ pub type Secrets = Arc<Mutex<HashMap<String, (String, Option<String>)>>>;
 /// (base64 PEM), by name. moto makes up both; these are the world's API servers.
 pub type EksEndpoints = Arc<Mutex<HashMap<String, (String, String)>>>;
 
-/// Stopped instances that EC2 cannot start again for now, by id.
-pub type ZoneFull = Arc<Mutex<std::collections::HashSet<String>>>;
+/// Stopped instances that EC2 cannot start again for now, by id, and how EC2 says so.
+pub type ZoneFull = Arc<Mutex<HashMap<String, Shortage>>>;
+
+/// How EC2 answers a start of a stopped instance whose zone has no capacity of its type: both
+/// are common for GPU types (EC2 User Guide, "Troubleshoot instance launch issues").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// `StartInstances` fails with `InsufficientInstanceCapacity`.
+    RefusesStart,
+    /// `StartInstances` succeeds (`pending`), and the instance is `stopped` again a moment
+    /// later with the state reason `Server.InsufficientInstanceCapacity`.
+    StopsAgain,
+}
 
 #[derive(Clone)]
 pub struct Front {
@@ -1374,13 +1385,18 @@ async fn handle(
     // capacity of its type, with the code a launch gets (EC2 User Guide, "Troubleshoot instance
     // launch issues", insufficient instance capacity: "when you try to launch an instance or
     // restart a stopped instance"; the CLI shows "Insufficient capacity."), as a server error.
+    // Or it takes the start and sends the instance back to `stopped` (see `stopping::bounce`).
     if call == "StartInstances" {
         let full = front
             .zone_full
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if instance_ids.iter().any(|id| full.contains(id)) {
+        let shortages: Vec<Shortage> = instance_ids
+            .iter()
+            .filter_map(|id| full.get(id).copied())
+            .collect();
+        if shortages.contains(&Shortage::RefusesStart) {
             return service_error(
                 &headers,
                 &call,
@@ -1388,6 +1404,19 @@ async fn handle(
                 500,
                 "Insufficient capacity.",
             );
+        }
+        if !shortages.is_empty() {
+            if shortages.len() != instance_ids.len() {
+                return service_error(
+                    &headers,
+                    &call,
+                    "InternalError",
+                    500,
+                    "the world cannot start some instances of one call and bounce the others",
+                );
+            }
+            let xml = crate::stopping::bounce(&front.stops, &instance_ids, front.clock_scale);
+            return ([("content-type", "text/xml")], xml).into_response();
         }
     }
     match web_identity(&front, &headers, &body).await {

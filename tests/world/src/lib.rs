@@ -116,8 +116,9 @@ pub struct World {
     /// The account's EC2 vCPU quotas (see [`quotas`]): `world.quotas.set("L-DB2E81BA", 0.0)` is a
     /// new account's G and VT quota.
     pub quotas: quotas::Quotas,
-    /// Stopped instances whose zone has no capacity to start them: EC2 refuses their
-    /// `StartInstances` with `InsufficientInstanceCapacity` until they leave this set.
+    /// Stopped instances whose zone has no capacity to start them, until they leave this map:
+    /// EC2 refuses their `StartInstances` with `InsufficientInstanceCapacity`, or takes it and
+    /// stops them again (see [`aws_front::Shortage`]).
     pub zone_full: aws_front::ZoneFull,
     /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
     spot_role: Arc<std::sync::atomic::AtomicBool>,

@@ -3,7 +3,10 @@
 //! instance can be started only once it is `stopped`, and its user data can be changed only while
 //! it is stopped (`IncorrectInstanceState` otherwise; moto changes it in any state), and a start
 //! moves its `launchTime` to now (EC2: "the time the instance was last launched"; moto keeps the
-//! first). The fronts
+//! first); and a start EC2 accepts for an instance whose zone has no capacity for it shows it
+//! `pending` for a moment and then `stopped` again, its state reason
+//! `Server.InsufficientInstanceCapacity` (EC2 API Reference, `StateReason`: "There was
+//! insufficient capacity available to satisfy the launch request"). The fronts
 //! (the product's and the world's own) share one `Stops`, so the simulator sees what the product
 //! does.
 
@@ -16,6 +19,16 @@ use std::time::{Duration, Instant};
 /// the least a product may count on.
 pub const STOPPING_TAKES: Duration = Duration::from_secs(30);
 
+/// How long an instance EC2 accepted a start for, without the capacity to run it, stays
+/// `pending` before it is `stopped` again, on the world's clock. AWS documents no figure; a few
+/// seconds is what a product that looks at once sees.
+pub const BOUNCE_TAKES: Duration = Duration::from_secs(5);
+
+/// EC2's state reason of an instance sent back to `stopped` for want of capacity.
+pub const NO_CAPACITY_REASON: &str = "<stateReason><code>Server.InsufficientInstanceCapacity</code>\
+    <message>Server.InsufficientInstanceCapacity: Insufficient capacity to satisfy launch request\
+    </message></stateReason>";
+
 /// The instances stopped through a front, with when each is `stopped` (on the real clock), and
 /// when those started through a front were last started.
 pub type Stops = Arc<Mutex<Ledger>>;
@@ -24,6 +37,9 @@ pub type Stops = Arc<Mutex<Ledger>>;
 pub struct Ledger {
     stopped_at: HashMap<String, Instant>,
     started_at: HashMap<String, String>,
+    /// Instances whose start EC2 accepted without the capacity to run them: `pending` until
+    /// this instant (on the real clock), then `stopped` for want of capacity.
+    bounced: HashMap<String, Instant>,
 }
 
 /// Whether the instance is stopped, and since when: `None` when it was not stopped through a
@@ -36,14 +52,16 @@ pub fn stopped(stops: &Stops, id: &str) -> Option<bool> {
 /// The refusal EC2 gives `action` on these instances in their state, if any.
 pub fn refusal(stops: &Stops, action: &str, ids: &[String], user_data: bool) -> Option<String> {
     for id in ids {
-        let state = stopped(stops, id);
+        let pending = bouncing(stops, id);
+        let state = stopped(stops, id).filter(|_| !pending);
         let refused = match action {
-            "StartInstances" => state == Some(false),
+            "StartInstances" => state == Some(false) || pending,
             "ModifyInstanceAttribute" if user_data => state != Some(true),
             _ => false,
         };
         if refused {
             let now = match state {
+                _ if pending => "pending",
                 Some(false) => "stopping",
                 _ => "running",
             };
@@ -53,6 +71,38 @@ pub fn refusal(stops: &Stops, action: &str, ids: &[String], user_data: bool) -> 
         }
     }
     None
+}
+
+/// Whether the instance is in the `pending` of a start EC2 accepted without capacity.
+fn bouncing(stops: &Stops, id: &str) -> bool {
+    let stops = stops.lock().unwrap_or_else(|e| e.into_inner());
+    stops
+        .bounced
+        .get(id)
+        .is_some_and(|until| Instant::now() < *until)
+}
+
+/// A start EC2 accepts for these stopped instances without the capacity to run them: moto is not
+/// told (they never run); they show `pending`, then `stopped` with the capacity state reason.
+/// EC2's answer to the `StartInstances`.
+pub fn bounce(stops: &Stops, ids: &[String], scale: f64) -> String {
+    let mut ledger = stops.lock().unwrap_or_else(|e| e.into_inner());
+    let mut items = String::new();
+    for id in ids {
+        ledger
+            .bounced
+            .insert(id.clone(), Instant::now() + BOUNCE_TAKES.div_f64(scale));
+        items.push_str(&format!(
+            "<item><instanceId>{id}</instanceId><currentState><code>0</code><name>pending</name>\
+             </currentState><previousState><code>80</code><name>stopped</name></previousState>\
+             </item>"
+        ));
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<StartInstancesResponse \
+         xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>world</requestId>\
+         <instancesSet>{items}</instancesSet></StartInstancesResponse>"
+    )
 }
 
 /// Records what a call that moto carried out did to the instances' stopping.
@@ -97,11 +147,13 @@ pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
             }
             "StartInstances" => {
                 stops.stopped_at.remove(id);
+                stops.bounced.remove(id);
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S.000Z");
                 stops.started_at.insert(id.clone(), now.to_string());
             }
             "TerminateInstances" => {
                 stops.stopped_at.remove(id);
+                stops.bounced.remove(id);
             }
             _ => {}
         }
@@ -110,9 +162,10 @@ pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
 
 /// moto's answer as EC2 gives it: the instances that are still stopping shown `stopping` (code
 /// 64), not `stopped` (code 80), in `DescribeInstances` and `StopInstances` answers, and each
-/// restarted instance with the `launchTime` of its last start.
+/// restarted instance with the `launchTime` of its last start; an instance whose start EC2
+/// accepted without capacity `pending`, then `stopped` with that reason.
 pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
-    let (stopping, started): (Vec<String>, Vec<(String, String)>) = {
+    let (stopping, started, bounced): (Vec<String>, Vec<(String, String)>, Vec<(String, bool)>) = {
         let stops = stops.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         (
@@ -126,6 +179,11 @@ pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
                 .started_at
                 .iter()
                 .map(|(id, t)| (id.clone(), t.clone()))
+                .collect(),
+            stops
+                .bounced
+                .iter()
+                .map(|(id, until)| (id.clone(), now < *until))
                 .collect(),
         )
     };
@@ -152,7 +210,30 @@ pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
             }
         });
     }
+    for (id, pending) in bounced {
+        rewrite(&mut out, &id, |part| {
+            if pending {
+                replace_element(part, "instanceState", "<code>0</code><name>pending</name>");
+            } else if let Some(a) = part.find("<stateReason>")
+                && let Some(b) = part[a..].find("</stateReason>").map(|b| b + a)
+            {
+                part.replace_range(a..b + "</stateReason>".len(), NO_CAPACITY_REASON);
+            } else if let Some(a) = part.find("</instanceState>") {
+                part.insert_str(a + "</instanceState>".len(), NO_CAPACITY_REASON);
+            }
+        });
+    }
     out
+}
+
+/// Replaces the content of the first `<tag>…</tag>` in `part`.
+fn replace_element(part: &mut String, tag: &str, content: &str) {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    if let Some(a) = part.find(&open)
+        && let Some(b) = part[a..].find(&close).map(|b| b + a)
+    {
+        part.replace_range(a + open.len()..b, content);
+    }
 }
 
 /// Applies `change` to each part of `xml` about instance `id`: from its id to the next id.
@@ -196,5 +277,28 @@ mod tests {
         assert!(refusal(&stops, "ModifyInstanceAttribute", &ids, false).is_none());
         record(&stops, "StartInstances", &ids, 1.0);
         assert_eq!(stopped(&stops, "i-1"), None);
+    }
+
+    #[test]
+    fn a_start_without_capacity_shows_pending_then_stopped_for_that_reason() {
+        let stops: Stops = Arc::default();
+        let ids = vec!["i-1".to_owned()];
+        record(&stops, "StopInstances", &ids, 1000.0);
+        std::thread::sleep(Duration::from_millis(50));
+        let answer = bounce(&stops, &ids, 100.0);
+        assert!(answer.contains("<currentState><code>0</code><name>pending</name>"));
+        let xml = "<item><instanceId>i-1</instanceId><instanceState><code>80</code><name>stopped</name></instanceState>\
+                   <stateReason><code>Client.UserInitiatedShutdown</code><message>m</message></stateReason></item>";
+        let shown = as_ec2_shows(&stops, xml);
+        assert!(shown.contains("<name>pending</name>"), "{shown}");
+        assert!(refusal(&stops, "StartInstances", &ids, false).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        let shown = as_ec2_shows(&stops, xml);
+        assert!(shown.contains("<name>stopped</name>"), "{shown}");
+        assert!(shown.contains("<code>Server.InsufficientInstanceCapacity</code>"), "{shown}");
+        assert!(!shown.contains("UserInitiatedShutdown"), "{shown}");
+        // Stopped again: its user data may change, and it may be started again.
+        assert!(refusal(&stops, "ModifyInstanceAttribute", &ids, true).is_none());
+        assert!(refusal(&stops, "StartInstances", &ids, false).is_none());
     }
 }

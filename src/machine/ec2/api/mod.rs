@@ -196,6 +196,7 @@ fn instance(i: &aws_sdk_ec2::types::Instance) -> Machine {
             _ => Market::OnDemand,
         },
         state: state(i.state().and_then(|s| s.name())),
+        state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_owned),
         launched_at: i
             .launch_time()
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
