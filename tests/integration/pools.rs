@@ -320,7 +320,11 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
     nothing_running(&world);
 
     // One member's zone is full: the other is resumed.
-    world.zone_full.lock().unwrap().insert(ids[0].clone(), Shortage::RefusesStart);
+    world
+        .zone_full
+        .lock()
+        .unwrap()
+        .insert(ids[0].clone(), Shortage::RefusesStart);
     let first_choice = start(&world, "pair").input("pool-size", "2").run();
     first_choice.success();
     let resumed = first_choice.outputs()["instance-id"].clone();
@@ -333,7 +337,11 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
 
     // Both members' zones full, the pool full: one member is retired and a new instance
     // launched where there is capacity.
-    world.zone_full.lock().unwrap().insert(resumed.clone(), Shortage::RefusesStart);
+    world
+        .zone_full
+        .lock()
+        .unwrap()
+        .insert(resumed.clone(), Shortage::RefusesStart);
     let launched = start(&world, "pair").input("pool-size", "2").run();
     launched.success();
     let new = launched.outputs()["instance-id"].clone();
@@ -368,7 +376,11 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
 
     // A pool of one that EC2 cannot start: a capacity failure, nothing else started.
     let kept = members.iter().find(|m| **m != new).unwrap().clone();
-    world.zone_full.lock().unwrap().insert(kept.clone(), Shortage::RefusesStart);
+    world
+        .zone_full
+        .lock()
+        .unwrap()
+        .insert(kept.clone(), Shortage::RefusesStart);
     let named = start(&world, "pair")
         .input("pool-size", "2")
         .input("pool-instance-id", &kept)
@@ -408,13 +420,17 @@ fn a_member_ec2_sends_back_to_stopped_for_capacity_gives_way_to_a_new_instance()
     assert!(!ids.contains(&new), "a new instance: {new}");
     for id in &ids {
         assert!(
-            started.stdout.contains(&format!("EC2 sent {id} back to stopped")),
+            started
+                .stdout
+                .contains(&format!("EC2 sent {id} back to stopped")),
             "{}",
             started.stdout
         );
     }
     assert!(
-        started.summary.contains("| Tried first, without capacity |")
+        started
+            .summary
+            .contains("| Tried first, without capacity |")
             && started
                 .summary
                 .contains("Server.InsufficientInstanceCapacity"),
@@ -424,14 +440,22 @@ fn a_member_ec2_sends_back_to_stopped_for_capacity_gives_way_to_a_new_instance()
     let label = started.outputs()["label"].clone();
     let live = world.live_instances();
     let kept: Vec<&String> = ids.iter().filter(|id| live.contains(id)).collect();
-    assert_eq!(kept.len(), 1, "one member retired for the new one: {kept:?}");
+    assert_eq!(
+        kept.len(),
+        1,
+        "one member retired for the new one: {kept:?}"
+    );
     let kept = kept[0].clone();
     let kept_label = tag(&world, &kept, "gpu-runner:label");
     assert_ne!(kept_label.as_deref(), Some(label.as_str()));
     if kept == ids[0] {
         assert_eq!(kept_label, last_label);
     }
-    assert_eq!(world.running_instances(), vec![new.clone()], "only the new one runs");
+    assert_eq!(
+        world.running_instances(),
+        vec![new.clone()],
+        "only the new one runs"
+    );
     stop(&world).outputs_of(&started).run().success();
     nothing_running(&world);
 

@@ -908,14 +908,23 @@ mod tests {
         assert_eq!(after_start(Some(&pending), user, true, s(3)), Waiting);
         assert_eq!(after_start(None, user, false, s(1)), Waiting);
         // The stop before this start, still shown: wait; after the lag the wait reports it.
-        assert_eq!(after_start(Some(&stopped_by_user), user, false, s(1)), Waiting);
-        assert_eq!(after_start(Some(&stopped_by_user), user, false, s(30)), Started);
+        assert_eq!(
+            after_start(Some(&stopped_by_user), user, false, s(1)),
+            Waiting
+        );
+        assert_eq!(
+            after_start(Some(&stopped_by_user), user, false, s(30)),
+            Started
+        );
         // Sent back: at once when the reason is new, or the member was seen moving.
         assert_eq!(after_start(Some(&sent_back), user, false, s(1)), NoCapacity);
         assert_eq!(after_start(Some(&sent_back), full, true, s(1)), NoCapacity);
         // The same reason as before, never seen moving: the lag, until it is over.
         assert_eq!(after_start(Some(&sent_back), full, false, s(1)), Waiting);
-        assert_eq!(after_start(Some(&sent_back), full, false, s(30)), NoCapacity);
+        assert_eq!(
+            after_start(Some(&sent_back), full, false, s(30)),
+            NoCapacity
+        );
         // Stuck in pending past the bound: the wait for the runner takes over.
         assert_eq!(after_start(Some(&pending), user, true, s(600)), Started);
     }

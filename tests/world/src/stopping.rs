@@ -295,7 +295,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         let shown = as_ec2_shows(&stops, xml);
         assert!(shown.contains("<name>stopped</name>"), "{shown}");
-        assert!(shown.contains("<code>Server.InsufficientInstanceCapacity</code>"), "{shown}");
+        assert!(
+            shown.contains("<code>Server.InsufficientInstanceCapacity</code>"),
+            "{shown}"
+        );
         assert!(!shown.contains("UserInitiatedShutdown"), "{shown}");
         // Stopped again: its user data may change, and it may be started again.
         assert!(refusal(&stops, "ModifyInstanceAttribute", &ids, true).is_none());
