@@ -165,40 +165,22 @@ pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
 /// restarted instance with the `launchTime` of its last start; an instance whose start EC2
 /// accepted without capacity `pending`, then `stopped` with that reason.
 pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
-    let (stopping, started, bounced): (Vec<String>, Vec<(String, String)>, Vec<(String, bool)>) = {
-        let stops = stops.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        (
-            stops
-                .stopped_at
-                .iter()
-                .filter(|(_, at)| now < **at)
-                .map(|(id, _)| id.clone())
-                .collect(),
-            stops
-                .started_at
-                .iter()
-                .map(|(id, t)| (id.clone(), t.clone()))
-                .collect(),
-            stops
-                .bounced
-                .iter()
-                .map(|(id, until)| (id.clone(), now < *until))
-                .collect(),
-        )
-    };
+    // Held while the answer is rewritten: no call waits on it meanwhile.
+    let ledger = stops.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
     let mut out = xml.to_owned();
-    for (id, at) in started {
-        rewrite(&mut out, &id, |part| {
+    for (id, at) in &ledger.started_at {
+        rewrite(&mut out, id, |part| {
             if let Some(a) = part.find("<launchTime>")
                 && let Some(b) = part[a..].find("</launchTime>").map(|b| b + a)
             {
-                part.replace_range(a + "<launchTime>".len()..b, &at);
+                part.replace_range(a + "<launchTime>".len()..b, at);
             }
         });
     }
-    for id in stopping {
-        rewrite(&mut out, &id, |part| {
+    let stopping = ledger.stopped_at.iter().filter(|(_, at)| now < **at);
+    for (id, _) in stopping {
+        rewrite(&mut out, id, |part| {
             for tag in ["instanceState", "currentState"] {
                 let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
                 if let Some(a) = part.find(&open)
@@ -210,9 +192,9 @@ pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
             }
         });
     }
-    for (id, pending) in bounced {
-        rewrite(&mut out, &id, |part| {
-            if pending {
+    for (id, until) in &ledger.bounced {
+        rewrite(&mut out, id, |part| {
+            if now < *until {
                 replace_element(part, "instanceState", "<code>0</code><name>pending</name>");
             } else if let Some(a) = part.find("<stateReason>")
                 && let Some(b) = part[a..].find("</stateReason>").map(|b| b + a)
