@@ -462,6 +462,15 @@ impl LaunchPlan {
                 ),
             ),
             (
+                "Node wait",
+                match pod.node_wait_minutes {
+                    0 => "none: fail at once when no node can take the pod".to_owned(),
+                    n => format!(
+                        "up to {n} min for a node the cluster's autoscaler says it is adding"
+                    ),
+                },
+            ),
+            (
                 "Pod template",
                 or(
                     pod.template

@@ -37,6 +37,7 @@ const POD_ONLY: &[&spec::Spec] = &[
     &spec::POD_IMAGE,
     &spec::CPU_REQUEST,
     &spec::MEMORY_REQUEST,
+    &spec::NODE_WAIT_MINUTES,
 ];
 
 impl Reader<'_> {
@@ -123,6 +124,7 @@ impl Reader<'_> {
         let image = self.value(&spec::POD_IMAGE);
         let cpu_request = self.one(&spec::CPU_REQUEST, values::quantity);
         let memory_request = self.one(&spec::MEMORY_REQUEST, values::quantity);
+        let node_wait_minutes = self.number(&spec::NODE_WAIT_MINUTES, 0, 120, "minutes");
         Some(PodInputs {
             gpu_count: gpu_count?,
             gpu_resource: gpu_resource?,
@@ -139,6 +141,7 @@ impl Reader<'_> {
             image: image?,
             cpu_request,
             memory_request,
+            node_wait_minutes: node_wait_minutes?,
         })
     }
 

@@ -186,6 +186,9 @@ pub struct PodInputs {
     pub image: String,
     pub cpu_request: Option<String>,
     pub memory_request: Option<String>,
+    /// How long an unschedulable pod waits for a node the cluster's autoscaler adds (0: not
+    /// at all).
+    pub node_wait_minutes: u32,
 }
 
 impl Common {

@@ -132,6 +132,7 @@ pub const RUNTIME_CLASS: Spec = Spec::new("runtime-class", Start, "");
 pub const POD_IMAGE: Spec = Spec::new("pod-image", Start, DEFAULT_POD_IMAGE);
 pub const CPU_REQUEST: Spec = Spec::new("cpu-request", Start, "");
 pub const MEMORY_REQUEST: Spec = Spec::new("memory-request", Start, "");
+pub const NODE_WAIT_MINUTES: Spec = Spec::new("node-wait-minutes", Start, "10");
 
 pub const LABEL: Spec = Spec::new("label", Stop, "");
 pub const INSTANCE_IDS: Spec = Spec::new("instance-ids", Stop, "");
@@ -194,6 +195,7 @@ pub const ALL: &[Spec] = &[
     POD_IMAGE,
     CPU_REQUEST,
     MEMORY_REQUEST,
+    NODE_WAIT_MINUTES,
     LABEL,
     INSTANCE_IDS,
     REGION,

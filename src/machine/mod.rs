@@ -225,6 +225,9 @@ pub enum Released {
 pub enum Health {
     /// Not running yet.
     Booting,
+    /// Not running yet, for a reason start says once: `why` completes "the pod NAME …" (a node
+    /// the cluster is adding).
+    Waiting { why: String },
     /// Running: its runner comes online next.
     Ready,
     /// It ended, or was stopped, while it booted: `why` names its state, `last_words` are the

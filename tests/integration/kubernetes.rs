@@ -20,6 +20,7 @@ struct Gpus {
     cluster: Cluster,
     kubeconfig: String,
     _nodes: Vec<world::kubelet::Node>,
+    _autoscaler: Option<world::autoscaler::Autoscaler>,
 }
 
 /// The local world and a cluster whose nodes are `(name, GPUs advertised, GPUs nvidia-smi
@@ -47,7 +48,27 @@ fn cluster(nodes: &[(&str, u32, Option<u32>)]) -> Gpus {
         cluster,
         kubeconfig,
         _nodes: nodes,
+        _autoscaler: None,
     }
+}
+
+/// A cluster with a CPU node only, and an autoscaler that adds GPU nodes of one GPU each, up to
+/// `max`, each up `boots_in` (of the user's time) after the scale-up.
+fn autoscaled(max: u32, boots_in: Duration) -> Gpus {
+    let mut gpus = cluster(&[("cpu-node", 0, Some(0))]);
+    let group = world::autoscaler::NodeGroup {
+        name: "gpu-pool".into(),
+        gpus: 1,
+        max,
+        boots_in,
+        images: vec![IMAGE.to_owned()],
+    };
+    gpus._autoscaler = Some(
+        gpus.cluster
+            .autoscale(group, gpus.world.clock_scale)
+            .expect("the autoscaler starts"),
+    );
+    gpus
 }
 
 fn gpu_cluster() -> Gpus {
@@ -247,6 +268,7 @@ fn on_a_gke_node_the_probe_and_the_job_find_the_driver_under_usr_local_nvidia() 
         cluster,
         kubeconfig,
         _nodes: vec![node],
+        _autoscaler: None,
     };
     let started = gpus.start().run();
     started.success();
@@ -335,7 +357,7 @@ fn a_container_job_in_a_pod_is_refused_in_words_that_name_what_works() {
 }
 
 #[test]
-fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason() {
+fn a_cluster_without_a_free_gpu_or_an_autoscaler_fails_start_with_the_schedulers_reason() {
     let gpus = cluster(&[("cpu-1", 0, Some(0)), ("cpu-2", 0, Some(0))]);
     let started = gpus.start().run();
     started.failure();
@@ -348,6 +370,61 @@ fn a_cluster_without_a_free_gpu_fails_start_at_once_with_the_schedulers_reason()
         ],
     );
     gpus.nothing_left();
+}
+
+/// A cluster that adds GPU nodes on demand (cluster-autoscaler, Karpenter) has none until a pod
+/// asks: the pod is Unschedulable until the node the autoscaler adds is up, four minutes on.
+/// Start waits while the autoscaler says a node is coming, says so, and the runner comes online
+/// on the new node.
+#[test]
+fn a_cluster_that_scales_gpu_nodes_from_zero_serves_the_job_on_the_node_it_adds() {
+    let gpus = autoscaled(1, Duration::from_secs(4 * 60));
+    let started = gpus.start().run();
+    started.success();
+    assert!(
+        started.stdout.contains(
+            "the cluster is adding a node for it: pod triggered scale-up: [{gpu-pool 0->1 (max: 1)}]"
+        ),
+        "{}",
+        started.everything()
+    );
+    assert!(
+        started.summary.contains("gpu-pool-1"),
+        "{}",
+        started.summary
+    );
+    gpus.stop_after(&started).run().success();
+    gpus.nothing_left();
+}
+
+/// When the autoscaler says no node will come, start fails at once with its words; when one is
+/// coming but not within node-wait-minutes, start fails then, and the pod goes.
+#[test]
+fn start_fails_at_once_when_the_autoscaler_will_add_no_node_and_at_node_wait_minutes_when_none_came()
+ {
+    let full = autoscaled(0, Duration::from_secs(60));
+    let refused = full.start().run();
+    refused.failure();
+    error_says(
+        &refused,
+        &[
+            "cannot be scheduled: 0/1 nodes are available",
+            "cluster-autoscaler will add no node: pod didn't trigger scale-up: 1 max node group size reached",
+        ],
+    );
+    full.nothing_left();
+
+    let slow = autoscaled(1, Duration::from_secs(30 * 60));
+    let waited = slow.start().input("node-wait-minutes", "3").run();
+    waited.failure();
+    error_says(
+        &waited,
+        &[
+            "no node came within node-wait-minutes (3)",
+            "pod triggered scale-up: [{gpu-pool 0->1 (max: 1)}]",
+        ],
+    );
+    slow.nothing_left();
 }
 
 #[test]

@@ -69,6 +69,88 @@ fn the_scheduler_puts_a_gpu_pod_on_the_gpu_node_and_says_why_a_second_one_cannot
     assert_eq!(scheduled(&cpu), Some("True"), "{cpu}");
 }
 
+/// The reasons of the events recorded on the pod `name`.
+fn events_of(cluster: &Cluster, name: &str) -> Vec<(String, String, String)> {
+    let list = cluster
+        .get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name%3D{name}"
+        ))
+        .unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["source"]["component"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_autoscaler_adds_a_gpu_node_for_a_pod_that_needs_one_and_says_why_when_it_will_not() {
+    use world::autoscaler::NodeGroup;
+    let cluster = Cluster::start(&[NodeSpec::new("cpu-node", 0)])
+        .expect("the world's Kubernetes control plane starts");
+    // A minute of the world's clock in a second: a scan every 1/6 s, a node up in 2 s.
+    let _autoscaler = cluster
+        .autoscale(
+            NodeGroup {
+                name: "gpu-pool".into(),
+                gpus: 1,
+                max: 1,
+                boots_in: Duration::from_secs(120),
+                images: vec![],
+            },
+            60.0,
+        )
+        .unwrap();
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    cluster.create(&pods, pod("first", 1)).unwrap();
+    let first = cluster
+        .wait_for_pod("first", Duration::from_secs(30), |p| {
+            scheduled(p) == Some("True")
+        })
+        .unwrap();
+    assert_eq!(first["spec"]["nodeName"], "gpu-pool-1", "{first}");
+    let events = events_of(&cluster, "first");
+    assert!(
+        events
+            .iter()
+            .any(|(reason, by, message)| reason == "TriggeredScaleUp"
+                && by == "cluster-autoscaler"
+                && message == "pod triggered scale-up: [{gpu-pool 0->1 (max: 1)}]"),
+        "{events:?}"
+    );
+
+    // The group is at its maximum, and no node of it has two GPUs.
+    cluster.create(&pods, pod("second", 1)).unwrap();
+    cluster.create(&pods, pod("big", 2)).unwrap();
+    let said = |name: &str, words: &str| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if events_of(&cluster, name)
+                .iter()
+                .any(|(reason, _, message)| {
+                    reason == "NotTriggerScaleUp" && message.contains(words)
+                })
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(said("second", "max node group size reached"));
+    assert!(said("big", "Insufficient nvidia.com/gpu"));
+}
+
 #[test]
 fn rbac_holds_a_service_account_to_its_roles_namespace_and_resources() {
     let cluster =

@@ -9,14 +9,18 @@ pub mod access;
 pub mod eks;
 pub mod errors;
 pub mod pod;
+pub mod scale_up;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::Value;
 
 use crate::actions::Actions;
+use crate::clock::Clock;
 use crate::inputs::{ClusterInputs, PodInputs};
 use crate::machine::failure::Failure as Error;
 use crate::machine::{
@@ -29,7 +33,18 @@ use errors::api_error;
 pub struct Kubernetes {
     pods: Api<Pod>,
     secrets: Api<Secret>,
+    events: Api<Event>,
     namespace: String,
+    clock: Clock,
+    /// The pods this start created: how long each may wait for a node the cluster adds, and
+    /// since when the scheduler has found none for it.
+    waits: Mutex<HashMap<String, NodeWait>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NodeWait {
+    minutes: u32,
+    unschedulable_since: Option<Instant>,
 }
 
 impl Kubernetes {
@@ -40,8 +55,11 @@ impl Kubernetes {
         let client = access::client(cluster, access).await?;
         Ok(Kubernetes {
             pods: Api::namespaced(client.clone(), &cluster.namespace),
-            secrets: Api::namespaced(client, &cluster.namespace),
+            secrets: Api::namespaced(client.clone(), &cluster.namespace),
+            events: Api::namespaced(client, &cluster.namespace),
             namespace: cluster.namespace.clone(),
+            clock: Clock::from_env(access.env),
+            waits: Mutex::default(),
         })
     }
 
@@ -101,6 +119,63 @@ impl Kubernetes {
             .await
             .map_err(|e| api_error("GetPod", e))?;
         Ok(pod.and_then(|p| serde_json::to_value(p).ok()))
+    }
+
+    /// The events recorded on a pod (an autoscaler's word on a node for it among them), or why
+    /// they could not be read.
+    async fn events_of(&self, name: &str) -> Result<Vec<Value>, String> {
+        let params = ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={name}"
+        ));
+        match self.events.list(&params).await {
+            Ok(list) => Ok(list
+                .items
+                .iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect()),
+            Err(kube::Error::Api(s)) => Err(format!("{} {}", s.code, s.reason)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// How a pod the scheduler found no node for is doing: waiting for a node on its way, or
+    /// unable to run.
+    async fn unschedulable_health(&self, pod: &Value, scheduler: &str, resource: &str) -> Health {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let wait = {
+            let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            // Every pod this start waits for was created by it, with its wait; any other is
+            // given none.
+            let wait = waits.entry(name.to_owned()).or_insert(NodeWait {
+                minutes: 0,
+                unschedulable_since: None,
+            });
+            wait.unschedulable_since.get_or_insert_with(Instant::now);
+            *wait
+        };
+        let waited = wait
+            .unschedulable_since
+            .map(|since| self.clock.unscaled(since.elapsed()))
+            .unwrap_or(Duration::ZERO);
+        let (verdict, unreadable) = if wait.minutes == 0 {
+            (scale_up::Verdict::Silent, None)
+        } else {
+            match self.events_of(name).await {
+                Ok(events) => (scale_up::verdict(&events), None),
+                Err(why) => {
+                    tracing::warn!(pod = %name, error = %why, "could not read the pod's events");
+                    (scale_up::Verdict::Silent, Some(why))
+                }
+            }
+        };
+        scale_up::health(&scale_up::Unschedulable {
+            scheduler,
+            resource,
+            verdict: &verdict,
+            waited,
+            node_wait_minutes: wait.minutes,
+            events_unreadable: unreadable.as_deref(),
+        })
     }
 
     /// The log's last lines, when the Role lets gpu-runner read it and the node answers.
@@ -173,6 +248,13 @@ impl Provider for Kubernetes {
     ) -> Result<Acquired, Error> {
         let inputs = Self::pod_inputs(plan)?;
         let name = &handoff.runner.name;
+        self.waits.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            name.clone(),
+            NodeWait {
+                minutes: inputs.node_wait_minutes,
+                unschedulable_since: None,
+            },
+        );
         let manifest: Pod = Self::typed("CreatePod", pod::manifest(plan, inputs, handoff))?;
         let params = PostParams {
             dry_run: false,
@@ -210,26 +292,28 @@ impl Provider for Kubernetes {
 
     async fn health(&self, ids: &[String]) -> Result<Vec<(String, Health)>, MachineError> {
         let pods = self.list(&pod::selector(&[])).await?;
-        Ok(ids
-            .iter()
-            .map(|id| {
-                let found = pods.iter().find(|p| p["metadata"]["name"] == *id.as_str());
-                let health = match found {
-                    Some(p) => {
+        let mut healths = Vec::new();
+        for id in ids {
+            let found = pods.iter().find(|p| p["metadata"]["name"] == *id.as_str());
+            let health = match found {
+                Some(p) => match pod::unschedulable(p) {
+                    Some(scheduler) => {
                         let resource = p["spec"]["containers"][0]["resources"]["limits"]
                             .as_object()
                             .and_then(|l| l.keys().find(|k| k.contains('/')).cloned())
                             .unwrap_or_else(|| "GPUs".to_owned());
-                        pod::health(p, &resource)
+                        self.unschedulable_health(p, scheduler, &resource).await
                     }
-                    None => Health::Gone {
-                        why: "deleted".to_owned(),
-                        last_words: Vec::new(),
-                    },
-                };
-                (id.clone(), health)
-            })
-            .collect())
+                    None => pod::health(p),
+                },
+                None => Health::Gone {
+                    why: "deleted".to_owned(),
+                    last_words: Vec::new(),
+                },
+            };
+            healths.push((id.clone(), health));
+        }
+        Ok(healths)
     }
 
     async fn last_words(&self, id: &str) -> Vec<String> {

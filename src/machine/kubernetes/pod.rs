@@ -390,8 +390,26 @@ fn runner_status(pod: &Value) -> Option<&Value> {
 /// Image pull failures the kubelet reports while the container waits.
 const CANNOT_PULL: &[&str] = &["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
 
-/// How a booting pod is doing, from the pod as the API server has it.
-pub fn health(pod: &Value, gpu_resource: &str) -> Health {
+/// The scheduler's words when it found no node for the pod (`PodScheduled` is `False`,
+/// `Unschedulable`), for [`super::scale_up`] to weigh against a node on its way.
+pub fn unschedulable(pod: &Value) -> Option<&str> {
+    if !pod["metadata"]["deletionTimestamp"].is_null()
+        || !matches!(pod["status"]["phase"].as_str(), Some("Pending") | None)
+    {
+        return None;
+    }
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        .filter(|c| c["reason"] == "Unschedulable")
+        .map(|c| c["message"].as_str().unwrap_or("no reason given"))
+}
+
+/// How a booting pod is doing, from the pod as the API server has it (one the scheduler found
+/// no node for: [`unschedulable`]).
+pub fn health(pod: &Value) -> Health {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return Health::Gone {
             why: "deleted".to_owned(),
@@ -442,27 +460,6 @@ pub fn health(pod: &Value, gpu_resource: &str) -> Health {
             };
         }
         _ => {}
-    }
-    let unschedulable = status["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-        .filter(|c| c["reason"] == "Unschedulable");
-    if let Some(c) = unschedulable {
-        let message = c["message"].as_str().unwrap_or("no reason given");
-        return Health::CannotRun {
-            why: format!("cannot be scheduled: {message}"),
-            fix: format!(
-                "No node can take the pod now. Check that the cluster has a node with enough \
-                 free {gpu_resource} (kubectl describe nodes), that node-selector and \
-                 tolerations match the GPU nodes' labels and taints, and that gpu-count, \
-                 cpu-request and memory-request fit one node. gpu-runner does not wait for a \
-                 node that may come: on a cluster that adds GPU nodes on demand, keep one \
-                 warm, or re-run the job once it is up."
-            ),
-            last_words: Vec::new(),
-        };
     }
     if let Some(waiting) = container.map(|c| &c["state"]["waiting"])
         && let Some(reason) = waiting["reason"].as_str()

@@ -110,5 +110,6 @@ async fn register_and_acquire(
         refused: got.refused,
         launched_at,
         running_after: None,
+        said: None,
     })
 }

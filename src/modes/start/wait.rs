@@ -62,6 +62,8 @@ pub(super) struct Booting {
     pub refused: Vec<Refusal>,
     pub launched_at: Instant,
     pub running_after: Option<Duration>,
+    /// The last reason to wait that start said of it.
+    pub said: Option<String>,
 }
 
 /// How start waits for its runners: how often it looks, and for how long, on which clock.
@@ -323,6 +325,10 @@ async fn look(
         Some(Health::Ready) if b.running_after.is_none() => {
             b.running_after = Some(b.launched_at.elapsed());
             actions.info(&format!("{id} is running; waiting for its runner"));
+        }
+        Some(Health::Waiting { why }) if b.said.as_ref() != Some(why) => {
+            actions.info(&format!("The {} {id} {why}", provider.noun()));
+            b.said = Some(why.clone());
         }
         Some(Health::CannotRun {
             why,

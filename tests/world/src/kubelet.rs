@@ -207,7 +207,24 @@ impl Cluster {
         slow: bool,
         driver: Driver,
     ) -> Result<Node, String> {
-        let root = self.dir.path().join(format!("node-{name}"));
+        start_node(self, self.dir.path(), name, gpus, images, slow, driver)
+    }
+}
+
+/// Starts the node stand-in of the registered node `name` of the cluster `api` reaches, its
+/// files under the cluster's folder `dir`: for [`Cluster::run_node`] and for nodes an
+/// autoscaler adds from a thread of its own.
+pub(crate) fn start_node(
+    api: &Client,
+    dir: &Path,
+    name: &str,
+    gpus: u32,
+    images: &[&str],
+    slow: bool,
+    driver: Driver,
+) -> Result<Node, String> {
+    {
+        let root = dir.join(format!("node-{name}"));
         let bin = root.join("bin");
         crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
         if driver == Driver::Gke {
@@ -216,9 +233,9 @@ impl Cluster {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let logs: crate::kubelet_api::Logs = Arc::default();
-        let port = crate::kubelet_api::serve(&self.dir.path().join("certs"), logs.clone())?;
+        let port = crate::kubelet_api::serve(&dir.join("certs"), logs.clone())?;
         // Where the API server finds this node's kubelet, as a kubelet reports it.
-        let patched = self.call_merge_patch(
+        let patched = api.call_merge_patch(
             &format!("/api/v1/nodes/{name}/status"),
             json!({"status": {
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
@@ -231,7 +248,7 @@ impl Cluster {
             ));
         }
         let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
-        let cluster = self.client();
+        let cluster = api.another();
         let node = name.to_owned();
         let (stop2, logs2) = (stop.clone(), logs.clone());
         let thread = std::thread::spawn(move || {

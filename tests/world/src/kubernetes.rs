@@ -76,6 +76,13 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the same API server, for another thread.
+    pub fn another(&self) -> Result<Client, String> {
+        let mut client = Client::new(&self.url, &self.admin_token)?;
+        client.ca_pem = self.ca_pem.clone();
+        Ok(client)
+    }
+
     fn new(url: &str, admin_token: &str) -> Result<Client, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -271,9 +278,7 @@ impl Cluster {
 
     /// A client of its own, for another thread.
     pub fn client(&self) -> Result<Client, String> {
-        let mut client = Client::new(&self.client.url, &self.client.admin_token)?;
-        client.ca_pem = self.client.ca_pem.clone();
-        Ok(client)
+        self.client.another()
     }
 
     /// The last lines a component logged, for a failure's message.

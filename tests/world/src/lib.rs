@@ -3,6 +3,7 @@
 //! a sandbox). Tests and the demo run the real `gpu-runner` binary against it.
 
 pub mod attached;
+pub mod autoscaler;
 pub mod aws_front;
 pub mod bench;
 pub mod eks;
