@@ -46,13 +46,38 @@ trap 'fail "$CURRENT_PHASE" "the boot script stopped at line $LINENO"' ERR
 mkdir -p "$STATE_DIR"
 chown root: "$STATE_DIR"
 chmod 755 "$STATE_DIR"
-rm -rf "$JOB_MARKS" "$STATE_DIR/gpu.json" "$STATE_DIR/job-started" "$STATE_DIR/job-refused"
+rm -rf "$JOB_MARKS" "$STATE_DIR/gpu.json" "$STATE_DIR/job-started" "$STATE_DIR/job-refused" \
+  "$STATE_DIR/spot-notice.json"
 
 # 1. The max lifetime, armed first: the instance ends by then even if this script dies.
 CURRENT_PHASE=watchdog
 shutdown -h "+$MAX_LIFETIME_MINUTES" "gpu-runner: max lifetime reached" > /dev/null 2>&1 \
   || fail watchdog "could not schedule the max-lifetime shutdown"
 log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
+
+# A spot instance hears two minutes ahead that AWS takes it back: its instance metadata (IMDSv2)
+# answers spot/instance-action with {"action": ..., "time": ...} from then on, and 404 before
+# (EC2 User Guide, "Spot Instance interruption notices"). It says so on the console, for stop to
+# read, and leaves the notice where the job can read it (GPU_RUNNER_SPOT_NOTICE).
+if [ "$SPOT" = true ]; then
+  (
+    imds="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}"
+    while :; do
+      token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
+        "$imds/latest/api/token" 2> /dev/null)" || token=""
+      if notice="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" \
+        "$imds/latest/meta-data/spot/instance-action" 2> /dev/null)"; then
+        action="$(printf '%s' "$notice" | sed -n 's/.*"action" *: *"\([a-z]*\)".*/\1/p')"
+        at="$(printf '%s' "$notice" | sed -n 's/.*"time" *: *"\([0-9TZ:.-]*\)".*/\1/p')"
+        printf '%s\n' "$notice" > "$STATE_DIR/spot-notice.json"
+        chmod 644 "$STATE_DIR/spot-notice.json"
+        log spot-interrupted "action=${action:-unknown} at=${at:-unknown}"
+        exit 0
+      fi
+      sleep 5
+    done
+  ) &
+fi
 
 # 2. The runner package downloads while the GPU probe waits for the driver: on a GPU image each
 # can take seconds and neither needs the other. Step 4 waits for it.
@@ -152,6 +177,9 @@ printf '%s\n' "$env_kept" | sed '/^$/d' > "$env_file"
   printf 'GPU_RUNNER_GPU_JSON=%s\n' "$STATE_DIR/gpu.json"
   if [ "$POOLED" = true ]; then
     printf 'GPU_RUNNER_CACHE=%s\n' "$CACHE_DIR"
+  fi
+  if [ "$SPOT" = true ]; then
+    printf 'GPU_RUNNER_SPOT_NOTICE=%s\n' "$STATE_DIR/spot-notice.json"
   fi
 } >> "$env_file"
 chmod 644 "$env_file"

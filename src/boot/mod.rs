@@ -135,6 +135,8 @@ pub struct BootParams {
     /// A pool instance: the script runs at every boot (each resume brings a new runner
     /// configuration), shutting down stops the instance, and a cache folder outlives the job.
     pub pooled: bool,
+    /// A spot instance: it watches for AWS's two-minute interruption notice while it runs.
+    pub spot: bool,
 }
 
 /// Where an instance reads its runner's JIT config with its own role.
@@ -176,6 +178,7 @@ fn values(p: &BootParams, jit_config: &str) -> String {
             p.binding.workflow_ref.clone().unwrap_or_default(),
         ),
         ("POOLED", p.pooled.to_string()),
+        ("SPOT", p.spot.to_string()),
         ("JIT_CONFIG", jit_config.to_owned()),
     ];
     let mut vars = vars;
@@ -431,6 +434,7 @@ mod tests {
                 workflow_ref: Some("octo/ml/.github/workflows/gpu.yml@refs/heads/main".into()),
             },
             pooled: false,
+            spot: false,
         }
     }
 

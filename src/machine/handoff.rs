@@ -6,7 +6,7 @@
 
 use crate::boot::{BootParams, JitParameter, RunnerPackage};
 use crate::inputs::JitHandoff;
-use crate::plan::{LaunchPlan, RunnerSpec};
+use crate::plan::{LaunchPlan, Market, RunnerSpec};
 use crate::secret::Secret;
 
 /// One runner's configuration, for the machine that will run it.
@@ -21,12 +21,13 @@ pub struct Handoff<'a> {
 
 impl Handoff<'_> {
     /// What the boot script needs, for a machine of `instance_type` with `expected_gpus` GPUs
-    /// (0 when unknown).
+    /// (0 when unknown), bought on `market`.
     pub fn boot_params(
         &self,
         plan: &LaunchPlan,
         instance_type: &str,
         expected_gpus: u32,
+        market: Market,
     ) -> BootParams {
         BootParams {
             runner_name: self.runner.name.clone(),
@@ -50,6 +51,7 @@ impl Handoff<'_> {
             pre_runner_script: plan.pre_runner_script.clone(),
             binding: plan.binding.clone(),
             pooled: plan.pool.is_some(),
+            spot: market == Market::Spot,
         }
     }
 }

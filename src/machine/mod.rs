@@ -132,6 +132,12 @@ impl Machine {
             .is_some_and(|r| r.eq_ignore_ascii_case(repository))
     }
 
+    /// Whether its provider took it back (AWS reclaimed a spot instance): the job on it was
+    /// interrupted, not failed.
+    pub fn reclaimed(&self) -> bool {
+        self.state_reason.as_deref() == Some(SPOT_RECLAIMED)
+    }
+
     /// The `gpu-runner:label` tag: the label of the start that acquired it.
     pub fn label(&self) -> Option<&str> {
         self.tags.get(tag::LABEL).map(String::as_str)
@@ -218,6 +224,21 @@ pub enum Released {
     AlreadyGone,
     /// It may still exist, and bill.
     Failed,
+}
+
+/// EC2's state reason of a spot instance AWS took back (API Reference, `StateReason`).
+pub const SPOT_RECLAIMED: &str = "Server.SpotInstanceTermination";
+
+/// When the machine's console said AWS would take it back (`phase=spot-interrupted at=…`), if
+/// it did.
+pub fn reclaimed_at(last_words: &[String]) -> Option<String> {
+    last_words.iter().rev().find_map(|l| {
+        let rest = l.split_once("phase=spot-interrupted ")?.1;
+        let at = rest
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("at="))?;
+        (at != "unknown").then(|| at.to_owned())
+    })
 }
 
 /// How a booting machine is doing.

@@ -9,7 +9,7 @@ use crate::env::Env;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
 use crate::machine::{self, Machine, Owner};
-use crate::modes::failure::Error;
+use crate::modes::failure::{self, Error};
 use crate::modes::teardown::{self, Teardown};
 use crate::plan;
 
@@ -106,9 +106,25 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
             );
         }
     }
+    for (id, at) in t.reclaimed() {
+        let when = at.map(|at| format!(" at {at}")).unwrap_or_default();
+        actions.annotate(
+            &Annotation::warning(format!(
+                "AWS reclaimed the spot instance {id}{when} (two-minute notice); the GPU job was \
+                 interrupted, not failed. Re-run the workflow: a retry workflow does it for you, \
+                 on on-demand (docs/spot.md); market-type: spot-then-on-demand lets the re-run \
+                 fall back.\nTroubleshooting: {}",
+                failure::help_url(&failure::anchor(SPOT_RECLAIMED_TITLE))
+            ))
+            .title(SPOT_RECLAIMED_TITLE),
+        );
+    }
     t.report(HEADING, actions)?;
     t.finish()
 }
+
+/// The title of stop's warning for a spot instance AWS took back.
+pub const SPOT_RECLAIMED_TITLE: &str = "A spot instance was reclaimed";
 
 /// Where start registered the runners: the instances' tag knows, and wins over a `runner-scope`
 /// that says otherwise, since removing from the wrong place would leave the runner behind.

@@ -13,6 +13,7 @@ mod faults;
 mod kubernetes;
 mod pools;
 mod security;
+mod spot;
 mod steps;
 mod stories;
 mod world_ec2;

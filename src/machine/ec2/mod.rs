@@ -284,7 +284,13 @@ impl Ec2 {
                 continue;
             }
             let gpus = self.gpus(candidate).await;
-            let user_data = user_data::render(plan, handoff, &candidate.instance_type, gpus)?;
+            let user_data = user_data::render(
+                plan,
+                handoff,
+                &candidate.instance_type,
+                gpus,
+                candidate.market,
+            )?;
             let request = LaunchRequest {
                 plan,
                 runner_name: &handoff.runner.name,
@@ -393,8 +399,12 @@ impl Provider for Ec2 {
         }
         self.check_network(plan, actions).await?;
         let image_id = self.image_id()?;
-        let params =
-            handoff.boot_params(plan, &candidate.instance_type, self.gpus(candidate).await);
+        let params = handoff.boot_params(
+            plan,
+            &candidate.instance_type,
+            self.gpus(candidate).await,
+            candidate.market,
+        );
         {
             let _group = actions.group("Boot script (JIT config redacted)");
             actions.verbatim(crate::boot::render_redacted(&params).trim_end());

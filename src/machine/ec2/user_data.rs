@@ -5,18 +5,20 @@ use crate::boot::{self, RunnerPackage};
 use crate::inputs::JitHandoff;
 use crate::machine::Handoff;
 use crate::machine::failure::{Failure as Error, Refused};
-use crate::plan::LaunchPlan;
+use crate::plan::{LaunchPlan, Market};
 use crate::secret::Secret;
 
-/// The boot script for this runner on an instance of `instance_type` with `gpus` GPUs, once it is
+/// The boot script for this runner on an instance of `instance_type` with `gpus` GPUs, bought on
+/// `market`, once it is
 /// known to fit EC2's user data with the JIT config GitHub issued.
 pub fn render(
     plan: &LaunchPlan,
     handoff: &Handoff<'_>,
     instance_type: &str,
     gpus: u32,
+    market: Market,
 ) -> Result<Secret, Error> {
-    let params = handoff.boot_params(plan, instance_type, gpus);
+    let params = handoff.boot_params(plan, instance_type, gpus, market);
     boot::check_size(&params, params.jit_config.expose().len())
         .map_err(|t| Error::from(Refused::UserDataTooLarge(t)))?;
     Ok(boot::render(&params))
@@ -44,7 +46,8 @@ pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Erro
         jit_config: Secret::new(""),
         package,
     };
-    let params = handoff.boot_params(plan, instance_type, 99);
+    // The spot watcher is the larger script.
+    let params = handoff.boot_params(plan, instance_type, 99, Market::Spot);
     let room = match plan.jit_handoff {
         JitHandoff::UserData => boot::JIT_CONFIG_ROOM,
         JitHandoff::Ssm => 0,

@@ -83,7 +83,13 @@ impl Teardown {
             found.ours.iter().partition(|m| m.state.is_ending());
         self.machines_released |= !ended.is_empty();
         for m in ended {
-            self.row(&m.id, noun, Outcome::AlreadyEnded);
+            let outcome = if m.reclaimed() {
+                let at = crate::machine::reclaimed_at(&provider.last_words(&m.id).await);
+                Outcome::Reclaimed { at }
+            } else {
+                Outcome::AlreadyEnded
+            };
+            self.row(&m.id, noun, outcome);
         }
         for lifecycle in [Lifecycle::Ephemeral, Lifecycle::Pooled, Lifecycle::Attached] {
             let these: Vec<Machine> = live
@@ -240,6 +246,17 @@ impl Teardown {
                 .build(),
         )?;
         Ok(())
+    }
+
+    /// The machines their provider took back, and when: the jobs on them were interrupted.
+    pub fn reclaimed(&self) -> Vec<(&str, Option<&str>)> {
+        self.rows
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Reclaimed { at } => Some((r.what.as_str(), at.as_deref())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The first error, if any.

@@ -16,6 +16,11 @@ pub enum Outcome {
     NotReleased(Release),
     /// The machine was ending already.
     AlreadyEnded,
+    /// Its provider took it back (a spot interruption), at the time its console gave, if any:
+    /// the GPU job on it was interrupted, not failed.
+    Reclaimed {
+        at: Option<String>,
+    },
     /// Another repository's machine (or one gpu-runner did not launch), named by id: untouched.
     LeftAlone {
         owner: Option<String>,
@@ -55,6 +60,7 @@ impl Outcome {
             self,
             Outcome::Released(Released::AlreadyGone)
                 | Outcome::AlreadyEnded
+                | Outcome::Reclaimed { .. }
                 | Outcome::RunnerAlreadyRemoved
         )
     }
@@ -112,6 +118,13 @@ impl fmt::Display for Outcome {
             }
             Outcome::NotReleased(Release::Detach) => f.write_str("could not detach"),
             Outcome::AlreadyEnded => f.write_str("already ended"),
+            Outcome::Reclaimed { at } => {
+                f.write_str("reclaimed by AWS (a spot interruption")?;
+                if let Some(at) = at {
+                    write!(f, " at {at}")?;
+                }
+                f.write_str(", after a two-minute notice): the GPU job was interrupted, not failed")
+            }
             Outcome::LeftAlone { owner: Some(r) } => {
                 write!(f, "left alone: it was launched for {r}")
             }

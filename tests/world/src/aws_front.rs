@@ -80,6 +80,9 @@ pub struct Front {
 pub struct Imds {
     pub tokens: Arc<Mutex<HashMap<String, String>>>,
     pub keys: Arc<Mutex<HashMap<String, String>>>,
+    /// The spot interruption notice of each instance AWS is taking back: the JSON
+    /// `spot/instance-action` answers with.
+    pub notices: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What the front needs to evaluate the role's policy as IAM would.
@@ -364,6 +367,21 @@ async fn imds(
         .is_some_and(|i| *i == id);
     if !valid {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    // A spot instance's interruption notice, from two minutes before AWS takes it back; 404
+    // before (EC2 User Guide, "Spot Instance interruption notices").
+    if rest == "latest/meta-data/spot/instance-action" {
+        let notice = front
+            .imds
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        return match notice {
+            Some(json) => ([("content-type", "application/json")], json).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
     }
     let Some(role_path) = rest.strip_prefix("latest/meta-data/iam/security-credentials/") else {
         return StatusCode::NOT_FOUND.into_response();

@@ -121,6 +121,10 @@ pub struct World {
     /// EC2 refuses their `StartInstances` with `InsufficientInstanceCapacity`, or takes it and
     /// stops them again (see [`aws_front::Shortage`]).
     pub zone_full: aws_front::ZoneFull,
+    /// What EC2 shows of stopping, starting and reclaimed instances (see [`stopping`]).
+    stops: stopping::Stops,
+    /// The instances' metadata service: their spot interruption notices.
+    imds: aws_front::Imds,
     /// Whether the account has the spot service-linked role (see [`World::never_ran_spot`]).
     spot_role: Arc<std::sync::atomic::AtomicBool>,
     issued_credentials: Arc<Mutex<Vec<String>>>,
@@ -296,9 +300,11 @@ impl World {
         let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let quotas = quotas::Quotas::default();
         let zone_full = aws_front::ZoneFull::default();
+        let stops = stopping::Stops::default();
+        let imds = aws_front::Imds::default();
         let front = aws_front::Front {
             zone_full: zone_full.clone(),
-            stops: Arc::default(),
+            stops: stops.clone(),
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
             http: reqwest::Client::new(),
@@ -320,7 +326,7 @@ impl World {
             secrets: Arc::default(),
             iam: None,
             eks_endpoints: Arc::default(),
-            imds: aws_front::Imds::default(),
+            imds: imds.clone(),
             quotas: quotas.clone(),
         };
         let (eks_endpoints, aws_secrets) = (front.eks_endpoints.clone(), front.secrets.clone());
@@ -531,6 +537,8 @@ impl World {
             attached_gpus,
             quotas,
             zone_full,
+            stops,
+            imds,
             spot_role,
             issued_credentials,
             ec2,
@@ -619,6 +627,31 @@ impl World {
     }
 
     /// Instances that are not terminated (pending, running, stopping, ...), read from moto.
+    /// AWS takes the spot instance `id` back, as it does: its metadata service gives the
+    /// two-minute notice now (`spot/instance-action`: `terminate` and the time), and two minutes
+    /// later, on the world's clock, EC2 terminates it with the state reason
+    /// `Server.SpotInstanceTermination` (EC2 User Guide, "Spot Instance interruption notices",
+    /// "Find interrupted Spot Instances").
+    pub fn reclaim_spot(&self, id: &str) {
+        let notice_for = Duration::from_secs(120).div_f64(self.clock_scale);
+        let at = chrono::Utc::now() + chrono::TimeDelta::from_std(notice_for).unwrap_or_default();
+        let notice = serde_json::json!({
+            "action": "terminate",
+            "time": at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        self.imds
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), notice.to_string());
+        let (ec2, stops, id) = (self.ec2.clone(), self.stops.clone(), id.to_owned());
+        self.rt.spawn(async move {
+            tokio::time::sleep(notice_for).await;
+            stopping::reclaim(&stops, &id);
+            let _ = ec2.terminate_instances().instance_ids(&id).send().await;
+        });
+    }
+
     pub fn live_instances(&self) -> Vec<String> {
         self.instances()
             .iter()

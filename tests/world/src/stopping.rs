@@ -40,6 +40,8 @@ pub struct Ledger {
     /// Instances whose start EC2 accepted without the capacity to run them: `pending` until
     /// this instant (on the real clock), then `stopped` for want of capacity.
     bounced: HashMap<String, Instant>,
+    /// Spot instances AWS took back, and when (`YYYY-MM-DD HH:MM:SS`, UTC).
+    reclaimed: HashMap<String, String>,
 }
 
 /// Whether the instance is stopped, and since when: `None` when it was not stopped through a
@@ -105,6 +107,15 @@ pub fn bounce(stops: &Stops, ids: &[String], scale: f64) -> String {
     )
 }
 
+/// AWS takes the spot instance back now: from here on EC2 shows it ended with the state reason
+/// `Server.SpotInstanceTermination` (API Reference, `StateReason`) and a service-initiated
+/// transition at this time; the caller terminates it in moto.
+pub fn reclaim(stops: &Stops, id: &str) {
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    let mut ledger = stops.lock().unwrap_or_else(|e| e.into_inner());
+    ledger.reclaimed.insert(id.to_owned(), now);
+}
+
 /// Records what a call that moto carried out did to the instances' stopping.
 /// A `StopInstances` about to reach moto: its instances' `stopping` begins now, before moto
 /// answers, so that no `DescribeInstances` between moto's answer and [`record`] sees them
@@ -163,7 +174,8 @@ pub fn record(stops: &Stops, action: &str, ids: &[String], scale: f64) {
 /// moto's answer as EC2 gives it: the instances that are still stopping shown `stopping` (code
 /// 64), not `stopped` (code 80), in `DescribeInstances` and `StopInstances` answers, and each
 /// restarted instance with the `launchTime` of its last start; an instance whose start EC2
-/// accepted without capacity `pending`, then `stopped` with that reason.
+/// accepted without capacity `pending`, then `stopped` with that reason; a spot instance AWS
+/// took back ended for `Server.SpotInstanceTermination`.
 pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
     // Held while the answer is rewritten: no call waits on it meanwhile.
     let ledger = stops.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,6 +202,23 @@ pub fn as_ec2_shows(stops: &Stops, xml: &str) -> String {
                     part.replace_range(a + open.len()..b, "<code>64</code><name>stopping</name>");
                 }
             }
+        });
+    }
+    for (id, at) in &ledger.reclaimed {
+        rewrite(&mut out, id, |part| {
+            let reason = "<stateReason><code>Server.SpotInstanceTermination</code><message>\
+                Server.SpotInstanceTermination: Spot instance termination</message></stateReason>";
+            match (part.find("<stateReason>"), part.find("</stateReason>")) {
+                (Some(a), Some(b)) if a < b => {
+                    part.replace_range(a..b + "</stateReason>".len(), reason);
+                }
+                _ => {
+                    if let Some(a) = part.find("</instanceState>") {
+                        part.insert_str(a + "</instanceState>".len(), reason);
+                    }
+                }
+            }
+            replace_element(part, "reason", &format!("Service initiated ({at} GMT)"));
         });
     }
     for (id, until) in &ledger.bounced {
