@@ -8,7 +8,8 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use crate::actions::summary::{Markdown, inline};
 use crate::context::Context;
 use crate::inputs::{
-    GroupRef, ImageRef, JitHandoff, MarketType, PodInputs, PoolInputs, RunnerScope, StartInputs,
+    GroupRef, ImageRef, JitHandoff, MarketType, PodInputs, PoolInputs, RunnerScope, SpotBreaker,
+    StartInputs,
 };
 
 /// gpu-runner's own tag keys. Cleanup and stop find instances by these, so they never change.
@@ -134,6 +135,8 @@ pub struct LaunchPlan {
     pub region: String,
     pub image: ImageRef,
     pub candidates: Vec<Candidate>,
+    /// When spot is taken back too often, on-demand for a while.
+    pub spot_breaker: SpotBreaker,
     pub security_group_ids: Vec<String>,
     pub iam_instance_profile: Option<String>,
     /// How each instance's runner gets its JIT config.
@@ -279,6 +282,7 @@ pub fn launch_plan(
         region: inputs.ec2.region.clone(),
         image: inputs.ec2.image.clone(),
         candidates,
+        spot_breaker: inputs.ec2.spot_breaker,
         security_group_ids: inputs.ec2.security_group_ids.clone(),
         iam_instance_profile: inputs.ec2.iam_instance_profile.clone(),
         jit_handoff: inputs.ec2.jit_handoff,

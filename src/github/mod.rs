@@ -48,7 +48,14 @@ pub const READING_A_RUN: &str = "reading a workflow run";
 pub const LISTING_RUNS: &str = "listing workflow runs";
 pub const LISTING_JOBS: &str = "listing the jobs of a run";
 pub const CANCELLING_A_RUN: &str = "cancelling a workflow run";
-const ACTIONS_OPERATIONS: &[&str] = &[READING_A_RUN, LISTING_RUNS, LISTING_JOBS, CANCELLING_A_RUN];
+pub const RERUNNING_A_RUN: &str = "re-running a workflow run";
+const ACTIONS_OPERATIONS: &[&str] = &[
+    READING_A_RUN,
+    LISTING_RUNS,
+    LISTING_JOBS,
+    CANCELLING_A_RUN,
+    RERUNNING_A_RUN,
+];
 
 /// A GitHub call that failed, with the HTTP status that decides the hint (401: bad token, 403:
 /// missing rights or rate limit).
@@ -100,9 +107,10 @@ impl GithubError {
                     .to_owned()
             }
             Some(403) if self.on_runs() => format!(
-                "The token cannot read or cancel the workflow runs of {repository}: that takes the \
-                 Actions permission (read to list runs and jobs, write to cancel), besides \
-                 Administration for the runners. Add Actions: read and write to the fine-grained \
+                "The token cannot read, cancel or re-run the workflow runs of {repository}: that \
+                 takes the Actions permission (read to list runs and jobs, write to cancel or \
+                 re-run), besides Administration for the runners (a workflow's own GITHUB_TOKEN \
+                 gets it with permissions: actions: write). Add Actions: read and write to the fine-grained \
                  token or the GitHub App (a classic token's repo scope covers it)."
             ),
             Some(401) => "GitHub refused github-token (HTTP 401): it is expired, revoked or \
@@ -195,6 +203,10 @@ pub trait RunnerRegistry {
     fn run_jobs(&self, run_id: u64) -> impl Future<Output = Result<Vec<Job>, GithubError>> + Send;
 
     fn cancel_run(&self, run_id: u64) -> impl Future<Output = Result<(), GithubError>> + Send;
+
+    /// Re-runs every job of a completed run, as a new attempt: its start job too, so that the
+    /// re-run gets a new machine and label.
+    fn rerun_run(&self, run_id: u64) -> impl Future<Output = Result<(), GithubError>> + Send;
 
     /// How calls that GitHub may answer later (a busy runner's removal) are retried.
     fn backoff(&self) -> crate::retry::Backoff;

@@ -491,4 +491,14 @@ impl RunnerRegistry for Runners {
             .await?;
         Ok(())
     }
+
+    async fn rerun_run(&self, run_id: u64) -> Result<(), GithubError> {
+        let path = self.path(&format!("runs/{run_id}/rerun"));
+        let _: serde_json::Value = self
+            .retrying(super::RERUNNING_A_RUN, || {
+                self.crab.post(&path, None::<&()>)
+            })
+            .await?;
+        Ok(())
+    }
 }

@@ -27,16 +27,18 @@ pub enum Mode {
     Start,
     Stop,
     Cleanup,
+    Retry,
 }
 
 impl Mode {
-    pub const NAMES: &'static [&'static str] = &["start", "stop", "cleanup"];
+    pub const NAMES: &'static [&'static str] = &["start", "stop", "cleanup", "retry"];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Start => "start",
             Mode::Stop => "stop",
             Mode::Cleanup => "cleanup",
+            Mode::Retry => "retry",
         }
     }
 
@@ -48,6 +50,7 @@ impl Mode {
                 | (Mode::Start, Scope::Start | Scope::StartAndCleanup)
                 | (Mode::Stop, Scope::Stop)
                 | (Mode::Cleanup, Scope::Cleanup | Scope::StartAndCleanup)
+                | (Mode::Retry, Scope::Retry)
         )
     }
 }
@@ -276,6 +279,17 @@ pub struct Ec2Inputs {
     pub jit_handoff: JitHandoff,
     pub root_volume_size_gib: Option<u32>,
     pub tags: BTreeMap<String, String>,
+    pub spot_breaker: SpotBreaker,
+}
+
+/// When a repository's spot instances are taken back too often, start prefers on-demand for a
+/// while: after `interruptions` reclaims within `window_minutes`, for `hold_minutes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpotBreaker {
+    /// 0: never.
+    pub interruptions: u32,
+    pub window_minutes: u32,
+    pub hold_minutes: u32,
 }
 
 /// The runner the machine runs, and as whom.
@@ -357,12 +371,24 @@ pub struct CleanupInputs {
     pub dry_run: bool,
 }
 
+/// The re-run of a workflow run whose GPU machine its provider took back, for a workflow
+/// triggered by `workflow_run: completed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryInputs {
+    pub common: Common,
+    /// Where the run's machines were (empty for pods).
+    pub region: String,
+    /// How many times one run may be re-run (0: never).
+    pub max_retries: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // one value per run: the size does not matter
 pub enum Inputs {
     Start(StartInputs),
     Stop(StopInputs),
     Cleanup(CleanupInputs),
+    Retry(RetryInputs),
     /// `mode: start` with `machine: attached`: wait for a machine running `gpu-runner attach`.
     Attached(AttachedInputs),
     /// `mode: stop` with `machine: attached`: nothing to stop.
@@ -395,6 +421,7 @@ impl Inputs {
             Inputs::Start(s) => Some(&s.common),
             Inputs::Stop(s) => Some(&s.common),
             Inputs::Cleanup(s) => Some(&s.common),
+            Inputs::Retry(s) => Some(&s.common),
             Inputs::Attached(s) => Some(&s.common),
             Inputs::Detach => None,
         }
@@ -454,6 +481,9 @@ pub fn parse(env: &Env) -> Result<Parsed, InputErrors> {
         (Some(Mode::Cleanup), kind) => r
             .cleanup(common, kind == Some(MachineKind::Kubernetes))
             .map(Inputs::Cleanup),
+        (Some(Mode::Retry), kind) => r
+            .retry(common, kind == Some(MachineKind::Kubernetes))
+            .map(Inputs::Retry),
         (None, _) => None,
     };
     match inputs {
@@ -609,7 +639,8 @@ impl Reader<'_> {
             self.missing(
                 spec,
                 "Set mode: start in the job that launches the GPU runner, and mode: stop in the \
-                 job that removes it (mode: cleanup is for a scheduled janitor workflow)."
+                 job that removes it (mode: cleanup is for a scheduled janitor workflow, mode: \
+                 retry for one that re-runs runs whose spot machine AWS took back)."
                     .to_owned(),
             );
             return None;
@@ -618,6 +649,7 @@ impl Reader<'_> {
             "start" => Some(Mode::Start),
             "stop" => Some(Mode::Stop),
             "cleanup" => Some(Mode::Cleanup),
+            "retry" => Some(Mode::Retry),
             _ => {
                 let suggestion = values::closest(&v, Mode::NAMES.iter().copied());
                 let valid = Mode::NAMES;

@@ -1,4 +1,4 @@
-//! The inputs of `mode: stop`, `mode: cleanup` and `machine: attached`.
+//! The inputs of `mode: stop`, `mode: cleanup`, `mode: retry` and `machine: attached`.
 
 use super::*;
 
@@ -55,6 +55,27 @@ impl Reader<'_> {
                 )
             })
             .collect()
+    }
+
+    pub(super) fn retry(
+        &mut self,
+        common: Option<Common>,
+        kubernetes: bool,
+    ) -> Option<RetryInputs> {
+        let region = if kubernetes {
+            Some(self.aws_region().ok().flatten().unwrap_or_default())
+        } else {
+            self.required_region("the run's instances were in")
+        };
+        let max_retries = self.number(&spec::MAX_RETRIES, 0, 5, "re-runs");
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(RetryInputs {
+            common: common?,
+            region: region?,
+            max_retries: max_retries?,
+        })
     }
 
     pub(super) fn cleanup(

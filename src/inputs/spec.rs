@@ -8,6 +8,7 @@ pub enum Scope {
     Stop,
     Cleanup,
     StartAndCleanup,
+    Retry,
 }
 
 impl Scope {
@@ -19,6 +20,7 @@ impl Scope {
             Scope::Stop => "mode: stop",
             Scope::Cleanup => "mode: cleanup",
             Scope::StartAndCleanup => "mode: start and mode: cleanup",
+            Scope::Retry => "mode: retry",
         }
     }
 }
@@ -75,7 +77,7 @@ pub const DEFAULT_IMAGE_ARM64: &str =
 /// so that a tag moved on the registry cannot change what runs.
 pub const DEFAULT_POD_IMAGE: &str = "ghcr.io/actions/actions-runner:2.337.0@sha256:e5496277be5d09bc968b3d64911b74e219ac4a3f2edce956a3ecf9271bea1ef4";
 
-use Scope::{All, Cleanup, Start, StartAndCleanup, Stop};
+use Scope::{All, Cleanup, Retry, Start, StartAndCleanup, Stop};
 
 pub const MODE: Spec = Spec::new("mode", All, "");
 pub const GITHUB_TOKEN: Spec = Spec::secret("github-token", All);
@@ -94,6 +96,9 @@ pub const INSTANCE_TYPES: Spec = Spec::new("instance-types", Start, "g4dn.xlarge
 pub const IMAGE_ID: Spec = Spec::new("image-id", Start, DEFAULT_IMAGE);
 pub const SUBNET_IDS: Spec = Spec::new("subnet-ids", Start, "");
 pub const MARKET_TYPE: Spec = Spec::new("market-type", Start, "on-demand");
+pub const SPOT_BREAKER_INTERRUPTIONS: Spec = Spec::new("spot-breaker-interruptions", Start, "2");
+pub const SPOT_BREAKER_WINDOW_MINUTES: Spec = Spec::new("spot-breaker-window-minutes", Start, "15");
+pub const SPOT_BREAKER_MINUTES: Spec = Spec::new("spot-breaker-minutes", Start, "30");
 pub const COUNT: Spec = Spec::new("count", Start, "1");
 pub const ALLOW_PARTIAL: Spec = Spec::new("allow-partial", Start, "false");
 pub const SECURITY_GROUP_IDS: Spec = Spec::new("security-group-ids", Start, "");
@@ -141,6 +146,8 @@ pub const REGION: Spec = Spec::new("region", Stop, "");
 pub const MAX_AGE_MINUTES: Spec = Spec::new("max-age-minutes", Cleanup, "720");
 pub const QUEUED_TIMEOUT_MINUTES: Spec = Spec::new("queued-timeout-minutes", Cleanup, "30");
 
+pub const MAX_RETRIES: Spec = Spec::new("max-retries", Retry, "1");
+
 pub const ALL: &[Spec] = &[
     MODE,
     GITHUB_TOKEN,
@@ -158,6 +165,9 @@ pub const ALL: &[Spec] = &[
     IMAGE_ID,
     SUBNET_IDS,
     MARKET_TYPE,
+    SPOT_BREAKER_INTERRUPTIONS,
+    SPOT_BREAKER_WINDOW_MINUTES,
+    SPOT_BREAKER_MINUTES,
     COUNT,
     ALLOW_PARTIAL,
     SECURITY_GROUP_IDS,
@@ -201,6 +211,7 @@ pub const ALL: &[Spec] = &[
     REGION,
     MAX_AGE_MINUTES,
     QUEUED_TIMEOUT_MINUTES,
+    MAX_RETRIES,
 ];
 
 /// What leaving an input empty means where that is not one fixed value, as docs/inputs.md shows

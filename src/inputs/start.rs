@@ -47,6 +47,11 @@ impl Reader<'_> {
                     "spot-then-on-demand" => MarketType::SpotThenOnDemand,
                     _ => MarketType::OnDemand,
                 });
+        let breaker = (
+            self.number(&spec::SPOT_BREAKER_INTERRUPTIONS, 0, 10, "interruptions"),
+            self.number(&spec::SPOT_BREAKER_WINDOW_MINUTES, 1, 1440, "minutes"),
+            self.number(&spec::SPOT_BREAKER_MINUTES, 1, 1440, "minutes"),
+        );
         let count = self.number(&spec::COUNT, 1, 32, "instances");
         let allow_partial = self.boolean(&spec::ALLOW_PARTIAL);
         let security_group_ids = self.list(&spec::SECURITY_GROUP_IDS, 5, values::security_group);
@@ -107,6 +112,11 @@ impl Reader<'_> {
                 jit_handoff,
                 root_volume_size_gib,
                 tags: tags?,
+                spot_breaker: SpotBreaker {
+                    interruptions: breaker.0?,
+                    window_minutes: breaker.1?,
+                    hold_minutes: breaker.2?,
+                },
             },
             runner: RunnerInputs {
                 labels,

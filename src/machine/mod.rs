@@ -115,6 +115,9 @@ pub struct Machine {
     /// The provider's code for why it is in its state, when it says (EC2's `StateReason`, such
     /// as `Server.InsufficientInstanceCapacity`).
     pub state_reason: Option<String>,
+    /// When it entered its state, when the provider says (EC2's `StateTransitionReason` gives
+    /// the time of a user's or AWS's stop or termination: "Service initiated (… GMT)").
+    pub state_since: Option<DateTime<Utc>>,
     pub launched_at: Option<DateTime<Utc>>,
     /// gpu-runner's tags (`gpu-runner:*`), and any others it carries.
     pub tags: BTreeMap<String, String>,
@@ -635,6 +638,7 @@ mod tests {
             market: Market::OnDemand,
             state: State::Running,
             state_reason: None,
+            state_since: None,
             launched_at: None,
             tags: tags
                 .iter()

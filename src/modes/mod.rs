@@ -4,6 +4,7 @@ pub mod attached;
 pub mod cleanup;
 pub mod failure;
 pub mod post;
+pub mod retry;
 pub mod signals;
 pub mod start;
 pub mod stop;
@@ -98,6 +99,7 @@ pub async fn run(
         Inputs::Start(inputs) => start::run(inputs, env, actions, now).await,
         Inputs::Stop(inputs) => stop::run(inputs, env, actions).await,
         Inputs::Cleanup(inputs) => cleanup::run(inputs, env, actions, now).await,
+        Inputs::Retry(inputs) => retry::run(inputs, env, actions).await,
         Inputs::Attached(inputs) => attached::run(inputs, env, actions).await,
         Inputs::Detach => {
             actions.info(

@@ -114,17 +114,14 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
                  interrupted, not failed. Re-run the workflow: a retry workflow does it for you, \
                  on on-demand (docs/spot.md); market-type: spot-then-on-demand lets the re-run \
                  fall back.\nTroubleshooting: {}",
-                failure::help_url(&failure::anchor(SPOT_RECLAIMED_TITLE))
+                failure::help_url("a-spot-instance-was-reclaimed")
             ))
-            .title(SPOT_RECLAIMED_TITLE),
+            .title("A spot instance was reclaimed"),
         );
     }
     t.report(HEADING, actions)?;
     t.finish()
 }
-
-/// The title of stop's warning for a spot instance AWS took back.
-pub const SPOT_RECLAIMED_TITLE: &str = "A spot instance was reclaimed";
 
 /// Where start registered the runners: the instances' tag knows, and wins over a `runner-scope`
 /// that says otherwise, since removing from the wrong place would leave the runner behind.

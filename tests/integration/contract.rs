@@ -305,6 +305,7 @@ fn inputs_page() -> String {
             spec::Scope::Stop => "stop",
             spec::Scope::Cleanup => "cleanup",
             spec::Scope::StartAndCleanup => "start, cleanup",
+            spec::Scope::Retry => "retry",
         };
         let secret = if s.secret {
             " A secret: it is masked."
@@ -318,7 +319,7 @@ fn inputs_page() -> String {
         )
     };
     type Member = Box<dyn Fn(&spec::Spec) -> bool>;
-    let sections: [(&str, &str, Member); 6] = [
+    let sections: [(&str, &str, Member); 7] = [
         (
             "Every mode",
             "Read by start, stop and cleanup alike: give them the same values.",
@@ -353,6 +354,12 @@ fn inputs_page() -> String {
             "cleanup",
             "The janitor of a scheduled workflow: see [docs/cleanup.md](cleanup.md).",
             Box::new(|s| s.scope == spec::Scope::Cleanup),
+        ),
+        (
+            "retry",
+            "The re-run of a run whose spot machine AWS took back, in a workflow triggered by \
+             `workflow_run`: see [docs/spot.md](spot.md).",
+            Box::new(|s| s.scope == spec::Scope::Retry),
         ),
     ];
     let mut page = String::from(

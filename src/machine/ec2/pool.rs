@@ -819,6 +819,7 @@ mod tests {
             market: Market::OnDemand,
             state,
             state_reason: None,
+            state_since: None,
             launched_at: None,
             tags: tags
                 .iter()

@@ -322,6 +322,7 @@ pub fn machine(pod: &Value) -> Machine {
         state,
         // The kubelet's word for a pod it ended: Evicted, DeadlineExceeded.
         state_reason: pod["status"]["reason"].as_str().map(str::to_owned),
+        state_since: None,
         launched_at: timestamp(&meta["creationTimestamp"]),
         tags,
     }

@@ -294,6 +294,7 @@ mod tests {
             market: Market::OnDemand,
             state: State::Running,
             state_reason: None,
+            state_since: None,
             launched_at: Some(now() - TimeDelta::minutes(age)),
             tags,
         }

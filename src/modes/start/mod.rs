@@ -9,6 +9,7 @@ mod launch;
 mod report;
 mod rollback;
 mod setup;
+pub mod spot;
 pub mod wait;
 
 #[cfg(test)]
@@ -121,6 +122,10 @@ async fn planned(
     if plan.dry_run {
         return dry_run::run(plan, provider, &package, actions).await;
     }
+    // Spot's history (an interrupted earlier attempt, the breaker) may rule out spot.
+    let by_history =
+        spot::plan_by_history(plan, provider, ctx.run_attempt, actions, Utc::now()).await?;
+    let plan = by_history.as_ref().unwrap_or(plan);
     if let Some(sha) = head_sha {
         // What was judged: a push to the pull request after this must not run unreviewed.
         actions.set_output("head-sha", sha)?;

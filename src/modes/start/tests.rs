@@ -110,6 +110,7 @@ impl Provider for FakeProvider {
             market: Market::OnDemand,
             state: State::Pending,
             state_reason: None,
+            state_since: None,
             launched_at: None,
             tags: [
                 (tag::LABEL, plan.label.clone()),
@@ -289,6 +290,10 @@ impl RunnerRegistry for FakeGithub {
     }
 
     async fn cancel_run(&self, _run_id: u64) -> Result<(), GithubError> {
+        Ok(())
+    }
+
+    async fn rerun_run(&self, _run_id: u64) -> Result<(), GithubError> {
         Ok(())
     }
 

@@ -222,6 +222,9 @@ pub struct GithubState {
     pub token_requests: Vec<serde_json::Value>,
     /// Runs cancelled through the API.
     pub cancelled_runs: Vec<u64>,
+    /// The runs re-run through the API (`POST …/runs/{id}/rerun`), in order: each is a new
+    /// attempt of every job of the run.
+    pub reruns: Vec<u64>,
     /// The repository's approval policy for fork pull requests' workflows, as GitHub names it.
     pub fork_pr_approval: String,
     /// The repository's collaborators and their permission (`admin`, `write`, `read`); anyone
@@ -844,6 +847,37 @@ async fn cancel_run(
     (StatusCode::ACCEPTED, Json(json!({}))).into_response()
 }
 
+/// "Re-run a workflow": every job of a completed run again, as its next attempt (GitHub REST
+/// docs, "Re-run a workflow": 201 Created, 403 Forbidden; a fine-grained token needs Actions:
+/// write). GitHub refuses a run that is still going with a 403 (the docs give no text: this one
+/// is the world's). The test plays the new attempt's jobs, as a workflow would.
+async fn rerun_run(
+    State(s): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = lock(&s);
+    if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
+        return denied;
+    }
+    let jobs: Vec<&Job> = st
+        .jobs
+        .iter()
+        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
+        .collect();
+    if jobs.is_empty() {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    if run_status(&jobs) != "completed" {
+        return error(
+            StatusCode::FORBIDDEN,
+            "This workflow run is not completed and cannot be re-run.",
+        );
+    }
+    st.reruns.push(run_id);
+    (StatusCode::CREATED, Json(json!({}))).into_response()
+}
+
 /// Counts a REST API call, under `/api/v3` (where GitHub Enterprise Server has its API) when
 /// `enterprise`, else at the root as on github.com. Nested routers see the path without `/api/v3`.
 pub async fn count_api_call(
@@ -1320,6 +1354,10 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route(
             "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel",
             post(cancel_run),
+        )
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run_id}/rerun",
+            post(rerun_run),
         )
         .route("/repos/{owner}/{repo}/actions/runs/{run_id}", get(get_run))
         .route("/repos/{owner}/{repo}", get(get_repository))

@@ -62,6 +62,8 @@ pub struct Scenario {
     pub instance_types: &'static str,
     /// With `pool: matrix`; then "left" means left running: stopped members are the pool.
     pub pool: Option<Pool>,
+    /// A spot instance, which AWS takes back while the GPU job runs (`World::reclaim_spot`).
+    pub reclaimed: bool,
 }
 
 impl Scenario {
@@ -77,6 +79,7 @@ impl Scenario {
             stop: StopJob::Runs,
             instance_types: "g4dn.xlarge",
             pool: None,
+            reclaimed: false,
         }
     }
 
@@ -105,6 +108,9 @@ pub fn scenarios() -> Vec<Scenario> {
     use Fault::*;
     use Service::*;
     let mut rows = vec![Scenario::new("no fault")];
+    let mut reclaimed = Scenario::new("spot instance reclaimed by AWS during the GPU job");
+    reclaimed.reclaimed = true;
+    rows.push(reclaimed);
     for (at, name) in [
         (CancelAt::BeforeLaunch, "cancel (SIGTERM) before launch"),
         (
@@ -369,6 +375,11 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
         Some(_) => start.input("pool", "matrix"),
         None => start,
     };
+    let start = if s.reclaimed {
+        start.input("market-type", "spot")
+    } else {
+        start
+    };
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut cancel_note = String::new();
     let started = match s.cancel {
@@ -421,6 +432,20 @@ pub fn run(bin: &Path, s: &Scenario) -> Result<Row, String> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .cancel_run(world.run_id);
+    } else if online && s.reclaimed {
+        let job = world.queue_job(&[&label], "nvidia-smi && sleep 600");
+        world.wait_until(Duration::from_secs(20), |w| {
+            w.job(job).is_some_and(|j| j.status == "in_progress")
+        });
+        let id = outcomes[0]
+            .outputs()
+            .get("instance-id")
+            .cloned()
+            .unwrap_or_default();
+        world.reclaim_spot(&id);
+        world.wait_until(Duration::from_secs(20), |w| {
+            w.job(job).is_some_and(|j| j.status == "completed")
+        });
     } else if online && s.job {
         let job = world.queue_job(&[&label], "nvidia-smi");
         world.wait_until(Duration::from_secs(20), |w| {

@@ -252,16 +252,53 @@ fn rewrite(out: &mut String, id: &str, change: impl Fn(&mut String)) {
     let mut from = 0;
     let marker = format!("<instanceId>{id}</instanceId>");
     while let Some(at) = out[from..].find(&marker).map(|i| i + from) {
-        // The instance's own fields follow its id, before the next instance's id.
-        let end = out[at + marker.len()..]
-            .find("<instanceId>")
-            .map(|i| i + at + marker.len())
-            .unwrap_or(out.len());
-        let mut part = out[at..end].to_owned();
+        // The instance's own `<item>`: moto writes some of its fields (`stateReason`) before its
+        // id, so the item, not the text after the id, is the instance.
+        let (start, end) = item_around(out, at).unwrap_or((at, out.len()));
+        let mut part = out[start..end].to_owned();
         change(&mut part);
-        out.replace_range(at..end, &part);
-        from = at + marker.len();
+        out.replace_range(start..end, &part);
+        from = start + part.len();
     }
+}
+
+/// The bounds of the innermost `<item>…</item>` that holds position `at`.
+fn item_around(xml: &str, at: usize) -> Option<(usize, usize)> {
+    const OPEN: &str = "<item>";
+    const CLOSE: &str = "</item>";
+    let mut depth = 0;
+    let mut i = at;
+    let start = loop {
+        let open = xml[..i].rfind(OPEN)?;
+        match xml[..i].rfind(CLOSE) {
+            Some(close) if close > open => {
+                depth += 1;
+                i = close;
+            }
+            _ if depth == 0 => break open,
+            _ => {
+                depth -= 1;
+                i = open;
+            }
+        }
+    };
+    let mut depth = 0;
+    let mut j = at;
+    let end = loop {
+        let close = xml[j..].find(CLOSE).map(|p| p + j)?;
+        match xml[j..].find(OPEN).map(|p| p + j) {
+            Some(open) if open < close => {
+                depth += 1;
+                j = open + OPEN.len();
+            }
+            _ if depth == 0 => break close + CLOSE.len(),
+            _ => {
+                depth -= 1;
+                j = close + CLOSE.len();
+            }
+        }
+    };
+    Some((start, end))
 }
 
 #[cfg(test)]
@@ -288,6 +325,32 @@ mod tests {
         assert!(refusal(&stops, "ModifyInstanceAttribute", &ids, false).is_none());
         record(&stops, "StartInstances", &ids, 1.0);
         assert_eq!(stopped(&stops, "i-1"), None);
+    }
+
+    #[test]
+    fn an_instances_fields_before_its_id_are_its_own() {
+        let stops: Stops = Arc::default();
+        reclaim(&stops, "i-1");
+        // moto's order: the state reason before the id, the reason after it.
+        let item = |id: &str| {
+            format!(
+                "<item><stateReason><code>Client.UserInitiatedShutdown</code></stateReason>\
+                 <tagSet><item><key>k</key></item></tagSet><instanceId>{id}</instanceId>\
+                 <reason>User initiated</reason></item>"
+            )
+        };
+        let xml = format!(
+            "<instancesSet>{}{}</instancesSet>",
+            item("i-1"),
+            item("i-2")
+        );
+        let shown = as_ec2_shows(&stops, &xml);
+        let (one, two) = shown.split_at(shown.find("</item><item><stateReason>").unwrap());
+        assert!(
+            one.contains("Server.SpotInstanceTermination") && one.contains("Service initiated")
+        );
+        assert!(!one.contains("Client.UserInitiatedShutdown"), "{one}");
+        assert!(two.contains("Client.UserInitiatedShutdown") && two.contains("User initiated"));
     }
 
     #[test]

@@ -180,6 +180,16 @@ fn state(s: Option<&InstanceStateName>) -> State {
     }
 }
 
+/// The time in EC2's `StateTransitionReason`, such as "User initiated (2026-12-05 10:00:00
+/// GMT)" or "Service initiated (…)".
+fn transition_time(reason: &str) -> Option<DateTime<Utc>> {
+    let inside = reason.rsplit_once('(')?.1.strip_suffix(')')?;
+    let stamp = inside.trim_end_matches(" GMT").trim_end_matches(" UTC");
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 fn instance(i: &aws_sdk_ec2::types::Instance) -> Machine {
     Machine {
         id: i.instance_id().unwrap_or_default().to_owned(),
@@ -197,6 +207,7 @@ fn instance(i: &aws_sdk_ec2::types::Instance) -> Machine {
         },
         state: state(i.state().and_then(|s| s.name())),
         state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_owned),
+        state_since: i.state_transition_reason().and_then(transition_time),
         launched_at: i
             .launch_time()
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
@@ -650,4 +661,18 @@ impl Api {
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
+}
+
+#[cfg(test)]
+mod transition_tests {
+    use super::transition_time;
+
+    #[test]
+    fn the_time_of_a_state_transition_is_read_from_ec2s_words() {
+        let t = transition_time("Service initiated (2026-12-05 10:02:03 GMT)").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-05T10:02:03+00:00");
+        assert!(transition_time("User initiated (2026-12-05 10:02:03 UTC)").is_some());
+        assert_eq!(transition_time(""), None);
+        assert_eq!(transition_time("Server.SpotInstanceTermination"), None);
+    }
 }
