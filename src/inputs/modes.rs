@@ -62,11 +62,22 @@ impl Reader<'_> {
         common: Option<Common>,
         kubernetes: bool,
     ) -> Option<RetryInputs> {
-        let region = if kubernetes {
-            Some(self.aws_region().ok().flatten().unwrap_or_default())
-        } else {
-            self.required_region("the run's instances were in")
-        };
+        if kubernetes {
+            // A pod's conditions, which say its node was taken away, go with the pod, and stop
+            // deletes it: by the time the run has ended there is nothing left to read.
+            self.fail(
+                &spec::MODE,
+                Some("retry"),
+                Problem::Conflict {
+                    other: spec::MACHINE.name,
+                    fix: "mode: retry re-runs runs whose EC2 spot instance AWS took back; with \
+                          machine: kubernetes, stop says when a pod was taken off its node, and \
+                          the run is re-run by hand. Leave machine out of the retry step.",
+                },
+            );
+            return None;
+        }
+        let region = self.required_region("the run's instances were in");
         let max_retries = self.number(&spec::MAX_RETRIES, 0, 5, "re-runs");
         if !self.errors.is_empty() {
             return None;

@@ -112,17 +112,17 @@ fn mode_is_required_and_checked() {
         error(&[("INPUT_MODE", "")]),
         "Missing input: mode: mode is not set. Set mode: start in the job that launches the GPU \
          runner, and mode: stop in the job that removes it (mode: cleanup is for a scheduled janitor \
-         workflow)."
+         workflow, mode: retry for one that re-runs runs whose spot machine AWS took back)."
     );
     assert_eq!(
         error(&[("INPUT_MODE", "strat")]),
         "Invalid input: mode: mode \"strat\" is not a mode of gpu-runner. Use one of: start, stop, \
-         cleanup. Did you mean \"start\"?"
+         cleanup, retry. Did you mean \"start\"?"
     );
     assert_eq!(
         error(&[("INPUT_MODE", "launch")]),
         "Invalid input: mode: mode \"launch\" is not a mode of gpu-runner. Use one of: start, stop, \
-         cleanup."
+         cleanup, retry."
     );
 }
 
@@ -1236,5 +1236,27 @@ fn jit_handoff_through_ssm_needs_the_instance_profile_that_reads_it() {
         error(&[("INPUT_JIT-HANDOFF", "parameter-store")]),
         "Invalid input: jit-handoff: jit-handoff \"parameter-store\" is not a JIT hand-over. \
          Use one of: user-data, ssm."
+    );
+}
+
+#[test]
+fn retry_reads_max_retries_and_is_for_ec2_only() {
+    match parse(&env(&[("INPUT_MODE", "retry"), ("INPUT_MAX-RETRIES", "2")])) {
+        Ok(Parsed {
+            inputs: Inputs::Retry(r),
+            ..
+        }) => assert_eq!((r.max_retries, r.region.as_str()), (2, "us-east-1")),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert!(error(&[("INPUT_MODE", "retry"), ("INPUT_MAX-RETRIES", "9")]).contains("max-retries"));
+    let pods = errors(&[
+        ("INPUT_MODE", "retry"),
+        ("INPUT_MACHINE", "kubernetes"),
+        ("INPUT_KUBECONFIG", "apiVersion: v1\nkind: Config\n"),
+    ]);
+    assert!(
+        pods.iter()
+            .any(|e| e.contains("mode: retry re-runs runs whose EC2 spot instance")),
+        "{pods:#?}"
     );
 }

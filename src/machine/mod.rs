@@ -135,10 +135,12 @@ impl Machine {
             .is_some_and(|r| r.eq_ignore_ascii_case(repository))
     }
 
-    /// Whether its provider took it back (AWS reclaimed a spot instance): the job on it was
-    /// interrupted, not failed.
+    /// Whether its provider took it back (AWS reclaimed a spot instance; Kubernetes took a pod
+    /// off its node, shutting down or preempted): the job on it was interrupted, not failed.
     pub fn reclaimed(&self) -> bool {
-        self.state_reason.as_deref() == Some(SPOT_RECLAIMED)
+        self.state_reason
+            .as_deref()
+            .is_some_and(|r| r == SPOT_RECLAIMED || r.starts_with(kubernetes::pod::DISRUPTED))
     }
 
     /// The `gpu-runner:label` tag: the label of the start that acquired it.
@@ -231,6 +233,42 @@ pub enum Released {
 
 /// EC2's state reason of a spot instance AWS took back (API Reference, `StateReason`).
 pub const SPOT_RECLAIMED: &str = "Server.SpotInstanceTermination";
+
+/// A machine its provider took away while its job ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interruption {
+    /// The annotation's title (a section of docs/troubleshooting.md).
+    pub title: &'static str,
+    /// What took it away, in words: "AWS reclaimed the spot instance i-… at …".
+    pub how: String,
+}
+
+/// What took a reclaimed machine away; `at` is when its console said it would.
+pub fn interruption(m: &Machine, at: Option<&str>) -> Interruption {
+    match m.state_reason.as_deref() {
+        Some(SPOT_RECLAIMED) => {
+            let when = at.map(|at| format!(" at {at}")).unwrap_or_default();
+            Interruption {
+                title: "A spot instance was reclaimed",
+                how: format!(
+                    "AWS reclaimed the spot instance {}{when} (two-minute notice)",
+                    m.id
+                ),
+            }
+        }
+        other => Interruption {
+            title: "A pod was taken off its node",
+            how: format!(
+                "Kubernetes took the pod {} off its node ({})",
+                m.id,
+                other
+                    .and_then(|r| r.strip_prefix(kubernetes::pod::DISRUPTED))
+                    .map(|r| r.trim_start_matches(": "))
+                    .unwrap_or("no reason given")
+            ),
+        },
+    }
+}
 
 /// When the machine's console said AWS would take it back (`phase=spot-interrupted at=…`), if
 /// it did.

@@ -106,17 +106,28 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
             );
         }
     }
-    for (id, at) in t.reclaimed() {
-        let when = at.map(|at| format!(" at {at}")).unwrap_or_default();
+    for i in &t.interrupted {
+        let (again, anchor) = if i.title == "A spot instance was reclaimed" {
+            (
+                "a retry workflow does it for you, on on-demand (docs/spot.md); market-type: \
+                 spot-then-on-demand lets the re-run fall back",
+                "a-spot-instance-was-reclaimed",
+            )
+        } else {
+            (
+                "give the pod nodes that are not preempted (node-selector, tolerations) if it \
+                 happens often",
+                "a-pod-was-taken-off-its-node",
+            )
+        };
         actions.annotate(
             &Annotation::warning(format!(
-                "AWS reclaimed the spot instance {id}{when} (two-minute notice); the GPU job was \
-                 interrupted, not failed. Re-run the workflow: a retry workflow does it for you, \
-                 on on-demand (docs/spot.md); market-type: spot-then-on-demand lets the re-run \
-                 fall back.\nTroubleshooting: {}",
-                failure::help_url("a-spot-instance-was-reclaimed")
+                "{}; the GPU job was interrupted, not failed. Re-run the workflow: {again}.\n\
+                 Troubleshooting: {}",
+                i.how,
+                failure::help_url(anchor)
             ))
-            .title("A spot instance was reclaimed"),
+            .title(i.title),
         );
     }
     t.report(HEADING, actions)?;

@@ -321,6 +321,56 @@ fn a_stop_during_the_pods_job_lets_the_runner_report_the_job_cancelled() {
     gpus.nothing_left();
 }
 
+/// The pod's node is a spot or preemptible machine, and its cloud takes it back while the job
+/// runs: the kubelet's graceful node shutdown ends the pod with the condition DisruptionTarget
+/// (TerminationByKubelet). Stop tells that from a job that failed, in its summary and a warning.
+#[test]
+fn a_pod_whose_node_shuts_down_during_the_job_is_said_interrupted_by_stop() {
+    let gpus = gpu_cluster();
+    let started = gpus.start().run();
+    started.success();
+    let pod = started.outputs()["instance-id"].clone();
+    let label = started.outputs()["label"].clone();
+    let job = gpus
+        .world
+        .queue_job(&[&label], "echo working; sleep 3600; echo never");
+    let running = gpus.world.wait_until(Duration::from_secs(30), |w| {
+        w.job(job).is_some_and(|j| j.status == "in_progress")
+    });
+    assert!(running, "the job never started");
+    gpus._nodes[0].shut_down();
+    let job = gpus.finished(job);
+    assert_ne!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+    let ended = gpus
+        .cluster
+        .wait_for_pod(&pod, Duration::from_secs(30), |p| {
+            p["status"]["phase"] == "Failed"
+        });
+    assert!(ended.is_some_and(|p| p["status"]["phase"] == "Failed"));
+
+    let stopped = gpus.stop_after(&started).run();
+    stopped.success();
+    let how = format!(
+        "Kubernetes took the pod {pod} off its node (TerminationByKubelet: Pod was terminated in \
+         response to imminent node shutdown.)"
+    );
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("{how}: the GPU job was interrupted, not failed.")),
+        "{}",
+        stopped.summary
+    );
+    assert!(
+        stopped.stdout.lines().any(|l| l
+            .starts_with("::warning title=A pod was taken off its node::")
+            && l.contains(&how)),
+        "{}",
+        stopped.stdout
+    );
+    gpus.nothing_left();
+}
+
 /// A `container:` job handed a pod. GitHub's runner image has the docker CLI and no daemon, so
 /// the runner's "Initialize containers" would fail on "Cannot connect to the Docker daemon"
 /// (actions/runner `ContainerOperationProvider.cs`); the pod's container hook, which the runner

@@ -320,12 +320,34 @@ pub fn machine(pod: &Value) -> Machine {
         availability_zone: None,
         market: Market::OnDemand,
         state,
-        // The kubelet's word for a pod it ended: Evicted, DeadlineExceeded.
-        state_reason: pod["status"]["reason"].as_str().map(str::to_owned),
+        state_reason: disruption(pod)
+            .map(|(reason, message)| format!("{DISRUPTED}: {reason}: {message}"))
+            // The kubelet's word for a pod it ended: Evicted, DeadlineExceeded.
+            .or_else(|| pod["status"]["reason"].as_str().map(str::to_owned)),
         state_since: None,
         launched_at: timestamp(&meta["creationTimestamp"]),
         tags,
     }
+}
+
+/// The pod condition Kubernetes sets on a pod it is about to take away for a reason of its own
+/// (Kubernetes docs, "Pod disruption conditions"): preempted by the scheduler
+/// (`PreemptionByScheduler`), evicted by a drain (`EvictionByEvictionAPI`), deleted by the taint
+/// manager or the pod garbage collector (`DeletionByTaintManager`, `DeletionByPodGC`), or
+/// terminated by the kubelet, for a node shutting down, a spot or preemptible node taken back
+/// among them (`TerminationByKubelet`).
+pub const DISRUPTED: &str = "DisruptionTarget";
+
+/// The reason and message of the pod's `DisruptionTarget` condition, when it is true.
+pub fn disruption(pod: &Value) -> Option<(&str, &str)> {
+    let c = pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == DISRUPTED && c["status"] == "True")?;
+    Some((
+        c["reason"].as_str().unwrap_or("unknown"),
+        c["message"].as_str().unwrap_or_default(),
+    ))
 }
 
 /// How many of a pod's last lines an error shows.

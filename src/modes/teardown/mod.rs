@@ -33,6 +33,9 @@ pub struct Teardown {
     /// Machines were let go (or found ended): a runner GitHub still shows busy is about to lose
     /// its job, so its removal is worth waiting for.
     machines_released: bool,
+    /// The machines their provider took away, in words ("AWS reclaimed the spot instance i-…
+    /// at …"): the jobs on them were interrupted, not failed.
+    pub interrupted: Vec<crate::machine::Interruption>,
 }
 
 /// What a teardown found: this repository's machines, and any it was asked about by id that
@@ -79,15 +82,21 @@ impl Teardown {
                 self.row(id, noun, Outcome::Released(Released::AlreadyGone));
             }
         }
+        // What took a machine away is read before it is released: a pod's conditions go with it.
+        let mut reclaimed_at = std::collections::HashMap::new();
+        for m in found.ours.iter().filter(|m| m.reclaimed()) {
+            let at = crate::machine::reclaimed_at(&provider.last_words(&m.id).await);
+            self.interrupted
+                .push(crate::machine::interruption(m, at.as_deref()));
+            reclaimed_at.insert(m.id.clone(), at);
+        }
         let (ended, live): (Vec<&Machine>, Vec<&Machine>) =
             found.ours.iter().partition(|m| m.state.is_ending());
         self.machines_released |= !ended.is_empty();
         for m in ended {
-            let outcome = if m.reclaimed() {
-                let at = crate::machine::reclaimed_at(&provider.last_words(&m.id).await);
-                Outcome::Reclaimed { at }
-            } else {
-                Outcome::AlreadyEnded
+            let outcome = match reclaimed_at.get(&m.id) {
+                Some(at) => Outcome::Reclaimed { at: at.clone() },
+                None => Outcome::AlreadyEnded,
             };
             self.row(&m.id, noun, outcome);
         }
@@ -239,24 +248,17 @@ impl Teardown {
             .iter()
             .map(|r| vec![r.what.clone(), r.kind.to_owned(), r.outcome.to_string()])
             .collect();
-        actions.append_summary(
-            &Markdown::new()
-                .heading(3, heading)
-                .table(&["What", "Kind", "Done"], &rows)
-                .build(),
-        )?;
+        let mut summary = Markdown::new()
+            .heading(3, heading)
+            .table(&["What", "Kind", "Done"], &rows);
+        for i in &self.interrupted {
+            summary = summary.paragraph(&format!(
+                "{}: the GPU job was interrupted, not failed.",
+                i.how
+            ));
+        }
+        actions.append_summary(&summary.build())?;
         Ok(())
-    }
-
-    /// The machines their provider took back, and when: the jobs on them were interrupted.
-    pub fn reclaimed(&self) -> Vec<(&str, Option<&str>)> {
-        self.rows
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Outcome::Reclaimed { at } => Some((r.what.as_str(), at.as_deref())),
-                _ => None,
-            })
-            .collect()
     }
 
     /// The first error, if any.

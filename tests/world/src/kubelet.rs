@@ -30,6 +30,8 @@ use crate::kubernetes::{Client, Cluster};
 pub struct Node {
     pub name: String,
     stop: Arc<AtomicBool>,
+    /// The machine under the node is going away: see [`Node::shut_down`].
+    shutting_down: Arc<AtomicBool>,
     /// What each pod's container printed, by `namespace/name`.
     pub logs: crate::kubelet_api::Logs,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -45,6 +47,17 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// The node's machine shuts down, as a spot or preemptible node does when its cloud takes it
+    /// back: the kubelet's graceful node shutdown ends each running pod (SIGTERM, then the
+    /// pod's grace), and reports it `Failed`, reason `Terminated`, "Pod was terminated in
+    /// response to imminent node shutdown.", with the condition `DisruptionTarget`
+    /// (`TerminationByKubelet`); then the kubelet is gone. Source: kubernetes
+    /// `pkg/kubelet/nodeshutdown/nodeshutdown_manager.go`; Kubernetes docs, "Graceful node
+    /// shutdown", "Pod disruption conditions".
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
     /// What the pod's container printed so far.
     pub fn log(&self, namespace: &str, pod: &str) -> String {
         self.logs
@@ -232,6 +245,7 @@ pub(crate) fn start_node(
             std::fs::remove_file(bin.join("nvidia-smi")).map_err(|e| e.to_string())?;
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let shutting_down = Arc::new(AtomicBool::new(false));
         let logs: crate::kubelet_api::Logs = Arc::default();
         let port = crate::kubelet_api::serve(&dir.join("certs"), logs.clone())?;
         // Where the API server finds this node's kubelet, as a kubelet reports it.
@@ -250,11 +264,15 @@ pub(crate) fn start_node(
         let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
         let cluster = api.another();
         let node = name.to_owned();
-        let (stop2, logs2) = (stop.clone(), logs.clone());
+        let (stop2, logs2, down) = (stop.clone(), logs.clone(), shutting_down.clone());
         let thread = std::thread::spawn(move || {
             let Ok(cluster) = cluster else { return };
             let mut running: HashMap<(String, String), Running> = HashMap::new();
             while !stop2.load(Ordering::SeqCst) {
+                if down.load(Ordering::SeqCst) {
+                    shut_down(&cluster, &node, &mut running);
+                    return;
+                }
                 for pod in bound_pods(&cluster, &node) {
                     let (ns, pod_name) = key(&pod);
                     let id = (ns.clone(), pod_name.clone());
@@ -411,6 +429,7 @@ pub(crate) fn start_node(
         Ok(Node {
             name: name.to_owned(),
             stop,
+            shutting_down,
             logs,
             thread: Some(thread),
         })
@@ -445,6 +464,45 @@ fn install_image(home: &Path) -> Result<(), String> {
 /// (kubelet `kuberuntime_container.go` `killContainer`; the runtime signals the container's init
 /// from outside its PID namespace, where Linux delivers to an init only the signals it has a
 /// handler for, SIGKILL aside: pid_namespaces(7)). The grace period runs on the world's clock.
+/// The kubelet's graceful node shutdown (see [`Node::shut_down`]): every pod it runs ends, and
+/// says why.
+fn shut_down(cluster: &Client, node: &str, running: &mut HashMap<(String, String), Running>) {
+    const MESSAGE: &str = "Pod was terminated in response to imminent node shutdown.";
+    for pod in bound_pods(cluster, node) {
+        let (ns, name) = key(&pod);
+        let Some(mut r) = running.remove(&(ns.clone(), name.clone())) else {
+            continue;
+        };
+        let grace = pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        terminate(&mut r.child, grace);
+        let mut conditions: Vec<Value> = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions.push(json!({
+            "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+            "message": MESSAGE, "lastTransitionTime": now(),
+        }));
+        let container = &pod["spec"]["containers"][0];
+        let _ = cluster.status(
+            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            json!({
+                "phase": "Failed", "reason": "Terminated", "message": MESSAGE,
+                "conditions": conditions,
+                "containerStatuses": [{
+                    "name": container["name"], "image": container["image"],
+                    "imageID": container["image"], "ready": false, "restartCount": 0,
+                    "state": {"terminated": {
+                        "exitCode": 143, "reason": "Error", "finishedAt": now(),
+                    }},
+                }],
+            }),
+        );
+    }
+}
+
 fn terminate(child: &mut Child, grace_seconds: u64) {
     // `unshare --fork` is the child; the container's PID 1 is its own child.
     let init = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
