@@ -27,12 +27,23 @@ fn stop(world: &World) -> world::step::Step {
 /// The retry workflow's step, run on `workflow_run: completed` for attempt `attempt` of the
 /// world's run, which ended `conclusion`; with `max_retries` when given.
 fn retry(world: &World, attempt: u32, conclusion: &str, max_retries: Option<&str>) -> Outcome {
+    retry_with(world, attempt, conclusion, max_retries, &world.admin_token)
+}
+
+fn retry_with(
+    world: &World,
+    attempt: u32,
+    conclusion: &str,
+    max_retries: Option<&str>,
+    token: &str,
+) -> Outcome {
     let payload = json!({"workflow_run": {
         "id": world.run_id, "run_attempt": attempt, "conclusion": conclusion, "name": "GPU CI",
         "html_url": format!("https://github.com/octo/ml/actions/runs/{}", world.run_id),
     }});
     let mut step = Step::mode("retry")
         .in_world(world)
+        .input("github-token", token)
         .envs(&world.triggered_by("workflow_run", &payload));
     if let Some(n) = max_retries {
         step = step.input("max-retries", n);
@@ -147,6 +158,16 @@ fn an_interrupted_spot_run_is_re_run_once_on_demand_and_succeeds() {
     });
     assert!(failed);
     stop(&world).outputs_of(&started).run().success();
+
+    // A token without Actions: write cannot re-run it, and the error says what it lacks.
+    let refused = retry_with(&world, 1, "failure", None, &world.runners_only_token);
+    refused.failure();
+    let errors = refused.errors().join("\n");
+    assert!(
+        errors.contains("re-run") && errors.contains("actions: write"),
+        "{errors}"
+    );
+    assert_eq!(reruns(&world), Vec::<u64>::new());
 
     let retried = retry(&world, 1, "failure", None);
     retried.success();
