@@ -230,8 +230,15 @@ mkdir -p "$HOOK_DIR"
 # @JOB_STARTED_HOOK@
 HOOK
 } > "$HOOK_DIR/job-started.sh"
+{
+  printf '#!/bin/bash\n'
+  printf 'STATE_DIR=%q\n' "$JOB_MARKS"
+  cat << 'HOOK'
+# @JOB_COMPLETED_HOOK@
+HOOK
+} > "$HOOK_DIR/job-completed.sh"
 chown -R root: "$HOOK_DIR"
-chmod 755 "$HOOK_DIR" "$HOOK_DIR/job-started.sh"
+chmod 755 "$HOOK_DIR" "$HOOK_DIR/job-started.sh" "$HOOK_DIR/job-completed.sh"
 log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
 (
   sleep "$((IDLE_TIMEOUT_MINUTES * 60))"
@@ -249,6 +256,7 @@ log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 code=0
 export ACTIONS_RUNNER_HOOK_JOB_STARTED="$HOOK_DIR/job-started.sh"
+export ACTIONS_RUNNER_HOOK_JOB_COMPLETED="$HOOK_DIR/job-completed.sh"
 # The runner refuses to run as root unless told that it may (run-helper.sh).
 if [ "$RUNNER_USER" = root ]; then
   export RUNNER_ALLOW_RUNASROOT=1
@@ -256,6 +264,12 @@ fi
 ACTIONS_RUNNER_INPUT_JITCONFIG="$runner_jit" runuser -u "$RUNNER_USER" -- "$RUNNER_DIR/run.sh" \
   || code=$?
 log runner "status=exited code=$code"
+# What the job used of its GPUs (the job-completed hook's line), read with the runner user's
+# rights: the file is that user's, and may be a link.
+if [ -s "$JOB_MARKS/gpu-usage" ]; then
+  usage="$(runuser -u "$RUNNER_USER" -- head -n 1 "$JOB_MARKS/gpu-usage" || true)"
+  log gpu-usage "$(printf '%s' "$usage" | tr -cd 'a-z0-9_= ' | cut -c 1-200)"
+fi
 
 # 7. One job, then the instance ends; a refused job ends it too, saying why.
 if [ -s "$JOB_MARKS/job-refused" ]; then

@@ -14,6 +14,9 @@ const VALUES_MARKER: &str = "# @VALUES@";
 /// The job-started hook, which the boot script writes out behind the values it expects.
 pub(crate) const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
+/// The job-completed hook: the job's GPU usage, in its summary and on the console.
+pub(crate) const JOB_COMPLETED_HOOK: &str = include_str!("job-completed.sh");
+const COMPLETED_HOOK_MARKER: &str = "# @JOB_COMPLETED_HOOK@";
 /// The GPU probe, which the pod's entrypoint shares.
 const GPU_PROBE: &str = include_str!("gpu-probe.sh");
 pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";
@@ -33,6 +36,7 @@ fn comment_only(line: &str) -> bool {
     line.starts_with('#')
         && line != VALUES_MARKER
         && line != HOOK_MARKER
+        && line != COMPLETED_HOOK_MARKER
         && line != GPU_PROBE_MARKER
         && line != PHASE_LINE_MARKER
         && line != JIT_HANDOFF_MARKER
@@ -78,6 +82,10 @@ fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
         .lines()
         .filter(|l| !comment_only(l))
         .collect();
+    let completed: Vec<&str> = JOB_COMPLETED_HOOK
+        .lines()
+        .filter(|l| !comment_only(l))
+        .collect();
     let mut header = true;
     let template: Vec<&str> = TEMPLATE
         .lines()
@@ -104,6 +112,7 @@ fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
     template.push('\n');
     template
         .replacen(HOOK_MARKER, &compact(&hook), 1)
+        .replacen(COMPLETED_HOOK_MARKER, &compact(&completed), 1)
         .replacen(GPU_PROBE_MARKER, &compact(&probe), 1)
         .replacen(PHASE_LINE_MARKER, &compact(&phase_line), 1)
         .replacen(JIT_HANDOFF_MARKER, &compact(&handoff), 1)
@@ -503,6 +512,28 @@ mod tests {
                 "readonly PRE_RUNNER_SCRIPT='apt-get install -y jq\necho '\\''done'\\'''\n"
             )
         );
+    }
+
+    #[test]
+    fn every_marker_of_the_template_is_filled_in() {
+        for p in [
+            params(),
+            through_ssm(),
+            BootParams {
+                pooled: true,
+                ..params()
+            },
+        ] {
+            let text = render(&p).expose().to_owned();
+            assert!(!text.contains("# @"), "a marker was left:\n{text}");
+            // Each hook the boot script writes has its body.
+            for hook in ["job-started", "job-completed"] {
+                let at = text.find(&format!("> \"$HOOK_DIR/{hook}.sh\"")).unwrap();
+                let body = &text[..at];
+                let body = &body[body.rfind("cat << 'HOOK'").unwrap()..];
+                assert!(body.lines().count() > 5, "{hook}: {body}");
+            }
+        }
     }
 
     #[test]

@@ -1050,3 +1050,56 @@ fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
     );
     nothing_left(&world);
 }
+
+/// What the GPU job used of its GPU: the job-started hook samples nvidia-smi while the job runs,
+/// and the job-completed hook (a post-job step with the runner's file commands) puts a table in
+/// the job's own summary and one line on the console. An idle GPU is said plainly.
+#[test]
+fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
+    let world = world();
+    let run = |script: &str| {
+        let started = start(&world).run();
+        started.success();
+        let id = started.outputs()["instance-id"].clone();
+        let job = world.queue_job(&[&started.outputs()["label"]], script);
+        let job = finished(&world, job);
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+        assert!(
+            job.output.contains(
+                "A job completed hook has been configured by the self-hosted runner administrator"
+            ),
+            "{}",
+            job.output
+        );
+        stop(&world).outputs_of(&started).run().success();
+        (job, world.console(&id))
+    };
+
+    let (idle, _) = run("echo no GPU here");
+    assert!(
+        idle.summary
+            .contains("The GPU was idle for the whole job: did the job use it?"),
+        "{}",
+        idle.summary
+    );
+
+    world.set_gpu_load(40, 3072);
+    let (busy, console) = run("sleep 120; echo trained");
+    assert!(
+        busy.summary.contains("### GPU usage")
+            && busy
+                .summary
+                .contains("| 0 | 40 % | 40 % | 3.0 of 15.0 GiB | 0 % of the job |")
+            && busy.summary.contains("Peak GPU memory 3.0 of 15.0 GiB"),
+        "{}",
+        busy.summary
+    );
+    assert!(
+        console.contains(
+            "phase=gpu-usage gpus=1 peak_utilization=40 mean_utilization=40 \
+             peak_memory_mib=3072 memory_mib=15360 job_seconds="
+        ),
+        "{console}"
+    );
+    nothing_left(&world);
+}

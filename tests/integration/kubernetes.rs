@@ -236,6 +236,13 @@ fn a_gpu_job_runs_in_its_pod_and_stop_leaves_no_pod_secret_or_runner() {
         job.output
     );
     assert!(job.output.contains("gpu=Tesla T4 x1"), "{}", job.output);
+    // The job's summary says what it used of the GPU: nothing, here.
+    assert!(
+        job.summary
+            .contains("The GPU was idle for the whole job: did the job use it?"),
+        "{}",
+        job.summary
+    );
 
     let stopped = gpus.stop_after(&started).run();
     stopped.success();

@@ -73,6 +73,15 @@ fi
 HOOK
 } > "$STATE_DIR/job-started.sh"
 chmod 555 "$STATE_DIR/job-started.sh"
+# What the job used of its GPUs, in its summary and in this log (as on an instance).
+{
+  printf '#!/bin/bash\n'
+  declare -p STATE_DIR
+  cat << 'HOOK'
+# @JOB_COMPLETED_HOOK@
+HOOK
+} > "$STATE_DIR/job-completed.sh"
+chmod 555 "$STATE_DIR/job-completed.sh"
 # A `container:` job, its `services:` and Docker actions go to this hook, which refuses them in
 # plain words (the pod has no Docker daemon); a hook the pod-template names is kept.
 cat > "$STATE_DIR/container-hook.sh" << 'HOOK'
@@ -92,6 +101,7 @@ log runner "status=bound jobs_of=\"$JOB_REPOSITORY run $JOB_RUN_ID\""
 log runner "status=starting name=$RUNNER_NAME labels=$RUNNER_LABELS"
 trap - ERR
 export ACTIONS_RUNNER_HOOK_JOB_STARTED="$STATE_DIR/job-started.sh"
+export ACTIONS_RUNNER_HOOK_JOB_COMPLETED="$STATE_DIR/job-completed.sh"
 export ACTIONS_RUNNER_CONTAINER_HOOKS="${ACTIONS_RUNNER_CONTAINER_HOOKS:-$STATE_DIR/container-hook.sh}"
 # The runner refuses to run as root unless told that it may (a pod-template can make it root).
 if [ "$(id -u)" = 0 ]; then
@@ -139,6 +149,9 @@ while kill -0 "$runner" 2> /dev/null; do
   wait "$runner" || code=$?
 done
 log runner "status=exited code=$code"
+if [ -s "$STATE_DIR/gpu-usage" ]; then
+  log gpu-usage "$(head -n 1 "$STATE_DIR/gpu-usage" | tr -cd 'a-z0-9_= ' | cut -c 1-200)"
+fi
 
 # 4. One job, then the pod ends; a refused job ends it too, saying why.
 if [ -s "$STATE_DIR/job-refused" ]; then

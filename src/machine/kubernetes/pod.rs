@@ -101,6 +101,11 @@ fn metadata(plan: &LaunchPlan, runner: &str) -> (Map<String, Value>, Map<String,
 pub fn entrypoint() -> String {
     ENTRYPOINT
         .replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
+        .replacen(
+            "# @JOB_COMPLETED_HOOK@",
+            crate::boot::JOB_COMPLETED_HOOK.trim_end(),
+            1,
+        )
         .replacen(CONTAINER_HOOK_MARKER, CONTAINER_HOOK.trim_end(), 1)
         .replacen(crate::boot::GPU_PROBE_MARKER, &crate::boot::gpu_probe(), 1)
         .replacen(

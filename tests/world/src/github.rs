@@ -135,6 +135,9 @@ pub struct Job {
     pub payload: serde_json::Value,
     pub status: &'static str,
     pub conclusion: Option<String>,
+    /// The job's summary: what its steps (and the job-completed hook) wrote to
+    /// `GITHUB_STEP_SUMMARY`.
+    pub summary: String,
     pub runner_name: Option<String>,
     pub output: String,
 }
@@ -1116,6 +1119,24 @@ async fn runner_complete(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// A step's summary, appended to its job's (the real runner uploads each step's
+/// `GITHUB_STEP_SUMMARY` file once the step ends).
+async fn runner_summary(
+    State(s): State<Shared>,
+    Path(job_id): Path<u64>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut st = lock(&s);
+    if runner_by_secret(&mut st, &headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "unknown runner");
+    }
+    if let Some(job) = st.jobs.iter_mut().find(|j| j.id == job_id) {
+        job.summary.push_str(&body);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// Whether the job the runner runs was cancelled: the real listener gets a cancel message from
 /// GitHub and hands it to its worker (actions/runner `JobDispatcher`); the stand-in worker asks.
 async fn runner_job_cancelled(
@@ -1388,6 +1409,7 @@ pub fn router(state: Shared, faults: Faults) -> axum::Router {
         .route("/_runner/online", post(runner_online))
         .route("/_runner/acquire", post(runner_acquire))
         .route("/_runner/jobs/{id}/complete", post(runner_complete))
+        .route("/_runner/jobs/{id}/summary", post(runner_summary))
         .route("/_runner/offline", post(runner_offline))
         .route("/_runner/session-end", post(runner_session_end))
         .route("/_runner/jobs/{id}/cancelled", post(runner_job_cancelled))
@@ -1425,6 +1447,7 @@ impl GithubState {
             }),
             status: "queued",
             conclusion: None,
+            summary: String::new(),
             runner_name: None,
             output: String::new(),
         });

@@ -1,0 +1,39 @@
+#!/bin/bash
+# gpu-runner's job-completed hook (ACTIONS_RUNNER_HOOK_JOB_COMPLETED): the runner runs it after the
+# job's steps as a post-job step whose condition is always(), with the runner's file commands
+# (actions/runner JobHookProvider.cs), so what it writes to GITHUB_STEP_SUMMARY joins the job's
+# summary. It stops the GPU sampler the job-started hook began and sums up what the job used of
+# its GPUs: a table in the job's summary, and one line in STATE_DIR/gpu-usage for the boot
+# script to put on the console. The boot script puts STATE_DIR in front of this text.
+set -u
+pid="$(cat "$STATE_DIR/gpu-sampler.pid" 2> /dev/null || true)"
+[ -z "$pid" ] || kill "$pid" 2> /dev/null || true
+samples="$STATE_DIR/gpu-samples.csv"
+[ -s "$samples" ] || exit 0
+began="$(cat "$STATE_DIR/job-began" 2> /dev/null || date +%s)"
+awk -F', *' -v seconds="$(($(date +%s) - began))" -v usage="$STATE_DIR/gpu-usage" '
+  NF >= 4 && $1 ~ /^[0-9]+$/ {
+    g = $1
+    if (!(g in n)) order[++gpus] = g
+    n[g]++; sum[g] += $2; total[g] = $4
+    if ($2 > peak[g]) peak[g] = $2
+    if ($2 < 1) idle[g]++
+    if ($3 > mem[g]) mem[g] = $3
+  }
+  END {
+    if (gpus == 0) exit
+    print "### GPU usage\n"
+    print "| GPU | Utilization, peak | Utilization, mean | Memory, peak of total | Idle |"
+    print "| --- | --- | --- | --- | --- |"
+    busy = 0
+    for (i = 1; i <= gpus; i++) {
+      g = order[i]; mean = sum[g] / n[g]
+      printf "| %s | %d %% | %d %% | %.1f of %.1f GiB | %d %% of the job |\n", g, peak[g], mean, mem[g] / 1024, total[g] / 1024, 100 * idle[g] / n[g]
+      if (idle[g] < n[g]) busy = 1
+      if (peak[g] > top) top = peak[g]
+      means += mean; if (mem[g] > most) { most = mem[g]; of = total[g] }
+    }
+    if (busy) printf "\nPeak GPU memory %.1f of %.1f GiB, over %d s of the job.\n", most / 1024, of / 1024, seconds
+    else print "\nThe GPU was idle for the whole job: did the job use it?"
+    printf "gpus=%d peak_utilization=%d mean_utilization=%d peak_memory_mib=%d memory_mib=%d job_seconds=%d\n", gpus, top, means / gpus, most, of, seconds > usage
+  }' "$samples" >> "${GITHUB_STEP_SUMMARY:-/dev/null}"
