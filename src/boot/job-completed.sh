@@ -10,8 +10,8 @@ pid="$(cat "$STATE_DIR/gpu-sampler.pid" 2> /dev/null || true)"
 [ -z "$pid" ] || kill "$pid" 2> /dev/null || true
 samples="$STATE_DIR/gpu-samples.csv"
 [ -s "$samples" ] || exit 0
-began="$(cat "$STATE_DIR/job-began" 2> /dev/null || date +%s)"
-awk -F', *' -v seconds="$(($(date +%s) - began))" -v usage="$STATE_DIR/gpu-usage" '
+# The sampler takes one line per GPU a second: the job's seconds are its samples.
+awk -F', *' -v usage="$STATE_DIR/gpu-usage" '
   NF >= 4 && $1 ~ /^[0-9]+$/ {
     g = $1
     if (!(g in n)) order[++gpus] = g
@@ -22,6 +22,7 @@ awk -F', *' -v seconds="$(($(date +%s) - began))" -v usage="$STATE_DIR/gpu-usage
   }
   END {
     if (gpus == 0) exit
+    seconds = n[order[1]]
     print "### GPU usage\n"
     print "| GPU | Utilization, peak | Utilization, mean | Memory, peak of total | Idle |"
     print "| --- | --- | --- | --- | --- |"

@@ -99,7 +99,6 @@ touch "$STATE_DIR/job-started"
 # What the job uses of its GPUs, until the job-completed hook stops it: one nvidia-smi that keeps
 # NVML open (-lms), writing to a file, so that it holds none of this step's pipes.
 if command -v nvidia-smi > /dev/null 2>&1; then
-  date +%s > "$STATE_DIR/job-began"
   nvidia-smi --query-gpu=index,utilization.gpu,memory.used,memory.total \
     --format=csv,noheader,nounits -lms 1000 > "$STATE_DIR/gpu-samples.csv" 2> /dev/null < /dev/null &
   echo "$!" > "$STATE_DIR/gpu-sampler.pid"

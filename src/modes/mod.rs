@@ -9,6 +9,7 @@ pub mod signals;
 pub mod start;
 pub mod stop;
 pub mod teardown;
+pub mod usage;
 
 use chrono::{DateTime, Utc};
 

@@ -8,9 +8,10 @@ use crate::context::Context;
 use crate::env::Env;
 use crate::github::app::TokenNeeds;
 use crate::inputs::{RunnerScope, StopInputs};
-use crate::machine::{self, Machine, Owner};
+use crate::machine::{self, Machine, Owner, Provider};
 use crate::modes::failure::{self, Error};
 use crate::modes::teardown::{self, Teardown};
+use crate::modes::usage::{self, GpuUsage, MachineUse};
 use crate::plan;
 
 const HEADING: &str = "GPU runner: stop";
@@ -44,10 +45,13 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
 
     // The machines first: they are what bills, and a GitHub problem must not keep them running.
     let provider = machine::manage(&inputs.common, region, env, &ctx, actions).await;
+    let mut uses = Vec::new();
     let found = match provider {
         Ok(provider) => {
             match teardown::find(&provider, &inputs.instance_ids, owner, &repository).await {
                 Ok(found) => {
+                    // Before they go: a pod's log goes with the pod.
+                    uses = run_use(&provider, &found.ours, &repository, ctx.run_id).await;
                     t.release(&provider, &inputs.instance_ids, &found).await;
                     found.ours
                 }
@@ -131,7 +135,40 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         );
     }
     t.report(HEADING, actions)?;
+    if !uses.is_empty() {
+        actions.append_summary(&usage::markdown(&uses))?;
+    }
     t.finish()
+}
+
+/// Every machine the run used (its other starts and attempts too, as far as the provider still
+/// lists them), what it cost and what its job used of its GPUs. What cannot be read is left out:
+/// the summary is information, never a reason to fail.
+async fn run_use(
+    provider: &impl Provider,
+    ours: &[Machine],
+    repository: &str,
+    run_id: u64,
+) -> Vec<MachineUse> {
+    let mut machines: Vec<Machine> = ours.to_vec();
+    if let Ok(run) = provider
+        .find(&[], Some(Owner::Run { repository, run_id }))
+        .await
+    {
+        for m in run {
+            if !machines.iter().any(|o| o.id == m.id) {
+                machines.push(m);
+            }
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut uses = Vec::new();
+    for m in &machines {
+        let price = provider.facts(m).await.price;
+        let usage = GpuUsage::from_console(&provider.last_words(&m.id).await);
+        uses.push(MachineUse::of(m, price, usage, now));
+    }
+    uses
 }
 
 /// Where start registered the runners: the instances' tag knows, and wins over a `runner-scope`

@@ -1053,12 +1053,14 @@ fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
 
 /// What the GPU job used of its GPU: the job-started hook samples nvidia-smi while the job runs,
 /// and the job-completed hook (a post-job step with the runner's file commands) puts a table in
-/// the job's own summary and one line on the console. An idle GPU is said plainly.
+/// the job's own summary and one line on the console. An idle GPU is said plainly. Stop's summary
+/// adds up what the run's machines cost, with what each job used, and names a cheaper GPU type
+/// when a job's peak would have fitted one (never from an idle GPU).
 #[test]
 fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
     let world = world();
-    let run = |script: &str| {
-        let started = start(&world).run();
+    let run = |instance_type: &str, script: &str| {
+        let started = start(&world).input("instance-types", instance_type).run();
         started.success();
         let id = started.outputs()["instance-id"].clone();
         let job = world.queue_job(&[&started.outputs()["label"]], script);
@@ -1071,20 +1073,34 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
             "{}",
             job.output
         );
-        stop(&world).outputs_of(&started).run().success();
-        (job, world.console(&id))
+        let stopped = stop(&world).outputs_of(&started).run();
+        stopped.success();
+        let console = world.console(&id);
+        (id, job, console, stopped)
     };
 
-    let (idle, _) = run("echo no GPU here");
+    let (idle_id, idle, _, stopped) = run("g4dn.xlarge", "echo no GPU here");
     assert!(
         idle.summary
             .contains("The GPU was idle for the whole job: did the job use it?"),
         "{}",
         idle.summary
     );
+    assert!(
+        stopped
+            .summary
+            .contains("#### What the run's GPU machines cost")
+            && stopped
+                .summary
+                .contains(&format!("| {idle_id} | g4dn.xlarge |"))
+            && stopped.summary.contains("| idle the whole job |")
+            && !stopped.summary.contains("would have held it"),
+        "{}",
+        stopped.summary
+    );
 
     world.set_gpu_load(40, 3072);
-    let (busy, console) = run("sleep 120; echo trained");
+    let (id, busy, console, stopped) = run("g5.xlarge", "sleep 120; echo trained");
     assert!(
         busy.summary.contains("### GPU usage")
             && busy
@@ -1100,6 +1116,19 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
              peak_memory_mib=3072 memory_mib=15360 job_seconds="
         ),
         "{console}"
+    );
+    // Every machine of the run, this one's job's use, the total and the hint.
+    let summary = &stopped.summary;
+    assert!(
+        summary.contains(&format!("| {id} | g5.xlarge |"))
+            && summary.contains(&format!("| {idle_id} | g4dn.xlarge |"))
+            && summary.contains("40 % peak, 40 % mean; 3.0 of 15.0 GiB")
+            && summary.contains("Total ≈ $")
+            && summary.contains(&format!(
+                "The job on {id} peaked at 3.0 GiB of GPU memory: g4dn.xlarge (T4, 16 GiB, \
+                 $0.526/h)"
+            )),
+        "{summary}"
     );
     nothing_left(&world);
 }
