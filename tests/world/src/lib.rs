@@ -655,8 +655,11 @@ impl World {
     /// What the instances' GPUs are doing from now on, as `nvidia-smi`'s usage queries show it:
     /// `utilization` percent busy, `memory_used_mib` of their 15360 MiB in use.
     pub fn set_gpu_load(&self, utilization: u32, memory_used_mib: u32) {
+        // The simulator may not have installed its stand-ins yet: the folder may be new.
+        let bin = self.dir.path().join("bin");
+        let _ = std::fs::create_dir_all(&bin);
         let _ = std::fs::write(
-            self.dir.path().join("bin").join("gpu-load"),
+            bin.join("gpu-load"),
             format!("{utilization} {memory_used_mib}\n"),
         );
     }

@@ -170,6 +170,8 @@ fn demo(picture: Option<&Path>) -> Result<(), String> {
         "Starting the local world: moto (EC2, STS, SSM), a fake GitHub and OIDC service, and instances that run their boot script in a sandbox."
     );
     let world = World::start(Options::default())?;
+    // The GPU job's work, as nvidia-smi will show it: a third of the GPU, 5 GiB of its memory.
+    world.set_gpu_load(35, 5120);
 
     banner("Job `start`: gpu-runner with mode: start");
     let start = Step::mode(&bin, "start")
@@ -197,7 +199,8 @@ fn demo(picture: Option<&Path>) -> Result<(), String> {
     }
 
     banner(&format!("Job `test`: runs-on: {label}"));
-    let job_ok = gpu_job(&world, &label, "nvidia-smi").is_ok();
+    // Ninety seconds of the world's clock: long enough for the job's GPU usage to say something.
+    let job_ok = gpu_job(&world, &label, "nvidia-smi && sleep 90").is_ok();
 
     banner("Job `stop` (if: always()): gpu-runner with mode: stop");
     let stop = stop_job(&bin, &world, &start, false);
@@ -268,6 +271,12 @@ fn gpu_job(world: &World, label: &str, script: &str) -> Result<(), String> {
     }
     let conclusion = job.conclusion.unwrap_or_default();
     println!("  Job conclusion: {conclusion}");
+    if !job.summary.trim().is_empty() {
+        println!("\n  job summary:");
+        for line in job.summary.trim_end().lines() {
+            println!("    {line}");
+        }
+    }
     if conclusion == "success" {
         Ok(())
     } else {
