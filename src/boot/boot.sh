@@ -233,6 +233,7 @@ HOOK
 {
   printf '#!/bin/bash\n'
   printf 'STATE_DIR=%q\n' "$JOB_MARKS"
+  printf 'PRICE_PER_HOUR=%q\n' "$PRICE_PER_HOUR"
   cat << 'HOOK'
 # @JOB_COMPLETED_HOOK@
 HOOK

@@ -146,6 +146,9 @@ pub struct BootParams {
     pub pooled: bool,
     /// A spot instance: it watches for AWS's two-minute interruption notice while it runs.
     pub spot: bool,
+    /// Its on-demand list price (USD an hour), for the job's usage report; `None` for spot, or
+    /// a type without a list price.
+    pub price_per_hour: Option<f64>,
 }
 
 /// Where an instance reads its runner's JIT config with its own role.
@@ -188,6 +191,10 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         ),
         ("POOLED", p.pooled.to_string()),
         ("SPOT", p.spot.to_string()),
+        (
+            "PRICE_PER_HOUR",
+            p.price_per_hour.map(|p| p.to_string()).unwrap_or_default(),
+        ),
         ("JIT_CONFIG", jit_config.to_owned()),
     ];
     let mut vars = vars;
@@ -444,6 +451,7 @@ mod tests {
             },
             pooled: false,
             spot: false,
+            price_per_hour: Some(1.006),
         }
     }
 

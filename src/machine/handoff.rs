@@ -52,6 +52,12 @@ impl Handoff<'_> {
             binding: plan.binding.clone(),
             pooled: plan.pool.is_some(),
             spot: market == Market::Spot,
+            price_per_hour: match market {
+                Market::OnDemand => {
+                    super::ec2::pricing::on_demand_list_price(instance_type).map(|p| p.usd_per_hour)
+                }
+                Market::Spot => None,
+            },
         }
     }
 }
