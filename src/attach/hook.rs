@@ -143,14 +143,31 @@ impl Policy {
     }
 }
 
-/// The script the runner runs before each job (`ACTIONS_RUNNER_HOOK_JOB_STARTED`).
-pub fn script(exe: &Path, socket: &Path) -> String {
+/// The script the runner runs before each job (`ACTIONS_RUNNER_HOOK_JOB_STARTED`): attach's
+/// verdict, then, for an accepted job, the GPU sampler writing to `state`.
+pub fn script(exe: &Path, socket: &Path, state: &Path) -> String {
     let quote = |p: &Path| crate::boot::quote(&p.display().to_string());
     format!(
         "#!/bin/bash\n# gpu-runner attach's job-started hook: the attach process judges this job \
-         before any of its steps runs.\nexec {} attach-hook {}\n",
+         before any of its steps runs.\n{} attach-hook {} || exit $?\nSTATE_DIR={}\n{}",
         quote(exe),
-        quote(socket)
+        quote(socket),
+        quote(state),
+        crate::boot::GPU_SAMPLER
+    )
+}
+
+/// The script the runner runs after each job (`ACTIONS_RUNNER_HOOK_JOB_COMPLETED`): what the
+/// job used of its GPUs, from the samples in `state`, to the job's summary and to
+/// `state/gpu-usage` for attach to say.
+pub fn completed_script(state: &Path) -> String {
+    let body = crate::boot::JOB_COMPLETED_HOOK
+        .split_once('\n')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    format!(
+        "#!/bin/bash\nSTATE_DIR={}\n{body}",
+        crate::boot::quote(&state.display().to_string())
     )
 }
 
@@ -407,7 +424,15 @@ mod tests {
         let s = script(
             Path::new("/opt/it's/gpu-runner"),
             Path::new("/var/lib/a/hook.sock"),
+            Path::new("/var/lib/a/job state"),
         );
-        assert!(s.contains("exec '/opt/it'\\''s/gpu-runner' attach-hook '/var/lib/a/hook.sock'\n"));
+        assert!(s.contains(
+            "'/opt/it'\\''s/gpu-runner' attach-hook '/var/lib/a/hook.sock' || exit $?\n\
+             STATE_DIR='/var/lib/a/job state'\n"
+        ));
+        assert!(s.contains("-lms 1000"));
+        let done = completed_script(Path::new("/var/lib/a/job state"));
+        assert!(done.starts_with("#!/bin/bash\nSTATE_DIR='/var/lib/a/job state'\n"));
+        assert_eq!(done.matches("#!/bin/bash").count(), 1);
     }
 }

@@ -324,9 +324,17 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(setup_failed)?;
     set_mode(&socket, 0o666).map_err(setup_failed)?;
+    // The hooks' folder, the job user's: the GPU sampler's samples and the job's usage line.
+    let state = work.join("job-state");
+    std::fs::create_dir_all(&state).map_err(setup_failed)?;
+    set_mode(&state, 0o700).map_err(setup_failed)?;
+    run_as.own(&state).map_err(setup_failed)?;
     let hook_path = work.join("job-started.sh");
-    std::fs::write(&hook_path, hook::script(&exe, &socket)).map_err(setup_failed)?;
+    std::fs::write(&hook_path, hook::script(&exe, &socket, &state)).map_err(setup_failed)?;
     set_mode(&hook_path, 0o755).map_err(setup_failed)?;
+    let completed_path = work.join("job-completed.sh");
+    std::fs::write(&completed_path, hook::completed_script(&state)).map_err(setup_failed)?;
+    set_mode(&completed_path, 0o755).map_err(setup_failed)?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let policy = Arc::new(Policy {
         target: args.target.clone(),
@@ -366,7 +374,13 @@ pub async fn run(argv: &[String], env: &Env, actions: &Actions) -> Result<(), Er
         work: &work,
         labels: &labels,
         machine: &machine,
-        env_for_jobs: runner::environment(env, &args.pass_env, &hook_path, &run_as),
+        env_for_jobs: runner::environment(
+            env,
+            &args.pass_env,
+            &[&hook_path, &completed_path],
+            &run_as,
+        ),
+        state: &state,
         gpus,
         started: Instant::now(),
         tally: Tally::default(),

@@ -33,7 +33,7 @@ pub struct RunnerProcess {
 pub fn environment(
     attach_env: &crate::env::Env,
     pass: &[String],
-    hook: &Path,
+    [started, completed]: &[&Path; 2],
     run_as: &RunAs,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -57,7 +57,11 @@ pub fn environment(
     env.push(("HOME".to_owned(), run_as.home.display().to_string()));
     env.push((
         "ACTIONS_RUNNER_HOOK_JOB_STARTED".to_owned(),
-        hook.display().to_string(),
+        started.display().to_string(),
+    ));
+    env.push((
+        "ACTIONS_RUNNER_HOOK_JOB_COMPLETED".to_owned(),
+        completed.display().to_string(),
     ));
     env
 }

@@ -16,6 +16,8 @@ pub(super) struct Session<'a> {
     pub(super) labels: &'a [String],
     pub(super) machine: &'a str,
     pub(super) env_for_jobs: Vec<(String, String)>,
+    /// The hooks' folder: the GPU sampler's samples, the job's usage line.
+    pub(super) state: &'a Path,
     pub(super) gpus: Option<gpu::Gpus>,
     pub(super) started: Instant,
     pub(super) tally: Tally,
@@ -81,6 +83,10 @@ impl Session<'_> {
                 .await
                 .map_err(|p| problem("Runner setup", p.what, p.fix))?;
             self.write_gpu_facts(&dir);
+            // Nothing of the last job's GPU usage may speak for this one's.
+            for file in ["gpu-samples.csv", "gpu-sampler.pid", "gpu-usage"] {
+                let _ = std::fs::remove_file(self.state.join(file));
+            }
             let name = format!("{}-{n}", self.machine);
             let registry = self.registry().await?;
             let jit = registry
@@ -237,6 +243,9 @@ impl Session<'_> {
                     result.as_deref().unwrap_or("ended without a result"),
                     human(took)
                 ));
+                if let Some(usage) = self.gpu_usage() {
+                    self.say(&format!("  GPU use: {usage}"));
+                }
                 idle_since = Instant::now();
             } else if let Some((facts, why)) = refused {
                 self.tally.refused += 1;
@@ -340,6 +349,25 @@ impl Session<'_> {
         };
         let every = self.clock.scaled(STATUS_EVERY);
         self.status.show(self.actions, &kind, &detail, every);
+    }
+
+    /// What the job used of its GPUs, as its job-completed hook summed it up, in words. The file
+    /// is the job user's: read without following a link, and no more than a line.
+    fn gpu_usage(&self) -> Option<String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(self.state.join("gpu-usage"))
+            .ok()?;
+        let mut line = String::new();
+        file.by_ref().take(512).read_to_string(&mut line).ok()?;
+        let usage = crate::modes::usage::GpuUsage::from_console(&[format!(
+            "phase=gpu-usage {}",
+            line.lines().next()?
+        )])?;
+        Some(usage.describe())
     }
 
     /// The GPU's facts for every job, as the boot script gives them on EC2.

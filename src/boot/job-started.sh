@@ -96,12 +96,6 @@ if [ -n "$JOB_WORKFLOW_REF" ] && [ "${GITHUB_WORKFLOW_REF:-}" != "$JOB_WORKFLOW_
 fi
 # The idle watchdog stands down once a job of this run has started.
 touch "$STATE_DIR/job-started"
-# What the job uses of its GPUs, until the job-completed hook stops it: one nvidia-smi that keeps
-# NVML open (-lms), writing to a file, so that it holds none of this step's pipes.
-if command -v nvidia-smi > /dev/null 2>&1; then
-  nvidia-smi --query-gpu=index,utilization.gpu,memory.used,memory.total \
-    --format=csv,noheader,nounits -lms 1000 > "$STATE_DIR/gpu-samples.csv" 2> /dev/null < /dev/null &
-  echo "$!" > "$STATE_DIR/gpu-sampler.pid"
-fi
+# @GPU_SAMPLER@
 printf 'gpu-runner: phase=job-accepted run=%s\n' "$JOB_RUN_ID"
 ACCEPTED=yes

@@ -12,10 +12,18 @@ use crate::secret::Secret;
 const TEMPLATE: &str = include_str!("boot.sh");
 const VALUES_MARKER: &str = "# @VALUES@";
 /// The job-started hook, which the boot script writes out behind the values it expects.
-pub(crate) const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
+const JOB_STARTED_HOOK: &str = include_str!("job-started.sh");
 const HOOK_MARKER: &str = "# @JOB_STARTED_HOOK@";
 /// The job-completed hook: the job's GPU usage, in its summary and on the console.
 pub(crate) const JOB_COMPLETED_HOOK: &str = include_str!("job-completed.sh");
+/// The GPU sampler a job-started hook starts for an accepted job.
+pub(crate) const GPU_SAMPLER: &str = include_str!("gpu-sampler.sh");
+const GPU_SAMPLER_MARKER: &str = "# @GPU_SAMPLER@";
+
+/// The job-started hook of an instance or a pod, its GPU sampler in it.
+pub(crate) fn job_started_hook() -> String {
+    JOB_STARTED_HOOK.replacen(GPU_SAMPLER_MARKER, GPU_SAMPLER.trim_end(), 1)
+}
 const COMPLETED_HOOK_MARKER: &str = "# @JOB_COMPLETED_HOOK@";
 /// The GPU probe, which the pod's entrypoint shares.
 const GPU_PROBE: &str = include_str!("gpu-probe.sh");
@@ -78,10 +86,8 @@ fn script(values: &str, from_ssm: bool, pooled: bool) -> String {
     // User data has room for 16 KB only: the comments stay in the source, except the header that
     // says what the script is. The hook's `#!` line is written by the boot script, with the
     // values the hook expects.
-    let hook: Vec<&str> = JOB_STARTED_HOOK
-        .lines()
-        .filter(|l| !comment_only(l))
-        .collect();
+    let hook = job_started_hook();
+    let hook: Vec<&str> = hook.lines().filter(|l| !comment_only(l)).collect();
     let completed: Vec<&str> = JOB_COMPLETED_HOOK
         .lines()
         .filter(|l| !comment_only(l))

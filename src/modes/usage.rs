@@ -47,6 +47,20 @@ impl GpuUsage {
     pub fn idle(&self) -> bool {
         self.peak_utilization == 0
     }
+
+    /// In words: "35 % peak, 35 % mean; 5.0 of 15.0 GiB", or "idle the whole job".
+    pub fn describe(&self) -> String {
+        if self.idle() {
+            return "idle the whole job".to_owned();
+        }
+        format!(
+            "{} % peak, {} % mean; {:.1} of {:.1} GiB",
+            self.peak_utilization,
+            self.mean_utilization,
+            f64::from(self.peak_memory_mib) / 1024.0,
+            f64::from(self.memory_mib) / 1024.0
+        )
+    }
 }
 
 /// One machine of the run, as the summary shows it.
@@ -137,17 +151,10 @@ pub fn markdown(uses: &[MachineUse]) -> String {
     let rows: Vec<Vec<String>> = uses
         .iter()
         .map(|u| {
-            let usage = match u.usage {
-                Some(g) if g.idle() => "idle the whole job".to_owned(),
-                Some(g) => format!(
-                    "{} % peak, {} % mean; {:.1} of {:.1} GiB",
-                    g.peak_utilization,
-                    g.mean_utilization,
-                    f64::from(g.peak_memory_mib) / 1024.0,
-                    f64::from(g.memory_mib) / 1024.0
-                ),
-                None => "not reported".to_owned(),
-            };
+            let usage = u
+                .usage
+                .map(|g| g.describe())
+                .unwrap_or_else(|| "not reported".to_owned());
             vec![
                 u.id.clone(),
                 u.instance_type.clone(),

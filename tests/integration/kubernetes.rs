@@ -753,16 +753,15 @@ fn count_two_makes_two_pods_that_each_take_a_job_and_stop_deletes_both() {
     pods.sort();
     assert_eq!(pods, names);
     let jobs: Vec<u64> = (0..2)
-        .map(|_| gpus.world.queue_job(&[&label], "hostname"))
+        .map(|_| gpus.world.queue_job(&[&label], "echo \"host=$(hostname)\""))
         .collect();
     let mut hosts: Vec<String> = jobs
         .into_iter()
         .map(|j| {
             gpus.finished(j)
                 .output
-                .trim()
                 .lines()
-                .last()
+                .find_map(|l| l.strip_prefix("host="))
                 .unwrap_or("")
                 .to_owned()
         })

@@ -74,7 +74,7 @@ fn a_wrong_mode_lists_the_valid_ones() {
     assert_eq!(
         out.errors(),
         [
-            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop, cleanup. Did you mean \"start\"?%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
+            "::error title=Invalid input%3A mode::mode \"Start\" is not a mode of gpu-runner. Use one of: start, stop, cleanup, retry. Did you mean \"start\"?%0ATroubleshooting: https://github.com/gpu-runner/gpu-runner/blob/v1/docs/troubleshooting.md#invalid-input"
         ]
     );
 }

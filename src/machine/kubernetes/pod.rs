@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::boot::JOB_STARTED_HOOK;
 use crate::inputs::PodInputs;
 use crate::machine::{Handoff, Health, Machine, State};
 use crate::plan::{LaunchPlan, Market, tag};
@@ -100,7 +99,7 @@ fn metadata(plan: &LaunchPlan, runner: &str) -> (Map<String, Value>, Map<String,
 /// in it.
 pub fn entrypoint() -> String {
     ENTRYPOINT
-        .replacen(HOOK_MARKER, JOB_STARTED_HOOK.trim_end(), 1)
+        .replacen(HOOK_MARKER, crate::boot::job_started_hook().trim_end(), 1)
         .replacen(
             "# @JOB_COMPLETED_HOOK@",
             crate::boot::JOB_COMPLETED_HOOK.trim_end(),

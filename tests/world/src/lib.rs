@@ -655,13 +655,16 @@ impl World {
     /// What the instances' GPUs are doing from now on, as `nvidia-smi`'s usage queries show it:
     /// `utilization` percent busy, `memory_used_mib` of their 15360 MiB in use.
     pub fn set_gpu_load(&self, utilization: u32, memory_used_mib: u32) {
-        // The simulator may not have installed its stand-ins yet: the folder may be new.
-        let bin = self.dir.path().join("bin");
-        let _ = std::fs::create_dir_all(&bin);
-        let _ = std::fs::write(
-            bin.join("gpu-load"),
-            format!("{utilization} {memory_used_mib}\n"),
-        );
+        // Instances' and attached machines' stand-ins; the simulator may not have installed
+        // them yet: the folder may be new.
+        for bin in ["bin", "attached-bin"] {
+            let bin = self.dir.path().join(bin);
+            let _ = std::fs::create_dir_all(&bin);
+            let _ = std::fs::write(
+                bin.join("gpu-load"),
+                format!("{utilization} {memory_used_mib}\n"),
+            );
+        }
     }
 
     pub fn live_instances(&self) -> Vec<String> {
