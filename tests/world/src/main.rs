@@ -67,6 +67,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("sampler-cost") => match sampler_cost() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sampler-cost: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("faults") => match faults(std::env::args().nth(2).as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -76,7 +83,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo run -p world -- demo [--pool | --attach | --kubernetes | --picture PATH.svg] | faults [part of a scenario's name] | bench [--runs N]"
+                "usage: cargo run -p world -- demo [--pool | --attach | --kubernetes | --picture PATH.svg] | faults [part of a scenario's name] | bench [--runs N] | sampler-cost [--seconds N]"
             );
             ExitCode::from(2)
         }
@@ -551,6 +558,70 @@ fn faults(only: Option<&str>) -> Result<(), String> {
     } else {
         Err("some scenario left something behind".to_owned())
     }
+}
+
+/// What the job hooks' GPU sampler costs, measured on a machine with a real GPU: the same
+/// `nvidia-smi -lms 1000` the job-started hook starts (`src/boot/gpu-sampler.sh`), run for
+/// `--seconds` (60), its CPU time read from `/proc` against the wall time. The world's
+/// stand-in says nothing of the real one's cost, so without `nvidia-smi` this measures nothing.
+fn sampler_cost() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = match args.iter().position(|a| a == "--seconds") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or("--seconds takes a number above 0")?,
+        None => 60,
+    };
+    let mut child = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("nvidia-smi ({e}): measure the sampler on a machine with an NVIDIA GPU")
+        })?;
+    let began = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+        .map_err(|e| format!("/proc of nvidia-smi: {e}"))?;
+    let wall = began.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    // utime and stime: the 14th and 15th fields, counted after the command's closing parenthesis.
+    let after = &stat[stat.rfind(')').ok_or("an unreadable /proc/PID/stat")? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .ok_or("an unreadable /proc/PID/stat")?
+        .iter()
+        .filter_map(|t| t.parse::<f64>().ok())
+        .sum();
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    let cpu = ticks / per_second;
+    let samples = String::from_utf8_lossy(&output.stdout).lines().count();
+    println!(
+        "GPU sampler (nvidia-smi -lms 1000): {cpu:.2} s of CPU over {wall:.0} s of wall time, \
+         {:.2} % of one core; {samples} sample lines.",
+        100.0 * cpu / wall
+    );
+    Ok(())
 }
 
 /// The benchmark, printed as Markdown with the machine and the date, ready for the README.
