@@ -32,13 +32,21 @@ fn main() -> ExitCode {
         println!("{}", mask::redact(&text));
     }));
 
-    // `gpu-runner attach-hook SOCKET`: the runner's job-started hook on an attached machine, run
-    // as the job's user; it only asks the attach process for its verdict.
+    // `gpu-runner attach-hook SOCKET [STATE]`: the runner's job-started hook on an attached
+    // machine, run as the job's user; it asks the attach process for its verdict, and starts the
+    // GPU sampler for an accepted job.
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("attach-hook") {
         let socket = std::path::PathBuf::from(argv.get(1).cloned().unwrap_or_default());
+        // The hooks' folder, for the GPU sampler; without it, no sampler runs.
+        let state = argv.get(2).map(std::path::PathBuf::from);
         return ExitCode::from(
-            u8::try_from(gpu_runner::attach::hook::client(&socket, &env)).unwrap_or(1),
+            u8::try_from(gpu_runner::attach::hook::client(
+                &socket,
+                state.as_deref(),
+                &env,
+            ))
+            .unwrap_or(1),
         );
     }
     let attach = argv.first().map(String::as_str) == Some("attach");

@@ -144,17 +144,32 @@ impl Policy {
 }
 
 /// The script the runner runs before each job (`ACTIONS_RUNNER_HOOK_JOB_STARTED`): attach's
-/// verdict, then, for an accepted job, the GPU sampler writing to `state`.
+/// verdict, and for an accepted job the GPU sampler, writing to `state`. The hook process is
+/// `gpu-runner attach-hook` itself (`exec`): a cancel's signal reaches it, not a shell that would
+/// wait for it.
 pub fn script(exe: &Path, socket: &Path, state: &Path) -> String {
     let quote = |p: &Path| crate::boot::quote(&p.display().to_string());
     format!(
         "#!/bin/bash\n# gpu-runner attach's job-started hook: the attach process judges this job \
-         before any of its steps runs.\n{} attach-hook {} || exit $?\nSTATE_DIR={}\n{}",
+         before any of its steps runs.\nexec {} attach-hook {} {}\n",
         quote(exe),
         quote(socket),
-        quote(state),
-        crate::boot::GPU_SAMPLER
+        quote(state)
     )
+}
+
+/// Starts the job hooks' GPU sampler (`src/boot/gpu-sampler.sh`) for an accepted job, writing to
+/// `state`; it outlives the hook, and the job-completed hook stops it. Holds none of the hook's
+/// output: the runner waits for a step's output to close.
+fn start_sampler(state: &Path) {
+    let _ = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(crate::boot::GPU_SAMPLER)
+        .env("STATE_DIR", state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// The script the runner runs after each job (`ACTIONS_RUNNER_HOOK_JOB_COMPLETED`): what the
@@ -196,12 +211,12 @@ fn ask(socket: &Path, facts: &JobFacts) -> Result<Verdict, String> {
     serde_json::from_str(&answer).map_err(|_| "gpu-runner attach gave no verdict".to_owned())
 }
 
-/// `gpu-runner attach-hook SOCKET`, run by the runner's worker before each job: prints the verdict
+/// `gpu-runner attach-hook SOCKET [STATE]`, run by the runner's worker before each job: prints the verdict
 /// into the job's log and exits 0 to let the job go on. A refused job's worker is killed before
 /// the hook exits (attach kills it first; the hook makes sure), since the runner would still run
 /// the job's `always()` and `failure()` steps after a failed hook (see `worker`). A cancel while
 /// attach judges (the worker's SIGINT or SIGTERM) ends the job the same way: it fails closed.
-pub fn client(socket: &Path, env: &Env) -> i32 {
+pub fn client(socket: &Path, state: Option<&Path>, env: &Env) -> i32 {
     let worker = super::worker::above(std::process::id());
     // Said first: attach ends a refused job before the hook hears why, so the runner may never
     // send what the hook prints after the verdict.
@@ -210,6 +225,11 @@ pub fn client(socket: &Path, env: &Env) -> i32 {
          here, and attach's log on the machine says why."
     );
     let verdict = ask_unless_cancelled(socket, env);
+    if verdict.1.accept
+        && let Some(state) = state
+    {
+        start_sampler(state);
+    }
     end_unless_accepted(verdict, worker, hold)
 }
 
@@ -427,10 +447,9 @@ mod tests {
             Path::new("/var/lib/a/job state"),
         );
         assert!(s.contains(
-            "'/opt/it'\\''s/gpu-runner' attach-hook '/var/lib/a/hook.sock' || exit $?\n\
-             STATE_DIR='/var/lib/a/job state'\n"
+            "exec '/opt/it'\\''s/gpu-runner' attach-hook '/var/lib/a/hook.sock' \
+             '/var/lib/a/job state'\n"
         ));
-        assert!(s.contains("-lms 1000"));
         let done = completed_script(Path::new("/var/lib/a/job state"));
         assert!(done.starts_with("#!/bin/bash\nSTATE_DIR='/var/lib/a/job state'\n"));
         assert_eq!(done.matches("#!/bin/bash").count(), 1);
