@@ -764,6 +764,16 @@ fn run_status(jobs: &[&Job]) -> &'static str {
     }
 }
 
+/// The status of run `run_id` of `owner/repo`, from its jobs; `None` when it has none there.
+fn status_of_run(st: &GithubState, owner: &str, repo: &str, run_id: u64) -> Option<&'static str> {
+    let jobs: Vec<&Job> = st
+        .jobs
+        .iter()
+        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
+        .collect();
+    (!jobs.is_empty()).then(|| run_status(&jobs))
+}
+
 #[derive(Deserialize)]
 struct RunsQuery {
     status: Option<String>,
@@ -812,15 +822,10 @@ async fn get_run(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let jobs: Vec<&Job> = st
-        .jobs
-        .iter()
-        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
-        .collect();
-    if jobs.is_empty() {
+    let Some(status) = status_of_run(&st, &owner, &repo, run_id) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    Json(json!({"id": run_id, "status": run_status(&jobs)})).into_response()
+    };
+    Json(json!({"id": run_id, "status": status})).into_response()
 }
 
 async fn cancel_run(
@@ -832,15 +837,10 @@ async fn cancel_run(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let jobs: Vec<&Job> = st
-        .jobs
-        .iter()
-        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
-        .collect();
-    if jobs.is_empty() {
+    let Some(status) = status_of_run(&st, &owner, &repo, run_id) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    if run_status(&jobs) == "completed" {
+    };
+    if status == "completed" {
         return error(
             StatusCode::CONFLICT,
             "Cannot cancel a workflow run that is completed.",
@@ -863,15 +863,10 @@ async fn rerun_run(
     if let Some(denied) = check_actions(&st, &headers, &owner, &repo) {
         return denied;
     }
-    let jobs: Vec<&Job> = st
-        .jobs
-        .iter()
-        .filter(|j| j.run_id == run_id && j.repository == format!("{owner}/{repo}"))
-        .collect();
-    if jobs.is_empty() {
+    let Some(status) = status_of_run(&st, &owner, &repo, run_id) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    if run_status(&jobs) != "completed" {
+    };
+    if status != "completed" {
         return error(
             StatusCode::FORBIDDEN,
             "This workflow run is not completed and cannot be re-run.",
