@@ -198,29 +198,42 @@ impl Cluster {
     /// Starts the node stand-in of the registered node `name`, whose `nvidia-smi` shows `gpus`
     /// GPUs (none: no driver), and which has only the images in `images`.
     pub fn run_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
-        self.node(name, gpus, images, false, Driver::ContainerRuntime)
+        start_node(
+            self,
+            self.dir.path(),
+            name,
+            gpus,
+            images,
+            false,
+            Driver::ContainerRuntime,
+        )
     }
 
     /// A node stand-in with GKE's driver layout (see [`Driver::Gke`]).
     pub fn run_gke_node(&self, name: &str, gpus: u32, images: &[&str]) -> Result<Node, String> {
-        self.node(name, gpus, images, false, Driver::Gke)
+        start_node(
+            self,
+            self.dir.path(),
+            name,
+            gpus,
+            images,
+            false,
+            Driver::Gke,
+        )
     }
 
     /// A node stand-in whose image pulls never finish: its pods stay pending in
     /// `ContainerCreating`, and it still stops and removes the ones being deleted.
     pub fn run_slow_node(&self, name: &str, gpus: u32) -> Result<Node, String> {
-        self.node(name, gpus, &[], true, Driver::ContainerRuntime)
-    }
-
-    fn node(
-        &self,
-        name: &str,
-        gpus: u32,
-        images: &[&str],
-        slow: bool,
-        driver: Driver,
-    ) -> Result<Node, String> {
-        start_node(self, self.dir.path(), name, gpus, images, slow, driver)
+        start_node(
+            self,
+            self.dir.path(),
+            name,
+            gpus,
+            &[],
+            true,
+            Driver::ContainerRuntime,
+        )
     }
 }
 
@@ -236,77 +249,76 @@ pub(crate) fn start_node(
     slow: bool,
     driver: Driver,
 ) -> Result<Node, String> {
-    {
-        let root = dir.join(format!("node-{name}"));
-        let bin = root.join("bin");
-        crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
-        if driver == Driver::Gke {
-            // Not on the container's PATH: GKE mounts it under /usr/local/nvidia (start()).
-            std::fs::remove_file(bin.join("nvidia-smi")).map_err(|e| e.to_string())?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let shutting_down = Arc::new(AtomicBool::new(false));
-        let logs: crate::kubelet_api::Logs = Arc::default();
-        let port = crate::kubelet_api::serve(&dir.join("certs"), logs.clone())?;
-        // Where the API server finds this node's kubelet, as a kubelet reports it.
-        let patched = api.call_merge_patch(
-            &format!("/api/v1/nodes/{name}/status"),
-            json!({"status": {
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-            }}),
-        )?;
-        if patched != 200 {
-            return Err(format!(
-                "the node {name}'s kubelet endpoint: HTTP {patched}"
-            ));
-        }
-        let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
-        let cluster = api.another();
-        let node = name.to_owned();
-        let (stop2, logs2, down) = (stop.clone(), logs.clone(), shutting_down.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(cluster) = cluster else { return };
-            let mut running: HashMap<(String, String), Running> = HashMap::new();
-            while !stop2.load(Ordering::SeqCst) {
-                if down.load(Ordering::SeqCst) {
-                    shut_down(&cluster, &node, &mut running);
-                    return;
+    let root = dir.join(format!("node-{name}"));
+    let bin = root.join("bin");
+    crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
+    if driver == Driver::Gke {
+        // Not on the container's PATH: GKE mounts it under /usr/local/nvidia (start()).
+        std::fs::remove_file(bin.join("nvidia-smi")).map_err(|e| e.to_string())?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let logs: crate::kubelet_api::Logs = Arc::default();
+    let port = crate::kubelet_api::serve(&dir.join("certs"), logs.clone())?;
+    // Where the API server finds this node's kubelet, as a kubelet reports it.
+    let patched = api.call_merge_patch(
+        &format!("/api/v1/nodes/{name}/status"),
+        json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        }}),
+    )?;
+    if patched != 200 {
+        return Err(format!(
+            "the node {name}'s kubelet endpoint: HTTP {patched}"
+        ));
+    }
+    let images: Vec<String> = images.iter().map(|i| (*i).to_owned()).collect();
+    let cluster = api.another();
+    let node = name.to_owned();
+    let (stop2, logs2, down) = (stop.clone(), logs.clone(), shutting_down.clone());
+    let thread = std::thread::spawn(move || {
+        let Ok(cluster) = cluster else { return };
+        let mut running: HashMap<(String, String), Running> = HashMap::new();
+        while !stop2.load(Ordering::SeqCst) {
+            if down.load(Ordering::SeqCst) {
+                shut_down(&cluster, &node, &mut running);
+                return;
+            }
+            for pod in bound_pods(&cluster, &node) {
+                let (ns, pod_name) = key(&pod);
+                let id = (ns.clone(), pod_name.clone());
+                let path = format!("/api/v1/namespaces/{ns}/pods/{pod_name}");
+                if !pod["metadata"]["deletionTimestamp"].is_null() {
+                    // The kubelet stops the containers, then confirms the deletion.
+                    if let Some(mut r) = running.remove(&id) {
+                        let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+                            .as_u64()
+                            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+                            .unwrap_or(30);
+                        terminate(&mut r.child, grace);
+                    }
+                    let _ = cluster.call_as(
+                        &cluster.admin_token,
+                        "DELETE",
+                        &path,
+                        Some(json!({"gracePeriodSeconds": 0})),
+                    );
+                    continue;
                 }
-                for pod in bound_pods(&cluster, &node) {
-                    let (ns, pod_name) = key(&pod);
-                    let id = (ns.clone(), pod_name.clone());
-                    let path = format!("/api/v1/namespaces/{ns}/pods/{pod_name}");
-                    if !pod["metadata"]["deletionTimestamp"].is_null() {
-                        // The kubelet stops the containers, then confirms the deletion.
-                        if let Some(mut r) = running.remove(&id) {
-                            let grace = pod["metadata"]["deletionGracePeriodSeconds"]
-                                .as_u64()
-                                .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
-                                .unwrap_or(30);
-                            terminate(&mut r.child, grace);
-                        }
-                        let _ = cluster.call_as(
-                            &cluster.admin_token,
-                            "DELETE",
-                            &path,
-                            Some(json!({"gracePeriodSeconds": 0})),
-                        );
-                        continue;
-                    }
-                    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
-                    if matches!(phase, "Succeeded" | "Failed") {
-                        continue;
-                    }
-                    let container = &pod["spec"]["containers"][0];
-                    let container_name = container["name"].as_str().unwrap_or("main");
-                    let image = container["image"].as_str().unwrap_or_default();
-                    if let Some(r) = running.get_mut(&id) {
-                        let deadline = pod["spec"]["activeDeadlineSeconds"].as_u64();
-                        if deadline.is_some_and(|d| r.started.elapsed() > Duration::from_secs(d)) {
-                            let _ = r.child.kill();
-                            let _ = r.child.wait();
-                            let _ = cluster.status(&path, json!({
+                let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+                if matches!(phase, "Succeeded" | "Failed") {
+                    continue;
+                }
+                let container = &pod["spec"]["containers"][0];
+                let container_name = container["name"].as_str().unwrap_or("main");
+                let image = container["image"].as_str().unwrap_or_default();
+                if let Some(r) = running.get_mut(&id) {
+                    let deadline = pod["spec"]["activeDeadlineSeconds"].as_u64();
+                    if deadline.is_some_and(|d| r.started.elapsed() > Duration::from_secs(d)) {
+                        let _ = r.child.kill();
+                        let _ = r.child.wait();
+                        let _ = cluster.status(&path, json!({
                                 "phase": "Failed", "reason": "DeadlineExceeded",
                                 "message": "Pod was active on the node longer than the specified deadline",
                                 "containerStatuses": [{
@@ -317,55 +329,55 @@ pub(crate) fn start_node(
                                     }},
                                 }],
                             }));
-                            running.remove(&id);
-                            continue;
-                        }
-                        if let Ok(Some(status)) = r.child.try_wait() {
-                            // The pipes may hold the last lines still.
-                            std::thread::sleep(Duration::from_millis(100));
-                            let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            let code = status.code().unwrap_or(137);
-                            let phase = if code == 0 { "Succeeded" } else { "Failed" };
-                            let mut terminated = json!({
-                                "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                                "finishedAt": now(),
-                            });
-                            if code != 0
-                                && container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-                            {
-                                terminated["message"] = json!(fallback_message(&output));
-                            }
-                            let _ = cluster.status(
-                                &path,
-                                json!({
-                                    "phase": phase,
-                                    "containerStatuses": [{
-                                        "name": container_name, "image": image, "imageID": image,
-                                        "ready": false, "restartCount": 0,
-                                        "state": {"terminated": terminated},
-                                    }],
-                                }),
-                            );
-                            running.remove(&id);
-                        }
+                        running.remove(&id);
                         continue;
                     }
-                    if slow {
+                    if let Ok(Some(status)) = r.child.try_wait() {
+                        // The pipes may hold the last lines still.
+                        std::thread::sleep(Duration::from_millis(100));
+                        let output = r.output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let code = status.code().unwrap_or(137);
+                        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                        let mut terminated = json!({
+                            "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                            "finishedAt": now(),
+                        });
+                        if code != 0
+                            && container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+                        {
+                            terminated["message"] = json!(fallback_message(&output));
+                        }
                         let _ = cluster.status(
                             &path,
                             json!({
-                                "phase": "Pending",
+                                "phase": phase,
                                 "containerStatuses": [{
-                                    "name": container_name, "image": image, "imageID": "",
+                                    "name": container_name, "image": image, "imageID": image,
                                     "ready": false, "restartCount": 0,
-                                    "state": {"waiting": {"reason": "ContainerCreating"}},
+                                    "state": {"terminated": terminated},
                                 }],
                             }),
                         );
-                        continue;
+                        running.remove(&id);
                     }
-                    if !images.iter().any(|i| i == image) {
-                        let _ = cluster.status(&path, json!({
+                    continue;
+                }
+                if slow {
+                    let _ = cluster.status(
+                        &path,
+                        json!({
+                            "phase": "Pending",
+                            "containerStatuses": [{
+                                "name": container_name, "image": image, "imageID": "",
+                                "ready": false, "restartCount": 0,
+                                "state": {"waiting": {"reason": "ContainerCreating"}},
+                            }],
+                        }),
+                    );
+                    continue;
+                }
+                if !images.iter().any(|i| i == image) {
+                    let _ = cluster.status(&path, json!({
                             "phase": "Pending",
                             "containerStatuses": [{
                                 "name": container_name, "image": image, "imageID": "",
@@ -376,64 +388,66 @@ pub(crate) fn start_node(
                                 }},
                             }],
                         }));
-                        continue;
+                    continue;
+                }
+                match start(&cluster, &root, &bin, gpus, driver, &ns, &pod) {
+                    Ok(r) => {
+                        let _ = cluster.status(
+                            &path,
+                            json!({
+                                "phase": "Running", "startTime": now(),
+                                "containerStatuses": [{
+                                    "name": container_name, "image": image, "imageID": image,
+                                    "ready": true, "restartCount": 0, "started": true,
+                                    "state": {"running": {"startedAt": now()}},
+                                }],
+                            }),
+                        );
+                        // Its log is readable (pods/log) from now on, as it grows.
+                        logs2
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(format!("{ns}/{pod_name}"), r.output.clone());
+                        running.insert(id, r);
                     }
-                    match start(&cluster, &root, &bin, gpus, driver, &ns, &pod) {
-                        Ok(r) => {
-                            let _ = cluster.status(
-                                &path,
-                                json!({
-                                    "phase": "Running", "startTime": now(),
-                                    "containerStatuses": [{
-                                        "name": container_name, "image": image, "imageID": image,
-                                        "ready": true, "restartCount": 0, "started": true,
-                                        "state": {"running": {"startedAt": now()}},
-                                    }],
-                                }),
-                            );
-                            // Its log is readable (pods/log) from now on, as it grows.
-                            logs2
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(format!("{ns}/{pod_name}"), r.output.clone());
-                            running.insert(id, r);
-                        }
-                        Err(NotStarted::Waiting(reason, message)) => {
-                            let _ = cluster.status(&path, json!({
+                    Err(NotStarted::Waiting(reason, message)) => {
+                        let _ = cluster.status(
+                            &path,
+                            json!({
                                 "phase": "Pending",
                                 "containerStatuses": [{
                                     "name": container_name, "image": image, "imageID": "",
                                     "ready": false, "restartCount": 0,
                                     "state": {"waiting": {"reason": reason, "message": message}},
                                 }],
-                            }));
-                        }
-                        Err(NotStarted::Failed(why)) => {
-                            let _ = cluster.status(
-                                &path,
-                                json!({
-                                    "phase": "Failed",
-                                    "message": why,
-                                }),
-                            );
-                        }
+                            }),
+                        );
+                    }
+                    Err(NotStarted::Failed(why)) => {
+                        let _ = cluster.status(
+                            &path,
+                            json!({
+                                "phase": "Failed",
+                                "message": why,
+                            }),
+                        );
                     }
                 }
-                std::thread::sleep(Duration::from_millis(200));
             }
-            for (_, mut r) in running {
-                let _ = r.child.kill();
-                let _ = r.child.wait();
-            }
-        });
-        Ok(Node {
-            name: name.to_owned(),
-            stop,
-            shutting_down,
-            logs,
-            thread: Some(thread),
-        })
-    }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (_, mut r) in running {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    });
+    Ok(Node {
+        name: name.to_owned(),
+        stop,
+        shutting_down,
+        logs,
+        thread: Some(thread),
+    })
 }
 
 impl Client {
