@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::actions::Markdown;
+use crate::machine::ec2::pricing::on_demand_list_price;
 use crate::machine::{Machine, Price};
 
 /// What one job used of its GPUs, as the job-completed hook summed it up.
@@ -100,17 +101,16 @@ impl MachineUse {
     }
 }
 
-/// Single-GPU EC2 types, their GPU's memory and on-demand list price in us-east-1 (USD per
-/// hour), for the right-size hint: AWS's instance type pages ("Accelerated computing") and list
-/// prices, as `ec2::pricing` has them.
-const ONE_GPU_TYPES: &[(&str, &str, u32, f64)] = &[
-    ("g4dn.xlarge", "T4", 16, 0.526),
-    ("g6.xlarge", "L4", 24, 0.8048),
-    ("g5.xlarge", "A10G", 24, 1.006),
-    ("g4dn.2xlarge", "T4", 16, 0.752),
-    ("g6.2xlarge", "L4", 24, 0.9776),
-    ("g5.2xlarge", "A10G", 24, 1.212),
-    ("p3.2xlarge", "V100", 16, 3.06),
+/// Single-GPU EC2 types and their GPU's memory, for the right-size hint (AWS's instance type
+/// pages, "Accelerated computing"); their prices are `ec2::pricing`'s list prices.
+const ONE_GPU_TYPES: &[(&str, &str, u32)] = &[
+    ("g4dn.xlarge", "T4", 16),
+    ("g6.xlarge", "L4", 24),
+    ("g5.xlarge", "A10G", 24),
+    ("g4dn.2xlarge", "T4", 16),
+    ("g6.2xlarge", "L4", 24),
+    ("g5.2xlarge", "A10G", 24),
+    ("p3.2xlarge", "V100", 16),
 ];
 
 /// A job shorter than this says too little about what it needs.
@@ -129,9 +129,12 @@ pub fn right_size(uses: &[MachineUse]) -> Option<String> {
         let need_gib = f64::from(usage.peak_memory_mib) / 1024.0 * 1.2 + 1.0;
         let (name, gpu, memory, usd) = ONE_GPU_TYPES
             .iter()
-            .filter(|(name, _, memory, usd)| {
-                *name != u.instance_type && f64::from(*memory) >= need_gib && *usd < paid
+            .filter(|(name, _, memory)| *name != u.instance_type && f64::from(*memory) >= need_gib)
+            .filter_map(|(name, gpu, memory)| {
+                let usd = on_demand_list_price(name)?.usd_per_hour;
+                Some((name, gpu, memory, usd))
             })
+            .filter(|(.., usd)| *usd < paid)
             .min_by(|a, b| a.3.total_cmp(&b.3))?;
         Some(format!(
             "The job on {} peaked at {:.1} GiB of GPU memory: {name} ({gpu}, {memory} GiB, \
