@@ -241,6 +241,8 @@ pub struct Interruption {
     pub title: &'static str,
     /// What took it away, in words: "AWS reclaimed the spot instance i-… at …".
     pub how: String,
+    /// How to get the job run again, and what helps next time.
+    pub again: &'static str,
 }
 
 /// What took a reclaimed machine away; `at` is when its console said it would.
@@ -254,6 +256,8 @@ pub fn interruption(m: &Machine, at: Option<&str>) -> Interruption {
                     "AWS reclaimed the spot instance {}{when} (two-minute notice)",
                     m.id
                 ),
+                again: "a retry workflow does it for you, on on-demand (docs/spot.md); \
+                        market-type: spot-then-on-demand lets the re-run fall back",
             }
         }
         other => Interruption {
@@ -266,6 +270,8 @@ pub fn interruption(m: &Machine, at: Option<&str>) -> Interruption {
                     .map(|r| r.trim_start_matches(": "))
                     .unwrap_or("no reason given")
             ),
+            again: "give the pod nodes that are not preempted (node-selector, tolerations) if \
+                    it happens often",
         },
     }
 }

@@ -111,25 +111,13 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         }
     }
     for i in &t.interrupted {
-        let (again, anchor) = if i.title == "A spot instance was reclaimed" {
-            (
-                "a retry workflow does it for you, on on-demand (docs/spot.md); market-type: \
-                 spot-then-on-demand lets the re-run fall back",
-                "a-spot-instance-was-reclaimed",
-            )
-        } else {
-            (
-                "give the pod nodes that are not preempted (node-selector, tolerations) if it \
-                 happens often",
-                "a-pod-was-taken-off-its-node",
-            )
-        };
         actions.annotate(
             &Annotation::warning(format!(
-                "{}; the GPU job was interrupted, not failed. Re-run the workflow: {again}.\n\
+                "{}; the GPU job was interrupted, not failed. Re-run the workflow: {}.\n\
                  Troubleshooting: {}",
                 i.how,
-                failure::help_url(anchor)
+                i.again,
+                failure::help_url(&failure::anchor(i.title))
             ))
             .title(i.title),
         );
