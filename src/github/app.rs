@@ -64,10 +64,18 @@ pub fn app_jwt(app_id: &str, private_key: &Secret, now: i64) -> Result<Secret, A
 /// and nothing more.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenNeeds {
-    /// Read and cancel workflow runs (cleanup).
+    /// Read, cancel and re-run workflow runs (cleanup, retry).
     pub actions: bool,
     /// Read a pull request's head commit (a start approved by a comment).
     pub pull_requests: bool,
+}
+
+impl TokenNeeds {
+    /// The runners and the workflow runs: cleanup reads and cancels runs, retry re-runs them.
+    pub const RUNS: TokenNeeds = TokenNeeds {
+        actions: true,
+        pull_requests: false,
+    };
 }
 
 /// The body of the installation token request: this repository only, and only the permissions

@@ -148,10 +148,7 @@ pub async fn run(inputs: &RetryInputs, env: &Env, actions: &Actions) -> Result<(
             let github = super::runners(
                 &inputs.common,
                 inputs.common.scope(),
-                TokenNeeds {
-                    actions: true,
-                    pull_requests: false,
-                },
+                TokenNeeds::RUNS,
                 &ctx,
                 env,
                 actions,

@@ -40,10 +40,7 @@ pub async fn run(
     let github = match super::runners(
         &inputs.common,
         inputs.common.scope(),
-        TokenNeeds {
-            actions: true,
-            pull_requests: false,
-        },
+        TokenNeeds::RUNS,
         &ctx,
         env,
         actions,
