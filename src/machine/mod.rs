@@ -459,6 +459,13 @@ pub trait Provider: Sync {
     /// What the summary says of a machine whose runner came online.
     fn facts(&self, machine: &Machine) -> impl Future<Output = Facts> + Send;
 
+    /// What the machine costs an hour, when the provider knows (the part of [`Provider::facts`]
+    /// that a cost needs, without reading the machine's output).
+    fn price(&self, machine: &Machine) -> impl Future<Output = Option<Price>> + Send {
+        let _ = machine;
+        async { None }
+    }
+
     /// Deletes what these machines were handed that outlives them (a JIT config still waiting
     /// in SSM for an instance that never read it): what was deleted, or why it could not be, by
     /// name. Nothing when there is nothing left.
@@ -639,6 +646,13 @@ impl Provider for Connected {
         match self {
             Connected::Ec2(p) => p.facts(machine).await,
             Connected::Kubernetes(p) => p.facts(machine).await,
+        }
+    }
+
+    async fn price(&self, machine: &Machine) -> Option<Price> {
+        match self {
+            Connected::Ec2(p) => p.price(machine).await,
+            Connected::Kubernetes(p) => p.price(machine).await,
         }
     }
 

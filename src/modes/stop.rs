@@ -152,7 +152,7 @@ async fn run_use(
     let now = chrono::Utc::now();
     let mut uses = Vec::new();
     for m in &machines {
-        let price = provider.facts(m).await.price;
+        let price = provider.price(m).await;
         let usage = GpuUsage::from_console(&provider.last_words(&m.id).await);
         uses.push(MachineUse::of(m, price, usage, now));
     }

@@ -517,8 +517,12 @@ impl Provider for Ec2 {
 
     /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
     /// publish the console minutes late.
+    async fn price(&self, machine: &Machine) -> Option<crate::machine::Price> {
+        pricing::of(&self.api, machine).await
+    }
+
     async fn facts(&self, machine: &Machine) -> Facts {
-        let price = pricing::of(&self.api, machine).await;
+        let price = self.price(machine).await;
         let gpu = match self.api.console_output(&machine.id).await {
             Ok(Some(text)) => phases::gpu_found(&text),
             _ => None,
