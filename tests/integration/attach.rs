@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::finished;
 use world::attached::Attached;
 use world::{Options, World};
 
@@ -26,16 +27,6 @@ env | sort
 # attach is the machine's first process: its environment holds the token.
 tr '\0' '\n' < /proc/1/environ || echo "attach's environment is not readable"
 true"#;
-
-#[track_caller]
-fn finished(world: &World, job: u64, limit: Duration) -> world::github::Job {
-    let done = world.wait_until(limit, |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    let job = world.job(job).expect("the job");
-    assert!(done, "the job never finished: {job:?}");
-    job
-}
 
 /// Waits for attach to end with `code`; what it printed.
 #[track_caller]

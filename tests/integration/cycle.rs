@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Outcome, Step, as_app, nothing_left};
+use crate::support::{Outcome, Step, as_app, finished, nothing_left};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
@@ -690,16 +690,6 @@ fn a_github_failure_in_stop_still_terminates_the_instance() {
     nothing_left(&world);
 }
 
-/// Waits for job `id` to finish and returns it.
-#[track_caller]
-fn finished(world: &World, id: u64) -> world::github::Job {
-    let done = world.wait_until(Duration::from_secs(30), |w| {
-        w.job(id).is_some_and(|j| j.status == "completed")
-    });
-    assert!(done, "job {id} never finished: {:?}", world.job(id));
-    world.job(id).unwrap()
-}
-
 /// actions/runner's `run-helper.sh` refuses root ("Must not run interactively with sudo") unless
 /// `RUNNER_ALLOW_RUNASROOT` is set, and `run.sh` still exits 0: with the old boot script a
 /// `runner-user: root` start never came online.
@@ -717,7 +707,7 @@ fn runner_user_root_comes_online_and_runs_the_job() {
         started.stdout
     );
     let job = world.queue_job(&[&started.outputs()["label"]], "id -u");
-    let job = finished(&world, job);
+    let job = finished(&world, job, Duration::from_secs(30));
     assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
     assert!(job.output.contains("\n0\n"), "{}", job.output);
     stop(&world).outputs_of(&started).run().success();
@@ -746,7 +736,7 @@ fn a_container_job_reaches_docker_only_through_the_docker_group() {
         "nvidia/cuda:12.4.1-base-ubuntu22.04",
         "docker version && id -nG",
     );
-    let job = finished(&world, job);
+    let job = finished(&world, job, Duration::from_secs(30));
     assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
     assert!(
         job.output.contains("Server: Docker Engine") && job.output.contains("docker"),
@@ -764,7 +754,7 @@ fn a_container_job_reaches_docker_only_through_the_docker_group() {
         "nvidia/cuda:12.4.1-base-ubuntu22.04",
         "echo the-step-ran",
     );
-    let job = finished(&world, job);
+    let job = finished(&world, job, Duration::from_secs(30));
     assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
     assert!(
         job.output
@@ -825,7 +815,7 @@ fn the_runner_package_refuses_root_and_still_runs_always_steps_after_a_failing_h
         limit,
     );
     assert_eq!(code, Some(0), "{out}");
-    let job = finished(&world, job);
+    let job = finished(&world, job, Duration::from_secs(30));
     assert_eq!(job.conclusion.as_deref(), Some("failure"), "{}", job.output);
     assert!(
         job.output.contains("refusing this job")
@@ -862,7 +852,7 @@ fn github_hands_any_job_the_runners_labels_cover_defaults_included() {
     );
     let broad = world.queue_job(&["self-hosted", "linux"], "echo any-self-hosted-job");
     let gpu = world.queue_job(&[&label], "echo the-gpu-job");
-    let broad = finished(&world, broad);
+    let broad = finished(&world, broad, Duration::from_secs(30));
     assert_eq!(broad.runner_name.as_deref(), Some(label.as_str()));
     assert_eq!(world.job(gpu).map(|j| j.status), Some("queued"));
     // The JIT config GitHub hands out is a few KB, as real ones are.
@@ -939,7 +929,7 @@ fn stop_during_a_job_waits_until_github_lets_go_of_the_busy_runner() {
         stopped.summary
     );
     assert!(world.github.lock().unwrap().refused_busy_deletes >= 1);
-    let job = finished(&world, job);
+    let job = finished(&world, job, Duration::from_secs(30));
     assert_eq!(job.conclusion.as_deref(), Some("failure"));
     nothing_left(&world);
 }
@@ -1064,7 +1054,7 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
         started.success();
         let id = started.outputs()["instance-id"].clone();
         let job = world.queue_job(&[&started.outputs()["label"]], script);
-        let job = finished(&world, job);
+        let job = finished(&world, job, Duration::from_secs(30));
         assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
         assert!(
             job.output.contains(

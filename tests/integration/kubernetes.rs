@@ -134,6 +134,22 @@ impl Gpus {
         );
     }
 
+    /// A started pod whose runner took a job that runs until it is stopped; the job's id.
+    #[track_caller]
+    fn busy_pod(&self) -> (Outcome, u64) {
+        let started = self.start().run();
+        started.success();
+        let label = started.outputs()["label"].clone();
+        let job = self
+            .world
+            .queue_job(&[&label], "echo working; sleep 3600; echo never");
+        let running = self.world.wait_until(Duration::from_secs(30), |w| {
+            w.job(job).is_some_and(|j| j.status == "in_progress")
+        });
+        assert!(running, "the job never started");
+        (started, job)
+    }
+
     #[track_caller]
     fn finished(&self, job: u64) -> world::github::Job {
         let done = self.world.wait_until(Duration::from_secs(60), |w| {
@@ -307,16 +323,7 @@ fn on_a_gke_node_the_probe_and_the_job_find_the_driver_under_usr_local_nvidia() 
 #[test]
 fn a_stop_during_the_pods_job_lets_the_runner_report_the_job_cancelled() {
     let gpus = gpu_cluster();
-    let started = gpus.start().run();
-    started.success();
-    let label = started.outputs()["label"].clone();
-    let job = gpus
-        .world
-        .queue_job(&[&label], "echo working; sleep 3600; echo never");
-    let running = gpus.world.wait_until(Duration::from_secs(30), |w| {
-        w.job(job).is_some_and(|j| j.status == "in_progress")
-    });
-    assert!(running, "the job never started");
+    let (started, job) = gpus.busy_pod();
     gpus.stop_after(&started).run().success();
     let job = gpus.finished(job);
     assert_eq!(
@@ -334,17 +341,8 @@ fn a_stop_during_the_pods_job_lets_the_runner_report_the_job_cancelled() {
 #[test]
 fn a_pod_whose_node_shuts_down_during_the_job_is_said_interrupted_by_stop() {
     let gpus = gpu_cluster();
-    let started = gpus.start().run();
-    started.success();
+    let (started, job) = gpus.busy_pod();
     let pod = started.outputs()["instance-id"].clone();
-    let label = started.outputs()["label"].clone();
-    let job = gpus
-        .world
-        .queue_job(&[&label], "echo working; sleep 3600; echo never");
-    let running = gpus.world.wait_until(Duration::from_secs(30), |w| {
-        w.job(job).is_some_and(|j| j.status == "in_progress")
-    });
-    assert!(running, "the job never started");
     gpus._nodes[0].shut_down();
     let job = gpus.finished(job);
     assert_ne!(job.conclusion.as_deref(), Some("success"), "{job:?}");

@@ -308,6 +308,23 @@ fn a_pool_of_two_serves_count_2_and_a_full_pool_fails_or_waits_as_pool_full_says
     nothing_running(&world);
 }
 
+/// Start with `pool-instance-id` naming `kept`, which EC2 will not run: a pool of one has nowhere
+/// else to go, so it fails as a capacity shortage, and nothing is left running.
+#[track_caller]
+fn a_pool_of_one_ec2_cannot_start_fails_for_capacity(world: &World, kept: &str) {
+    let named = start(world, "pair")
+        .input("pool-size", "2")
+        .input("pool-instance-id", kept)
+        .run();
+    named.failure();
+    let errors = named.errors().join("\n");
+    assert!(
+        errors.contains("No GPU capacity") && errors.contains(kept),
+        "{errors}"
+    );
+    nothing_running(world);
+}
+
 /// EC2 can refuse to start a stopped GPU instance for lack of capacity in its zone, a common
 /// answer for GPU types (the world refuses as EC2 does). Start goes on: another stopped member,
 /// else a new instance through the usual candidates, retiring the stuck member when the pool is
@@ -382,17 +399,7 @@ fn a_member_ec2_cannot_start_for_capacity_gives_way_to_another_or_to_a_new_insta
         .lock()
         .unwrap()
         .insert(kept.clone(), Shortage::RefusesStart);
-    let named = start(&world, "pair")
-        .input("pool-size", "2")
-        .input("pool-instance-id", &kept)
-        .run();
-    named.failure();
-    let errors = named.errors().join("\n");
-    assert!(
-        errors.contains("No GPU capacity") && errors.contains(&kept),
-        "{errors}"
-    );
-    nothing_running(&world);
+    a_pool_of_one_ec2_cannot_start_fails_for_capacity(&world, &kept);
 }
 
 /// EC2 can also take the start of a stopped GPU instance and send it back to `stopped` a moment
@@ -461,17 +468,7 @@ fn a_member_ec2_sends_back_to_stopped_for_capacity_gives_way_to_a_new_instance()
     nothing_running(&world);
 
     // A pool of one that EC2 sends back: a capacity failure, nothing left running.
-    let named = start(&world, "pair")
-        .input("pool-size", "2")
-        .input("pool-instance-id", &kept)
-        .run();
-    named.failure();
-    let errors = named.errors().join("\n");
-    assert!(
-        errors.contains("No GPU capacity") && errors.contains(&kept),
-        "{errors}"
-    );
-    nothing_running(&world);
+    a_pool_of_one_ec2_cannot_start_fails_for_capacity(&world, &kept);
 }
 
 #[test]

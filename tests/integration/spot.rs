@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Outcome, Step, nothing_left};
+use crate::support::{Outcome, Step, finished, nothing_left};
 use world::{Options, World};
 
 fn world() -> World {
@@ -101,14 +101,8 @@ fn an_interrupted_spot_job_is_said_as_such_on_the_machine_and_by_stop() {
     );
 
     // Then AWS takes it, and GitHub fails the job it lost.
-    let failed = world.wait_until(Duration::from_secs(60), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    assert!(failed, "{:?}", world.job(job));
-    assert_eq!(
-        world.job(job).unwrap().conclusion.as_deref(),
-        Some("failure")
-    );
+    let failed = finished(&world, job, Duration::from_secs(60));
+    assert_eq!(failed.conclusion.as_deref(), Some("failure"));
 
     let stopped = stop(&world).outputs_of(&started).run();
     stopped.success();
@@ -153,10 +147,7 @@ fn an_interrupted_spot_run_is_re_run_once_on_demand_and_succeeds() {
         start(&world).input("market-type", "spot-then-on-demand"),
     );
     world.reclaim_spot(&id);
-    let failed = world.wait_until(Duration::from_secs(60), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    assert!(failed);
+    finished(&world, job, Duration::from_secs(60));
     stop(&world).outputs_of(&started).run().success();
 
     // A token without Actions: write cannot re-run it, and the error says what it lacks.
@@ -198,14 +189,8 @@ fn an_interrupted_spot_run_is_re_run_once_on_demand_and_succeeds() {
     let label = again.outputs()["label"].clone();
     assert!(label.starts_with(&format!("gpu-runner-{}-2-", world.run_id)));
     let job = world.queue_job(&[&label], "echo trained");
-    let done = world.wait_until(Duration::from_secs(30), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    assert!(done);
-    assert_eq!(
-        world.job(job).unwrap().conclusion.as_deref(),
-        Some("success")
-    );
+    let done = finished(&world, job, Duration::from_secs(30));
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
     stop(&world).outputs_of(&again).run().success();
 
     let green = retry(&world, 2, "success", None);
@@ -228,14 +213,8 @@ fn a_run_that_failed_on_its_own_or_past_max_retries_is_never_re_run() {
     started.success();
     let label = started.outputs()["label"].clone();
     let job = world.queue_job(&[&label], "echo tests failed; exit 1");
-    let done = world.wait_until(Duration::from_secs(30), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    });
-    assert!(done);
-    assert_eq!(
-        world.job(job).unwrap().conclusion.as_deref(),
-        Some("failure")
-    );
+    let done = finished(&world, job, Duration::from_secs(30));
+    assert_eq!(done.conclusion.as_deref(), Some("failure"));
     stop(&world).outputs_of(&started).run().success();
     let own = retry(&world, 1, "failure", None);
     own.success();
@@ -249,9 +228,7 @@ fn a_run_that_failed_on_its_own_or_past_max_retries_is_never_re_run() {
     // A reclaimed machine, but retries are off, or used up.
     let (started, id, job) = busy(&world, start(&world).env("GITHUB_RUN_ATTEMPT", "2"));
     world.reclaim_spot(&id);
-    assert!(world.wait_until(Duration::from_secs(60), |w| {
-        w.job(job).is_some_and(|j| j.status == "completed")
-    }));
+    finished(&world, job, Duration::from_secs(60));
     stop(&world).outputs_of(&started).run().success();
     let off = retry(&world, 2, "failure", Some("0"));
     off.success();

@@ -18,6 +18,17 @@ impl Step {
     }
 }
 
+/// Waits up to `limit` for job `id` to finish, and returns it.
+#[track_caller]
+pub fn finished(world: &world::World, id: u64, limit: std::time::Duration) -> world::github::Job {
+    let done = world.wait_until(limit, |w| {
+        w.job(id).is_some_and(|j| j.status == "completed")
+    });
+    let job = world.job(id).expect("the job");
+    assert!(done, "job {id} never finished: {job:?}");
+    job
+}
+
 /// Nothing is left: no live instance in moto, no runner in the fake GitHub.
 #[track_caller]
 pub fn nothing_left(world: &world::World) {
