@@ -32,6 +32,15 @@ end_instance() {
   shutdown -h now "gpu-runner: $1" || true
 }
 
+# One read of the instance's metadata, through IMDSv2 (a session token first, as an instance
+# launched with HttpTokens: required demands).
+imds_get() {
+  local imds="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}" token
+  token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
+    "$imds/latest/api/token" 2> /dev/null)" || token=""
+  curl -fsS -H "X-aws-ec2-metadata-token: $token" "$imds/latest/meta-data/$1" 2> /dev/null
+}
+
 fail() {
   trap - ERR
   log "$1" "status=failed reason=\"$2\""
@@ -61,12 +70,8 @@ log watchdog "status=ok max_lifetime_minutes=$MAX_LIFETIME_MINUTES"
 # read, and leaves the notice where the job can read it (GPU_RUNNER_SPOT_NOTICE).
 if [ "$SPOT" = true ]; then
   (
-    imds="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}"
     while :; do
-      token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
-        "$imds/latest/api/token" 2> /dev/null)" || token=""
-      if notice="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" \
-        "$imds/latest/meta-data/spot/instance-action" 2> /dev/null)"; then
+      if notice="$(imds_get spot/instance-action)"; then
         action="$(printf '%s' "$notice" | sed -n 's/.*"action" *: *"\([a-z]*\)".*/\1/p')"
         at="$(printf '%s' "$notice" | sed -n 's/.*"time" *: *"\([0-9TZ:.-]*\)".*/\1/p')"
         printf '%s\n' "$notice" > "$STATE_DIR/spot-notice.json"
@@ -230,10 +235,23 @@ mkdir -p "$HOOK_DIR"
 # @JOB_STARTED_HOOK@
 HOOK
 } > "$HOOK_DIR/job-started.sh"
+# What the machine costs, for the job's usage report. A spot instance's price is its zone's,
+# and EC2 chose the zone: start gave each zone's spot price at launch.
+price_per_hour="$PRICE_PER_HOUR" price_source="on-demand list price"
+if [ "$SPOT" = true ] && [ -n "$SPOT_PRICES" ]; then
+  zone="$(imds_get placement/availability-zone)" || zone=""
+  read -ra zone_prices <<< "$SPOT_PRICES"
+  for zone_price in "${zone_prices[@]}"; do
+    if [ -n "$zone" ] && [ "${zone_price%%=*}" = "$zone" ]; then
+      price_per_hour="${zone_price#*=}" price_source="spot price in $zone at launch"
+    fi
+  done
+fi
 {
   printf '#!/bin/bash\n'
   printf 'STATE_DIR=%q\n' "$JOB_MARKS"
-  printf 'PRICE_PER_HOUR=%q\n' "$PRICE_PER_HOUR"
+  printf 'PRICE_PER_HOUR=%q\n' "$price_per_hour"
+  printf 'PRICE_SOURCE=%q\n' "$price_source"
   cat << 'HOOK'
 # @JOB_COMPLETED_HOOK@
 HOOK

@@ -4,15 +4,16 @@
 # (actions/runner JobHookProvider.cs), so what it writes to GITHUB_STEP_SUMMARY joins the job's
 # summary. It stops the GPU sampler the job-started hook began and sums up what the job used of
 # its GPUs: a table in the job's summary, and one line in STATE_DIR/gpu-usage for the boot
-# script to put on the console. The boot script puts STATE_DIR (and the machine's on-demand
-# PRICE_PER_HOUR, when it has one) in front of this text.
+# script to put on the console. The boot script puts STATE_DIR (and the machine's
+# PRICE_PER_HOUR and its PRICE_SOURCE, when it has one) in front of this text.
 set -u
 pid="$(cat "$STATE_DIR/gpu-sampler.pid" 2> /dev/null || true)"
 [ -z "$pid" ] || kill "$pid" 2> /dev/null || true
 samples="$STATE_DIR/gpu-samples.csv"
 [ -s "$samples" ] || exit 0
 # The sampler takes one line per GPU a second: the job's seconds are its samples.
-awk -F', *' -v usage="$STATE_DIR/gpu-usage" -v price="${PRICE_PER_HOUR:-}" '
+awk -F', *' -v usage="$STATE_DIR/gpu-usage" -v price="${PRICE_PER_HOUR:-}" \
+  -v source="${PRICE_SOURCE:-on-demand list price}" '
   NF >= 4 && $1 ~ /^[0-9]+$/ {
     g = $1
     if (!(g in n)) order[++gpus] = g
@@ -37,6 +38,6 @@ awk -F', *' -v usage="$STATE_DIR/gpu-usage" -v price="${PRICE_PER_HOUR:-}" '
     }
     if (busy) printf "\nPeak GPU memory %.1f of %.1f GiB, over %d s of the job.\n", most / 1024, of / 1024, seconds
     else print "\nThe GPU was idle for the whole job: did the job use it?"
-    if (price != "") printf "\nGPU time: %d s on %d GPU(s); at $%s/h (on-demand list price) the machine cost ≈ $%.2f for the job.\n", seconds, gpus, price, price * seconds / 3600
+    if (price != "") printf "\nGPU time: %d s on %d GPU(s); at $%s/h (%s) the machine cost ≈ $%.2f for the job.\n", seconds, gpus, price, source, price * seconds / 3600
     printf "gpus=%d peak_utilization=%d mean_utilization=%d peak_memory_mib=%d memory_mib=%d job_seconds=%d\n", gpus, top, means / gpus, most, of, seconds > usage
   }' "$samples" >> "${GITHUB_STEP_SUMMARY:-/dev/null}"

@@ -152,9 +152,21 @@ pub struct BootParams {
     pub pooled: bool,
     /// A spot instance: it watches for AWS's two-minute interruption notice while it runs.
     pub spot: bool,
-    /// Its on-demand list price (USD an hour), for the job's usage report; `None` for spot, or
-    /// a type without a list price.
-    pub price_per_hour: Option<f64>,
+    /// What it costs an hour, for the job's usage report.
+    pub price: HourlyPrice,
+}
+
+/// What an instance costs an hour (USD), as the job-completed hook prices the job with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum HourlyPrice {
+    /// A type without a list price, or a spot price EC2 did not give.
+    #[default]
+    Unknown,
+    /// On-demand: its list price.
+    List(f64),
+    /// Spot: the price in effect in each zone at launch. EC2 picks the zone of an instance
+    /// launched without a subnet, so the instance reads its own from its metadata.
+    SpotByZone(Vec<(String, f64)>),
 }
 
 /// Where an instance reads its runner's JIT config with its own role.
@@ -199,7 +211,21 @@ fn values(p: &BootParams, jit_config: &str) -> String {
         ("SPOT", p.spot.to_string()),
         (
             "PRICE_PER_HOUR",
-            p.price_per_hour.map(|p| p.to_string()).unwrap_or_default(),
+            match &p.price {
+                HourlyPrice::List(usd) => usd.to_string(),
+                _ => String::new(),
+            },
+        ),
+        (
+            "SPOT_PRICES",
+            match &p.price {
+                HourlyPrice::SpotByZone(zones) => zones
+                    .iter()
+                    .map(|(zone, usd)| format!("{zone}={usd}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            },
         ),
         ("JIT_CONFIG", jit_config.to_owned()),
     ];
@@ -457,8 +483,29 @@ mod tests {
             },
             pooled: false,
             spot: false,
-            price_per_hour: Some(1.006),
+            price: HourlyPrice::List(1.006),
         }
+    }
+
+    #[test]
+    fn a_spot_instance_gets_each_zones_price_and_an_on_demand_one_its_list_price() {
+        let spot = BootParams {
+            spot: true,
+            price: HourlyPrice::SpotByZone(vec![
+                ("us-east-1a".into(), 0.4123),
+                ("us-east-1b".into(), 0.45),
+            ]),
+            ..params()
+        };
+        let text = values(&spot, "");
+        assert!(text.contains("readonly PRICE_PER_HOUR=''\n"), "{text}");
+        assert!(
+            text.contains("readonly SPOT_PRICES='us-east-1a=0.4123 us-east-1b=0.45'\n"),
+            "{text}"
+        );
+        let text = values(&params(), "");
+        assert!(text.contains("readonly PRICE_PER_HOUR='1.006'\n"), "{text}");
+        assert!(text.contains("readonly SPOT_PRICES=''\n"), "{text}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! into a new instance's user data, a pool would swap it in while the instance is stopped, a
 //! Kubernetes pod would read it from a Secret.
 
-use crate::boot::{BootParams, JitParameter, RunnerPackage};
+use crate::boot::{BootParams, HourlyPrice, JitParameter, RunnerPackage};
 use crate::inputs::JitHandoff;
 use crate::plan::{LaunchPlan, Market, RunnerSpec};
 use crate::secret::Secret;
@@ -21,13 +21,14 @@ pub struct Handoff<'a> {
 
 impl Handoff<'_> {
     /// What the boot script needs, for a machine of `instance_type` with `expected_gpus` GPUs
-    /// (0 when unknown), bought on `market`.
+    /// (0 when unknown), bought on `market`; for spot, at `spot_prices` (by zone).
     pub fn boot_params(
         &self,
         plan: &LaunchPlan,
         instance_type: &str,
         expected_gpus: u32,
         market: Market,
+        spot_prices: &[(String, f64)],
     ) -> BootParams {
         BootParams {
             runner_name: self.runner.name.clone(),
@@ -52,11 +53,11 @@ impl Handoff<'_> {
             binding: plan.binding.clone(),
             pooled: plan.pool.is_some(),
             spot: market == Market::Spot,
-            price_per_hour: match market {
-                Market::OnDemand => {
-                    super::ec2::pricing::on_demand_list_price(instance_type).map(|p| p.usd_per_hour)
-                }
-                Market::Spot => None,
+            price: match market {
+                Market::OnDemand => super::ec2::pricing::on_demand_list_price(instance_type)
+                    .map_or(HourlyPrice::Unknown, |p| HourlyPrice::List(p.usd_per_hour)),
+                Market::Spot if spot_prices.is_empty() => HourlyPrice::Unknown,
+                Market::Spot => HourlyPrice::SpotByZone(spot_prices.to_vec()),
             },
         }
     }

@@ -1049,8 +1049,11 @@ fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
 #[test]
 fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
     let world = world();
-    let run = |instance_type: &str, script: &str| {
-        let started = start(&world).input("instance-types", instance_type).run();
+    let run = |instance_type: &str, market: &str, script: &str| {
+        let started = start(&world)
+            .input("instance-types", instance_type)
+            .input("market-type", market)
+            .run();
         started.success();
         let id = started.outputs()["instance-id"].clone();
         let job = world.queue_job(&[&started.outputs()["label"]], script);
@@ -1066,10 +1069,11 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
         let stopped = stop(&world).outputs_of(&started).run();
         stopped.success();
         let console = world.console(&id);
-        (id, job, console, stopped)
+        (started, job, console, stopped)
     };
 
-    let (idle_id, idle, _, stopped) = run("g4dn.xlarge", "echo no GPU here");
+    let (idle_start, idle, _, stopped) = run("g4dn.xlarge", "on-demand", "echo no GPU here");
+    let idle_id = &idle_start.outputs()["instance-id"];
     assert!(
         idle.summary
             .contains("The GPU was idle for the whole job: did the job use it?"),
@@ -1090,7 +1094,9 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
     );
 
     world.set_gpu_load(40, 3072);
-    let (id, busy, console, stopped) = run("g5.xlarge", "sleep 120; echo trained");
+    let (busy_start, busy, console, stopped) =
+        run("g5.xlarge", "on-demand", "sleep 120; echo trained");
+    let id = &busy_start.outputs()["instance-id"];
     assert!(
         busy.summary.contains("### GPU usage")
             && busy
@@ -1122,6 +1128,33 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
                  $0.526/h)"
             )),
         "{summary}"
+    );
+
+    // A spot instance's job is priced at the spot price of the zone EC2 placed it in: each zone
+    // has its own.
+    for (n, zone) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        world.spot_prices.lock().unwrap().insert(
+            ("g5.xlarge".to_owned(), format!("us-east-1{zone}")),
+            0.41 + n as f64 / 100.0,
+        );
+    }
+    let (spot_start, spot, _, stopped) = run("g5.xlarge", "spot", "sleep 120; echo trained");
+    assert_eq!(spot_start.outputs()["market"], "spot");
+    let zone = &spot_start.outputs()["availability-zone"];
+    let price = world.spot_prices.lock().unwrap()[&("g5.xlarge".to_owned(), zone.clone())];
+    assert!(
+        spot.summary.contains(&format!(
+            "on 1 GPU(s); at ${price}/h (spot price in {zone} at launch) the machine cost ≈ $"
+        )),
+        "{}",
+        spot.summary
+    );
+    assert!(
+        stopped
+            .summary
+            .contains(&format!("${price:.3}/h (current spot price in {zone})")),
+        "{}",
+        stopped.summary
     );
     nothing_left(&world);
 }

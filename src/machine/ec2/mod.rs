@@ -284,12 +284,17 @@ impl Ec2 {
                 continue;
             }
             let gpus = self.gpus(candidate).await;
+            // The job's usage report prices it at the spot price of the zone EC2 picks.
+            let spot_prices = match candidate.market {
+                Market::Spot => self.api.spot_prices(&candidate.instance_type, None).await,
+                Market::OnDemand => Vec::new(),
+            };
             let user_data = user_data::render(
                 plan,
                 handoff,
                 &candidate.instance_type,
                 gpus,
-                candidate.market,
+                (candidate.market, &spot_prices),
             )?;
             let request = LaunchRequest {
                 plan,
@@ -404,6 +409,7 @@ impl Provider for Ec2 {
             &candidate.instance_type,
             self.gpus(candidate).await,
             candidate.market,
+            &[],
         );
         {
             let _group = actions.group("Boot script (JIT config redacted)");

@@ -610,7 +610,9 @@ impl super::Ec2 {
     ) -> Result<Resumed, Error> {
         let lost = |e: &MachineError| e.code() == "IncorrectInstanceState";
         let gpus = self.gpus_of(&m.instance_type).await;
-        let user_data = super::user_data::render(plan, handoff, &m.instance_type, gpus, m.market)?;
+        // Pools refuse spot (a stopped instance cannot be a one-time spot request): no spot price.
+        let user_data =
+            super::user_data::render(plan, handoff, &m.instance_type, gpus, (m.market, &[]))?;
         match self.api.set_user_data(&m.id, &user_data).await {
             Err(e) if lost(&e) => return Ok(Resumed::Lost),
             other => other?,

@@ -68,13 +68,29 @@ pub async fn price(
     match market {
         Market::OnDemand => on_demand_list_price(instance_type),
         Market::Spot => {
-            let usd = api.spot_price(instance_type, zone?).await?;
+            let (_, usd) = api
+                .spot_prices(instance_type, Some(zone?))
+                .await
+                .into_iter()
+                .next()?;
             Some(Price {
                 usd_per_hour: usd,
                 source: format!("current spot price in {}", zone.unwrap_or_default()),
             })
         }
     }
+}
+
+/// Each zone's latest price, by zone name, from a history of (zone, time, USD an hour).
+pub fn latest_by_zone(history: impl Iterator<Item = (String, i64, f64)>) -> Vec<(String, f64)> {
+    let mut latest: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
+    for (zone, at, usd) in history {
+        let entry = latest.entry(zone).or_insert((at, usd));
+        if at >= entry.0 {
+            *entry = (at, usd);
+        }
+    }
+    latest.into_iter().map(|(z, (_, usd))| (z, usd)).collect()
 }
 
 #[cfg(test)]
@@ -90,5 +106,22 @@ mod tests {
             "≈ $0.79 at $0.526/h (on-demand list price in us-east-1)"
         );
         assert_eq!(on_demand_list_price("x9.unknown"), None);
+    }
+
+    #[test]
+    fn each_zone_has_its_latest_spot_price() {
+        let history = [
+            ("us-east-1b".to_owned(), 200, 0.52),
+            ("us-east-1a".to_owned(), 100, 0.40),
+            ("us-east-1b".to_owned(), 100, 0.50),
+            ("us-east-1a".to_owned(), 300, 0.41),
+        ];
+        assert_eq!(
+            latest_by_zone(history.into_iter()),
+            [
+                ("us-east-1a".to_owned(), 0.41),
+                ("us-east-1b".to_owned(), 0.52)
+            ]
+        );
     }
 }

@@ -9,16 +9,16 @@ use crate::plan::{LaunchPlan, Market};
 use crate::secret::Secret;
 
 /// The boot script for this runner on an instance of `instance_type` with `gpus` GPUs, bought on
-/// `market`, once it is
-/// known to fit EC2's user data with the JIT config GitHub issued.
+/// `market` (spot at `spot_prices`, by zone), once it is known to fit EC2's user data with the
+/// JIT config GitHub issued.
 pub fn render(
     plan: &LaunchPlan,
     handoff: &Handoff<'_>,
     instance_type: &str,
     gpus: u32,
-    market: Market,
+    (market, spot_prices): (Market, &[(String, f64)]),
 ) -> Result<Secret, Error> {
-    let params = handoff.boot_params(plan, instance_type, gpus, market);
+    let params = handoff.boot_params(plan, instance_type, gpus, market, spot_prices);
     boot::check_size(&params, params.jit_config.expose().len())
         .map_err(|t| Error::from(Refused::UserDataTooLarge(t)))?;
     Ok(boot::render(&params))
@@ -46,8 +46,12 @@ pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Erro
         jit_config: Secret::new(""),
         package,
     };
-    // The spot watcher is the larger script.
-    let params = handoff.boot_params(plan, instance_type, 99, Market::Spot);
+    // The spot watcher is the larger script, and its prices the longer values: a price for each
+    // of more zones than any region has, with long names.
+    let zones: Vec<(String, f64)> = (0..8)
+        .map(|z| (format!("ap-southeast-{z}a"), 1234.56789))
+        .collect();
+    let params = handoff.boot_params(plan, instance_type, 99, Market::Spot, &zones);
     let room = match plan.jit_handoff {
         JitHandoff::UserData => boot::JIT_CONFIG_ROOM,
         JitHandoff::Ssm => 0,

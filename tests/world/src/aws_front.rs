@@ -25,6 +25,8 @@ pub type EksEndpoints = Arc<Mutex<HashMap<String, (String, String)>>>;
 
 /// Stopped instances that EC2 cannot start again for now, by id, and how EC2 says so.
 pub type ZoneFull = Arc<Mutex<HashMap<String, Shortage>>>;
+/// Spot prices the world sets, USD an hour, by instance type and zone.
+pub type SpotPrices = Arc<Mutex<HashMap<(String, String), f64>>>;
 
 /// How EC2 answers a start of a stopped instance whose zone has no capacity of its type: both
 /// are common for GPU types (EC2 User Guide, "Troubleshoot instance launch issues").
@@ -74,6 +76,7 @@ pub struct Front {
     pub quotas: crate::quotas::Quotas,
     /// Stopped instances whose zone has no capacity to start them again.
     pub zone_full: ZoneFull,
+    pub spot_prices: SpotPrices,
 }
 
 #[derive(Clone, Default)]
@@ -83,6 +86,8 @@ pub struct Imds {
     /// The spot interruption notice of each instance AWS is taking back: the JSON
     /// `spot/instance-action` answers with.
     pub notices: Arc<Mutex<HashMap<String, String>>>,
+    /// Each instance's zone, as EC2 placed it: `placement/availability-zone` answers with it.
+    pub zones: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What the front needs to evaluate the role's policy as IAM would.
@@ -380,6 +385,21 @@ async fn imds(
             .cloned();
         return match notice {
             Some(json) => ([("content-type", "application/json")], json).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
+    // The zone the instance runs in (EC2 User Guide, "Instance metadata categories":
+    // `placement/availability-zone`).
+    if rest == "latest/meta-data/placement/availability-zone" {
+        let zone = front
+            .imds
+            .zones
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        return match zone {
+            Some(zone) => zone.into_response(),
             None => StatusCode::NOT_FOUND.into_response(),
         };
     }
@@ -845,6 +865,31 @@ fn service_error(
 }
 
 /// The values of `<tag>…</tag>` in an XML answer.
+/// A spot price history with the prices the world set. Each zone has a spot price of its own,
+/// the latest change before the start time (EC2 API reference, `DescribeSpotPriceHistory`:
+/// "the last price change before the start time, which is the effective price as of the start
+/// time"); moto gives every type in every zone the same $0.00001.
+fn spot_prices(prices: &SpotPrices, xml: &str) -> String {
+    let prices = prices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut parts = xml.split("<item>");
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for item in parts {
+        out.push_str("<item>");
+        let field = |tag: &str| xml_values(item, tag).into_iter().next().unwrap_or_default();
+        let key = (field("instanceType"), field("availabilityZone"));
+        match prices.get(&key) {
+            Some(usd) => {
+                out.push_str(&item.replace(
+                    &format!("<spotPrice>{}</spotPrice>", field("spotPrice")),
+                    &format!("<spotPrice>{usd}</spotPrice>"),
+                ));
+            }
+            None => out.push_str(item),
+        }
+    }
+    out
+}
+
 pub(crate) fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     xml.split(&open)
@@ -1513,6 +1558,12 @@ async fn handle(
                 && text.contains("<SecretAccessKey>")
             {
                 bytes = Bytes::from(issued(&front, text));
+            }
+            if status.is_success() && call == "DescribeSpotPriceHistory" {
+                bytes = Bytes::from(spot_prices(
+                    &front.spot_prices,
+                    &String::from_utf8_lossy(&bytes),
+                ));
             }
             if status.is_success() {
                 crate::stopping::record(&front.stops, &call, &instance_ids, front.clock_scale);

@@ -121,6 +121,9 @@ pub struct World {
     /// EC2 refuses their `StartInstances` with `InsufficientInstanceCapacity`, or takes it and
     /// stops them again (see [`aws_front::Shortage`]).
     pub zone_full: aws_front::ZoneFull,
+    /// The spot price of an instance type in a zone, USD an hour: `DescribeSpotPriceHistory`
+    /// answers with it (moto's is $0.00001 everywhere).
+    pub spot_prices: aws_front::SpotPrices,
     /// What EC2 shows of stopping, starting and reclaimed instances (see [`stopping`]).
     stops: stopping::Stops,
     /// The instances' metadata service: their spot interruption notices.
@@ -300,10 +303,12 @@ impl World {
         let spot_role = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let quotas = quotas::Quotas::default();
         let zone_full = aws_front::ZoneFull::default();
+        let spot_prices = aws_front::SpotPrices::default();
         let stops = stopping::Stops::default();
         let imds = aws_front::Imds::default();
         let front = aws_front::Front {
             zone_full: zone_full.clone(),
+            spot_prices: spot_prices.clone(),
             stops: stops.clone(),
             moto_url: moto.url.clone(),
             consoles: consoles.clone(),
@@ -507,6 +512,7 @@ impl World {
             log: instance_log.clone(),
             driver_loads: driver_loads.clone(),
             github: github.clone(),
+            zones: imds.zones.clone(),
         };
         rt.spawn(sim.run());
 
@@ -537,6 +543,7 @@ impl World {
             attached_gpus,
             quotas,
             zone_full,
+            spot_prices,
             stops,
             imds,
             spot_role,

@@ -70,6 +70,8 @@ pub struct Simulator {
     pub driver_loads: Arc<Mutex<Vec<(String, SystemTime)>>>,
     /// GitHub stops hearing from the runner of an instance that is gone.
     pub github: crate::github::Shared,
+    /// Each instance's zone, for its metadata service to tell.
+    pub zones: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// How long after its machine is gone GitHub takes to show a busy runner offline and fail its
@@ -310,6 +312,12 @@ impl Simulator {
                     let state = i.state().and_then(|s| s.name());
                     match state {
                         Some(InstanceStateName::Running) if !booted.contains_key(id) => {
+                            if let Some(zone) = i.placement().and_then(|p| p.availability_zone()) {
+                                self.zones
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(id.to_owned(), zone.to_owned());
+                            }
                             let n = boots.entry(id.to_owned()).or_default();
                             *n += 1;
                             if let Some(child) = self.boot(id, &bin, *n == 1).await {

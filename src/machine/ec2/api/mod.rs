@@ -595,31 +595,35 @@ impl Api {
         gone_is_done(out.map_err(|e| cloud_error("StopInstances", e)))
     }
 
-    pub async fn spot_price(&self, instance_type: &str, zone: &str) -> Option<f64> {
+    /// The spot price of `instance_type` in effect now in each zone of the region (or in `zone`
+    /// alone), for Linux: a history asked for from now gives each zone's latest price.
+    pub async fn spot_prices(&self, instance_type: &str, zone: Option<&str>) -> Vec<(String, f64)> {
         let out = self
             .ec2
             .describe_spot_price_history()
             .instance_types(InstanceType::from(instance_type))
-            .availability_zone(zone)
+            .set_availability_zone(zone.map(str::to_owned))
             .product_descriptions("Linux/UNIX")
             .start_time(aws_sdk_ec2::primitives::DateTime::from(
                 std::time::SystemTime::now(),
             ))
             .send()
             .await;
-        match out {
-            Ok(out) => out
-                .spot_price_history()
-                .iter()
-                .max_by_key(|p| p.timestamp().map(|t| t.secs()))
-                .and_then(|p| p.spot_price())
-                .and_then(|p| p.parse().ok()),
+        let history = match out {
+            Ok(out) => out.spot_price_history().to_vec(),
             Err(e) => {
                 let e = cloud_error("DescribeSpotPriceHistory", e);
                 tracing::warn!(error = %e, "could not read the spot price");
-                None
+                return Vec::new();
             }
-        }
+        };
+        super::pricing::latest_by_zone(history.iter().filter_map(|p| {
+            Some((
+                p.availability_zone()?.to_owned(),
+                p.timestamp().map_or(i64::MIN, |t| t.secs()),
+                p.spot_price()?.parse::<f64>().ok()?,
+            ))
+        }))
     }
 
     pub async fn console_output(&self, id: &str) -> Result<Option<String>, MachineError> {
