@@ -373,35 +373,24 @@ async fn imds(
     if !valid {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    // This instance's entry in one of the metadata service's maps, or 404.
+    let entry = |map: &Mutex<HashMap<String, String>>, content_type: &'static str| match map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+    {
+        Some(v) => ([("content-type", content_type)], v.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    };
     // A spot instance's interruption notice, from two minutes before AWS takes it back; 404
     // before (EC2 User Guide, "Spot Instance interruption notices").
     if rest == "latest/meta-data/spot/instance-action" {
-        let notice = front
-            .imds
-            .notices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned();
-        return match notice {
-            Some(json) => ([("content-type", "application/json")], json).into_response(),
-            None => StatusCode::NOT_FOUND.into_response(),
-        };
+        return entry(&front.imds.notices, "application/json");
     }
     // The zone the instance runs in (EC2 User Guide, "Instance metadata categories":
     // `placement/availability-zone`).
     if rest == "latest/meta-data/placement/availability-zone" {
-        let zone = front
-            .imds
-            .zones
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned();
-        return match zone {
-            Some(zone) => zone.into_response(),
-            None => StatusCode::NOT_FOUND.into_response(),
-        };
+        return entry(&front.imds.zones, "text/plain");
     }
     let Some(role_path) = rest.strip_prefix("latest/meta-data/iam/security-credentials/") else {
         return StatusCode::NOT_FOUND.into_response();
