@@ -175,7 +175,11 @@ pub fn markdown(uses: &[MachineUse]) -> String {
             ]
         })
         .collect();
-    let total: f64 = uses.iter().filter_map(MachineUse::usd).sum();
+    // Folded from 0.0: an empty f64 sum is -0.0, which prints as "$-0.00".
+    let total = uses
+        .iter()
+        .filter_map(MachineUse::usd)
+        .fold(0.0, |sum, usd| sum + usd);
     let unpriced = uses.iter().filter(|u| u.usd().is_none()).count();
     let mut md = Markdown::new()
         .heading(4, "What the run's GPU machines cost")
@@ -185,6 +189,15 @@ pub fn markdown(uses: &[MachineUse]) -> String {
         )
         .paragraph(&match unpriced {
             0 => format!("Total ≈ ${total:.2} for {} machine(s).", uses.len()),
+            n if n == uses.len() => format!(
+                "No total: gpu-runner knows no price for {} (a pod's cost is its cluster's, \
+                 an attached machine's its owner's).",
+                if n == 1 {
+                    "this machine".to_owned()
+                } else {
+                    format!("these {n} machines")
+                }
+            ),
             n => format!(
                 "Total ≈ ${total:.2} for {} machine(s), and {n} whose price is not known.",
                 uses.len() - n
@@ -280,5 +293,20 @@ mod tests {
         );
         assert!(md.contains("Total ≈ $0.70 for 2 machine(s)."), "{md}");
         assert!(md.contains("g4dn.xlarge"), "{md}");
+    }
+
+    #[test]
+    fn a_run_of_machines_without_a_price_has_no_total() {
+        let mut pod = on_g5(usage(40, 3072, 300));
+        pod.price = None;
+        let md = markdown(std::slice::from_ref(&pod));
+        assert!(md.contains("| unknown | unknown | 40 % peak"), "{md}");
+        assert!(
+            md.contains("No total: gpu-runner knows no price for this machine"),
+            "{md}"
+        );
+        assert!(!md.contains("Total ≈"), "{md}");
+        let md = markdown(&[pod.clone(), pod]);
+        assert!(md.contains("no price for these 2 machines"), "{md}");
     }
 }

@@ -19,7 +19,7 @@ struct Gpus {
     world: World,
     cluster: Cluster,
     kubeconfig: String,
-    _nodes: Vec<world::kubelet::Node>,
+    nodes: Vec<world::kubelet::Node>,
     _autoscaler: Option<world::autoscaler::Autoscaler>,
 }
 
@@ -47,7 +47,7 @@ fn cluster(nodes: &[(&str, u32, Option<u32>)]) -> Gpus {
         world,
         cluster,
         kubeconfig,
-        _nodes: nodes,
+        nodes,
         _autoscaler: None,
     }
 }
@@ -272,6 +272,40 @@ fn a_gpu_job_runs_in_its_pod_and_stop_leaves_no_pod_secret_or_runner() {
     gpus.nothing_left();
 }
 
+/// What the pod's job used of its GPU: the pod's own hooks sample it as an instance's do, the
+/// job's summary gets the table, and stop's summary lists the pod with that use. A pod has no
+/// price, so neither summary gives a cost and stop names no cheaper type.
+#[test]
+fn a_pods_job_says_what_it_used_of_the_gpu_and_stop_lists_the_pod_without_a_price() {
+    let gpus = gpu_cluster();
+    gpus.nodes[0].set_gpu_load(60, 6144);
+    let started = gpus.start().run();
+    started.success();
+    let label = started.outputs()["label"].clone();
+    let job = gpus.world.queue_job(&[&label], "sleep 90; echo trained");
+    let job = gpus.finished(job);
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(
+        job.summary
+            .contains("| 0 | 60 % | 60 % | 6.0 of 15.0 GiB | 0 % of the job |")
+            && job.summary.contains("Peak GPU memory 6.0 of 15.0 GiB")
+            && !job.summary.contains("GPU time:"),
+        "{}",
+        job.summary
+    );
+    let stopped = gpus.stop_after(&started).run();
+    stopped.success();
+    let summary = &stopped.summary;
+    assert!(
+        summary.contains("#### What the run's GPU machines cost")
+            && summary.contains("| 60 % peak, 60 % mean; 6.0 of 15.0 GiB |")
+            && summary.contains("No total: gpu-runner knows no price for this machine")
+            && !summary.contains("would have held it"),
+        "{summary}"
+    );
+    gpus.nothing_left();
+}
+
 /// On GKE the driver is mounted at /usr/local/nvidia, on neither the runner image's PATH nor its
 /// loader's path (the world's GKE node does what GKE's device plugin does): the pod's probe and
 /// the job still find nvidia-smi and the driver's libraries.
@@ -290,7 +324,7 @@ fn on_a_gke_node_the_probe_and_the_job_find_the_driver_under_usr_local_nvidia() 
         world,
         cluster,
         kubeconfig,
-        _nodes: vec![node],
+        nodes: vec![node],
         _autoscaler: None,
     };
     let started = gpus.start().run();
@@ -343,7 +377,7 @@ fn a_pod_whose_node_shuts_down_during_the_job_is_said_interrupted_by_stop() {
     let gpus = gpu_cluster();
     let (started, job) = gpus.busy_pod();
     let pod = started.outputs()["instance-id"].clone();
-    gpus._nodes[0].shut_down();
+    gpus.nodes[0].shut_down();
     let job = gpus.finished(job);
     assert_ne!(job.conclusion.as_deref(), Some("success"), "{job:?}");
     let ended = gpus

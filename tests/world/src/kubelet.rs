@@ -35,6 +35,8 @@ pub struct Node {
     /// What each pod's container printed, by `namespace/name`.
     pub logs: crate::kubelet_api::Logs,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The node's stand-ins, its `nvidia-smi` among them.
+    bin: PathBuf,
 }
 
 impl Drop for Node {
@@ -47,6 +49,16 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// What the node's GPUs are doing from now on, as its `nvidia-smi`'s usage queries show it:
+    /// `utilization` percent busy, `memory_used_mib` in use (see `World::set_gpu_load`). Not for
+    /// a GKE node, whose `nvidia-smi` is in each pod's driver mount.
+    pub fn set_gpu_load(&self, utilization: u32, memory_used_mib: u32) {
+        let _ = std::fs::write(
+            self.bin.join("gpu-load"),
+            format!("{utilization} {memory_used_mib}\n"),
+        );
+    }
+
     /// The node's machine shuts down, as a spot or preemptible node does when its cloud takes it
     /// back: the kubelet's graceful node shutdown ends each running pod (SIGTERM, then the
     /// pod's grace), and reports it `Failed`, reason `Terminated`, "Pod was terminated in
@@ -251,6 +263,7 @@ pub(crate) fn start_node(
 ) -> Result<Node, String> {
     let root = dir.join(format!("node-{name}"));
     let bin = root.join("bin");
+    let node_bin = bin.clone();
     crate::sandbox::install_standins(&bin).map_err(|e| e.to_string())?;
     if driver == Driver::Gke {
         // Not on the container's PATH: GKE mounts it under /usr/local/nvidia (start()).
@@ -447,6 +460,7 @@ pub(crate) fn start_node(
         shutting_down,
         logs,
         thread: Some(thread),
+        bin: node_bin,
     })
 }
 
