@@ -33,12 +33,13 @@ end_instance() {
 }
 
 # One read of the instance's metadata, through IMDSv2 (a session token first, as an instance
-# launched with HttpTokens: required demands).
+# launched with HttpTokens: required demands). Bounded: nothing the boot waits for may hang on it.
 imds_get() {
   local imds="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}" token
-  token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
+  token="$(curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
     "$imds/latest/api/token" 2> /dev/null)" || token=""
-  curl -fsS -H "X-aws-ec2-metadata-token: $token" "$imds/latest/meta-data/$1" 2> /dev/null
+  curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+    "$imds/latest/meta-data/$1" 2> /dev/null
 }
 
 fail() {
