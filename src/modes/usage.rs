@@ -14,8 +14,9 @@ use crate::machine::{Machine, Price};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuUsage {
     pub gpus: u32,
-    pub peak_utilization: u32,
-    pub mean_utilization: u32,
+    /// `None`: nvidia-smi gave no utilization (`[N/A]`, as for a GPU in MIG mode).
+    pub peak_utilization: Option<u32>,
+    pub mean_utilization: Option<u32>,
     pub peak_memory_mib: u32,
     pub memory_mib: u32,
     pub job_seconds: u64,
@@ -36,31 +37,34 @@ impl GpuUsage {
         let small = |name: &str| field(name).and_then(|v| u32::try_from(v).ok());
         Some(GpuUsage {
             gpus: small("gpus")?,
-            peak_utilization: small("peak_utilization")?,
-            mean_utilization: small("mean_utilization")?,
+            peak_utilization: small("peak_utilization"),
+            mean_utilization: small("mean_utilization"),
             peak_memory_mib: small("peak_memory_mib")?,
             memory_mib: small("memory_mib")?,
             job_seconds: field("job_seconds")?,
         })
     }
 
-    /// The GPU did nothing the whole job.
+    /// The GPU did nothing the whole job; not known of a GPU that reports no utilization.
     pub fn idle(&self) -> bool {
-        self.peak_utilization == 0
+        self.peak_utilization == Some(0)
     }
 
-    /// In words: "35 % peak, 35 % mean; 5.0 of 15.0 GiB", or "idle the whole job".
+    /// In words: "35 % peak, 35 % mean; 5.0 of 15.0 GiB", "utilization not reported; 9.0 of
+    /// 15.0 GiB", or "idle the whole job".
     pub fn describe(&self) -> String {
         if self.idle() {
             return "idle the whole job".to_owned();
         }
-        format!(
-            "{} % peak, {} % mean; {:.1} of {:.1} GiB",
-            self.peak_utilization,
-            self.mean_utilization,
+        let memory = format!(
+            "{:.1} of {:.1} GiB",
             f64::from(self.peak_memory_mib) / 1024.0,
             f64::from(self.memory_mib) / 1024.0
-        )
+        );
+        match (self.peak_utilization, self.mean_utilization) {
+            (Some(peak), Some(mean)) => format!("{peak} % peak, {mean} % mean; {memory}"),
+            _ => format!("utilization not reported; {memory}"),
+        }
     }
 }
 
@@ -122,7 +126,11 @@ const HINT_AFTER_SECONDS: u64 = 60;
 pub fn right_size(uses: &[MachineUse]) -> Option<String> {
     uses.iter().find_map(|u| {
         let usage = u.usage?;
-        if usage.gpus != 1 || usage.idle() || usage.job_seconds < HINT_AFTER_SECONDS {
+        // A GPU that reports no utilization may have sat idle too: no hint from it either.
+        if usage.gpus != 1
+            || usage.peak_utilization.is_none_or(|p| p == 0)
+            || usage.job_seconds < HINT_AFTER_SECONDS
+        {
             return None;
         }
         let paid = u.price.as_ref()?.usd_per_hour;
@@ -216,8 +224,8 @@ mod tests {
     fn usage(peak: u32, memory: u32, seconds: u64) -> Option<GpuUsage> {
         Some(GpuUsage {
             gpus: 1,
-            peak_utilization: peak,
-            mean_utilization: peak,
+            peak_utilization: Some(peak),
+            mean_utilization: Some(peak),
             peak_memory_mib: memory,
             memory_mib: 23028,
             job_seconds: seconds,
@@ -249,14 +257,32 @@ mod tests {
             GpuUsage::from_console(&words),
             Some(GpuUsage {
                 gpus: 1,
-                peak_utilization: 40,
-                mean_utilization: 35,
+                peak_utilization: Some(40),
+                mean_utilization: Some(35),
                 peak_memory_mib: 3072,
                 memory_mib: 15360,
                 job_seconds: 120,
             })
         );
         assert_eq!(GpuUsage::from_console(&words[..1]), None);
+        // A GPU in MIG mode: no utilization on the line.
+        let mig = [
+            "gpu-runner: phase=gpu-usage gpus=1 peak_memory_mib=9216 memory_mib=15360 \
+                    job_seconds=120 seconds=0.0"
+                .to_owned(),
+        ];
+        let usage = GpuUsage::from_console(&mig).unwrap();
+        assert_eq!(usage.peak_utilization, None);
+        assert!(!usage.idle());
+        assert_eq!(
+            usage.describe(),
+            "utilization not reported; 9.0 of 15.0 GiB"
+        );
+        let unreported = MachineUse {
+            usage: Some(usage),
+            ..on_g5(None)
+        };
+        assert_eq!(right_size(&[unreported]), None);
     }
 
     #[test]

@@ -1041,6 +1041,39 @@ fn a_dry_run_says_which_subnets_reach_github_and_fails_without_a_way_out() {
     nothing_left(&world);
 }
 
+/// A GPU in MIG mode has no utilization to give (nvidia-smi shows `[N/A]`): the job's summary
+/// says so, and neither it nor stop calls the GPU idle, since its memory shows it was used.
+#[test]
+fn a_gpu_that_reports_no_utilization_is_not_called_idle() {
+    let world = world();
+    world.set_mig_gpu_load(9216);
+    let started = start(&world).run();
+    started.success();
+    let job = world.queue_job(&[&started.outputs()["label"]], "sleep 120; echo trained");
+    let job = finished(&world, job, Duration::from_secs(30));
+    assert_eq!(job.conclusion.as_deref(), Some("success"), "{}", job.output);
+    assert!(
+        job.summary
+            .contains("| 0 | not reported | not reported | 9.0 of 15.0 GiB | not reported |")
+            && job.summary.contains("nvidia-smi reports no utilization")
+            && job.summary.contains("Peak GPU memory 9.0 of 15.0 GiB")
+            && !job.summary.contains("idle for the whole job"),
+        "{}",
+        job.summary
+    );
+    let stopped = stop(&world).outputs_of(&started).run();
+    stopped.success();
+    assert!(
+        stopped
+            .summary
+            .contains("| utilization not reported; 9.0 of 15.0 GiB |")
+            && !stopped.summary.contains("idle the whole job"),
+        "{}",
+        stopped.summary
+    );
+    nothing_left(&world);
+}
+
 /// What the GPU job used of its GPU: the job-started hook samples nvidia-smi while the job runs,
 /// and the job-completed hook (a post-job step with the runner's file commands) puts a table in
 /// the job's own summary and one line on the console. An idle GPU is said plainly. Stop's summary

@@ -662,6 +662,18 @@ impl World {
     /// What the instances' GPUs are doing from now on, as `nvidia-smi`'s usage queries show it:
     /// `utilization` percent busy, `memory_used_mib` of their 15360 MiB in use.
     pub fn set_gpu_load(&self, utilization: u32, memory_used_mib: u32) {
+        self.write_gpu_load(&utilization.to_string(), memory_used_mib);
+    }
+
+    /// The instances' GPUs are in MIG mode from now on, `memory_used_mib` in use: NVML gives no
+    /// utilization for such a GPU, and the usage query shows `[N/A]` in its place (nvidia-smi(1):
+    /// "Any unsupported data is indicated by a \"N/A\""; CSV queries bracket it, as in
+    /// `mig.mode.current` → `[N/A]`; GPU-Util reads N/A on a MIG-enabled A100 or H100).
+    pub fn set_mig_gpu_load(&self, memory_used_mib: u32) {
+        self.write_gpu_load("[N/A]", memory_used_mib);
+    }
+
+    fn write_gpu_load(&self, utilization: &str, memory_used_mib: u32) {
         // Instances' and attached machines' stand-ins; the simulator may not have installed
         // them yet: the folder may be new.
         for bin in ["bin", "attached-bin"] {
