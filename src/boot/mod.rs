@@ -24,7 +24,7 @@ const GPU_SAMPLER_MARKER: &str = "# @GPU_SAMPLER@";
 pub(crate) fn job_started_hook() -> String {
     JOB_STARTED_HOOK.replacen(GPU_SAMPLER_MARKER, GPU_SAMPLER.trim_end(), 1)
 }
-const COMPLETED_HOOK_MARKER: &str = "# @JOB_COMPLETED_HOOK@";
+pub(crate) const COMPLETED_HOOK_MARKER: &str = "# @JOB_COMPLETED_HOOK@";
 /// The GPU probe, which the pod's entrypoint shares.
 const GPU_PROBE: &str = include_str!("gpu-probe.sh");
 pub(crate) const GPU_PROBE_MARKER: &str = "# @GPU_PROBE@";

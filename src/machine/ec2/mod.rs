@@ -521,12 +521,13 @@ impl Provider for Ec2 {
         }
     }
 
-    /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
-    /// publish the console minutes late.
+    /// Its on-demand list price, or the current spot price in its zone.
     async fn price(&self, machine: &Machine) -> Option<crate::machine::Price> {
         pricing::of(&self.api, machine).await
     }
 
+    /// Its price and, when EC2 shows the console by now, what the GPU probe found: EC2 may
+    /// publish the console minutes late.
     async fn facts(&self, machine: &Machine) -> Facts {
         let price = self.price(machine).await;
         let gpu = match self.api.console_output(&machine.id).await {

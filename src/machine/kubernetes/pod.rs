@@ -101,7 +101,7 @@ pub fn entrypoint() -> String {
     ENTRYPOINT
         .replacen(HOOK_MARKER, crate::boot::job_started_hook().trim_end(), 1)
         .replacen(
-            "# @JOB_COMPLETED_HOOK@",
+            crate::boot::COMPLETED_HOOK_MARKER,
             crate::boot::JOB_COMPLETED_HOOK.trim_end(),
             1,
         )
