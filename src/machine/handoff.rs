@@ -21,14 +21,14 @@ pub struct Handoff<'a> {
 
 impl Handoff<'_> {
     /// What the boot script needs, for a machine of `instance_type` with `expected_gpus` GPUs
-    /// (0 when unknown), bought on `market`; for spot, at `spot_prices` (by zone).
+    /// (0 when unknown), bought on `market` at `price`.
     pub fn boot_params(
         &self,
         plan: &LaunchPlan,
         instance_type: &str,
         expected_gpus: u32,
         market: Market,
-        spot_prices: &[(String, f64)],
+        price: HourlyPrice,
     ) -> BootParams {
         BootParams {
             runner_name: self.runner.name.clone(),
@@ -53,12 +53,7 @@ impl Handoff<'_> {
             binding: plan.binding.clone(),
             pooled: plan.pool.is_some(),
             spot: market == Market::Spot,
-            price: match market {
-                Market::OnDemand => super::ec2::pricing::on_demand_list_price(instance_type)
-                    .map_or(HourlyPrice::Unknown, |p| HourlyPrice::List(p.usd_per_hour)),
-                Market::Spot if spot_prices.is_empty() => HourlyPrice::Unknown,
-                Market::Spot => HourlyPrice::SpotByZone(spot_prices.to_vec()),
-            },
+            price,
         }
     }
 }

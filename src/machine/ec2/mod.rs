@@ -294,7 +294,8 @@ impl Ec2 {
                 handoff,
                 &candidate.instance_type,
                 gpus,
-                (candidate.market, &spot_prices),
+                candidate.market,
+                spot_prices,
             )?;
             let request = LaunchRequest {
                 plan,
@@ -409,7 +410,7 @@ impl Provider for Ec2 {
             &candidate.instance_type,
             self.gpus(candidate).await,
             candidate.market,
-            &[],
+            pricing::for_boot(&candidate.instance_type, candidate.market, Vec::new()),
         );
         {
             let _group = actions.group("Boot script (JIT config redacted)");

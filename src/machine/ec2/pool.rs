@@ -612,7 +612,7 @@ impl super::Ec2 {
         let gpus = self.gpus_of(&m.instance_type).await;
         // Pools refuse spot (a stopped instance cannot be a one-time spot request): no spot price.
         let user_data =
-            super::user_data::render(plan, handoff, &m.instance_type, gpus, (m.market, &[]))?;
+            super::user_data::render(plan, handoff, &m.instance_type, gpus, m.market, Vec::new())?;
         match self.api.set_user_data(&m.id, &user_data).await {
             Err(e) if lost(&e) => return Ok(Resumed::Lost),
             other => other?,

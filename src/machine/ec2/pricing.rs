@@ -3,6 +3,7 @@
 //! fail: when none is known, the summary says so.
 
 use super::api::Api;
+use crate::boot::HourlyPrice;
 use crate::machine::{Machine, Price};
 use crate::plan::Market;
 
@@ -45,6 +46,21 @@ pub fn on_demand_list_price(instance_type: &str) -> Option<Price> {
             usd_per_hour: *usd,
             source: "on-demand list price in us-east-1".to_owned(),
         })
+}
+
+/// What a new instance's boot script is told it costs: the list price of an on-demand type, or
+/// the spot price of each zone (`spot_prices`) for spot, since EC2 picks the zone.
+pub fn for_boot(
+    instance_type: &str,
+    market: Market,
+    spot_prices: Vec<(String, f64)>,
+) -> HourlyPrice {
+    match market {
+        Market::OnDemand => on_demand_list_price(instance_type)
+            .map_or(HourlyPrice::Unknown, |p| HourlyPrice::List(p.usd_per_hour)),
+        Market::Spot if spot_prices.is_empty() => HourlyPrice::Unknown,
+        Market::Spot => HourlyPrice::SpotByZone(spot_prices),
+    }
 }
 
 /// The price of this instance: of its type and market, in its zone.

@@ -16,9 +16,11 @@ pub fn render(
     handoff: &Handoff<'_>,
     instance_type: &str,
     gpus: u32,
-    (market, spot_prices): (Market, &[(String, f64)]),
+    market: Market,
+    spot_prices: Vec<(String, f64)>,
 ) -> Result<Secret, Error> {
-    let params = handoff.boot_params(plan, instance_type, gpus, market, spot_prices);
+    let price = super::pricing::for_boot(instance_type, market, spot_prices);
+    let params = handoff.boot_params(plan, instance_type, gpus, market, price);
     boot::check_size(&params, params.jit_config.expose().len())
         .map_err(|t| Error::from(Refused::UserDataTooLarge(t)))?;
     Ok(boot::render(&params))
@@ -51,7 +53,8 @@ pub fn check_fits(plan: &LaunchPlan, package: &RunnerPackage) -> Result<(), Erro
     let zones: Vec<(String, f64)> = (0..8)
         .map(|z| (format!("ap-southeast-{z}a"), 1234.56789))
         .collect();
-    let params = handoff.boot_params(plan, instance_type, 99, Market::Spot, &zones);
+    let price = super::pricing::for_boot(instance_type, Market::Spot, zones);
+    let params = handoff.boot_params(plan, instance_type, 99, Market::Spot, price);
     let room = match plan.jit_handoff {
         JitHandoff::UserData => boot::JIT_CONFIG_ROOM,
         JitHandoff::Ssm => 0,
