@@ -50,8 +50,13 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
         Ok(provider) => {
             match teardown::find(&provider, &inputs.instance_ids, owner, &repository).await {
                 Ok(found) => {
-                    // Before they go: a pod's log goes with the pod.
-                    uses = run_use(&provider, &found.ours, &repository, ctx.run_id).await;
+                    // Before they go: a pod's log goes with the pod. Stop given nothing has
+                    // searched for the run's machines already.
+                    let rest_of_run = (!run_scope).then_some(Owner::Run {
+                        repository: &repository,
+                        run_id: ctx.run_id,
+                    });
+                    uses = run_use(&provider, &found.ours, rest_of_run).await;
                     t.release(&provider, &inputs.instance_ids, &found).await;
                     found.ours
                 }
@@ -129,19 +134,17 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
     t.finish()
 }
 
-/// Every machine the run used (its other starts and attempts too, as far as the provider still
-/// lists them), what it cost and what its job used of its GPUs. What cannot be read is left out:
-/// the summary is information, never a reason to fail.
+/// Every machine the run used: `ours`, and those `rest_of_run` finds (its other starts and
+/// attempts, as far as the provider still lists them); what each cost and what its job used of
+/// its GPUs. What cannot be read is left out: the summary is information, never a reason to fail.
 async fn run_use(
     provider: &impl Provider,
     ours: &[Machine],
-    repository: &str,
-    run_id: u64,
+    rest_of_run: Option<Owner<'_>>,
 ) -> Vec<MachineUse> {
     let mut machines: Vec<Machine> = ours.to_vec();
-    if let Ok(run) = provider
-        .find(&[], Some(Owner::Run { repository, run_id }))
-        .await
+    if let Some(run) = rest_of_run
+        && let Ok(run) = provider.find(&[], Some(run)).await
     {
         for m in run {
             if !machines.iter().any(|o| o.id == m.id) {
