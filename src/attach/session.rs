@@ -363,10 +363,7 @@ impl Session<'_> {
             .ok()?;
         let mut line = String::new();
         file.by_ref().take(512).read_to_string(&mut line).ok()?;
-        let usage = crate::modes::usage::GpuUsage::from_console(&[format!(
-            "phase=gpu-usage {}",
-            line.lines().next()?
-        )])?;
+        let usage = crate::modes::usage::GpuUsage::from_fields(line.lines().next()?)?;
         Some(usage.describe())
     }
 

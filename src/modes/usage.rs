@@ -25,10 +25,15 @@ pub struct GpuUsage {
 impl GpuUsage {
     /// From the machine's last words: its `phase=gpu-usage` line, if it has one.
     pub fn from_console(last_words: &[String]) -> Option<GpuUsage> {
-        let line = last_words
+        last_words
             .iter()
             .rev()
-            .find_map(|l| l.split_once("phase=gpu-usage ").map(|(_, r)| r))?;
+            .find_map(|l| l.split_once("phase=gpu-usage ").map(|(_, r)| r))
+            .and_then(GpuUsage::from_fields)
+    }
+
+    /// From the hook's `gpus=… peak_memory_mib=…` fields (the `gpu-usage` file's line).
+    pub fn from_fields(line: &str) -> Option<GpuUsage> {
         let field = |name: &str| -> Option<u64> {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
