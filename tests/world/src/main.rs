@@ -568,6 +568,7 @@ fn faults(only: Option<&str>) -> Result<(), String> {
 /// against the wall time. The world's stand-in says nothing of the real one's cost, so without
 /// `nvidia-smi` the second part is left out, and says so.
 fn sampler_cost() -> Result<(), String> {
+    let seconds = u64::from(count_flag("--seconds", 60)?);
     hook_cost()?;
     if Command::new("nvidia-smi")
         .arg("-L")
@@ -580,7 +581,20 @@ fn sampler_cost() -> Result<(), String> {
         );
         return Ok(());
     }
-    nvidia_smi_cost()
+    nvidia_smi_cost(seconds)
+}
+
+/// The number after `flag` on the command line, above 0, or `default` without the flag.
+fn count_flag(flag: &str, default: u32) -> Result<u32, String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or(format!("{flag} takes a number above 0")),
+        None => Ok(default),
+    }
 }
 
 /// The job-completed hook's time to sum up a 6-hour job's samples on 8 GPUs.
@@ -641,16 +655,7 @@ fn hook_cost() -> Result<(), String> {
 }
 
 /// The CPU cost of `nvidia-smi -lms 1000` on this machine's real GPUs.
-fn nvidia_smi_cost() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = match args.iter().position(|a| a == "--seconds") {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|n| n.parse().ok())
-            .filter(|n| *n > 0)
-            .ok_or("--seconds takes a number above 0")?,
-        None => 60,
-    };
+fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
     let mut child = Command::new("nvidia-smi")
         .args([
             "--query-gpu=index,utilization.gpu,memory.used,memory.total",
@@ -703,15 +708,7 @@ fn nvidia_smi_cost() -> Result<(), String> {
 
 /// The benchmark, printed as Markdown with the machine and the date, ready for the README.
 fn bench() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: u32 = match args.iter().position(|a| a == "--runs") {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|n| n.parse().ok())
-            .filter(|n| *n > 0)
-            .ok_or("--runs takes a number above 0")?,
-        None => 5,
-    };
+    let runs = count_flag("--runs", 5)?;
     let bin = gpu_runner()?;
     let profile = if cfg!(debug_assertions) {
         "a debug build (add --release for the figures to publish)"
