@@ -609,15 +609,15 @@ impl Api {
             ))
             .send()
             .await;
-        let history = match out {
-            Ok(out) => out.spot_price_history().to_vec(),
+        let out = match out {
+            Ok(out) => out,
             Err(e) => {
                 let e = cloud_error("DescribeSpotPriceHistory", e);
                 tracing::warn!(error = %e, "could not read the spot price");
                 return Vec::new();
             }
         };
-        super::pricing::latest_by_zone(history.iter().filter_map(|p| {
+        super::pricing::latest_by_zone(out.spot_price_history().iter().filter_map(|p| {
             Some((
                 p.availability_zone()?.to_owned(),
                 p.timestamp().map_or(i64::MIN, |t| t.secs()),
