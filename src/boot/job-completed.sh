@@ -8,15 +8,28 @@
 # PRICE_PER_HOUR and its PRICE_SOURCE, when it has one) in front of this text.
 set -u
 pid="$(cat "$STATE_DIR/gpu-sampler.pid" 2> /dev/null || true)"
-[ -z "$pid" ] || kill "$pid" 2> /dev/null || true
+if [ -n "$pid" ] && kill "$pid" 2> /dev/null; then
+  # Its last sample may still be on its way to the file: read once it has ended (a zombie has;
+  # 2 s at most).
+  sampler_running() {
+    [ -e "/proc/$pid" ] && ! grep -q '^State:\s*Z' "/proc/$pid/status" 2> /dev/null
+  }
+  for _ in $(seq 20); do
+    sampler_running || break
+    sleep 0.1
+  done
+fi
 samples="$STATE_DIR/gpu-samples.csv"
 [ -s "$samples" ] || exit 0
+# A line that ends without a newline was cut off when the sampler ended (one that wrote a block
+# at a time): only the complete lines count.
+complete="$(wc -l < "$samples")"
 # The sampler takes one line per GPU a second: the job's seconds are its samples.
 # A field nvidia-smi cannot give reads "[N/A]" or "[Not Supported]" (nvidia-smi(1)): a GPU in MIG
 # mode has no utilization. Such a GPU is "not reported", never idle; its memory still counts.
 awk -F', *' -v usage="$STATE_DIR/gpu-usage" -v price="${PRICE_PER_HOUR:-}" \
-  -v source="${PRICE_SOURCE:-on-demand list price}" '
-  NF >= 4 && $1 ~ /^[0-9]+$/ {
+  -v source="${PRICE_SOURCE:-on-demand list price}" -v complete="$complete" '
+  NR <= complete + 0 && NF >= 4 && $1 ~ /^[0-9]+$/ {
     g = $1
     if (!(g in n)) order[++gpus] = g
     n[g]++; total[g] = $4 + 0

@@ -1004,4 +1004,56 @@ mod tests {
             assert!(!canary.exists(), "round {round}: a value ran as code");
         }
     }
+
+    /// The job-completed hook reads the samples once the sampler has ended, so that a sample on
+    /// its way to the file counts, and leaves out a last line that was cut off mid-write.
+    #[test]
+    fn the_completed_hook_waits_for_the_sampler_and_counts_only_whole_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = dir.path().join("gpu-samples.csv");
+        std::fs::write(&samples, "0, 40, 3072, 15360\n0, 50, 4096, 15360\n").unwrap();
+        // A sampler whose last sample reaches the file only after it was told to stop.
+        let mut sampler = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap 'printf \"0, 70, 6144, 15360\\n0, 99, 9000, 15\" >> {}; exit' TERM; \
+                 echo ready; while :; do sleep 0.05; done",
+                quote(samples.to_str().unwrap())
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sampler.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("gpu-sampler.pid"), sampler.id().to_string()).unwrap();
+
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(JOB_COMPLETED_HOOK)
+            .env("STATE_DIR", dir.path())
+            .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md"))
+            .output()
+            .unwrap();
+        let _ = sampler.wait();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let usage = std::fs::read_to_string(dir.path().join("gpu-usage")).unwrap();
+        assert_eq!(
+            usage,
+            "gpus=1 peak_utilization=70 mean_utilization=53 peak_memory_mib=6144 \
+             memory_mib=15360 job_seconds=3\n"
+        );
+        let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(
+            summary.contains("| 0 | 70 % | 53 % | 6.0 of 15.0 GiB | 0 % of the job |"),
+            "{summary}"
+        );
+    }
 }

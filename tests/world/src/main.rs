@@ -654,28 +654,28 @@ fn hook_cost() -> Result<(), String> {
     Ok(())
 }
 
-/// The CPU cost of `nvidia-smi -lms 1000` on this machine's real GPUs.
+/// The CPU cost of the job-started hook's sampler (`src/boot/gpu-sampler.sh`, as it is: its
+/// `stdbuf -oL nvidia-smi -lms 1000`) on this machine's real GPUs.
 fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
-    let mut child = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
-            "--format=csv,noheader,nounits",
-            "-lms",
-            "1000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!("nvidia-smi ({e}): measure the sampler on a machine with an NVIDIA GPU")
-        })?;
+    const SAMPLER: &str = include_str!("../../../src/boot/gpu-sampler.sh");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let started = Command::new("bash")
+        .arg("-c")
+        .arg(SAMPLER)
+        .env("STATE_DIR", dir.path())
+        .status()
+        .map_err(|e| format!("bash: {e}"))?;
+    let pid = std::fs::read_to_string(dir.path().join("gpu-sampler.pid"))
+        .ok()
+        .filter(|_| started.success())
+        .ok_or("the sampler did not start: is nvidia-smi on PATH?")?;
+    let pid = pid.trim();
     let began = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-        .map_err(|e| format!("/proc of nvidia-smi: {e}"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc of the sampler (it ended early?): {e}"))?;
     let wall = began.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let _ = Command::new("kill").arg(pid).status();
     // utime and stime: the 14th and 15th fields, counted after the command's closing parenthesis.
     let after = &stat[stat.rfind(')').ok_or("an unreadable /proc/PID/stat")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -697,10 +697,16 @@ fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
         })
         .unwrap_or(100.0);
     let cpu = ticks / per_second;
-    let samples = String::from_utf8_lossy(&output.stdout).lines().count();
+    let samples = std::fs::read_to_string(dir.path().join("gpu-samples.csv"))
+        .map_or(0, |s| s.lines().count());
+    let line_buffered = Command::new("sh")
+        .args(["-c", "command -v stdbuf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     println!(
-        "GPU sampler (nvidia-smi -lms 1000): {cpu:.2} s of CPU over {wall:.0} s of wall time, \
+        "GPU sampler ({}nvidia-smi -lms 1000): {cpu:.2} s of CPU over {wall:.0} s of wall time, \
          {:.2} % of one core; {samples} sample lines.",
+        if line_buffered { "stdbuf -oL " } else { "" },
         100.0 * cpu / wall
     );
     Ok(())
