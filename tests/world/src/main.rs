@@ -697,15 +697,25 @@ fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
         })
         .unwrap_or(100.0);
     let cpu = ticks / per_second;
-    let samples = std::fs::read_to_string(dir.path().join("gpu-samples.csv"))
-        .map_or(0, |s| s.lines().count());
+    let lines = std::fs::read_to_string(dir.path().join("gpu-samples.csv")).unwrap_or_default();
+    let samples = lines.lines().count();
+    // The job-completed hook counts a job's seconds in samples: how far one sample a GPU is from
+    // one a second says how short that count reads.
+    let gpus = lines
+        .lines()
+        .filter_map(|l| l.split(',').next())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        .max(1);
+    let every = wall / (samples as f64 / gpus as f64).max(1.0);
     let line_buffered = Command::new("sh")
         .args(["-c", "command -v stdbuf"])
         .output()
         .is_ok_and(|o| o.status.success());
     println!(
         "GPU sampler ({}nvidia-smi -lms 1000): {cpu:.2} s of CPU over {wall:.0} s of wall time, \
-         {:.2} % of one core; {samples} sample lines.",
+         {:.2} % of one core; {samples} sample lines from {gpus} GPU(s), one a GPU every \
+         {every:.3} s.",
         if line_buffered { "stdbuf -oL " } else { "" },
         100.0 * cpu / wall
     );
