@@ -8,7 +8,10 @@
 # PRICE_PER_HOUR and its PRICE_SOURCE, when it has one) in front of this text.
 set -u
 pid="$(cat "$STATE_DIR/gpu-sampler.pid" 2> /dev/null || true)"
-if [ -n "$pid" ] && kill "$pid" 2> /dev/null; then
+# Only while that process is still the sampler: one that ended early may have left its number to
+# another of the job's processes.
+if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2> /dev/null)" = nvidia-smi ] \
+  && kill "$pid" 2> /dev/null; then
   # Its last sample may still be on its way to the file: read once it has ended (a zombie has;
   # 2 s at most).
   sampler_running() {

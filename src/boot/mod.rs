@@ -1006,44 +1006,74 @@ mod tests {
     }
 
     /// The job-completed hook reads the samples once the sampler has ended, so that a sample on
-    /// its way to the file counts, and leaves out a last line that was cut off mid-write.
+    /// its way to the file counts, and leaves out a last line that was cut off mid-write. It
+    /// stops only the sampler: a process that took over an ended sampler's number is left alone.
     #[test]
     fn the_completed_hook_waits_for_the_sampler_and_counts_only_whole_samples() {
         let dir = tempfile::tempdir().unwrap();
         let samples = dir.path().join("gpu-samples.csv");
         std::fs::write(&samples, "0, 40, 3072, 15360\n0, 50, 4096, 15360\n").unwrap();
-        // A sampler whose last sample reaches the file only after it was told to stop.
-        let mut sampler = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "trap 'printf \"0, 70, 6144, 15360\\n0, 99, 9000, 15\" >> {}; exit' TERM; \
-                 echo ready; while :; do sleep 0.05; done",
-                quote(samples.to_str().unwrap())
-            ))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
+        // Runs as the runner runs a hook (`bash -e -o pipefail`), the sampler's number in its file.
+        let completed_hook = |pid: u32| {
+            std::fs::write(dir.path().join("gpu-sampler.pid"), pid.to_string()).unwrap();
+            let out = std::process::Command::new("bash")
+                .args(["--noprofile", "--norc", "-e", "-o", "pipefail", "-c"])
+                .arg(JOB_COMPLETED_HOOK)
+                .env("STATE_DIR", dir.path())
+                .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // A bash by the name nvidia-smi (a process's name is its program file's), which waits
+        // until it is told to stop.
+        let bash = dir.path().join("nvidia-smi");
+        std::os::unix::fs::symlink("/bin/bash", &bash).unwrap();
+        let spawn = |program: &std::path::Path, script: String| {
+            let mut child = std::process::Command::new(program)
+                .arg("-c")
+                .arg(format!(
+                    "{script}; echo ready; while :; do sleep 0.05; done"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut ready,
+            )
             .unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(sampler.stdout.take().unwrap()),
-            &mut ready,
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("gpu-sampler.pid"), sampler.id().to_string()).unwrap();
+            child
+        };
 
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(JOB_COMPLETED_HOOK)
-            .env("STATE_DIR", dir.path())
-            .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md"))
-            .output()
-            .unwrap();
-        let _ = sampler.wait();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        // Not the sampler: lives on.
+        let mut other = spawn(
+            std::path::Path::new("/bin/bash"),
+            "trap 'exit 7' TERM".into(),
         );
+        completed_hook(other.id());
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the hook ended another process"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+
+        // The sampler, whose last sample reaches the file only after it was told to stop.
+        let mut sampler = spawn(
+            &bash,
+            format!(
+                "trap 'printf \"0, 70, 6144, 15360\\n0, 99, 9000, 15\" >> {}; exit' TERM",
+                quote(samples.to_str().unwrap())
+            ),
+        );
+        completed_hook(sampler.id());
+        let _ = sampler.wait();
         let usage = std::fs::read_to_string(dir.path().join("gpu-usage")).unwrap();
         assert_eq!(
             usage,
