@@ -659,6 +659,19 @@ mod tests {
         );
     }
 
+    /// Runs `command` to its end; fails the test, with what it said on stderr, unless it
+    /// succeeded.
+    #[track_caller]
+    fn succeeds(command: &mut std::process::Command) -> std::process::Output {
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Writes the job-started hook into `dir` with the rendered script's own lines, and returns
     /// its path.
     fn write_hook(p: &BootParams, dir: &std::path::Path) -> std::path::PathBuf {
@@ -673,16 +686,7 @@ mod tests {
             "{values}readonly JOB_MARKS={dir_quoted}\nreadonly HOOK_DIR={dir_quoted}\n{}",
             &text[start..end]
         );
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(&program)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(std::process::Command::new("bash").arg("-c").arg(&program));
         dir.join("job-started.sh")
     }
 
@@ -973,16 +977,11 @@ mod tests {
                  \"$JIT_CONFIG\"\n",
                 &script[..cut]
             );
-            let out = std::process::Command::new("bash")
-                .arg("-c")
-                .arg(&probe)
-                .current_dir(dir.path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "round {round}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = succeeds(
+                std::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(&probe)
+                    .current_dir(dir.path()),
             );
             let got: Vec<String> = String::from_utf8(out.stdout)
                 .unwrap()
@@ -1016,17 +1015,12 @@ mod tests {
         // Runs as the runner runs a hook (`bash -e -o pipefail`), the sampler's number in its file.
         let completed_hook = |pid: u32| {
             std::fs::write(dir.path().join("gpu-sampler.pid"), pid.to_string()).unwrap();
-            let out = std::process::Command::new("bash")
-                .args(["--noprofile", "--norc", "-e", "-o", "pipefail", "-c"])
-                .arg(JOB_COMPLETED_HOOK)
-                .env("STATE_DIR", dir.path())
-                .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            succeeds(
+                std::process::Command::new("bash")
+                    .args(["--noprofile", "--norc", "-e", "-o", "pipefail", "-c"])
+                    .arg(JOB_COMPLETED_HOOK)
+                    .env("STATE_DIR", dir.path())
+                    .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md")),
             );
         };
         // A bash by the name nvidia-smi (a process's name is its program file's), which waits
