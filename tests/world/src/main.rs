@@ -675,6 +675,10 @@ fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc of the sampler (it ended early?): {e}"))?;
     let wall = began.elapsed().as_secs_f64();
+    // Whether the sampler writes a line at a time, as the process itself has it: stdbuf hands
+    // its setting to the command in _STDBUF_O (coreutils src/stdbuf.c).
+    let line_buffered = std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == b"_STDBUF_O=L"));
     let _ = Command::new("kill").arg(pid).status();
     // utime and stime: the 14th and 15th fields, counted after the command's closing parenthesis.
     let after = &stat[stat.rfind(')').ok_or("an unreadable /proc/PID/stat")? + 2..];
@@ -708,10 +712,6 @@ fn nvidia_smi_cost(seconds: u64) -> Result<(), String> {
         .len()
         .max(1);
     let every = wall / (samples as f64 / gpus as f64).max(1.0);
-    let line_buffered = Command::new("sh")
-        .args(["-c", "command -v stdbuf"])
-        .output()
-        .is_ok_and(|o| o.status.success());
     println!(
         "GPU sampler ({}nvidia-smi -lms 1000): {cpu:.2} s of CPU over {wall:.0} s of wall time, \
          {:.2} % of one core; {samples} sample lines from {gpus} GPU(s), one a GPU every \
