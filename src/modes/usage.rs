@@ -133,7 +133,8 @@ pub fn right_size(uses: &[MachineUse]) -> Option<String> {
         let usage = u.usage?;
         // A GPU that reports no utilization may have sat idle too: no hint from it either.
         if usage.gpus != 1
-            || usage.peak_utilization.is_none_or(|p| p == 0)
+            || usage.idle()
+            || usage.peak_utilization.is_none()
             || usage.job_seconds < HINT_AFTER_SECONDS
         {
             return None;
