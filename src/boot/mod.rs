@@ -977,11 +977,16 @@ mod tests {
                  \"$JIT_CONFIG\"\n",
                 &script[..cut]
             );
-            let out = succeeds(
-                std::process::Command::new("bash")
-                    .arg("-c")
-                    .arg(&probe)
-                    .current_dir(dir.path()),
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(&probe)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
             );
             let got: Vec<String> = String::from_utf8(out.stdout)
                 .unwrap()
