@@ -19,6 +19,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::actions::Actions;
+use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
 use crate::inputs::Common;
@@ -124,6 +125,17 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// How long it has run from its launch (or resume) to `until`, in seconds of the user's
+    /// time: AWS's and the API server's times are wall-clock ones, and `clock` may run faster.
+    pub fn ran_seconds(&self, until: DateTime<Utc>, clock: Clock) -> Option<u64> {
+        let t = self.launched_at?;
+        Some(
+            clock
+                .unscaled((until - t).to_std().unwrap_or_default())
+                .as_secs(),
+        )
+    }
+
     /// The repository whose start acquired it (`gpu-runner:repository`).
     pub fn repository(&self) -> Option<&str> {
         self.tags.get(tag::REPOSITORY).map(String::as_str)
@@ -200,15 +212,15 @@ pub enum Release {
 /// What releasing one machine did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Released {
-    /// Ended after `ran` minutes, at about `cost`, when they are known.
+    /// Ended after `ran` seconds, at about `cost`, when they are known.
     Terminated {
-        ran: Option<i64>,
+        ran: Option<u64>,
         cost: Option<String>,
     },
-    /// Stopped after `ran` minutes (at about `cost`), its disk kept for the next job; EC2 still
+    /// Stopped after `ran` seconds (at about `cost`), its disk kept for the next job; EC2 still
     /// showed it stopping when the wait for it gave up.
     ReturnedToPool {
-        ran: Option<i64>,
+        ran: Option<u64>,
         cost: Option<String>,
         still_stopping: bool,
     },
@@ -217,13 +229,13 @@ pub enum Released {
     /// A pooled machine that served its last job (`why`): ended, not paused.
     Retired {
         why: String,
-        ran: Option<i64>,
+        ran: Option<u64>,
         cost: Option<String>,
     },
     Detached,
-    /// A pod deleted, with its Secret, `ran` minutes after it was created.
+    /// A pod deleted, with its Secret, `ran` seconds after it was created.
     Deleted {
-        ran: Option<i64>,
+        ran: Option<u64>,
     },
     /// It was gone before it was asked for.
     AlreadyGone,
@@ -335,10 +347,26 @@ impl Price {
         format!("${:.3}/h ({})", self.usd_per_hour, self.source)
     }
 
-    /// The estimated cost of `minutes` at this price.
-    pub fn cost(&self, minutes: i64) -> String {
-        let usd = self.usd_per_hour * minutes.max(0) as f64 / 60.0;
-        format!("≈ ${usd:.2} at {}", self.describe())
+    /// What `seconds` of a machine's running cost at this price. EC2 bills by the second, at
+    /// least a minute each time an instance starts (EC2 API reference, StartInstances: "a
+    /// one-minute minimum for instance usage, and thereafter charges per second").
+    pub fn usd(&self, seconds: u64) -> f64 {
+        self.usd_per_hour * seconds.max(60) as f64 / 3600.0
+    }
+
+    /// The estimated cost of `seconds` of running at this price.
+    pub fn cost(&self, seconds: u64) -> String {
+        format!("≈ ${:.2} at {}", self.usd(seconds), self.describe())
+    }
+}
+
+/// How long a machine ran, in words: "45 s", "12 min", "12 min 5 s", "2 h 3 min".
+pub fn ran_words(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 && s % 60 == 0 => format!("{} min", s / 60),
+        s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        s => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
 }
 

@@ -4,6 +4,7 @@
 //! before it wrote them), it removes what any start of this workflow run left.
 
 use crate::actions::{Actions, Annotation, Markdown};
+use crate::clock::Clock;
 use crate::context::Context;
 use crate::env::Env;
 use crate::github::app::TokenNeeds;
@@ -56,7 +57,7 @@ pub async fn run(inputs: &StopInputs, env: &Env, actions: &Actions) -> Result<()
                         repository: &repository,
                         run_id: ctx.run_id,
                     });
-                    uses = run_use(&provider, &found.ours, rest_of_run).await;
+                    uses = run_use(&provider, &found.ours, rest_of_run, Clock::from_env(env)).await;
                     t.release(&provider, &inputs.instance_ids, &found).await;
                     found.ours
                 }
@@ -141,6 +142,7 @@ async fn run_use(
     provider: &impl Provider,
     ours: &[Machine],
     rest_of_run: Option<Owner<'_>>,
+    clock: Clock,
 ) -> Vec<MachineUse> {
     let mut machines: Vec<Machine> = ours.to_vec();
     if let Some(run) = rest_of_run
@@ -157,7 +159,7 @@ async fn run_use(
     for m in &machines {
         let price = provider.price(m).await;
         let usage = GpuUsage::from_console(&provider.last_words(&m.id).await);
-        uses.push(MachineUse::of(m, price, usage, now));
+        uses.push(MachineUse::of(m, price, usage, now, clock));
     }
     uses
 }

@@ -7,8 +7,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::actions::Markdown;
+use crate::clock::Clock;
 use crate::machine::ec2::pricing::on_demand_list_price;
-use crate::machine::{Machine, Price};
+use crate::machine::{Machine, Price, ran_words};
 
 /// What one job used of its GPUs, as the job-completed hook summed it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +79,8 @@ impl GpuUsage {
 pub struct MachineUse {
     pub id: String,
     pub instance_type: String,
-    /// From its launch (or resume) to its end, or to now.
-    pub minutes: Option<i64>,
+    /// From its launch (or resume) to its end, or to now, in seconds of the user's time.
+    pub seconds: Option<u64>,
     pub price: Option<Price>,
     pub usage: Option<GpuUsage>,
 }
@@ -90,6 +91,7 @@ impl MachineUse {
         price: Option<Price>,
         usage: Option<GpuUsage>,
         now: DateTime<Utc>,
+        clock: Clock,
     ) -> Self {
         let end = if m.state.is_ending() || m.state.is_paused() {
             m.state_since.unwrap_or(now)
@@ -99,14 +101,14 @@ impl MachineUse {
         MachineUse {
             id: m.id.clone(),
             instance_type: m.instance_type.clone(),
-            minutes: m.launched_at.map(|t| (end - t).num_minutes().max(0)),
+            seconds: m.ran_seconds(end, clock),
             price,
             usage,
         }
     }
 
     fn usd(&self) -> Option<f64> {
-        Some(self.price.as_ref()?.usd_per_hour * self.minutes? as f64 / 60.0)
+        Some(self.price.as_ref()?.usd(self.seconds?))
     }
 }
 
@@ -175,8 +177,8 @@ pub fn markdown(uses: &[MachineUse]) -> String {
             vec![
                 u.id.clone(),
                 u.instance_type.clone(),
-                u.minutes
-                    .map(|m| format!("{m} min"))
+                u.seconds
+                    .map(ran_words)
                     .unwrap_or_else(|| "unknown".to_owned()),
                 u.price
                     .as_ref()
@@ -242,7 +244,7 @@ mod tests {
         MachineUse {
             id: "i-1".into(),
             instance_type: "g5.xlarge".into(),
-            minutes: Some(12),
+            seconds: Some(12 * 60),
             price: Some(Price {
                 usd_per_hour: 1.006,
                 source: "on-demand list price in us-east-1".into(),
@@ -316,7 +318,7 @@ mod tests {
     fn the_summary_adds_up_the_run() {
         let mut other = on_g5(None);
         other.id = "i-2".into();
-        other.minutes = Some(30);
+        other.seconds = Some(30 * 60);
         let md = markdown(&[on_g5(usage(40, 3072, 300)), other]);
         assert!(md.contains("| i-1 | g5.xlarge | 12 min |"), "{md}");
         assert!(
@@ -325,6 +327,41 @@ mod tests {
         );
         assert!(md.contains("Total ≈ $0.70 for 2 machine(s)."), "{md}");
         assert!(md.contains("g4dn.xlarge"), "{md}");
+    }
+
+    #[test]
+    fn a_machine_is_billed_by_the_second_and_a_minute_at_least() {
+        let ran_for = |seconds| MachineUse {
+            seconds: Some(seconds),
+            ..on_g5(None)
+        };
+        let usd = |seconds| ran_for(seconds).usd().unwrap_or_else(|| panic!("priced"));
+        assert_eq!(usd(20), usd(60), "60 seconds at least");
+        assert!((usd(90) - 1.006 * 90.0 / 3600.0).abs() < 1e-9);
+        assert!(markdown(&[ran_for(20)]).contains("| i-1 | g5.xlarge | 20 s |"));
+        assert!(markdown(&[ran_for(125)]).contains("| 2 min 5 s |"));
+        assert!(markdown(&[ran_for(3 * 3600 + 125)]).contains("| 3 h 2 min |"));
+    }
+
+    #[test]
+    fn the_time_is_the_users_on_a_faster_clock() {
+        let machine = Machine {
+            id: "i-1".into(),
+            instance_type: "g5.xlarge".into(),
+            availability_zone: None,
+            market: crate::plan::Market::OnDemand,
+            state: crate::machine::State::Running,
+            state_reason: None,
+            state_since: None,
+            launched_at: Some(DateTime::UNIX_EPOCH),
+            tags: Default::default(),
+        };
+        let now = DateTime::UNIX_EPOCH + chrono::Duration::seconds(3);
+        let env: crate::env::Env = [("GPU_RUNNER_CLOCK_SCALE", "60")].into_iter().collect();
+        let fast = MachineUse::of(&machine, None, None, now, Clock::from_env(&env));
+        assert_eq!(fast.seconds, Some(180));
+        let real = MachineUse::of(&machine, None, None, now, Clock::default());
+        assert_eq!(real.seconds, Some(3));
     }
 
     #[test]

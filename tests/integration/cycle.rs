@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Outcome, Step, as_app, finished, nothing_left};
+use crate::support::{Outcome, Step, as_app, finished, nothing_left, terminated_row};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
@@ -213,9 +213,11 @@ fn stop_with_only_the_label_finds_the_instance_and_its_runner() {
     stopped.success();
     let id = &started.outputs()["instance-id"];
     assert!(
-        stopped
-            .summary
-            .contains(&format!("| {id} | instance | terminated after 0 min (≈ $0.00 at $0.526/h (on-demand list price in us-east-1)) |")),
+        terminated_row(
+            &stopped.summary,
+            &format!("{id} | instance"),
+            "$0.526/h (on-demand list price in us-east-1)"
+        ),
         "{}",
         stopped.summary
     );
@@ -671,9 +673,11 @@ fn a_github_failure_in_stop_still_terminates_the_instance() {
         stopped.errors()
     );
     assert!(
-        stopped
-            .summary
-            .contains(&format!("| {id} | instance | terminated after 0 min (≈ $0.00 at $0.526/h (on-demand list price in us-east-1)) |")),
+        terminated_row(
+            &stopped.summary,
+            &format!("{id} | instance"),
+            "$0.526/h (on-demand list price in us-east-1)"
+        ),
         "{}",
         stopped.summary
     );
@@ -1151,6 +1155,18 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
     );
     // Every machine of the run, this one's job's use, the total and the hint.
     let summary = &stopped.summary;
+    // The machine ran at least as long as its job: both on the user's clock (the world's runs
+    // faster, and AWS's timestamps are wall-clock ones).
+    let job_seconds: u64 = console
+        .split("job_seconds=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no job_seconds in {console}"));
+    assert!(
+        ran_seconds(summary, id) >= job_seconds,
+        "ran less than its job's {job_seconds} s: {summary}"
+    );
     assert!(
         summary.contains(&format!("| {id} | g5.xlarge |"))
             && summary.contains(&format!("| {idle_id} | g4dn.xlarge |"))
@@ -1190,4 +1206,32 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
         stopped.summary
     );
     nothing_left(&world);
+}
+
+/// The time stop's summary says a machine ran ("45 s", "2 min 8 s", "1 h 3 min"), in seconds.
+fn ran_seconds(summary: &str, id: &str) -> u64 {
+    let costs = summary
+        .split("#### What the run's GPU machines cost")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no costs in {summary}"));
+    let row = costs
+        .lines()
+        .find(|l| l.starts_with(&format!("| {id} |")))
+        .unwrap_or_else(|| panic!("no row of {id} in {summary}"));
+    let ran = row.split('|').nth(3).unwrap_or_default();
+    let words: Vec<&str> = ran.split_whitespace().collect();
+    words
+        .chunks(2)
+        .map(|pair| {
+            let n: u64 = pair[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("not a time: {ran:?}"));
+            n * match pair.get(1).copied() {
+                Some("h") => 3600,
+                Some("min") => 60,
+                Some("s") => 1,
+                _ => panic!("not a time: {ran:?}"),
+            }
+        })
+        .sum()
 }

@@ -42,7 +42,18 @@ fn settings(world: &World) -> insta::Settings {
     s.add_filter(&format!(r"\b{}\b", world.run_id), "[run]");
     s.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
     s.add_filter(r"\b\d+\.\d s\b", "[seconds] s");
-    s.add_filter(r"after \d+ min \(≈ \$\d+\.\d\d", "after [n] min (≈ $[cost]");
+    // How long a machine ran, and so its cost, on the world's clock: it depends on how fast this
+    // machine runs the world.
+    let ran = r"(?:\d+ h \d+ min|\d+ min(?: \d+ s)?|\d+ s)";
+    s.add_filter(
+        &format!(r"after {ran} \(≈ \$\d+\.\d\d"),
+        "after [ran] (≈ $$[cost]",
+    );
+    s.add_filter(
+        &format!(r"\| {ran} \| (\$[0-9.]+/h [^|]*)\| ≈ \$\d+\.\d\d \|"),
+        "| [ran] | $1| ≈ $$[cost] |",
+    );
+    s.add_filter(r"Total ≈ \$\d+\.\d\d", "Total ≈ $$[cost]");
     s.add_filter(r"(127\.0\.0\.1|localhost):\d+", "$1:[port]");
     s.add_filter(r"/tmp/[^\s'\x22)]+", "[tmp]");
     s

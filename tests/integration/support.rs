@@ -90,3 +90,14 @@ pub fn user_docs() -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Whether a summary has a table row of `id` that says it was terminated after some time, at
+/// about what cost at `price` (how long depends on how fast this machine runs the world).
+pub fn terminated_row(summary: &str, id: &str, price: &str) -> bool {
+    summary.lines().any(|l| {
+        l.strip_prefix(&format!("| {id} | "))
+            .and_then(|rest| rest.split_once("terminated after "))
+            .and_then(|(_, rest)| rest.split_once(" (≈ $"))
+            .is_some_and(|(_, rest)| rest.ends_with(&format!(" at {price}) |")))
+    })
+}

@@ -349,10 +349,10 @@ impl Ec2 {
         Err(Refused::NoCapacity { tried: refused }.into())
     }
 
-    /// How many minutes the machine has run since its launch (for a pool instance, since its
+    /// How many seconds the machine has run since its launch (for a pool instance, since its
     /// last start), and about what that cost.
-    async fn ran_and_cost(&self, m: &Machine) -> (Option<i64>, Option<String>) {
-        let ran = m.launched_at.map(|t| (Utc::now() - t).num_minutes().max(0));
+    async fn ran_and_cost(&self, m: &Machine) -> (Option<u64>, Option<String>) {
+        let ran = m.ran_seconds(Utc::now(), self.clock);
         let price = pricing::of(&self.api, m).await;
         (ran, ran.zip(price).map(|(ran, p)| p.cost(ran)))
     }

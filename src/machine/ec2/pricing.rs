@@ -118,8 +118,14 @@ mod tests {
         let p = on_demand_list_price("g4dn.xlarge").unwrap_or_else(|| panic!("priced"));
         assert_eq!(p.describe(), "$0.526/h (on-demand list price in us-east-1)");
         assert_eq!(
-            p.cost(90),
+            p.cost(90 * 60),
             "≈ $0.79 at $0.526/h (on-demand list price in us-east-1)"
+        );
+        // By the second, and a minute at least each time it starts.
+        assert_eq!(p.cost(10), p.cost(60));
+        assert_eq!(
+            p.cost(125),
+            "≈ $0.02 at $0.526/h (on-demand list price in us-east-1)"
         );
         assert_eq!(on_demand_list_price("x9.unknown"), None);
     }

@@ -376,9 +376,7 @@ impl Provider for Kubernetes {
         let mut results = Vec::new();
         let mut first = None;
         for m in machines {
-            let ran = m
-                .launched_at
-                .map(|t| (chrono::Utc::now() - t).num_minutes());
+            let ran = m.ran_seconds(chrono::Utc::now(), self.clock);
             results.push(match self.delete(&m.id).await {
                 Ok(true) => Released::Deleted { ran },
                 Ok(false) => Released::AlreadyGone,
@@ -397,7 +395,7 @@ impl Provider for Kubernetes {
             None => None,
         };
         let details = match self.get(&machine.id).await {
-            Ok(Some(p)) => pod::timeline(&p),
+            Ok(Some(p)) => pod::timeline(&p, self.clock),
             _ => Vec::new(),
         };
         Facts {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::clock::Clock;
 use crate::inputs::PodInputs;
 use crate::machine::{Handoff, Health, Machine, State};
 use crate::plan::{LaunchPlan, Market, tag};
@@ -367,8 +368,9 @@ pub fn last_lines(log: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// When the pod reached each phase, from its conditions: what the summary shows of its start.
-pub fn timeline(pod: &Value) -> Vec<(&'static str, String)> {
+/// When the pod reached each phase, from its conditions: what the summary shows of its start, in
+/// the user's seconds on `clock`.
+pub fn timeline(pod: &Value, clock: Clock) -> Vec<(&'static str, String)> {
     let created = timestamp(&pod["metadata"]["creationTimestamp"]);
     let condition = |kind: &str| {
         pod["status"]["conditions"]
@@ -383,7 +385,12 @@ pub fn timeline(pod: &Value) -> Vec<(&'static str, String)> {
         .and_then(|c| timestamp(&c["state"]["running"]["startedAt"]))
         .or_else(|| condition("Ready"));
     let between = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
-        (Some(a), Some(b)) => format!("{} s", (b - a).num_seconds().max(0)),
+        (Some(a), Some(b)) => format!(
+            "{} s",
+            clock
+                .unscaled((b - a).to_std().unwrap_or_default())
+                .as_secs()
+        ),
         _ => "not seen".to_owned(),
     };
     let mut rows = vec![

@@ -187,7 +187,7 @@ impl Provider for FakeProvider {
             released.push((m.id.clone(), how));
         }
         let each = Released::Terminated {
-            ran: Some(1),
+            ran: Some(60),
             cost: None,
         };
         (vec![each; machines.len()], None)

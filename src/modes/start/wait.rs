@@ -61,6 +61,7 @@ pub(super) struct Booting {
     pub machine: Machine,
     pub refused: Vec<Refusal>,
     pub launched_at: Instant,
+    /// Launch to running, on this process's clock (the report gives it on the user's).
     pub running_after: Option<Duration>,
     /// The last reason to wait that start said of it.
     pub said: Option<String>,
@@ -237,14 +238,14 @@ pub(super) async fn wait_online(
             match look {
                 Look::Waiting => still.push(b),
                 Look::Failed(e) => results.push((b.n, Err(e))),
-                Look::Online => ready.push((b.launched_at.elapsed(), b)),
+                Look::Online => ready.push((clock.unscaled(b.launched_at.elapsed()), b)),
             }
         }
         // Online as of this look; their facts are read together, after it.
         let online = join_all(
             ready
                 .into_iter()
-                .map(|(after, b)| online(provider, b, after)),
+                .map(|(after, b)| online(provider, b, after, clock)),
         )
         .await;
         results.extend(online.into_iter().map(|(n, o)| (n, Ok(o))));
@@ -369,11 +370,13 @@ async fn look(
 }
 
 /// What an online runner's start reports: the machine's facts (its price, what the GPU probe
-/// found). `launch_to_online` is when the look saw it online.
+/// found). `launch_to_online` is when the look saw it online; both times are the user's, on
+/// `clock`.
 async fn online(
     provider: &impl Provider,
     b: Booting,
     launch_to_online: Duration,
+    clock: &Clock,
 ) -> (usize, Online) {
     let facts = provider.facts(&b.machine).await;
     (
@@ -382,7 +385,7 @@ async fn online(
             machine: b.machine,
             refused: b.refused,
             facts,
-            launch_to_running: b.running_after,
+            launch_to_running: b.running_after.map(|d| clock.unscaled(d)),
             launch_to_online,
         },
     )

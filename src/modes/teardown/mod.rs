@@ -348,10 +348,13 @@ mod tests {
     #[test]
     fn outcomes_read_as_before_and_know_what_may_still_bill() {
         let terminated = Outcome::Released(Released::Terminated {
-            ran: Some(3),
+            ran: Some(185),
             cost: Some("≈ $0.05".into()),
         });
-        assert_eq!(terminated.to_string(), "terminated after 3 min (≈ $0.05)");
+        assert_eq!(
+            terminated.to_string(),
+            "terminated after 3 min 5 s (≈ $0.05)"
+        );
         assert!(terminated.ok());
         assert!(!Outcome::NotReleased(Release::Terminate).ok());
         assert_eq!(

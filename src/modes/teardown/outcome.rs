@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::machine::{Release, Released};
+use crate::machine::{Release, Released, ran_words};
 
 /// What was done to one machine or runner.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,11 +66,11 @@ impl Outcome {
     }
 }
 
-/// " after N min (≈ $x at …)", as much of it as is known.
-fn ran_for(f: &mut fmt::Formatter<'_>, ran: Option<i64>, cost: Option<&str>) -> fmt::Result {
+/// " after 3 min 5 s (≈ $x at …)", as much of it as is known.
+fn ran_for(f: &mut fmt::Formatter<'_>, ran: Option<u64>, cost: Option<&str>) -> fmt::Result {
     match (ran, cost) {
-        (Some(m), Some(cost)) => write!(f, " after {m} min ({cost})"),
-        (Some(m), None) => write!(f, " after {m} min"),
+        (Some(s), Some(cost)) => write!(f, " after {} ({cost})", ran_words(s)),
+        (Some(s), None) => write!(f, " after {}", ran_words(s)),
         _ => Ok(()),
     }
 }
