@@ -238,7 +238,7 @@ HOOK
 } > "$HOOK_DIR/job-started.sh"
 # What the machine costs, for the job's usage report. A spot instance's price is its zone's,
 # and EC2 chose the zone: start gave each zone's spot price at launch.
-price_per_hour="$PRICE_PER_HOUR" price_source="on-demand list price"
+price_per_hour="$PRICE_PER_HOUR" price_source="on-demand list price in us-east-1"
 if [ "$SPOT" = true ] && [ -n "$SPOT_PRICES" ]; then
   zone="$(imds_get placement/availability-zone)" || zone=""
   read -ra zone_prices <<< "$SPOT_PRICES"

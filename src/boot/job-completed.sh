@@ -31,7 +31,7 @@ complete="$(wc -l < "$samples")"
 # A field nvidia-smi cannot give reads "[N/A]" or "[Not Supported]" (nvidia-smi(1)): a GPU in MIG
 # mode has no utilization. Such a GPU is "not reported", never idle; its memory still counts.
 awk -F', *' -v usage="$STATE_DIR/gpu-usage" -v price="${PRICE_PER_HOUR:-}" \
-  -v source="${PRICE_SOURCE:-on-demand list price}" -v complete="$complete" '
+  -v source="${PRICE_SOURCE:-on-demand list price in us-east-1}" -v complete="$complete" '
   NR <= complete + 0 && NF >= 4 && $1 ~ /^[0-9]+$/ {
     g = $1
     if (!(g in n)) order[++gpus] = g

@@ -1140,9 +1140,9 @@ fn the_gpu_jobs_summary_says_what_it_used_of_the_gpu() {
                 .summary
                 .contains("| 0 | 40 % | 40 % | 3.0 of 15.0 GiB | 0 % of the job |")
             && busy.summary.contains("Peak GPU memory 3.0 of 15.0 GiB")
-            && busy
-                .summary
-                .contains("on 1 GPU(s); at $1.006/h (on-demand list price) the machine cost ≈ $"),
+            && busy.summary.contains(
+                "on 1 GPU(s); at $1.006/h (on-demand list price in us-east-1) the machine cost ≈ $"
+            ),
         "{}",
         busy.summary
     );
