@@ -247,7 +247,8 @@ fn a_run_that_failed_on_its_own_or_past_max_retries_is_never_re_run() {
 }
 
 /// Two of the repository's spot instances taken back within fifteen minutes: the next start
-/// launches on-demand, saying why, though its own run never lost one.
+/// launches on-demand, saying why, though its own run never lost one; once `spot-breaker-minutes`
+/// have passed, spot again.
 #[test]
 fn two_reclaims_within_the_breakers_window_move_the_next_start_to_on_demand() {
     let world = world();
@@ -274,6 +275,22 @@ fn two_reclaims_within_the_breakers_window_move_the_next_start_to_on_demand() {
         next.stdout
     );
     stop(&world).outputs_of(&next).run().success();
+
+    // Once spot-breaker-minutes have passed since the last reclaim (a minute: a second of the
+    // world's), spot again.
+    std::thread::sleep(Duration::from_secs(2));
+    let after_the_hold = start(&world)
+        .input("market-type", "spot-then-on-demand")
+        .input("spot-breaker-minutes", "1")
+        .run();
+    after_the_hold.success();
+    assert_eq!(
+        after_the_hold.outputs()["market"],
+        "spot",
+        "{}",
+        after_the_hold.stdout
+    );
+    stop(&world).outputs_of(&after_the_hold).run().success();
 
     // With the breaker off, spot it is.
     let spot = start(&world)

@@ -123,8 +123,15 @@ async fn planned(
         return dry_run::run(plan, provider, &package, actions).await;
     }
     // Spot's history (an interrupted earlier attempt, the breaker) may rule out spot.
-    let by_history =
-        spot::plan_by_history(plan, provider, ctx.run_attempt, actions, Utc::now()).await?;
+    let by_history = spot::plan_by_history(
+        plan,
+        provider,
+        ctx.run_attempt,
+        actions,
+        Utc::now(),
+        Clock::from_env(env),
+    )
+    .await?;
     let plan = by_history.as_ref().unwrap_or(plan);
     if let Some(sha) = head_sha {
         // What was judged: a push to the pull request after this must not run unreviewed.

@@ -5,22 +5,27 @@
 //! allows it, and says why; EC2 lists a terminated instance for about an hour, which covers
 //! both.
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::actions::{Actions, Annotation};
+use crate::clock::Clock;
 use crate::inputs::SpotBreaker;
 use crate::machine::{Machine, Owner, Provider};
 use crate::modes::failure::Error;
 use crate::plan::{LaunchPlan, Market, tag};
 
 /// Why this start should not launch spot, if it should not: the machines are the repository's,
-/// as EC2 lists them (terminated ones among them).
+/// as EC2 lists them (terminated ones among them). The window and the hold are the user's
+/// minutes: EC2's times are wall-clock ones, and `clock` may run faster.
 pub fn why_on_demand(
     machines: &[Machine],
     run_id: u64,
     attempt: u32,
     breaker: SpotBreaker,
     now: DateTime<Utc>,
+    clock: Clock,
 ) -> Option<String> {
     let reclaimed: Vec<&Machine> = machines.iter().filter(|m| m.reclaimed()).collect();
     let earlier = reclaimed.iter().find(|m| {
@@ -39,16 +44,27 @@ pub fn why_on_demand(
     if breaker.interruptions == 0 {
         return None;
     }
-    let window = TimeDelta::minutes(i64::from(breaker.window_minutes));
-    let hold = TimeDelta::minutes(i64::from(breaker.hold_minutes));
+    let minutes = |m: u32| Duration::from_secs(u64::from(m) * 60);
+    let (window, hold) = (
+        minutes(breaker.window_minutes),
+        minutes(breaker.hold_minutes),
+    );
+    let between = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        clock.unscaled((to - from).to_std().unwrap_or_default())
+    };
     let mut times: Vec<DateTime<Utc>> = reclaimed.iter().filter_map(|m| m.state_since).collect();
     times.sort();
     // The breaker trips at the reclaim that makes `interruptions` within the window, and holds
     // from then on.
     let tripped = times.iter().enumerate().rev().find(|(i, t)| {
-        let within = times[..=*i].iter().filter(|u| **t - **u <= window).count();
-        within >= breaker.interruptions as usize && now - **t < hold
+        let within = times[..=*i]
+            .iter()
+            .filter(|u| between(**u, **t) <= window)
+            .count();
+        within >= breaker.interruptions as usize && between(**t, now) < hold
     });
+    let until =
+        |t: DateTime<Utc>| t + TimeDelta::from_std(clock.scaled(hold)).unwrap_or(TimeDelta::zero());
     tripped.map(|(_, t)| {
         format!(
             "AWS took back {} of this repository's spot instances within {} minutes, the last at \
@@ -56,7 +72,7 @@ pub fn why_on_demand(
             breaker.interruptions,
             breaker.window_minutes,
             t.format("%H:%M UTC"),
-            (*t + hold).format("%H:%M UTC")
+            until(*t).format("%H:%M UTC")
         )
     })
 }
@@ -70,6 +86,7 @@ pub(super) async fn plan_by_history(
     attempt: u32,
     actions: &Actions,
     now: DateTime<Utc>,
+    clock: Clock,
 ) -> Result<Option<LaunchPlan>, Error> {
     if !plan.candidates.iter().any(|c| c.market == Market::Spot) {
         return Ok(None);
@@ -83,6 +100,7 @@ pub(super) async fn plan_by_history(
         attempt,
         plan.spot_breaker,
         now,
+        clock,
     ) else {
         return Ok(None);
     };
@@ -139,14 +157,49 @@ mod tests {
         let now: DateTime<Utc> = "2026-12-05T12:00:00Z".parse().unwrap();
         let lost = [machine("i-1", 7, 1, Some("2026-12-05T11:50:00Z"))];
         assert!(
-            why_on_demand(&lost, 7, 2, BREAKER, now)
+            why_on_demand(&lost, 7, 2, BREAKER, now, Clock::default())
                 .unwrap()
                 .contains("i-1")
         );
-        assert_eq!(why_on_demand(&lost, 7, 1, BREAKER, now), None);
-        assert_eq!(why_on_demand(&lost, 8, 2, BREAKER, now), None);
+        assert_eq!(
+            why_on_demand(&lost, 7, 1, BREAKER, now, Clock::default()),
+            None
+        );
+        assert_eq!(
+            why_on_demand(&lost, 8, 2, BREAKER, now, Clock::default()),
+            None
+        );
         let ended_on_its_own = [machine("i-2", 7, 1, None)];
-        assert_eq!(why_on_demand(&ended_on_its_own, 7, 2, BREAKER, now), None);
+        assert_eq!(
+            why_on_demand(&ended_on_its_own, 7, 2, BREAKER, now, Clock::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_window_and_the_hold_are_the_users_minutes_on_a_faster_clock() {
+        let at = |t: &str| -> DateTime<Utc> { t.parse().unwrap() };
+        let env: crate::env::Env = [("GPU_RUNNER_CLOCK_SCALE", "60")].into_iter().collect();
+        let fast = Clock::from_env(&env);
+        // 20 s apart on the wall: 20 minutes of the user's, more than the window.
+        let apart = [
+            machine("i-1", 1, 1, Some("2026-12-05T11:50:00Z")),
+            machine("i-2", 2, 1, Some("2026-12-05T11:50:20Z")),
+        ];
+        assert_eq!(
+            why_on_demand(&apart, 9, 1, BREAKER, at("2026-12-05T11:50:21Z"), fast),
+            None
+        );
+        let close = [
+            machine("i-1", 1, 1, Some("2026-12-05T11:50:00Z")),
+            machine("i-2", 2, 1, Some("2026-12-05T11:50:10Z")),
+        ];
+        assert!(why_on_demand(&close, 9, 1, BREAKER, at("2026-12-05T11:50:39Z"), fast).is_some());
+        // The 30 minutes' hold is 30 s on the wall.
+        assert_eq!(
+            why_on_demand(&close, 9, 1, BREAKER, at("2026-12-05T11:50:41Z"), fast),
+            None
+        );
     }
 
     #[test]
@@ -156,11 +209,26 @@ mod tests {
             machine("i-1", 1, 1, Some("2026-12-05T11:40:00Z")),
             machine("i-2", 2, 1, Some("2026-12-05T11:50:00Z")),
         ];
-        let why = why_on_demand(&two, 9, 1, BREAKER, at("2026-12-05T12:00:00Z")).unwrap();
+        let why = why_on_demand(
+            &two,
+            9,
+            1,
+            BREAKER,
+            at("2026-12-05T12:00:00Z"),
+            Clock::default(),
+        )
+        .unwrap();
         assert!(why.contains("on-demand until 12:20 UTC"), "{why}");
         // 30 minutes after the second, spot again.
         assert_eq!(
-            why_on_demand(&two, 9, 1, BREAKER, at("2026-12-05T12:21:00Z")),
+            why_on_demand(
+                &two,
+                9,
+                1,
+                BREAKER,
+                at("2026-12-05T12:21:00Z"),
+                Clock::default()
+            ),
             None
         );
         // Two reclaims further apart than the window do not trip it.
@@ -169,7 +237,14 @@ mod tests {
             machine("i-2", 2, 1, Some("2026-12-05T11:50:00Z")),
         ];
         assert_eq!(
-            why_on_demand(&apart, 9, 1, BREAKER, at("2026-12-05T12:00:00Z")),
+            why_on_demand(
+                &apart,
+                9,
+                1,
+                BREAKER,
+                at("2026-12-05T12:00:00Z"),
+                Clock::default()
+            ),
             None
         );
         let off = SpotBreaker {
@@ -177,7 +252,14 @@ mod tests {
             ..BREAKER
         };
         assert_eq!(
-            why_on_demand(&two, 9, 1, off, at("2026-12-05T12:00:00Z")),
+            why_on_demand(
+                &two,
+                9,
+                1,
+                off,
+                at("2026-12-05T12:00:00Z"),
+                Clock::default()
+            ),
             None
         );
     }
