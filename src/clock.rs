@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::env::Env;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,6 +42,12 @@ impl Clock {
     pub async fn sleep(&self, d: Duration) {
         tokio::time::sleep(self.scaled(d)).await;
     }
+
+    /// The user's time between two wall-clock instants (AWS's and the API server's times are
+    /// wall-clock ones); none when `to` is not after `from`.
+    pub fn between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+        self.unscaled((to - from).to_std().unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +62,13 @@ mod tests {
             Clock::from_env(&env("60")).scaled(minute),
             Duration::from_secs(1)
         );
+        let from = DateTime::UNIX_EPOCH;
+        let to = from + chrono::TimeDelta::seconds(3);
+        assert_eq!(
+            Clock::from_env(&env("60")).between(from, to),
+            Duration::from_secs(180)
+        );
+        assert_eq!(Clock::default().between(to, from), Duration::ZERO);
         for bad in ["0", "0.5", "-3", "inf", "NaN", "fast"] {
             assert_eq!(Clock::from_env(&env(bad)).scaled(minute), minute, "{bad}");
         }

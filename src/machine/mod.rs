@@ -128,12 +128,7 @@ impl Machine {
     /// How long it has run from its launch (or resume) to `until`, in seconds of the user's
     /// time: AWS's and the API server's times are wall-clock ones, and `clock` may run faster.
     pub fn ran_seconds(&self, until: DateTime<Utc>, clock: Clock) -> Option<u64> {
-        let t = self.launched_at?;
-        Some(
-            clock
-                .unscaled((until - t).to_std().unwrap_or_default())
-                .as_secs(),
-        )
+        Some(clock.between(self.launched_at?, until).as_secs())
     }
 
     /// The repository whose start acquired it (`gpu-runner:repository`).

@@ -385,12 +385,7 @@ pub fn timeline(pod: &Value, clock: Clock) -> Vec<(&'static str, String)> {
         .and_then(|c| timestamp(&c["state"]["running"]["startedAt"]))
         .or_else(|| condition("Ready"));
     let between = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
-        (Some(a), Some(b)) => format!(
-            "{} s",
-            clock
-                .unscaled((b - a).to_std().unwrap_or_default())
-                .as_secs()
-        ),
+        (Some(a), Some(b)) => format!("{} s", clock.between(a, b).as_secs()),
         _ => "not seen".to_owned(),
     };
     let mut rows = vec![

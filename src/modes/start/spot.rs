@@ -49,9 +49,6 @@ pub fn why_on_demand(
         minutes(breaker.window_minutes),
         minutes(breaker.hold_minutes),
     );
-    let between = |from: DateTime<Utc>, to: DateTime<Utc>| {
-        clock.unscaled((to - from).to_std().unwrap_or_default())
-    };
     let mut times: Vec<DateTime<Utc>> = reclaimed.iter().filter_map(|m| m.state_since).collect();
     times.sort();
     // The breaker trips at the reclaim that makes `interruptions` within the window, and holds
@@ -59,9 +56,9 @@ pub fn why_on_demand(
     let tripped = times.iter().enumerate().rev().find(|(i, t)| {
         let within = times[..=*i]
             .iter()
-            .filter(|u| between(**u, **t) <= window)
+            .filter(|u| clock.between(**u, **t) <= window)
             .count();
-        within >= breaker.interruptions as usize && between(**t, now) < hold
+        within >= breaker.interruptions as usize && clock.between(**t, now) < hold
     });
     let until =
         |t: DateTime<Utc>| t + TimeDelta::from_std(clock.scaled(hold)).unwrap_or(TimeDelta::zero());
@@ -146,6 +143,17 @@ mod tests {
         }
     }
 
+    /// On the clock production runs on.
+    fn real(
+        machines: &[Machine],
+        run_id: u64,
+        attempt: u32,
+        breaker: SpotBreaker,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        why_on_demand(machines, run_id, attempt, breaker, now, Clock::default())
+    }
+
     const BREAKER: SpotBreaker = SpotBreaker {
         interruptions: 2,
         window_minutes: 15,
@@ -156,24 +164,11 @@ mod tests {
     fn a_re_run_after_a_reclaim_goes_on_demand_and_a_first_attempt_does_not() {
         let now: DateTime<Utc> = "2026-12-05T12:00:00Z".parse().unwrap();
         let lost = [machine("i-1", 7, 1, Some("2026-12-05T11:50:00Z"))];
-        assert!(
-            why_on_demand(&lost, 7, 2, BREAKER, now, Clock::default())
-                .unwrap()
-                .contains("i-1")
-        );
-        assert_eq!(
-            why_on_demand(&lost, 7, 1, BREAKER, now, Clock::default()),
-            None
-        );
-        assert_eq!(
-            why_on_demand(&lost, 8, 2, BREAKER, now, Clock::default()),
-            None
-        );
+        assert!(real(&lost, 7, 2, BREAKER, now).unwrap().contains("i-1"));
+        assert_eq!(real(&lost, 7, 1, BREAKER, now), None);
+        assert_eq!(real(&lost, 8, 2, BREAKER, now), None);
         let ended_on_its_own = [machine("i-2", 7, 1, None)];
-        assert_eq!(
-            why_on_demand(&ended_on_its_own, 7, 2, BREAKER, now, Clock::default()),
-            None
-        );
+        assert_eq!(real(&ended_on_its_own, 7, 2, BREAKER, now), None);
     }
 
     #[test]
@@ -194,7 +189,8 @@ mod tests {
             machine("i-1", 1, 1, Some("2026-12-05T11:50:00Z")),
             machine("i-2", 2, 1, Some("2026-12-05T11:50:10Z")),
         ];
-        assert!(why_on_demand(&close, 9, 1, BREAKER, at("2026-12-05T11:50:39Z"), fast).is_some());
+        let why = why_on_demand(&close, 9, 1, BREAKER, at("2026-12-05T11:50:39Z"), fast).unwrap();
+        assert!(why.contains("on-demand until 11:50 UTC"), "{why}");
         // The 30 minutes' hold is 30 s on the wall.
         assert_eq!(
             why_on_demand(&close, 9, 1, BREAKER, at("2026-12-05T11:50:41Z"), fast),
@@ -209,58 +205,23 @@ mod tests {
             machine("i-1", 1, 1, Some("2026-12-05T11:40:00Z")),
             machine("i-2", 2, 1, Some("2026-12-05T11:50:00Z")),
         ];
-        let why = why_on_demand(
-            &two,
-            9,
-            1,
-            BREAKER,
-            at("2026-12-05T12:00:00Z"),
-            Clock::default(),
-        )
-        .unwrap();
+        let why = real(&two, 9, 1, BREAKER, at("2026-12-05T12:00:00Z")).unwrap();
         assert!(why.contains("on-demand until 12:20 UTC"), "{why}");
         // 30 minutes after the second, spot again.
-        assert_eq!(
-            why_on_demand(
-                &two,
-                9,
-                1,
-                BREAKER,
-                at("2026-12-05T12:21:00Z"),
-                Clock::default()
-            ),
-            None
-        );
+        assert_eq!(real(&two, 9, 1, BREAKER, at("2026-12-05T12:21:00Z")), None);
         // Two reclaims further apart than the window do not trip it.
         let apart = [
             machine("i-1", 1, 1, Some("2026-12-05T11:20:00Z")),
             machine("i-2", 2, 1, Some("2026-12-05T11:50:00Z")),
         ];
         assert_eq!(
-            why_on_demand(
-                &apart,
-                9,
-                1,
-                BREAKER,
-                at("2026-12-05T12:00:00Z"),
-                Clock::default()
-            ),
+            real(&apart, 9, 1, BREAKER, at("2026-12-05T12:00:00Z")),
             None
         );
         let off = SpotBreaker {
             interruptions: 0,
             ..BREAKER
         };
-        assert_eq!(
-            why_on_demand(
-                &two,
-                9,
-                1,
-                off,
-                at("2026-12-05T12:00:00Z"),
-                Clock::default()
-            ),
-            None
-        );
+        assert_eq!(real(&two, 9, 1, off, at("2026-12-05T12:00:00Z")), None);
     }
 }

@@ -238,7 +238,7 @@ pub(super) async fn wait_online(
             match look {
                 Look::Waiting => still.push(b),
                 Look::Failed(e) => results.push((b.n, Err(e))),
-                Look::Online => ready.push((clock.unscaled(b.launched_at.elapsed()), b)),
+                Look::Online => ready.push((b.launched_at.elapsed(), b)),
             }
         }
         // Online as of this look; their facts are read together, after it.
@@ -370,8 +370,7 @@ async fn look(
 }
 
 /// What an online runner's start reports: the machine's facts (its price, what the GPU probe
-/// found). `launch_to_online` is when the look saw it online; both times are the user's, on
-/// `clock`.
+/// found), its times the user's on `clock`. `launch_to_online` is when the look saw it online.
 async fn online(
     provider: &impl Provider,
     b: Booting,
@@ -386,7 +385,7 @@ async fn online(
             refused: b.refused,
             facts,
             launch_to_running: b.running_after.map(|d| clock.unscaled(d)),
-            launch_to_online,
+            launch_to_online: clock.unscaled(launch_to_online),
         },
     )
 }
