@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Outcome, Step, as_app, finished, nothing_left, terminated_row};
+use crate::support::{Outcome, Step, as_app, finished, nothing_left, seconds_of, terminated_row};
 use world::{Gpu, Options, RunnerBehaviour, World};
 
 fn world() -> World {
@@ -1219,19 +1219,5 @@ fn ran_seconds(summary: &str, id: &str) -> u64 {
         .find(|l| l.starts_with(&format!("| {id} |")))
         .unwrap_or_else(|| panic!("no row of {id} in {summary}"));
     let ran = row.split('|').nth(3).unwrap_or_default();
-    let words: Vec<&str> = ran.split_whitespace().collect();
-    words
-        .chunks(2)
-        .map(|pair| {
-            let n: u64 = pair[0]
-                .parse()
-                .unwrap_or_else(|_| panic!("not a time: {ran:?}"));
-            n * match pair.get(1).copied() {
-                Some("h") => 3600,
-                Some("min") => 60,
-                Some("s") => 1,
-                _ => panic!("not a time: {ran:?}"),
-            }
-        })
-        .sum()
+    seconds_of(ran).unwrap_or_else(|| panic!("not a time: {ran:?}"))
 }

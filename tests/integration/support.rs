@@ -98,6 +98,30 @@ pub fn terminated_row(summary: &str, id: &str, price: &str) -> bool {
         l.strip_prefix(&format!("| {id} | "))
             .and_then(|rest| rest.split_once("terminated after "))
             .and_then(|(_, rest)| rest.split_once(" (≈ $"))
-            .is_some_and(|(_, rest)| rest.ends_with(&format!(" at {price}) |")))
+            .and_then(|(ran, rest)| seconds_of(ran).and(rest.split_once(' ')))
+            .is_some_and(|(usd, rest)| {
+                usd.parse::<f64>().is_ok() && rest == format!("at {price}) |")
+            })
     })
+}
+
+/// The seconds of a machine's time in gpu-runner's words ("45 s", "2 min 8 s", "1 h 3 min").
+pub fn seconds_of(ran: &str) -> Option<u64> {
+    let words: Vec<&str> = ran.split_whitespace().collect();
+    if words.is_empty() || words.len() % 2 != 0 {
+        return None;
+    }
+    words
+        .chunks(2)
+        .map(|pair| {
+            let n: u64 = pair[0].parse().ok()?;
+            let unit = match pair[1] {
+                "h" => 3600,
+                "min" => 60,
+                "s" => 1,
+                _ => return None,
+            };
+            Some(n * unit)
+        })
+        .sum()
 }
